@@ -1,1 +1,77 @@
-//! placeholder
+//! # metabridge-shm
+//!
+//! MetaBridge's local data path: two processes exchange messages through a
+//! pair of lock-free single-producer single-consumer byte rings in one named
+//! shared-memory segment, and sleep on futex words in that segment when
+//! there is nothing to do. This crate knows bytes, segments, rings and
+//! waiting; it knows nothing of RPC.
+//!
+//! - [`Channel`]: create or open a duplex channel by name; `send`,
+//!   `send_with` (encode in place), `recv` (a [`Message`] that borrows the
+//!   frame in place), `try_recv`, `recv_timeout`.
+//! - [`WaitPolicy`]: from pure busy-poll to pure sleep; the default spins
+//!   only while the peer runs on another CPU.
+//! - [`DoorbellSet`]: one futex word on which a server sleeps for all its
+//!   channels at once.
+//! - [`gc`]: removes segments left behind by crashed processes.
+//!
+//! A peer that dies (even by SIGKILL) gives [`Error::PeerGone`] within the
+//! liveness interval (20 ms by default); one that closes gives
+//! [`Error::Closed`]; a segment with bad contents gives a typed error.
+//!
+//! ```
+//! use metabridge_shm::{Channel, ChannelConfig};
+//! let config = ChannelConfig { capacity: 1 << 16, dir: std::env::temp_dir(), ..Default::default() };
+//! let name = format!("doc-lib-{}", std::process::id());
+//! let mut server = Channel::create(&name, &config)?;
+//! let mut client = Channel::open(&name, &config)?;
+//! client.send(b"hello")?;
+//! let request = server.recv()?;
+//! assert_eq!(&*request, b"hello");
+//! # Ok::<(), metabridge_shm::Error>(())
+//! ```
+#![deny(missing_docs, unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+mod error;
+mod futex;
+mod memory;
+mod ring;
+mod sync;
+mod wait;
+
+#[cfg(not(loom))]
+mod channel;
+#[cfg(not(loom))]
+mod doorbell;
+#[cfg(not(loom))]
+mod liveness;
+#[cfg(not(loom))]
+mod segment;
+
+#[cfg(all(test, loom))]
+mod loom_tests;
+
+pub use error::{Error, Result};
+pub use ring::{frame_len, max_frame_payload, FRAME_HEADER};
+pub use wait::WaitPolicy;
+
+#[cfg(not(loom))]
+pub use channel::{default_dir, Channel, ChannelConfig, FrameWriter, Message, Receiver, Sender};
+#[cfg(not(loom))]
+pub use doorbell::{Doorbell, DoorbellSet, MAX_BELLS};
+#[cfg(not(loom))]
+pub use liveness::ProcessIdentity;
+#[cfg(not(loom))]
+pub use segment::{gc, segment_path, FILE_PREFIX, HEADER_LEN, LAYOUT_VERSION, MAX_CAPACITY, MIN_CAPACITY};
+
+/// Layout facts for tests that corrupt a segment on purpose.
+#[cfg(not(loom))]
+#[doc(hidden)]
+pub mod layout {
+    /// Offsets of the two ring control blocks (tail word first, head word
+    /// 128 bytes later).
+    pub const CONTROL_OFFSET: [usize; 2] = crate::segment::CONTROL_OFFSET;
+    /// Offset of the head word inside a control block.
+    pub const HEAD_OFFSET: usize = 128;
+}

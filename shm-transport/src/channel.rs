@@ -1,0 +1,552 @@
+//! A duplex, message-oriented channel: two rings in one segment.
+//!
+//! The creator sends on ring 0 and receives on ring 1; the opener the other
+//! way round. A message is one frame when it fits (a quarter of the ring),
+//! read in place by the receiver; a larger one streams through the ring as
+//! a run of frames flagged `MORE`, with backpressure, and is reassembled on
+//! the receiving side into a buffer that grows only as bytes arrive.
+
+use crate::doorbell::Doorbell;
+use crate::error::{Error, Result};
+use crate::liveness::ProcessIdentity;
+use crate::memory::Region;
+use crate::ring::{
+    self, max_frame_payload, Consumer, FrameRef, Peek, Producer, Reserve, Reservation, DOORBELL,
+    FLAG_MORE, FRAME_HEADER, WAITING,
+};
+use crate::segment::Segment;
+use crate::wait::{self, Peer, Step, WaitPolicy, WaitSettings};
+use std::io;
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Settings of a channel.
+///
+/// ```
+/// use metabridge_shm::{ChannelConfig, WaitPolicy};
+/// let config = ChannelConfig { capacity: 64 * 1024, wait: WaitPolicy::BusyPoll, ..Default::default() };
+/// assert_eq!(config.max_message, 1 << 30);
+/// ```
+#[derive(Clone, Debug)]
+pub struct ChannelConfig {
+    /// Bytes of each ring, a power of two (creator only; an opener uses the
+    /// segment's). Default 1 MiB.
+    pub capacity: usize,
+    /// How a blocked side waits.
+    pub wait: WaitPolicy,
+    /// How often a sleeping side checks that its peer lives. A peer killed
+    /// with SIGKILL is reported within about this long (default 20 ms).
+    pub liveness_interval: Duration,
+    /// Largest message accepted, sent or received (default 1 GiB).
+    pub max_message: u64,
+    /// Directory of the segment files (default `$METABRIDGE_SHM_DIR`, or
+    /// `/dev/shm`).
+    pub dir: PathBuf,
+}
+
+impl Default for ChannelConfig {
+    fn default() -> Self {
+        ChannelConfig {
+            capacity: 1 << 20,
+            wait: WaitPolicy::default(),
+            liveness_interval: Duration::from_millis(20),
+            max_message: 1 << 30,
+            dir: default_dir(),
+        }
+    }
+}
+
+/// `$METABRIDGE_SHM_DIR`, or `/dev/shm`.
+pub fn default_dir() -> PathBuf {
+    std::env::var_os("METABRIDGE_SHM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/dev/shm"))
+}
+
+/// What both halves of a channel share.
+struct Shared {
+    segment: Segment,
+    settings: WaitSettings,
+    max_message: u64,
+    name: String,
+}
+
+impl Shared {
+    fn peer_side(&self) -> usize {
+        1 - self.segment.side
+    }
+}
+
+impl Peer for Shared {
+    fn publish_cpu(&self, cpu: u32) {
+        let slot = &self.segment.header().sides[self.segment.side].cpu;
+        let v = cpu as u64 + 1;
+        // Relaxed: a hint for the peer's spin decision, ordered with nothing.
+        if slot.load(Ordering::Relaxed) != v {
+            slot.store(v, Ordering::Relaxed);
+        }
+    }
+
+    fn peer_cpu(&self) -> Option<u32> {
+        let v = self.segment.header().sides[self.peer_side()].cpu.load(Ordering::Relaxed);
+        (v != 0).then(|| (v - 1) as u32)
+    }
+
+    fn check_alive(&self) -> Result<()> {
+        match self.segment.identity(self.peer_side()) {
+            Some(id) if !id.is_alive() => Err(Error::PeerGone { pid: id.pid }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Both ends of a duplex channel, owned by one side.
+///
+/// ```
+/// use metabridge_shm::{Channel, ChannelConfig};
+/// let config = ChannelConfig { capacity: 4096, dir: std::env::temp_dir(), ..Default::default() };
+/// let name = format!("doc-channel-{}", std::process::id());
+/// let mut a = Channel::create(&name, &config).unwrap();
+/// let mut b = Channel::open(&name, &config).unwrap(); // usually another process
+/// a.send(b"ping").unwrap();
+/// assert_eq!(&*b.recv().unwrap(), b"ping");
+/// b.send_with(|w| std::io::Write::write_all(w, b"pong")).unwrap().unwrap();
+/// assert_eq!(&*a.recv().unwrap(), b"pong");
+/// ```
+pub struct Channel {
+    tx: Sender,
+    rx: Receiver,
+}
+
+/// The sending half of a channel.
+pub struct Sender {
+    ring: Producer,
+    shared: Arc<Shared>,
+    doorbell: Option<Doorbell>,
+}
+
+/// The receiving half of a channel.
+pub struct Receiver {
+    ring: Consumer,
+    shared: Arc<Shared>,
+    /// Reassembly buffer for messages of several frames, reused.
+    assembly: Vec<u8>,
+    /// A multi-frame message is half received (a deadline cut it short).
+    partial: bool,
+    /// The message being received is over `max_message` and is skipped.
+    discarding: bool,
+}
+
+impl Channel {
+    /// Creates a new segment `name` and returns its first side.
+    pub fn create(name: &str, config: &ChannelConfig) -> Result<Channel> {
+        let segment = Segment::create(&config.dir, name, [config.capacity, config.capacity])?;
+        Ok(Self::from_segment(segment, name, config))
+    }
+
+    /// Opens the segment `name` made by another side's `create` and takes
+    /// its second side.
+    pub fn open(name: &str, config: &ChannelConfig) -> Result<Channel> {
+        let segment = Segment::open(&config.dir, name)?;
+        Ok(Self::from_segment(segment, name, config))
+    }
+
+    fn from_segment(segment: Segment, name: &str, config: &ChannelConfig) -> Channel {
+        let side = segment.side;
+        let (tx_ring, rx_ring) = (side, 1 - side);
+        let shared = Arc::new(Shared {
+            segment,
+            settings: WaitSettings { policy: config.wait, liveness_interval: config.liveness_interval },
+            max_message: config.max_message,
+            name: name.to_owned(),
+        });
+        let keep: ring::KeepAlive = shared.clone();
+        let seg = &shared.segment;
+        let (tx_cap, rx_cap) = (seg.capacity(tx_ring), seg.capacity(rx_ring));
+        // SAFETY: each ring's control block and data area come from the
+        // validated segment, stay mapped while `keep` (the Arc holding the
+        // segment) lives, and each side takes the producer of exactly one
+        // ring and the consumer of the other: one producer and one consumer
+        // per ring across the two processes.
+        let (producer, consumer) = unsafe {
+            (
+                Producer::new(seg.control(tx_ring), Region::new(seg.data(tx_ring), tx_cap), tx_cap, keep.clone()),
+                Consumer::new(seg.control(rx_ring), Region::new(seg.data(rx_ring), rx_cap), rx_cap, keep),
+            )
+        };
+        Channel {
+            tx: Sender { ring: producer, shared: shared.clone(), doorbell: None },
+            rx: Receiver { ring: consumer, shared, assembly: Vec::new(), partial: false, discarding: false },
+        }
+    }
+
+    /// Sends one message, waiting for room as long as it takes.
+    pub fn send(&mut self, message: &[u8]) -> Result<()> {
+        self.tx.send(message)
+    }
+
+    /// Encodes a message straight into the ring; see [`Sender::send_with`].
+    pub fn send_with<R>(&mut self, encode: impl FnOnce(&mut FrameWriter<'_>) -> R) -> Result<R> {
+        self.tx.send_with(encode)
+    }
+
+    /// Waits for the next message.
+    pub fn recv(&mut self) -> Result<Message<'_>> {
+        self.rx.recv()
+    }
+
+    /// The next message if one is complete now.
+    pub fn try_recv(&mut self) -> Result<Option<Message<'_>>> {
+        self.rx.try_recv()
+    }
+
+    /// Waits at most `timeout` for the next message.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Message<'_>> {
+        self.rx.recv_timeout(timeout)
+    }
+
+    /// Both halves at once, e.g. to answer a request while reading it.
+    pub fn halves(&mut self) -> (&mut Sender, &mut Receiver) {
+        (&mut self.tx, &mut self.rx)
+    }
+
+    /// Splits into halves that can move to different threads.
+    pub fn split(self) -> (Sender, Receiver) {
+        (self.tx, self.rx)
+    }
+
+    /// The segment's name.
+    pub fn name(&self) -> &str {
+        &self.tx.shared.name
+    }
+
+    /// The peer process, once it has attached.
+    pub fn peer(&self) -> Option<ProcessIdentity> {
+        self.tx.shared.segment.identity(self.tx.shared.peer_side())
+    }
+}
+
+impl Sender {
+    /// Sends one message, waiting for room as long as it takes (a dead peer
+    /// gives [`Error::PeerGone`], a closed one [`Error::Closed`]).
+    pub fn send(&mut self, message: &[u8]) -> Result<()> {
+        self.send_deadline(message, None)
+    }
+
+    /// Sends one message, giving up with [`Error::Timeout`] after `timeout`.
+    /// A message of several frames that timed out part way has been cut:
+    /// the receiver will see it end early, so treat the channel as broken.
+    pub fn send_timeout(&mut self, message: &[u8], timeout: Duration) -> Result<()> {
+        self.send_deadline(message, Some(Instant::now() + timeout))
+    }
+
+    /// Sends a message of one frame (at most [`max_frame`](Self::max_frame)
+    /// bytes) if the ring has room now; [`Error::Full`] otherwise.
+    pub fn try_send(&mut self, message: &[u8]) -> Result<()> {
+        let max = self.max_frame();
+        if message.len() > max {
+            return Err(Error::MessageTooLarge { len: message.len() as u64, max: max as u64 });
+        }
+        match self.ring.try_reserve(message.len())? {
+            Reserve::Ready(r) => {
+                self.publish(&r, message, 0);
+                Ok(())
+            }
+            Reserve::Full { .. } => Err(Error::Full),
+        }
+    }
+
+    /// Largest message that travels as one frame (and is read in place).
+    pub fn max_frame(&self) -> usize {
+        max_frame_payload(self.ring.capacity())
+    }
+
+    /// Rings `doorbell` instead of the ring's own futex when the consumer
+    /// sleeps on a doorbell (see [`Receiver::arm_doorbell`]).
+    pub fn set_doorbell(&mut self, doorbell: Doorbell) {
+        self.doorbell = Some(doorbell);
+    }
+
+    fn send_deadline(&mut self, message: &[u8], deadline: Option<Instant>) -> Result<()> {
+        if message.len() as u64 > self.shared.max_message {
+            return Err(Error::MessageTooLarge { len: message.len() as u64, max: self.shared.max_message });
+        }
+        let max = self.max_frame();
+        if message.len() <= max {
+            let r = self.reserve(message.len(), deadline)?;
+            self.publish(&r, message, 0);
+            return Ok(());
+        }
+        let mut chunks = message.chunks(max).peekable();
+        while let Some(chunk) = chunks.next() {
+            let flags = if chunks.peek().is_some() { FLAG_MORE } else { 0 };
+            let r = self.reserve(chunk.len(), deadline)?;
+            self.publish(&r, chunk, flags);
+        }
+        Ok(())
+    }
+
+    /// Encodes a message straight into the free space of the ring.
+    ///
+    /// `encode` gets an [`io::Write`] over the ring itself; when it returns,
+    /// what it wrote is published as one message. If the ring lacks room
+    /// (or the message outgrows one frame), the writer moves what it has to
+    /// a heap buffer and the message is sent like [`send`](Self::send).
+    /// Returns what `encode` returned.
+    ///
+    /// ```
+    /// # use metabridge_shm::{Channel, ChannelConfig};
+    /// # let config = ChannelConfig { capacity: 4096, dir: std::env::temp_dir(), ..Default::default() };
+    /// # let name = format!("doc-send-with-{}", std::process::id());
+    /// # let mut a = Channel::create(&name, &config).unwrap();
+    /// # let mut b = Channel::open(&name, &config).unwrap();
+    /// use std::io::Write;
+    /// a.send_with(|w| write!(w, "{}+{}", 1, 2)).unwrap().unwrap();
+    /// assert_eq!(&*b.recv().unwrap(), b"1+2");
+    /// ```
+    pub fn send_with<R>(&mut self, encode: impl FnOnce(&mut FrameWriter<'_>) -> R) -> Result<R> {
+        let max = self.max_frame();
+        let reserved = match self.ring.try_reserve(max)? {
+            Reserve::Ready(r) => Some(r),
+            Reserve::Full { .. } => None,
+        };
+        let mut writer = match &reserved {
+            Some(r) => FrameWriter {
+                // SAFETY: the reservation is free space of the ring, owned
+                // by us (the single producer) until `commit` publishes it;
+                // `max` payload bytes after the header fit (try_reserve
+                // checked the frame against the ring's free space).
+                room: unsafe { self.ring.mem.slice_mut(r.offset + FRAME_HEADER, max) },
+                len: 0,
+                spill: None,
+            },
+            None => FrameWriter { room: &mut [], len: 0, spill: Some(Vec::new()) },
+        };
+        let out = encode(&mut writer);
+        let FrameWriter { len, spill, .. } = writer;
+        match (spill, reserved) {
+            (None, Some(r)) => {
+                let old = self.ring.commit(&r, len, 0);
+                self.ring_bell_if_armed(old);
+            }
+            (Some(bytes), _) => self.send_deadline(&bytes, None)?,
+            (None, None) => unreachable!("a writer without room always spills"),
+        }
+        Ok(out)
+    }
+
+    fn reserve(&mut self, len: usize, deadline: Option<Instant>) -> Result<Reservation> {
+        if let Reserve::Ready(r) = self.ring.try_reserve(len)? {
+            return Ok(r);
+        }
+        let word = &self.ring.ctrl().head as &crate::sync::AtomicU64 as *const _;
+        let ring = &mut self.ring;
+        wait::block(&self.shared.settings, &*self.shared, deadline, WAITING, || {
+            Ok(match ring.try_reserve(len)? {
+                Reserve::Ready(r) => Step::Done(r),
+                Reserve::Full { observed } => Step::Pending { word, observed },
+            })
+        })
+    }
+
+    #[inline]
+    fn publish(&mut self, r: &Reservation, bytes: &[u8], flags: u32) {
+        self.ring.mem.write(r.offset + FRAME_HEADER, bytes);
+        let old = self.ring.commit(r, bytes.len(), flags);
+        self.ring_bell_if_armed(old);
+    }
+
+    #[inline]
+    fn ring_bell_if_armed(&self, old: u64) {
+        if old & DOORBELL != 0 {
+            match &self.doorbell {
+                Some(bell) => bell.ring(),
+                None => crate::futex::wake(&self.ring.ctrl().tail),
+            }
+        }
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        let old = self.ring.close();
+        self.ring_bell_if_armed(old);
+    }
+}
+
+/// An [`io::Write`] into the free space of a ring; see [`Sender::send_with`].
+pub struct FrameWriter<'a> {
+    room: &'a mut [u8],
+    len: usize,
+    spill: Option<Vec<u8>>,
+}
+
+impl io::Write for FrameWriter<'_> {
+    #[inline]
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(spill) = &mut self.spill {
+            spill.extend_from_slice(buf);
+            return Ok(buf.len());
+        }
+        let end = self.len + buf.len();
+        if end <= self.room.len() {
+            self.room[self.len..end].copy_from_slice(buf);
+            self.len = end;
+        } else {
+            let mut spill = Vec::with_capacity(end * 2);
+            spill.extend_from_slice(&self.room[..self.len]);
+            spill.extend_from_slice(buf);
+            self.spill = Some(spill);
+        }
+        Ok(buf.len())
+    }
+
+    #[inline]
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.write(buf).map(|_| ())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Receiver {
+    /// Waits for the next message.
+    pub fn recv(&mut self) -> Result<Message<'_>> {
+        self.recv_deadline(None)
+    }
+
+    /// Waits at most `timeout` for the next message ([`Error::Timeout`]).
+    /// A message of several frames cut short by the deadline is kept and
+    /// completed by the next call.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Message<'_>> {
+        self.recv_deadline(Some(Instant::now() + timeout))
+    }
+
+    /// The next message if one is complete now, without waiting (beyond
+    /// the rest of a message whose first frames have already arrived).
+    pub fn try_recv(&mut self) -> Result<Option<Message<'_>>> {
+        match self.ring.try_peek()? {
+            Peek::Empty { .. } if !self.partial => Ok(None),
+            _ => self.recv_deadline(None).map(Some),
+        }
+    }
+
+    /// Arms the ring so that the producer rings its doorbell (instead of
+    /// the ring's futex) on its next send. Returns `Ok(false)` if a frame is
+    /// already there, `Err(Closed)` if the producer closed: then do not sleep.
+    pub fn arm_doorbell(&mut self) -> Result<bool> {
+        if self.partial {
+            return Ok(false);
+        }
+        match self.ring.try_peek()? {
+            Peek::Frame(_) => Ok(false),
+            Peek::Empty { observed } => Ok(self.ring.announce_sleep(observed, DOORBELL)),
+        }
+    }
+
+    /// `Err(PeerGone)` if the peer attached and has since died.
+    pub fn check_peer(&self) -> Result<()> {
+        self.shared.check_alive()
+    }
+
+    fn next_frame(&mut self, deadline: Option<Instant>) -> Result<FrameRef> {
+        if let Peek::Frame(f) = self.ring.try_peek()? {
+            return Ok(f);
+        }
+        let word = &self.ring.ctrl().tail as &crate::sync::AtomicU64 as *const _;
+        let ring = &mut self.ring;
+        wait::block(&self.shared.settings, &*self.shared, deadline, WAITING, || {
+            Ok(match ring.try_peek()? {
+                Peek::Frame(f) => Step::Done(f),
+                Peek::Empty { observed } => Step::Pending { word, observed },
+            })
+        })
+    }
+
+    fn recv_deadline(&mut self, deadline: Option<Instant>) -> Result<Message<'_>> {
+        loop {
+            let frame = self.next_frame(deadline)?;
+            if !self.partial && frame.flags & FLAG_MORE == 0 {
+                return Ok(Message { rx: self, frame: Some(frame) });
+            }
+            // One frame of a message of several.
+            if !self.partial {
+                self.partial = true;
+                self.discarding = false;
+                self.assembly.clear();
+            }
+            let total = self.assembly.len() as u64 + frame.len as u64;
+            if total > self.shared.max_message {
+                self.discarding = true;
+                self.assembly = Vec::new();
+            }
+            if !self.discarding {
+                let start = self.assembly.len();
+                self.assembly.resize(start + frame.len, 0);
+                self.ring.mem.read(frame.offset, &mut self.assembly[start..]);
+            }
+            self.ring.release(frame.end);
+            if frame.flags & FLAG_MORE == 0 {
+                self.partial = false;
+                if self.discarding {
+                    self.discarding = false;
+                    return Err(Error::MessageTooLarge { len: total, max: self.shared.max_message });
+                }
+                return Ok(Message { rx: self, frame: None });
+            }
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.ring.close();
+    }
+}
+
+/// A received message: the bytes in place in the ring (for a message of
+/// one frame) or in the receiver's reassembly buffer. Dropping it gives
+/// the ring space back to the sender.
+pub struct Message<'a> {
+    rx: &'a mut Receiver,
+    /// The frame read in place, or `None` for a reassembled message.
+    frame: Option<FrameRef>,
+}
+
+impl Deref for Message<'_> {
+    type Target = [u8];
+
+    #[inline]
+    fn deref(&self) -> &[u8] {
+        match &self.frame {
+            // SAFETY: the frame was validated against the published range by
+            // `try_peek` and is not released until this Message drops, so
+            // the producer does not write these bytes while we read them.
+            Some(f) => unsafe { self.rx.ring.mem.slice(f.offset, f.len) },
+            None => &self.rx.assembly,
+        }
+    }
+}
+
+impl Drop for Message<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        match self.frame {
+            Some(f) => self.rx.ring.release(f.end),
+            // Do not keep a huge buffer alive for the channel's whole life.
+            None if self.rx.assembly.capacity() > 64 << 20 => self.rx.assembly = Vec::new(),
+            None => {}
+        }
+    }
+}
+
+impl std::fmt::Debug for Message<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Message").field("len", &self.len()).field("in_place", &self.frame.is_some()).finish()
+    }
+}

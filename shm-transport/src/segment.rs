@@ -1,0 +1,390 @@
+//! Named shared-memory segments: create, open, validate, clean up.
+//!
+//! A channel segment is a file in a tmpfs directory (`/dev/shm` by default),
+//! created with `O_EXCL` and mode 0600, mapped by both processes:
+//!
+//! ```text
+//! 0     SegmentHeader: magic, version, capacities, one SideInfo per side
+//! 512   RingControl of ring 0 (creator -> opener)
+//! 768   RingControl of ring 1 (opener -> creator)
+//! 4096  data of ring 0 (capacity[0] bytes), then data of ring 1
+//! ```
+//!
+//! The creator writes the whole header before it stores the magic number
+//! (Release); an opener that loads the magic (Acquire) sees a complete
+//! header. Once the opener has attached it unlinks the name: both sides hold
+//! the mapping, nobody else needs the name, and the kernel frees the memory
+//! when the last mapping goes, even if both processes are SIGKILLed. Only a
+//! segment whose creator died before anyone opened it can be left behind;
+//! [`gc`] finds and removes those, and so does a `create` that trips over one.
+
+use crate::error::{Error, Result};
+use crate::liveness::ProcessIdentity;
+use crate::ring::RingControl;
+use crossbeam_utils::CachePadded;
+use memmap2::{MmapOptions, MmapRaw};
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+/// "MBRIDGE1" read as a little-endian u64.
+pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"MBRIDGE1");
+/// Version of the segment layout this build reads and writes.
+pub const LAYOUT_VERSION: u32 = 1;
+/// Bytes before the first data area: header and ring controls.
+pub const HEADER_LEN: usize = 4096;
+/// Offsets of the two ring control blocks.
+pub(crate) const CONTROL_OFFSET: [usize; 2] = [512, 768];
+/// Smallest ring capacity accepted.
+pub const MIN_CAPACITY: usize = 64;
+/// Largest ring capacity accepted (1 GiB).
+pub const MAX_CAPACITY: usize = 1 << 30;
+/// Prefix of every segment file name.
+pub const FILE_PREFIX: &str = "metabridge.";
+/// A segment with no valid header is only removed by [`gc`] once it is this
+/// old: a younger one may be in the middle of its creation.
+const UNFINISHED_GRACE: Duration = Duration::from_secs(10);
+
+/// What one side publishes about itself.
+#[repr(C)]
+pub(crate) struct SideInfo {
+    /// 0 until the side has attached; then its pid.
+    pub(crate) pid: AtomicU64,
+    pub(crate) start_time: AtomicU64,
+    /// The CPU it last ran on, plus one (0: not known).
+    pub(crate) cpu: AtomicU64,
+    /// Set by compare-and-swap by the one process that takes the side.
+    pub(crate) claimed: AtomicU64,
+}
+
+/// The header at offset 0 of a segment.
+#[repr(C)]
+pub(crate) struct SegmentHeader {
+    pub(crate) magic: AtomicU64,
+    pub(crate) version: u32,
+    pub(crate) header_len: u32,
+    pub(crate) capacity: [u64; 2],
+    pub(crate) total_len: u64,
+    pub(crate) sides: [CachePadded<SideInfo>; 2],
+}
+
+const _: () = assert!(std::mem::size_of::<SegmentHeader>() <= CONTROL_OFFSET[0]);
+const _: () = assert!(std::mem::size_of::<RingControl>() <= CONTROL_OFFSET[1] - CONTROL_OFFSET[0]);
+const _: () = assert!(CONTROL_OFFSET[1] + std::mem::size_of::<RingControl>() <= HEADER_LEN);
+
+/// Checks that a name is safe as a file name component.
+pub(crate) fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "segment name {name:?} must be 1 to 200 characters of [A-Za-z0-9._-], not starting with '.'"
+        )))
+    }
+}
+
+/// The path of segment `name` in `dir`.
+pub fn segment_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{FILE_PREFIX}{name}"))
+}
+
+/// A mapped channel segment.
+pub(crate) struct Segment {
+    map: MmapRaw,
+    /// Which side we are: 0 created it, 1 opened it.
+    pub(crate) side: usize,
+    path: PathBuf,
+}
+
+// SAFETY: the mapping is plain shared memory; every access to it goes
+// through atomics or through the SPSC protocol of the rings, whose halves
+// are each owned by one thread at a time.
+unsafe impl Send for Segment {}
+// SAFETY: as above; `&Segment` hands out only atomics and raw pointers.
+unsafe impl Sync for Segment {}
+
+impl Segment {
+    /// Creates segment `name` with the given ring capacities.
+    pub(crate) fn create(dir: &Path, name: &str, capacity: [usize; 2]) -> Result<Segment> {
+        validate_name(name)?;
+        for c in capacity {
+            if !c.is_power_of_two() || !(MIN_CAPACITY..=MAX_CAPACITY).contains(&c) {
+                return Err(Error::Config(format!(
+                    "ring capacity {c} must be a power of two in [{MIN_CAPACITY}, {MAX_CAPACITY}]"
+                )));
+            }
+        }
+        let path = segment_path(dir, name);
+        let total = HEADER_LEN + capacity[0] + capacity[1];
+        let file = match create_exclusive(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && is_stale(&path) => {
+                tracing::debug!(?path, "removing a stale segment left by a dead process");
+                let _ = fs::remove_file(&path);
+                create_exclusive(&path)?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let built = (|| -> Result<Segment> {
+            file.set_len(total as u64)?;
+            let map = MmapOptions::new().len(total).map_raw(&file)?;
+            let seg = Segment { map, side: 0, path: path.clone() };
+            let me = ProcessIdentity::current();
+            let h = seg.header_ptr();
+            // SAFETY: the file is new, zero-filled and mapped by us alone
+            // (its magic is not written yet, so no opener uses it); the
+            // header lies inside the mapping (HEADER_LEN <= total) and is
+            // aligned (mappings are page-aligned).
+            unsafe {
+                (*h).version = LAYOUT_VERSION;
+                (*h).header_len = HEADER_LEN as u32;
+                (*h).capacity = [capacity[0] as u64, capacity[1] as u64];
+                (*h).total_len = total as u64;
+            }
+            let side = &seg.header().sides[0];
+            side.claimed.store(1, Ordering::Relaxed);
+            side.start_time.store(me.start_time, Ordering::Relaxed);
+            side.pid.store(me.pid as u64, Ordering::Relaxed);
+            // Release: pairs with the Acquire load of the magic in `open`;
+            // the header fields above are visible to whoever sees it.
+            seg.header().magic.store(MAGIC, Ordering::Release);
+            Ok(seg)
+        })();
+        if built.is_err() {
+            let _ = fs::remove_file(&path);
+        }
+        built
+    }
+
+    /// Opens segment `name`, validates it and takes its second side.
+    pub(crate) fn open(dir: &Path, name: &str) -> Result<Segment> {
+        validate_name(name)?;
+        let path = segment_path(dir, name);
+        let file = OpenOptions::new().read(true).write(true).open(&path)?;
+        let len = file.metadata()?.len();
+        if len < HEADER_LEN as u64 {
+            return Err(Error::Truncated { name: name.into(), len, needed: HEADER_LEN as u64 });
+        }
+        let map = MmapOptions::new().len(len as usize).map_raw(&file)?;
+        let seg = Segment { map, side: 1, path };
+        let (capacity, total) = seg.validate(name)?;
+        if len < total {
+            return Err(Error::Truncated { name: name.into(), len, needed: total });
+        }
+        let _ = capacity;
+        let side = &seg.header().sides[1];
+        if side
+            .claimed
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return Err(Error::AlreadyAttached { name: name.into() });
+        }
+        let me = ProcessIdentity::current();
+        side.start_time.store(me.start_time, Ordering::Relaxed);
+        // Release: a peer that loads our pid (Acquire, in `identity`) sees
+        // our start time too.
+        side.pid.store(me.pid as u64, Ordering::Release);
+        // Both sides hold the mapping now: the name has done its job.
+        let _ = fs::remove_file(&seg.path);
+        Ok(seg)
+    }
+
+    /// Checks the header of a segment someone else wrote.
+    fn validate(&self, name: &str) -> Result<([usize; 2], u64)> {
+        let h = self.header();
+        // Acquire: pairs with the Release store of the magic in `create`.
+        let magic = h.magic.load(Ordering::Acquire);
+        if magic != MAGIC {
+            return Err(Error::BadMagic { name: name.into() });
+        }
+        // SAFETY: the header lies inside the mapping (len >= HEADER_LEN was
+        // checked) and is aligned; volatile reads because the other process
+        // could still (wrongly) be writing these plain fields: we read each
+        // once and validate the copy.
+        let (version, header_len, cap, total) = unsafe {
+            let p = self.header_ptr();
+            (
+                std::ptr::read_volatile(&(*p).version),
+                std::ptr::read_volatile(&(*p).header_len),
+                std::ptr::read_volatile(&(*p).capacity),
+                std::ptr::read_volatile(&(*p).total_len),
+            )
+        };
+        if version != LAYOUT_VERSION {
+            return Err(Error::VersionMismatch { name: name.into(), found: version, expected: LAYOUT_VERSION });
+        }
+        let cap_ok = |c: u64| c.is_power_of_two() && (MIN_CAPACITY as u64..=MAX_CAPACITY as u64).contains(&c);
+        if header_len as usize != HEADER_LEN || !cap_ok(cap[0]) || !cap_ok(cap[1]) {
+            return Err(Error::Corrupt(format!(
+                "segment {name:?}: header length {header_len}, capacities {cap:?}"
+            )));
+        }
+        let expected = HEADER_LEN as u64 + cap[0] + cap[1];
+        if total != expected {
+            return Err(Error::Corrupt(format!(
+                "segment {name:?}: total length {total}, expected {expected}"
+            )));
+        }
+        Ok(([cap[0] as usize, cap[1] as usize], total))
+    }
+
+    fn header_ptr(&self) -> *mut SegmentHeader {
+        self.map.as_mut_ptr() as *mut SegmentHeader
+    }
+
+    pub(crate) fn header(&self) -> &SegmentHeader {
+        // SAFETY: the mapping is at least HEADER_LEN bytes (checked at
+        // create and open), page-aligned, and lives as long as `self`. We
+        // hand out a shared reference; its fields that change after
+        // creation are atomics, and the plain ones are written only before
+        // the magic is published.
+        unsafe { &*self.header_ptr() }
+    }
+
+    /// Capacity of ring `i`, as validated.
+    pub(crate) fn capacity(&self, i: usize) -> usize {
+        self.header().capacity[i] as usize
+    }
+
+    /// Pointer to the control block of ring `i`.
+    pub(crate) fn control(&self, i: usize) -> *const RingControl {
+        // SAFETY: CONTROL_OFFSET[i] + size_of RingControl <= HEADER_LEN <=
+        // mapping length (const-asserted and checked at open).
+        unsafe { self.map.as_ptr().add(CONTROL_OFFSET[i]) as *const RingControl }
+    }
+
+    /// Pointer to the data area of ring `i`.
+    pub(crate) fn data(&self, i: usize) -> std::ptr::NonNull<u8> {
+        let offset = HEADER_LEN + if i == 0 { 0 } else { self.capacity(0) };
+        // SAFETY: offset + capacity(i) <= total_len <= mapping length
+        // (validated); the base of a mapping is never null.
+        unsafe { std::ptr::NonNull::new_unchecked(self.map.as_mut_ptr().add(offset)) }
+    }
+
+    /// The identity a side published, once it has attached.
+    pub(crate) fn identity(&self, side: usize) -> Option<ProcessIdentity> {
+        let s = &self.header().sides[side];
+        // Acquire: pairs with the Release store of the pid in `open`.
+        let pid = s.pid.load(Ordering::Acquire);
+        if pid == 0 {
+            return None;
+        }
+        Some(ProcessIdentity { pid: pid as u32, start_time: s.start_time.load(Ordering::Relaxed) })
+    }
+
+    /// True once the second side has taken the segment.
+    pub(crate) fn opened(&self) -> bool {
+        self.header().sides[1].claimed.load(Ordering::Acquire) != 0
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        // A creator whose segment nobody opened removes the name itself
+        // (an opener already removed it otherwise).
+        if self.side == 0 && !self.opened() {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn create_exclusive(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// True if the segment file at `path` belongs to no live process: its
+/// creator died before anyone opened it, or it was never finished and is
+/// older than a grace period.
+pub(crate) fn is_stale(path: &Path) -> bool {
+    let Ok(file) = File::open(path) else { return false };
+    let Ok(meta) = file.metadata() else { return false };
+    let old = meta
+        .modified()
+        .ok()
+        .and_then(|m| SystemTime::now().duration_since(m).ok())
+        .is_some_and(|age| age >= UNFINISHED_GRACE);
+    if meta.len() < 64 {
+        return old;
+    }
+    // SAFETY: a read-only private view of at least 64 bytes (checked); we
+    // read the first words only through the map's bounds-checked slice.
+    let Ok(map) = (unsafe { MmapOptions::new().len(64.min(meta.len() as usize)).map(&file) }) else {
+        return false;
+    };
+    let word = |i: usize| u64::from_le_bytes(map[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+    if word(0) != MAGIC && word(0) != crate::doorbell::MAGIC {
+        return old;
+    }
+    let (pid, start) = stale_owner(path, &file, meta.len());
+    match pid {
+        Some(p) => !ProcessIdentity { pid: p, start_time: start }.is_alive(),
+        None => old,
+    }
+}
+
+/// The creator (pid, start time) of a segment file; its offsets depend on
+/// the kind of segment.
+fn stale_owner(_path: &Path, file: &File, len: u64) -> (Option<u32>, u64) {
+    let need = std::mem::size_of::<SegmentHeader>().max(crate::doorbell::HEADER_BYTES);
+    if len < need as u64 {
+        return (None, 0);
+    }
+    // SAFETY: a read-only private view of `need` bytes, inside the file.
+    let Ok(map) = (unsafe { MmapOptions::new().len(need).map(file) }) else {
+        return (None, 0);
+    };
+    let word = |off: usize| u64::from_le_bytes(map[off..off + 8].try_into().unwrap_or([0; 8]));
+    let (pid_off, start_off) = if word(0) == MAGIC {
+        let base = std::mem::offset_of!(SegmentHeader, sides);
+        (base + std::mem::offset_of!(SideInfo, pid), base + std::mem::offset_of!(SideInfo, start_time))
+    } else {
+        (crate::doorbell::OWNER_PID_OFFSET, crate::doorbell::OWNER_START_OFFSET)
+    };
+    let pid = word(pid_off);
+    if pid == 0 || pid > u32::MAX as u64 {
+        return (None, 0);
+    }
+    (Some(pid as u32), word(start_off))
+}
+
+/// Removes every segment in `dir` left behind by dead processes; returns
+/// how many it removed. Segments of live processes, and files that are not
+/// MetaBridge segments, are left alone.
+///
+/// ```
+/// let dir = std::env::temp_dir();
+/// let removed = metabridge_shm::gc(&dir).unwrap();
+/// assert!(removed < usize::MAX);
+/// ```
+pub fn gc(dir: &Path) -> io::Result<usize> {
+    let mut removed = 0;
+    for entry in fs::read_dir(dir)? {
+        let Ok(entry) = entry else { continue };
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.starts_with(FILE_PREFIX) {
+            continue;
+        }
+        let path = entry.path();
+        if is_stale(&path) && fs::remove_file(&path).is_ok() {
+            tracing::debug!(?path, "gc removed a stale segment");
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}

@@ -1,0 +1,183 @@
+//! How a side waits: spin while it pays, then sleep on a futex.
+//!
+//! A waiter goes through at most two phases, like a small state machine:
+//!
+//! 1. **Spin.** Poll the ring with a `pause` between polls. On this kind of
+//!    VM a futex sleep costs about 20 µs to wake from, hundreds of times a
+//!    poll, so spinning wins whenever the answer comes soon *and* the peer
+//!    can run meanwhile. It cannot when both sides share one vCPU: then every
+//!    spin steals the time the peer needs to produce the answer. So the
+//!    default ([`WaitPolicy::Adaptive`]) spins only while the peer last
+//!    published a CPU other than ours, and sleeps at once otherwise.
+//! 2. **Sleep.** Announce the sleep on the ring word (see `ring`'s module
+//!    docs for why no wakeup can be lost), then FUTEX_WAIT in slices of the
+//!    liveness interval. Between slices, check that the peer process still
+//!    lives, so that a peer killed by SIGKILL yields [`Error::PeerGone`]
+//!    instead of a hang.
+//!
+//! The clock is read only every [`CLOCK_EVERY`] polls: a poll is a few
+//! nanoseconds, a clock read tens.
+
+use crate::error::{Error, Result};
+use crate::sync::{spin_hint, AtomicU64};
+use std::time::{Duration, Instant};
+
+/// How long a waiting side spins before it sleeps.
+///
+/// ```
+/// use metabridge_shm::WaitPolicy;
+/// use std::time::Duration;
+/// assert_eq!(WaitPolicy::default(), WaitPolicy::Adaptive(Duration::from_micros(50)));
+/// let _lowest_latency = WaitPolicy::BusyPoll; // burns a core while waiting
+/// let _lowest_cpu = WaitPolicy::Sleep;        // every wait is a futex sleep
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitPolicy {
+    /// Never sleep: poll until the data comes (the liveness of the peer is
+    /// still checked). The lowest latency, and a core kept busy.
+    BusyPoll,
+    /// Sleep at once: no CPU used while waiting, every wait pays a wakeup.
+    Sleep,
+    /// Spin for this long, then sleep, wherever the peer runs.
+    Spin(Duration),
+    /// Spin for at most this long, but only while the peer runs on another
+    /// CPU than ours (as each side publishes in the segment); sleep at once
+    /// when it shares ours. The default, with 50 µs.
+    Adaptive(Duration),
+}
+
+impl Default for WaitPolicy {
+    fn default() -> Self {
+        WaitPolicy::Adaptive(Duration::from_micros(50))
+    }
+}
+
+/// Polls between two reads of the clock.
+pub(crate) const CLOCK_EVERY: u32 = 64;
+
+/// What one attempt of a blocking operation found.
+pub(crate) enum Step<T> {
+    /// Done: the value.
+    Done(T),
+    /// Not yet: sleep on `word` while it still equals `observed`, after
+    /// setting `bit` on it (the announcement the waker looks for).
+    Pending {
+        word: *const AtomicU64,
+        observed: u64,
+    },
+}
+
+/// The CPUs and liveness of the two sides of a channel, as the wait loop
+/// needs them. Implemented by the segment; absent under loom.
+pub(crate) trait Peer {
+    /// Publishes the CPU we run on, for the peer's adaptive spinning.
+    fn publish_cpu(&self, cpu: u32);
+    /// The CPU the peer last published, if any.
+    fn peer_cpu(&self) -> Option<u32>;
+    /// `Err(PeerGone)` if the peer attached and has since died.
+    fn check_alive(&self) -> Result<()>;
+}
+
+/// The CPU this thread runs on now.
+pub(crate) fn current_cpu() -> u32 {
+    // SAFETY: sched_getcpu has no preconditions; it returns -1 on error.
+    let cpu = unsafe { libc::sched_getcpu() };
+    if cpu < 0 {
+        u32::MAX
+    } else {
+        cpu as u32
+    }
+}
+
+/// Settings of the wait loop.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WaitSettings {
+    pub(crate) policy: WaitPolicy,
+    pub(crate) liveness_interval: Duration,
+}
+
+/// Runs `attempt` until it is done, spinning then sleeping per the policy.
+///
+/// `bit` is the signal bit a pending attempt's word must carry before we
+/// sleep on it (WAITING).
+pub(crate) fn block<T>(
+    settings: &WaitSettings,
+    peer: &dyn Peer,
+    deadline: Option<Instant>,
+    bit: u64,
+    mut attempt: impl FnMut() -> Result<Step<T>>,
+) -> Result<T> {
+    // Fast path: no clock, no CPU lookup when the data is already there.
+    if let Step::Done(v) = attempt()? {
+        return Ok(v);
+    }
+    let start = Instant::now();
+    let spin_for = match settings.policy {
+        WaitPolicy::BusyPoll => Duration::MAX,
+        WaitPolicy::Sleep => Duration::ZERO,
+        WaitPolicy::Spin(d) => d,
+        WaitPolicy::Adaptive(d) => {
+            let me = current_cpu();
+            peer.publish_cpu(me);
+            match peer.peer_cpu() {
+                Some(p) if p == me => Duration::ZERO,
+                _ => d,
+            }
+        }
+    };
+    let mut next_check = start + settings.liveness_interval;
+    let expired = |now: Instant| deadline.is_some_and(|d| now >= d);
+
+    // Phase 1: spin.
+    let mut polls: u32 = 0;
+    if !spin_for.is_zero() {
+        loop {
+            spin_hint();
+            if let Step::Done(v) = attempt()? {
+                return Ok(v);
+            }
+            polls = polls.wrapping_add(1);
+            if polls % CLOCK_EVERY != 0 {
+                continue;
+            }
+            let now = Instant::now();
+            if expired(now) {
+                return Err(Error::Timeout);
+            }
+            if now >= next_check {
+                peer.check_alive()?;
+                next_check = now + settings.liveness_interval;
+            }
+            if now.duration_since(start) >= spin_for {
+                break;
+            }
+        }
+    }
+
+    // Phase 2: sleep, in slices of the liveness interval.
+    loop {
+        let (word, observed) = match attempt()? {
+            Step::Done(v) => return Ok(v),
+            Step::Pending { word, observed } => (word, observed),
+        };
+        // SAFETY: the attempt returned a word of the ring it just read; the
+        // ring's memory is kept alive by the caller for this whole call.
+        let word = unsafe { &*word };
+        if !crate::ring::announce(word, observed, bit) {
+            continue; // the word moved: data or a close arrived; look again
+        }
+        let now = Instant::now();
+        if expired(now) {
+            return Err(Error::Timeout);
+        }
+        if now >= next_check {
+            peer.check_alive()?;
+            next_check = now + settings.liveness_interval;
+        }
+        let mut slice = next_check.saturating_duration_since(now);
+        if let Some(d) = deadline {
+            slice = slice.min(d.saturating_duration_since(now));
+        }
+        crate::futex::wait(word, observed | bit, Some(slice));
+    }
+}

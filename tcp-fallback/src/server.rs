@@ -1,0 +1,505 @@
+//! The tokio TCP server.
+//!
+//! A [`Server`] accepts connections and serves each one in its own tokio
+//! task: it reads a request frame, hands the payload to the [`Handler`],
+//! writes the handler's response as one frame, and repeats until the client
+//! closes the connection, stays idle too long, misbehaves, or the server is
+//! shut down. Requests on one connection are answered strictly in order;
+//! concurrency comes from using several connections (see
+//! [`Pool`](crate::pool::Pool)).
+//!
+//! Failures are contained per connection: an I/O error, a timeout, a
+//! malformed or oversized frame, or even a panicking handler closes only the
+//! connection concerned.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{SockRef, TcpKeepalive};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::timeout;
+use tracing::{debug, warn};
+
+use crate::frame::{read_frame, write_frame, FrameError, DEFAULT_MAX_FRAME};
+
+/// How long [`Server::run`] waits, after shutdown was requested, for the
+/// connection tasks to finish their in-flight requests before aborting them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Idle time after which TCP keepalive probes start on accepted sockets.
+pub(crate) const KEEPALIVE_TIME: Duration = Duration::from_secs(60);
+
+/// Upper bound on how long a connection closed for an oversized frame keeps
+/// discarding the client's input (so that closing it does not turn into a
+/// reset that could destroy the error response in flight).
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Largest buffer a connection keeps between requests.
+const RETAIN_BUFFER: usize = 64 * 1024;
+
+/// Delay before accepting again after `accept` failed (e.g. out of file
+/// descriptors), so that a persistent error does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
+
+/// The application side of the server: turns request payloads into response
+/// payloads.
+///
+/// The transport knows nothing of RPC semantics; the bytes passed in and out
+/// are whole frame payloads (for MetaBridge, msgpack envelopes).
+///
+/// ```
+/// use std::future::Future;
+/// use std::pin::Pin;
+/// use metabridge_tcp::Handler;
+///
+/// /// Answers every request with its bytes reversed.
+/// struct Reverse;
+///
+/// impl Handler for Reverse {
+///     fn call(&self, mut request: Vec<u8>) -> Pin<Box<dyn Future<Output = Vec<u8>> + Send + '_>> {
+///         Box::pin(async move {
+///             request.reverse();
+///             request
+///         })
+///     }
+///
+///     fn frame_too_large(&self, declared: u64, max: usize) -> Vec<u8> {
+///         format!("frame of {declared} bytes exceeds {max}").into_bytes()
+///     }
+/// }
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// assert_eq!(Reverse.call(b"abc".to_vec()).await, b"cba");
+/// # });
+/// ```
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one request frame body and returns the response frame body.
+    fn call(&self, request: Vec<u8>) -> Pin<Box<dyn Future<Output = Vec<u8>> + Send + '_>>;
+
+    /// The response body to send when a client declares a frame longer than
+    /// the maximum; the server sends it, then closes that connection.
+    fn frame_too_large(&self, declared: u64, max: usize) -> Vec<u8>;
+}
+
+/// Server limits and timeouts.
+///
+/// ```
+/// use std::time::Duration;
+/// use metabridge_tcp::ServerConfig;
+///
+/// let config = ServerConfig {
+///     read_timeout: Duration::from_secs(2),
+///     max_connections: 64,
+///     ..ServerConfig::default()
+/// };
+/// assert_eq!(config.max_frame, 64 * 1024 * 1024);
+/// assert_eq!(config.idle_timeout, Duration::from_secs(60));
+/// ```
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Largest accepted request payload, in bytes (default 64 MiB). A client
+    /// declaring more gets [`Handler::frame_too_large`]'s response and its
+    /// connection is closed.
+    pub max_frame: usize,
+    /// A connection on which no new request starts for this long is closed
+    /// (default 60 s).
+    pub idle_timeout: Duration,
+    /// Once the first byte of a request frame has arrived, the rest of the
+    /// frame must arrive within this time or the connection is closed
+    /// (default 10 s). The same bound applies to writing each response, so a
+    /// client that stops reading cannot pin a connection task forever.
+    pub read_timeout: Duration,
+    /// Maximum number of connections served at once (default 1024). A
+    /// connection arriving while this many are open is accepted and closed
+    /// immediately, so the client sees an end of stream (or a reset) rather
+    /// than waiting. Zero refuses every connection.
+    pub max_connections: usize,
+}
+
+impl Default for ServerConfig {
+    /// 64 MiB frames, 60 s idle timeout, 10 s read timeout, 1024 connections.
+    fn default() -> Self {
+        ServerConfig {
+            max_frame: DEFAULT_MAX_FRAME,
+            idle_timeout: Duration::from_secs(60),
+            read_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+        }
+    }
+}
+
+/// A bound TCP listener ready to serve a [`Handler`].
+///
+/// ```
+/// use std::future::Future;
+/// use std::pin::Pin;
+/// use std::sync::Arc;
+/// use metabridge_tcp::{Handler, Pool, PoolConfig, Server, ServerConfig};
+///
+/// struct Echo;
+/// impl Handler for Echo {
+///     fn call(&self, request: Vec<u8>) -> Pin<Box<dyn Future<Output = Vec<u8>> + Send + '_>> {
+///         Box::pin(async move { request })
+///     }
+///     fn frame_too_large(&self, _declared: u64, _max: usize) -> Vec<u8> {
+///         b"too large".to_vec()
+///     }
+/// }
+///
+/// let rt = tokio::runtime::Runtime::new()?;
+/// let server = rt.block_on(Server::bind("127.0.0.1:0", ServerConfig::default(), Arc::new(Echo)))?;
+/// let addr = server.local_addr();
+/// let stop = server.shutdown_handle();
+/// let running = rt.spawn(server.run());
+///
+/// // Any number of threads may share the pool.
+/// let pool = Arc::new(Pool::connect(addr, PoolConfig::default())?);
+/// let workers: Vec<_> = (0..4)
+///     .map(|i| {
+///         let pool = Arc::clone(&pool);
+///         std::thread::spawn(move || {
+///             let mut response = Vec::new();
+///             let request = format!("request {i}");
+///             pool.call(request.as_bytes(), &mut response).unwrap();
+///             assert_eq!(response, request.as_bytes());
+///         })
+///     })
+///     .collect();
+/// for w in workers {
+///     w.join().unwrap();
+/// }
+///
+/// stop.shutdown();
+/// rt.block_on(running)??;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Server {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    config: ServerConfig,
+    handler: Arc<dyn Handler>,
+    shutdown: Arc<watch::Sender<bool>>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.local_addr)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Requests a graceful stop of a [`Server`]; cheap to clone and usable from
+/// any thread, inside or outside the runtime.
+///
+/// ```
+/// use std::future::Future;
+/// use std::pin::Pin;
+/// use std::sync::Arc;
+/// use metabridge_tcp::{Handler, Server, ServerConfig};
+///
+/// struct Nothing;
+/// impl Handler for Nothing {
+///     fn call(&self, _: Vec<u8>) -> Pin<Box<dyn Future<Output = Vec<u8>> + Send + '_>> {
+///         Box::pin(async { Vec::new() })
+///     }
+///     fn frame_too_large(&self, _: u64, _: usize) -> Vec<u8> {
+///         Vec::new()
+///     }
+/// }
+///
+/// # tokio::runtime::Runtime::new()?.block_on(async {
+/// let server = Server::bind("127.0.0.1:0", ServerConfig::default(), Arc::new(Nothing)).await?;
+/// let stop = server.shutdown_handle();
+/// stop.shutdown(); // a stop requested before `run` makes it return at once
+/// server.run().await?;
+/// # Ok::<(), std::io::Error>(())
+/// # })?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle {
+    tx: Arc<watch::Sender<bool>>,
+}
+
+impl ShutdownHandle {
+    /// Stops the server: it accepts no more connections; requests already
+    /// being read or handled finish and their responses are written, then
+    /// every connection is closed and [`Server::run`] returns (after at most
+    /// [`SHUTDOWN_GRACE`], when stragglers are aborted). Idempotent.
+    pub fn shutdown(&self) {
+        self.tx.send_replace(true);
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) has been called.
+    ///
+    /// See [`ShutdownHandle`] for an example.
+    pub fn is_shutdown(&self) -> bool {
+        *self.tx.borrow()
+    }
+}
+
+impl Server {
+    /// Binds a listener on `addr` (for example `"127.0.0.1:0"`, then see
+    /// [`local_addr`](Self::local_addr)). Must be called inside a tokio
+    /// runtime context. No connection is accepted until [`run`](Self::run).
+    ///
+    /// See [`Server`] for an example.
+    pub async fn bind(
+        addr: &str,
+        config: ServerConfig,
+        handler: Arc<dyn Handler>,
+    ) -> io::Result<Server> {
+        let listener = TcpListener::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
+        let (tx, _) = watch::channel(false);
+        debug!(%local_addr, "metabridge-tcp server bound");
+        Ok(Server {
+            listener,
+            local_addr,
+            config,
+            handler,
+            shutdown: Arc::new(tx),
+        })
+    }
+
+    /// The address the listener is bound to (with the real port when bound
+    /// to port 0).
+    ///
+    /// See [`Server`] for an example.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A handle that stops [`run`](Self::run) from any thread.
+    ///
+    /// See [`ShutdownHandle`] for an example.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            tx: Arc::clone(&self.shutdown),
+        }
+    }
+
+    /// Accepts and serves connections until shutdown is requested. Every
+    /// connection is its own tokio task; `TCP_NODELAY` and `SO_KEEPALIVE` are
+    /// set on each accepted socket.
+    ///
+    /// Errors from `accept` itself (such as running out of file descriptors)
+    /// are logged and retried after a short pause rather than returned, so
+    /// currently this only returns `Ok(())`, after shutdown, once every
+    /// connection task has finished (or [`SHUTDOWN_GRACE`] has passed and the
+    /// remaining ones were aborted).
+    ///
+    /// See [`Server`] for an example.
+    pub async fn run(self) -> io::Result<()> {
+        let Server {
+            listener,
+            local_addr,
+            config,
+            handler,
+            shutdown,
+        } = self;
+        let config = Arc::new(config);
+        let slots = Arc::new(Semaphore::new(config.max_connections));
+        let mut stop = shutdown.subscribe();
+        let mut tasks = JoinSet::new();
+
+        loop {
+            tokio::select! {
+                biased;
+                () = stopped(&mut stop) => break,
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => report_task_end(done),
+                accepted = listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(pair) => pair,
+                        Err(e) => {
+                            warn!(%local_addr, error = %e, "accept failed");
+                            tokio::time::sleep(ACCEPT_BACKOFF).await;
+                            continue;
+                        }
+                    };
+                    let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+                        debug!(%peer, max = config.max_connections, "connection limit reached; closing new connection");
+                        drop(stream);
+                        continue;
+                    };
+                    if let Err(e) = configure(&stream) {
+                        debug!(%peer, error = %e, "could not configure accepted socket; closing it");
+                        continue;
+                    }
+                    debug!(%peer, "connection accepted");
+                    let conn = Connection {
+                        stream: BufReader::new(stream),
+                        peer,
+                        config: Arc::clone(&config),
+                        handler: Arc::clone(&handler),
+                        stop: shutdown.subscribe(),
+                    };
+                    tasks.spawn(async move {
+                        conn.serve().await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+
+        drop(listener);
+        debug!(%local_addr, open = tasks.len(), "server stopping; draining connections");
+        let drained = timeout(SHUTDOWN_GRACE, async {
+            while let Some(done) = tasks.join_next().await {
+                report_task_end(done);
+            }
+        })
+        .await;
+        if drained.is_err() {
+            warn!(%local_addr, remaining = tasks.len(), "connections still busy after the shutdown grace period; aborting them");
+            tasks.shutdown().await;
+        }
+        debug!(%local_addr, "server stopped");
+        Ok(())
+    }
+}
+
+/// Completes once shutdown has been requested (or the sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`; drop it right here.
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+fn report_task_end(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        if e.is_panic() {
+            warn!("a connection task panicked (its connection was closed): {e}");
+        }
+    }
+}
+
+/// Sets `TCP_NODELAY` and `SO_KEEPALIVE` on an accepted socket.
+fn configure(stream: &TcpStream) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    SockRef::from(stream).set_tcp_keepalive(&TcpKeepalive::new().with_time(KEEPALIVE_TIME))
+}
+
+/// One accepted connection and everything its task needs.
+struct Connection {
+    stream: BufReader<TcpStream>,
+    peer: SocketAddr,
+    config: Arc<ServerConfig>,
+    handler: Arc<dyn Handler>,
+    stop: watch::Receiver<bool>,
+}
+
+/// Why a connection is being closed (for the debug log).
+#[derive(Debug)]
+enum Close {
+    PeerClosed,
+    Shutdown,
+    IdleTimeout,
+    ReadTimeout,
+    WriteTimeout,
+    TooLarge,
+    Io(io::Error),
+}
+
+impl Connection {
+    async fn serve(mut self) {
+        let reason = self.serve_inner().await;
+        match &reason {
+            Close::Io(e) => {
+                debug!(peer = %self.peer, error = %e, "closing connection after an i/o error")
+            }
+            other => debug!(peer = %self.peer, reason = ?other, "closing connection"),
+        }
+    }
+
+    async fn serve_inner(&mut self) -> Close {
+        let config = Arc::clone(&self.config);
+        let mut buf = Vec::new();
+        loop {
+            // Wait for the first byte of the next request (or a buffered,
+            // pipelined one), bounded by the idle timeout, unless a shutdown
+            // is requested first.
+            let started = tokio::select! {
+                biased;
+                () = stopped(&mut self.stop) => return Close::Shutdown,
+                r = timeout(config.idle_timeout, self.stream.fill_buf()) => match r {
+                    Err(_) => return Close::IdleTimeout,
+                    Ok(Err(e)) => return Close::Io(e),
+                    Ok(Ok(available)) => !available.is_empty(),
+                },
+            };
+            if !started {
+                return Close::PeerClosed;
+            }
+
+            match timeout(
+                config.read_timeout,
+                read_frame(&mut self.stream, config.max_frame, &mut buf),
+            )
+            .await
+            {
+                Err(_) => return Close::ReadTimeout,
+                Ok(Ok(())) => {}
+                Ok(Err(FrameError::Closed)) => return Close::PeerClosed,
+                Ok(Err(FrameError::Io(e))) => return Close::Io(e),
+                Ok(Err(FrameError::TooLarge { declared, max })) => {
+                    debug!(peer = %self.peer, declared, max, "request frame too large");
+                    let response = self.handler.frame_too_large(declared, max);
+                    self.close_after_error_response(&response).await;
+                    return Close::TooLarge;
+                }
+            }
+
+            let request = std::mem::take(&mut buf);
+            let response = self.handler.call(request).await;
+            match timeout(
+                config.read_timeout,
+                write_frame(&mut self.stream, &response),
+            )
+            .await
+            {
+                Err(_) => return Close::WriteTimeout,
+                Ok(Err(e)) => return Close::Io(e),
+                Ok(Ok(())) => {}
+            }
+            // Reuse the response's allocation for the next request, unless
+            // it is big enough to be worth giving back.
+            if response.capacity() <= RETAIN_BUFFER {
+                buf = response;
+            }
+        }
+    }
+
+    /// Sends `response`, half-closes, then discards whatever the client still
+    /// sends for a short while so that the close is not turned into a reset
+    /// before the client has read the response.
+    async fn close_after_error_response(&mut self, response: &[u8]) {
+        let config = Arc::clone(&self.config);
+        let sent = timeout(config.read_timeout, async {
+            write_frame(&mut self.stream, response).await?;
+            self.stream.get_mut().shutdown().await
+        })
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
+            return;
+        }
+        let linger = config.read_timeout.min(LINGER);
+        let _ = timeout(linger, async {
+            let mut scratch = [0u8; 8192];
+            while let Ok(n) = self.stream.read(&mut scratch).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
