@@ -138,6 +138,8 @@ pub struct Receiver {
     partial: bool,
     /// The message being received is over `max_message` and is skipped.
     discarding: bool,
+    /// Bytes of the multi-frame message being received, so far.
+    received: u64,
 }
 
 impl Channel {
@@ -179,7 +181,7 @@ impl Channel {
         };
         Channel {
             tx: Sender { ring: producer, shared: shared.clone(), doorbell: None },
-            rx: Receiver { ring: consumer, shared, assembly: Vec::new(), partial: false, discarding: false },
+            rx: Receiver { ring: consumer, shared, assembly: Vec::new(), partial: false, discarding: false, received: 0 },
         }
     }
 
@@ -226,6 +228,23 @@ impl Channel {
     /// The peer process, once it has attached.
     pub fn peer(&self) -> Option<ProcessIdentity> {
         self.tx.shared.segment.identity(self.tx.shared.peer_side())
+    }
+
+    /// The CPU the peer last published (see [`WaitPolicy::Adaptive`]).
+    pub fn peer_cpu(&self) -> Option<u32> {
+        self.tx.shared.peer_cpu()
+    }
+
+    /// Publishes the CPU this side runs on, for the peer's adaptive wait.
+    /// A side that never blocks in `recv` (one polling many channels) calls
+    /// this itself; blocking calls publish on their own.
+    pub fn publish_cpu(&self, cpu: u32) {
+        self.tx.shared.publish_cpu(cpu)
+    }
+
+    /// `Err(PeerGone)` if the peer attached and has since died.
+    pub fn check_peer(&self) -> Result<()> {
+        self.tx.shared.check_alive()
     }
 }
 
@@ -479,8 +498,11 @@ impl Receiver {
                 self.partial = true;
                 self.discarding = false;
                 self.assembly.clear();
+                self.received = 0;
             }
-            let total = self.assembly.len() as u64 + frame.len as u64;
+            // Not `assembly.len()`: that is emptied once we start discarding.
+            let total = self.received + frame.len as u64;
+            self.received = total;
             if total > self.shared.max_message {
                 self.discarding = true;
                 self.assembly = Vec::new();

@@ -54,7 +54,7 @@ mod loom_tests;
 
 pub use error::{Error, Result};
 pub use ring::{frame_len, max_frame_payload, FRAME_HEADER};
-pub use wait::WaitPolicy;
+pub use wait::{current_cpu, WaitPolicy};
 
 #[cfg(not(loom))]
 pub use channel::{default_dir, Channel, ChannelConfig, FrameWriter, Message, Receiver, Sender};

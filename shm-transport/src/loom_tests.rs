@@ -31,7 +31,15 @@ impl Peer for NoPeer {
 const SETTINGS: WaitSettings = WaitSettings { policy: WaitPolicy::Sleep, liveness_interval: Duration::from_secs(3600) };
 
 fn ring() -> (Producer, Consumer) {
+    ring_at(0)
+}
+
+/// A ring whose counters start at `start`, so that a test reaches the
+/// wrap in few steps.
+fn ring_at(start: u64) -> (Producer, Consumer) {
     let ctrl = Arc::new(RingControl::new());
+    ctrl.tail.store(start, crate::sync::Ordering::Relaxed);
+    ctrl.head.store(start, crate::sync::Ordering::Relaxed);
     let mem = Region::new_model(CAP);
     let keep: crate::ring::KeepAlive = std::sync::Arc::new(ctrl.clone());
     let p = Arc::as_ptr(&ctrl);
@@ -71,12 +79,38 @@ fn message(i: u8) -> Vec<u8> {
     (0..8).map(|k| i.wrapping_mul(31).wrapping_add(k)).collect()
 }
 
+/// Explores every interleaving with at most this many preemptions (the
+/// bound keeps the run in minutes; bugs of ordering need few).
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    let mut b = loom::model::Builder::new();
+    b.preemption_bound = Some(3);
+    b.check(f);
+}
+
 #[test]
 fn loom_frames_arrive_whole_and_in_order_across_the_wrap() {
-    loom::model(|| {
+    model(|| {
+        // Starting 8 bytes before the end: the first frame needs a pad
+        // frame and wraps to offset 0. The consumer sleeps until woken.
+        let (mut p, mut c) = ring_at(56);
+        let t = loom::thread::spawn(move || {
+            for i in 0..2 {
+                send(&mut p, &message(i)).unwrap();
+            }
+        });
+        for i in 0..2 {
+            assert_eq!(recv(&mut c).unwrap(), message(i));
+        }
+        t.join().unwrap();
+    });
+}
+
+#[test]
+fn loom_a_full_ring_blocks_the_producer_until_space_is_released() {
+    model(|| {
+        // 5 frames of 16 bytes through 64 bytes: the fifth waits for the
+        // consumer to release the first, and must be woken.
         let (mut p, mut c) = ring();
-        // 5 frames of 16 bytes through 64 bytes: the producer must wait for
-        // space (and be woken), and the fifth frame wraps.
         let t = loom::thread::spawn(move || {
             for i in 0..5 {
                 send(&mut p, &message(i)).unwrap();
@@ -91,7 +125,7 @@ fn loom_frames_arrive_whole_and_in_order_across_the_wrap() {
 
 #[test]
 fn loom_close_wakes_a_sleeping_consumer() {
-    loom::model(|| {
+    model(|| {
         let (mut p, mut c) = ring();
         let t = loom::thread::spawn(move || {
             send(&mut p, &message(1)).unwrap();
@@ -105,7 +139,7 @@ fn loom_close_wakes_a_sleeping_consumer() {
 
 #[test]
 fn loom_consumer_close_wakes_a_blocked_producer() {
-    loom::model(|| {
+    model(|| {
         let (mut p, c) = ring();
         let t = loom::thread::spawn(move || {
             // 4 frames fill the ring; the fifth blocks until the close.

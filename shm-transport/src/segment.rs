@@ -103,6 +103,9 @@ pub(crate) struct Segment {
     /// Which side we are: 0 created it, 1 opened it.
     pub(crate) side: usize,
     path: PathBuf,
+    /// Ring capacities as written (creator) or validated (opener); never
+    /// re-read from the shared header, where the peer could change them.
+    capacity: [usize; 2],
 }
 
 // SAFETY: the mapping is plain shared memory; every access to it goes
@@ -137,7 +140,7 @@ impl Segment {
         let built = (|| -> Result<Segment> {
             file.set_len(total as u64)?;
             let map = MmapOptions::new().len(total).map_raw(&file)?;
-            let seg = Segment { map, side: 0, path: path.clone() };
+            let seg = Segment { map, side: 0, path: path.clone(), capacity };
             let me = ProcessIdentity::current();
             let h = seg.header_ptr();
             // SAFETY: the file is new, zero-filled and mapped by us alone
@@ -175,12 +178,12 @@ impl Segment {
             return Err(Error::Truncated { name: name.into(), len, needed: HEADER_LEN as u64 });
         }
         let map = MmapOptions::new().len(len as usize).map_raw(&file)?;
-        let seg = Segment { map, side: 1, path };
+        let mut seg = Segment { map, side: 1, path, capacity: [0; 2] };
         let (capacity, total) = seg.validate(name)?;
         if len < total {
             return Err(Error::Truncated { name: name.into(), len, needed: total });
         }
-        let _ = capacity;
+        seg.capacity = capacity;
         let side = &seg.header().sides[1];
         if side
             .claimed
@@ -253,7 +256,7 @@ impl Segment {
 
     /// Capacity of ring `i`, as validated.
     pub(crate) fn capacity(&self, i: usize) -> usize {
-        self.header().capacity[i] as usize
+        self.capacity[i]
     }
 
     /// Pointer to the control block of ring `i`.

@@ -78,8 +78,12 @@ pub(crate) trait Peer {
     fn check_alive(&self) -> Result<()>;
 }
 
-/// The CPU this thread runs on now.
-pub(crate) fn current_cpu() -> u32 {
+/// The CPU this thread runs on now (`u32::MAX` if unknown).
+///
+/// ```
+/// assert!(metabridge_shm::current_cpu() < 4096);
+/// ```
+pub fn current_cpu() -> u32 {
     // SAFETY: sched_getcpu has no preconditions; it returns -1 on error.
     let cpu = unsafe { libc::sched_getcpu() };
     if cpu < 0 {

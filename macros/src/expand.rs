@@ -1,0 +1,321 @@
+//! The server side of `#[service]`: the cleaned impl block plus `service()`, `run()`
+//! and `serve()`, which describe the service through the core crate's builder API.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{quote, quote_spanned, ToTokens};
+use syn::spanned::Spanned;
+use syn::{Ident, Item, ItemImpl};
+
+use crate::client;
+use crate::parse::{self, Constructor, Endpoint, Output, Param, ServiceDef};
+
+/// Expands `#[metabridge::service(attr)] item`.
+pub fn service(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let item: Item = match syn::parse2(item.clone()) {
+        Ok(item) => item,
+        Err(e) => {
+            let e = e.to_compile_error();
+            return quote!(#e #item);
+        }
+    };
+    let mut imp = match item {
+        Item::Impl(imp) if imp.trait_.is_none() => imp,
+        other => {
+            let e = syn::Error::new_spanned(
+                parse::item_head(&other),
+                "`#[metabridge::service]` must be on an inherent impl block: `impl MyService { .. }`",
+            )
+            .to_compile_error();
+            return quote!(#e #other);
+        }
+    };
+    match parse::parse_service(attr, &mut imp) {
+        Ok(def) => {
+            let server = server(&def, &imp);
+            let client = client::client(&def);
+            quote!(#imp #server #client)
+        }
+        Err(e) => {
+            let e = e.to_compile_error();
+            quote!(#imp #e)
+        }
+    }
+}
+
+/// Hygienic names of the closures' parameters: they cannot clash with the user's.
+pub struct Locals {
+    /// The service value.
+    pub s: Ident,
+    /// The `Args` reader.
+    pub args: Ident,
+    /// The `Reply` writer.
+    pub out: Ident,
+}
+
+impl Locals {
+    fn new() -> Self {
+        let id = |n: &str| Ident::new(n, Span::mixed_site());
+        Locals {
+            s: id("__s"),
+            args: id("__args"),
+            out: id("__out"),
+        }
+    }
+}
+
+/// `let p: T = __args.next("p")?;` for each parameter, then `__args.finish(&[..])?;`.
+fn read_args(params: &[Param], args: &Ident) -> TokenStream {
+    let lets = params.iter().map(|p| {
+        let (id, ty, name) = (&p.ident, &p.ty, p.wire_name());
+        let next = quote_spanned!(ty.span()=> #args.next(#name)?);
+        quote!(let #id: #ty = #next;)
+    });
+    let names = params.iter().map(Param::wire_name);
+    quote! {
+        #(#lets)*
+        #args.finish(&[#(#names),*])?;
+    }
+}
+
+/// `.constructor(|__args| ..)`.
+fn constructor(def: &ServiceDef, ty: &syn::Type, l: &Locals) -> TokenStream {
+    let args = &l.args;
+    let (read, value) = match &def.ctor {
+        Constructor::New { params, ident } => {
+            let ids = params.iter().map(|p| &p.ident);
+            (read_args(params, args), quote!(#ty::#ident(#(#ids),*)))
+        }
+        Constructor::Default => (
+            read_args(&[], args),
+            quote!(<#ty as ::core::default::Default>::default()),
+        ),
+    };
+    quote! {
+        .constructor(|#args: &mut ::metabridge::Args<'_>| {
+            #read
+            ::core::result::Result::Ok(#value)
+        })
+    }
+}
+
+/// `ident` with mixed-site hygiene, but reported at `span` in error messages.
+fn located(ident: &Ident, span: Span) -> Ident {
+    Ident::new(&ident.to_string(), Span::mixed_site().located_at(span))
+}
+
+/// `.endpoint(..)` or `.endpoint_async(..)`, then `.alias(..)` if any.
+///
+/// The call and the encoding of its value are spanned at the method's return type, so
+/// that a return type that is not `Serialize` (or an error type that is not `Display`)
+/// is reported there.
+fn endpoint(ep: &Endpoint, ty: &syn::Type, l: &Locals) -> TokenStream {
+    let Locals { s, args, out } = l;
+    let (method, name) = (&ep.method, &ep.name);
+    let read = read_args(&ep.params, args);
+    let ids = ep.params.iter().map(|p| &p.ident);
+    let span = match &ep.output {
+        Output::Unit => method.span(),
+        Output::Value(rt) => rt.span(),
+        Output::Result { span, .. } => *span,
+    };
+    let (s_at, out_at) = (located(s, span), located(out, span));
+    let call = quote_spanned!(span=> #s_at.#method(#(#ids),*));
+    let registration = match ep.asyncness {
+        None => {
+            let reply = match &ep.output {
+                Output::Unit => quote_spanned!(span=> #call; ::metabridge::Reply::ok(#out_at, &())),
+                Output::Value(_) => quote_spanned!(span=> ::metabridge::Reply::ok(#out_at, &#call)),
+                Output::Result { .. } => {
+                    quote_spanned!(span=> ::metabridge::Reply::result(#out_at, #call))
+                }
+            };
+            quote! {
+                .endpoint(#name, |#s: &#ty, #args: &mut ::metabridge::Args<'_>, #out: &mut ::metabridge::Reply<'_>| {
+                    #read
+                    #reply
+                })
+            }
+        }
+        Some(async_span) => {
+            let reply = match &ep.output {
+                Output::Unit => {
+                    quote_spanned!(span=> #call.await; ::metabridge::Reply::encode_ok(&()))
+                }
+                Output::Value(_) => {
+                    quote_spanned!(span=> ::metabridge::Reply::encode_ok(&#call.await))
+                }
+                Output::Result { .. } => {
+                    quote_spanned!(span=> ::metabridge::Reply::encode_result(#call.await))
+                }
+            };
+            let fut = quote_spanned! {async_span=>
+                ::std::boxed::Box::pin(async move { #reply }) as ::metabridge::EndpointFuture
+            };
+            quote! {
+                .endpoint_async(#name, |#s: ::std::sync::Arc<#ty>, #args: &mut ::metabridge::Args<'_>| {
+                    #read
+                    ::core::result::Result::Ok(#fut)
+                })
+            }
+        }
+    };
+    let alias = ep.alias.as_ref().map(|alias| quote!(.alias(#alias, #name)));
+    quote!(#registration #alias)
+}
+
+/// The generated `impl Type { fn service(); fn run(); fn serve() }`.
+fn server(def: &ServiceDef, imp: &ItemImpl) -> TokenStream {
+    let ty = &imp.self_ty;
+    let l = Locals::new();
+    let name = &def.args.name;
+    let host = def.args.host.as_ref().map(|h| quote!(.host(#h)));
+    let port = def.args.port.as_ref().map(|p| quote!(.port(#p)));
+    let ctor = constructor(def, ty, &l);
+    let endpoints = def.endpoints.iter().map(|ep| endpoint(ep, ty, &l));
+    let service_doc = format!(
+        "The MetaBridge definition of the `{}` service (generated by `#[metabridge::service]`).",
+        name.value()
+    );
+    quote! {
+        #[allow(dead_code)]
+        impl #ty {
+            #[doc = #service_doc]
+            pub fn service() -> ::metabridge::Service<#ty> {
+                ::metabridge::Service::<#ty>::new(#name)
+                    #host
+                    #port
+                    #ctor
+                    #(#endpoints)*
+            }
+
+            /// Starts the service in a background daemon process (generated by `#[metabridge::service]`).
+            pub fn run() -> ::metabridge::Result<::metabridge::DaemonHandle> {
+                ::metabridge::run(Self::service())
+            }
+
+            /// Serves the service in the current process until it is stopped (generated by `#[metabridge::service]`).
+            pub fn serve() -> ::metabridge::Result<()> {
+                ::metabridge::serve(Self::service())
+            }
+        }
+    }
+}
+
+/// The standalone `#[function]` / `#[endpoint]`: only valid inside a `#[service]` impl,
+/// which removes them before they expand, so reaching here is always an error.
+pub fn misplaced(which: &str, item: TokenStream) -> TokenStream {
+    let msg = format!(
+        "`#[metabridge::{which}]` must be on a method inside a `#[metabridge::service]` impl block"
+    );
+    let e = syn::Error::new(Span::call_site(), msg).to_compile_error();
+    let mut out = e;
+    item.to_tokens(&mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expand(attr: TokenStream, item: TokenStream) -> String {
+        service(attr, item).to_string()
+    }
+
+    fn squash(s: &str) -> String {
+        s.split_whitespace().collect()
+    }
+
+    #[test]
+    fn demo_expansion() {
+        let out = squash(&expand(
+            quote!(name = "demo-service", port = 9000),
+            quote! {
+                impl DemoService {
+                    pub fn new(argumento: String) -> Self { DemoService { argumento } }
+                    #[metabridge::endpoint("teste")]
+                    pub fn home(&self) -> String { todo!() }
+                    #[metabridge::function]
+                    pub fn get(&self, outro_argumento: String) -> String { todo!() }
+                    #[metabridge::function]
+                    pub async fn soma(&self, a: i64, b: i64) -> String { todo!() }
+                    #[metabridge::function]
+                    pub fn parse(&self, s: String) -> Result<i64, std::num::ParseIntError> { todo!() }
+                    #[function]
+                    pub fn ping(&self) {}
+                    fn helper(&self) {}
+                }
+            },
+        ));
+        for want in [
+            "::metabridge::Service::<DemoService>::new(\"demo-service\").port(9000).constructor(",
+            "let argumento : String = __args . next (\"argumento\") ? ;",
+            "__args.finish(&[\"argumento\"])?;::core::result::Result::Ok(DemoService::new(argumento))",
+            ".endpoint(\"teste\",|__s:&DemoService,__args:&mut::metabridge::Args<'_>,__out:&mut::metabridge::Reply<'_>|{__args.finish(&[])?;__out.ok(&__s.home())}).alias(\"home\",\"teste\")",
+            "__out.ok(&__s.get(outro_argumento))",
+            ".endpoint_async(\"soma\",|__s:::std::sync::Arc<DemoService>,",
+            "::core::result::Result::Ok(::std::boxed::Box::pin(asyncmove{::metabridge::Reply::encode_ok(&__s.soma(a,b).await)})as::metabridge::EndpointFuture)",
+            "__out.result(__s.parse(s))",
+            "__s.ping();__out.ok(&())",
+            "pubfnrun()->::metabridge::Result<::metabridge::DaemonHandle>{::metabridge::run(Self::service())}",
+            "pubfnserve()->::metabridge::Result<()>{::metabridge::serve(Self::service())}",
+            "fnhelper(&self){}",
+        ] {
+            assert!(out.contains(&squash(want)), "missing {want}\nin {out}");
+        }
+        assert!(!out.contains("metabridge::function"), "{out}");
+        assert!(!out.contains(".host("), "{out}");
+    }
+
+    #[test]
+    fn default_constructor_and_host() {
+        let out = squash(&expand(
+            quote!(name = "x", host = "0.0.0.0"),
+            quote!(impl X { #[function] async fn a(&self) -> Result<(), E> { Ok(()) } }),
+        ));
+        assert!(out.contains(".host(\"0.0.0.0\")"), "{out}");
+        assert!(
+            out.contains("__args.finish(&[])?;::core::result::Result::Ok(<Xas::core::default::Default>::default())"),
+            "{out}"
+        );
+        assert!(
+            out.contains("::metabridge::Reply::encode_result(__s.a().await)"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn errors_keep_the_cleaned_item() {
+        let out = expand(quote!(), quote!(impl X { #[function] fn a(&self) {} }));
+        assert!(out.contains("compile_error"), "{out}");
+        assert!(out.contains("missing service name"), "{out}");
+        assert!(!out.contains("function"), "{out}");
+        assert!(out.contains("fn a"), "{out}");
+    }
+
+    #[test]
+    fn not_an_impl() {
+        let out = expand(
+            quote!(name = "x"),
+            quote!(
+                struct X;
+            ),
+        );
+        assert!(out.contains("must be on an inherent impl block"), "{out}");
+        assert!(out.contains("struct X"), "{out}");
+        let out = expand(quote!(name = "x"), quote!(impl T for X {}));
+        assert!(out.contains("must be on an inherent impl block"), "{out}");
+    }
+
+    #[test]
+    fn misplaced_marker() {
+        let out = misplaced(
+            "function",
+            quote!(
+                fn a() {}
+            ),
+        )
+        .to_string();
+        assert!(out.contains("`#[metabridge::function]` must be on a method inside a `#[metabridge::service]` impl block"));
+        assert!(out.contains("fn a"));
+    }
+}

@@ -1,0 +1,294 @@
+//! Arguments: binding a request's positional and keyword arguments to an
+//! endpoint's parameters (server side), and encoding them (client side).
+
+use crate::error::{CallError, Error, Result};
+use crate::msgpack::{array_header, map_header, read_str, split_value};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// The arguments of one call, bound parameter by parameter.
+///
+/// Generated code calls [`next`](Args::next) once per parameter, in order,
+/// then [`finish`](Args::finish). A parameter takes the next positional
+/// argument if one is left, else the keyword argument of its name, as
+/// Python binds them. Every mismatch is a `TypeError` naming the endpoint
+/// and the parameter; nothing panics.
+///
+/// ```
+/// use metabridge::Args;
+/// // get("mundo!") as the client sends it: args ["mundo!"], kwargs {}
+/// let args = [0x91, 0xa6, b'm', b'u', b'n', b'd', b'o', b'!'];
+/// let mut a = Args::new("get", &args, &[0x80]).unwrap();
+/// let word: String = a.next("outro_argumento").unwrap();
+/// a.finish(&["outro_argumento"]).unwrap();
+/// assert_eq!(word, "mundo!");
+/// ```
+pub struct Args<'a> {
+    endpoint: &'a str,
+    positional: &'a [u8],
+    positional_left: u32,
+    given: u32,
+    kwargs: &'a [u8],
+    kwargs_count: u32,
+    kwargs_used: u32,
+}
+
+impl<'a> Args<'a> {
+    /// Wraps a raw array of positional and a raw map of keyword arguments.
+    pub fn new(endpoint: &'a str, args: &'a [u8], kwargs: &'a [u8]) -> Result<Args<'a>, CallError> {
+        let (given, positional) =
+            array_header(args).ok_or_else(|| CallError::new("ProtocolError", "args must be an array"))?;
+        let (kwargs_count, kwargs) =
+            map_header(kwargs).ok_or_else(|| CallError::new("ProtocolError", "kwargs must be a map"))?;
+        Ok(Args { endpoint, positional, positional_left: given, given, kwargs, kwargs_count, kwargs_used: 0 })
+    }
+
+    fn find_kwarg(&self, name: &str) -> Result<Option<&'a [u8]>, CallError> {
+        let mut rest = self.kwargs;
+        for _ in 0..self.kwargs_count {
+            let (key, after) = read_str(rest)
+                .ok_or_else(|| CallError::type_error(format!("{}(): keyword names must be strings", self.endpoint)))?;
+            let (value, after) = split_value(after).map_err(|e| CallError::new("ProtocolError", e.to_string()))?;
+            if key == name {
+                return Ok(Some(value));
+            }
+            rest = after;
+        }
+        Ok(None)
+    }
+
+    /// Binds the next parameter, named `param`, as a `T`.
+    pub fn next<T: DeserializeOwned>(&mut self, param: &str) -> Result<T, CallError> {
+        let keyword = if self.kwargs_count > 0 { self.find_kwarg(param)? } else { None };
+        let raw = if self.positional_left > 0 {
+            if keyword.is_some() {
+                return Err(CallError::type_error(format!(
+                    "{}() got multiple values for argument '{param}'",
+                    self.endpoint
+                )));
+            }
+            let (value, rest) =
+                split_value(self.positional).map_err(|e| CallError::new("ProtocolError", e.to_string()))?;
+            self.positional = rest;
+            self.positional_left -= 1;
+            value
+        } else if let Some(value) = keyword {
+            self.kwargs_used += 1;
+            value
+        } else {
+            return Err(CallError::type_error(format!(
+                "{}() missing required argument '{param}'",
+                self.endpoint
+            )));
+        };
+        rmp_serde::from_slice(raw).map_err(|e| {
+            CallError::type_error(format!(
+                "{}(): argument '{param}' is not a valid {}: {e}",
+                self.endpoint,
+                std::any::type_name::<T>()
+            ))
+        })
+    }
+
+    /// Checks that no argument was left over. `params` are the names of
+    /// all the parameters, for the message.
+    pub fn finish(&self, params: &[&str]) -> Result<(), CallError> {
+        if self.positional_left > 0 {
+            return Err(CallError::type_error(format!(
+                "{}() takes {} positional argument{} but {} were given",
+                self.endpoint,
+                params.len(),
+                if params.len() == 1 { "" } else { "s" },
+                self.given
+            )));
+        }
+        if self.kwargs_used < self.kwargs_count {
+            let mut rest = self.kwargs;
+            for _ in 0..self.kwargs_count {
+                let Some((key, after)) = read_str(rest) else { break };
+                if !params.contains(&key) {
+                    return Err(CallError::type_error(format!(
+                        "{}() got an unexpected keyword argument '{key}'",
+                        self.endpoint
+                    )));
+                }
+                rest = split_value(after).map(|(_, r)| r).unwrap_or(&[]);
+            }
+            return Err(CallError::type_error(format!("{}(): unexpected keyword arguments", self.endpoint)));
+        }
+        Ok(())
+    }
+}
+
+/// Positional arguments a client can pass: tuples of serializable values
+/// (up to 12), `()` for none, or a `Vec` of dynamic [`rmpv::Value`]s.
+///
+/// ```
+/// use metabridge::IntoArgs;
+/// let mut buf = Vec::new();
+/// (10, 20).encode_args(&mut buf).unwrap();
+/// assert_eq!(buf, [0x92, 10, 20]);
+/// ```
+pub trait IntoArgs {
+    /// Appends the arguments to `buf` as one MessagePack array.
+    fn encode_args(&self, buf: &mut Vec<u8>) -> Result<()>;
+}
+
+pub(crate) fn encode_value<T: Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) -> Result<()> {
+    value
+        .serialize(&mut rmp_serde::Serializer::new(buf).with_struct_map())
+        .map_err(|e| Error::Protocol(format!("argument does not encode: {e}")))
+}
+
+impl IntoArgs for () {
+    fn encode_args(&self, buf: &mut Vec<u8>) -> Result<()> {
+        buf.push(0x90);
+        Ok(())
+    }
+}
+
+impl IntoArgs for Vec<rmpv::Value> {
+    fn encode_args(&self, buf: &mut Vec<u8>) -> Result<()> {
+        let _ = rmp::encode::write_array_len(buf, self.len() as u32);
+        for v in self {
+            rmpv::encode::write_value(buf, v).map_err(|e| Error::Protocol(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+macro_rules! tuple_args {
+    ($n:expr; $($name:ident . $idx:tt),+) => {
+        impl<$($name: Serialize),+> IntoArgs for ($($name,)+) {
+            fn encode_args(&self, buf: &mut Vec<u8>) -> Result<()> {
+                let _ = rmp::encode::write_array_len(buf, $n);
+                $(encode_value(buf, &self.$idx)?;)+
+                Ok(())
+            }
+        }
+    };
+}
+tuple_args!(1; A.0);
+tuple_args!(2; A.0, B.1);
+tuple_args!(3; A.0, B.1, C.2);
+tuple_args!(4; A.0, B.1, C.2, D.3);
+tuple_args!(5; A.0, B.1, C.2, D.3, E.4);
+tuple_args!(6; A.0, B.1, C.2, D.3, E.4, F.5);
+tuple_args!(7; A.0, B.1, C.2, D.3, E.4, F.5, G.6);
+tuple_args!(8; A.0, B.1, C.2, D.3, E.4, F.5, G.6, H.7);
+tuple_args!(9; A.0, B.1, C.2, D.3, E.4, F.5, G.6, H.7, I.8);
+tuple_args!(10; A.0, B.1, C.2, D.3, E.4, F.5, G.6, H.7, I.8, J.9);
+tuple_args!(11; A.0, B.1, C.2, D.3, E.4, F.5, G.6, H.7, I.8, J.9, K.10);
+tuple_args!(12; A.0, B.1, C.2, D.3, E.4, F.5, G.6, H.7, I.8, J.9, K.10, L.11);
+
+/// Positional and keyword arguments built one by one, for calls whose
+/// shape is known only at run time (and for constructor arguments).
+///
+/// ```
+/// use metabridge::CallArgs;
+/// let a = CallArgs::new().arg(10).unwrap().kwarg("b", 20).unwrap();
+/// assert_eq!(a.positional_len(), 1);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct CallArgs {
+    args: Vec<u8>,
+    args_len: u32,
+    kwargs: Vec<u8>,
+    kwargs_len: u32,
+}
+
+impl CallArgs {
+    /// No arguments.
+    pub fn new() -> CallArgs {
+        CallArgs::default()
+    }
+
+    /// Adds a positional argument.
+    pub fn arg<T: Serialize>(mut self, value: T) -> Result<CallArgs> {
+        encode_value(&mut self.args, &value)?;
+        self.args_len += 1;
+        Ok(self)
+    }
+
+    /// Adds a keyword argument.
+    pub fn kwarg<T: Serialize>(mut self, name: &str, value: T) -> Result<CallArgs> {
+        let _ = rmp::encode::write_str(&mut self.kwargs, name);
+        encode_value(&mut self.kwargs, &value)?;
+        self.kwargs_len += 1;
+        Ok(self)
+    }
+
+    /// Number of positional arguments.
+    pub fn positional_len(&self) -> usize {
+        self.args_len as usize
+    }
+
+    /// The raw array of positional arguments.
+    pub fn encoded_args(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.args.len() + 5);
+        let _ = rmp::encode::write_array_len(&mut out, self.args_len);
+        out.extend_from_slice(&self.args);
+        out
+    }
+
+    /// The raw map of keyword arguments.
+    pub fn encoded_kwargs(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.kwargs.len() + 5);
+        let _ = rmp::encode::write_map_len(&mut out, self.kwargs_len);
+        out.extend_from_slice(&self.kwargs);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bind(args: &CallArgs) -> (Vec<u8>, Vec<u8>) {
+        (args.encoded_args(), args.encoded_kwargs())
+    }
+
+    #[test]
+    fn positional_then_keyword() {
+        let (a, k) = bind(&CallArgs::new().arg(1).unwrap().kwarg("b", "two").unwrap());
+        let mut args = Args::new("f", &a, &k).unwrap();
+        assert_eq!(args.next::<i64>("a").unwrap(), 1);
+        assert_eq!(args.next::<String>("b").unwrap(), "two");
+        args.finish(&["a", "b"]).unwrap();
+    }
+
+    #[test]
+    fn every_mismatch_is_a_type_error_naming_endpoint_and_parameter() {
+        let (a, k) = bind(&CallArgs::new().arg("x").unwrap());
+        let e = Args::new("soma", &a, &k).unwrap().next::<i64>("a").unwrap_err();
+        assert_eq!(e.kind, "TypeError");
+        assert!(e.message.contains("soma") && e.message.contains("'a'"), "{e}");
+
+        let (a, k) = bind(&CallArgs::new());
+        let e = Args::new("soma", &a, &k).unwrap().next::<i64>("a").unwrap_err();
+        assert!(e.message.contains("missing required argument 'a'"), "{e}");
+
+        let (a, k) = bind(&CallArgs::new().arg(1).unwrap().arg(2).unwrap());
+        let mut args = Args::new("one", &a, &k).unwrap();
+        args.next::<i64>("x").unwrap();
+        assert!(args.finish(&["x"]).unwrap_err().message.contains("takes 1 positional argument but 2"));
+
+        let (a, k) = bind(&CallArgs::new().kwarg("zzz", 1).unwrap());
+        let args = Args::new("f", &a, &k).unwrap();
+        assert!(args.finish(&[]).unwrap_err().message.contains("unexpected keyword argument 'zzz'"));
+
+        let (a, k) = bind(&CallArgs::new().arg(1).unwrap().kwarg("x", 1).unwrap());
+        let mut args = Args::new("f", &a, &k).unwrap();
+        assert!(args.next::<i64>("x").unwrap_err().message.contains("multiple values"));
+    }
+
+    #[test]
+    fn tuples_encode_as_arrays() {
+        let mut buf = Vec::new();
+        ("a", 1u8, true).encode_args(&mut buf).unwrap();
+        assert_eq!(buf, [0x93, 0xa1, b'a', 1, 0xc3]);
+        buf.clear();
+        ().encode_args(&mut buf).unwrap();
+        assert_eq!(buf, [0x90]);
+    }
+}

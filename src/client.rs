@@ -1,0 +1,258 @@
+//! The client: find a service, open channels lazily, call endpoints.
+//!
+//! The path of one call: [`Client::call`] encodes the request envelope
+//! into the connection's buffer, the transport (a shared-memory channel
+//! from the pool, or a pooled TCP socket) carries it, and the response is
+//! decoded from the reply ring in place.
+
+use crate::args::{encode_value, CallArgs, IntoArgs};
+use crate::envelope;
+use crate::error::{Error, Result};
+use crate::registry::{self, Entry, Registry};
+use crate::transport::{ShmPool, Transport};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Which transport a client uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransportKind {
+    /// Shared memory when the service's segments can be mapped, else TCP
+    /// (the default; `METABRIDGE_TRANSPORT=tcp` forces TCP).
+    Auto,
+    /// Shared memory only.
+    Shm,
+    /// TCP only.
+    Tcp,
+}
+
+/// Options of a connection; made by [`connect`].
+///
+/// ```no_run
+/// let client = metabridge::connect("demo-service")
+///     .kwarg("argumento", "Olá,")
+///     .timeout(std::time::Duration::from_secs(2))
+///     .open()?;
+/// let greeting: String = client.call("get", ("mundo!",))?;
+/// # Ok::<(), metabridge::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Connect {
+    name: String,
+    ctor: CallArgs,
+    timeout: Duration,
+    transport: TransportKind,
+    address: Option<String>,
+    token: Option<String>,
+    max_channels: usize,
+    error: Option<String>,
+}
+
+/// Starts connecting to the service `name`; finish with
+/// [`Connect::open`].
+pub fn connect(name: &str) -> Connect {
+    let transport = match std::env::var("METABRIDGE_TRANSPORT").as_deref() {
+        Ok("tcp") => TransportKind::Tcp,
+        Ok("shm") => TransportKind::Shm,
+        _ => TransportKind::Auto,
+    };
+    Connect {
+        name: name.to_owned(),
+        ctor: CallArgs::new(),
+        timeout: Duration::from_secs(30),
+        transport,
+        address: None,
+        token: std::env::var("METABRIDGE_TOKEN").ok().filter(|t| !t.is_empty()),
+        max_channels: 16,
+        error: None,
+    }
+}
+
+impl Connect {
+    /// Adds a positional constructor argument. (A value that cannot be
+    /// encoded makes [`open`](Self::open) fail.)
+    pub fn arg<T: Serialize>(mut self, value: T) -> Connect {
+        match self.ctor.clone().arg(value) {
+            Ok(c) => self.ctor = c,
+            Err(e) => self.error = self.error.or(Some(e.to_string())),
+        }
+        self
+    }
+
+    /// Adds a keyword constructor argument.
+    pub fn kwarg<T: Serialize>(mut self, name: &str, value: T) -> Connect {
+        match self.ctor.clone().kwarg(name, value) {
+            Ok(c) => self.ctor = c,
+            Err(e) => self.error = self.error.or(Some(e.to_string())),
+        }
+        self
+    }
+
+    /// Sets all constructor arguments at once.
+    pub fn ctor_args(mut self, args: CallArgs) -> Connect {
+        self.ctor = args;
+        self
+    }
+
+    /// How long a call (and setting up a channel) may take (default 30 s).
+    pub fn timeout(mut self, timeout: Duration) -> Connect {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Chooses the transport.
+    pub fn transport(mut self, kind: TransportKind) -> Connect {
+        self.transport = kind;
+        self
+    }
+
+    /// Connects by TCP address (`host:port`) instead of looking the name
+    /// up in the local registry: for services on other hosts.
+    pub fn at(mut self, address: &str) -> Connect {
+        self.address = Some(address.to_owned());
+        self.transport = TransportKind::Tcp;
+        self
+    }
+
+    /// The token to present (default `$METABRIDGE_TOKEN`).
+    pub fn token(mut self, token: &str) -> Connect {
+        self.token = Some(token.to_owned());
+        self
+    }
+
+    /// Most shared-memory channels (or sockets) open at once (default 16).
+    pub fn max_channels(mut self, n: usize) -> Connect {
+        self.max_channels = n.max(1);
+        self
+    }
+
+    /// Finds the service and returns a client. No channel is opened until
+    /// the first call needs one.
+    pub fn open(self) -> Result<Client> {
+        if let Some(e) = self.error {
+            return Err(Error::Protocol(format!("constructor argument: {e}")));
+        }
+        let ctor = envelope::encode_ctor(&self.ctor.encoded_args(), &self.ctor.encoded_kwargs());
+        let transport = match (&self.address, self.transport) {
+            (Some(addr), _) => Transport::tcp(addr, self.max_channels, self.timeout)?,
+            (None, kind) => {
+                let entry = Registry::open(&registry::home_dir())?.lookup(&self.name)?;
+                match kind {
+                    TransportKind::Tcp => Transport::tcp(&entry.tcp, self.max_channels, self.timeout)?,
+                    TransportKind::Shm => Transport::Shm(ShmPool::new(&entry, self.max_channels, self.timeout)?),
+                    TransportKind::Auto => match ShmPool::new(&entry, self.max_channels, self.timeout) {
+                        Ok(pool) => Transport::Shm(pool),
+                        Err(e) => {
+                            tracing::debug!("shared memory of {:?} unavailable ({e}); falling back to TCP", self.name);
+                            Transport::tcp(&entry.tcp, self.max_channels, self.timeout)?
+                        }
+                    },
+                }
+            }
+        };
+        Ok(Client {
+            inner: Arc::new(Inner { name: self.name, ctor, token: self.token, transport }),
+        })
+    }
+}
+
+struct Inner {
+    name: String,
+    /// The constructor's raw `[args, kwargs]`, encoded once.
+    ctor: Vec<u8>,
+    token: Option<String>,
+    transport: Transport,
+}
+
+/// A dynamic proxy of one service, for its constructor arguments. Cheap to
+/// clone and usable from many threads at once; closed when the last clone
+/// drops, or explicitly with [`close`](Client::close).
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl Client {
+    /// Calls `endpoint` with positional `args` (a tuple) and decodes the
+    /// result as `R`.
+    pub fn call<R: DeserializeOwned>(&self, endpoint: &str, args: impl IntoArgs) -> Result<R> {
+        let mut raw = Vec::with_capacity(64);
+        args.encode_args(&mut raw)?;
+        self.call_raw(endpoint, &raw, envelope::EMPTY_MAP)
+    }
+
+    /// Calls `endpoint` with positional and keyword arguments.
+    pub fn call_with<R: DeserializeOwned>(&self, endpoint: &str, args: &CallArgs) -> Result<R> {
+        self.call_raw(endpoint, &args.encoded_args(), &args.encoded_kwargs())
+    }
+
+    /// Calls with arguments already encoded (a MessagePack array and map).
+    pub fn call_raw<R: DeserializeOwned>(&self, endpoint: &str, args: &[u8], kwargs: &[u8]) -> Result<R> {
+        let inner = &*self.inner;
+        inner.transport.round_trip(
+            |buf| envelope::encode_call(buf, endpoint, args, kwargs, &inner.ctor, inner.token.as_deref()),
+            envelope::decode_result::<R>,
+        )
+    }
+
+    /// Calls from async code: the arguments are encoded now, the call runs
+    /// on tokio's blocking pool so it never stalls the async workers.
+    pub fn call_async<R, A>(&self, endpoint: &str, args: A) -> impl std::future::Future<Output = Result<R>> + Send + 'static
+    where
+        R: DeserializeOwned + Send + 'static,
+        A: IntoArgs + Send + 'static,
+    {
+        let client = self.clone();
+        let endpoint = endpoint.to_owned();
+        async move {
+            let mut raw = Vec::new();
+            args.encode_args(&mut raw)?;
+            tokio::task::spawn_blocking(move || client.call_raw::<R>(&endpoint, &raw, envelope::EMPTY_MAP))
+                .await
+                .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?
+        }
+    }
+
+    /// The service's endpoint names, sorted.
+    pub fn endpoints(&self) -> Result<Vec<String>> {
+        let inner = &*self.inner;
+        inner.transport.round_trip(
+            |buf| envelope::encode_list(buf, &inner.ctor, inner.token.as_deref()),
+            envelope::decode_result::<Vec<String>>,
+        )
+    }
+
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// `"shm"` or `"tcp"`.
+    pub fn transport_name(&self) -> &'static str {
+        self.inner.transport.name()
+    }
+
+    /// Shared-memory channels (or TCP sockets) open now.
+    pub fn open_channels(&self) -> usize {
+        self.inner.transport.open_channels()
+    }
+
+    /// Closes every idle channel now; later calls fail. Calls in flight
+    /// finish first.
+    pub fn close(&self) {
+        self.inner.transport.close();
+    }
+}
+
+/// Looks up a live service in this user's registry.
+pub fn lookup(name: &str) -> Result<Entry> {
+    Registry::open(&registry::home_dir())?.lookup(name)
+}
+
+/// Encodes one value as MessagePack (for building raw arguments).
+pub fn to_msgpack<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    encode_value(&mut buf, value)?;
+    Ok(buf)
+}

@@ -1,0 +1,116 @@
+//! The one error enum of MetaBridge, and the error an endpoint raises.
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// Everything a MetaBridge call or setup can fail with.
+///
+/// ```
+/// let e = metabridge::Error::Remote { kind: "TypeError".into(), message: "bad".into() };
+/// assert_eq!(e.to_string(), "remote error TypeError: bad");
+/// ```
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No live service of that name is registered.
+    #[error("service {name:?} not found: {reason}")]
+    ServiceNotFound {
+        /// The name looked up.
+        name: String,
+        /// Why: never registered, or its process died.
+        reason: String,
+    },
+    /// A live process already serves a service of that name.
+    #[error("service {name:?} already exists (pid {pid})")]
+    ServiceAlreadyExists {
+        /// The name.
+        name: String,
+        /// The process that holds it.
+        pid: u32,
+    },
+    /// The endpoint (or the service around it) answered with an error.
+    #[error("remote error {kind}: {message}")]
+    Remote {
+        /// The error's type: `NotFound`, `TypeError`, `Panic`,
+        /// `ProtocolError`, `Unauthorized`, or an endpoint's own error type.
+        kind: String,
+        /// Its message.
+        message: String,
+    },
+    /// The operation did not finish in time.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// The peer process died mid-call, or closed the connection.
+    #[error("peer gone: {0}")]
+    PeerGone(String),
+    /// Bytes that do not follow the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// An operating-system or transport failure.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Shorthand for MetaBridge results.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<metabridge_shm::Error> for Error {
+    fn from(e: metabridge_shm::Error) -> Self {
+        use metabridge_shm::Error as S;
+        match e {
+            S::PeerGone { .. } | S::Closed => Error::PeerGone(e.to_string()),
+            S::Timeout => Error::Timeout("shared-memory channel".into()),
+            S::Io(io) => Error::Io(io),
+            other => Error::Protocol(other.to_string()),
+        }
+    }
+}
+
+/// The error an endpoint (or the dispatcher) sends back: a type name and a
+/// message, as the wire protocol's `{"type", "message"}` map.
+///
+/// ```
+/// use metabridge::CallError;
+/// let e = CallError::from_error(&"x".parse::<i32>().unwrap_err());
+/// assert_eq!(e.kind, "ParseIntError");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallError {
+    /// Type of the error, e.g. `TypeError`.
+    pub kind: Cow<'static, str>,
+    /// Human-readable message.
+    pub message: String,
+}
+
+impl CallError {
+    /// An error of type `kind`.
+    pub fn new(kind: impl Into<Cow<'static, str>>, message: impl Into<String>) -> CallError {
+        CallError { kind: kind.into(), message: message.into() }
+    }
+
+    /// A `TypeError`: wrong argument count, names or types.
+    pub fn type_error(message: impl Into<String>) -> CallError {
+        CallError::new("TypeError", message)
+    }
+
+    /// The error of an endpoint that returned `Err(e)`: E's type name (its
+    /// last path segment, without generics) and `e.to_string()`.
+    pub fn from_error<E: fmt::Display + ?Sized>(e: &E) -> CallError {
+        CallError::new(short_type_name::<E>(), e.to_string())
+    }
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)
+    }
+}
+
+impl std::error::Error for CallError {}
+
+/// `core::num::error::ParseIntError` -> `ParseIntError`;
+/// `my::Error<T>` -> `Error`.
+fn short_type_name<T: ?Sized>() -> String {
+    let full = std::any::type_name::<T>();
+    let base = full.split('<').next().unwrap_or(full);
+    base.rsplit("::").next().unwrap_or(base).to_string()
+}

@@ -1,0 +1,150 @@
+//! The few MessagePack facts the envelope needs that rmp does not give:
+//! the byte extent of one encoded value, found without decoding it.
+
+use crate::error::{Error, Result};
+
+fn truncated() -> Error {
+    Error::Protocol("truncated MessagePack value".into())
+}
+
+/// Reads a big-endian unsigned integer of `n` bytes at `pos`.
+fn be(buf: &[u8], pos: usize, n: usize) -> Result<u64> {
+    let bytes = buf.get(pos..pos + n).ok_or_else(truncated)?;
+    Ok(bytes.iter().fold(0u64, |acc, &b| acc << 8 | b as u64))
+}
+
+/// Length in bytes of the single MessagePack value at the start of `buf`.
+///
+/// Iterative (a count of values still to skip, not recursion), so deep
+/// nesting cannot overflow the stack, and every declared length is checked
+/// against the bytes present, so a lying header costs no time or memory.
+pub fn value_len(buf: &[u8]) -> Result<usize> {
+    let mut pos = 0usize;
+    let mut pending: u64 = 1;
+    while pending > 0 {
+        pending -= 1;
+        let m = *buf.get(pos).ok_or_else(truncated)?;
+        pos += 1;
+        let (skip, more): (u64, u64) = match m {
+            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
+            0x80..=0x8f => (0, 2 * (m & 0x0f) as u64),
+            0x90..=0x9f => (0, (m & 0x0f) as u64),
+            0xa0..=0xbf => ((m & 0x1f) as u64, 0),
+            0xc4 | 0xd9 => (1 + be(buf, pos, 1)?, 0),
+            0xc5 | 0xda => (2 + be(buf, pos, 2)?, 0),
+            0xc6 | 0xdb => (4 + be(buf, pos, 4)?, 0),
+            0xc7 => (2 + be(buf, pos, 1)?, 0),
+            0xc8 => (3 + be(buf, pos, 2)?, 0),
+            0xc9 => (5 + be(buf, pos, 4)?, 0),
+            0xca => (4, 0),
+            0xcb => (8, 0),
+            0xcc | 0xd0 => (1, 0),
+            0xcd | 0xd1 => (2, 0),
+            0xce | 0xd2 => (4, 0),
+            0xcf | 0xd3 => (8, 0),
+            0xd4 => (2, 0),
+            0xd5 => (3, 0),
+            0xd6 => (5, 0),
+            0xd7 => (9, 0),
+            0xd8 => (17, 0),
+            0xdc => (2, be(buf, pos, 2)?),
+            0xdd => (4, be(buf, pos, 4)?),
+            0xde => (2, 2 * be(buf, pos, 2)?),
+            0xdf => (4, 2 * be(buf, pos, 4)?),
+            0xc1 => return Err(Error::Protocol("invalid MessagePack marker 0xc1".into())),
+        };
+        let rest = (buf.len() - pos) as u64;
+        if skip > rest {
+            return Err(truncated());
+        }
+        pos += skip as usize;
+        pending += more;
+        // Every pending value takes at least one byte.
+        if pending > (buf.len() - pos) as u64 {
+            return Err(truncated());
+        }
+    }
+    Ok(pos)
+}
+
+/// Splits the value at the start of `buf` from what follows it.
+pub fn split_value(buf: &[u8]) -> Result<(&[u8], &[u8])> {
+    let n = value_len(buf)?;
+    Ok(buf.split_at(n))
+}
+
+/// If `buf` starts with an array header: (element count, the elements).
+pub fn array_header(buf: &[u8]) -> Option<(u32, &[u8])> {
+    match *buf.first()? {
+        m @ 0x90..=0x9f => Some(((m & 0x0f) as u32, &buf[1..])),
+        0xdc => Some((be(buf, 1, 2).ok()? as u32, buf.get(3..)?)),
+        0xdd => Some((be(buf, 1, 4).ok()? as u32, buf.get(5..)?)),
+        _ => None,
+    }
+}
+
+/// If `buf` starts with a map header: (entry count, the entries).
+pub fn map_header(buf: &[u8]) -> Option<(u32, &[u8])> {
+    match *buf.first()? {
+        m @ 0x80..=0x8f => Some(((m & 0x0f) as u32, &buf[1..])),
+        0xde => Some((be(buf, 1, 2).ok()? as u32, buf.get(3..)?)),
+        0xdf => Some((be(buf, 1, 4).ok()? as u32, buf.get(5..)?)),
+        _ => None,
+    }
+}
+
+/// If `buf` starts with a string: (the string, what follows).
+pub fn read_str(buf: &[u8]) -> Option<(&str, &[u8])> {
+    let (len, start): (usize, usize) = match *buf.first()? {
+        m @ 0xa0..=0xbf => ((m & 0x1f) as usize, 1),
+        0xd9 => (be(buf, 1, 1).ok()? as usize, 2),
+        0xda => (be(buf, 1, 2).ok()? as usize, 3),
+        0xdb => (be(buf, 1, 4).ok()? as usize, 5),
+        _ => return None,
+    };
+    let bytes = buf.get(start..start.checked_add(len)?)?;
+    Some((std::str::from_utf8(bytes).ok()?, &buf[start + len..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lengths_of_every_kind() {
+        let v = rmpv::Value::Map(vec![
+            ("a".into(), rmpv::Value::Array(vec![1.into(), (-70000i64).into(), 1.5f64.into(), rmpv::Value::Nil])),
+            ("b".into(), rmpv::Value::Binary(vec![0; 300])),
+            ("c".into(), rmpv::Value::String("x".repeat(70000).into())),
+            ("d".into(), rmpv::Value::Ext(3, vec![1, 2, 3, 4])),
+            ("e".into(), (u64::MAX).into()),
+            ("f".into(), true.into()),
+            ("g".into(), 1.5f32.into()),
+        ]);
+        let mut buf = Vec::new();
+        rmpv::encode::write_value(&mut buf, &v).unwrap();
+        let full = buf.len();
+        buf.extend_from_slice(&[0xc0, 0xc0]);
+        assert_eq!(value_len(&buf).unwrap(), full);
+    }
+
+    #[test]
+    fn lying_headers_are_errors() {
+        assert!(value_len(&[0xdd, 0xff, 0xff, 0xff, 0xff]).is_err()); // 4G-element array, no bytes
+        assert!(value_len(&[0xdb, 0xff, 0xff, 0xff, 0xff, 1]).is_err()); // 4 GiB string
+        assert!(value_len(&[0x92, 0x01]).is_err());
+        assert!(value_len(&[]).is_err());
+        assert!(value_len(&[0xc1]).is_err());
+        let deep = vec![0x91u8; 1_000_000];
+        assert!(value_len(&deep).is_err()); // no stack overflow either
+    }
+
+    #[test]
+    fn headers() {
+        assert_eq!(array_header(&[0x92, 1, 2]), Some((2, &[1u8, 2][..])));
+        assert_eq!(map_header(&[0xde, 0, 1, 0xa1, b'k', 1]).map(|x| x.0), Some(1));
+        assert_eq!(read_str(&[0xa2, b'h', b'i', 7]), Some(("hi", &[7u8][..])));
+        assert_eq!(read_str(&[0xa2, 0xff, 0xfe]), None);
+        assert_eq!(read_str(&[0xa5, b'h']), None);
+    }
+}

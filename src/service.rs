@@ -1,0 +1,224 @@
+//! Defining a service without the macro: a builder of closures.
+//!
+//! `#[metabridge::service]` expands to exactly these calls; writing them by
+//! hand gives the same service.
+
+use crate::args::Args;
+use crate::envelope;
+use crate::error::CallError;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// The future of an `async` endpoint: resolves to the encoded response.
+pub type EndpointFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, CallError>> + Send>>;
+
+pub(crate) type CtorFn<S> = dyn Fn(&mut Args<'_>) -> Result<S, CallError> + Send + Sync;
+pub(crate) type SyncFn<S> = dyn Fn(&S, &mut Args<'_>, &mut Reply<'_>) -> Result<(), CallError> + Send + Sync;
+pub(crate) type AsyncFn<S> = dyn Fn(Arc<S>, &mut Args<'_>) -> Result<EndpointFuture, CallError> + Send + Sync;
+
+/// One endpoint's code.
+pub(crate) enum Endpoint<S> {
+    Sync(Arc<SyncFn<S>>),
+    Async(Arc<AsyncFn<S>>),
+}
+
+impl<S> Clone for Endpoint<S> {
+    fn clone(&self) -> Self {
+        match self {
+            Endpoint::Sync(f) => Endpoint::Sync(f.clone()),
+            Endpoint::Async(f) => Endpoint::Async(f.clone()),
+        }
+    }
+}
+
+/// Where an endpoint writes its answer.
+///
+/// ```
+/// use metabridge::Reply;
+/// let bytes = Reply::encode_ok(&"hi").unwrap();
+/// assert_eq!(metabridge::envelope::decode_result::<String>(&bytes).unwrap(), "hi");
+/// ```
+pub struct Reply<'a> {
+    pub(crate) buf: &'a mut Vec<u8>,
+}
+
+impl Reply<'_> {
+    /// Answers with `value`.
+    pub fn ok<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), CallError> {
+        envelope::encode_ok(self.buf, value)
+    }
+
+    /// Answers with the value of `Ok`, or the error of `Err` (its type name
+    /// and message).
+    pub fn result<T: Serialize, E: Display>(&mut self, result: Result<T, E>) -> Result<(), CallError> {
+        match result {
+            Ok(v) => self.ok(&v),
+            Err(e) => Err(CallError::from_error(&e)),
+        }
+    }
+
+    /// The encoded answer `value`, for an `async` endpoint.
+    pub fn encode_ok<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CallError> {
+        let mut buf = Vec::with_capacity(64);
+        envelope::encode_ok(&mut buf, value)?;
+        Ok(buf)
+    }
+
+    /// The encoded answer of a `Result`, for an `async` endpoint.
+    pub fn encode_result<T: Serialize, E: Display>(result: Result<T, E>) -> Result<Vec<u8>, CallError> {
+        match result {
+            Ok(v) => Self::encode_ok(&v),
+            Err(e) => Err(CallError::from_error(&e)),
+        }
+    }
+}
+
+/// Tuning of a service's runtime.
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    /// Interface of the TCP listener: `127.0.0.1` by default; `0.0.0.0`
+    /// exposes the service on the network.
+    pub host: String,
+    /// TCP port; 0 (default) picks a free one.
+    pub port: u16,
+    /// Worker threads serving shared-memory channels
+    /// (default `$METABRIDGE_WORKERS`, or the number of CPUs).
+    pub workers: usize,
+    /// Service instances kept, one per distinct constructor arguments
+    /// (default 128, in 16 shards).
+    pub cache_capacity: usize,
+    /// A token clients must present (`auth` in the request map); default
+    /// `$METABRIDGE_TOKEN` if set.
+    pub token: Option<String>,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        let workers = std::env::var("METABRIDGE_WORKERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n: &usize| n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+        ServiceConfig {
+            host: "127.0.0.1".into(),
+            port: 0,
+            workers,
+            cache_capacity: 128,
+            token: std::env::var("METABRIDGE_TOKEN").ok().filter(|t| !t.is_empty()),
+        }
+    }
+}
+
+/// A service definition: a name, a constructor and endpoints.
+///
+/// ```
+/// use metabridge::{Service, Args, Reply};
+/// struct Greeter { greeting: String }
+/// let service = Service::<Greeter>::new("greeter")
+///     .constructor(|a: &mut Args<'_>| {
+///         let greeting: String = a.next("greeting")?;
+///         a.finish(&["greeting"])?;
+///         Ok(Greeter { greeting })
+///     })
+///     .endpoint("greet", |s: &Greeter, a: &mut Args<'_>, out: &mut Reply<'_>| {
+///         let name: String = a.next("name")?;
+///         a.finish(&["name"])?;
+///         out.ok(&format!("{} {name}", s.greeting))
+///     });
+/// assert_eq!(service.name(), "greeter");
+/// assert_eq!(service.endpoint_names(), vec!["greet".to_string()]);
+/// ```
+pub struct Service<S> {
+    pub(crate) name: String,
+    pub(crate) config: ServiceConfig,
+    pub(crate) ctor: Option<Arc<CtorFn<S>>>,
+    pub(crate) endpoints: HashMap<String, Endpoint<S>>,
+}
+
+impl<S: Send + Sync + 'static> Service<S> {
+    /// A service called `name`, with no endpoints yet.
+    pub fn new(name: &str) -> Service<S> {
+        Service { name: name.to_owned(), config: ServiceConfig::default(), ctor: None, endpoints: HashMap::new() }
+    }
+
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The TCP interface (`"0.0.0.0"` to expose it on the network).
+    pub fn host(mut self, host: &str) -> Self {
+        self.config.host = host.to_owned();
+        self
+    }
+
+    /// The TCP port (0: any free port).
+    pub fn port(mut self, port: u16) -> Self {
+        self.config.port = port;
+        self
+    }
+
+    /// Replaces the whole runtime configuration.
+    pub fn config(mut self, config: ServiceConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Changes the runtime configuration in place.
+    pub fn configure(mut self, f: impl FnOnce(&mut ServiceConfig)) -> Self {
+        f(&mut self.config);
+        self
+    }
+
+    /// The constructor: builds an instance from the client's constructor
+    /// arguments. Without one, the service cannot be instantiated.
+    pub fn constructor(
+        mut self,
+        f: impl Fn(&mut Args<'_>) -> Result<S, CallError> + Send + Sync + 'static,
+    ) -> Self {
+        self.ctor = Some(Arc::new(f));
+        self
+    }
+
+    /// A synchronous endpoint.
+    pub fn endpoint(
+        mut self,
+        name: &str,
+        f: impl Fn(&S, &mut Args<'_>, &mut Reply<'_>) -> Result<(), CallError> + Send + Sync + 'static,
+    ) -> Self {
+        self.endpoints.insert(name.to_owned(), Endpoint::Sync(Arc::new(f)));
+        self
+    }
+
+    /// An `async` endpoint: binds its arguments at once, then returns the
+    /// future that computes the encoded answer on the service's tokio
+    /// runtime.
+    pub fn endpoint_async(
+        mut self,
+        name: &str,
+        f: impl Fn(Arc<S>, &mut Args<'_>) -> Result<EndpointFuture, CallError> + Send + Sync + 'static,
+    ) -> Self {
+        self.endpoints.insert(name.to_owned(), Endpoint::Async(Arc::new(f)));
+        self
+    }
+
+    /// Makes endpoint `target` reachable as `alias` too (the seed exposes a
+    /// method under its endpoint name and its own name).
+    pub fn alias(mut self, alias: &str, target: &str) -> Self {
+        if let Some(e) = self.endpoints.get(target).cloned() {
+            self.endpoints.insert(alias.to_owned(), e);
+        }
+        self
+    }
+
+    /// The sorted endpoint names (aliases included).
+    pub fn endpoint_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.endpoints.keys().cloned().collect();
+        names.sort();
+        names
+    }
+}
