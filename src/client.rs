@@ -47,6 +47,7 @@ pub struct Connect {
     token: Option<String>,
     max_channels: usize,
     error: Option<String>,
+    home: Option<std::path::PathBuf>,
 }
 
 /// Starts connecting to the service `name`; finish with
@@ -66,6 +67,7 @@ pub fn connect(name: &str) -> Connect {
         token: std::env::var("METABRIDGE_TOKEN").ok().filter(|t| !t.is_empty()),
         max_channels: 16,
         error: None,
+        home: None,
     }
 }
 
@@ -121,6 +123,13 @@ impl Connect {
         self
     }
 
+    /// Looks the service up in the registry of this directory instead of
+    /// `$METABRIDGE_HOME`.
+    pub fn home(mut self, dir: impl Into<std::path::PathBuf>) -> Connect {
+        self.home = Some(dir.into());
+        self
+    }
+
     /// Most shared-memory channels (or sockets) open at once (default 16).
     pub fn max_channels(mut self, n: usize) -> Connect {
         self.max_channels = n.max(1);
@@ -137,7 +146,8 @@ impl Connect {
         let transport = match (&self.address, self.transport) {
             (Some(addr), _) => Transport::tcp(addr, self.max_channels, self.timeout)?,
             (None, kind) => {
-                let entry = Registry::open(&registry::home_dir())?.lookup(&self.name)?;
+                let home = self.home.clone().unwrap_or_else(registry::home_dir);
+                let entry = Registry::open(&home)?.lookup(&self.name)?;
                 match kind {
                     TransportKind::Tcp => Transport::tcp(&entry.tcp, self.max_channels, self.timeout)?,
                     TransportKind::Shm => Transport::Shm(ShmPool::new(&entry, self.max_channels, self.timeout)?),

@@ -318,7 +318,8 @@ mod tests {
     #[test]
     fn list_and_missing_sections() {
         // msgpack.packb({"type": "list_endpoints"})
-        let r = decode_request(&hex("81 a4 74797065 ae 6c6973745f656e64706f696e7473")).unwrap();
+        let list = hex("81 a4 74797065 ae 6c6973745f656e64706f696e7473");
+        let r = decode_request(&list).unwrap();
         assert_eq!(r.kind, RequestKind::ListEndpoints);
         assert_eq!((r.args, r.kwargs, r.ctor_args, r.ctor_kwargs), (EMPTY_ARRAY, EMPTY_MAP, EMPTY_ARRAY, EMPTY_MAP));
         let mut buf = Vec::new();

@@ -150,6 +150,12 @@ impl<S: Send + Sync + 'static> Service<S> {
         &self.name
     }
 
+    /// The same service under another name (to run several copies).
+    pub fn rename(mut self, name: &str) -> Self {
+        self.name = name.to_owned();
+        self
+    }
+
     /// The TCP interface (`"0.0.0.0"` to expose it on the network).
     pub fn host(mut self, host: &str) -> Self {
         self.config.host = host.to_owned();

@@ -1,0 +1,139 @@
+//! A service for the integration tests (and a handy manual probe).
+//!
+//! `test_service serve <name>` serves in the foreground until SIGTERM;
+//! `test_service call <name> <endpoint> [args as JSON-ish strings]` calls it
+//! from a process of its own and prints the result.
+
+use metabridge::CallError;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+static INSTANCES: AtomicU64 = AtomicU64::new(0);
+
+pub struct Fixture {
+    id: u64,
+    prefix: String,
+    scale: i64,
+}
+
+#[derive(Debug)]
+pub struct Refused(String);
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "refused: {}", self.0)
+    }
+}
+
+#[metabridge::service(name = "fixture")]
+impl Fixture {
+    pub fn new(prefix: String, scale: i64) -> Self {
+        Fixture { id: INSTANCES.fetch_add(1, Ordering::SeqCst), prefix, scale }
+    }
+
+    #[metabridge::function]
+    pub fn echo(&self, text: String) -> String {
+        format!("{}{}", self.prefix, text)
+    }
+
+    #[metabridge::function]
+    pub fn scaled(&self, x: i64) -> i64 {
+        x * self.scale
+    }
+
+    #[metabridge::function]
+    pub fn instance_id(&self) -> u64 {
+        self.id
+    }
+
+    #[metabridge::function]
+    pub fn pid(&self) -> u32 {
+        std::process::id()
+    }
+
+    #[metabridge::function]
+    pub fn boom(&self) -> String {
+        panic!("boom on purpose")
+    }
+
+    #[metabridge::function]
+    pub fn check(&self, value: i64) -> Result<i64, Refused> {
+        if value < 0 {
+            Err(Refused(format!("{value} is negative")))
+        } else {
+            Ok(value)
+        }
+    }
+
+    #[metabridge::function]
+    pub fn blob(&self, data: Vec<u8>) -> usize {
+        data.len()
+    }
+
+    #[metabridge::function]
+    pub fn sleep_ms(&self, ms: u64) -> u64 {
+        std::thread::sleep(Duration::from_millis(ms));
+        ms
+    }
+
+    #[metabridge::function]
+    pub async fn later(&self, ms: u64) -> String {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        format!("{}after {ms} ms", self.prefix)
+    }
+
+    #[metabridge::endpoint("renamed")]
+    pub fn original(&self) -> &'static str {
+        "renamed and original"
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("serve") => {
+            let name = args.get(2).cloned().unwrap_or_else(|| "fixture".into());
+            let cache: usize = std::env::var("FIXTURE_CACHE").ok().and_then(|v| v.parse().ok()).unwrap_or(128);
+            let service = Fixture::service().configure(|c| c.cache_capacity = cache);
+            let service = rename(service, &name);
+            if let Err(e) = metabridge::serve(service) {
+                eprintln!("test_service: {e}");
+                std::process::exit(match e {
+                    metabridge::Error::ServiceAlreadyExists { .. } => 3,
+                    _ => 1,
+                });
+            }
+        }
+        Some("call") => {
+            let name = &args[2];
+            let endpoint = &args[3];
+            let client = metabridge::connect(name).arg("p:").arg(1).open().unwrap_or_else(|e| {
+                eprintln!("test_service: {e}");
+                std::process::exit(2)
+            });
+            let mut call = metabridge::CallArgs::new();
+            for a in &args[4..] {
+                call = call.arg(a).unwrap();
+            }
+            match client.call_with::<metabridge::rmpv::Value>(endpoint, &call) {
+                Ok(v) => println!("{v} via {}", client.transport_name()),
+                Err(e) => {
+                    eprintln!("test_service: {e}");
+                    std::process::exit(4)
+                }
+            }
+        }
+        _ => {
+            eprintln!("usage: test_service serve <name> | call <name> <endpoint> [args...]");
+            std::process::exit(64);
+        }
+    }
+}
+
+/// The macro names the service "fixture"; tests run many at once, each
+/// under a name of its own.
+fn rename(service: metabridge::Service<Fixture>, name: &str) -> metabridge::Service<Fixture> {
+    service.rename(name)
+}
+
+#[allow(dead_code)]
+fn unused(_: CallError) {}

@@ -1,0 +1,142 @@
+//! Shared helpers of the integration tests: a private registry directory
+//! per test, real service processes, and cleanup that runs even when a
+//! test fails (every process killed and reaped, the directory removed).
+#![allow(dead_code)]
+
+use metabridge::registry::Registry;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The directory of the example binaries cargo built for these tests.
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().join("examples").join(name)
+}
+
+/// One test's world: its own `METABRIDGE_HOME` and its processes.
+pub struct TestEnv {
+    pub home: PathBuf,
+    children: Vec<Child>,
+}
+
+impl TestEnv {
+    pub fn new(tag: &str) -> TestEnv {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let home = PathBuf::from(format!("/dev/shm/mbt-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&home);
+        std::fs::create_dir_all(&home).unwrap();
+        TestEnv { home, children: Vec::new() }
+    }
+
+    pub fn command(&self, example_name: &str) -> Command {
+        let mut cmd = Command::new(example(example_name));
+        cmd.env("METABRIDGE_HOME", &self.home).env_remove("METABRIDGE_TRANSPORT").env_remove("METABRIDGE_TOKEN");
+        cmd
+    }
+
+    /// Starts the fixture service `name` and waits until it is registered.
+    pub fn start_service(&mut self, name: &str, envs: &[(&str, &str)]) -> u32 {
+        let mut cmd = self.command("test_service");
+        cmd.args(["serve", name]).stdout(Stdio::null());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn test_service (is it built? cargo test builds examples)");
+        let pid = child.id();
+        self.children.push(child);
+        self.wait_registered(name, pid);
+        pid
+    }
+
+    pub fn spawn(&mut self, cmd: &mut Command) -> u32 {
+        let child = cmd.spawn().unwrap();
+        let pid = child.id();
+        self.children.push(child);
+        pid
+    }
+
+    pub fn wait_registered(&mut self, name: &str, pid: u32) {
+        let reg = Registry::open(&self.home).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(e) = reg.lookup(name) {
+                if e.pid == pid {
+                    return;
+                }
+            }
+            if let Some(c) = self.children.iter_mut().find(|c| c.id() == pid) {
+                if let Ok(Some(status)) = c.try_wait() {
+                    panic!("service {name} exited during startup: {status}");
+                }
+            }
+            assert!(Instant::now() < deadline, "service {name} did not register");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn connect(&self, name: &str) -> metabridge::Connect {
+        metabridge::connect(name).home(&self.home).timeout(Duration::from_secs(20))
+    }
+
+    /// Waits for child `pid` to exit; its exit code.
+    pub fn wait_exit(&mut self, pid: u32, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        let child = self.children.iter_mut().find(|c| c.id() == pid)?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Files in the home directory other than the registry.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.home)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "registry")
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+pub fn sigterm(pid: u32) {
+    unsafe_kill(pid, libc_sig::TERM);
+}
+
+pub fn sigkill(pid: u32) {
+    unsafe_kill(pid, libc_sig::KILL);
+}
+
+mod libc_sig {
+    pub const TERM: i32 = 15;
+    pub const KILL: i32 = 9;
+}
+
+fn unsafe_kill(pid: u32, sig: i32) {
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        remove(&self.home);
+    }
+}
+
+fn remove(p: &Path) {
+    let _ = std::fs::remove_dir_all(p);
+}

@@ -1,0 +1,220 @@
+//! The runtime end to end: real service processes, real clients, through
+//! the registry, over shared memory and TCP.
+
+mod common;
+
+use common::{sigkill, sigterm, TestEnv};
+use metabridge::{CallArgs, Error, TransportKind};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+fn remote_kind(r: metabridge::Result<impl std::fmt::Debug>) -> (String, String) {
+    match r {
+        Err(Error::Remote { kind, message }) => (kind, message),
+        other => panic!("expected a remote error, got {other:?}"),
+    }
+}
+
+#[test]
+fn seed_client_example_prints_the_expected_output_and_leaves_nothing() {
+    let env = TestEnv::new("seed");
+    let out = env.command("client").stderr(Stdio::inherit()).output().unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    let expected = "Conectando ao serviço 'demo-service'...\n\
+        Resposta do endpoint 'teste()': Mensagem da home do serviço!\n\
+        Resposta do endpoint 'get('mundo!')': Olá, mundo!\n\
+        Resposta do endpoint 'soma(10, 20)': A soma é: 30\n\
+        Cliente finalizado. A conexão foi fechada.\n";
+    assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
+    assert_eq!(env.leftovers(), Vec::<String>::new(), "segments or sockets left behind");
+    let reg = metabridge::registry::Registry::open(&env.home).unwrap();
+    assert!(reg.list().is_empty(), "the daemon unregistered");
+}
+
+#[test]
+fn unrelated_processes_find_each_other_through_the_registry() {
+    let mut env = TestEnv::new("unrelated");
+    let service_pid = env.start_service("svc", &[]);
+    // A second, separate process (not the service's parent or child) calls it.
+    let out = env.command("test_service").args(["call", "svc", "echo", "olá"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "\"p:olá\" via shm");
+    let out = env.command("test_service").args(["call", "svc", "pid"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("{service_pid} via shm"));
+}
+
+#[test]
+fn constructor_arguments_positional_and_named_and_calls_with_kwargs() {
+    let mut env = TestEnv::new("ctor");
+    env.start_service("svc", &[]);
+    let positional = env.connect("svc").arg("a:").arg(3).open().unwrap();
+    assert_eq!(positional.transport_name(), "shm");
+    assert_eq!(positional.call::<String>("echo", ("x",)).unwrap(), "a:x");
+    assert_eq!(positional.call::<i64>("scaled", (5,)).unwrap(), 15);
+    let named = env.connect("svc").kwarg("scale", 2).kwarg("prefix", "k:").open().unwrap();
+    assert_eq!(named.call::<i64>("scaled", (5,)).unwrap(), 10);
+    let kw = CallArgs::new().kwarg("text", "y").unwrap();
+    assert_eq!(named.call_with::<String>("echo", &kw).unwrap(), "k:y");
+    let mixed = env.connect("svc").arg("m:").kwarg("scale", 7).open().unwrap();
+    assert_eq!(mixed.call::<i64>("scaled", (1,)).unwrap(), 7);
+    // Under its endpoint name and its own name.
+    assert_eq!(mixed.call::<String>("renamed", ()).unwrap(), "renamed and original");
+    assert_eq!(mixed.call::<String>("original", ()).unwrap(), "renamed and original");
+    let mut names = mixed.endpoints().unwrap();
+    names.sort();
+    assert!(names.contains(&"renamed".to_string()) && names.contains(&"original".to_string()));
+    // A bad constructor argument is a TypeError, not a crash.
+    let bad = env.connect("svc").arg(1).arg("x").open().unwrap();
+    let (kind, msg) = remote_kind(bad.call::<String>("echo", ("x",)));
+    assert_eq!(kind, "TypeError");
+    assert!(msg.contains("prefix"), "{msg}");
+}
+
+#[test]
+fn errors_panics_wrong_types_and_unknown_endpoints_are_remote_errors() {
+    let mut env = TestEnv::new("errors");
+    env.start_service("svc", &[]);
+    let c = env.connect("svc").arg("p").arg(1).open().unwrap();
+    let (kind, msg) = remote_kind(c.call::<String>("boom", ()));
+    assert_eq!(kind, "Panic");
+    assert!(msg.contains("boom on purpose"), "{msg}");
+    let (kind, msg) = remote_kind(c.call::<i64>("check", (-4,)));
+    assert_eq!((kind.as_str(), msg.as_str()), ("Refused", "refused: -4 is negative"));
+    assert_eq!(c.call::<i64>("check", (4,)).unwrap(), 4);
+    let (kind, msg) = remote_kind(c.call::<i64>("scaled", ("not a number",)));
+    assert_eq!(kind, "TypeError");
+    assert!(msg.contains("scaled") && msg.contains("'x'"), "{msg}");
+    let (kind, msg) = remote_kind(c.call::<i64>("scaled", (1, 2)));
+    assert_eq!(kind, "TypeError");
+    assert!(msg.contains("positional"), "{msg}");
+    let (kind, msg) = remote_kind(c.call::<i64>("nope", ()));
+    assert_eq!((kind.as_str(), msg.as_str()), ("NotFound", "Endpoint 'nope' not found"));
+    // The service kept serving through all of it.
+    assert_eq!(c.call::<String>("echo", ("ok",)).unwrap(), "pok");
+    assert_eq!(c.call::<String>("later", (5,)).unwrap(), "pafter 5 ms");
+}
+
+#[test]
+fn instances_are_cached_per_constructor_arguments_and_evicted_past_capacity() {
+    let mut env = TestEnv::new("lru");
+    env.start_service("svc", &[("FIXTURE_CACHE", "2")]);
+    let id = |prefix: &str| {
+        env.connect("svc").arg(prefix).arg(1).open().unwrap().call::<u64>("instance_id", ()).unwrap()
+    };
+    let a = id("a");
+    assert_eq!(id("a"), a, "equal constructor arguments reuse the instance");
+    let b = id("b");
+    assert_ne!(a, b);
+    assert_eq!(id("a"), a);
+    let c = id("c"); // capacity 2: evicts b, the least recently used
+    assert_ne!(c, a);
+    assert_eq!(id("a"), a);
+    assert_ne!(id("b"), b, "b was evicted and rebuilt");
+}
+
+#[test]
+fn sixteen_threads_share_one_client() {
+    let mut env = TestEnv::new("threads");
+    env.start_service("svc", &[]);
+    let client = env.connect("svc").arg("t").arg(1).open().unwrap();
+    std::thread::scope(|s| {
+        for t in 0..16 {
+            let client = client.clone();
+            s.spawn(move || {
+                for i in 0..300 {
+                    let text = format!("{t}-{i}");
+                    assert_eq!(client.call::<String>("echo", (&text,)).unwrap(), format!("t{text}"));
+                }
+            });
+        }
+    });
+    assert!(client.open_channels() <= 16, "at most 16 channels");
+    assert!(client.open_channels() >= 1);
+    client.close();
+    assert!(client.call::<String>("echo", ("x",)).is_err(), "a closed client refuses calls");
+}
+
+#[test]
+fn a_second_service_with_a_live_name_gets_service_already_exists() {
+    let mut env = TestEnv::new("dup");
+    env.start_service("svc", &[]);
+    let mut cmd = env.command("test_service");
+    cmd.args(["serve", "svc"]).stdout(Stdio::null()).stderr(Stdio::piped());
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+}
+
+#[test]
+fn a_killed_service_leaves_a_stale_entry_that_is_reported_and_reclaimed() {
+    let mut env = TestEnv::new("stale");
+    let pid = env.start_service("svc", &[]);
+    sigkill(pid);
+    env.wait_exit(pid, Duration::from_secs(5)).unwrap_or_default();
+    match env.connect("svc").open() {
+        Err(Error::ServiceNotFound { reason, .. }) => assert!(reason.contains("died"), "{reason}"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("connected to a dead service"),
+    }
+    // The name is free again.
+    env.start_service("svc", &[]);
+    let c = env.connect("svc").arg("n").arg(1).open().unwrap();
+    assert_eq!(c.call::<String>("echo", ("x",)).unwrap(), "nx");
+}
+
+#[test]
+fn a_service_killed_mid_call_gives_peer_gone_not_a_hang() {
+    let mut env = TestEnv::new("midcall");
+    let pid = env.start_service("svc", &[]);
+    let c = env.connect("svc").arg("n").arg(1).open().unwrap();
+    assert_eq!(c.call::<u64>("sleep_ms", (1,)).unwrap(), 1);
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        sigkill(pid);
+    });
+    let start = Instant::now();
+    let r = c.call::<u64>("sleep_ms", (10_000,));
+    killer.join().unwrap();
+    assert!(matches!(r, Err(Error::PeerGone(_))), "{r:?}");
+    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+}
+
+#[test]
+fn sigterm_stops_gracefully_unregisters_and_removes_segments() {
+    let mut env = TestEnv::new("term");
+    let pid = env.start_service("svc", &[]);
+    let c = env.connect("svc").arg("n").arg(1).open().unwrap();
+    // An in-flight call is drained, not cut.
+    let slow = std::thread::spawn(move || c.call::<u64>("sleep_ms", (300,)));
+    std::thread::sleep(Duration::from_millis(100));
+    sigterm(pid);
+    assert_eq!(slow.join().unwrap().unwrap(), 300);
+    assert_eq!(env.wait_exit(pid, Duration::from_secs(10)), Some(0));
+    assert_eq!(env.leftovers(), Vec::<String>::new());
+    assert!(matches!(env.connect("svc").open(), Err(Error::ServiceNotFound { .. })));
+}
+
+#[test]
+fn tcp_transport_gives_the_same_answers() {
+    let mut env = TestEnv::new("tcp");
+    env.start_service("svc", &[]);
+    let c = env.connect("svc").arg("t:").arg(2).transport(TransportKind::Tcp).open().unwrap();
+    assert_eq!(c.transport_name(), "tcp");
+    assert_eq!(c.call::<String>("echo", ("x",)).unwrap(), "t:x");
+    assert_eq!(c.call::<i64>("scaled", (21,)).unwrap(), 42);
+    assert_eq!(c.call::<String>("later", (1,)).unwrap(), "t:after 1 ms");
+    assert_eq!(remote_kind(c.call::<String>("boom", ())).0, "Panic");
+    // By address, as a remote client would.
+    let addr = metabridge::registry::Registry::open(&env.home).unwrap().lookup("svc").unwrap().tcp;
+    let remote = metabridge::connect("svc").at(&addr).arg("r:").arg(1).open().unwrap();
+    assert_eq!(remote.call::<String>("echo", ("x",)).unwrap(), "r:x");
+}
+
+#[test]
+fn large_arguments_stream_through_the_rings() {
+    let mut env = TestEnv::new("large");
+    env.start_service("svc", &[]);
+    let c = env.connect("svc").arg("l").arg(1).open().unwrap();
+    let blob = serde_bytes::ByteBuf::from(vec![7u8; 8 << 20]);
+    assert_eq!(c.call::<usize>("blob", (&blob,)).unwrap(), 8 << 20);
+}
