@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace: unit, integration (real processes,
+# shared memory, sockets), doc tests, the Python interop tests, and the
+# loom model checks of the lock-free ring (a separate build with --cfg loom).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo test --workspace
+
+# Loom: the ring and its wake protocol, every interleaving within the
+# preemption bound. Its own target dir, so the normal build stays cached.
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+    cargo test -p metabridge-shm --release --lib loom
