@@ -228,7 +228,12 @@ fn client_inner(def: &ServiceDef) -> syn::Result<TokenStream> {
             #field: ::metabridge::Client,
         }
 
-        #[allow(dead_code, clippy::too_many_arguments)]
+        #[allow(
+            dead_code,
+            clippy::too_many_arguments,
+            clippy::missing_errors_doc,
+            clippy::must_use_candidate
+        )]
         impl #client {
             #[doc = #connect_doc]
             pub fn connect(#(#connect_params),*) -> ::metabridge::Result<Self> {

@@ -119,15 +119,23 @@ fn endpoint(ep: &Endpoint, ty: &syn::Type, l: &Locals) -> TokenStream {
         Output::Result { span, .. } => *span,
     };
     let (s_at, out_at) = (located(s, span), located(out, span));
+    // A call-site-hygiene local, so that the argument expressions below lie entirely in
+    // the user's context and rustc reports a missing `Serialize`/`Display` at `span`.
+    // (It cannot capture anything: it is bound after the call that uses the parameters.)
+    let value = Ident::new("__metabridge_value", span);
     let call = quote_spanned!(span=> #s_at.#method(#(#ids),*));
     let registration = match ep.asyncness {
         None => {
             let reply = match &ep.output {
                 Output::Unit => quote_spanned!(span=> #call; ::metabridge::Reply::ok(#out_at, &())),
-                Output::Value(_) => quote_spanned!(span=> ::metabridge::Reply::ok(#out_at, &#call)),
-                Output::Result { .. } => {
-                    quote_spanned!(span=> ::metabridge::Reply::result(#out_at, #call))
-                }
+                Output::Value(_) => quote_spanned! {span=>
+                    let #value = #call;
+                    ::metabridge::Reply::ok(#out_at, &#value)
+                },
+                Output::Result { .. } => quote_spanned! {span=>
+                    let #value = #call;
+                    ::metabridge::Reply::result(#out_at, #value)
+                },
             };
             quote! {
                 .endpoint(#name, |#s: &#ty, #args: &mut ::metabridge::Args<'_>, #out: &mut ::metabridge::Reply<'_>| {
@@ -141,12 +149,14 @@ fn endpoint(ep: &Endpoint, ty: &syn::Type, l: &Locals) -> TokenStream {
                 Output::Unit => {
                     quote_spanned!(span=> #call.await; ::metabridge::Reply::encode_ok(&()))
                 }
-                Output::Value(_) => {
-                    quote_spanned!(span=> ::metabridge::Reply::encode_ok(&#call.await))
-                }
-                Output::Result { .. } => {
-                    quote_spanned!(span=> ::metabridge::Reply::encode_result(#call.await))
-                }
+                Output::Value(_) => quote_spanned! {span=>
+                    let #value = #call.await;
+                    ::metabridge::Reply::encode_ok(&#value)
+                },
+                Output::Result { .. } => quote_spanned! {span=>
+                    let #value = #call.await;
+                    ::metabridge::Reply::encode_result(#value)
+                },
             };
             let fut = quote_spanned! {async_span=>
                 ::std::boxed::Box::pin(async move { #reply }) as ::metabridge::EndpointFuture
@@ -177,7 +187,7 @@ fn server(def: &ServiceDef, imp: &ItemImpl) -> TokenStream {
         name.value()
     );
     quote! {
-        #[allow(dead_code)]
+        #[allow(dead_code, clippy::self_named_constructors, clippy::missing_errors_doc)]
         impl #ty {
             #[doc = #service_doc]
             pub fn service() -> ::metabridge::Service<#ty> {
@@ -202,8 +212,15 @@ fn server(def: &ServiceDef, imp: &ItemImpl) -> TokenStream {
 }
 
 /// The standalone `#[function]` / `#[endpoint]`: only valid inside a `#[service]` impl,
-/// which removes them before they expand, so reaching here is always an error.
-pub fn misplaced(which: &str, item: TokenStream) -> TokenStream {
+/// which removes them (or, for the short forms, marks them with `INSIDE_SERVICE`) before
+/// they expand, so reaching here unmarked is an error.
+pub fn misplaced(which: &str, attr: TokenStream, item: TokenStream) -> TokenStream {
+    let mut attr = attr.into_iter();
+    if let (Some(proc_macro2::TokenTree::Ident(i)), None) = (attr.next(), attr.next()) {
+        if i == parse::INSIDE_SERVICE {
+            return item;
+        }
+    }
     let msg = format!(
         "`#[metabridge::{which}]` must be on a method inside a `#[metabridge::service]` impl block"
     );
@@ -250,12 +267,12 @@ mod tests {
             "::metabridge::Service::<DemoService>::new(\"demo-service\").port(9000).constructor(",
             "let argumento : String = __args . next (\"argumento\") ? ;",
             "__args.finish(&[\"argumento\"])?;::core::result::Result::Ok(DemoService::new(argumento))",
-            ".endpoint(\"teste\",|__s:&DemoService,__args:&mut::metabridge::Args<'_>,__out:&mut::metabridge::Reply<'_>|{__args.finish(&[])?;__out.ok(&__s.home())}).alias(\"home\",\"teste\")",
-            "__out.ok(&__s.get(outro_argumento))",
+            ".endpoint(\"teste\",|__s:&DemoService,__args:&mut::metabridge::Args<'_>,__out:&mut::metabridge::Reply<'_>|{__args.finish(&[])?;let __metabridge_value=__s.home();::metabridge::Reply::ok(__out,&__metabridge_value)}).alias(\"home\",\"teste\")",
+            "let __metabridge_value=__s.get(outro_argumento);::metabridge::Reply::ok(__out,&__metabridge_value)",
             ".endpoint_async(\"soma\",|__s:::std::sync::Arc<DemoService>,",
-            "::core::result::Result::Ok(::std::boxed::Box::pin(asyncmove{::metabridge::Reply::encode_ok(&__s.soma(a,b).await)})as::metabridge::EndpointFuture)",
-            "__out.result(__s.parse(s))",
-            "__s.ping();__out.ok(&())",
+            "::core::result::Result::Ok(::std::boxed::Box::pin(async move{let __metabridge_value=__s.soma(a,b).await;::metabridge::Reply::encode_ok(&__metabridge_value)})as::metabridge::EndpointFuture)",
+            "let __metabridge_value=__s.parse(s);::metabridge::Reply::result(__out,__metabridge_value)",
+            "__s.ping();::metabridge::Reply::ok(__out,&())",
             "pubfnrun()->::metabridge::Result<::metabridge::DaemonHandle>{::metabridge::run(Self::service())}",
             "pubfnserve()->::metabridge::Result<()>{::metabridge::serve(Self::service())}",
             "fnhelper(&self){}",
@@ -278,7 +295,7 @@ mod tests {
             "{out}"
         );
         assert!(
-            out.contains("::metabridge::Reply::encode_result(__s.a().await)"),
+            out.contains("let__metabridge_value=__s.a().await;::metabridge::Reply::encode_result(__metabridge_value)"),
             "{out}"
         );
     }
@@ -288,7 +305,11 @@ mod tests {
         let out = expand(quote!(), quote!(impl X { #[function] fn a(&self) {} }));
         assert!(out.contains("compile_error"), "{out}");
         assert!(out.contains("missing service name"), "{out}");
-        assert!(!out.contains("function"), "{out}");
+        assert!(!out.contains("metabridge :: function"), "{out}");
+        assert!(
+            out.contains("# [function (__metabridge_inside_service)]"),
+            "{out}"
+        );
         assert!(out.contains("fn a"), "{out}");
     }
 
@@ -310,6 +331,7 @@ mod tests {
     fn misplaced_marker() {
         let out = misplaced(
             "function",
+            quote!(),
             quote!(
                 fn a() {}
             ),
@@ -317,5 +339,19 @@ mod tests {
         .to_string();
         assert!(out.contains("`#[metabridge::function]` must be on a method inside a `#[metabridge::service]` impl block"));
         assert!(out.contains("fn a"));
+        let inside = misplaced(
+            "endpoint",
+            quote!(__metabridge_inside_service),
+            quote!(
+                fn a() {}
+            ),
+        );
+        assert_eq!(
+            inside.to_string(),
+            quote!(
+                fn a() {}
+            )
+            .to_string()
+        );
     }
 }

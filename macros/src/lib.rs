@@ -95,8 +95,8 @@ pub fn service(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// }
 /// ```
 #[proc_macro_attribute]
-pub fn function(_attr: TokenStream, item: TokenStream) -> TokenStream {
-    expand::misplaced("function", item.into()).into()
+pub fn function(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand::misplaced("function", attr.into(), item.into()).into()
 }
 
 /// Marks a method of a `#[metabridge::service]` impl block as an endpoint exposed
@@ -115,6 +115,6 @@ pub fn function(_attr: TokenStream, item: TokenStream) -> TokenStream {
 /// }
 /// ```
 #[proc_macro_attribute]
-pub fn endpoint(_attr: TokenStream, item: TokenStream) -> TokenStream {
-    expand::misplaced("endpoint", item.into()).into()
+pub fn endpoint(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand::misplaced("endpoint", attr.into(), item.into()).into()
 }

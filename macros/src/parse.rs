@@ -207,10 +207,30 @@ pub fn marker_kind(attr: &Attribute) -> Option<&'static str> {
     }
 }
 
+/// The argument that `#[service]` gives the short forms `#[function]` / `#[endpoint]`
+/// it leaves in place: the standalone macros then expand to the item unchanged.
+pub const INSIDE_SERVICE: &str = "__metabridge_inside_service";
+
 /// Removes our marker attributes from `attrs`, returning them.
+///
+/// A short form (`#[function]`, `#[endpoint("x")]`) is replaced by
+/// `#[function(__metabridge_inside_service)]`, which expands to nothing: that keeps
+/// the user's `use metabridge::function;` in use (no `unused_imports` warning), and
+/// without such an import rustc reports the unknown attribute as usual.
 fn take_markers(attrs: &mut Vec<Attribute>) -> Vec<Attribute> {
-    let (ours, rest): (Vec<_>, Vec<_>) = attrs.drain(..).partition(|a| marker_kind(a).is_some());
-    *attrs = rest;
+    let mut ours = Vec::new();
+    for attr in std::mem::take(attrs) {
+        if marker_kind(&attr).is_none() {
+            attrs.push(attr);
+            continue;
+        }
+        if attr.path().segments.len() == 1 {
+            let (pound, path) = (&attr.pound_token, attr.path());
+            let inside = Ident::new(INSIDE_SERVICE, Span::call_site());
+            attrs.push(syn::parse_quote_spanned!(pound.span=> #[#path(#inside)]));
+        }
+        ours.push(attr);
+    }
     ours
 }
 
@@ -797,10 +817,13 @@ mod tests {
         assert!(matches!(def.endpoints[2].output, Output::Result { .. }));
         // The marker attributes are gone, the rest stays.
         let text = quote!(#imp).to_string();
+        assert!(!text.contains("metabridge ::"), "{text}");
+        // The short form stays, marked so that it expands to nothing.
         assert!(
-            !text.contains("function") && !text.contains("endpoint"),
+            text.contains("# [function (__metabridge_inside_service)]"),
             "{text}"
         );
+        assert_eq!(text.matches("function").count(), 1, "{text}");
         assert!(text.contains("doc"), "{text}");
     }
 
