@@ -20,8 +20,14 @@ fn main() -> metabridge::Result<()> {
         let client = ServiceClient::connect("Olá,")?;
         // 3. Call remote methods as if they were local.
         println!("Resposta do endpoint 'teste()': {}", client.teste()?);
-        println!("Resposta do endpoint 'get('mundo!')': {}", client.get("mundo!")?);
-        println!("Resposta do endpoint 'soma(10, 20)': {}", client.soma(10, 20)?);
+        println!(
+            "Resposta do endpoint 'get('mundo!')': {}",
+            client.get("mundo!")?
+        );
+        println!(
+            "Resposta do endpoint 'soma(10, 20)': {}",
+            client.soma(10, 20)?
+        );
         client.close();
     }
 

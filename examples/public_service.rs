@@ -22,7 +22,11 @@ impl PublicApi {
 
 fn main() -> metabridge::Result<()> {
     let handle = PublicApi::run()?;
-    println!("public-service on {} (PID {}); Ctrl+C to stop.", handle.tcp_addr(), handle.pid());
+    println!(
+        "public-service on {} (PID {}); Ctrl+C to stop.",
+        handle.tcp_addr(),
+        handle.pid()
+    );
     handle.join()?;
     Ok(())
 }

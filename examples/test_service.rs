@@ -27,7 +27,11 @@ impl std::fmt::Display for Refused {
 #[metabridge::service(name = "fixture")]
 impl Fixture {
     pub fn new(prefix: String, scale: i64) -> Self {
-        Fixture { id: INSTANCES.fetch_add(1, Ordering::SeqCst), prefix, scale }
+        Fixture {
+            id: INSTANCES.fetch_add(1, Ordering::SeqCst),
+            prefix,
+            scale,
+        }
     }
 
     #[metabridge::function]
@@ -92,7 +96,10 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("serve") => {
             let name = args.get(2).cloned().unwrap_or_else(|| "fixture".into());
-            let cache: usize = std::env::var("FIXTURE_CACHE").ok().and_then(|v| v.parse().ok()).unwrap_or(128);
+            let cache: usize = std::env::var("FIXTURE_CACHE")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(128);
             let service = Fixture::service().configure(|c| c.cache_capacity = cache);
             let service = rename(service, &name);
             if let Err(e) = metabridge::serve(service) {
@@ -106,10 +113,14 @@ fn main() {
         Some("call") => {
             let name = &args[2];
             let endpoint = &args[3];
-            let client = metabridge::connect(name).arg("p:").arg(1).open().unwrap_or_else(|e| {
-                eprintln!("test_service: {e}");
-                std::process::exit(2)
-            });
+            let client = metabridge::connect(name)
+                .arg("p:")
+                .arg(1)
+                .open()
+                .unwrap_or_else(|e| {
+                    eprintln!("test_service: {e}");
+                    std::process::exit(2)
+                });
             let mut call = metabridge::CallArgs::new();
             for a in &args[4..] {
                 call = call.arg(a).unwrap();

@@ -36,19 +36,32 @@ pub struct Args<'a> {
 impl<'a> Args<'a> {
     /// Wraps a raw array of positional and a raw map of keyword arguments.
     pub fn new(endpoint: &'a str, args: &'a [u8], kwargs: &'a [u8]) -> Result<Args<'a>, CallError> {
-        let (given, positional) =
-            array_header(args).ok_or_else(|| CallError::new("ProtocolError", "args must be an array"))?;
-        let (kwargs_count, kwargs) =
-            map_header(kwargs).ok_or_else(|| CallError::new("ProtocolError", "kwargs must be a map"))?;
-        Ok(Args { endpoint, positional, positional_left: given, given, kwargs, kwargs_count, kwargs_used: 0 })
+        let (given, positional) = array_header(args)
+            .ok_or_else(|| CallError::new("ProtocolError", "args must be an array"))?;
+        let (kwargs_count, kwargs) = map_header(kwargs)
+            .ok_or_else(|| CallError::new("ProtocolError", "kwargs must be a map"))?;
+        Ok(Args {
+            endpoint,
+            positional,
+            positional_left: given,
+            given,
+            kwargs,
+            kwargs_count,
+            kwargs_used: 0,
+        })
     }
 
     fn find_kwarg(&self, name: &str) -> Result<Option<&'a [u8]>, CallError> {
         let mut rest = self.kwargs;
         for _ in 0..self.kwargs_count {
-            let (key, after) = read_str(rest)
-                .ok_or_else(|| CallError::type_error(format!("{}(): keyword names must be strings", self.endpoint)))?;
-            let (value, after) = split_value(after).map_err(|e| CallError::new("ProtocolError", e.to_string()))?;
+            let (key, after) = read_str(rest).ok_or_else(|| {
+                CallError::type_error(format!(
+                    "{}(): keyword names must be strings",
+                    self.endpoint
+                ))
+            })?;
+            let (value, after) =
+                split_value(after).map_err(|e| CallError::new("ProtocolError", e.to_string()))?;
             if key == name {
                 return Ok(Some(value));
             }
@@ -59,7 +72,11 @@ impl<'a> Args<'a> {
 
     /// Binds the next parameter, named `param`, as a `T`.
     pub fn next<T: DeserializeOwned>(&mut self, param: &str) -> Result<T, CallError> {
-        let keyword = if self.kwargs_count > 0 { self.find_kwarg(param)? } else { None };
+        let keyword = if self.kwargs_count > 0 {
+            self.find_kwarg(param)?
+        } else {
+            None
+        };
         let raw = if self.positional_left > 0 {
             if keyword.is_some() {
                 return Err(CallError::type_error(format!(
@@ -67,8 +84,8 @@ impl<'a> Args<'a> {
                     self.endpoint
                 )));
             }
-            let (value, rest) =
-                split_value(self.positional).map_err(|e| CallError::new("ProtocolError", e.to_string()))?;
+            let (value, rest) = split_value(self.positional)
+                .map_err(|e| CallError::new("ProtocolError", e.to_string()))?;
             self.positional = rest;
             self.positional_left -= 1;
             value
@@ -105,7 +122,9 @@ impl<'a> Args<'a> {
         if self.kwargs_used < self.kwargs_count {
             let mut rest = self.kwargs;
             for _ in 0..self.kwargs_count {
-                let Some((key, after)) = read_str(rest) else { break };
+                let Some((key, after)) = read_str(rest) else {
+                    break;
+                };
                 if !params.contains(&key) {
                     return Err(CallError::type_error(format!(
                         "{}() got an unexpected keyword argument '{key}'",
@@ -114,7 +133,10 @@ impl<'a> Args<'a> {
                 }
                 rest = split_value(after).map(|(_, r)| r).unwrap_or(&[]);
             }
-            return Err(CallError::type_error(format!("{}(): unexpected keyword arguments", self.endpoint)));
+            return Err(CallError::type_error(format!(
+                "{}(): unexpected keyword arguments",
+                self.endpoint
+            )));
         }
         Ok(())
     }
@@ -260,26 +282,47 @@ mod tests {
     #[test]
     fn every_mismatch_is_a_type_error_naming_endpoint_and_parameter() {
         let (a, k) = bind(&CallArgs::new().arg("x").unwrap());
-        let e = Args::new("soma", &a, &k).unwrap().next::<i64>("a").unwrap_err();
+        let e = Args::new("soma", &a, &k)
+            .unwrap()
+            .next::<i64>("a")
+            .unwrap_err();
         assert_eq!(e.kind, "TypeError");
-        assert!(e.message.contains("soma") && e.message.contains("'a'"), "{e}");
+        assert!(
+            e.message.contains("soma") && e.message.contains("'a'"),
+            "{e}"
+        );
 
         let (a, k) = bind(&CallArgs::new());
-        let e = Args::new("soma", &a, &k).unwrap().next::<i64>("a").unwrap_err();
+        let e = Args::new("soma", &a, &k)
+            .unwrap()
+            .next::<i64>("a")
+            .unwrap_err();
         assert!(e.message.contains("missing required argument 'a'"), "{e}");
 
         let (a, k) = bind(&CallArgs::new().arg(1).unwrap().arg(2).unwrap());
         let mut args = Args::new("one", &a, &k).unwrap();
         args.next::<i64>("x").unwrap();
-        assert!(args.finish(&["x"]).unwrap_err().message.contains("takes 1 positional argument but 2"));
+        assert!(args
+            .finish(&["x"])
+            .unwrap_err()
+            .message
+            .contains("takes 1 positional argument but 2"));
 
         let (a, k) = bind(&CallArgs::new().kwarg("zzz", 1).unwrap());
         let args = Args::new("f", &a, &k).unwrap();
-        assert!(args.finish(&[]).unwrap_err().message.contains("unexpected keyword argument 'zzz'"));
+        assert!(args
+            .finish(&[])
+            .unwrap_err()
+            .message
+            .contains("unexpected keyword argument 'zzz'"));
 
         let (a, k) = bind(&CallArgs::new().arg(1).unwrap().kwarg("x", 1).unwrap());
         let mut args = Args::new("f", &a, &k).unwrap();
-        assert!(args.next::<i64>("x").unwrap_err().message.contains("multiple values"));
+        assert!(args
+            .next::<i64>("x")
+            .unwrap_err()
+            .message
+            .contains("multiple values"));
     }
 
     #[test]

@@ -64,7 +64,9 @@ pub fn connect(name: &str) -> Connect {
         timeout: Duration::from_secs(30),
         transport,
         address: None,
-        token: std::env::var("METABRIDGE_TOKEN").ok().filter(|t| !t.is_empty()),
+        token: std::env::var("METABRIDGE_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
         max_channels: 16,
         error: None,
         home: None,
@@ -149,20 +151,34 @@ impl Connect {
                 let home = self.home.clone().unwrap_or_else(registry::home_dir);
                 let entry = Registry::open(&home)?.lookup(&self.name)?;
                 match kind {
-                    TransportKind::Tcp => Transport::tcp(&entry.tcp, self.max_channels, self.timeout)?,
-                    TransportKind::Shm => Transport::Shm(ShmPool::new(&entry, self.max_channels, self.timeout)?),
-                    TransportKind::Auto => match ShmPool::new(&entry, self.max_channels, self.timeout) {
-                        Ok(pool) => Transport::Shm(pool),
-                        Err(e) => {
-                            tracing::debug!("shared memory of {:?} unavailable ({e}); falling back to TCP", self.name);
-                            Transport::tcp(&entry.tcp, self.max_channels, self.timeout)?
+                    TransportKind::Tcp => {
+                        Transport::tcp(&entry.tcp, self.max_channels, self.timeout)?
+                    }
+                    TransportKind::Shm => {
+                        Transport::Shm(ShmPool::new(&entry, self.max_channels, self.timeout)?)
+                    }
+                    TransportKind::Auto => {
+                        match ShmPool::new(&entry, self.max_channels, self.timeout) {
+                            Ok(pool) => Transport::Shm(pool),
+                            Err(e) => {
+                                tracing::debug!(
+                                    "shared memory of {:?} unavailable ({e}); falling back to TCP",
+                                    self.name
+                                );
+                                Transport::tcp(&entry.tcp, self.max_channels, self.timeout)?
+                            }
                         }
-                    },
+                    }
                 }
             }
         };
         Ok(Client {
-            inner: Arc::new(Inner { name: self.name, ctor, token: self.token, transport }),
+            inner: Arc::new(Inner {
+                name: self.name,
+                ctor,
+                token: self.token,
+                transport,
+            }),
         })
     }
 }
@@ -198,17 +214,35 @@ impl Client {
     }
 
     /// Calls with arguments already encoded (a MessagePack array and map).
-    pub fn call_raw<R: DeserializeOwned>(&self, endpoint: &str, args: &[u8], kwargs: &[u8]) -> Result<R> {
+    pub fn call_raw<R: DeserializeOwned>(
+        &self,
+        endpoint: &str,
+        args: &[u8],
+        kwargs: &[u8],
+    ) -> Result<R> {
         let inner = &*self.inner;
         inner.transport.round_trip(
-            |buf| envelope::encode_call(buf, endpoint, args, kwargs, &inner.ctor, inner.token.as_deref()),
+            |buf| {
+                envelope::encode_call(
+                    buf,
+                    endpoint,
+                    args,
+                    kwargs,
+                    &inner.ctor,
+                    inner.token.as_deref(),
+                )
+            },
             envelope::decode_result::<R>,
         )
     }
 
     /// Calls from async code: the arguments are encoded now, the call runs
     /// on tokio's blocking pool so it never stalls the async workers.
-    pub fn call_async<R, A>(&self, endpoint: &str, args: A) -> impl std::future::Future<Output = Result<R>> + Send + 'static
+    pub fn call_async<R, A>(
+        &self,
+        endpoint: &str,
+        args: A,
+    ) -> impl std::future::Future<Output = Result<R>> + Send + 'static
     where
         R: DeserializeOwned + Send + 'static,
         A: IntoArgs + Send + 'static,
@@ -218,9 +252,11 @@ impl Client {
         async move {
             let mut raw = Vec::new();
             args.encode_args(&mut raw)?;
-            tokio::task::spawn_blocking(move || client.call_raw::<R>(&endpoint, &raw, envelope::EMPTY_MAP))
-                .await
-                .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?
+            tokio::task::spawn_blocking(move || {
+                client.call_raw::<R>(&endpoint, &raw, envelope::EMPTY_MAP)
+            })
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?
         }
     }
 

@@ -76,7 +76,8 @@ pub fn run<S: Send + Sync + 'static>(service: Service<S>) -> Result<DaemonHandle
             service.name
         )));
     }
-    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
+    let (read_end, write_end) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     let pid = if single_threaded() {
@@ -88,7 +89,9 @@ pub fn run<S: Send + Sync + 'static>(service: Service<S>) -> Result<DaemonHandle
 }
 
 fn single_threaded() -> bool {
-    std::fs::read_dir("/proc/self/task").map(|d| d.count() == 1).unwrap_or(false)
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count() == 1)
+        .unwrap_or(false)
 }
 
 fn set_parent_death_signal() {
@@ -143,7 +146,10 @@ fn child_main<S: Send + Sync + 'static>(service: Service<S>, ready: std::fs::Fil
 }
 
 fn serve_as_reexecuted_child<S: Send + Sync + 'static>(service: Service<S>) -> ! {
-    let fd: i32 = std::env::var(READY_FD_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(-1);
+    let fd: i32 = std::env::var(READY_FD_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(-1);
     let ready = if fd >= 0 {
         // SAFETY: the parent passed this fd, open and ours alone, to us; we
         // take ownership of it exactly once.
@@ -157,7 +163,11 @@ fn serve_as_reexecuted_child<S: Send + Sync + 'static>(service: Service<S>) -> !
     child_main(service, ready)
 }
 
-fn fork_child<S: Send + Sync + 'static>(service: Service<S>, read_fd: i32, write_end: OwnedFd) -> Result<Pid> {
+fn fork_child<S: Send + Sync + 'static>(
+    service: Service<S>,
+    read_fd: i32,
+    write_end: OwnedFd,
+) -> Result<Pid> {
     let parent = nix::unistd::getpid();
     // SAFETY: we checked the process is single-threaded, so the child is a
     // complete copy with no lock held by a thread that does not exist in
@@ -212,13 +222,25 @@ fn wait_ready(pid: Pid, read_end: OwnedFd) -> Result<DaemonHandle> {
     let mut buf = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let mut fds = [libc::pollfd { fd: file.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+        let mut fds = [libc::pollfd {
+            fd: file.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
         // SAFETY: one valid pollfd for the duration of the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, left.as_millis().min(i32::MAX as u128) as i32) };
+        let n = unsafe {
+            libc::poll(
+                fds.as_mut_ptr(),
+                1,
+                left.as_millis().min(i32::MAX as u128) as i32,
+            )
+        };
         if n == 0 {
             let _ = kill(pid, Signal::SIGKILL);
             let _ = waitpid(pid, None);
-            return Err(Error::Timeout(format!("the daemon did not start within {STARTUP_TIMEOUT:?}")));
+            return Err(Error::Timeout(format!(
+                "the daemon did not start within {STARTUP_TIMEOUT:?}"
+            )));
         }
         let mut chunk = [0u8; 4096];
         match file.read(&mut chunk) {
@@ -230,22 +252,35 @@ fn wait_ready(pid: Pid, read_end: OwnedFd) -> Result<DaemonHandle> {
     }
     match buf.split_first() {
         Some((0, rest)) => {
-            let entry: Entry = rmp_serde::from_slice(rest).map_err(|e| Error::Protocol(e.to_string()))?;
-            Ok(DaemonHandle { pid, status: Mutex::new(None), detached: false, entry })
+            let entry: Entry =
+                rmp_serde::from_slice(rest).map_err(|e| Error::Protocol(e.to_string()))?;
+            Ok(DaemonHandle {
+                pid,
+                status: Mutex::new(None),
+                detached: false,
+                entry,
+            })
         }
         Some((1, rest)) => {
             let _ = waitpid(pid, None);
             let (kind, text, who): (u8, String, u32) =
                 rmp_serde::from_slice(rest).unwrap_or((0, "daemon failed".into(), 0));
             Err(if kind == 1 {
-                Error::ServiceAlreadyExists { name: text, pid: who }
+                Error::ServiceAlreadyExists {
+                    name: text,
+                    pid: who,
+                }
             } else {
-                Error::Io(std::io::Error::other(format!("the daemon failed to start: {text}")))
+                Error::Io(std::io::Error::other(format!(
+                    "the daemon failed to start: {text}"
+                )))
             })
         }
         _ => {
             let status = waitpid(pid, None);
-            Err(Error::Io(std::io::Error::other(format!("the daemon exited during startup: {status:?}"))))
+            Err(Error::Io(std::io::Error::other(format!(
+                "the daemon exited during startup: {status:?}"
+            ))))
         }
     }
 }
@@ -342,6 +377,9 @@ impl Drop for DaemonHandle {
 
 impl std::fmt::Debug for DaemonHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DaemonHandle").field("pid", &self.pid).field("service", &self.entry.name).finish()
+        f.debug_struct("DaemonHandle")
+            .field("pid", &self.pid)
+            .field("service", &self.entry.name)
+            .finish()
     }
 }

@@ -76,7 +76,11 @@ impl<S> InstanceCache<S> {
         // Small caches get one shard, so that eviction is exactly LRU.
         let shards = (capacity / 8).clamp(1, 16);
         let per = NonZeroUsize::new(capacity.div_ceil(shards)).unwrap_or(NonZeroUsize::MIN);
-        InstanceCache { shards: (0..shards).map(|_| Mutex::new(LruCache::new(per))).collect() }
+        InstanceCache {
+            shards: (0..shards)
+                .map(|_| Mutex::new(LruCache::new(per)))
+                .collect(),
+        }
     }
 
     fn shard(&self, key: &[u8]) -> &Mutex<LruCache<Box<[u8]>, Arc<S>>> {
@@ -148,33 +152,40 @@ impl<S: Send + Sync + 'static> Dispatcher<S> {
     }
 
     fn call(&self, request: &[u8], out: &mut Vec<u8>) -> Result<Outcome, CallError> {
-        let req = envelope::decode_request(request).map_err(|e| CallError::new("ProtocolError", e.0))?;
+        let req =
+            envelope::decode_request(request).map_err(|e| CallError::new("ProtocolError", e.0))?;
         if let Some(token) = &self.token {
             if !constant_time_eq(req.auth.unwrap_or("").as_bytes(), token.as_bytes()) {
-                return Err(CallError::new("Unauthorized", "this service requires a valid token"));
+                return Err(CallError::new(
+                    "Unauthorized",
+                    "this service requires a valid token",
+                ));
             }
         }
         if req.kind == RequestKind::ListEndpoints {
             envelope::encode_ok(out, &self.names)?;
             return Ok(Outcome::Done);
         }
-        let endpoint = self
-            .endpoints
-            .get(req.endpoint)
-            .ok_or_else(|| CallError::new("NotFound", format!("Endpoint '{}' not found", req.endpoint)))?;
+        let endpoint = self.endpoints.get(req.endpoint).ok_or_else(|| {
+            CallError::new("NotFound", format!("Endpoint '{}' not found", req.endpoint))
+        })?;
         let instance = self.instance(request, &req)?;
         let mut args = Args::new(req.endpoint, req.args, req.kwargs)?;
         match endpoint {
             Endpoint::Sync(f) => {
-                match catch_unwind(AssertUnwindSafe(|| f(&instance, &mut args, &mut Reply { buf: out }))) {
+                match catch_unwind(AssertUnwindSafe(|| {
+                    f(&instance, &mut args, &mut Reply { buf: out })
+                })) {
                     Ok(r) => r.map(|()| Outcome::Done),
                     Err(p) => Err(CallError::new("Panic", panic_message(&*p))),
                 }
             }
-            Endpoint::Async(f) => match catch_unwind(AssertUnwindSafe(|| f(instance.clone(), &mut args))) {
-                Ok(r) => r.map(Outcome::Pending),
-                Err(p) => Err(CallError::new("Panic", panic_message(&*p))),
-            },
+            Endpoint::Async(f) => {
+                match catch_unwind(AssertUnwindSafe(|| f(instance.clone(), &mut args))) {
+                    Ok(r) => r.map(Outcome::Pending),
+                    Err(p) => Err(CallError::new("Panic", panic_message(&*p))),
+                }
+            }
         }
     }
 }

@@ -77,7 +77,8 @@ pub fn decode_request(buf: &[u8]) -> Result<Request<'_>, BadRequest> {
         auth: None,
     };
     for _ in 0..n {
-        let (key, after_key) = read_str(rest).ok_or_else(|| BadRequest("request keys must be strings".into()))?;
+        let (key, after_key) =
+            read_str(rest).ok_or_else(|| BadRequest("request keys must be strings".into()))?;
         let (value, after) = split_value(after_key)?;
         rest = after;
         let want_str = |v| string_field(key, v);
@@ -133,7 +134,14 @@ fn write_str(buf: &mut Vec<u8>, s: &str) {
 /// Encodes a call request; the four sections are raw MessagePack (an
 /// array, a map, and the constructor's `[array, map]` pair as prepared by
 /// [`encode_ctor`]).
-pub fn encode_call(buf: &mut Vec<u8>, endpoint: &str, args: &[u8], kwargs: &[u8], ctor: &[u8], auth: Option<&str>) {
+pub fn encode_call(
+    buf: &mut Vec<u8>,
+    endpoint: &str,
+    args: &[u8],
+    kwargs: &[u8],
+    ctor: &[u8],
+    auth: Option<&str>,
+) {
     let _ = rmp::encode::write_map_len(buf, if auth.is_some() { 7 } else { 6 });
     write_str(buf, "type");
     write_str(buf, "call");
@@ -246,8 +254,14 @@ pub fn decode_response(buf: &[u8]) -> Result<Response<'_>> {
             }
             let w: Wire = error
                 .and_then(|e| rmp_serde::from_slice(e).ok())
-                .unwrap_or(Wire { kind: "Unknown".into(), message: String::new() });
-            Ok(Response::Err { kind: w.kind, message: w.message })
+                .unwrap_or(Wire {
+                    kind: "Unknown".into(),
+                    message: String::new(),
+                });
+            Ok(Response::Err {
+                kind: w.kind,
+                message: w.message,
+            })
         }
         _ => Err(bad("no status")),
     }
@@ -256,8 +270,12 @@ pub fn decode_response(buf: &[u8]) -> Result<Response<'_>> {
 /// Decodes a response into the caller's result type.
 pub fn decode_result<R: DeserializeOwned>(buf: &[u8]) -> Result<R> {
     match decode_response(buf)? {
-        Response::Ok(raw) => rmp_serde::from_slice(raw)
-            .map_err(|e| Error::Protocol(format!("result does not decode as {}: {e}", std::any::type_name::<R>()))),
+        Response::Ok(raw) => rmp_serde::from_slice(raw).map_err(|e| {
+            Error::Protocol(format!(
+                "result does not decode as {}: {e}",
+                std::any::type_name::<R>()
+            ))
+        }),
         Response::Err { kind, message } => Err(Error::Remote { kind, message }),
     }
 }
@@ -268,7 +286,10 @@ mod tests {
 
     fn hex(s: &str) -> Vec<u8> {
         let s: String = s.split_whitespace().collect();
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     /// The protocol document's example request, as Python's msgpack 1.x
@@ -283,10 +304,14 @@ mod tests {
         let r = decode_request(&bytes).unwrap();
         assert_eq!(r.kind, RequestKind::Call);
         assert_eq!(r.endpoint, "get");
-        assert_eq!(rmp_serde::from_slice::<(String,)>(r.args).unwrap().0, "mundo!");
+        assert_eq!(
+            rmp_serde::from_slice::<(String,)>(r.args).unwrap().0,
+            "mundo!"
+        );
         assert_eq!(r.kwargs, &[0x80]);
         assert_eq!(r.ctor_args, &[0x90]);
-        let kw: std::collections::HashMap<String, String> = rmp_serde::from_slice(r.ctor_kwargs).unwrap();
+        let kw: std::collections::HashMap<String, String> =
+            rmp_serde::from_slice(r.ctor_kwargs).unwrap();
         assert_eq!(kw["argumento"], "Olá,");
     }
 
@@ -294,7 +319,14 @@ mod tests {
     fn our_encoding_matches_python_byte_for_byte() {
         let mut buf = Vec::new();
         let ctor = encode_ctor(&[0x90], &hex("81 a9 617267756d656e746f a5 4f6cc3a12c"));
-        encode_call(&mut buf, "get", &hex("91 a6 6d756e646f21"), &[0x80], &ctor, None);
+        encode_call(
+            &mut buf,
+            "get",
+            &hex("91 a6 6d756e646f21"),
+            &[0x80],
+            &ctor,
+            None,
+        );
         assert_eq!(buf, hex(PY_REQUEST));
     }
 
@@ -303,14 +335,19 @@ mod tests {
         // msgpack.packb({"status": "ok", "result": "Olá, mundo!"})
         let mut buf = Vec::new();
         encode_ok(&mut buf, "Olá, mundo!").unwrap();
-        assert_eq!(buf, hex("82 a6 737461747573 a2 6f6b a6 726573756c74 ac 4f6cc3a12c206d756e646f21"));
+        assert_eq!(
+            buf,
+            hex("82 a6 737461747573 a2 6f6b a6 726573756c74 ac 4f6cc3a12c206d756e646f21")
+        );
         assert_eq!(decode_result::<String>(&buf).unwrap(), "Olá, mundo!");
         // msgpack.packb({"status": "error", "error": {"type": "NotFound", "message": "x"}})
         buf.clear();
         encode_error(&mut buf, "NotFound", "x");
         assert_eq!(buf, hex("82 a6 737461747573 a5 6572726f72 a5 6572726f72 82 a4 74797065 a8 4e6f74466f756e64 a7 6d657373616765 a1 78"));
         match decode_result::<String>(&buf) {
-            Err(Error::Remote { kind, message }) => assert_eq!((kind.as_str(), message.as_str()), ("NotFound", "x")),
+            Err(Error::Remote { kind, message }) => {
+                assert_eq!((kind.as_str(), message.as_str()), ("NotFound", "x"))
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -321,7 +358,10 @@ mod tests {
         let list = hex("81 a4 74797065 ae 6c6973745f656e64706f696e7473");
         let r = decode_request(&list).unwrap();
         assert_eq!(r.kind, RequestKind::ListEndpoints);
-        assert_eq!((r.args, r.kwargs, r.ctor_args, r.ctor_kwargs), (EMPTY_ARRAY, EMPTY_MAP, EMPTY_ARRAY, EMPTY_MAP));
+        assert_eq!(
+            (r.args, r.kwargs, r.ctor_args, r.ctor_kwargs),
+            (EMPTY_ARRAY, EMPTY_MAP, EMPTY_ARRAY, EMPTY_MAP)
+        );
         let mut buf = Vec::new();
         encode_list(&mut buf, &encode_ctor(&[0x90], &[0x80]), Some("tok"));
         let r = decode_request(&buf).unwrap();
@@ -337,9 +377,18 @@ mod tests {
             ("81 a4 74797065 a3 666f6f", "Unknown command"),
             ("80", "Unknown command"),
             ("81 a4 74797065 01", "must be a string"),
-            ("82 a4 74797065 a4 63616c6c a4 61726773 01", "must be an array"),
-            ("82 a4 74797065 a4 63616c6c a6 6b7761726773 90", "must be a map"),
-            ("82 a4 74797065 a4 63616c6c a4 61726773 dd ffffffff", "truncated"),
+            (
+                "82 a4 74797065 a4 63616c6c a4 61726773 01",
+                "must be an array",
+            ),
+            (
+                "82 a4 74797065 a4 63616c6c a6 6b7761726773 90",
+                "must be a map",
+            ),
+            (
+                "82 a4 74797065 a4 63616c6c a4 61726773 dd ffffffff",
+                "truncated",
+            ),
             ("83 a4 74797065", "truncated"),
         ];
         for (h, want) in cases {
@@ -350,11 +399,22 @@ mod tests {
 
     #[test]
     fn malformed_responses_are_protocol_errors() {
-        for h in ["", "01", "81 a6 737461747573 a3 626164", "82 a6 737461747573 a2 6f6b a6 726573756c74"] {
-            assert!(matches!(decode_result::<String>(&hex(h)), Err(Error::Protocol(_))), "{h}");
+        for h in [
+            "",
+            "01",
+            "81 a6 737461747573 a3 626164",
+            "82 a6 737461747573 a2 6f6b a6 726573756c74",
+        ] {
+            assert!(
+                matches!(decode_result::<String>(&hex(h)), Err(Error::Protocol(_))),
+                "{h}"
+            );
         }
         let mut buf = Vec::new();
         encode_ok(&mut buf, &42u8).unwrap();
-        assert!(matches!(decode_result::<String>(&buf), Err(Error::Protocol(_))));
+        assert!(matches!(
+            decode_result::<String>(&buf),
+            Err(Error::Protocol(_))
+        ));
     }
 }

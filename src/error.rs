@@ -84,7 +84,10 @@ pub struct CallError {
 impl CallError {
     /// An error of type `kind`.
     pub fn new(kind: impl Into<Cow<'static, str>>, message: impl Into<String>) -> CallError {
-        CallError { kind: kind.into(), message: message.into() }
+        CallError {
+            kind: kind.into(),
+            message: message.into(),
+        }
     }
 
     /// A `TypeError`: wrong argument count, names or types.

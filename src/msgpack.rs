@@ -113,7 +113,15 @@ mod tests {
     #[test]
     fn lengths_of_every_kind() {
         let v = rmpv::Value::Map(vec![
-            ("a".into(), rmpv::Value::Array(vec![1.into(), (-70000i64).into(), 1.5f64.into(), rmpv::Value::Nil])),
+            (
+                "a".into(),
+                rmpv::Value::Array(vec![
+                    1.into(),
+                    (-70000i64).into(),
+                    1.5f64.into(),
+                    rmpv::Value::Nil,
+                ]),
+            ),
             ("b".into(), rmpv::Value::Binary(vec![0; 300])),
             ("c".into(), rmpv::Value::String("x".repeat(70000).into())),
             ("d".into(), rmpv::Value::Ext(3, vec![1, 2, 3, 4])),
@@ -142,7 +150,10 @@ mod tests {
     #[test]
     fn headers() {
         assert_eq!(array_header(&[0x92, 1, 2]), Some((2, &[1u8, 2][..])));
-        assert_eq!(map_header(&[0xde, 0, 1, 0xa1, b'k', 1]).map(|x| x.0), Some(1));
+        assert_eq!(
+            map_header(&[0xde, 0, 1, 0xa1, b'k', 1]).map(|x| x.0),
+            Some(1)
+        );
         assert_eq!(read_str(&[0xa2, b'h', b'i', 7]), Some(("hi", &[7u8][..])));
         assert_eq!(read_str(&[0xa2, 0xff, 0xfe]), None);
         assert_eq!(read_str(&[0xa5, b'h']), None);

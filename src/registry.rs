@@ -64,7 +64,10 @@ pub struct Entry {
 impl Entry {
     /// The process that registered this entry.
     pub fn process(&self) -> ProcessIdentity {
-        ProcessIdentity { pid: self.pid, start_time: self.start_time }
+        ProcessIdentity {
+            pid: self.pid,
+            start_time: self.start_time,
+        }
     }
 }
 
@@ -78,7 +81,10 @@ pub fn home_dir() -> PathBuf {
 
 /// Creates the home directory (mode 0700) if needed.
 pub fn ensure_home(dir: &Path) -> Result<()> {
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
     let meta = std::fs::metadata(dir)?;
     if meta.permissions().mode() & 0o077 != 0 && meta.uid() == nix::unistd::getuid().as_raw() {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
@@ -121,7 +127,13 @@ impl Registry {
     pub fn open(dir: &Path) -> Result<Registry> {
         ensure_home(dir)?;
         let path = dir.join("registry");
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(&path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)?;
         if file.metadata()?.len() < FILE_LEN as u64 {
             // Growing with zeros is idempotent; zero is an empty slot.
             let lock = Self::lock_file(&file)?;
@@ -131,7 +143,11 @@ impl Registry {
             drop(lock);
         }
         let map = MmapOptions::new().len(FILE_LEN).map_raw(&file)?;
-        Ok(Registry { file, map, dir: dir.to_owned() })
+        Ok(Registry {
+            file,
+            map,
+            dir: dir.to_owned(),
+        })
     }
 
     /// The directory of this registry.
@@ -183,7 +199,9 @@ impl Registry {
             }
             let mut bytes = Vec::with_capacity(len.div_ceil(8) * 8);
             for i in 0..len.div_ceil(8) {
-                bytes.extend_from_slice(&self.word(slot, 2 + i).load(Ordering::Relaxed).to_le_bytes());
+                bytes.extend_from_slice(
+                    &self.word(slot, 2 + i).load(Ordering::Relaxed).to_le_bytes(),
+                );
             }
             // Acquire fence: orders the data loads above before the second
             // sequence load, so a writer that started meanwhile is seen.
@@ -221,11 +239,13 @@ impl Registry {
         // changes, so a reader that sees new data also sees it odd (or a
         // later value) and retries.
         fence(Ordering::Release);
-        self.word(slot, 1).store(bytes.len() as u64, Ordering::Relaxed);
+        self.word(slot, 1)
+            .store(bytes.len() as u64, Ordering::Relaxed);
         for (i, chunk) in bytes.chunks(8).enumerate() {
             let mut w = [0u8; 8];
             w[..chunk.len()].copy_from_slice(chunk);
-            self.word(slot, 2 + i).store(u64::from_le_bytes(w), Ordering::Relaxed);
+            self.word(slot, 2 + i)
+                .store(u64::from_le_bytes(w), Ordering::Relaxed);
         }
         // Release: pairs with the readers' Acquire load of the sequence.
         seq.store(odd + 1, Ordering::Release);
@@ -236,7 +256,9 @@ impl Registry {
     /// reclaimed and reported as not found, with the reason.
     pub fn lookup(&self, name: &str) -> Result<Entry> {
         for slot in 0..SLOTS {
-            let Ok(Some(entry)) = self.read_slot(slot) else { continue };
+            let Ok(Some(entry)) = self.read_slot(slot) else {
+                continue;
+            };
             if entry.name != name {
                 continue;
             }
@@ -246,10 +268,16 @@ impl Registry {
             let _ = self.reclaim(slot, &entry);
             return Err(Error::ServiceNotFound {
                 name: name.into(),
-                reason: format!("its process {} died; the stale entry was removed", entry.pid),
+                reason: format!(
+                    "its process {} died; the stale entry was removed",
+                    entry.pid
+                ),
             });
         }
-        Err(Error::ServiceNotFound { name: name.into(), reason: "no such service is registered".into() })
+        Err(Error::ServiceNotFound {
+            name: name.into(),
+            reason: "no such service is registered".into(),
+        })
     }
 
     /// All live entries.
@@ -280,7 +308,10 @@ impl Registry {
             match self.read_slot(slot) {
                 Ok(Some(e)) if e.name == entry.name => {
                     if e.process().is_alive() && e.pid != entry.pid {
-                        return Err(Error::ServiceAlreadyExists { name: e.name, pid: e.pid });
+                        return Err(Error::ServiceAlreadyExists {
+                            name: e.name,
+                            pid: e.pid,
+                        });
                     }
                     free = Some(slot);
                     break;
@@ -332,7 +363,10 @@ fn encode_entry(entry: &Entry) -> Result<Vec<u8>> {
             return Ok(bytes);
         }
         if e.endpoints.pop().is_none() {
-            return Err(Error::Protocol(format!("registry entry for {:?} is too large", entry.name)));
+            return Err(Error::Protocol(format!(
+                "registry entry for {:?} is too large",
+                entry.name
+            )));
         }
     }
 }
@@ -377,7 +411,10 @@ mod tests {
         let other = Registry::open(&home).unwrap();
         assert_eq!(other.list().len(), 1);
         reg.unregister("svc", me.pid).unwrap();
-        assert!(matches!(other.lookup("svc"), Err(Error::ServiceNotFound { .. })));
+        assert!(matches!(
+            other.lookup("svc"),
+            Err(Error::ServiceNotFound { .. })
+        ));
         std::fs::remove_dir_all(&home).unwrap();
     }
 
@@ -386,16 +423,25 @@ mod tests {
         let home = temp_home("stale");
         let reg = Registry::open(&home).unwrap();
         let mut child = std::process::Command::new("true").spawn().unwrap();
-        let dead = ProcessIdentity { pid: child.id(), start_time: 1 };
+        let dead = ProcessIdentity {
+            pid: child.id(),
+            start_time: 1,
+        };
         child.wait().unwrap();
         reg.register(&entry("gone", dead)).unwrap();
         match reg.lookup("gone") {
-            Err(Error::ServiceNotFound { reason, .. }) => assert!(reason.contains("died"), "{reason}"),
+            Err(Error::ServiceNotFound { reason, .. }) => {
+                assert!(reason.contains("died"), "{reason}")
+            }
             other => panic!("{other:?}"),
         }
-        assert!(reg.read_slot(0).unwrap().is_none(), "the stale slot was reclaimed");
+        assert!(
+            reg.read_slot(0).unwrap().is_none(),
+            "the stale slot was reclaimed"
+        );
         // The name is free for a live process again.
-        reg.register(&entry("gone", ProcessIdentity::current())).unwrap();
+        reg.register(&entry("gone", ProcessIdentity::current()))
+            .unwrap();
         std::fs::remove_dir_all(&home).unwrap();
     }
 
@@ -403,14 +449,23 @@ mod tests {
     fn a_torn_slot_left_by_a_dead_writer_blocks_nobody() {
         let home = temp_home("torn");
         let reg = Registry::open(&home).unwrap();
-        reg.register(&entry("a", ProcessIdentity::current())).unwrap();
+        reg.register(&entry("a", ProcessIdentity::current()))
+            .unwrap();
         // Simulate a writer that died mid-write: odd sequence, lock free.
         reg.word(0, 0).fetch_add(1, Ordering::SeqCst);
         assert!(reg.read_slot(0).is_err());
-        assert!(matches!(reg.lookup("a"), Err(Error::ServiceNotFound { .. })));
-        reg.register(&entry("a", ProcessIdentity::current())).unwrap();
+        assert!(matches!(
+            reg.lookup("a"),
+            Err(Error::ServiceNotFound { .. })
+        ));
+        reg.register(&entry("a", ProcessIdentity::current()))
+            .unwrap();
         assert_eq!(reg.lookup("a").unwrap().name, "a");
-        assert_eq!(reg.word(0, 0).load(Ordering::SeqCst) % 2, 0, "the writer repaired the slot");
+        assert_eq!(
+            reg.word(0, 0).load(Ordering::SeqCst) % 2,
+            0,
+            "the writer repaired the slot"
+        );
         std::fs::remove_dir_all(&home).unwrap();
     }
 
@@ -418,8 +473,18 @@ mod tests {
     fn files_are_private() {
         let home = temp_home("mode");
         let _reg = Registry::open(&home).unwrap();
-        assert_eq!(std::fs::metadata(&home).unwrap().permissions().mode() & 0o777, 0o700);
-        assert_eq!(std::fs::metadata(home.join("registry")).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&home).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        assert_eq!(
+            std::fs::metadata(home.join("registry"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
         std::fs::remove_dir_all(&home).unwrap();
     }
 }

@@ -40,7 +40,11 @@ pub fn request_stop() {
 
 fn install_signal_handlers() -> Result<()> {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    let action = SigAction::new(SigHandler::Handler(on_stop_signal), SaFlags::SA_RESTART, SigSet::empty());
+    let action = SigAction::new(
+        SigHandler::Handler(on_stop_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
     for sig in [Signal::SIGTERM, Signal::SIGINT] {
         // SAFETY: the handler only stores to an atomic, which is
         // async-signal-safe; it replaces no handler we rely on.
@@ -67,7 +71,13 @@ struct Inbox {
 /// Name usable in file names: the service name with other bytes replaced.
 pub(crate) fn file_safe(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(64)
         .collect()
 }
@@ -75,7 +85,10 @@ pub(crate) fn file_safe(name: &str) -> String {
 /// Serves `service` in this process until SIGTERM, SIGINT or
 /// [`request_stop`]. `ready` is told once the service is registered and
 /// accepting.
-pub(crate) fn serve_with<S: Send + Sync + 'static>(service: Service<S>, ready: impl FnOnce(&Entry)) -> Result<()> {
+pub(crate) fn serve_with<S: Send + Sync + 'static>(
+    service: Service<S>,
+    ready: impl FnOnce(&Entry),
+) -> Result<()> {
     install_signal_handlers()?;
     let config = service.config.clone();
     let name = service.name.clone();
@@ -88,7 +101,9 @@ pub(crate) fn serve_with<S: Send + Sync + 'static>(service: Service<S>, ready: i
         }
     }
     let dispatch: Arc<dyn Dispatch> = Arc::new(Dispatcher::new(service));
-    let shm_dir = std::env::var_os("METABRIDGE_SHM_DIR").map(PathBuf::from).unwrap_or_else(|| home.clone());
+    let shm_dir = std::env::var_os("METABRIDGE_SHM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home.clone());
     let stem = format!("{}-{}", file_safe(&name), me.pid);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -122,8 +137,14 @@ pub(crate) fn serve_with<S: Send + Sync + 'static>(service: Service<S>, ready: i
     let mut inboxes = Vec::new();
     let mut threads = Vec::new();
     for k in 0..config.workers.max(1) {
-        let bell = bells.bell(k).ok_or_else(|| Error::Protocol("doorbell set too small".into()))?;
-        let inbox = Arc::new(Inbox { pending: AtomicBool::new(false), channels: Mutex::new(Vec::new()), bell });
+        let bell = bells
+            .bell(k)
+            .ok_or_else(|| Error::Protocol("doorbell set too small".into()))?;
+        let inbox = Arc::new(Inbox {
+            pending: AtomicBool::new(false),
+            channels: Mutex::new(Vec::new()),
+            bell,
+        });
         inboxes.push(inbox.clone());
         let worker = Worker {
             inbox,
@@ -131,14 +152,21 @@ pub(crate) fn serve_with<S: Send + Sync + 'static>(service: Service<S>, ready: i
             runtime: runtime.handle().clone(),
             stop: workers_stop.clone(),
         };
-        threads.push(std::thread::Builder::new().name(format!("metabridge-worker-{k}")).spawn(move || worker.run())?);
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("metabridge-worker-{k}"))
+                .spawn(move || worker.run())?,
+        );
     }
 
     let entry = Entry {
         name: name.clone(),
         pid: me.pid,
         start_time: me.start_time,
-        registered_at: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        registered_at: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
         control_socket: socket_path.to_string_lossy().into_owned(),
         doorbells: format!("{stem}-bells"),
         shm_dir: shm_dir.to_string_lossy().into_owned(),
@@ -188,7 +216,11 @@ fn accept_loop(listener: &UnixListener, shm_dir: &Path, inboxes: &[Arc<Inbox>]) 
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                let mut fds = [libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(listener), events: libc::POLLIN, revents: 0 }];
+                let mut fds = [libc::pollfd {
+                    fd: std::os::fd::AsRawFd::as_raw_fd(listener),
+                    events: libc::POLLIN,
+                    revents: 0,
+                }];
                 // SAFETY: one valid pollfd for the duration of the call.
                 unsafe { libc::poll(fds.as_mut_ptr(), 1, 50) };
             }
@@ -212,8 +244,12 @@ fn handshake(mut stream: UnixStream, shm_dir: &Path, k: usize, inbox: &Inbox) ->
     }
     let mut name = vec![0u8; len];
     stream.read_exact(&mut name)?;
-    let name = String::from_utf8(name).map_err(|_| Error::Protocol("segment name is not UTF-8".into()))?;
-    let config = ChannelConfig { dir: shm_dir.to_owned(), ..ChannelConfig::default() };
+    let name =
+        String::from_utf8(name).map_err(|_| Error::Protocol("segment name is not UTF-8".into()))?;
+    let config = ChannelConfig {
+        dir: shm_dir.to_owned(),
+        ..ChannelConfig::default()
+    };
     match Channel::open(&name, &config) {
         Ok(channel) => {
             {
@@ -253,8 +289,14 @@ impl Worker {
         let mut last_check = Instant::now();
         let my_cpu = metabridge_shm::current_cpu;
         loop {
-            if self.inbox.pending.swap(false, Ordering::Acquire) {
-                let mut list = self.inbox.channels.lock().unwrap_or_else(|p| p.into_inner());
+            if self.inbox.pending.load(Ordering::Relaxed)
+                && self.inbox.pending.swap(false, Ordering::Acquire)
+            {
+                let mut list = self
+                    .inbox
+                    .channels
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
                 channels.append(&mut list);
             }
             let seen = self.inbox.bell.count();
@@ -281,7 +323,9 @@ impl Worker {
             // Spin for a while, but only while the last client runs on
             // another CPU: spinning on the CPU it needs only delays it.
             let now_idle = *idle_since.get_or_insert_with(Instant::now);
-            let peer_elsewhere = channels.iter().any(|c| c.peer_cpu().is_some_and(|p| p != my_cpu()));
+            let peer_elsewhere = channels
+                .iter()
+                .any(|c| c.peer_cpu().is_some_and(|p| p != my_cpu()));
             if peer_elsewhere {
                 polls = polls.wrapping_add(1);
                 if polls % 64 != 0 || now_idle.elapsed() < WORKER_SPIN {
@@ -320,7 +364,11 @@ impl Worker {
             Ok(None) => return Ok(false),
             Err(metabridge_shm::Error::MessageTooLarge { len, max }) => {
                 out.clear();
-                envelope::encode_error(out, "ProtocolError", &format!("request of {len} bytes exceeds {max}"));
+                envelope::encode_error(
+                    out,
+                    "ProtocolError",
+                    &format!("request of {len} bytes exceeds {max}"),
+                );
                 Outcome::Done
             }
             Err(e) => return Err(e.into()),

@@ -17,8 +17,10 @@ use std::sync::Arc;
 pub type EndpointFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, CallError>> + Send>>;
 
 pub(crate) type CtorFn<S> = dyn Fn(&mut Args<'_>) -> Result<S, CallError> + Send + Sync;
-pub(crate) type SyncFn<S> = dyn Fn(&S, &mut Args<'_>, &mut Reply<'_>) -> Result<(), CallError> + Send + Sync;
-pub(crate) type AsyncFn<S> = dyn Fn(Arc<S>, &mut Args<'_>) -> Result<EndpointFuture, CallError> + Send + Sync;
+pub(crate) type SyncFn<S> =
+    dyn Fn(&S, &mut Args<'_>, &mut Reply<'_>) -> Result<(), CallError> + Send + Sync;
+pub(crate) type AsyncFn<S> =
+    dyn Fn(Arc<S>, &mut Args<'_>) -> Result<EndpointFuture, CallError> + Send + Sync;
 
 /// One endpoint's code.
 pub(crate) enum Endpoint<S> {
@@ -54,7 +56,10 @@ impl Reply<'_> {
 
     /// Answers with the value of `Ok`, or the error of `Err` (its type name
     /// and message).
-    pub fn result<T: Serialize, E: Display>(&mut self, result: Result<T, E>) -> Result<(), CallError> {
+    pub fn result<T: Serialize, E: Display>(
+        &mut self,
+        result: Result<T, E>,
+    ) -> Result<(), CallError> {
         match result {
             Ok(v) => self.ok(&v),
             Err(e) => Err(CallError::from_error(&e)),
@@ -69,7 +74,9 @@ impl Reply<'_> {
     }
 
     /// The encoded answer of a `Result`, for an `async` endpoint.
-    pub fn encode_result<T: Serialize, E: Display>(result: Result<T, E>) -> Result<Vec<u8>, CallError> {
+    pub fn encode_result<T: Serialize, E: Display>(
+        result: Result<T, E>,
+    ) -> Result<Vec<u8>, CallError> {
         match result {
             Ok(v) => Self::encode_ok(&v),
             Err(e) => Err(CallError::from_error(&e)),
@@ -102,13 +109,19 @@ impl Default for ServiceConfig {
             .ok()
             .and_then(|v| v.parse().ok())
             .filter(|&n: &usize| n > 0)
-            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2)
+            });
         ServiceConfig {
             host: "127.0.0.1".into(),
             port: 0,
             workers,
             cache_capacity: 128,
-            token: std::env::var("METABRIDGE_TOKEN").ok().filter(|t| !t.is_empty()),
+            token: std::env::var("METABRIDGE_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty()),
         }
     }
 }
@@ -142,7 +155,12 @@ pub struct Service<S> {
 impl<S: Send + Sync + 'static> Service<S> {
     /// A service called `name`, with no endpoints yet.
     pub fn new(name: &str) -> Service<S> {
-        Service { name: name.to_owned(), config: ServiceConfig::default(), ctor: None, endpoints: HashMap::new() }
+        Service {
+            name: name.to_owned(),
+            config: ServiceConfig::default(),
+            ctor: None,
+            endpoints: HashMap::new(),
+        }
     }
 
     /// The service's name.
@@ -196,7 +214,8 @@ impl<S: Send + Sync + 'static> Service<S> {
         name: &str,
         f: impl Fn(&S, &mut Args<'_>, &mut Reply<'_>) -> Result<(), CallError> + Send + Sync + 'static,
     ) -> Self {
-        self.endpoints.insert(name.to_owned(), Endpoint::Sync(Arc::new(f)));
+        self.endpoints
+            .insert(name.to_owned(), Endpoint::Sync(Arc::new(f)));
         self
     }
 
@@ -208,7 +227,8 @@ impl<S: Send + Sync + 'static> Service<S> {
         name: &str,
         f: impl Fn(Arc<S>, &mut Args<'_>) -> Result<EndpointFuture, CallError> + Send + Sync + 'static,
     ) -> Self {
-        self.endpoints.insert(name.to_owned(), Endpoint::Async(Arc::new(f)));
+        self.endpoints
+            .insert(name.to_owned(), Endpoint::Async(Arc::new(f)));
         self
     }
 

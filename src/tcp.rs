@@ -41,6 +41,9 @@ pub(crate) async fn bind(addr: &str, dispatch: Arc<dyn Dispatch>) -> std::io::Re
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(metabridge_tcp::DEFAULT_MAX_FRAME);
-    let config = ServerConfig { max_frame, ..ServerConfig::default() };
+    let config = ServerConfig {
+        max_frame,
+        ..ServerConfig::default()
+    };
     Server::bind(addr, config, Arc::new(TcpHandler { dispatch })).await
 }

@@ -22,10 +22,11 @@ pub(crate) enum Transport {
 
 impl Transport {
     pub(crate) fn tcp(addr: &str, max: usize, timeout: Duration) -> Result<Transport> {
-        let sock = addr
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| Error::Io(std::io::Error::other(format!("{addr} resolves to no address"))))?;
+        let sock = addr.to_socket_addrs()?.next().ok_or_else(|| {
+            Error::Io(std::io::Error::other(format!(
+                "{addr} resolves to no address"
+            )))
+        })?;
         let config = PoolConfig {
             max_connections: max,
             connect_timeout: timeout.min(Duration::from_secs(5)),
@@ -97,12 +98,18 @@ pub(crate) struct ShmPool {
     socket: PathBuf,
     shm_dir: PathBuf,
     doorbells: DoorbellSet,
-    idle: Mutex<Vec<ShmConn>>,
+    idle: Mutex<Idle>,
     returned: Condvar,
     pub(crate) open: AtomicUsize,
     max: usize,
     timeout: Duration,
     closed: AtomicBool,
+}
+
+/// The idle channels, and how many callers wait for one.
+struct Idle {
+    conns: Vec<ShmConn>,
+    waiters: usize,
 }
 
 static SEGMENT_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -117,7 +124,10 @@ impl ShmPool {
             socket: PathBuf::from(&entry.control_socket),
             shm_dir,
             doorbells,
-            idle: Mutex::new(Vec::with_capacity(max)),
+            idle: Mutex::new(Idle {
+                conns: Vec::with_capacity(max),
+                waiters: 0,
+            }),
             returned: Condvar::new(),
             open: AtomicUsize::new(0),
             max,
@@ -126,12 +136,19 @@ impl ShmPool {
         })
     }
 
-    fn round_trip<R>(&self, encode: impl FnOnce(&mut Vec<u8>), decode: impl FnOnce(&[u8]) -> Result<R>) -> Result<R> {
+    fn round_trip<R>(
+        &self,
+        encode: impl FnOnce(&mut Vec<u8>),
+        decode: impl FnOnce(&[u8]) -> Result<R>,
+    ) -> Result<R> {
         let mut conn = self.acquire()?;
         conn.buf.clear();
         encode(&mut conn.buf);
         let carried = match conn.channel.send(&conn.buf) {
-            Ok(()) => conn.channel.recv_timeout(self.timeout).map(|reply| decode(&reply)),
+            Ok(()) => conn
+                .channel
+                .recv_timeout(self.timeout)
+                .map(|reply| decode(&reply)),
             Err(e) => Err(e),
         };
         match carried {
@@ -144,7 +161,7 @@ impl ShmPool {
                 // never reuse it.
                 drop(conn);
                 self.open.fetch_sub(1, Ordering::AcqRel);
-                self.returned.notify_one();
+                self.wake_waiter(self.idle.lock().unwrap_or_else(|p| p.into_inner()));
                 Err(e.into())
             }
         }
@@ -157,7 +174,7 @@ impl ShmPool {
             if self.closed.load(Ordering::Acquire) {
                 return Err(Error::PeerGone("the client was closed".into()));
             }
-            if let Some(conn) = idle.pop() {
+            if let Some(conn) = idle.conns.pop() {
                 return Ok(conn);
             }
             let open = self.open.load(Ordering::Acquire);
@@ -172,7 +189,13 @@ impl ShmPool {
             if left.is_zero() {
                 return Err(Error::Timeout("waiting for a free channel".into()));
             }
-            idle = self.returned.wait_timeout(idle, left).unwrap_or_else(|p| p.into_inner()).0;
+            idle.waiters += 1;
+            idle = self
+                .returned
+                .wait_timeout(idle, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+            idle.waiters -= 1;
         }
     }
 
@@ -181,8 +204,19 @@ impl ShmPool {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return;
         }
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
-        self.returned.notify_one();
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.conns.push(conn);
+        self.wake_waiter(idle);
+    }
+
+    /// Wakes one waiting caller, if any. (A condition variable's notify is
+    /// a system call even with nobody waiting: skip it on the hot path.)
+    fn wake_waiter(&self, idle: std::sync::MutexGuard<'_, Idle>) {
+        let waiting = idle.waiters > 0;
+        drop(idle);
+        if waiting {
+            self.returned.notify_one();
+        }
     }
 
     /// Creates a segment and asks the service to open it.
@@ -193,7 +227,10 @@ impl ShmPool {
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
         let name = format!("ch-{}-{n}-{nanos:x}", std::process::id());
-        let config = ChannelConfig { dir: self.shm_dir.clone(), ..ChannelConfig::default() };
+        let config = ChannelConfig {
+            dir: self.shm_dir.clone(),
+            ..ChannelConfig::default()
+        };
         let mut channel = Channel::create(&name, &config)?;
         let mut stream = UnixStream::connect(&self.socket)?;
         stream.set_read_timeout(Some(self.timeout.min(Duration::from_secs(5))))?;
@@ -212,17 +249,22 @@ impl ShmPool {
                 String::from_utf8_lossy(&msg)
             )));
         }
-        let bell = self
-            .doorbells
-            .bell(arg as usize)
-            .ok_or_else(|| Error::Protocol(format!("the service named doorbell {arg}, which does not exist")))?;
+        let bell = self.doorbells.bell(arg as usize).ok_or_else(|| {
+            Error::Protocol(format!(
+                "the service named doorbell {arg}, which does not exist"
+            ))
+        })?;
         channel.halves().0.set_doorbell(bell);
-        Ok(ShmConn { channel, buf: Vec::with_capacity(256) })
+        Ok(ShmConn {
+            channel,
+            buf: Vec::with_capacity(256),
+        })
     }
 
     fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        let drained: Vec<ShmConn> = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
+        let drained: Vec<ShmConn> =
+            std::mem::take(&mut self.idle.lock().unwrap_or_else(|p| p.into_inner()).conns);
         self.open.fetch_sub(drained.len(), Ordering::AcqRel);
         drop(drained);
         self.returned.notify_all();

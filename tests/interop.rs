@@ -14,16 +14,29 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn python_script(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(name)
 }
 
 fn require_python_msgpack() {
-    let ok = Command::new("python3").args(["-c", "import msgpack"]).status().map(|s| s.success()).unwrap_or(false);
-    assert!(ok, "these tests need python3 with the msgpack package: python3 -m pip install msgpack");
+    let ok = Command::new("python3")
+        .args(["-c", "import msgpack"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "these tests need python3 with the msgpack package: python3 -m pip install msgpack"
+    );
 }
 
 fn tcp_addr(env: &TestEnv, name: &str) -> String {
-    metabridge::registry::Registry::open(&env.home).unwrap().lookup(name).unwrap().tcp
+    metabridge::registry::Registry::open(&env.home)
+        .unwrap()
+        .lookup(name)
+        .unwrap()
+        .tcp
 }
 
 #[test]
@@ -31,9 +44,17 @@ fn an_original_protocol_python_client_calls_a_rust_service() {
     require_python_msgpack();
     let mut env = TestEnv::new("pyclient");
     env.start_service("svc", &[]);
-    let out = Command::new("python3").arg(python_script("interop_client.py")).arg(tcp_addr(&env, "svc")).output().unwrap();
+    let out = Command::new("python3")
+        .arg(python_script("interop_client.py"))
+        .arg(tcp_addr(&env, "svc"))
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && stdout.trim() == "OK", "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && stdout.trim() == "OK",
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 struct PyServer(std::process::Child);
@@ -53,23 +74,46 @@ fn the_rust_client_calls_an_original_protocol_python_service() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let _server = PyServer(child);
-    let port = line.trim().strip_prefix("PORT ").expect("the server prints its port");
+    let port = line
+        .trim()
+        .strip_prefix("PORT ")
+        .expect("the server prints its port");
     let addr = format!("127.0.0.1:{port}");
-    let client = metabridge::connect("demo-service").at(&addr).kwarg("argumento", "Olá,").open().unwrap();
+    let client = metabridge::connect("demo-service")
+        .at(&addr)
+        .kwarg("argumento", "Olá,")
+        .open()
+        .unwrap();
     assert_eq!(client.transport_name(), "tcp");
-    assert_eq!(client.call::<String>("teste", ()).unwrap(), "Mensagem da home do serviço!");
-    assert_eq!(client.call::<String>("get", ("mundo!",)).unwrap(), "Olá, mundo!");
-    assert_eq!(client.call::<String>("soma", (10, 20)).unwrap(), "A soma é: 30");
+    assert_eq!(
+        client.call::<String>("teste", ()).unwrap(),
+        "Mensagem da home do serviço!"
+    );
+    assert_eq!(
+        client.call::<String>("get", ("mundo!",)).unwrap(),
+        "Olá, mundo!"
+    );
+    assert_eq!(
+        client.call::<String>("soma", (10, 20)).unwrap(),
+        "A soma é: 30"
+    );
     assert_eq!(
         client.endpoints().unwrap(),
         vec!["fail", "get", "home", "soma", "teste"]
     );
-    let kw = metabridge::CallArgs::new().kwarg("outro_argumento", "kw").unwrap();
+    let kw = metabridge::CallArgs::new()
+        .kwarg("outro_argumento", "kw")
+        .unwrap();
     assert_eq!(client.call_with::<String>("get", &kw).unwrap(), "Olá, kw");
     match client.call::<String>("fail", ()) {
-        Err(Error::Remote { kind, message }) => assert_eq!((kind.as_str(), message.as_str()), ("ValueError", "falhou de propósito")),
+        Err(Error::Remote { kind, message }) => assert_eq!(
+            (kind.as_str(), message.as_str()),
+            ("ValueError", "falhou de propósito")
+        ),
         other => panic!("{other:?}"),
     }
     match client.call::<String>("nope", ()) {
@@ -77,12 +121,18 @@ fn the_rust_client_calls_an_original_protocol_python_service() {
         other => panic!("{other:?}"),
     }
     // Positional constructor arguments reach the original too.
-    let positional = metabridge::connect("demo-service").at(&addr).arg("Oi,").open().unwrap();
+    let positional = metabridge::connect("demo-service")
+        .at(&addr)
+        .arg("Oi,")
+        .open()
+        .unwrap();
     assert_eq!(positional.call::<String>("get", ("tu",)).unwrap(), "Oi, tu");
 }
 
 fn raw_frame(stream: &mut TcpStream, body: &[u8]) -> Vec<u8> {
-    stream.write_all(&(body.len() as u32).to_be_bytes()).unwrap();
+    stream
+        .write_all(&(body.len() as u32).to_be_bytes())
+        .unwrap();
     stream.write_all(body).unwrap();
     read_frame(stream)
 }
@@ -109,18 +159,28 @@ fn a_4_gib_declared_length_neither_allocates_nor_stalls_other_clients() {
     let addr = tcp_addr(&env, "svc");
     let rss_before = rss_kib(pid);
     let mut liar = TcpStream::connect(&addr).unwrap();
-    liar.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    liar.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let start = Instant::now();
     liar.write_all(&[0xff, 0xff, 0xff, 0xff]).unwrap();
     assert_eq!(error_kind(&read_frame(&mut liar)), "ProtocolError");
     let mut rest = Vec::new();
     let _ = liar.read_to_end(&mut rest); // the server closed the connection
-    // Meanwhile and after, others are served.
-    let client = env.connect("svc").arg("a").arg(1).transport(metabridge::TransportKind::Tcp).open().unwrap();
+                                         // Meanwhile and after, others are served.
+    let client = env
+        .connect("svc")
+        .arg("a")
+        .arg(1)
+        .transport(metabridge::TransportKind::Tcp)
+        .open()
+        .unwrap();
     assert_eq!(client.call::<String>("echo", ("b",)).unwrap(), "ab");
     assert!(start.elapsed() < Duration::from_secs(5));
     let rss_after = rss_kib(pid);
-    assert!(rss_after < rss_before + 64 * 1024, "RSS grew from {rss_before} to {rss_after} KiB");
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "RSS grew from {rss_before} to {rss_after} KiB"
+    );
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -139,14 +199,27 @@ fn malformed_bodies_get_protocol_errors_and_the_connection_lives_on() {
     env.start_service("svc", &[]);
     let mut s = TcpStream::connect(tcp_addr(&env, "svc")).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    for body in [&b"\xc1"[..], b"\x91\x01", b"\x81\xa4type\xa5dance", b"\x82\xa4type\xa4call\xa4args\x01", b""] {
-        assert_eq!(error_kind(&raw_frame(&mut s, body)), "ProtocolError", "{body:?}");
+    for body in [
+        &b"\xc1"[..],
+        b"\x91\x01",
+        b"\x81\xa4type\xa5dance",
+        b"\x82\xa4type\xa4call\xa4args\x01",
+        b"",
+    ] {
+        assert_eq!(
+            error_kind(&raw_frame(&mut s, body)),
+            "ProtocolError",
+            "{body:?}"
+        );
     }
     let mut ok = Vec::new();
     let ctor = metabridge::envelope::encode_ctor(&[0x92, 0xa1, b'p', 1], &[0x80]);
     metabridge::envelope::encode_call(&mut ok, "echo", &[0x91, 0xa1, b'x'], &[0x80], &ctor, None);
     let answer = raw_frame(&mut s, &ok);
-    assert_eq!(metabridge::envelope::decode_result::<String>(&answer).unwrap(), "px");
+    assert_eq!(
+        metabridge::envelope::decode_result::<String>(&answer).unwrap(),
+        "px"
+    );
 }
 
 #[test]
@@ -154,15 +227,41 @@ fn a_token_protected_service_refuses_clients_without_it() {
     require_python_msgpack();
     let mut env = TestEnv::new("token");
     env.start_service("svc", &[("METABRIDGE_TOKEN", "s3cret")]);
-    for kind in [metabridge::TransportKind::Shm, metabridge::TransportKind::Tcp] {
-        let anonymous = env.connect("svc").arg("a").arg(1).transport(kind).open().unwrap();
+    for kind in [
+        metabridge::TransportKind::Shm,
+        metabridge::TransportKind::Tcp,
+    ] {
+        let anonymous = env
+            .connect("svc")
+            .arg("a")
+            .arg(1)
+            .transport(kind)
+            .open()
+            .unwrap();
         match anonymous.call::<String>("echo", ("x",)) {
             Err(Error::Remote { kind, .. }) => assert_eq!(kind, "Unauthorized"),
             other => panic!("{other:?}"),
         }
-        let wrong = env.connect("svc").arg("a").arg(1).transport(kind).token("s3creT").open().unwrap();
-        assert!(matches!(wrong.call::<String>("echo", ("x",)), Err(Error::Remote { .. })));
-        let good = env.connect("svc").arg("a").arg(1).transport(kind).token("s3cret").open().unwrap();
+        let wrong = env
+            .connect("svc")
+            .arg("a")
+            .arg(1)
+            .transport(kind)
+            .token("s3creT")
+            .open()
+            .unwrap();
+        assert!(matches!(
+            wrong.call::<String>("echo", ("x",)),
+            Err(Error::Remote { .. })
+        ));
+        let good = env
+            .connect("svc")
+            .arg("a")
+            .arg(1)
+            .transport(kind)
+            .token("s3cret")
+            .open()
+            .unwrap();
         assert_eq!(good.call::<String>("echo", ("x",)).unwrap(), "ax");
     }
     // An original-protocol client satisfies it with an `auth` key.
@@ -172,5 +271,9 @@ fn a_token_protected_service_refuses_clients_without_it() {
         .arg("s3cret")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

@@ -18,7 +18,11 @@ fn remote_kind(r: metabridge::Result<impl std::fmt::Debug>) -> (String, String) 
 #[test]
 fn seed_client_example_prints_the_expected_output_and_leaves_nothing() {
     let env = TestEnv::new("seed");
-    let out = env.command("client").stderr(Stdio::inherit()).output().unwrap();
+    let out = env
+        .command("client")
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{:?}", out.status);
     let expected = "Conectando ao serviço 'demo-service'...\n\
         Resposta do endpoint 'teste()': Mensagem da home do serviço!\n\
@@ -26,7 +30,11 @@ fn seed_client_example_prints_the_expected_output_and_leaves_nothing() {
         Resposta do endpoint 'soma(10, 20)': A soma é: 30\n\
         Cliente finalizado. A conexão foi fechada.\n";
     assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
-    assert_eq!(env.leftovers(), Vec::<String>::new(), "segments or sockets left behind");
+    assert_eq!(
+        env.leftovers(),
+        Vec::<String>::new(),
+        "segments or sockets left behind"
+    );
     let reg = metabridge::registry::Registry::open(&env.home).unwrap();
     assert!(reg.list().is_empty(), "the daemon unregistered");
 }
@@ -36,11 +44,29 @@ fn unrelated_processes_find_each_other_through_the_registry() {
     let mut env = TestEnv::new("unrelated");
     let service_pid = env.start_service("svc", &[]);
     // A second, separate process (not the service's parent or child) calls it.
-    let out = env.command("test_service").args(["call", "svc", "echo", "olá"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "\"p:olá\" via shm");
-    let out = env.command("test_service").args(["call", "svc", "pid"]).output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("{service_pid} via shm"));
+    let out = env
+        .command("test_service")
+        .args(["call", "svc", "echo", "olá"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "\"p:olá\" via shm"
+    );
+    let out = env
+        .command("test_service")
+        .args(["call", "svc", "pid"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{service_pid} via shm")
+    );
 }
 
 #[test]
@@ -51,15 +77,31 @@ fn constructor_arguments_positional_and_named_and_calls_with_kwargs() {
     assert_eq!(positional.transport_name(), "shm");
     assert_eq!(positional.call::<String>("echo", ("x",)).unwrap(), "a:x");
     assert_eq!(positional.call::<i64>("scaled", (5,)).unwrap(), 15);
-    let named = env.connect("svc").kwarg("scale", 2).kwarg("prefix", "k:").open().unwrap();
+    let named = env
+        .connect("svc")
+        .kwarg("scale", 2)
+        .kwarg("prefix", "k:")
+        .open()
+        .unwrap();
     assert_eq!(named.call::<i64>("scaled", (5,)).unwrap(), 10);
     let kw = CallArgs::new().kwarg("text", "y").unwrap();
     assert_eq!(named.call_with::<String>("echo", &kw).unwrap(), "k:y");
-    let mixed = env.connect("svc").arg("m:").kwarg("scale", 7).open().unwrap();
+    let mixed = env
+        .connect("svc")
+        .arg("m:")
+        .kwarg("scale", 7)
+        .open()
+        .unwrap();
     assert_eq!(mixed.call::<i64>("scaled", (1,)).unwrap(), 7);
     // Under its endpoint name and its own name.
-    assert_eq!(mixed.call::<String>("renamed", ()).unwrap(), "renamed and original");
-    assert_eq!(mixed.call::<String>("original", ()).unwrap(), "renamed and original");
+    assert_eq!(
+        mixed.call::<String>("renamed", ()).unwrap(),
+        "renamed and original"
+    );
+    assert_eq!(
+        mixed.call::<String>("original", ()).unwrap(),
+        "renamed and original"
+    );
     let mut names = mixed.endpoints().unwrap();
     names.sort();
     assert!(names.contains(&"renamed".to_string()) && names.contains(&"original".to_string()));
@@ -79,7 +121,10 @@ fn errors_panics_wrong_types_and_unknown_endpoints_are_remote_errors() {
     assert_eq!(kind, "Panic");
     assert!(msg.contains("boom on purpose"), "{msg}");
     let (kind, msg) = remote_kind(c.call::<i64>("check", (-4,)));
-    assert_eq!((kind.as_str(), msg.as_str()), ("Refused", "refused: -4 is negative"));
+    assert_eq!(
+        (kind.as_str(), msg.as_str()),
+        ("Refused", "refused: -4 is negative")
+    );
     assert_eq!(c.call::<i64>("check", (4,)).unwrap(), 4);
     let (kind, msg) = remote_kind(c.call::<i64>("scaled", ("not a number",)));
     assert_eq!(kind, "TypeError");
@@ -88,7 +133,10 @@ fn errors_panics_wrong_types_and_unknown_endpoints_are_remote_errors() {
     assert_eq!(kind, "TypeError");
     assert!(msg.contains("positional"), "{msg}");
     let (kind, msg) = remote_kind(c.call::<i64>("nope", ()));
-    assert_eq!((kind.as_str(), msg.as_str()), ("NotFound", "Endpoint 'nope' not found"));
+    assert_eq!(
+        (kind.as_str(), msg.as_str()),
+        ("NotFound", "Endpoint 'nope' not found")
+    );
     // The service kept serving through all of it.
     assert_eq!(c.call::<String>("echo", ("ok",)).unwrap(), "pok");
     assert_eq!(c.call::<String>("later", (5,)).unwrap(), "pafter 5 ms");
@@ -99,7 +147,13 @@ fn instances_are_cached_per_constructor_arguments_and_evicted_past_capacity() {
     let mut env = TestEnv::new("lru");
     env.start_service("svc", &[("FIXTURE_CACHE", "2")]);
     let id = |prefix: &str| {
-        env.connect("svc").arg(prefix).arg(1).open().unwrap().call::<u64>("instance_id", ()).unwrap()
+        env.connect("svc")
+            .arg(prefix)
+            .arg(1)
+            .open()
+            .unwrap()
+            .call::<u64>("instance_id", ())
+            .unwrap()
     };
     let a = id("a");
     assert_eq!(id("a"), a, "equal constructor arguments reuse the instance");
@@ -123,7 +177,10 @@ fn sixteen_threads_share_one_client() {
             s.spawn(move || {
                 for i in 0..300 {
                     let text = format!("{t}-{i}");
-                    assert_eq!(client.call::<String>("echo", (&text,)).unwrap(), format!("t{text}"));
+                    assert_eq!(
+                        client.call::<String>("echo", (&text,)).unwrap(),
+                        format!("t{text}")
+                    );
                 }
             });
         }
@@ -131,7 +188,10 @@ fn sixteen_threads_share_one_client() {
     assert!(client.open_channels() <= 16, "at most 16 channels");
     assert!(client.open_channels() >= 1);
     client.close();
-    assert!(client.call::<String>("echo", ("x",)).is_err(), "a closed client refuses calls");
+    assert!(
+        client.call::<String>("echo", ("x",)).is_err(),
+        "a closed client refuses calls"
+    );
 }
 
 #[test]
@@ -139,9 +199,16 @@ fn a_second_service_with_a_live_name_gets_service_already_exists() {
     let mut env = TestEnv::new("dup");
     env.start_service("svc", &[]);
     let mut cmd = env.command("test_service");
-    cmd.args(["serve", "svc"]).stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd.args(["serve", "svc"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     let out = cmd.output().unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
 }
 
@@ -150,7 +217,8 @@ fn a_killed_service_leaves_a_stale_entry_that_is_reported_and_reclaimed() {
     let mut env = TestEnv::new("stale");
     let pid = env.start_service("svc", &[]);
     sigkill(pid);
-    env.wait_exit(pid, Duration::from_secs(5)).unwrap_or_default();
+    env.wait_exit(pid, Duration::from_secs(5))
+        .unwrap_or_default();
     match env.connect("svc").open() {
         Err(Error::ServiceNotFound { reason, .. }) => assert!(reason.contains("died"), "{reason}"),
         Err(e) => panic!("{e}"),
@@ -176,7 +244,11 @@ fn a_service_killed_mid_call_gives_peer_gone_not_a_hang() {
     let r = c.call::<u64>("sleep_ms", (10_000,));
     killer.join().unwrap();
     assert!(matches!(r, Err(Error::PeerGone(_))), "{r:?}");
-    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
 }
 
 #[test]
@@ -191,22 +263,40 @@ fn sigterm_stops_gracefully_unregisters_and_removes_segments() {
     assert_eq!(slow.join().unwrap().unwrap(), 300);
     assert_eq!(env.wait_exit(pid, Duration::from_secs(10)), Some(0));
     assert_eq!(env.leftovers(), Vec::<String>::new());
-    assert!(matches!(env.connect("svc").open(), Err(Error::ServiceNotFound { .. })));
+    assert!(matches!(
+        env.connect("svc").open(),
+        Err(Error::ServiceNotFound { .. })
+    ));
 }
 
 #[test]
 fn tcp_transport_gives_the_same_answers() {
     let mut env = TestEnv::new("tcp");
     env.start_service("svc", &[]);
-    let c = env.connect("svc").arg("t:").arg(2).transport(TransportKind::Tcp).open().unwrap();
+    let c = env
+        .connect("svc")
+        .arg("t:")
+        .arg(2)
+        .transport(TransportKind::Tcp)
+        .open()
+        .unwrap();
     assert_eq!(c.transport_name(), "tcp");
     assert_eq!(c.call::<String>("echo", ("x",)).unwrap(), "t:x");
     assert_eq!(c.call::<i64>("scaled", (21,)).unwrap(), 42);
     assert_eq!(c.call::<String>("later", (1,)).unwrap(), "t:after 1 ms");
     assert_eq!(remote_kind(c.call::<String>("boom", ())).0, "Panic");
     // By address, as a remote client would.
-    let addr = metabridge::registry::Registry::open(&env.home).unwrap().lookup("svc").unwrap().tcp;
-    let remote = metabridge::connect("svc").at(&addr).arg("r:").arg(1).open().unwrap();
+    let addr = metabridge::registry::Registry::open(&env.home)
+        .unwrap()
+        .lookup("svc")
+        .unwrap()
+        .tcp;
+    let remote = metabridge::connect("svc")
+        .at(&addr)
+        .arg("r:")
+        .arg(1)
+        .open()
+        .unwrap();
     assert_eq!(remote.call::<String>("echo", ("x",)).unwrap(), "r:x");
 }
 

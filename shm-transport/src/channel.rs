@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::liveness::ProcessIdentity;
 use crate::memory::Region;
 use crate::ring::{
-    self, max_frame_payload, Consumer, FrameRef, Peek, Producer, Reserve, Reservation, DOORBELL,
+    self, max_frame_payload, Consumer, FrameRef, Peek, Producer, Reservation, Reserve, DOORBELL,
     FLAG_MORE, FRAME_HEADER, WAITING,
 };
 use crate::segment::Segment;
@@ -91,7 +91,9 @@ impl Peer for Shared {
     }
 
     fn peer_cpu(&self) -> Option<u32> {
-        let v = self.segment.header().sides[self.peer_side()].cpu.load(Ordering::Relaxed);
+        let v = self.segment.header().sides[self.peer_side()]
+            .cpu
+            .load(Ordering::Relaxed);
         (v != 0).then(|| (v - 1) as u32)
     }
 
@@ -161,7 +163,10 @@ impl Channel {
         let (tx_ring, rx_ring) = (side, 1 - side);
         let shared = Arc::new(Shared {
             segment,
-            settings: WaitSettings { policy: config.wait, liveness_interval: config.liveness_interval },
+            settings: WaitSettings {
+                policy: config.wait,
+                liveness_interval: config.liveness_interval,
+            },
             max_message: config.max_message,
             name: name.to_owned(),
         });
@@ -175,13 +180,34 @@ impl Channel {
         // per ring across the two processes.
         let (producer, consumer) = unsafe {
             (
-                Producer::new(seg.control(tx_ring), Region::new(seg.data(tx_ring), tx_cap), tx_cap, keep.clone()),
-                Consumer::new(seg.control(rx_ring), Region::new(seg.data(rx_ring), rx_cap), rx_cap, keep),
+                Producer::new(
+                    seg.control(tx_ring),
+                    Region::new(seg.data(tx_ring), tx_cap),
+                    tx_cap,
+                    keep.clone(),
+                ),
+                Consumer::new(
+                    seg.control(rx_ring),
+                    Region::new(seg.data(rx_ring), rx_cap),
+                    rx_cap,
+                    keep,
+                ),
             )
         };
         Channel {
-            tx: Sender { ring: producer, shared: shared.clone(), doorbell: None },
-            rx: Receiver { ring: consumer, shared, assembly: Vec::new(), partial: false, discarding: false, received: 0 },
+            tx: Sender {
+                ring: producer,
+                shared: shared.clone(),
+                doorbell: None,
+            },
+            rx: Receiver {
+                ring: consumer,
+                shared,
+                assembly: Vec::new(),
+                partial: false,
+                discarding: false,
+                received: 0,
+            },
         }
     }
 
@@ -267,7 +293,10 @@ impl Sender {
     pub fn try_send(&mut self, message: &[u8]) -> Result<()> {
         let max = self.max_frame();
         if message.len() > max {
-            return Err(Error::MessageTooLarge { len: message.len() as u64, max: max as u64 });
+            return Err(Error::MessageTooLarge {
+                len: message.len() as u64,
+                max: max as u64,
+            });
         }
         match self.ring.try_reserve(message.len())? {
             Reserve::Ready(r) => {
@@ -291,7 +320,10 @@ impl Sender {
 
     fn send_deadline(&mut self, message: &[u8], deadline: Option<Instant>) -> Result<()> {
         if message.len() as u64 > self.shared.max_message {
-            return Err(Error::MessageTooLarge { len: message.len() as u64, max: self.shared.max_message });
+            return Err(Error::MessageTooLarge {
+                len: message.len() as u64,
+                max: self.shared.max_message,
+            });
         }
         let max = self.max_frame();
         if message.len() <= max {
@@ -301,7 +333,11 @@ impl Sender {
         }
         let mut chunks = message.chunks(max).peekable();
         while let Some(chunk) = chunks.next() {
-            let flags = if chunks.peek().is_some() { FLAG_MORE } else { 0 };
+            let flags = if chunks.peek().is_some() {
+                FLAG_MORE
+            } else {
+                0
+            };
             let r = self.reserve(chunk.len(), deadline)?;
             self.publish(&r, chunk, flags);
         }
@@ -342,7 +378,11 @@ impl Sender {
                 len: 0,
                 spill: None,
             },
-            None => FrameWriter { room: &mut [], len: 0, spill: Some(Vec::new()) },
+            None => FrameWriter {
+                room: &mut [],
+                len: 0,
+                spill: Some(Vec::new()),
+            },
         };
         let out = encode(&mut writer);
         let FrameWriter { len, spill, .. } = writer;
@@ -363,12 +403,18 @@ impl Sender {
         }
         let word = &self.ring.ctrl().head as &crate::sync::AtomicU64 as *const _;
         let ring = &mut self.ring;
-        wait::block(&self.shared.settings, &*self.shared, deadline, WAITING, || {
-            Ok(match ring.try_reserve(len)? {
-                Reserve::Ready(r) => Step::Done(r),
-                Reserve::Full { observed } => Step::Pending { word, observed },
-            })
-        })
+        wait::block(
+            &self.shared.settings,
+            &*self.shared,
+            deadline,
+            WAITING,
+            || {
+                Ok(match ring.try_reserve(len)? {
+                    Reserve::Ready(r) => Step::Done(r),
+                    Reserve::Full { observed } => Step::Pending { word, observed },
+                })
+            },
+        )
     }
 
     #[inline]
@@ -479,19 +525,28 @@ impl Receiver {
         }
         let word = &self.ring.ctrl().tail as &crate::sync::AtomicU64 as *const _;
         let ring = &mut self.ring;
-        wait::block(&self.shared.settings, &*self.shared, deadline, WAITING, || {
-            Ok(match ring.try_peek()? {
-                Peek::Frame(f) => Step::Done(f),
-                Peek::Empty { observed } => Step::Pending { word, observed },
-            })
-        })
+        wait::block(
+            &self.shared.settings,
+            &*self.shared,
+            deadline,
+            WAITING,
+            || {
+                Ok(match ring.try_peek()? {
+                    Peek::Frame(f) => Step::Done(f),
+                    Peek::Empty { observed } => Step::Pending { word, observed },
+                })
+            },
+        )
     }
 
     fn recv_deadline(&mut self, deadline: Option<Instant>) -> Result<Message<'_>> {
         loop {
             let frame = self.next_frame(deadline)?;
             if !self.partial && frame.flags & FLAG_MORE == 0 {
-                return Ok(Message { rx: self, frame: Some(frame) });
+                return Ok(Message {
+                    rx: self,
+                    frame: Some(frame),
+                });
             }
             // One frame of a message of several.
             if !self.partial {
@@ -510,16 +565,24 @@ impl Receiver {
             if !self.discarding {
                 let start = self.assembly.len();
                 self.assembly.resize(start + frame.len, 0);
-                self.ring.mem.read(frame.offset, &mut self.assembly[start..]);
+                self.ring
+                    .mem
+                    .read(frame.offset, &mut self.assembly[start..]);
             }
             self.ring.release(frame.end);
             if frame.flags & FLAG_MORE == 0 {
                 self.partial = false;
                 if self.discarding {
                     self.discarding = false;
-                    return Err(Error::MessageTooLarge { len: total, max: self.shared.max_message });
+                    return Err(Error::MessageTooLarge {
+                        len: total,
+                        max: self.shared.max_message,
+                    });
                 }
-                return Ok(Message { rx: self, frame: None });
+                return Ok(Message {
+                    rx: self,
+                    frame: None,
+                });
             }
         }
     }
@@ -569,6 +632,9 @@ impl Drop for Message<'_> {
 
 impl std::fmt::Debug for Message<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Message").field("len", &self.len()).field("in_place", &self.frame.is_some()).finish()
+        f.debug_struct("Message")
+            .field("len", &self.len())
+            .field("in_place", &self.frame.is_some())
+            .finish()
     }
 }

@@ -83,7 +83,9 @@ impl DoorbellSet {
     pub fn create(dir: &Path, name: &str, count: usize) -> Result<DoorbellSet> {
         validate_name(name)?;
         if count == 0 || count > MAX_BELLS {
-            return Err(Error::Config(format!("doorbell count {count} not in 1..={MAX_BELLS}")));
+            return Err(Error::Config(format!(
+                "doorbell count {count} not in 1..={MAX_BELLS}"
+            )));
         }
         let path = segment_path(dir, name);
         let open = || {
@@ -96,7 +98,10 @@ impl DoorbellSet {
         };
         let file = match open() {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && crate::segment::is_stale(&path) => {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AlreadyExists
+                    && crate::segment::is_stale(&path) =>
+            {
                 let _ = fs::remove_file(&path);
                 open()?
             }
@@ -105,12 +110,19 @@ impl DoorbellSet {
         let len = BELLS_OFFSET + count * BELL_STRIDE;
         file.set_len(len as u64)?;
         let map = MmapOptions::new().len(len).map_raw(&file)?;
-        let inner = Arc::new(Mapping { map, path, owner: true });
+        let inner = Arc::new(Mapping {
+            map,
+            path,
+            owner: true,
+        });
         let me = ProcessIdentity::current();
         let set = DoorbellSet { inner, count };
-        set.word_at(8).store(VERSION | (count as u64) << 32, Ordering::Relaxed);
-        set.word_at(OWNER_PID_OFFSET).store(me.pid as u64, Ordering::Relaxed);
-        set.word_at(OWNER_START_OFFSET).store(me.start_time, Ordering::Relaxed);
+        set.word_at(8)
+            .store(VERSION | (count as u64) << 32, Ordering::Relaxed);
+        set.word_at(OWNER_PID_OFFSET)
+            .store(me.pid as u64, Ordering::Relaxed);
+        set.word_at(OWNER_START_OFFSET)
+            .store(me.start_time, Ordering::Relaxed);
         // Release: pairs with the Acquire load in `open`.
         set.word_at(0).store(MAGIC, Ordering::Release);
         Ok(set)
@@ -123,24 +135,45 @@ impl DoorbellSet {
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
         let len = file.metadata()?.len();
         if len < BELLS_OFFSET as u64 {
-            return Err(Error::Truncated { name: name.into(), len, needed: BELLS_OFFSET as u64 });
+            return Err(Error::Truncated {
+                name: name.into(),
+                len,
+                needed: BELLS_OFFSET as u64,
+            });
         }
         let map = MmapOptions::new().len(len as usize).map_raw(&file)?;
-        let set = DoorbellSet { inner: Arc::new(Mapping { map, path, owner: false }), count: 0 };
+        let set = DoorbellSet {
+            inner: Arc::new(Mapping {
+                map,
+                path,
+                owner: false,
+            }),
+            count: 0,
+        };
         if set.word_at(0).load(Ordering::Acquire) != MAGIC {
             return Err(Error::BadMagic { name: name.into() });
         }
         let meta = set.word_at(8).load(Ordering::Relaxed);
         if meta & 0xffff_ffff != VERSION {
-            return Err(Error::VersionMismatch { name: name.into(), found: meta as u32, expected: VERSION as u32 });
+            return Err(Error::VersionMismatch {
+                name: name.into(),
+                found: meta as u32,
+                expected: VERSION as u32,
+            });
         }
         let count = (meta >> 32) as usize;
         let needed = (BELLS_OFFSET + count * BELL_STRIDE) as u64;
         if count == 0 || count > MAX_BELLS {
-            return Err(Error::Corrupt(format!("doorbell set {name:?} claims {count} bells")));
+            return Err(Error::Corrupt(format!(
+                "doorbell set {name:?} claims {count} bells"
+            )));
         }
         if len < needed {
-            return Err(Error::Truncated { name: name.into(), len, needed });
+            return Err(Error::Truncated {
+                name: name.into(),
+                len,
+                needed,
+            });
         }
         Ok(DoorbellSet { count, ..set })
     }
@@ -168,7 +201,10 @@ impl DoorbellSet {
             return None;
         }
         let word = self.word_at(BELLS_OFFSET + i * BELL_STRIDE) as *const AtomicU64;
-        Some(Doorbell { _keep: self.inner.clone(), word })
+        Some(Doorbell {
+            _keep: self.inner.clone(),
+            word,
+        })
     }
 
     /// The process that created the set, as it recorded itself.

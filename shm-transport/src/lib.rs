@@ -63,7 +63,9 @@ pub use doorbell::{Doorbell, DoorbellSet, MAX_BELLS};
 #[cfg(not(loom))]
 pub use liveness::ProcessIdentity;
 #[cfg(not(loom))]
-pub use segment::{gc, segment_path, FILE_PREFIX, HEADER_LEN, LAYOUT_VERSION, MAX_CAPACITY, MIN_CAPACITY};
+pub use segment::{
+    gc, segment_path, FILE_PREFIX, HEADER_LEN, LAYOUT_VERSION, MAX_CAPACITY, MIN_CAPACITY,
+};
 
 /// Layout facts for tests that corrupt a segment on purpose.
 #[cfg(not(loom))]

@@ -69,7 +69,9 @@ impl ProcessIdentity {
             return false;
         }
         match read_stat(self.pid) {
-            Some(stat) => stat.start_time == self.start_time && stat.state != b'Z' && stat.state != b'X',
+            Some(stat) => {
+                stat.start_time == self.start_time && stat.state != b'Z' && stat.state != b'X'
+            }
             None => false,
         }
     }
@@ -81,7 +83,8 @@ mod tests {
 
     #[test]
     fn parses_a_command_name_with_parentheses_and_spaces() {
-        let line = "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100";
+        let line =
+            "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100";
         let s = parse_stat(line).unwrap();
         assert_eq!(s.state, b'S');
         assert_eq!(s.start_time, 987654);
@@ -91,7 +94,10 @@ mod tests {
     fn garbage_is_none_not_a_panic() {
         assert!(parse_stat("").is_none());
         assert!(parse_stat("12 (x) R 1 2").is_none());
-        assert!(parse_stat("12 (x) R 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 notanumber").is_none());
+        assert!(
+            parse_stat("12 (x) R 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 notanumber")
+                .is_none()
+        );
     }
 
     #[test]
@@ -103,7 +109,10 @@ mod tests {
             start_time: me.start_time + 1,
             ..me
         };
-        assert!(!other.is_alive(), "same pid, other start time: a reused pid");
+        assert!(
+            !other.is_alive(),
+            "same pid, other start time: a reused pid"
+        );
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let id = ProcessIdentity::of_pid(child.id());
         child.wait().unwrap();

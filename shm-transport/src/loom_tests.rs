@@ -28,7 +28,10 @@ impl Peer for NoPeer {
     }
 }
 
-const SETTINGS: WaitSettings = WaitSettings { policy: WaitPolicy::Sleep, liveness_interval: Duration::from_secs(3600) };
+const SETTINGS: WaitSettings = WaitSettings {
+    policy: WaitPolicy::Sleep,
+    liveness_interval: Duration::from_secs(3600),
+};
 
 fn ring() -> (Producer, Consumer) {
     ring_at(0)
@@ -45,7 +48,12 @@ fn ring_at(start: u64) -> (Producer, Consumer) {
     let p = Arc::as_ptr(&ctrl);
     // SAFETY: one producer and one consumer over one control block and one
     // data area, kept alive by `keep` (which holds the Arc).
-    unsafe { (Producer::new(p, mem.clone(), CAP, keep.clone()), Consumer::new(p, mem, CAP, keep)) }
+    unsafe {
+        (
+            Producer::new(p, mem.clone(), CAP, keep.clone()),
+            Consumer::new(p, mem, CAP, keep),
+        )
+    }
 }
 
 fn send(p: &mut Producer, bytes: &[u8]) -> Result<()> {

@@ -81,7 +81,11 @@ mod raw {
             // memory of this process, so it cannot overlap the mapping's
             // free region that the producer alone writes.
             unsafe {
-                std::ptr::copy_nonoverlapping(src.as_ptr(), self.base.as_ptr().add(offset), src.len())
+                std::ptr::copy_nonoverlapping(
+                    src.as_ptr(),
+                    self.base.as_ptr().add(offset),
+                    src.len(),
+                )
             }
         }
 
@@ -93,7 +97,11 @@ mod raw {
             // buffer; the source lies in a published frame that the
             // producer does not write until we release it.
             unsafe {
-                std::ptr::copy_nonoverlapping(self.base.as_ptr().add(offset), dst.as_mut_ptr(), dst.len())
+                std::ptr::copy_nonoverlapping(
+                    self.base.as_ptr().add(offset),
+                    dst.as_mut_ptr(),
+                    dst.len(),
+                )
             }
         }
 

@@ -223,7 +223,11 @@ impl Producer {
         let frame = frame_len(payload);
         debug_assert!(payload <= max_frame_payload(cap));
         let offset = (self.tail as usize) & (cap - 1);
-        let pad = if offset + frame > cap { cap - offset } else { 0 };
+        let pad = if offset + frame > cap {
+            cap - offset
+        } else {
+            0
+        };
         let need = (pad + frame) as u64;
         if (cap as u64) - (self.tail - self.head_cache) < need {
             // Acquire: pairs with the Release of the consumer's swap in
@@ -260,7 +264,8 @@ impl Producer {
     /// before, so the caller can see which sleeper (if any) to wake.
     #[inline]
     pub(crate) fn commit(&mut self, r: &Reservation, len: usize, flags: u32) -> u64 {
-        self.mem.write_u64(r.offset, encode_header(len as u32, flags));
+        self.mem
+            .write_u64(r.offset, encode_header(len as u32, flags));
         self.tail += (r.pad + frame_len(len)) as u64;
         // Release: pairs with the Acquire load of `tail` in
         // `Consumer::try_peek`; the header and payload written above are
@@ -414,6 +419,11 @@ pub(crate) fn announce(word: &AtomicU64, observed: u64, bit: u64) -> bool {
     // AcqRel/Acquire: on failure we re-read the ring with Acquire anyway;
     // the orderings here are belt and braces, the protocol rests on the
     // single-word modification order.
-    word.compare_exchange(observed, observed | bit, Ordering::AcqRel, Ordering::Acquire)
-        .is_ok()
+    word.compare_exchange(
+        observed,
+        observed | bit,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    )
+    .is_ok()
 }

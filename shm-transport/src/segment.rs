@@ -140,7 +140,12 @@ impl Segment {
         let built = (|| -> Result<Segment> {
             file.set_len(total as u64)?;
             let map = MmapOptions::new().len(total).map_raw(&file)?;
-            let seg = Segment { map, side: 0, path: path.clone(), capacity };
+            let seg = Segment {
+                map,
+                side: 0,
+                path: path.clone(),
+                capacity,
+            };
             let me = ProcessIdentity::current();
             let h = seg.header_ptr();
             // SAFETY: the file is new, zero-filled and mapped by us alone
@@ -175,13 +180,26 @@ impl Segment {
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
         let len = file.metadata()?.len();
         if len < HEADER_LEN as u64 {
-            return Err(Error::Truncated { name: name.into(), len, needed: HEADER_LEN as u64 });
+            return Err(Error::Truncated {
+                name: name.into(),
+                len,
+                needed: HEADER_LEN as u64,
+            });
         }
         let map = MmapOptions::new().len(len as usize).map_raw(&file)?;
-        let mut seg = Segment { map, side: 1, path, capacity: [0; 2] };
+        let mut seg = Segment {
+            map,
+            side: 1,
+            path,
+            capacity: [0; 2],
+        };
         let (capacity, total) = seg.validate(name)?;
         if len < total {
-            return Err(Error::Truncated { name: name.into(), len, needed: total });
+            return Err(Error::Truncated {
+                name: name.into(),
+                len,
+                needed: total,
+            });
         }
         seg.capacity = capacity;
         let side = &seg.header().sides[1];
@@ -224,9 +242,15 @@ impl Segment {
             )
         };
         if version != LAYOUT_VERSION {
-            return Err(Error::VersionMismatch { name: name.into(), found: version, expected: LAYOUT_VERSION });
+            return Err(Error::VersionMismatch {
+                name: name.into(),
+                found: version,
+                expected: LAYOUT_VERSION,
+            });
         }
-        let cap_ok = |c: u64| c.is_power_of_two() && (MIN_CAPACITY as u64..=MAX_CAPACITY as u64).contains(&c);
+        let cap_ok = |c: u64| {
+            c.is_power_of_two() && (MIN_CAPACITY as u64..=MAX_CAPACITY as u64).contains(&c)
+        };
         if header_len as usize != HEADER_LEN || !cap_ok(cap[0]) || !cap_ok(cap[1]) {
             return Err(Error::Corrupt(format!(
                 "segment {name:?}: header length {header_len}, capacities {cap:?}"
@@ -282,7 +306,10 @@ impl Segment {
         if pid == 0 {
             return None;
         }
-        Some(ProcessIdentity { pid: pid as u32, start_time: s.start_time.load(Ordering::Relaxed) })
+        Some(ProcessIdentity {
+            pid: pid as u32,
+            start_time: s.start_time.load(Ordering::Relaxed),
+        })
     }
 
     /// True once the second side has taken the segment.
@@ -314,8 +341,12 @@ fn create_exclusive(path: &Path) -> io::Result<File> {
 /// creator died before anyone opened it, or it was never finished and is
 /// older than a grace period.
 pub(crate) fn is_stale(path: &Path) -> bool {
-    let Ok(file) = File::open(path) else { return false };
-    let Ok(meta) = file.metadata() else { return false };
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    let Ok(meta) = file.metadata() else {
+        return false;
+    };
     let old = meta
         .modified()
         .ok()
@@ -326,7 +357,11 @@ pub(crate) fn is_stale(path: &Path) -> bool {
     }
     // SAFETY: a read-only private view of at least 64 bytes (checked); we
     // read the first words only through the map's bounds-checked slice.
-    let Ok(map) = (unsafe { MmapOptions::new().len(64.min(meta.len() as usize)).map(&file) }) else {
+    let Ok(map) = (unsafe {
+        MmapOptions::new()
+            .len(64.min(meta.len() as usize))
+            .map(&file)
+    }) else {
         return false;
     };
     let word = |i: usize| u64::from_le_bytes(map[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
@@ -335,7 +370,11 @@ pub(crate) fn is_stale(path: &Path) -> bool {
     }
     let (pid, start) = stale_owner(path, &file, meta.len());
     match pid {
-        Some(p) => !ProcessIdentity { pid: p, start_time: start }.is_alive(),
+        Some(p) => !ProcessIdentity {
+            pid: p,
+            start_time: start,
+        }
+        .is_alive(),
         None => old,
     }
 }
@@ -354,9 +393,15 @@ fn stale_owner(_path: &Path, file: &File, len: u64) -> (Option<u32>, u64) {
     let word = |off: usize| u64::from_le_bytes(map[off..off + 8].try_into().unwrap_or([0; 8]));
     let (pid_off, start_off) = if word(0) == MAGIC {
         let base = std::mem::offset_of!(SegmentHeader, sides);
-        (base + std::mem::offset_of!(SideInfo, pid), base + std::mem::offset_of!(SideInfo, start_time))
+        (
+            base + std::mem::offset_of!(SideInfo, pid),
+            base + std::mem::offset_of!(SideInfo, start_time),
+        )
     } else {
-        (crate::doorbell::OWNER_PID_OFFSET, crate::doorbell::OWNER_START_OFFSET)
+        (
+            crate::doorbell::OWNER_PID_OFFSET,
+            crate::doorbell::OWNER_START_OFFSET,
+        )
     };
     let pid = word(pid_off);
     if pid == 0 || pid > u32::MAX as u64 {

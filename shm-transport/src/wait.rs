@@ -149,7 +149,9 @@ pub(crate) fn block<T>(
                 return Err(Error::Timeout);
             }
             if now >= next_check {
-                peer.check_alive()?;
+                if let Err(gone) = peer.check_alive() {
+                    return last_attempt(gone, &mut attempt);
+                }
                 next_check = now + settings.liveness_interval;
             }
             if now.duration_since(start) >= spin_for {
@@ -175,7 +177,9 @@ pub(crate) fn block<T>(
             return Err(Error::Timeout);
         }
         if now >= next_check {
-            peer.check_alive()?;
+            if let Err(gone) = peer.check_alive() {
+                return last_attempt(gone, &mut attempt);
+            }
             next_check = now + settings.liveness_interval;
         }
         let mut slice = next_check.saturating_duration_since(now);
@@ -183,5 +187,15 @@ pub(crate) fn block<T>(
             slice = slice.min(d.saturating_duration_since(now));
         }
         crate::futex::wait(word, observed | bit, Some(slice));
+    }
+}
+
+/// The peer is gone, but what it published before it died (frames, room,
+/// a clean close) may have landed after our last look: one more attempt, so
+/// that those win over `gone`.
+fn last_attempt<T>(gone: Error, attempt: &mut impl FnMut() -> Result<Step<T>>) -> Result<T> {
+    match attempt()? {
+        Step::Done(v) => Ok(v),
+        Step::Pending { .. } => Err(gone),
     }
 }

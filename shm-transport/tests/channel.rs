@@ -2,6 +2,9 @@
 //! several), over real shared-memory segments. The segment garbage
 //! collection tests use a child process to leave a segment behind.
 
+// The channel API is not built under `--cfg loom` (only the ring is).
+#![cfg(not(loom))]
+
 mod common;
 
 use common::{child_main, fill_payload, payload, unique, ChildProc, TestDir};
@@ -22,7 +25,11 @@ fn child_entry() {
 fn role_create_and_exit() -> Result<(), String> {
     let dir = common::env("MB_DIR")?;
     let name = common::env("MB_NAME")?;
-    let config = ChannelConfig { capacity: 4096, dir: dir.into(), ..Default::default() };
+    let config = ChannelConfig {
+        capacity: 4096,
+        dir: dir.into(),
+        ..Default::default()
+    };
     let ch = Channel::create(&name, &config).map_err(|e| e.to_string())?;
     println!("MB:CREATED");
     std::mem::forget(ch);
@@ -77,7 +84,10 @@ fn empty_message() {
     a.send(&[]).unwrap();
     assert_eq!(b.recv().unwrap().len(), 0);
     assert_eq!(&*b.recv().unwrap(), b"x");
-    let m = b.try_recv().unwrap().expect("an empty message is a message");
+    let m = b
+        .try_recv()
+        .unwrap()
+        .expect("an empty message is a message");
     assert!(m.is_empty());
     drop(m);
     assert!(b.try_recv().unwrap().is_none());
@@ -97,7 +107,10 @@ fn exactly_max_frame_and_one_more() {
         assert!(*got == msg[..], "message of {len} bytes differs");
     }
     // try_send takes one frame at most.
-    assert!(matches!(a.halves().0.try_send(&vec![0; max + 1]), Err(Error::MessageTooLarge { .. })));
+    assert!(matches!(
+        a.halves().0.try_send(&vec![0; max + 1]),
+        Err(Error::MessageTooLarge { .. })
+    ));
     a.halves().0.try_send(&vec![7; max]).unwrap();
     assert_eq!(&*b.recv().unwrap(), &vec![7; max][..]);
 }
@@ -127,7 +140,11 @@ fn wraparound_lockstep_on_a_256_byte_ring() {
         }
         for want in &batch {
             let got = b.try_recv().unwrap().expect("a sent message is there");
-            assert!(*got == want[..], "message {:?} differs", common::seq_of(want));
+            assert!(
+                *got == want[..],
+                "message {:?} differs",
+                common::seq_of(want)
+            );
         }
         assert!(b.try_recv().unwrap().is_none());
     }
@@ -142,7 +159,11 @@ fn wraparound_threaded_on_a_256_byte_ring_with_multi_frame_messages() {
         let mut a = a;
         let mut rng = common::XorShift::new(11);
         for seq in 0..N {
-            let len = if rng.below(4) == 0 { rng.below(1000) } else { rng.below(57) } as usize;
+            let len = if rng.below(4) == 0 {
+                rng.below(1000)
+            } else {
+                rng.below(57)
+            } as usize;
             a.send(&payload(3, seq, len)).unwrap();
         }
         a
@@ -150,7 +171,11 @@ fn wraparound_threaded_on_a_256_byte_ring_with_multi_frame_messages() {
     let mut rng = common::XorShift::new(11);
     let mut want = Vec::new();
     for seq in 0..N {
-        let len = if rng.below(4) == 0 { rng.below(1000) } else { rng.below(57) } as usize;
+        let len = if rng.below(4) == 0 {
+            rng.below(1000)
+        } else {
+            rng.below(57)
+        } as usize;
         fill_payload(3, seq, len, &mut want);
         let got = b.recv_timeout(Duration::from_secs(20)).unwrap();
         assert!(*got == want[..], "message {seq} ({len} bytes) differs");
@@ -229,7 +254,7 @@ fn send_with_spills_when_the_message_outgrows_a_frame() {
 fn send_with_spills_when_the_ring_is_full() {
     let Pair { mut a, mut b, .. } = pair(1024);
     let max = max_frame(&mut a); // 248: a frame of 256 bytes
-    // Leave less room than a full frame but enough for a small one.
+                                 // Leave less room than a full frame but enough for a small one.
     let mut sent = Vec::new();
     for i in 0..3 {
         let m = payload(7, i, max);
@@ -254,7 +279,10 @@ fn send_with_spills_when_the_ring_is_full() {
     let flag = released.clone();
     let sender = std::thread::spawn(move || {
         a.send_with(|w| w.write_all(b"spilled")).unwrap().unwrap();
-        assert!(flag.load(std::sync::atomic::Ordering::SeqCst), "send_with returned before there was room");
+        assert!(
+            flag.load(std::sync::atomic::Ordering::SeqCst),
+            "send_with returned before there was room"
+        );
         a
     });
     std::thread::sleep(Duration::from_millis(50));
@@ -289,7 +317,10 @@ fn recv_timeout_times_out() {
     let r = b.recv_timeout(Duration::from_millis(100));
     let took = t.elapsed();
     assert!(matches!(r, Err(Error::Timeout)), "got {r:?}");
-    assert!(took >= Duration::from_millis(100), "returned early: {took:?}");
+    assert!(
+        took >= Duration::from_millis(100),
+        "returned early: {took:?}"
+    );
     assert!(took < Duration::from_secs(5), "returned late: {took:?}");
 }
 
@@ -328,7 +359,10 @@ fn dropping_a_side_gives_closed_after_the_data() {
     assert_eq!(&*b.try_recv().unwrap().unwrap(), b"three");
     assert!(matches!(b.recv(), Err(Error::Closed)));
     assert!(matches!(b.try_recv(), Err(Error::Closed)));
-    assert!(matches!(b.recv_timeout(Duration::from_secs(5)), Err(Error::Closed)));
+    assert!(matches!(
+        b.recv_timeout(Duration::from_secs(5)),
+        Err(Error::Closed)
+    ));
     // Sending to the closed side fails once the ring needs the reader.
     let mut sent = 0;
     let err = loop {
@@ -404,7 +438,10 @@ fn a_256_mib_message_round_trip() {
         receiver.join().unwrap().unwrap()
     });
     let (echo_len, echo_sum, equal) = result;
-    println!("256 MiB round trip: generated in {generated:?}, total {:?}", t.elapsed());
+    println!(
+        "256 MiB round trip: generated in {generated:?}, total {:?}",
+        t.elapsed()
+    );
     assert_eq!(echo_len, len);
     assert_eq!(echo_sum, sum, "checksum of the echo differs");
     assert!(equal);
@@ -439,8 +476,14 @@ fn doorbell_wakes_a_sleeping_receiver() {
         let (count, woke_at) = sleeper.join().unwrap();
         assert_eq!(count, seen + 1, "the send rang the bell once");
         let latency = woke_at.duration_since(sent_at);
-        assert!(latency < Duration::from_secs(2), "woken only after {latency:?}");
-        assert_eq!(b.try_recv().unwrap().as_deref(), Some(format!("ring {round}").as_bytes()));
+        assert!(
+            latency < Duration::from_secs(2),
+            "woken only after {latency:?}"
+        );
+        assert_eq!(
+            b.try_recv().unwrap().as_deref(),
+            Some(format!("ring {round}").as_bytes())
+        );
         // Not armed now: the next send does not ring.
         a.send(b"quiet").unwrap();
         assert_eq!(bell.count(), seen + 1);
@@ -454,12 +497,20 @@ fn doorbell_wakes_a_sleeping_receiver() {
 fn spawn_creator_that_crashes(dir: &TestDir, name: &str) {
     let mut child = ChildProc::spawn(
         "create_and_exit",
-        &[("MB_DIR", dir.path().display().to_string()), ("MB_NAME", name.to_owned())],
+        &[
+            ("MB_DIR", dir.path().display().to_string()),
+            ("MB_NAME", name.to_owned()),
+        ],
     );
     child.expect_line("MB:CREATED", Duration::from_secs(20));
-    let status = child.wait_timeout(Duration::from_secs(20)).expect("child exits");
+    let status = child
+        .wait_timeout(Duration::from_secs(20))
+        .expect("child exits");
     assert!(status.success(), "child: {status:?}");
-    assert!(dir.segment(name).exists(), "a crashed creator leaves its segment behind");
+    assert!(
+        dir.segment(name).exists(),
+        "a crashed creator leaves its segment behind"
+    );
 }
 
 #[test]
@@ -553,10 +604,20 @@ fn bad_configuration_is_an_error() {
     let dir = TestDir::new("config");
     for cap in [0, 100, 32, 3 << 10] {
         let r = Channel::create(&unique("cap"), &dir.config(cap));
-        assert!(matches!(r, Err(Error::Config(_))), "capacity {cap}: {:?}", r.err());
+        assert!(
+            matches!(r, Err(Error::Config(_))),
+            "capacity {cap}: {:?}",
+            r.err()
+        );
     }
     for name in ["", ".hidden", "a/b", "sp ace"] {
-        assert!(matches!(Channel::create(name, &dir.config(4096)), Err(Error::Config(_))), "name {name:?}");
+        assert!(
+            matches!(
+                Channel::create(name, &dir.config(4096)),
+                Err(Error::Config(_))
+            ),
+            "name {name:?}"
+        );
     }
     assert!(dir.files().is_empty(), "files: {:?}", dir.files());
 }
@@ -565,16 +626,35 @@ fn bad_configuration_is_an_error() {
 fn messages_over_max_message_are_refused() {
     let dir = TestDir::new("max");
     let name = unique("max");
-    let config = ChannelConfig { max_message: 1000, ..dir.config(4096) };
+    let config = ChannelConfig {
+        max_message: 1000,
+        ..dir.config(4096)
+    };
     let mut a = Channel::create(&name, &config).unwrap();
-    let mut b = Channel::open(&name, &ChannelConfig { max_message: 2000, ..dir.config(4096) }).unwrap();
-    assert!(matches!(a.send(&[0; 1001]), Err(Error::MessageTooLarge { len: 1001, max: 1000 })));
+    let mut b = Channel::open(
+        &name,
+        &ChannelConfig {
+            max_message: 2000,
+            ..dir.config(4096)
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        a.send(&[0; 1001]),
+        Err(Error::MessageTooLarge {
+            len: 1001,
+            max: 1000
+        })
+    ));
     // The receiver skips a multi-frame message over its own limit, whole.
     b.send(&[1; 1500]).unwrap();
     b.send(b"next").unwrap();
     match a.recv() {
         Err(Error::MessageTooLarge { len, max: 1000 }) => {
-            assert_eq!(len, 1500, "the error reports the length of the whole message")
+            assert_eq!(
+                len, 1500,
+                "the error reports the length of the whole message"
+            )
         }
         other => panic!("expected MessageTooLarge, got {:?}", other.map(|m| m.len())),
     }

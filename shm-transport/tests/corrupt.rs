@@ -2,6 +2,9 @@
 //! and counters or frame headers written by a hostile peer give
 //! `Error::Corrupt` at the next operation — never a panic, never a hang.
 
+// The channel API is not built under `--cfg loom` (only the ring is).
+#![cfg(not(loom))]
+
 mod common;
 
 use common::{unique, TestDir};
@@ -35,7 +38,11 @@ fn read_u64(file: &File, at: u64) -> u64 {
 }
 
 fn open_rw(path: &std::path::Path) -> File {
-    OpenOptions::new().read(true).write(true).open(path).unwrap()
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap()
 }
 
 #[test]
@@ -57,14 +64,23 @@ fn header_fields_are_where_the_tests_think() {
 fn garbage_file_is_bad_magic() {
     let dir = TestDir::new("magic");
     let name = unique("magic");
-    let garbage: Vec<u8> = (0..3 * 4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let garbage: Vec<u8> = (0..3 * 4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     std::fs::write(dir.segment(&name), &garbage).unwrap();
     let r = Channel::open(&name, &dir.config(4096));
-    assert!(matches!(&r, Err(Error::BadMagic { name: n }) if *n == name), "got {:?}", r.err());
+    assert!(
+        matches!(&r, Err(Error::BadMagic { name: n }) if *n == name),
+        "got {:?}",
+        r.err()
+    );
     // A zero-filled file (a creator that has not written its header yet).
     let name = unique("zeros");
     std::fs::write(dir.segment(&name), vec![0; 3 * 4096]).unwrap();
-    assert!(matches!(Channel::open(&name, &dir.config(4096)), Err(Error::BadMagic { .. })));
+    assert!(matches!(
+        Channel::open(&name, &dir.config(4096)),
+        Err(Error::BadMagic { .. })
+    ));
 }
 
 #[test]
@@ -73,9 +89,12 @@ fn version_mismatch() {
     let name = unique("version");
     let _a = Channel::create(&name, &dir.config(4096)).unwrap();
     let f = open_rw(&dir.segment(&name));
-    f.write_all_at(&(LAYOUT_VERSION + 1).to_le_bytes(), VERSION_AT).unwrap();
+    f.write_all_at(&(LAYOUT_VERSION + 1).to_le_bytes(), VERSION_AT)
+        .unwrap();
     match Channel::open(&name, &dir.config(4096)) {
-        Err(Error::VersionMismatch { found, expected, .. }) => {
+        Err(Error::VersionMismatch {
+            found, expected, ..
+        }) => {
             assert_eq!(found, LAYOUT_VERSION + 1);
             assert_eq!(expected, LAYOUT_VERSION);
         }
@@ -125,14 +144,38 @@ fn open_after_poke(at: u64, value: &[u8]) -> Result<(), Error> {
 #[test]
 fn bad_header_fields_are_corrupt() {
     for (what, at, value) in [
-        ("capacity not a power of two", CAPACITY_AT[0], 3000u64.to_le_bytes().to_vec()),
-        ("second capacity not a power of two", CAPACITY_AT[1], 4097u64.to_le_bytes().to_vec()),
+        (
+            "capacity not a power of two",
+            CAPACITY_AT[0],
+            3000u64.to_le_bytes().to_vec(),
+        ),
+        (
+            "second capacity not a power of two",
+            CAPACITY_AT[1],
+            4097u64.to_le_bytes().to_vec(),
+        ),
         ("capacity zero", CAPACITY_AT[0], 0u64.to_le_bytes().to_vec()),
-        ("capacity too small", CAPACITY_AT[0], 32u64.to_le_bytes().to_vec()),
-        ("capacity too large", CAPACITY_AT[1], (1u64 << 40).to_le_bytes().to_vec()),
-        ("capacity disagrees with the total", CAPACITY_AT[0], 2048u64.to_le_bytes().to_vec()),
+        (
+            "capacity too small",
+            CAPACITY_AT[0],
+            32u64.to_le_bytes().to_vec(),
+        ),
+        (
+            "capacity too large",
+            CAPACITY_AT[1],
+            (1u64 << 40).to_le_bytes().to_vec(),
+        ),
+        (
+            "capacity disagrees with the total",
+            CAPACITY_AT[0],
+            2048u64.to_le_bytes().to_vec(),
+        ),
         ("total length wrong", TOTAL_AT, 1u64.to_le_bytes().to_vec()),
-        ("header length wrong", HEADER_LEN_AT, 8192u32.to_le_bytes().to_vec()),
+        (
+            "header length wrong",
+            HEADER_LEN_AT,
+            8192u32.to_le_bytes().to_vec(),
+        ),
     ] {
         let r = open_after_poke(at, &value);
         assert!(matches!(r, Err(Error::Corrupt(_))), "{what}: got {r:?}");
@@ -162,7 +205,13 @@ impl Hostile {
         // SAFETY: a shared mapping of the segment file; the test writes only
         // whole aligned words through atomics, as a peer process would.
         let map = unsafe { MmapMut::map_mut(&file) }.unwrap();
-        Hostile { a, b, map, capacity, _dir: dir }
+        Hostile {
+            a,
+            b,
+            map,
+            capacity,
+            _dir: dir,
+        }
     }
 
     fn word(&self, at: usize) -> &AtomicU64 {
@@ -202,8 +251,15 @@ fn layout_offsets_match_a_real_ring() {
     assert_eq!(h.tail0().load(Ordering::SeqCst), 0);
     h.a.send(b"hello").unwrap();
     assert_eq!(h.tail0().load(Ordering::SeqCst) & !7, 16);
-    assert_eq!(h.data0(0).load(Ordering::SeqCst), 5, "header: length 5, no flags");
-    assert_eq!(&h.data0(8).load(Ordering::SeqCst).to_le_bytes()[..5], b"hello");
+    assert_eq!(
+        h.data0(0).load(Ordering::SeqCst),
+        5,
+        "header: length 5, no flags"
+    );
+    assert_eq!(
+        &h.data0(8).load(Ordering::SeqCst).to_le_bytes()[..5],
+        b"hello"
+    );
     assert_eq!(&*h.b.recv().unwrap(), b"hello");
     assert_eq!(h.head0().load(Ordering::SeqCst) & !7, 16);
 }
@@ -213,10 +269,16 @@ fn tail_beyond_head_plus_capacity_is_corrupt() {
     let mut h = Hostile::new(4096);
     h.tail0().store(4096 + 8, Ordering::SeqCst);
     expect_corrupt("try_recv", h.b.try_recv().map(|m| m.map(|m| m.len())));
-    expect_corrupt("recv_timeout", h.b.recv_timeout(Duration::from_secs(5)).map(|m| m.len()));
+    expect_corrupt(
+        "recv_timeout",
+        h.b.recv_timeout(Duration::from_secs(5)).map(|m| m.len()),
+    );
     // Far beyond, and with signal bits set as well.
     h.tail0().store(u64::MAX, Ordering::SeqCst);
-    expect_corrupt("try_recv at u64::MAX", h.b.try_recv().map(|m| m.map(|m| m.len())));
+    expect_corrupt(
+        "try_recv at u64::MAX",
+        h.b.try_recv().map(|m| m.map(|m| m.len())),
+    );
 }
 
 #[test]
@@ -236,8 +298,14 @@ fn frame_length_beyond_the_data_is_corrupt() {
         let mut h = Hostile::new(4096);
         h.a.send(b"hello").unwrap(); // a frame of 16 bytes is published
         h.data0(0).store(len, Ordering::SeqCst);
-        expect_corrupt(&format!("frame length {len}"), h.b.try_recv().map(|m| m.map(|m| m.len())));
-        expect_corrupt("again, blocking", h.b.recv_timeout(Duration::from_secs(5)).map(|m| m.len()));
+        expect_corrupt(
+            &format!("frame length {len}"),
+            h.b.try_recv().map(|m| m.map(|m| m.len())),
+        );
+        expect_corrupt(
+            "again, blocking",
+            h.b.recv_timeout(Duration::from_secs(5)).map(|m| m.len()),
+        );
     }
 }
 
@@ -247,7 +315,10 @@ fn unknown_frame_flags_are_corrupt() {
         let mut h = Hostile::new(4096);
         h.a.send(b"hello").unwrap();
         h.data0(0).store(5 | flags << 32, Ordering::SeqCst);
-        expect_corrupt(&format!("flags {flags:#x}"), h.b.try_recv().map(|m| m.map(|m| m.len())));
+        expect_corrupt(
+            &format!("flags {flags:#x}"),
+            h.b.try_recv().map(|m| m.map(|m| m.len())),
+        );
     }
 }
 
@@ -261,7 +332,10 @@ fn a_pad_frame_of_the_wrong_length_is_corrupt() {
     let mut h = Hostile::new(4096);
     h.a.send(b"hello").unwrap();
     h.data0(0).store((4096 - 8) | 2 << 32, Ordering::SeqCst);
-    expect_corrupt("unpublished pad", h.b.try_recv().map(|m| m.map(|m| m.len())));
+    expect_corrupt(
+        "unpublished pad",
+        h.b.try_recv().map(|m| m.map(|m| m.len())),
+    );
 }
 
 #[test]
@@ -272,7 +346,10 @@ fn a_corrupt_continuation_frame_is_corrupt() {
     h.a.send(&vec![1; max + 10]).unwrap();
     let second = metabridge_shm::frame_len(max);
     h.data0(second).store(1 << 16, Ordering::SeqCst);
-    expect_corrupt("continuation", h.b.recv_timeout(Duration::from_secs(5)).map(|m| m.len()));
+    expect_corrupt(
+        "continuation",
+        h.b.recv_timeout(Duration::from_secs(5)).map(|m| m.len()),
+    );
 }
 
 #[test]
@@ -283,7 +360,12 @@ fn head_moved_past_the_tail_is_corrupt_for_the_producer() {
     // The producer trusts its cached head until the ring looks full.
     let mut sent = 0;
     let err = loop {
-        match h.a.halves().0.send_timeout(&[0; 100], Duration::from_secs(5)) {
+        match h
+            .a
+            .halves()
+            .0
+            .send_timeout(&[0; 100], Duration::from_secs(5))
+        {
             Ok(()) => sent += 1,
             Err(e) => break e,
         }
@@ -292,7 +374,10 @@ fn head_moved_past_the_tail_is_corrupt_for_the_producer() {
     assert!(matches!(err, Error::Corrupt(_)), "got {err:?}");
     assert_eq!(sent, (4096 - 16) / 112);
     // try_send and send_with see it too.
-    assert!(matches!(h.a.halves().0.try_send(&[0; 100]), Err(Error::Corrupt(_))));
+    assert!(matches!(
+        h.a.halves().0.try_send(&[0; 100]),
+        Err(Error::Corrupt(_))
+    ));
     assert!(matches!(h.a.send_with(|_| ()), Err(Error::Corrupt(_))));
 }
 
@@ -313,7 +398,12 @@ fn head_moved_backwards_is_corrupt_for_the_producer() {
     h.head0().store(1024, Ordering::SeqCst);
     let mut sent = 0;
     let err = loop {
-        match h.a.halves().0.send_timeout(&[0; 1016], Duration::from_secs(5)) {
+        match h
+            .a
+            .halves()
+            .0
+            .send_timeout(&[0; 1016], Duration::from_secs(5))
+        {
             Ok(()) => sent += 1,
             Err(e) => break e,
         }
@@ -343,7 +433,8 @@ fn capacities_are_read_once_at_open() {
             let (map, stop, started) = (map.clone(), stop.clone(), started.clone());
             std::thread::spawn(move || {
                 // SAFETY: in bounds, 8-aligned; atomic access to shared memory.
-                let cap1 = unsafe { &*(map.as_ptr().add(CAPACITY_AT[1] as usize) as *const AtomicU64) };
+                let cap1 =
+                    unsafe { &*(map.as_ptr().add(CAPACITY_AT[1] as usize) as *const AtomicU64) };
                 while !stop.load(Ordering::Relaxed) {
                     cap1.store(1 << 20, Ordering::Relaxed);
                     started.store(true, Ordering::Relaxed);
@@ -362,7 +453,11 @@ fn capacities_are_read_once_at_open() {
                 opened += 1;
                 // The opener sends on ring 1.
                 let max = b.halves().0.max_frame();
-                assert_eq!(max, max_frame_payload(4096), "the opener uses a capacity it did not validate");
+                assert_eq!(
+                    max,
+                    max_frame_payload(4096),
+                    "the opener uses a capacity it did not validate"
+                );
             }
             Err(Error::Corrupt(_)) => rejected += 1,
             Err(e) => panic!("unexpected error {e}"),
@@ -373,5 +468,8 @@ fn capacities_are_read_once_at_open() {
         }
     }
     println!("opened {opened}, rejected {rejected}");
-    assert!(opened >= 20, "too few successful opens to mean anything: {opened} (rejected {rejected})");
+    assert!(
+        opened >= 20,
+        "too few successful opens to mean anything: {opened} (rejected {rejected})"
+    );
 }

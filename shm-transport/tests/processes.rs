@@ -6,9 +6,14 @@
 //! `MB_CHILD_ROLE`); each is killed and reaped by a guard when its test
 //! ends, passes or fails.
 
+// The channel API is not built under `--cfg loom` (only the ring is).
+#![cfg(not(loom))]
+
 mod common;
 
-use common::{child_main, fill_payload, mix, seq_of, unique, with_timeout, ChildProc, TestDir, XorShift};
+use common::{
+    child_main, fill_payload, mix, seq_of, unique, with_timeout, ChildProc, TestDir, XorShift,
+};
 use metabridge_shm::{Channel, ChannelConfig, Error};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -69,7 +74,10 @@ fn role_open_and_sleep() -> Result<(), String> {
 /// Creates a channel of its own choosing, prints its name, and never reads.
 fn role_create_and_stall() -> Result<(), String> {
     let name = unique("child-made");
-    let config = ChannelConfig { capacity: 4096, ..child_config()? };
+    let config = ChannelConfig {
+        capacity: 4096,
+        ..child_config()?
+    };
     let ch = Channel::create(&name, &config).map_err(|e| e.to_string())?;
     println!("MB:NAME {name}");
     loop {
@@ -82,8 +90,12 @@ fn role_create_and_stall() -> Result<(), String> {
 /// and exits normally.
 fn role_send_and_exit() -> Result<(), String> {
     let mut ch = open_from_env()?;
-    let count: u64 = common::env("MB_COUNT")?.parse().map_err(|e| format!("MB_COUNT: {e}"))?;
-    let seed: u64 = common::env("MB_SEED")?.parse().map_err(|e| format!("MB_SEED: {e}"))?;
+    let count: u64 = common::env("MB_COUNT")?
+        .parse()
+        .map_err(|e| format!("MB_COUNT: {e}"))?;
+    let seed: u64 = common::env("MB_SEED")?
+        .parse()
+        .map_err(|e| format!("MB_SEED: {e}"))?;
     let mut buf = Vec::new();
     for seq in 0..count {
         fill_payload(seed, seq, size_of_message(seed, seq), &mut buf);
@@ -120,10 +132,17 @@ fn spawn_child_opener(role: &str, capacity: usize, extra: &[(&str, String)]) -> 
     let dir = TestDir::new("proc");
     let name = unique("proc");
     let parent = Channel::create(&name, &dir.config(capacity)).expect("create");
-    let mut envs = vec![("MB_DIR", dir.path().display().to_string()), ("MB_NAME", name)];
+    let mut envs = vec![
+        ("MB_DIR", dir.path().display().to_string()),
+        ("MB_NAME", name),
+    ];
     envs.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
     let child = ChildProc::spawn(role, &envs);
-    Pair { parent, child, _dir: dir }
+    Pair {
+        parent,
+        child,
+        _dir: dir,
+    }
 }
 
 /// Verdict of a receiver that checks a stream of numbered messages.
@@ -181,7 +200,10 @@ impl Tally {
 }
 
 fn stress_messages() -> u64 {
-    std::env::var("MB_STRESS_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000)
+    std::env::var("MB_STRESS_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
 }
 
 #[test]
@@ -190,9 +212,16 @@ fn stress_echo_through_a_child_process() {
     let seed = 0x5eed_0000_u64 ^ n;
     let sizes = (0..n).map(|seq| size_of_message(seed, seq));
     let (over_ring, over_frame) = sizes.fold((0u64, 0u64), |(r, f), len| {
-        (r + (len > 64 << 10) as u64, f + (len > (16 << 10) - 8) as u64)
+        (
+            r + (len > 64 << 10) as u64,
+            f + (len > (16 << 10) - 8) as u64,
+        )
     });
-    let Pair { parent, mut child, _dir } = spawn_child_opener("echo", 64 << 10, &[]);
+    let Pair {
+        parent,
+        mut child,
+        _dir,
+    } = spawn_child_opener("echo", 64 << 10, &[]);
     child.expect_line("MB:READY", CHILD_TIMEOUT);
     let (mut tx, mut rx) = parent.split();
     let start = Instant::now();
@@ -214,7 +243,8 @@ fn stress_echo_through_a_child_process() {
                     .map_err(|e| format!("send_with {seq}: {e}"))?;
                 } else {
                     fill_payload(seed, seq, len, &mut buf);
-                    tx.send_timeout(&buf, Duration::from_secs(30)).map_err(|e| format!("send {seq}: {e}"))?;
+                    tx.send_timeout(&buf, Duration::from_secs(30))
+                        .map_err(|e| format!("send {seq}: {e}"))?;
                 }
                 sent_bytes.fetch_add(len as u64, Ordering::Relaxed);
             }
@@ -252,18 +282,28 @@ fn stress_echo_through_a_child_process() {
     );
     assert_eq!(end, None);
     if n >= 100_000 {
-        assert!(over_ring > 0 && over_frame >= over_ring, "the size mix lacks big messages");
+        assert!(
+            over_ring > 0 && over_frame >= over_ring,
+            "the size mix lacks big messages"
+        );
     }
     tally.assert_clean(n);
     assert_eq!(sent, Ok(n));
-    assert!(matches!(after, Err(Error::Closed)), "after the last echo: {after:?}");
+    assert!(
+        matches!(after, Err(Error::Closed)),
+        "after the last echo: {after:?}"
+    );
     let status = status.expect("the echo child exits once the parent closes");
     assert!(status.success(), "echo child: {status:?}");
 }
 
 #[test]
 fn kill_9_of_the_opener_wakes_a_blocked_recv_with_peer_gone() {
-    let Pair { mut parent, mut child, _dir } = spawn_child_opener("open_and_sleep", 4096, &[]);
+    let Pair {
+        mut parent,
+        mut child,
+        _dir,
+    } = spawn_child_opener("open_and_sleep", 4096, &[]);
     child.expect_line("MB:READY", CHILD_TIMEOUT);
     assert_eq!(parent.peer().map(|p| p.pid), Some(child.pid));
     let killed_at = Arc::new(std::sync::Mutex::new(None::<Instant>));
@@ -272,7 +312,14 @@ fn kill_9_of_the_opener_wakes_a_blocked_recv_with_peer_gone() {
         std::thread::spawn(move || {
             let r = parent.recv().map(|m| m.len());
             let at = Instant::now();
-            (r, at, killed_at.lock().unwrap().expect("recv returned before the kill"))
+            (
+                r,
+                at,
+                killed_at
+                    .lock()
+                    .unwrap()
+                    .expect("recv returned before the kill"),
+            )
         })
     };
     std::thread::sleep(Duration::from_millis(50));
@@ -281,17 +328,28 @@ fn kill_9_of_the_opener_wakes_a_blocked_recv_with_peer_gone() {
         child.kill_no_reap(); // a zombie until the guard reaps it: dead all the same
         *k = Some(Instant::now());
     }
-    let (r, at, killed) = with_timeout(Duration::from_secs(10), "recv after kill -9", move || receiver.join().unwrap());
+    let (r, at, killed) = with_timeout(Duration::from_secs(10), "recv after kill -9", move || {
+        receiver.join().unwrap()
+    });
     let elapsed = at.duration_since(killed);
     println!("kill -9 of the opener -> recv error {r:?} after {elapsed:?}");
-    assert!(matches!(r, Err(Error::PeerGone { pid }) if pid == child.pid), "got {r:?}");
-    assert!(elapsed < Duration::from_secs(1), "PeerGone took {elapsed:?}");
+    assert!(
+        matches!(r, Err(Error::PeerGone { pid }) if pid == child.pid),
+        "got {r:?}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(1),
+        "PeerGone took {elapsed:?}"
+    );
 }
 
 #[test]
 fn kill_9_of_the_creator_wakes_a_blocked_send_with_peer_gone() {
     let dir = TestDir::new("proc");
-    let mut child = ChildProc::spawn("create_and_stall", &[("MB_DIR", dir.path().display().to_string())]);
+    let mut child = ChildProc::spawn(
+        "create_and_stall",
+        &[("MB_DIR", dir.path().display().to_string())],
+    );
     let name = child.expect_line("MB:NAME", CHILD_TIMEOUT);
     let mut parent = Channel::open(&name, &dir.config(1 << 20)).expect("open the child's channel");
     assert_eq!(parent.peer().map(|p| p.pid), Some(child.pid));
@@ -300,7 +358,10 @@ fn kill_9_of_the_creator_wakes_a_blocked_send_with_peer_gone() {
     while parent.halves().0.try_send(&[0xab; 200]).is_ok() {
         queued += 1;
     }
-    assert!(matches!(parent.halves().0.try_send(&[0xab; 200]), Err(Error::Full)));
+    assert!(matches!(
+        parent.halves().0.try_send(&[0xab; 200]),
+        Err(Error::Full)
+    ));
     assert_eq!(queued, 4096 / 208);
     let sender = std::thread::spawn(move || {
         let t = Instant::now();
@@ -310,14 +371,22 @@ fn kill_9_of_the_creator_wakes_a_blocked_send_with_peer_gone() {
     std::thread::sleep(Duration::from_millis(50));
     let status = child.kill_and_reap();
     let killed = Instant::now();
-    let (r, at, started) = with_timeout(Duration::from_secs(10), "send after kill -9", move || sender.join().unwrap());
+    let (r, at, started) = with_timeout(Duration::from_secs(10), "send after kill -9", move || {
+        sender.join().unwrap()
+    });
     println!(
         "kill -9 of the creator -> send error {r:?} after {:?} (blocked {:?}); child {status:?}",
         at.saturating_duration_since(killed),
         at.duration_since(started)
     );
-    assert!(matches!(r, Err(Error::PeerGone { pid }) if pid == child.pid), "got {r:?}");
-    assert!(at.duration_since(started) >= Duration::from_millis(40), "send did not block");
+    assert!(
+        matches!(r, Err(Error::PeerGone { pid }) if pid == child.pid),
+        "got {r:?}"
+    );
+    assert!(
+        at.duration_since(started) >= Duration::from_millis(40),
+        "send did not block"
+    );
     assert!(at.saturating_duration_since(killed) < Duration::from_secs(1));
 }
 
@@ -330,7 +399,11 @@ fn kill_9_mid_stream_gives_valid_echoes_then_peer_gone() {
     for round in 0..4u64 {
         let seed = mix(base ^ round);
         let delay = Duration::from_millis(10 + XorShift::new(seed).below(200));
-        let Pair { parent, mut child, _dir } = spawn_child_opener("echo", 64 << 10, &[]);
+        let Pair {
+            parent,
+            mut child,
+            _dir,
+        } = spawn_child_opener("echo", 64 << 10, &[]);
         child.expect_line("MB:READY", CHILD_TIMEOUT);
         let (mut tx, mut rx) = parent.split();
         let stop = Arc::new(AtomicBool::new(false));
@@ -369,14 +442,25 @@ fn kill_9_mid_stream_gives_valid_echoes_then_peer_gone() {
         });
         std::thread::sleep(delay);
         child.kill_no_reap();
-        let (tally, err) = with_timeout(Duration::from_secs(30), "receiver after kill", move || receiver.join().unwrap());
+        let (tally, err) =
+            with_timeout(Duration::from_secs(30), "receiver after kill", move || {
+                receiver.join().unwrap()
+            });
         stop.store(true, Ordering::Relaxed);
-        let (sent, send_err) = with_timeout(Duration::from_secs(30), "sender after kill", move || sender.join().unwrap());
+        let (sent, send_err) =
+            with_timeout(Duration::from_secs(30), "sender after kill", move || {
+                sender.join().unwrap()
+            });
         println!(
             "round {round} (seed {seed:#x}): killed after {delay:?}; {} valid echoes of {sent} sent; recv -> {err:?}; send -> {send_err:?}",
             tally.received
         );
-        assert_eq!((tally.lost, tally.reordered, tally.corrupted), (0, 0, 0), "{:?}", tally.first_problem);
+        assert_eq!(
+            (tally.lost, tally.reordered, tally.corrupted),
+            (0, 0, 0),
+            "{:?}",
+            tally.first_problem
+        );
         assert!(
             matches!(err, Some(Error::PeerGone { .. }) | Some(Error::Closed)),
             "the receiver ended with {err:?}"
@@ -392,20 +476,41 @@ fn kill_9_mid_stream_gives_valid_echoes_then_peer_gone() {
 #[test]
 fn clean_close_across_processes() {
     let seed = 42;
-    let Pair { mut parent, mut child, _dir } =
-        spawn_child_opener("send_and_exit", 64 << 10, &[("MB_COUNT", "1000".into()), ("MB_SEED", seed.to_string())]);
+    let Pair {
+        mut parent,
+        mut child,
+        _dir,
+    } = spawn_child_opener(
+        "send_and_exit",
+        64 << 10,
+        &[("MB_COUNT", "1000".into()), ("MB_SEED", seed.to_string())],
+    );
     let mut tally = Tally::default();
     let mut want = Vec::new();
     for seq in 0..1000 {
-        let m = parent.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|e| panic!("message {seq}: {e}"));
-        assert!(tally.check(seed, seq, &m, &mut want), "{:?}", tally.first_problem);
+        let m = parent
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("message {seq}: {e}"));
+        assert!(
+            tally.check(seed, seq, &m, &mut want),
+            "{:?}",
+            tally.first_problem
+        );
     }
     tally.assert_clean(1000);
-    let end = parent.recv_timeout(Duration::from_secs(30)).map(|m| m.len());
-    assert!(matches!(end, Err(Error::Closed)), "after the last message: {end:?}");
+    let end = parent
+        .recv_timeout(Duration::from_secs(30))
+        .map(|m| m.len());
+    assert!(
+        matches!(end, Err(Error::Closed)),
+        "after the last message: {end:?}"
+    );
     let status = child.wait_timeout(CHILD_TIMEOUT).expect("child exits");
     assert!(status.success(), "child: {status:?}");
     // Still Closed (not PeerGone) now that the process is gone for good.
-    assert!(matches!(parent.recv_timeout(Duration::from_millis(100)), Err(Error::Closed)));
+    assert!(matches!(
+        parent.recv_timeout(Duration::from_millis(100)),
+        Err(Error::Closed)
+    ));
     assert!(matches!(parent.try_recv(), Err(Error::Closed)));
 }

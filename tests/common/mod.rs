@@ -14,7 +14,12 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 /// The directory of the example binaries cargo built for these tests.
 pub fn example(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().join("examples").join(name)
+    exe.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name)
 }
 
 /// One test's world: its own `METABRIDGE_HOME` and its processes.
@@ -29,12 +34,17 @@ impl TestEnv {
         let home = PathBuf::from(format!("/dev/shm/mbt-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&home);
         std::fs::create_dir_all(&home).unwrap();
-        TestEnv { home, children: Vec::new() }
+        TestEnv {
+            home,
+            children: Vec::new(),
+        }
     }
 
     pub fn command(&self, example_name: &str) -> Command {
         let mut cmd = Command::new(example(example_name));
-        cmd.env("METABRIDGE_HOME", &self.home).env_remove("METABRIDGE_TRANSPORT").env_remove("METABRIDGE_TOKEN");
+        cmd.env("METABRIDGE_HOME", &self.home)
+            .env_remove("METABRIDGE_TRANSPORT")
+            .env_remove("METABRIDGE_TOKEN");
         cmd
     }
 
@@ -45,7 +55,9 @@ impl TestEnv {
         for (k, v) in envs {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("spawn test_service (is it built? cargo test builds examples)");
+        let child = cmd
+            .spawn()
+            .expect("spawn test_service (is it built? cargo test builds examples)");
         let pid = child.id();
         self.children.push(child);
         self.wait_registered(name, pid);
@@ -79,7 +91,9 @@ impl TestEnv {
     }
 
     pub fn connect(&self, name: &str) -> metabridge::Connect {
-        metabridge::connect(name).home(&self.home).timeout(Duration::from_secs(20))
+        metabridge::connect(name)
+            .home(&self.home)
+            .timeout(Duration::from_secs(20))
     }
 
     /// Waits for child `pid` to exit; its exit code.
@@ -124,7 +138,10 @@ mod libc_sig {
 }
 
 fn unsafe_kill(pid: u32, sig: i32) {
-    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
 }
 
 impl Drop for TestEnv {

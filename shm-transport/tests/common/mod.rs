@@ -18,7 +18,11 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// A name unique to this process and call: `<tag>-<pid>-<counter>`.
 pub fn unique(tag: &str) -> String {
-    format!("{tag}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{tag}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A directory of its own for one test, removed (with whatever segment files
@@ -30,7 +34,11 @@ pub struct TestDir {
 impl TestDir {
     pub fn new(tag: &str) -> TestDir {
         let shm = Path::new("/dev/shm");
-        let base = if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() };
+        let base = if shm.is_dir() {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
         let path = base.join(format!("mb-test-{}", unique(tag)));
         std::fs::create_dir(&path).unwrap_or_else(|e| panic!("create {path:?}: {e}"));
         TestDir { path }
@@ -42,7 +50,11 @@ impl TestDir {
 
     /// A channel configuration in this directory with rings of `capacity`.
     pub fn config(&self, capacity: usize) -> ChannelConfig {
-        ChannelConfig { capacity, dir: self.path.clone(), ..Default::default() }
+        ChannelConfig {
+            capacity,
+            dir: self.path.clone(),
+            ..Default::default()
+        }
     }
 
     /// Path of the segment file `name` in this directory.
@@ -53,7 +65,11 @@ impl TestDir {
     /// Names of the files in the directory.
     pub fn files(&self) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(&self.path)
-            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         v.sort();
         v
@@ -103,7 +119,12 @@ impl ChildProc {
                 }
             }
         });
-        ChildProc { child, lines, log: Vec::new(), pid }
+        ChildProc {
+            child,
+            lines,
+            log: Vec::new(),
+            pid,
+        }
     }
 
     /// Waits for a line starting with `prefix` and returns the rest of it.
@@ -138,7 +159,13 @@ impl ChildProc {
         // SAFETY: kill(2) with a pid we spawned and have not reaped yet, so
         // it cannot name another process.
         let r = unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
-        assert_eq!(r, 0, "kill({}): {}", self.pid, std::io::Error::last_os_error());
+        assert_eq!(
+            r,
+            0,
+            "kill({}): {}",
+            self.pid,
+            std::io::Error::last_os_error()
+        );
     }
 
     /// SIGKILL and reap.
@@ -169,15 +196,23 @@ impl Drop for ChildProc {
     }
 }
 
+/// What a child process does: Ok to exit 0, Err (printed) to exit 1.
+pub type Role = fn() -> Result<(), String>;
+
 /// The body of each test binary's `child_entry` test: returns at once
 /// unless `MB_CHILD_ROLE` is set; otherwise runs that role and exits the
 /// process with 0 (role returned Ok) or 1.
-pub fn child_main(roles: &[(&str, fn() -> Result<(), String>)]) {
-    let Ok(role) = std::env::var("MB_CHILD_ROLE") else { return };
+pub fn child_main(roles: &[(&str, Role)]) {
+    let Ok(role) = std::env::var("MB_CHILD_ROLE") else {
+        return;
+    };
     // Die with the parent (even one killed by SIGKILL): no orphans.
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
-    if let Some(parent) = std::env::var("MB_PARENT_PID").ok().and_then(|p| p.parse::<i32>().ok()) {
+    if let Some(parent) = std::env::var("MB_PARENT_PID")
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok())
+    {
         // SAFETY: getppid has no preconditions.
         if unsafe { libc::getppid() } != parent {
             std::process::exit(3); // the parent died before prctl took effect
@@ -218,7 +253,11 @@ pub fn wait_policy_from_env() -> WaitPolicy {
 /// Runs `f` on a thread and returns its result, or panics if it does not
 /// finish within `timeout` (a hang becomes a test failure; the stuck thread
 /// is left behind and dies with the test process).
-pub fn with_timeout<T: Send + 'static>(timeout: Duration, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+pub fn with_timeout<T: Send + 'static>(
+    timeout: Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
     let (tx, rx) = mpsc::channel();
     let handle = std::thread::spawn(move || {
         let _ = tx.send(f());
@@ -232,7 +271,9 @@ pub fn with_timeout<T: Send + 'static>(timeout: Duration, what: &str, f: impl Fn
             Err(p) => std::panic::resume_unwind(p),
             Ok(()) => unreachable!("the thread sends before it ends"),
         },
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what}: did not finish within {timeout:?} (hang)"),
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            panic!("{what}: did not finish within {timeout:?} (hang)")
+        }
     }
 }
 
@@ -292,7 +333,9 @@ pub fn payload(seed: u64, seq: u64, len: usize) -> Vec<u8> {
 
 /// The sequence number a payload carries (its first 8 bytes), if it has them.
 pub fn seq_of(bytes: &[u8]) -> Option<u64> {
-    bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+    bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
 }
 
 /// A cheap 64-bit checksum of a byte slice (FNV-style over 8-byte words).
