@@ -13,7 +13,7 @@ use lru::LruCache;
 use std::any::Any;
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::Hasher;
 use std::num::NonZeroUsize;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
@@ -84,8 +84,11 @@ impl<S> InstanceCache<S> {
     }
 
     fn shard(&self, key: &[u8]) -> &Mutex<LruCache<Box<[u8]>, Arc<S>>> {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        key.hash(&mut h);
+        if self.shards.len() == 1 {
+            return &self.shards[0];
+        }
+        let mut h = FastHasher::default();
+        h.write(key);
         &self.shards[h.finish() as usize % self.shards.len()]
     }
 
@@ -115,9 +118,36 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A small multiplicative hasher (the Fx/rustc scheme), for keys that come
+/// from the same user's clients: fast on short keys, and the shard count is
+/// small, so collision resistance against adversaries is not at stake
+/// (the LRU shards themselves use hashbrown's seeded hasher).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FastHasher(u64);
+
+impl Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let w = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+            self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ b as u64).wrapping_mul(K);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FastMap<V> = HashMap<String, V, std::hash::BuildHasherDefault<FastHasher>>;
+
 /// The typed dispatcher of one service.
 pub(crate) struct Dispatcher<S> {
-    endpoints: HashMap<String, Endpoint<S>>,
+    endpoints: FastMap<Endpoint<S>>,
     names: Vec<String>,
     ctor: Option<Arc<CtorFn<S>>>,
     instances: InstanceCache<S>,
@@ -132,7 +162,7 @@ impl<S: Send + Sync + 'static> Dispatcher<S> {
             instances: InstanceCache::new(service.config.cache_capacity),
             token: service.config.token.clone(),
             ctor: service.ctor,
-            endpoints: service.endpoints,
+            endpoints: service.endpoints.into_iter().collect(),
         }
     }
 

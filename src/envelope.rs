@@ -16,7 +16,7 @@
 //! ```
 
 use crate::error::{CallError, Error, Result};
-use crate::msgpack::{array_header, map_header, read_str, split_value};
+use crate::msgpack::{array_header, map_header, read_str, read_str_bytes, split_value};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -77,37 +77,23 @@ pub fn decode_request(buf: &[u8]) -> Result<Request<'_>, BadRequest> {
         auth: None,
     };
     for _ in 0..n {
-        let (key, after_key) =
-            read_str(rest).ok_or_else(|| BadRequest("request keys must be strings".into()))?;
+        // Keys are matched as bytes; the UTF-8 of a key is only looked at
+        // to word an error.
+        let (key, after_key) = read_str_bytes(rest)
+            .ok_or_else(|| BadRequest("request keys must be strings".into()))?;
         let (value, after) = split_value(after_key)?;
         rest = after;
-        let want_str = |v| string_field(key, v);
-        let want = |ok: bool, what: &str| {
-            if ok {
-                Ok(())
-            } else {
-                Err(BadRequest(format!("field '{key}' must be {what}")))
-            }
-        };
         match key {
-            "type" => kind = Some(want_str(value)?),
-            "endpoint" => req.endpoint = want_str(value)?,
-            "auth" => req.auth = Some(want_str(value)?),
-            "args" => {
-                want(array_header(value).is_some(), "an array")?;
-                req.args = value;
+            b"type" => kind = Some(string_field(key, value)?),
+            b"endpoint" => req.endpoint = string_field(key, value)?,
+            b"auth" => req.auth = Some(string_field(key, value)?),
+            b"args" => req.args = shaped(key, value, array_header(value).is_some(), "an array")?,
+            b"ctor_args" => {
+                req.ctor_args = shaped(key, value, array_header(value).is_some(), "an array")?
             }
-            "ctor_args" => {
-                want(array_header(value).is_some(), "an array")?;
-                req.ctor_args = value;
-            }
-            "kwargs" => {
-                want(map_header(value).is_some(), "a map")?;
-                req.kwargs = value;
-            }
-            "ctor_kwargs" => {
-                want(map_header(value).is_some(), "a map")?;
-                req.ctor_kwargs = value;
+            b"kwargs" => req.kwargs = shaped(key, value, map_header(value).is_some(), "a map")?,
+            b"ctor_kwargs" => {
+                req.ctor_kwargs = shaped(key, value, map_header(value).is_some(), "a map")?
             }
             _ => {}
         }
@@ -120,10 +106,25 @@ pub fn decode_request(buf: &[u8]) -> Result<Request<'_>, BadRequest> {
     Ok(req)
 }
 
-fn string_field<'a>(key: &str, value: &'a [u8]) -> Result<&'a str, BadRequest> {
+fn field_error(key: &[u8], what: &str) -> BadRequest {
+    BadRequest(format!(
+        "field '{}' must be {what}",
+        String::from_utf8_lossy(key)
+    ))
+}
+
+fn string_field<'a>(key: &[u8], value: &'a [u8]) -> Result<&'a str, BadRequest> {
     read_str(value)
         .map(|(s, _)| s)
-        .ok_or_else(|| BadRequest(format!("field '{key}' must be a string")))
+        .ok_or_else(|| field_error(key, "a string"))
+}
+
+fn shaped<'a>(key: &[u8], value: &'a [u8], ok: bool, what: &str) -> Result<&'a [u8], BadRequest> {
+    if ok {
+        Ok(value)
+    } else {
+        Err(field_error(key, what))
+    }
 }
 
 fn write_str(buf: &mut Vec<u8>, s: &str) {

@@ -59,3 +59,33 @@ pub use service::{EndpointFuture, Reply, Service, ServiceConfig};
 pub use rmpv;
 /// Re-exported for generated code.
 pub use serde;
+
+/// In-process access to the dispatcher, for micro benchmarks and tests:
+/// the exact code a worker runs on a request, without a transport.
+#[doc(hidden)]
+pub mod local {
+    use crate::dispatch::{finish_async, Dispatch, Dispatcher, Outcome};
+    use crate::service::Service;
+
+    /// A service's dispatcher, called directly.
+    pub struct LocalDispatcher(Box<dyn Dispatch>, tokio::runtime::Runtime);
+
+    impl LocalDispatcher {
+        /// Builds the dispatcher of `service`.
+        pub fn new<S: Send + Sync + 'static>(service: Service<S>) -> LocalDispatcher {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            LocalDispatcher(Box::new(Dispatcher::new(service)), rt)
+        }
+
+        /// Handles one encoded request; the encoded response is in `out`.
+        pub fn handle(&self, request: &[u8], out: &mut Vec<u8>) {
+            if let Outcome::Pending(f) = self.0.begin(request, out) {
+                let joined = self.1.block_on(self.1.spawn(f));
+                finish_async(joined, out);
+            }
+        }
+    }
+}

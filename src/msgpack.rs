@@ -19,6 +19,29 @@ fn be(buf: &[u8], pos: usize, n: usize) -> Result<u64> {
 /// nesting cannot overflow the stack, and every declared length is checked
 /// against the bytes present, so a lying header costs no time or memory.
 pub fn value_len(buf: &[u8]) -> Result<usize> {
+    // Fast paths: a one-byte value, or a short string, needs no loop.
+    match buf.first() {
+        Some(&m)
+            if m <= 0x7f
+                || m >= 0xe0
+                || m == 0xc0
+                || m == 0xc2
+                || m == 0xc3
+                || m == 0x80
+                || m == 0x90 =>
+        {
+            return Ok(1)
+        }
+        Some(&m) if (0xa0..=0xbf).contains(&m) => {
+            let n = 1 + (m & 0x1f) as usize;
+            return if n <= buf.len() {
+                Ok(n)
+            } else {
+                Err(truncated())
+            };
+        }
+        _ => {}
+    }
     let mut pos = 0usize;
     let mut pending: u64 = 1;
     while pending > 0 {
@@ -93,8 +116,9 @@ pub fn map_header(buf: &[u8]) -> Option<(u32, &[u8])> {
     }
 }
 
-/// If `buf` starts with a string: (the string, what follows).
-pub fn read_str(buf: &[u8]) -> Option<(&str, &[u8])> {
+/// If `buf` starts with a string: (its raw bytes, what follows), without
+/// checking UTF-8 (for comparing keys against known ASCII names).
+pub fn read_str_bytes(buf: &[u8]) -> Option<(&[u8], &[u8])> {
     let (len, start): (usize, usize) = match *buf.first()? {
         m @ 0xa0..=0xbf => ((m & 0x1f) as usize, 1),
         0xd9 => (be(buf, 1, 1).ok()? as usize, 2),
@@ -103,7 +127,13 @@ pub fn read_str(buf: &[u8]) -> Option<(&str, &[u8])> {
         _ => return None,
     };
     let bytes = buf.get(start..start.checked_add(len)?)?;
-    Some((std::str::from_utf8(bytes).ok()?, &buf[start + len..]))
+    Some((bytes, &buf[start + len..]))
+}
+
+/// If `buf` starts with a string: (the string, what follows).
+pub fn read_str(buf: &[u8]) -> Option<(&str, &[u8])> {
+    let (bytes, rest) = read_str_bytes(buf)?;
+    Some((std::str::from_utf8(bytes).ok()?, rest))
 }
 
 #[cfg(test)]

@@ -287,7 +287,8 @@ impl Worker {
         let mut idle_since: Option<Instant> = None;
         let mut polls = 0u32;
         let mut last_check = Instant::now();
-        let my_cpu = metabridge_shm::current_cpu;
+        let mut peer_elsewhere = false;
+        let mut peer_here = false;
         loop {
             if self.inbox.pending.load(Ordering::Relaxed)
                 && self.inbox.pending.swap(false, Ordering::Acquire)
@@ -320,18 +321,28 @@ impl Worker {
             if self.stop.load(Ordering::SeqCst) {
                 return; // the pass above answered everything already queued
             }
-            // Spin for a while, but only while the last client runs on
-            // another CPU: spinning on the CPU it needs only delays it.
-            let now_idle = *idle_since.get_or_insert_with(Instant::now);
-            let peer_elsewhere = channels
-                .iter()
-                .any(|c| c.peer_cpu().is_some_and(|p| p != my_cpu()));
+            // Spin for a while, but only while a client runs on another
+            // CPU: spinning on the CPU it needs only delays it. (Where we
+            // and the clients run is looked up once per idle period.)
+            let now_idle = *idle_since.get_or_insert_with(|| {
+                let me = metabridge_shm::current_cpu();
+                peer_elsewhere = channels
+                    .iter()
+                    .any(|c| c.peer_cpu().is_some_and(|p| p != me));
+                peer_here = channels.iter().any(|c| c.peer_cpu() == Some(me));
+                Instant::now()
+            });
             if peer_elsewhere {
                 polls = polls.wrapping_add(1);
                 if polls % 64 != 0 || now_idle.elapsed() < WORKER_SPIN {
                     std::hint::spin_loop();
                     continue;
                 }
+            } else if peer_here && now_idle.elapsed() < WORKER_SPIN {
+                // A client shares our CPU: give it the CPU so that it can
+                // read our answer and send its next request.
+                std::thread::yield_now();
+                continue;
             }
             // Arm every channel, then sleep on the doorbell.
             let mut armed = true;
@@ -357,7 +368,6 @@ impl Worker {
 
     /// Answers one request of `channel` if there is one.
     fn serve_one(&self, channel: &mut Channel, out: &mut Vec<u8>) -> Result<bool> {
-        let cpu = metabridge_shm::current_cpu();
         let (tx, rx) = channel.halves();
         let outcome = match rx.try_recv() {
             Ok(Some(request)) => self.dispatch.begin(&request, out),
@@ -378,7 +388,8 @@ impl Worker {
             finish_async(joined, out);
         }
         tx.send(out)?;
-        channel.publish_cpu(cpu);
+        // Tell the client where we run, for its adaptive wait.
+        channel.publish_cpu(metabridge_shm::current_cpu());
         Ok(true)
     }
 }

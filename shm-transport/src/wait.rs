@@ -8,7 +8,9 @@
 //!    can run meanwhile. It cannot when both sides share one vCPU: then every
 //!    spin steals the time the peer needs to produce the answer. So the
 //!    default ([`WaitPolicy::Adaptive`]) spins only while the peer last
-//!    published a CPU other than ours, and sleeps at once otherwise.
+//!    published a CPU other than ours; when it shares ours, it yields the
+//!    CPU instead (the peer, just handed work, is runnable and answers at
+//!    once, with no futex sleep on either side), for the same budget.
 //! 2. **Sleep.** Announce the sleep on the ring word (see `ring`'s module
 //!    docs for why no wakeup can be lost), then FUTEX_WAIT in slices of the
 //!    liveness interval. Between slices, check that the peer process still
@@ -40,9 +42,10 @@ pub enum WaitPolicy {
     Sleep,
     /// Spin for this long, then sleep, wherever the peer runs.
     Spin(Duration),
-    /// Spin for at most this long, but only while the peer runs on another
-    /// CPU than ours (as each side publishes in the segment); sleep at once
-    /// when it shares ours. The default, with 50 µs.
+    /// Spin for at most this long while the peer runs on another CPU than
+    /// ours (as each side publishes in the segment); when it shares ours,
+    /// give the CPU to it (`sched_yield`) for at most this long instead of
+    /// spinning. Then sleep. The default, with 50 µs.
     Adaptive(Duration),
 }
 
@@ -54,6 +57,17 @@ impl Default for WaitPolicy {
 
 /// Polls between two reads of the clock.
 pub(crate) const CLOCK_EVERY: u32 = 64;
+/// Yields between two reads of the clock (a yield is a system call).
+pub(crate) const YIELD_CLOCK_EVERY: u32 = 4;
+
+/// Gives the CPU to another runnable thread, if any (a model yield under
+/// loom).
+fn yield_cpu() {
+    #[cfg(loom)]
+    loom::thread::yield_now();
+    #[cfg(not(loom))]
+    std::thread::yield_now();
+}
 
 /// What one attempt of a blocking operation found.
 pub(crate) enum Step<T> {
@@ -116,32 +130,46 @@ pub(crate) fn block<T>(
         return Ok(v);
     }
     let start = Instant::now();
-    let spin_for = match settings.policy {
-        WaitPolicy::BusyPoll => Duration::MAX,
-        WaitPolicy::Sleep => Duration::ZERO,
-        WaitPolicy::Spin(d) => d,
+    // How long to keep trying before sleeping, and how: with `pause`
+    // between polls when the peer has a CPU of its own, or by giving our
+    // CPU to the peer (sched_yield) when it shares ours. After a send, the
+    // peer is runnable; yielding lets it run at once and answer without
+    // either side going through a futex sleep and wakeup.
+    let (spin_for, yielding) = match settings.policy {
+        WaitPolicy::BusyPoll => (Duration::MAX, false),
+        WaitPolicy::Sleep => (Duration::ZERO, false),
+        WaitPolicy::Spin(d) => (d, false),
         WaitPolicy::Adaptive(d) => {
             let me = current_cpu();
             peer.publish_cpu(me);
             match peer.peer_cpu() {
-                Some(p) if p == me => Duration::ZERO,
-                _ => d,
+                Some(p) if p == me => (d, true),
+                _ => (d, false),
             }
         }
     };
     let mut next_check = start + settings.liveness_interval;
     let expired = |now: Instant| deadline.is_some_and(|d| now >= d);
 
-    // Phase 1: spin.
+    // Phase 1: spin (or yield).
     let mut polls: u32 = 0;
+    let clock_every = if yielding {
+        YIELD_CLOCK_EVERY
+    } else {
+        CLOCK_EVERY
+    };
     if !spin_for.is_zero() {
         loop {
-            spin_hint();
+            if yielding {
+                yield_cpu();
+            } else {
+                spin_hint();
+            }
             if let Step::Done(v) = attempt()? {
                 return Ok(v);
             }
             polls = polls.wrapping_add(1);
-            if polls % CLOCK_EVERY != 0 {
+            if polls % clock_every != 0 {
                 continue;
             }
             let now = Instant::now();
