@@ -65,9 +65,12 @@ pub(crate) fn panic_message(p: &(dyn Any + Send)) -> String {
     }
 }
 
+/// One shard: raw constructor bytes to instance.
+type Shard<S> = Mutex<LruCache<Box<[u8]>, Arc<S>>>;
+
 /// Instances per distinct constructor arguments, in LRU shards.
 pub(crate) struct InstanceCache<S> {
-    shards: Box<[Mutex<LruCache<Box<[u8]>, Arc<S>>>]>,
+    shards: Box<[Shard<S>]>,
 }
 
 impl<S> InstanceCache<S> {
@@ -83,7 +86,7 @@ impl<S> InstanceCache<S> {
         }
     }
 
-    fn shard(&self, key: &[u8]) -> &Mutex<LruCache<Box<[u8]>, Arc<S>>> {
+    fn shard(&self, key: &[u8]) -> &Shard<S> {
         if self.shards.len() == 1 {
             return &self.shards[0];
         }
@@ -263,8 +266,8 @@ fn ctor_key<'a>(buf: &'a [u8], args: &'a [u8], kwargs: &'a [u8]) -> Cow<'a, [u8]
 /// attacker how much of a guessed token was right.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let mut diff = 0u8;
-    for i in 0..b.len() {
-        diff |= a.get(i).copied().unwrap_or(0) ^ b[i];
+    for (i, &expected) in b.iter().enumerate() {
+        diff |= a.get(i).copied().unwrap_or(0) ^ expected;
     }
     diff == 0 && a.len() == b.len()
 }
