@@ -110,6 +110,24 @@ fn main() {
                 });
             }
         }
+        Some(mode @ ("detach" | "orphan")) => {
+            // Starts the service as a daemon of this process, prints its pid,
+            // then exits: detached, the daemon must live on; not detached
+            // (and the handle never dropped), it must end with us.
+            let name = args.get(2).cloned().unwrap_or_else(|| "fixture".into());
+            let handle = metabridge::run(Fixture::service().rename(&name)).unwrap_or_else(|e| {
+                eprintln!("test_service: {e}");
+                std::process::exit(1)
+            });
+            assert!(handle.is_running());
+            let pid = if mode == "detach" {
+                handle.detach()
+            } else {
+                handle.pid()
+            };
+            println!("{pid}");
+            std::process::exit(0); // skips destructors: no stop() from the handle
+        }
         Some("call") => {
             let name = &args[2];
             let endpoint = &args[3];

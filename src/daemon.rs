@@ -94,6 +94,24 @@ fn single_threaded() -> bool {
         .unwrap_or(false)
 }
 
+/// A daemon reads nothing from the terminal and writes nothing on the
+/// parent's standard output (whoever reads that pipe would otherwise wait
+/// for the daemon too); standard error stays, for warnings and panics.
+fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        // SAFETY: dup2 onto the standard descriptors of this (child)
+        // process; `null` stays open for the duration of the calls.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), 0);
+            libc::dup2(null.as_raw_fd(), 1);
+        }
+    }
+}
+
 fn set_parent_death_signal() {
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and touches no
     // memory of ours.
@@ -178,6 +196,7 @@ fn fork_child<S: Send + Sync + 'static>(
             // so the parent sees EOF if we die.
             unsafe { libc::close(read_fd) };
             set_parent_death_signal();
+            detach_stdio();
             if nix::unistd::getppid() != parent {
                 // SAFETY: as in child_main.
                 unsafe { libc::_exit(0) };
@@ -360,11 +379,46 @@ impl DaemonHandle {
         self.join().map(|_| ())
     }
 
-    /// Lets the daemon outlive this handle (it still ends with this
-    /// process's thread that started it, by `PR_SET_PDEATHSIG`).
-    pub fn detach(mut self) {
+    /// Lets the daemon outlive this handle and this process: it stops
+    /// asking for SIGTERM when its parent dies (the handle sends it SIGUSR1,
+    /// on which it clears `PR_SET_PDEATHSIG`), and keeps serving until it
+    /// is sent SIGTERM itself. Returns its pid.
+    pub fn detach(mut self) -> u32 {
         self.detached = true;
+        if kill(self.pid, Signal::SIGUSR1).is_ok() {
+            // Wait until the daemon has taken the signal (it is no longer
+            // pending), so that our own exit right after cannot beat it.
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while sigusr1_pending(self.pid.as_raw()) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            // The handler's one system call follows delivery at once.
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        self.pid()
     }
+}
+
+/// True if SIGUSR1 is pending for `pid` (or its threads), per /proc.
+fn sigusr1_pending(pid: i32) -> bool {
+    let bit = 1u64 << (libc::SIGUSR1 - 1);
+    let pending = |path: String| {
+        std::fs::read_to_string(path).ok().is_some_and(|status| {
+            status.lines().any(|l| {
+                (l.starts_with("SigPnd:") || l.starts_with("ShdPnd:"))
+                    && u64::from_str_radix(l[7..].trim(), 16).is_ok_and(|m| m & bit != 0)
+            })
+        })
+    };
+    if pending(format!("/proc/{pid}/status")) {
+        return true;
+    }
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .any(|t| pending(format!("{}/status", t.path().display())))
+        })
+        .unwrap_or(false)
 }
 
 impl Drop for DaemonHandle {

@@ -50,7 +50,21 @@ fn install_signal_handlers() -> Result<()> {
         // async-signal-safe; it replaces no handler we rely on.
         unsafe { sigaction(sig, &action) }.map_err(std::io::Error::from)?;
     }
+    let detach = SigAction::new(
+        SigHandler::Handler(on_detach_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    // SAFETY: the handler makes one async-signal-safe system call.
+    unsafe { sigaction(Signal::SIGUSR1, &detach) }.map_err(std::io::Error::from)?;
     Ok(())
+}
+
+/// SIGUSR1 from `DaemonHandle::detach`: outlive the parent.
+extern "C" fn on_detach_signal(_: libc::c_int) {
+    // SAFETY: prctl is a plain system call, async-signal-safe; clearing
+    // the parent-death signal touches no memory of ours.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0) };
 }
 
 /// How long a worker polls its channels before sleeping.

@@ -308,3 +308,68 @@ fn large_arguments_stream_through_the_rings() {
     let blob = serde_bytes::ByteBuf::from(vec![7u8; 8 << 20]);
     assert_eq!(c.call::<usize>("blob", (&blob,)).unwrap(), 8 << 20);
 }
+
+fn alive(pid: u32) -> bool {
+    metabridge_shm::ProcessIdentity::of_pid(pid).is_some_and(|p| p.is_alive())
+}
+
+#[test]
+fn a_daemon_ends_with_its_parent_unless_detached() {
+    let mut env = TestEnv::new("detach");
+    // Not detached: the parent exits, the kernel sends the daemon SIGTERM,
+    // it stops gracefully and unregisters.
+    let out = env
+        .command("test_service")
+        .args(["orphan", "orphan"])
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let orphan: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(orphan) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!alive(orphan), "the daemon outlived its parent");
+    assert!(matches!(
+        env.connect("orphan").open(),
+        Err(Error::ServiceNotFound { .. })
+    ));
+
+    // Detached: it outlives its parent and keeps serving.
+    let out = env
+        .command("test_service")
+        .args(["detach", "free"])
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let free: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    struct Reap(u32);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            sigkill(self.0);
+        }
+    }
+    let _reap = Reap(free);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(alive(free));
+    let c = env.connect("free").arg("d:").arg(1).open().unwrap();
+    assert_eq!(c.call::<String>("echo", ("x",)).unwrap(), "d:x");
+    assert_eq!(c.call::<u32>("pid", ()).unwrap(), free);
+    drop(c);
+    sigterm(free);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(free) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!alive(free), "SIGTERM stops a detached daemon");
+}
