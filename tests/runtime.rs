@@ -315,7 +315,7 @@ fn alive(pid: u32) -> bool {
 
 #[test]
 fn a_daemon_ends_with_its_parent_unless_detached() {
-    let mut env = TestEnv::new("detach");
+    let env = TestEnv::new("detach");
     // Not detached: the parent exits, the kernel sends the daemon SIGTERM,
     // it stops gracefully and unregisters.
     let out = env
