@@ -199,6 +199,12 @@ pub(crate) fn block<T>(
     } else {
         CLOCK_EVERY
     };
+    // The spin budget counts from the last progress we saw: while the peer
+    // keeps moving the word we wait on (frames of a large message going
+    // through, space being freed), it is working for us, and sleeping now
+    // would only add a wakeup to every frame.
+    let mut spin_start = start;
+    let mut last_seen: Option<u64> = None;
     if !spin_for.is_zero() {
         loop {
             if yielding {
@@ -206,14 +212,19 @@ pub(crate) fn block<T>(
             } else {
                 spin_hint();
             }
-            if let Step::Done(v) = attempt()? {
-                return Ok(v);
-            }
+            let seen = match attempt()? {
+                Step::Done(v) => return Ok(v),
+                Step::Pending { observed, .. } => observed,
+            };
             polls = polls.wrapping_add(1);
             if polls % clock_every != 0 {
                 continue;
             }
             let now = Instant::now();
+            if last_seen.is_some_and(|l| l != seen) {
+                spin_start = now;
+            }
+            last_seen = Some(seen);
             if expired(now) {
                 return Err(Error::Timeout);
             }
@@ -223,7 +234,7 @@ pub(crate) fn block<T>(
                 }
                 next_check = now + settings.liveness_interval;
             }
-            if now.duration_since(start) >= spin_for {
+            if now.duration_since(spin_start) >= spin_for {
                 break;
             }
         }
