@@ -175,6 +175,7 @@ impl Connect {
         Ok(Client {
             inner: Arc::new(Inner {
                 name: self.name,
+                ctor_tail: envelope::ctor_tail(&ctor),
                 ctor,
                 token: self.token,
                 transport,
@@ -187,6 +188,8 @@ struct Inner {
     name: String,
     /// The constructor's raw `[args, kwargs]`, encoded once.
     ctor: Vec<u8>,
+    /// The same as the tail of a request map (keys included).
+    ctor_tail: Vec<u8>,
     token: Option<String>,
     transport: Transport,
 }
@@ -203,9 +206,20 @@ impl Client {
     /// Calls `endpoint` with positional `args` (a tuple) and decodes the
     /// result as `R`.
     pub fn call<R: DeserializeOwned>(&self, endpoint: &str, args: impl IntoArgs) -> Result<R> {
-        let mut raw = Vec::with_capacity(64);
-        args.encode_args(&mut raw)?;
-        self.call_raw(endpoint, &raw, envelope::EMPTY_MAP)
+        let inner = &*self.inner;
+        inner.transport.round_trip(
+            |buf| {
+                envelope::encode_call_with(
+                    buf,
+                    endpoint,
+                    |b| args.encode_args(b),
+                    envelope::EMPTY_MAP,
+                    &inner.ctor_tail,
+                    inner.token.as_deref(),
+                )
+            },
+            envelope::decode_result::<R>,
+        )
     }
 
     /// Calls `endpoint` with positional and keyword arguments.
@@ -223,12 +237,15 @@ impl Client {
         let inner = &*self.inner;
         inner.transport.round_trip(
             |buf| {
-                envelope::encode_call(
+                envelope::encode_call_with(
                     buf,
                     endpoint,
-                    args,
+                    |b| {
+                        b.extend_from_slice(args);
+                        Ok(())
+                    },
                     kwargs,
-                    &inner.ctor,
+                    &inner.ctor_tail,
                     inner.token.as_deref(),
                 )
             },
@@ -264,7 +281,10 @@ impl Client {
     pub fn endpoints(&self) -> Result<Vec<String>> {
         let inner = &*self.inner;
         inner.transport.round_trip(
-            |buf| envelope::encode_list(buf, &inner.ctor, inner.token.as_deref()),
+            |buf| {
+                envelope::encode_list(buf, &inner.ctor, inner.token.as_deref());
+                Ok(())
+            },
             envelope::decode_result::<Vec<String>>,
         )
     }

@@ -171,6 +171,43 @@ pub fn encode_list(buf: &mut Vec<u8>, ctor: &[u8], auth: Option<&str>) {
     }
 }
 
+/// Encodes a call request whose positional arguments are written straight
+/// into `buf` by `write_args` (one MessagePack array), and whose
+/// constructor part is a prepared [`ctor_tail`]: the client's hot path,
+/// with no intermediate buffer.
+pub fn encode_call_with<E>(
+    buf: &mut Vec<u8>,
+    endpoint: &str,
+    write_args: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    kwargs: &[u8],
+    ctor_tail: &[u8],
+    auth: Option<&str>,
+) -> Result<(), E> {
+    let _ = rmp::encode::write_map_len(buf, if auth.is_some() { 7 } else { 6 });
+    write_str(buf, "type");
+    write_str(buf, "call");
+    write_str(buf, "endpoint");
+    write_str(buf, endpoint);
+    write_str(buf, "args");
+    write_args(buf)?;
+    write_str(buf, "kwargs");
+    buf.extend_from_slice(kwargs);
+    buf.extend_from_slice(ctor_tail);
+    if let Some(token) = auth {
+        write_str(buf, "auth");
+        write_str(buf, token);
+    }
+    Ok(())
+}
+
+/// The constructor part of a request, encoded once per client: the
+/// `ctor_args` key and raw array, the `ctor_kwargs` key and raw map.
+pub fn ctor_tail(ctor: &[u8]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(ctor.len() + 24);
+    write_ctor(&mut buf, ctor);
+    buf
+}
+
 /// `ctor` is the raw array immediately followed by the raw map.
 fn write_ctor(buf: &mut Vec<u8>, ctor: &[u8]) {
     let (args, kwargs) = split_value(ctor).unwrap_or((EMPTY_ARRAY, EMPTY_MAP));

@@ -49,14 +49,14 @@ impl Transport {
     /// response bytes with `decode` (in place, for shared memory).
     pub(crate) fn round_trip<R>(
         &self,
-        encode: impl FnOnce(&mut Vec<u8>),
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<()>,
         decode: impl FnOnce(&[u8]) -> Result<R>,
     ) -> Result<R> {
         match self {
             Transport::Shm(pool) => pool.round_trip(encode, decode),
             Transport::Tcp(pool) => {
                 let mut request = Vec::with_capacity(128);
-                encode(&mut request);
+                encode(&mut request)?;
                 let mut response = Vec::with_capacity(128);
                 pool.call(&request, &mut response).map_err(pool_error)?;
                 decode(&response)
@@ -146,12 +146,15 @@ impl ShmPool {
 
     fn round_trip<R>(
         &self,
-        encode: impl FnOnce(&mut Vec<u8>),
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<()>,
         decode: impl FnOnce(&[u8]) -> Result<R>,
     ) -> Result<R> {
         let mut conn = self.acquire()?;
         conn.buf.clear();
-        encode(&mut conn.buf);
+        if let Err(e) = encode(&mut conn.buf) {
+            self.release(conn);
+            return Err(e);
+        }
         let carried = match conn.channel.send(&conn.buf) {
             Ok(()) => conn
                 .channel
