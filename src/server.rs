@@ -70,7 +70,7 @@ extern "C" fn on_detach_signal(_: libc::c_int) {
 /// How long a worker polls its channels before sleeping.
 const WORKER_SPIN: Duration = Duration::from_micros(50);
 /// A sleeping worker wakes this often to check stop requests and peers.
-const WORKER_TICK: Duration = Duration::from_millis(20);
+const WORKER_TICK: Duration = Duration::from_millis(100);
 
 /// The handshake version byte of the control socket.
 pub(crate) const HANDSHAKE_V1: u8 = 1;
@@ -236,7 +236,7 @@ fn accept_loop(listener: &UnixListener, shm_dir: &Path, inboxes: &[Arc<Inbox>]) 
                     revents: 0,
                 }];
                 // SAFETY: one valid pollfd for the duration of the call.
-                unsafe { libc::poll(fds.as_mut_ptr(), 1, 50) };
+                unsafe { libc::poll(fds.as_mut_ptr(), 1, 200) };
             }
             Err(e) => {
                 tracing::debug!("accept failed: {e}");
