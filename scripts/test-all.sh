@@ -5,6 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The Python interop tests speak the original protocol with PyPI's msgpack.
+python3 -c 'import msgpack' 2>/dev/null || python3 -m pip install --quiet 'msgpack>=1.0'
+
 cargo test --workspace --exclude metabridge-peers
 
 # Loom: the ring and its wake protocol, every interleaving within the
