@@ -70,6 +70,7 @@ fn peer_main(role: &str) -> ! {
     let result: Result<(), String> = match role {
         "raw-uds" => raw::peer_uds(&arg).map_err(|e| e.to_string()),
         "raw-tcp" => raw::peer_tcp().map_err(|e| e.to_string()),
+        "raw-tokio-tcp" => raw::peer_tokio_tcp().map_err(|e| e.to_string()),
         "tarpc" => tarpc_peer::peer(&arg).map_err(|e| e.to_string()),
         "ipc-channel" => ipc::peer(&arg),
         "iceoryx2-busy" => iox::peer(&arg, iox::Wait::Busy).map_err(|e| e.to_string()),
@@ -272,6 +273,10 @@ fn main() {
             Box::new(|| raw::bench_uds(&s, &home.0).map(|m| vec![m])),
         ),
         ("raw-tcp", Box::new(|| raw::bench_tcp(&s).map(|m| vec![m]))),
+        (
+            "raw-tokio-tcp",
+            Box::new(|| raw::bench_tokio_tcp(&s).map(|m| vec![m])),
+        ),
         (
             "iceoryx2-busy",
             Box::new(|| {

@@ -100,3 +100,68 @@ pub fn bench_tcp(s: &Settings) -> Result<Measurement, String> {
     peer.finish();
     Ok(m)
 }
+
+/// The same frames served by a tokio multi-thread runtime (as MetaBridge's
+/// TCP server is) and sent by a tokio client: the "raw tokio TCP
+/// ping-pong" MetaBridge's TCP transport is held against.
+pub fn peer_tokio_tcp() -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        announce_ready(&listener.local_addr()?.to_string());
+        let (mut stream, _) = listener.accept().await?;
+        stream.set_nodelay(true)?;
+        let (mut body, mut out) = (Vec::new(), Vec::new());
+        loop {
+            let mut len = [0u8; 4];
+            if stream.read_exact(&mut len).await.is_err() {
+                return Ok(());
+            }
+            body.resize(u32::from_le_bytes(len) as usize, 0);
+            stream.read_exact(&mut body).await?;
+            let request = String::from_utf8_lossy(&body).into_owned();
+            let reply = answer(&request);
+            out.clear();
+            out.extend_from_slice(&(reply.len() as u32).to_le_bytes());
+            out.extend_from_slice(reply.as_bytes());
+            stream.write_all(&out).await?;
+        }
+    })
+}
+
+pub fn bench_tokio_tcp(s: &Settings) -> Result<Measurement, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    progress(s, "raw tokio TCP loopback");
+    let mut peer = Peer::spawn("raw-tokio-tcp", "")?;
+    let addr = peer.ready()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut stream = rt
+        .block_on(tokio::net::TcpStream::connect(&addr))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    s.placement.apply(peer.pid());
+    let (mut body, mut out) = (Vec::new(), Vec::new());
+    let m = measure("raw-tokio-tcp", s, || {
+        rt.block_on(async {
+            out.clear();
+            out.extend_from_slice(&(REQUEST.len() as u32).to_le_bytes());
+            out.extend_from_slice(REQUEST.as_bytes());
+            stream.write_all(&out).await.expect("send");
+            let mut len = [0u8; 4];
+            stream.read_exact(&mut len).await.expect("receive");
+            body.resize(u32::from_le_bytes(len) as usize, 0);
+            stream.read_exact(&mut body).await.expect("receive");
+            String::from_utf8(std::mem::take(&mut body)).expect("UTF-8")
+        })
+    });
+    drop(stream);
+    peer.finish();
+    Ok(m)
+}
