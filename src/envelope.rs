@@ -305,8 +305,19 @@ pub fn decode_response(buf: &[u8]) -> Result<Response<'_>> {
     }
 }
 
+/// `{"status": "ok", "result": ` as this crate and the original write it
+/// (status first): the prefix of every successful response.
+const OK_PREFIX: &[u8] = b"\x82\xa6status\xa2ok\xa6result";
+
 /// Decodes a response into the caller's result type.
 pub fn decode_result<R: DeserializeOwned>(buf: &[u8]) -> Result<R> {
+    // Fast path: a success in the usual key order is decoded straight
+    // from the bytes after the prefix, with no pass over the map.
+    if let Some(raw) = buf.strip_prefix(OK_PREFIX) {
+        if let Ok(v) = rmp_serde::from_slice(raw) {
+            return Ok(v);
+        }
+    }
     match decode_response(buf)? {
         Response::Ok(raw) => rmp_serde::from_slice(raw).map_err(|e| {
             Error::Protocol(format!(

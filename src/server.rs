@@ -72,6 +72,9 @@ const WORKER_SPIN: Duration = Duration::from_micros(50);
 /// A sleeping worker wakes this often to check stop requests and peers.
 const WORKER_TICK: Duration = Duration::from_millis(100);
 
+/// How long a worker waits for room in a client's reply ring.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The handshake version byte of the control socket.
 pub(crate) const HANDSHAKE_V1: u8 = 1;
 
@@ -401,7 +404,11 @@ impl Worker {
             let joined = self.runtime.block_on(self.runtime.spawn(future));
             finish_async(joined, out);
         }
-        tx.send(out)?;
+        // A client that stops reading its replies must not hold this worker
+        // (and every other channel it serves) for long: give up on it.
+        // (Large replies get one more second per 16 MiB.)
+        let allowed = REPLY_TIMEOUT + Duration::from_secs((out.len() >> 24) as u64);
+        tx.send_timeout(out, allowed)?;
         // Tell the client where we run, for its adaptive wait.
         channel.publish_cpu(metabridge_shm::current_cpu());
         Ok(true)
