@@ -110,6 +110,24 @@ fn main() {
                 });
             }
         }
+        Some("reexec") => {
+            // A program that already runs threads: `run` must not fork it;
+            // it re-executes this binary, whose `run` then serves.
+            let name = args.get(2).cloned().unwrap_or_else(|| "fixture".into());
+            let worker =
+                std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_secs(3600)));
+            let handle = metabridge::run(Fixture::service().rename(&name)).unwrap_or_else(|e| {
+                eprintln!("test_service: {e}");
+                std::process::exit(1)
+            });
+            let client = metabridge::connect(&name).arg("r:").arg(1).open().unwrap();
+            let served_by: u32 = client.call("pid", ()).unwrap();
+            println!("{} {} {}", std::process::id(), handle.pid(), served_by);
+            drop(client);
+            handle.stop().unwrap();
+            drop(worker);
+            std::process::exit(0);
+        }
         Some(mode @ ("detach" | "orphan")) => {
             // Starts the service as a daemon of this process, prints its pid,
             // then exits: detached, the daemon must live on; not detached

@@ -83,7 +83,10 @@ pub fn run<S: Send + Sync + 'static>(service: Service<S>) -> Result<DaemonHandle
     let pid = if single_threaded() {
         fork_child(service, read_end.as_raw_fd(), write_end)?
     } else {
-        reexec_child(&service.name, &write_end)?
+        let pid = reexec_child(&service.name, &write_end)?;
+        // Our copy of the write end must go, or the report never ends.
+        drop(write_end);
+        pid
     };
     wait_ready(pid, read_end)
 }

@@ -373,3 +373,52 @@ fn a_daemon_ends_with_its_parent_unless_detached() {
     }
     assert!(!alive(free), "SIGTERM stops a detached daemon");
 }
+
+#[test]
+fn run_in_a_multithreaded_program_re_executes_the_binary() {
+    let env = TestEnv::new("reexec");
+    let out = env
+        .command("test_service")
+        .args(["reexec", "rx"])
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let pids: Vec<u32> = text
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 3, "{text}");
+    let (parent, daemon, served_by) = (pids[0], pids[1], pids[2]);
+    assert_ne!(parent, daemon);
+    assert_eq!(
+        daemon, served_by,
+        "the call was served by the re-executed daemon"
+    );
+    assert!(!alive(daemon), "stop() ended it");
+    assert_eq!(env.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn a_client_that_cannot_map_the_segments_falls_back_to_tcp() {
+    let mut env = TestEnv::new("fallback");
+    env.start_service("svc", &[]);
+    // Take the service's doorbell segment away, as a client without access
+    // to its /dev/shm would see it (root ignores file modes, so remove it).
+    let bells = metabridge::registry::Registry::open(&env.home)
+        .unwrap()
+        .lookup("svc")
+        .unwrap()
+        .doorbells;
+    std::fs::remove_file(env.home.join(format!("metabridge.{bells}"))).unwrap();
+    let c = env.connect("svc").arg("f:").arg(1).open().unwrap();
+    assert_eq!(c.transport_name(), "tcp");
+    assert_eq!(c.call::<String>("echo", ("x",)).unwrap(), "f:x");
+    // Forcing shared memory says why it cannot.
+    assert!(env
+        .connect("svc")
+        .transport(TransportKind::Shm)
+        .open()
+        .is_err());
+}
