@@ -205,6 +205,24 @@ pub struct Client {
 impl Client {
     /// Calls `endpoint` with positional `args` (a tuple) and decodes the
     /// result as `R`.
+    ///
+    /// ```
+    /// use metabridge::{Args, Reply, Service};
+    /// let adder = Service::<i64>::new("doc-call-adder")
+    ///     .constructor(|a: &mut Args<'_>| { let base = a.next("base")?; a.finish(&["base"])?; Ok(base) })
+    ///     .endpoint("add", |base: &i64, a: &mut Args<'_>, out: &mut Reply<'_>| {
+    ///         let x: i64 = a.next("x")?;
+    ///         a.finish(&["x"])?;
+    ///         out.ok(&(base + x))
+    ///     });
+    /// let daemon = metabridge::run(adder)?;
+    /// let client = metabridge::connect("doc-call-adder").kwarg("base", 40).open()?;
+    /// assert_eq!(client.call::<i64>("add", (2,))?, 42);
+    /// assert!(matches!(client.call::<i64>("add", ("two",)), Err(metabridge::Error::Remote { .. })));
+    /// client.close();
+    /// daemon.stop()?;
+    /// # Ok::<(), metabridge::Error>(())
+    /// ```
     pub fn call<R: DeserializeOwned>(&self, endpoint: &str, args: impl IntoArgs) -> Result<R> {
         let inner = &*self.inner;
         inner.transport.round_trip(

@@ -56,9 +56,9 @@ pub fn serve<S: Send + Sync + 'static>(service: Service<S>) -> Result<()> {
 /// Starts `service` in a background daemon process and returns once it is
 /// registered and accepting.
 ///
-/// ```no_run
+/// ```
 /// # use metabridge::{Service, Reply, Args};
-/// # let service = Service::<()>::new("pinger")
+/// # let service = Service::<()>::new("doc-run-pinger")
 /// #     .constructor(|_a: &mut Args<'_>| Ok(()))
 /// #     .endpoint("ping", |_: &(), _a: &mut Args<'_>, out: &mut Reply<'_>| out.ok("pong"));
 /// let daemon = metabridge::run(service)?;

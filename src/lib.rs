@@ -7,7 +7,7 @@
 //! memory (or over TCP, for other hosts and for clients of the original
 //! Python MetaBridge, whose wire protocol this crate speaks).
 //!
-//! ```no_run
+//! ```
 //! use metabridge::service;
 //!
 //! pub struct Demo { greeting: String }
