@@ -207,6 +207,8 @@ impl Client {
     /// result as `R`.
     ///
     /// ```
+    /// # let home = format!("/dev/shm/mb-doc-call-{}", std::process::id());
+    /// # std::env::set_var("METABRIDGE_HOME", &home);
     /// use metabridge::{Args, Reply, Service};
     /// let adder = Service::<i64>::new("doc-call-adder")
     ///     .constructor(|a: &mut Args<'_>| { let base = a.next("base")?; a.finish(&["base"])?; Ok(base) })
@@ -221,6 +223,7 @@ impl Client {
     /// assert!(matches!(client.call::<i64>("add", ("two",)), Err(metabridge::Error::Remote { .. })));
     /// client.close();
     /// daemon.stop()?;
+    /// # std::fs::remove_dir_all(&home).ok();
     /// # Ok::<(), metabridge::Error>(())
     /// ```
     pub fn call<R: DeserializeOwned>(&self, endpoint: &str, args: impl IntoArgs) -> Result<R> {

@@ -57,6 +57,8 @@ pub fn serve<S: Send + Sync + 'static>(service: Service<S>) -> Result<()> {
 /// registered and accepting.
 ///
 /// ```
+/// # let home = format!("/dev/shm/mb-doc-run-{}", std::process::id());
+/// # std::env::set_var("METABRIDGE_HOME", &home);
 /// # use metabridge::{Service, Reply, Args};
 /// # let service = Service::<()>::new("doc-run-pinger")
 /// #     .constructor(|_a: &mut Args<'_>| Ok(()))
@@ -64,6 +66,7 @@ pub fn serve<S: Send + Sync + 'static>(service: Service<S>) -> Result<()> {
 /// let daemon = metabridge::run(service)?;
 /// println!("serving in pid {}", daemon.pid());
 /// daemon.stop()?;
+/// # std::fs::remove_dir_all(&home).ok();
 /// # Ok::<(), metabridge::Error>(())
 /// ```
 pub fn run<S: Send + Sync + 'static>(service: Service<S>) -> Result<DaemonHandle> {

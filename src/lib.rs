@@ -8,6 +8,8 @@
 //! Python MetaBridge, whose wire protocol this crate speaks).
 //!
 //! ```
+//! # let home = format!("/dev/shm/mb-doc-crate-{}", std::process::id());
+//! # std::env::set_var("METABRIDGE_HOME", &home);
 //! use metabridge::service;
 //!
 //! pub struct Demo { greeting: String }
@@ -24,6 +26,7 @@
 //! let client = DemoClient::connect("Olá,")?;
 //! assert_eq!(client.get("mundo!")?, "Olá, mundo!");
 //! daemon.stop()?;
+//! # std::fs::remove_dir_all(&home).ok();
 //! # Ok::<(), metabridge::Error>(())
 //! ```
 //!
