@@ -12,6 +12,10 @@
 #[allow(dead_code)]
 mod service_daemon;
 
+#[path = "support/measure.rs"]
+mod measure;
+use measure::{percentile, pin_process};
+
 use metabridge_shm::{Channel, ChannelConfig};
 use service_daemon::ServiceClient;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,23 +33,6 @@ struct Settings {
     calls: Option<usize>,
     /// Only this transport (`--transport shm|tcp`).
     transport: Option<String>,
-}
-
-/// Pins every thread of `pid` (0: this process) to `cpu`.
-fn pin_process(pid: u32, cpu: usize) {
-    let pid = if pid == 0 { std::process::id() } else { pid };
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return;
-    };
-    for t in tasks.flatten() {
-        let Ok(tid) = t.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let mut set = nix::sched::CpuSet::new();
-        if set.set(cpu).is_ok() {
-            let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(tid), &set);
-        }
-    }
 }
 
 impl Settings {
@@ -76,13 +63,6 @@ impl Settings {
             Duration::from_secs(5)
         }
     }
-}
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 fn progress(s: &Settings, msg: &str) {

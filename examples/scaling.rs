@@ -19,6 +19,10 @@
 #[allow(dead_code)]
 mod service_daemon;
 
+#[path = "support/measure.rs"]
+mod measure;
+use measure::{percentile, pin_process};
+
 use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 use service_daemon::ServiceClient;
@@ -88,24 +92,6 @@ impl Settings {
     }
 }
 
-/// Pins every thread of `pid` (0: this process) to `cpu`; threads started
-/// later inherit it.
-fn pin_process(pid: u32, cpu: usize) {
-    let pid = if pid == 0 { std::process::id() } else { pid };
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return;
-    };
-    for t in tasks.flatten() {
-        let Ok(tid) = t.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let mut set = nix::sched::CpuSet::new();
-        if set.set(cpu).is_ok() {
-            let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(tid), &set);
-        }
-    }
-}
-
 fn connect(transport: &str) -> ServiceClient {
     let kind = match transport {
         "tcp" => metabridge::TransportKind::Tcp,
@@ -117,13 +103,6 @@ fn connect(transport: &str) -> ServiceClient {
         .open()
         .expect("connect to demo-service");
     ServiceClient::from_client(client)
-}
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 /// One point of the payload series.

@@ -8,6 +8,7 @@ fn truncated() -> Error {
 }
 
 /// Reads a big-endian unsigned integer of `n` bytes at `pos`.
+#[inline]
 fn be(buf: &[u8], pos: usize, n: usize) -> Result<u64> {
     let bytes = buf.get(pos..pos + n).ok_or_else(truncated)?;
     Ok(bytes.iter().fold(0u64, |acc, &b| acc << 8 | b as u64))
@@ -18,6 +19,7 @@ fn be(buf: &[u8], pos: usize, n: usize) -> Result<u64> {
 /// Iterative (a count of values still to skip, not recursion), so deep
 /// nesting cannot overflow the stack, and every declared length is checked
 /// against the bytes present, so a lying header costs no time or memory.
+#[inline]
 pub fn value_len(buf: &[u8]) -> Result<usize> {
     // Fast paths: a one-byte value, or a short string, needs no loop.
     match buf.first() {
@@ -91,12 +93,14 @@ pub fn value_len(buf: &[u8]) -> Result<usize> {
 }
 
 /// Splits the value at the start of `buf` from what follows it.
+#[inline]
 pub fn split_value(buf: &[u8]) -> Result<(&[u8], &[u8])> {
     let n = value_len(buf)?;
     Ok(buf.split_at(n))
 }
 
 /// If `buf` starts with an array header: (element count, the elements).
+#[inline]
 pub fn array_header(buf: &[u8]) -> Option<(u32, &[u8])> {
     match *buf.first()? {
         m @ 0x90..=0x9f => Some(((m & 0x0f) as u32, &buf[1..])),
@@ -107,6 +111,7 @@ pub fn array_header(buf: &[u8]) -> Option<(u32, &[u8])> {
 }
 
 /// If `buf` starts with a map header: (entry count, the entries).
+#[inline]
 pub fn map_header(buf: &[u8]) -> Option<(u32, &[u8])> {
     match *buf.first()? {
         m @ 0x80..=0x8f => Some(((m & 0x0f) as u32, &buf[1..])),
@@ -118,6 +123,7 @@ pub fn map_header(buf: &[u8]) -> Option<(u32, &[u8])> {
 
 /// If `buf` starts with a string: (its raw bytes, what follows), without
 /// checking UTF-8 (for comparing keys against known ASCII names).
+#[inline]
 pub fn read_str_bytes(buf: &[u8]) -> Option<(&[u8], &[u8])> {
     let (len, start): (usize, usize) = match *buf.first()? {
         m @ 0xa0..=0xbf => ((m & 0x1f) as usize, 1),
@@ -131,6 +137,7 @@ pub fn read_str_bytes(buf: &[u8]) -> Option<(&[u8], &[u8])> {
 }
 
 /// If `buf` starts with a string: (the string, what follows).
+#[inline]
 pub fn read_str(buf: &[u8]) -> Option<(&str, &[u8])> {
     let (bytes, rest) = read_str_bytes(buf)?;
     Some((std::str::from_utf8(bytes).ok()?, rest))
