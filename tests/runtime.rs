@@ -422,3 +422,11 @@ fn a_client_that_cannot_map_the_segments_falls_back_to_tcp() {
         .open()
         .is_err());
 }
+
+#[test]
+fn clients_and_handles_are_shareable() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<metabridge::Client>();
+    assert_send_sync::<metabridge::DaemonHandle>();
+    assert_send_sync::<metabridge::Error>();
+}

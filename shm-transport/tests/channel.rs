@@ -660,3 +660,14 @@ fn messages_over_max_message_are_refused() {
     }
     assert_eq!(&*a.recv().unwrap(), b"next");
 }
+
+#[test]
+fn halves_and_channels_can_move_between_threads() {
+    fn assert_send<T: Send>() {}
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send::<metabridge_shm::Channel>();
+    assert_send::<metabridge_shm::Sender>();
+    assert_send::<metabridge_shm::Receiver>();
+    assert_send_sync::<metabridge_shm::Doorbell>();
+    assert_send_sync::<metabridge_shm::DoorbellSet>();
+}
