@@ -492,22 +492,19 @@ impl Receiver {
         self.recv_deadline(Some(Instant::now() + timeout))
     }
 
-    /// The next message if one is complete now, without waiting (beyond
-    /// the rest of a message whose first frames have already arrived).
+    /// The next message if one is complete now; never waits. The frames
+    /// of a message of several that have arrived are taken in (freeing the
+    /// ring for the rest), and the message is returned once whole.
     pub fn try_recv(&mut self) -> Result<Option<Message<'_>>> {
-        match self.ring.try_peek()? {
-            Peek::Empty { .. } if !self.partial => Ok(None),
-            _ => self.recv_deadline(None).map(Some),
-        }
+        self.receive(None, false)
     }
 
     /// Arms the ring so that the producer rings its doorbell (instead of
     /// the ring's futex) on its next send. Returns `Ok(false)` if a frame is
     /// already there, `Err(Closed)` if the producer closed: then do not sleep.
     pub fn arm_doorbell(&mut self) -> Result<bool> {
-        if self.partial {
-            return Ok(false);
-        }
+        // (With a message half taken in by `try_recv`, the ring is empty
+        // all the same: the next frame rings the bell.)
         match self.ring.try_peek()? {
             Peek::Frame(_) => Ok(false),
             Peek::Empty { observed } => Ok(self.ring.announce_sleep(observed, DOORBELL)),
@@ -540,13 +537,27 @@ impl Receiver {
     }
 
     fn recv_deadline(&mut self, deadline: Option<Instant>) -> Result<Message<'_>> {
+        // With `wait`, `receive` returns a message or an error, never None.
+        self.receive(deadline, true)?.ok_or(Error::Timeout)
+    }
+
+    /// Takes frames until a whole message is there: waiting for each (until
+    /// `deadline`) if `wait`, else returning `None` at the first gap.
+    fn receive(&mut self, deadline: Option<Instant>, wait: bool) -> Result<Option<Message<'_>>> {
         loop {
-            let frame = self.next_frame(deadline)?;
+            let frame = if wait {
+                self.next_frame(deadline)?
+            } else {
+                match self.ring.try_peek()? {
+                    Peek::Frame(f) => f,
+                    Peek::Empty { .. } => return Ok(None),
+                }
+            };
             if !self.partial && frame.flags & FLAG_MORE == 0 {
-                return Ok(Message {
+                return Ok(Some(Message {
                     rx: self,
                     frame: Some(frame),
-                });
+                }));
             }
             // One frame of a message of several.
             if !self.partial {
@@ -579,10 +590,10 @@ impl Receiver {
                         max: self.shared.max_message,
                     });
                 }
-                return Ok(Message {
+                return Ok(Some(Message {
                     rx: self,
                     frame: None,
-                });
+                }));
             }
         }
     }

@@ -671,3 +671,39 @@ fn halves_and_channels_can_move_between_threads() {
     assert_send_sync::<metabridge_shm::Doorbell>();
     assert_send_sync::<metabridge_shm::DoorbellSet>();
 }
+
+#[test]
+fn try_recv_never_waits_and_assembles_a_large_message_across_calls() {
+    let dir = TestDir::new("tryrecv-large");
+    let config = dir.config(4096);
+    let name = unique("tryrecv-large");
+    let mut a = metabridge_shm::Channel::create(&name, &config).unwrap();
+    let mut b = metabridge_shm::Channel::open(&name, &config).unwrap();
+    let message: Vec<u8> = (0..40_000u32).map(|i| (i * 7) as u8).collect();
+    let expected = message.clone();
+    let sender = std::thread::spawn(move || {
+        a.send(&message).unwrap();
+        a
+    });
+    let mut empties = 0u64;
+    let got = loop {
+        let start = std::time::Instant::now();
+        let r = b.try_recv().unwrap().map(|m| m.to_vec());
+        assert!(
+            start.elapsed() < std::time::Duration::from_millis(500),
+            "try_recv waited"
+        );
+        match r {
+            Some(m) => break m,
+            None => {
+                empties += 1;
+                std::thread::yield_now();
+            }
+        }
+    };
+    assert_eq!(got, expected);
+    let _a = sender.join().unwrap();
+    // The 40 KB message needs ~40 frames through a 4 KiB ring: the sender
+    // had to wait for us between frames, so some calls found a gap.
+    assert!(empties > 0);
+}
