@@ -40,7 +40,8 @@ pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(5);
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves `service` in the current process until SIGTERM or SIGINT: for a
-/// dedicated daemon binary.
+/// dedicated daemon binary. It installs handlers for SIGTERM and SIGINT
+/// (stop gracefully) and SIGUSR1 (used by [`DaemonHandle::detach`]).
 ///
 /// ```no_run
 /// use metabridge::{Service, Reply, Args};
