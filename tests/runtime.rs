@@ -318,41 +318,15 @@ fn a_daemon_ends_with_its_parent_unless_detached() {
     let env = TestEnv::new("detach");
     // Not detached: the parent exits, the kernel sends the daemon SIGTERM,
     // it stops gracefully and unregisters.
-    let out = env
-        .command("test_service")
-        .args(["orphan", "orphan"])
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let orphan: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while alive(orphan) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(!alive(orphan), "the daemon outlived its parent");
+    let orphan = fixture_daemon(&env, "orphan", "orphan");
+    assert!(wait_dead(orphan), "the daemon outlived its parent");
     assert!(matches!(
         env.connect("orphan").open(),
         Err(Error::ServiceNotFound { .. })
     ));
 
     // Detached: it outlives its parent and keeps serving.
-    let out = env
-        .command("test_service")
-        .args(["detach", "free"])
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let free: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let free = fixture_daemon(&env, "detach", "free");
     struct Reap(u32);
     impl Drop for Reap {
         fn drop(&mut self) {
@@ -367,11 +341,29 @@ fn a_daemon_ends_with_its_parent_unless_detached() {
     assert_eq!(c.call::<u32>("pid", ()).unwrap(), free);
     drop(c);
     sigterm(free);
+    assert!(wait_dead(free), "SIGTERM stops a detached daemon");
+}
+
+/// Runs `test_service <mode> <name>`, which starts a daemon and exits;
+/// returns the daemon's pid, which it printed.
+fn fixture_daemon(env: &TestEnv, mode: &str, name: &str) -> u32 {
+    let out = env
+        .command("test_service")
+        .args([mode, name])
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "test_service {mode} failed");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// Waits up to 10 s for `pid` to end; true if it did.
+fn wait_dead(pid: u32) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while alive(free) && Instant::now() < deadline {
+    while alive(pid) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(!alive(free), "SIGTERM stops a detached daemon");
+    !alive(pid)
 }
 
 #[test]
