@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::hash::Hasher;
 use std::num::NonZeroUsize;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// What handling a request produced.
@@ -27,10 +28,19 @@ pub(crate) enum Outcome {
     Pending(EndpointFuture),
 }
 
+/// What a dispatcher remembers of one connection's last call, to skip
+/// decoding the next one if it has the same shape (opaque to callers).
+#[derive(Default)]
+pub(crate) struct CallCache(Option<Box<dyn Any + Send>>);
+
 /// A service with its type erased, as the transports see it.
 pub(crate) trait Dispatch: Send + Sync + 'static {
     /// Handles one request; see [`Outcome`].
-    fn begin(&self, request: &[u8], out: &mut Vec<u8>) -> Outcome;
+    fn begin(&self, request: &[u8], out: &mut Vec<u8>) -> Outcome {
+        self.begin_cached(request, out, &mut CallCache::default())
+    }
+    /// Handles one request of a connection whose [`CallCache`] is `cache`.
+    fn begin_cached(&self, request: &[u8], out: &mut Vec<u8>, cache: &mut CallCache) -> Outcome;
     /// The sorted endpoint names.
     fn endpoint_names(&self) -> &[String];
     /// Whether a token is required.
@@ -71,6 +81,9 @@ type Shard<S> = Mutex<LruCache<Box<[u8]>, Arc<S>>>;
 /// Instances per distinct constructor arguments, in LRU shards.
 pub(crate) struct InstanceCache<S> {
     shards: Box<[Shard<S>]>,
+    /// Bumped whenever an instance is evicted: a holder of an instance
+    /// looked up at epoch E knows it is still cached while the epoch is E.
+    epoch: AtomicU64,
 }
 
 impl<S> InstanceCache<S> {
@@ -83,6 +96,7 @@ impl<S> InstanceCache<S> {
             shards: (0..shards)
                 .map(|_| Mutex::new(LruCache::new(per)))
                 .collect(),
+            epoch: AtomicU64::new(0),
         }
     }
 
@@ -111,8 +125,22 @@ impl<S> InstanceCache<S> {
         if let Some(s) = guard.get(key) {
             return Ok(s.clone()); // another thread built it meanwhile
         }
-        guard.put(key.into(), made.clone());
+        if guard.push(key.into(), made.clone()).is_some() {
+            // Release: a holder that sees the new epoch drops its instance.
+            self.epoch.fetch_add(1, Ordering::Release);
+        }
         Ok(made)
+    }
+
+    /// The eviction epoch (see the field).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Marks `key` as recently used, for a holder that calls its instance
+    /// without looking it up each time.
+    pub(crate) fn touch(&self, key: &[u8]) {
+        let _ = lock(self.shard(key)).get(key);
     }
 }
 
@@ -147,6 +175,28 @@ impl Hasher for FastHasher {
 }
 
 type FastMap<V> = HashMap<String, V, std::hash::BuildHasherDefault<FastHasher>>;
+
+/// The last call of a connection: the request bytes around its positional
+/// arguments, and what they resolved to. A request with the same bytes
+/// around its arguments (same endpoint, keyword arguments, constructor
+/// arguments and token) resolves the same way, as long as the instance is
+/// still cached (eviction epoch unchanged).
+struct Shape<S> {
+    prefix: Vec<u8>,
+    suffix: Vec<u8>,
+    /// Where the raw kwargs map lies in `suffix`.
+    kwargs: std::ops::Range<usize>,
+    endpoint_name: String,
+    endpoint: Endpoint<S>,
+    instance: Arc<S>,
+    ctor_key: Vec<u8>,
+    epoch: u64,
+    hits: u32,
+}
+
+/// A cached call promotes its instance in the LRU this often, so that
+/// recency stays close to true LRU.
+const TOUCH_EVERY: u32 = 64;
 
 /// The typed dispatcher of one service.
 pub(crate) struct Dispatcher<S> {
@@ -184,7 +234,55 @@ impl<S: Send + Sync + 'static> Dispatcher<S> {
         })
     }
 
-    fn call(&self, request: &[u8], out: &mut Vec<u8>) -> Result<Outcome, CallError> {
+    /// The fast path: the request has the shape of the connection's last
+    /// call. Returns `None` to take the full path.
+    fn call_cached(
+        &self,
+        request: &[u8],
+        out: &mut Vec<u8>,
+        cache: &mut CallCache,
+    ) -> Option<Result<Outcome, CallError>> {
+        let shape = cache.0.as_mut()?.downcast_mut::<Shape<S>>()?;
+        let (p, q) = (shape.prefix.len(), shape.suffix.len());
+        if request.len() <= p + q
+            || !request.starts_with(&shape.prefix)
+            || !request.ends_with(&shape.suffix)
+            || self.instances.epoch() != shape.epoch
+        {
+            return None;
+        }
+        let args = &request[p..request.len() - q];
+        if crate::msgpack::value_len(args).ok()? != args.len()
+            || crate::msgpack::array_header(args).is_none()
+        {
+            return None;
+        }
+        shape.hits = shape.hits.wrapping_add(1);
+        if shape.hits % TOUCH_EVERY == 0 {
+            self.instances.touch(&shape.ctor_key);
+        }
+        let kwargs = &shape.suffix[shape.kwargs.clone()];
+        let mut bound = match Args::new(&shape.endpoint_name, args, kwargs) {
+            Ok(a) => a,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(run_endpoint(
+            &shape.endpoint,
+            &shape.instance,
+            &mut bound,
+            out,
+        ))
+    }
+
+    fn call(
+        &self,
+        request: &[u8],
+        out: &mut Vec<u8>,
+        cache: &mut CallCache,
+    ) -> Result<Outcome, CallError> {
+        if let Some(done) = self.call_cached(request, out, cache) {
+            return done;
+        }
         let req =
             envelope::decode_request(request).map_err(|e| CallError::new("ProtocolError", e.0))?;
         if let Some(token) = &self.token {
@@ -202,31 +300,78 @@ impl<S: Send + Sync + 'static> Dispatcher<S> {
         let endpoint = self.endpoints.get(req.endpoint).ok_or_else(|| {
             CallError::new("NotFound", format!("Endpoint '{}' not found", req.endpoint))
         })?;
+        let epoch = self.instances.epoch();
         let instance = self.instance(request, &req)?;
+        cache.0 = shape_of(request, &req, endpoint, &instance, epoch)
+            .map(|s| Box::new(s) as Box<dyn Any + Send>);
         let mut args = Args::new(req.endpoint, req.args, req.kwargs)?;
-        match endpoint {
-            Endpoint::Sync(f) => {
-                match catch_unwind(AssertUnwindSafe(|| {
-                    f(&instance, &mut args, &mut Reply { buf: out })
-                })) {
-                    Ok(r) => r.map(|()| Outcome::Done),
-                    Err(p) => Err(CallError::new("Panic", panic_message(&*p))),
-                }
-            }
-            Endpoint::Async(f) => {
-                match catch_unwind(AssertUnwindSafe(|| f(instance.clone(), &mut args))) {
-                    Ok(r) => r.map(Outcome::Pending),
-                    Err(p) => Err(CallError::new("Panic", panic_message(&*p))),
-                }
-            }
-        }
+        run_endpoint(endpoint, &instance, &mut args, out)
     }
 }
 
+/// Runs an endpoint, turning a panic into a `Panic` error.
+fn run_endpoint<S>(
+    endpoint: &Endpoint<S>,
+    instance: &Arc<S>,
+    args: &mut Args<'_>,
+    out: &mut Vec<u8>,
+) -> Result<Outcome, CallError> {
+    match endpoint {
+        Endpoint::Sync(f) => {
+            match catch_unwind(AssertUnwindSafe(|| {
+                f(instance, args, &mut Reply { buf: out })
+            })) {
+                Ok(r) => r.map(|()| Outcome::Done),
+                Err(p) => Err(CallError::new("Panic", panic_message(&*p))),
+            }
+        }
+        Endpoint::Async(f) => match catch_unwind(AssertUnwindSafe(|| f(instance.clone(), args))) {
+            Ok(r) => r.map(Outcome::Pending),
+            Err(p) => Err(CallError::new("Panic", panic_message(&*p))),
+        },
+    }
+}
+
+/// The [`Shape`] of a decoded call, if its positional arguments come
+/// before its keyword arguments and the constructor sections (as every
+/// client we know writes them). The epoch is the one read *before* the
+/// instance was looked up, so an eviction in between invalidates it.
+fn shape_of<S: Send + Sync + 'static>(
+    request: &[u8],
+    req: &envelope::Request<'_>,
+    endpoint: &Endpoint<S>,
+    instance: &Arc<S>,
+    epoch: u64,
+) -> Option<Shape<S>> {
+    let base = request.as_ptr() as usize;
+    let offset = |part: &[u8]| {
+        let at = (part.as_ptr() as usize).checked_sub(base)?;
+        (at + part.len() <= request.len()).then_some(at)
+    };
+    let args_at = offset(req.args)?;
+    let args_end = args_at + req.args.len();
+    let kwargs_at = offset(req.kwargs)?.checked_sub(args_end)?;
+    let (ctor_a, ctor_k) = (offset(req.ctor_args)?, offset(req.ctor_kwargs)?);
+    if ctor_a < args_end || ctor_k < args_end {
+        return None;
+    }
+    Some(Shape {
+        prefix: request[..args_at].to_vec(),
+        suffix: request[args_end..].to_vec(),
+        kwargs: kwargs_at..kwargs_at + req.kwargs.len(),
+        endpoint_name: req.endpoint.to_owned(),
+        endpoint: endpoint.clone(),
+        instance: instance.clone(),
+        ctor_key: ctor_key(request, req.ctor_args, req.ctor_kwargs).into_owned(),
+        epoch,
+        hits: 0,
+    })
+}
+
 impl<S: Send + Sync + 'static> Dispatch for Dispatcher<S> {
-    fn begin(&self, request: &[u8], out: &mut Vec<u8>) -> Outcome {
+    fn begin_cached(&self, request: &[u8], out: &mut Vec<u8>, cache: &mut CallCache) -> Outcome {
         out.clear();
-        match self.call(request, out) {
+        match self.call(request, out, cache) {
             Ok(o) => o,
             Err(e) => {
                 out.clear();
@@ -275,6 +420,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::args::Args;
+    use crate::service::Reply;
 
     #[test]
     fn ctor_keys_agree_whether_borrowed_or_built() {
@@ -305,6 +452,129 @@ mod tests {
         assert_eq!(get(b"b"), 2);
         assert_eq!(get(b"c"), 3); // evicts a
         assert_eq!(get(b"a"), 4);
+    }
+
+    /// A service whose instances count themselves and echo `base + x`.
+    fn counting(capacity: usize, token: Option<&str>) -> Dispatcher<(u64, i64)> {
+        static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let service = Service::<(u64, i64)>::new("count")
+            .configure(|c| {
+                c.cache_capacity = capacity;
+                c.token = token.map(str::to_owned);
+            })
+            .constructor(|a: &mut Args<'_>| {
+                let base: i64 = a.next("base")?;
+                a.finish(&["base"])?;
+                Ok((MADE.fetch_add(1, Ordering::SeqCst), base))
+            })
+            .endpoint(
+                "add",
+                |s: &(u64, i64), a: &mut Args<'_>, out: &mut Reply<'_>| {
+                    let x: i64 = a.next("x")?;
+                    a.finish(&["x"])?;
+                    out.ok(&(s.0, s.1 + x))
+                },
+            );
+        Dispatcher::new(service)
+    }
+
+    fn call(
+        d: &Dispatcher<(u64, i64)>,
+        cache: &mut CallCache,
+        base: i64,
+        x: i64,
+        auth: Option<&str>,
+    ) -> Result<(u64, i64), crate::Error> {
+        let ctor = envelope::encode_ctor(
+            &[0x90],
+            &crate::to_msgpack(
+                &[("base", base)]
+                    .into_iter()
+                    .collect::<std::collections::BTreeMap<_, _>>(),
+            )
+            .unwrap(),
+        );
+        let mut req = Vec::new();
+        envelope::encode_call(
+            &mut req,
+            "add",
+            &crate::to_msgpack(&(x,)).unwrap(),
+            &[0x80],
+            &ctor,
+            auth,
+        );
+        let mut out = Vec::new();
+        assert!(matches!(
+            d.begin_cached(&req, &mut out, cache),
+            Outcome::Done
+        ));
+        envelope::decode_result(&out)
+    }
+
+    #[test]
+    fn repeated_calls_of_one_shape_take_the_fast_path_with_new_arguments() {
+        let d = counting(8, None);
+        let mut cache = CallCache::default();
+        let (id, r) = call(&d, &mut cache, 10, 1, None).unwrap();
+        assert_eq!(r, 11);
+        assert!(cache.0.is_some(), "the shape was remembered");
+        for x in 0..100 {
+            assert_eq!(call(&d, &mut cache, 10, x, None).unwrap(), (id, 10 + x));
+        }
+        // Another constructor argument: another instance, then back.
+        let (other, r) = call(&d, &mut cache, 20, 1, None).unwrap();
+        assert_eq!(r, 21);
+        assert_ne!(other, id);
+        assert_eq!(call(&d, &mut cache, 10, 5, None).unwrap(), (id, 15));
+        // Wrong argument types still fail on the fast path.
+        let mut req = Vec::new();
+        let ctor = envelope::encode_ctor(
+            &[0x90],
+            &crate::to_msgpack(
+                &[("base", 10)]
+                    .into_iter()
+                    .collect::<std::collections::BTreeMap<_, _>>(),
+            )
+            .unwrap(),
+        );
+        envelope::encode_call(
+            &mut req,
+            "add",
+            &crate::to_msgpack(&("x",)).unwrap(),
+            &[0x80],
+            &ctor,
+            None,
+        );
+        let mut out = Vec::new();
+        d.begin_cached(&req, &mut out, &mut cache);
+        assert!(
+            matches!(envelope::decode_result::<(u64, i64)>(&out), Err(crate::Error::Remote { kind, .. }) if kind == "TypeError")
+        );
+    }
+
+    #[test]
+    fn an_eviction_invalidates_remembered_instances() {
+        let d = counting(1, None);
+        let (mut a, mut b) = (CallCache::default(), CallCache::default());
+        let (first, _) = call(&d, &mut a, 1, 0, None).unwrap();
+        assert_eq!(call(&d, &mut a, 1, 0, None).unwrap().0, first);
+        call(&d, &mut b, 2, 0, None).unwrap(); // capacity 1: evicts base=1
+        let (again, _) = call(&d, &mut a, 1, 0, None).unwrap();
+        assert_ne!(again, first, "the evicted instance is not used again");
+    }
+
+    #[test]
+    fn the_token_is_part_of_the_shape() {
+        let d = counting(8, Some("t0k"));
+        let mut cache = CallCache::default();
+        assert_eq!(call(&d, &mut cache, 1, 1, Some("t0k")).unwrap().1, 2);
+        assert_eq!(call(&d, &mut cache, 1, 2, Some("t0k")).unwrap().1, 3);
+        assert!(
+            matches!(call(&d, &mut cache, 1, 3, Some("nope")), Err(crate::Error::Remote { kind, .. }) if kind == "Unauthorized")
+        );
+        assert!(
+            matches!(call(&d, &mut cache, 1, 3, None), Err(crate::Error::Remote { kind, .. }) if kind == "Unauthorized")
+        );
     }
 
     #[test]

@@ -67,11 +67,16 @@ pub use serde;
 /// the exact code a worker runs on a request, without a transport.
 #[doc(hidden)]
 pub mod local {
-    use crate::dispatch::{finish_async, Dispatch, Dispatcher, Outcome};
+    use crate::dispatch::{finish_async, CallCache, Dispatch, Dispatcher, Outcome};
     use crate::service::Service;
+    use std::cell::RefCell;
 
-    /// A service's dispatcher, called directly.
-    pub struct LocalDispatcher(Box<dyn Dispatch>, tokio::runtime::Runtime);
+    /// A service's dispatcher, called directly, as one connection.
+    pub struct LocalDispatcher(
+        Box<dyn Dispatch>,
+        tokio::runtime::Runtime,
+        RefCell<CallCache>,
+    );
 
     impl LocalDispatcher {
         /// Builds the dispatcher of `service`.
@@ -80,12 +85,26 @@ pub mod local {
                 .enable_all()
                 .build()
                 .expect("runtime");
-            LocalDispatcher(Box::new(Dispatcher::new(service)), rt)
+            LocalDispatcher(Box::new(Dispatcher::new(service)), rt, RefCell::default())
         }
 
-        /// Handles one encoded request; the encoded response is in `out`.
+        /// Handles one encoded request as the next call of this connection
+        /// (so a request shaped like the last one takes the fast path); the
+        /// encoded response is in `out`.
         pub fn handle(&self, request: &[u8], out: &mut Vec<u8>) {
-            if let Outcome::Pending(f) = self.0.begin(request, out) {
+            let outcome = self.0.begin_cached(request, out, &mut self.2.borrow_mut());
+            self.finish(outcome, out);
+        }
+
+        /// Handles one encoded request with nothing remembered of earlier
+        /// calls (the full path: decode, endpoint table, instance LRU).
+        pub fn handle_fresh(&self, request: &[u8], out: &mut Vec<u8>) {
+            let outcome = self.0.begin(request, out);
+            self.finish(outcome, out);
+        }
+
+        fn finish(&self, outcome: Outcome, out: &mut Vec<u8>) {
+            if let Outcome::Pending(f) = outcome {
                 let joined = self.1.block_on(self.1.spawn(f));
                 finish_async(joined, out);
             }

@@ -12,7 +12,7 @@
 //! with the doorbell bit and sleeps on its doorbell. An idle service thus
 //! uses no CPU, and a busy one answers without a syscall.
 
-use crate::dispatch::{finish_async, Dispatch, Dispatcher, Outcome};
+use crate::dispatch::{finish_async, CallCache, Dispatch, Dispatcher, Outcome};
 use crate::envelope;
 use crate::error::{Error, Result};
 use crate::registry::{self, Entry, Registry};
@@ -297,9 +297,16 @@ struct Worker {
     stop: Arc<AtomicBool>,
 }
 
+/// A channel served by a worker, with what the dispatcher remembers of its
+/// last call.
+struct Conn {
+    channel: Channel,
+    cache: CallCache,
+}
+
 impl Worker {
     fn run(self) {
-        let mut channels: Vec<Channel> = Vec::new();
+        let mut channels: Vec<Conn> = Vec::new();
         let mut out = Vec::with_capacity(4096);
         let mut idle_since: Option<Instant> = None;
         let mut polls = 0u32;
@@ -315,7 +322,10 @@ impl Worker {
                     .channels
                     .lock()
                     .unwrap_or_else(|p| p.into_inner());
-                channels.append(&mut list);
+                channels.extend(list.drain(..).map(|channel| Conn {
+                    channel,
+                    cache: CallCache::default(),
+                }));
             }
             let seen = self.inbox.bell.count();
             let mut worked = false;
@@ -345,8 +355,8 @@ impl Worker {
                 let me = metabridge_shm::current_cpu();
                 peer_elsewhere = channels
                     .iter()
-                    .any(|c| c.peer_cpu().is_some_and(|p| p != me));
-                peer_here = channels.iter().any(|c| c.peer_cpu() == Some(me));
+                    .any(|c| c.channel.peer_cpu().is_some_and(|p| p != me));
+                peer_here = channels.iter().any(|c| c.channel.peer_cpu() == Some(me));
                 Instant::now()
             });
             if peer_elsewhere {
@@ -364,7 +374,7 @@ impl Worker {
             // Arm every channel, then sleep on the doorbell.
             let mut armed = true;
             for c in channels.iter_mut() {
-                match c.halves().1.arm_doorbell() {
+                match c.channel.halves().1.arm_doorbell() {
                     Ok(true) => {}
                     _ => {
                         armed = false;
@@ -378,16 +388,17 @@ impl Worker {
             self.inbox.bell.wait(seen, WORKER_TICK);
             if last_check.elapsed() >= WORKER_TICK {
                 last_check = Instant::now();
-                channels.retain(|c| c.check_peer().is_ok());
+                channels.retain(|c| c.channel.check_peer().is_ok());
             }
         }
     }
 
-    /// Answers one request of `channel` if there is one.
-    fn serve_one(&self, channel: &mut Channel, out: &mut Vec<u8>) -> Result<bool> {
+    /// Answers one request of `conn` if there is one.
+    fn serve_one(&self, conn: &mut Conn, out: &mut Vec<u8>) -> Result<bool> {
+        let channel = &mut conn.channel;
         let (tx, rx) = channel.halves();
         let outcome = match rx.try_recv() {
-            Ok(Some(request)) => self.dispatch.begin(&request, out),
+            Ok(Some(request)) => self.dispatch.begin_cached(&request, out, &mut conn.cache),
             Ok(None) => return Ok(false),
             Err(metabridge_shm::Error::MessageTooLarge { len, max }) => {
                 out.clear();
