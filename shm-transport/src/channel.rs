@@ -15,7 +15,7 @@ use crate::ring::{
     FLAG_MORE, FRAME_HEADER, WAITING,
 };
 use crate::segment::Segment;
-use crate::wait::{self, Peer, Step, WaitPolicy, WaitSettings};
+use crate::wait::{self, Limit, Peer, Step, WaitPolicy, WaitSettings};
 use std::io;
 use std::ops::Deref;
 use std::path::PathBuf;
@@ -278,14 +278,14 @@ impl Sender {
     /// Sends one message, waiting for room as long as it takes (a dead peer
     /// gives [`Error::PeerGone`], a closed one [`Error::Closed`]).
     pub fn send(&mut self, message: &[u8]) -> Result<()> {
-        self.send_deadline(message, None)
+        self.send_deadline(message, Limit::Never)
     }
 
     /// Sends one message, giving up with [`Error::Timeout`] after `timeout`.
     /// A message of several frames that timed out part way has been cut:
     /// the receiver will see it end early, so treat the channel as broken.
     pub fn send_timeout(&mut self, message: &[u8], timeout: Duration) -> Result<()> {
-        self.send_deadline(message, Some(Instant::now() + timeout))
+        self.send_deadline(message, Limit::After(timeout))
     }
 
     /// Sends a message of one frame (at most [`max_frame`](Self::max_frame)
@@ -318,7 +318,7 @@ impl Sender {
         self.doorbell = Some(doorbell);
     }
 
-    fn send_deadline(&mut self, message: &[u8], deadline: Option<Instant>) -> Result<()> {
+    fn send_deadline(&mut self, message: &[u8], mut deadline: Limit) -> Result<()> {
         if message.len() as u64 > self.shared.max_message {
             return Err(Error::MessageTooLarge {
                 len: message.len() as u64,
@@ -338,6 +338,10 @@ impl Sender {
             } else {
                 0
             };
+            // One deadline for the whole message, fixed at its first frame.
+            if let Limit::After(d) = deadline {
+                deadline = Limit::At(Instant::now() + d);
+            }
             let r = self.reserve(chunk.len(), deadline)?;
             self.publish(&r, chunk, flags);
         }
@@ -391,13 +395,13 @@ impl Sender {
                 let old = self.ring.commit(&r, len, 0);
                 self.ring_bell_if_armed(old);
             }
-            (Some(bytes), _) => self.send_deadline(&bytes, None)?,
+            (Some(bytes), _) => self.send_deadline(&bytes, Limit::Never)?,
             (None, None) => unreachable!("a writer without room always spills"),
         }
         Ok(out)
     }
 
-    fn reserve(&mut self, len: usize, deadline: Option<Instant>) -> Result<Reservation> {
+    fn reserve(&mut self, len: usize, deadline: Limit) -> Result<Reservation> {
         if let Reserve::Ready(r) = self.ring.try_reserve(len)? {
             return Ok(r);
         }
@@ -482,21 +486,23 @@ impl io::Write for FrameWriter<'_> {
 impl Receiver {
     /// Waits for the next message.
     pub fn recv(&mut self) -> Result<Message<'_>> {
-        self.recv_deadline(None)
+        self.recv_deadline(Limit::Never)
     }
 
     /// Waits at most `timeout` for the next message ([`Error::Timeout`]).
-    /// A message of several frames cut short by the deadline is kept and
+    /// The time counts from the first wait (a message already there costs
+    /// no clock read); a message of several frames has one deadline from
+    /// its first frame on. One cut short by the deadline is kept and
     /// completed by the next call.
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Message<'_>> {
-        self.recv_deadline(Some(Instant::now() + timeout))
+        self.recv_deadline(Limit::After(timeout))
     }
 
     /// The next message if one is complete now; never waits. The frames
     /// of a message of several that have arrived are taken in (freeing the
     /// ring for the rest), and the message is returned once whole.
     pub fn try_recv(&mut self) -> Result<Option<Message<'_>>> {
-        self.receive(None, false)
+        self.receive(Limit::Never, false)
     }
 
     /// Arms the ring so that the producer rings its doorbell (instead of
@@ -516,7 +522,7 @@ impl Receiver {
         self.shared.check_alive()
     }
 
-    fn next_frame(&mut self, deadline: Option<Instant>) -> Result<FrameRef> {
+    fn next_frame(&mut self, deadline: Limit) -> Result<FrameRef> {
         if let Peek::Frame(f) = self.ring.try_peek()? {
             return Ok(f);
         }
@@ -536,14 +542,14 @@ impl Receiver {
         )
     }
 
-    fn recv_deadline(&mut self, deadline: Option<Instant>) -> Result<Message<'_>> {
+    fn recv_deadline(&mut self, deadline: Limit) -> Result<Message<'_>> {
         // With `wait`, `receive` returns a message or an error, never None.
         self.receive(deadline, true)?.ok_or(Error::Timeout)
     }
 
     /// Takes frames until a whole message is there: waiting for each (until
     /// `deadline`) if `wait`, else returning `None` at the first gap.
-    fn receive(&mut self, deadline: Option<Instant>, wait: bool) -> Result<Option<Message<'_>>> {
+    fn receive(&mut self, mut deadline: Limit, wait: bool) -> Result<Option<Message<'_>>> {
         loop {
             let frame = if wait {
                 self.next_frame(deadline)?
@@ -559,7 +565,11 @@ impl Receiver {
                     frame: Some(frame),
                 }));
             }
-            // One frame of a message of several.
+            // One frame of a message of several: from here on the rest of
+            // the message shares one deadline.
+            if let Limit::After(d) = deadline {
+                deadline = Limit::At(Instant::now() + d);
+            }
             if !self.partial {
                 self.partial = true;
                 self.discarding = false;

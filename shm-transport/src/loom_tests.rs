@@ -11,7 +11,7 @@
 use crate::error::{Error, Result};
 use crate::memory::Region;
 use crate::ring::{Consumer, Peek, Producer, Reserve, RingControl, WAITING};
-use crate::wait::{block, Peer, Step, WaitPolicy, WaitSettings};
+use crate::wait::{block, Limit, Peer, Step, WaitPolicy, WaitSettings};
 use loom::sync::Arc;
 use std::time::Duration;
 
@@ -58,7 +58,7 @@ fn ring_at(start: u64) -> (Producer, Consumer) {
 
 fn send(p: &mut Producer, bytes: &[u8]) -> Result<()> {
     let word = &p.ctrl().head as &crate::sync::AtomicU64 as *const _;
-    let r = block(&SETTINGS, &NoPeer, None, WAITING, || {
+    let r = block(&SETTINGS, &NoPeer, Limit::Never, WAITING, || {
         Ok(match p.try_reserve(bytes.len())? {
             Reserve::Ready(r) => Step::Done(r),
             Reserve::Full { observed } => Step::Pending { word, observed },
@@ -71,7 +71,7 @@ fn send(p: &mut Producer, bytes: &[u8]) -> Result<()> {
 
 fn recv(c: &mut Consumer) -> Result<Vec<u8>> {
     let word = &c.ctrl().tail as &crate::sync::AtomicU64 as *const _;
-    let f = block(&SETTINGS, &NoPeer, None, WAITING, || {
+    let f = block(&SETTINGS, &NoPeer, Limit::Never, WAITING, || {
         Ok(match c.try_peek()? {
             Peek::Frame(f) => Step::Done(f),
             Peek::Empty { observed } => Step::Pending { word, observed },

@@ -99,6 +99,29 @@ fn yield_cpu() {
     std::thread::yield_now();
 }
 
+/// How long a blocking operation may take.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Limit {
+    /// As long as it takes.
+    Never,
+    /// Until this instant.
+    At(Instant),
+    /// This long from the first wait (the clock is read only if the
+    /// operation has to wait at all).
+    After(Duration),
+}
+
+impl Limit {
+    /// The deadline, if any, for an operation that starts waiting at `start`.
+    pub(crate) fn resolve(self, start: Instant) -> Option<Instant> {
+        match self {
+            Limit::Never => None,
+            Limit::At(t) => Some(t),
+            Limit::After(d) => start.checked_add(d),
+        }
+    }
+}
+
 /// What one attempt of a blocking operation found.
 pub(crate) enum Step<T> {
     /// Done: the value.
@@ -151,7 +174,7 @@ pub(crate) struct WaitSettings {
 pub(crate) fn block<T>(
     settings: &WaitSettings,
     peer: &dyn Peer,
-    deadline: Option<Instant>,
+    limit: Limit,
     bit: u64,
     mut attempt: impl FnMut() -> Result<Step<T>>,
 ) -> Result<T> {
@@ -160,6 +183,8 @@ pub(crate) fn block<T>(
         return Ok(v);
     }
     let start = Instant::now();
+    // Resolved from the clock read we need anyway.
+    let deadline = limit.resolve(start);
     let mut spin_slot: Option<SpinSlot> = None;
     // How long to keep trying before sleeping, and how: with `pause`
     // between polls when the peer has a CPU of its own, or by giving our
