@@ -4,6 +4,7 @@
 use crate::error::{Error, Result};
 use crate::registry::Entry;
 use crate::server::HANDSHAKE_V1;
+use crossbeam_utils::atomic::AtomicCell;
 use metabridge_shm::{Channel, ChannelConfig, DoorbellSet};
 use metabridge_tcp::{Pool, PoolConfig, PoolError};
 use std::io::{Read, Write};
@@ -106,6 +107,11 @@ pub(crate) struct ShmPool {
     socket: PathBuf,
     shm_dir: PathBuf,
     doorbells: DoorbellSet,
+    /// The channel returned last: taken and put back without a lock (the
+    /// common case of one caller at a time). Others wait in `idle`.
+    hot: AtomicCell<Option<Box<ShmConn>>>,
+    /// Callers waiting for a channel (releases then go through `idle`).
+    waiting: AtomicUsize,
     idle: Mutex<Idle>,
     returned: Condvar,
     pub(crate) open: AtomicUsize,
@@ -116,7 +122,10 @@ pub(crate) struct ShmPool {
 
 /// The idle channels, and how many callers wait for one.
 struct Idle {
-    conns: Vec<ShmConn>,
+    // Boxed on purpose: a channel moves between this list and the
+    // lock-free `hot` slot (one pointer wide) without reallocating.
+    #[allow(clippy::vec_box)]
+    conns: Vec<Box<ShmConn>>,
     waiters: usize,
 }
 
@@ -132,6 +141,8 @@ impl ShmPool {
             socket: PathBuf::from(&entry.control_socket),
             shm_dir,
             doorbells,
+            hot: AtomicCell::new(None),
+            waiting: AtomicUsize::new(0),
             idle: Mutex::new(Idle {
                 conns: Vec::with_capacity(max),
                 waiters: 0,
@@ -178,17 +189,17 @@ impl ShmPool {
         }
     }
 
-    fn acquire(&self) -> Result<ShmConn> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(conn) = idle.conns.pop() {
-            return Ok(conn); // the common case: no clock read
+    fn acquire(&self) -> Result<Box<ShmConn>> {
+        if let Some(conn) = self.hot.take() {
+            return Ok(conn); // the common case: no lock, no clock read
         }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let deadline = Instant::now() + self.timeout;
         loop {
             if self.closed.load(Ordering::Acquire) {
                 return Err(Error::PeerGone("the client was closed".into()));
             }
-            if let Some(conn) = idle.conns.pop() {
+            if let Some(conn) = idle.conns.pop().or_else(|| self.hot.take()) {
                 return Ok(conn);
             }
             let open = self.open.load(Ordering::Acquire);
@@ -203,23 +214,43 @@ impl ShmPool {
             if left.is_zero() {
                 return Err(Error::Timeout("waiting for a free channel".into()));
             }
+            // SeqCst: a release either sees us waiting (and goes through
+            // the lock, which notifies) or put its channel in `hot` before
+            // this, where the look below finds it.
             idle.waiters += 1;
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            if let Some(conn) = self.hot.take() {
+                idle.waiters -= 1;
+                self.waiting.fetch_sub(1, Ordering::SeqCst);
+                return Ok(conn);
+            }
+            // Short slices: a release racing with our registration may
+            // still have chosen `hot`.
             idle = self
                 .returned
-                .wait_timeout(idle, left)
+                .wait_timeout(idle, left.min(Duration::from_millis(1)))
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
             idle.waiters -= 1;
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
-    fn release(&self, conn: ShmConn) {
+    fn release(&self, conn: Box<ShmConn>) {
         if self.closed.load(Ordering::Acquire) {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return;
         }
+        let displaced = if self.waiting.load(Ordering::SeqCst) == 0 {
+            match self.hot.swap(Some(conn)) {
+                None => return,
+                Some(other) => other,
+            }
+        } else {
+            conn
+        };
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.conns.push(conn);
+        idle.conns.push(displaced);
         self.wake_waiter(idle);
     }
 
@@ -234,7 +265,7 @@ impl ShmPool {
     }
 
     /// Creates a segment and asks the service to open it.
-    fn open_channel(&self) -> Result<ShmConn> {
+    fn open_channel(&self) -> Result<Box<ShmConn>> {
         let n = SEGMENT_COUNTER.fetch_add(1, Ordering::Relaxed);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -269,16 +300,17 @@ impl ShmPool {
             ))
         })?;
         channel.halves().0.set_doorbell(bell);
-        Ok(ShmConn {
+        Ok(Box::new(ShmConn {
             channel,
             buf: Vec::with_capacity(256),
-        })
+        }))
     }
 
     fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        let drained: Vec<ShmConn> =
+        let mut drained: Vec<Box<ShmConn>> =
             std::mem::take(&mut self.idle.lock().unwrap_or_else(|p| p.into_inner()).conns);
+        drained.extend(self.hot.take());
         self.open.fetch_sub(drained.len(), Ordering::AcqRel);
         drop(drained);
         self.returned.notify_all();
