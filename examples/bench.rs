@@ -87,7 +87,7 @@ fn connect(transport: &str) -> ServiceClient {
 
 fn latency(s: &Settings, transport: &str) -> Vec<u64> {
     let client = connect(transport);
-    for _ in 0..2_000 {
+    for _ in 0..50_000 {
         client.get("mundo!").unwrap();
     }
     let mut samples = Vec::with_capacity(s.latency_calls());
@@ -176,7 +176,7 @@ fn raw_ring(s: &Settings, request_len: usize, reply_len: usize) -> Vec<u64> {
         pin_process(child.id(), service_cpu);
     }
     let request = vec![0xa5u8; request_len];
-    for _ in 0..2_000 {
+    for _ in 0..50_000 {
         ch.send(&request).unwrap();
         drop(ch.recv().unwrap());
     }
