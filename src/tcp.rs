@@ -43,6 +43,9 @@ pub(crate) async fn bind(addr: &str, dispatch: Arc<dyn Dispatch>) -> std::io::Re
         .unwrap_or(metabridge_tcp::DEFAULT_MAX_FRAME);
     let config = ServerConfig {
         max_frame,
+        // Poll loopback clients briefly for their next request (see
+        // ServerConfig::spin): the same trade the client makes.
+        spin: std::time::Duration::from_micros(50),
         ..ServerConfig::default()
     };
     Server::bind(addr, config, Arc::new(TcpHandler { dispatch })).await

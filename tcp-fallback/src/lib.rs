@@ -61,6 +61,7 @@
 #![forbid(unsafe_code)]
 
 pub mod frame;
+mod poll;
 pub mod pool;
 pub mod server;
 

@@ -74,30 +74,6 @@ impl Default for PoolConfig {
     }
 }
 
-/// Threads of this process polling a socket in [`Conn::await_response`].
-static POLLERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// Takes a polling licence if fewer than (CPUs - 1, at least 1) threads
-/// hold one; the caller gives it back with `release_poller`.
-fn take_poller() -> bool {
-    use std::sync::atomic::Ordering::Relaxed;
-    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let max = *MAX.get_or_init(|| {
-        std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
-    });
-    // Relaxed: a counter for a heuristic; it publishes nothing.
-    if POLLERS.fetch_add(1, Relaxed) < max {
-        true
-    } else {
-        POLLERS.fetch_sub(1, Relaxed);
-        false
-    }
-}
-
-fn release_poller() {
-    POLLERS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-}
-
 /// Why a [`Pool::call`] (or [`Pool::connect`]) failed.
 ///
 /// ```
@@ -496,9 +472,12 @@ impl Conn {
     /// polls (so a server on the same CPU gets it), then returns; the
     /// blocking read that follows finds the data or sleeps for it.
     fn await_response(&self, spin: Duration) {
-        if !self.reader.buffer().is_empty() || !take_poller() {
+        if !self.reader.buffer().is_empty() {
             return;
         }
+        let Some(_licence) = crate::poll::Poller::take() else {
+            return;
+        };
         let start = Instant::now();
         loop {
             match self.peek_ready() {
@@ -506,7 +485,6 @@ impl Conn {
                 _ => break,
             }
         }
-        release_poller();
     }
 
     /// Whether the server still has this connection open, judged by one

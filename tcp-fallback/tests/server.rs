@@ -409,3 +409,55 @@ fn connections_are_served_concurrently() {
     );
     assert_eq!(handler.max_in_flight.load(Ordering::SeqCst), 8);
 }
+
+/// The server polling its loopback clients (`ServerConfig::spin`): whole
+/// frames, split frames, large and empty ones, pipelined ones and a lying
+/// length all behave exactly as on the runtime path.
+#[test]
+fn a_polling_server_reads_every_kind_of_frame_correctly() {
+    let polling = ServerConfig {
+        spin: Duration::from_millis(2),
+        max_frame: 4 << 20,
+        ..ServerConfig::default()
+    };
+    let server = TestServer::echo(polling.clone());
+    let mut s = raw_client(server.addr);
+    let mut buf = Vec::new();
+    for i in 0..300 {
+        let p = payload(3, i * 53);
+        write_frame_blocking(&mut s, &p).unwrap();
+        read_frame_blocking(&mut s, DEFAULT_MAX_FRAME, &mut buf).unwrap();
+        assert_eq!(buf, p);
+    }
+    // A frame whose prefix and body arrive in pieces, with pauses longer
+    // and shorter than the polling window.
+    let p = payload(4, 999);
+    let mut wire = Vec::new();
+    write_frame_blocking(&mut wire, &p).unwrap();
+    for (k, piece) in wire.chunks(3).enumerate() {
+        s.write_all(piece).unwrap();
+        thread::sleep(Duration::from_micros(if k % 2 == 0 { 100 } else { 3000 }));
+    }
+    read_frame_blocking(&mut s, DEFAULT_MAX_FRAME, &mut buf).unwrap();
+    assert_eq!(buf, p);
+    // Large (past the polled size), empty, pipelined.
+    for p in [vec![5u8; 1 << 20], Vec::new()] {
+        write_frame_blocking(&mut s, &p).unwrap();
+        read_frame_blocking(&mut s, DEFAULT_MAX_FRAME, &mut buf).unwrap();
+        assert_eq!(buf, p);
+    }
+    let mut wire = Vec::new();
+    for i in 0..20 {
+        write_frame_blocking(&mut wire, &payload(5, i)).unwrap();
+    }
+    s.write_all(&wire).unwrap();
+    for i in 0..20 {
+        read_frame_blocking(&mut s, DEFAULT_MAX_FRAME, &mut buf).unwrap();
+        assert_eq!(buf, payload(5, i));
+    }
+    // A lying length gets the error response and the close.
+    s.write_all(&0xFFFF_FFFFu32.to_be_bytes()).unwrap();
+    read_frame_blocking(&mut s, DEFAULT_MAX_FRAME, &mut buf).unwrap();
+    assert_eq!(buf, too_large_body(0xFFFF_FFFF, polling.max_frame));
+    assert!(wait_closed(&mut s), "connection was not closed");
+}
