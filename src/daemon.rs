@@ -15,9 +15,11 @@
 //!
 //! Either way the child reports through a pipe once it is registered and
 //! accepting (or why it failed), and `run` waits for that, up to the
-//! startup timeout. The child asks the kernel for SIGTERM when its parent
-//! dies (`PR_SET_PDEATHSIG`), and a [`DaemonHandle`] that is dropped stops
-//! it, unless [`DaemonHandle::detach`]ed.
+//! startup timeout. The child asks the kernel for SIGUSR2 when its parent
+//! dies (`PR_SET_PDEATHSIG`) and then stops gracefully, unless it was
+//! detached (SIGUSR1 from [`DaemonHandle::detach`]; it waits 100 ms for a
+//! detach sent just before the parent's exit). A [`DaemonHandle`] that is
+//! dropped stops it, unless detached.
 
 use crate::error::{Error, Result};
 use crate::registry::Entry;
@@ -122,7 +124,7 @@ fn detach_stdio() {
 fn set_parent_death_signal() {
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and touches no
     // memory of ours.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGUSR2) };
 }
 
 fn report(fd: &mut std::fs::File, result: &Result<()>, entry: Option<&Entry>) {
@@ -234,7 +236,7 @@ fn reexec_child(name: &str, write_end: &OwnedFd) -> Result<Pid> {
             if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGUSR2);
             Ok(())
         });
     }
@@ -386,10 +388,10 @@ impl DaemonHandle {
         self.join().map(|_| ())
     }
 
-    /// Lets the daemon outlive this handle and this process: it stops
-    /// asking for SIGTERM when its parent dies (the handle sends it SIGUSR1,
-    /// on which it clears `PR_SET_PDEATHSIG`), and keeps serving until it
-    /// is sent SIGTERM itself. Returns its pid.
+    /// Lets the daemon outlive this handle and this process: the handle
+    /// sends it SIGUSR1, after which the parent-death signal (SIGUSR2, see
+    /// the module docs) no longer stops it; it serves until it is sent
+    /// SIGTERM itself. Returns its pid.
     pub fn detach(mut self) -> u32 {
         self.detached = true;
         if kill(self.pid, Signal::SIGUSR1).is_ok() {

@@ -57,15 +57,33 @@ fn install_signal_handlers() -> Result<()> {
     );
     // SAFETY: the handler makes one async-signal-safe system call.
     unsafe { sigaction(Signal::SIGUSR1, &detach) }.map_err(std::io::Error::from)?;
+    let orphaned = SigAction::new(
+        SigHandler::Handler(on_parent_death_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    // SAFETY: the handler only stores to an atomic.
+    unsafe { sigaction(Signal::SIGUSR2, &orphaned) }.map_err(std::io::Error::from)?;
     Ok(())
 }
 
-/// SIGUSR1 from `DaemonHandle::detach`: outlive the parent.
+/// Set by SIGUSR1, which `DaemonHandle::detach` sends: outlive the parent.
+static DETACHED: AtomicBool = AtomicBool::new(false);
+/// Set by SIGUSR2, the parent-death signal a daemon of `run` asks for.
+static PARENT_GONE: AtomicBool = AtomicBool::new(false);
+
 extern "C" fn on_detach_signal(_: libc::c_int) {
-    // SAFETY: prctl is a plain system call, async-signal-safe; clearing
-    // the parent-death signal touches no memory of ours.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0) };
+    DETACHED.store(true, Ordering::SeqCst);
 }
+
+extern "C" fn on_parent_death_signal(_: libc::c_int) {
+    PARENT_GONE.store(true, Ordering::SeqCst);
+}
+
+/// How long an orphaned daemon waits for a detach it may have been sent
+/// just before its parent exited (the two signals can reach two threads,
+/// and the handler of the first may run second).
+const ORPHAN_GRACE: Duration = Duration::from_millis(100);
 
 /// How long a worker polls its channels before sleeping.
 const WORKER_SPIN: Duration = Duration::from_micros(50);
@@ -223,7 +241,15 @@ impl Drop for RemoveOnDrop {
 
 fn accept_loop(listener: &UnixListener, shm_dir: &Path, inboxes: &[Arc<Inbox>]) {
     let mut next = 0usize;
+    let mut orphaned_at: Option<Instant> = None;
     while !STOP.load(Ordering::SeqCst) {
+        // A daemon ends with its parent, unless it was detached.
+        if PARENT_GONE.load(Ordering::SeqCst) && !DETACHED.load(Ordering::SeqCst) {
+            let since = *orphaned_at.get_or_insert_with(Instant::now);
+            if since.elapsed() >= ORPHAN_GRACE {
+                break;
+            }
+        }
         match listener.accept() {
             Ok((stream, _)) => {
                 let k = next % inboxes.len();
@@ -238,8 +264,9 @@ fn accept_loop(listener: &UnixListener, shm_dir: &Path, inboxes: &[Arc<Inbox>]) 
                     events: libc::POLLIN,
                     revents: 0,
                 }];
+                let wait_ms = if orphaned_at.is_some() { 10 } else { 200 };
                 // SAFETY: one valid pollfd for the duration of the call.
-                unsafe { libc::poll(fds.as_mut_ptr(), 1, 200) };
+                unsafe { libc::poll(fds.as_mut_ptr(), 1, wait_ms) };
             }
             Err(e) => {
                 tracing::debug!("accept failed: {e}");
