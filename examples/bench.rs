@@ -14,7 +14,7 @@ mod service_daemon;
 
 #[path = "support/measure.rs"]
 mod measure;
-use measure::{percentile, pin_process};
+use measure::{flag_value, percentile, pin_process};
 
 use metabridge_shm::{Channel, ChannelConfig};
 use service_daemon::ServiceClient;
@@ -200,17 +200,8 @@ fn main() -> metabridge::Result<()> {
         echo_child(name, len.parse().unwrap());
     }
     let args: Vec<String> = std::env::args().collect();
-    let pin = args
-        .iter()
-        .position(|a| a == "--pin")
-        .and_then(|i| args.get(i + 1))
-        .cloned();
-    let value = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let value = |flag: &str| flag_value(&args, flag);
+    let pin = value("--pin");
     let s = Settings {
         quick: args.iter().any(|a| a == "--quick"),
         json: args.iter().any(|a| a == "--json"),

@@ -21,7 +21,7 @@ mod service_daemon;
 
 #[path = "support/measure.rs"]
 mod measure;
-use measure::{percentile, pin_process};
+use measure::{flag_value, percentile, pin_process};
 
 use plotters::element::DashedPathElement;
 use plotters::prelude::*;
@@ -602,12 +602,7 @@ fn clients_table(points: &[ClientsPoint]) -> String {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let value = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let value = |flag: &str| flag_value(&args, flag);
     let s = Settings {
         quick: args.iter().any(|a| a == "--quick"),
         pin: value("--pin"),

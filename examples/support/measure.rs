@@ -24,3 +24,11 @@ pub fn percentile(sorted: &[u64], p: f64) -> u64 {
     }
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
+
+/// The argument after `flag` on the command line, if any.
+pub fn flag_value(args: &[String], flag: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}

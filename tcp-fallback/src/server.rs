@@ -470,33 +470,20 @@ impl Connection {
             } else {
                 Polled::Nothing
             };
-            match polled {
-                Polled::Frame => {}
+            let read = match polled {
+                Polled::Frame => Ok(Ok(())),
                 Polled::Closed => return Close::PeerClosed,
                 Polled::Failed(e) => return Close::Io(e),
                 Polled::Partial {
                     head,
                     got_head,
                     body,
-                } => {
-                    match timeout(
-                        config.read_timeout,
-                        self.finish_request(head, got_head, body, &mut buf),
-                    )
-                    .await
-                    {
-                        Err(_) => return Close::ReadTimeout,
-                        Ok(Ok(())) => {}
-                        Ok(Err(FrameError::Closed)) => return Close::PeerClosed,
-                        Ok(Err(FrameError::Io(e))) => return Close::Io(e),
-                        Ok(Err(FrameError::TooLarge { declared, max })) => {
-                            debug!(peer = %self.peer, declared, max, "request frame too large");
-                            let response = self.handler.frame_too_large(declared, max);
-                            self.close_after_error_response(&response).await;
-                            return Close::TooLarge;
-                        }
-                    }
-                }
+                } => timeout(
+                    config.read_timeout,
+                    self.finish_request(head, got_head, body, &mut buf),
+                )
+                .await
+                .map_err(|_| ()),
                 Polled::Nothing => {
                     // Wait for the first byte of the next request (or a
                     // buffered, pipelined one), bounded by the idle timeout,
@@ -514,23 +501,25 @@ impl Connection {
                         return Close::PeerClosed;
                     }
 
-                    match timeout(
+                    timeout(
                         config.read_timeout,
                         read_frame(&mut self.stream, config.max_frame, &mut buf),
                     )
                     .await
-                    {
-                        Err(_) => return Close::ReadTimeout,
-                        Ok(Ok(())) => {}
-                        Ok(Err(FrameError::Closed)) => return Close::PeerClosed,
-                        Ok(Err(FrameError::Io(e))) => return Close::Io(e),
-                        Ok(Err(FrameError::TooLarge { declared, max })) => {
-                            debug!(peer = %self.peer, declared, max, "request frame too large");
-                            let response = self.handler.frame_too_large(declared, max);
-                            self.close_after_error_response(&response).await;
-                            return Close::TooLarge;
-                        }
-                    }
+                    .map_err(|_| ())
+                }
+            };
+            // One outcome for both ways of reading the request.
+            match read {
+                Err(()) => return Close::ReadTimeout,
+                Ok(Ok(())) => {}
+                Ok(Err(FrameError::Closed)) => return Close::PeerClosed,
+                Ok(Err(FrameError::Io(e))) => return Close::Io(e),
+                Ok(Err(FrameError::TooLarge { declared, max })) => {
+                    debug!(peer = %self.peer, declared, max, "request frame too large");
+                    let response = self.handler.frame_too_large(declared, max);
+                    self.close_after_error_response(&response).await;
+                    return Close::TooLarge;
                 }
             }
 
