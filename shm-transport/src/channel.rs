@@ -18,6 +18,7 @@ use crate::segment::Segment;
 use crate::wait::{self, Limit, Peer, Step, WaitPolicy, WaitSettings};
 use std::io;
 use std::ops::Deref;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -153,9 +154,46 @@ impl Channel {
 
     /// Opens the segment `name` made by another side's `create` and takes
     /// its second side.
+    ///
+    /// A named segment is a plain file: a process that can open it can also
+    /// truncate it, and our next access to the lost pages raises SIGBUS.
+    /// Use named channels only between processes that trust each other;
+    /// [`create_memfd`](Self::create_memfd) has no such hole.
     pub fn open(name: &str, config: &ChannelConfig) -> Result<Channel> {
         let segment = Segment::open(&config.dir, name)?;
         Ok(Self::from_segment(segment, name, config))
+    }
+
+    /// Creates an anonymous channel: its segment is a memfd, its pages
+    /// reserved (a lack of memory is [`Error::NoSpace`] now, not a SIGBUS
+    /// later) and sealed against any change of size. Send the returned
+    /// descriptor to the peer (over a Unix socket with `SCM_RIGHTS`), which
+    /// takes the other side with [`from_fd`](Self::from_fd); then close it.
+    /// `config.dir` is not used.
+    ///
+    /// ```
+    /// use metabridge_shm::{Channel, ChannelConfig};
+    /// use std::os::fd::AsFd;
+    /// let config = ChannelConfig { capacity: 4096, ..Default::default() };
+    /// let (mut a, fd) = Channel::create_memfd(&config).unwrap();
+    /// let mut b = Channel::from_fd(fd.as_fd(), &config).unwrap(); // usually another process
+    /// drop(fd);
+    /// a.send(b"ping").unwrap();
+    /// assert_eq!(&*b.recv().unwrap(), b"ping");
+    /// ```
+    pub fn create_memfd(config: &ChannelConfig) -> Result<(Channel, OwnedFd)> {
+        let (segment, fd) = Segment::create_memfd([config.capacity, config.capacity])?;
+        Ok((Self::from_segment(segment, "memfd", config), fd))
+    }
+
+    /// Takes the second side of an anonymous channel from the descriptor
+    /// its creator sent. The descriptor must be a memfd sealed against
+    /// resizing ([`Error::Unsealed`] otherwise: the creator could truncate
+    /// it and crash us) whose header validates. The descriptor may be
+    /// closed afterwards.
+    pub fn from_fd(fd: BorrowedFd<'_>, config: &ChannelConfig) -> Result<Channel> {
+        let segment = Segment::open_fd(fd, "a channel segment sent by the peer")?;
+        Ok(Self::from_segment(segment, "memfd", config))
     }
 
     fn from_segment(segment: Segment, name: &str, config: &ChannelConfig) -> Channel {
@@ -374,18 +412,18 @@ impl Sender {
         };
         let mut writer = match &reserved {
             Some(r) => FrameWriter {
-                // SAFETY: the reservation is free space of the ring, owned
-                // by us (the single producer) until `commit` publishes it;
-                // `max` payload bytes after the header fit (try_reserve
-                // checked the frame against the ring's free space).
-                room: unsafe { self.ring.mem.slice_mut(r.offset + FRAME_HEADER, max) },
+                room: self.ring.mem.pointer(r.offset + FRAME_HEADER, max),
+                room_len: max,
                 len: 0,
                 spill: None,
+                _ring: std::marker::PhantomData,
             },
             None => FrameWriter {
-                room: &mut [],
+                room: std::ptr::NonNull::dangling(),
+                room_len: 0,
                 len: 0,
                 spill: Some(Vec::new()),
+                _ring: std::marker::PhantomData,
             },
         };
         let out = encode(&mut writer);
@@ -447,10 +485,29 @@ impl Drop for Sender {
 }
 
 /// An [`io::Write`] into the free space of a ring; see [`Sender::send_with`].
+///
+/// It holds a raw pointer, never a `&mut [u8]`: the ring is shared memory
+/// that a misbehaving peer could write at any time, and a Rust reference
+/// would promise that nobody does. Bytes are only ever copied in.
 pub struct FrameWriter<'a> {
-    room: &'a mut [u8],
+    room: std::ptr::NonNull<u8>,
+    room_len: usize,
     len: usize,
     spill: Option<Vec<u8>>,
+    _ring: std::marker::PhantomData<&'a mut Sender>,
+}
+
+impl FrameWriter<'_> {
+    /// Moves what was written so far into a heap buffer that takes the rest.
+    fn spill(&mut self, extra: usize) -> &mut Vec<u8> {
+        let mut spill = Vec::with_capacity((self.len + extra) * 2);
+        spill.resize(self.len, 0);
+        // SAFETY: `room..room+len` is inside the reserved free space (we
+        // wrote it), owned by this producer until published; the copy goes
+        // into our own buffer.
+        unsafe { std::ptr::copy_nonoverlapping(self.room.as_ptr(), spill.as_mut_ptr(), self.len) };
+        self.spill.insert(spill)
+    }
 }
 
 impl io::Write for FrameWriter<'_> {
@@ -461,14 +518,20 @@ impl io::Write for FrameWriter<'_> {
             return Ok(buf.len());
         }
         let end = self.len + buf.len();
-        if end <= self.room.len() {
-            self.room[self.len..end].copy_from_slice(buf);
+        if end <= self.room_len {
+            // SAFETY: `room + len .. room + end` lies in the reservation
+            // (end <= room_len, checked), which only this producer writes
+            // until it is published; `buf` is our own memory.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    buf.as_ptr(),
+                    self.room.as_ptr().add(self.len),
+                    buf.len(),
+                )
+            };
             self.len = end;
         } else {
-            let mut spill = Vec::with_capacity(end * 2);
-            spill.extend_from_slice(&self.room[..self.len]);
-            spill.extend_from_slice(buf);
-            self.spill = Some(spill);
+            self.spill(buf.len()).extend_from_slice(buf);
         }
         Ok(buf.len())
     }
@@ -560,10 +623,15 @@ impl Receiver {
                 }
             };
             if !self.partial && frame.flags & FLAG_MORE == 0 {
-                return Ok(Some(Message {
-                    rx: self,
-                    frame: Some(frame),
-                }));
+                // A private copy, and the frame released at once: the peer
+                // can write the ring at any time, so nothing we decode may
+                // point into it (a UTF-8-checked string could change under
+                // us). The copy of a small request costs a few nanoseconds.
+                self.assembly.clear();
+                self.assembly.resize(frame.len, 0);
+                self.ring.mem.read(frame.offset, &mut self.assembly);
+                self.ring.release(frame.end);
+                return Ok(Some(Message { rx: self }));
             }
             // One frame of a message of several: from here on the rest of
             // the message shares one deadline.
@@ -600,10 +668,7 @@ impl Receiver {
                         max: self.shared.max_message,
                     });
                 }
-                return Ok(Some(Message {
-                    rx: self,
-                    frame: None,
-                }));
+                return Ok(Some(Message { rx: self }));
             }
         }
     }
@@ -615,47 +680,38 @@ impl Drop for Receiver {
     }
 }
 
-/// A received message: the bytes in place in the ring (for a message of
-/// one frame) or in the receiver's reassembly buffer. Dropping it gives
-/// the ring space back to the sender.
+/// A received message, in the receiver's private buffer (never in the
+/// shared ring, which the peer could rewrite while we read). The buffer is
+/// reused for the next message; one over [`KEEP_BUFFER`] bytes is freed
+/// when the message drops.
 pub struct Message<'a> {
     rx: &'a mut Receiver,
-    /// The frame read in place, or `None` for a reassembled message.
-    frame: Option<FrameRef>,
 }
+
+/// Largest receive buffer a channel keeps between messages (1 MiB): a
+/// large message does not pin its memory for the channel's life.
+pub const KEEP_BUFFER: usize = 1 << 20;
 
 impl Deref for Message<'_> {
     type Target = [u8];
 
     #[inline]
     fn deref(&self) -> &[u8] {
-        match &self.frame {
-            // SAFETY: the frame was validated against the published range by
-            // `try_peek` and is not released until this Message drops, so
-            // the producer does not write these bytes while we read them.
-            Some(f) => unsafe { self.rx.ring.mem.slice(f.offset, f.len) },
-            None => &self.rx.assembly,
-        }
+        &self.rx.assembly
     }
 }
 
 impl Drop for Message<'_> {
     #[inline]
     fn drop(&mut self) {
-        match self.frame {
-            Some(f) => self.rx.ring.release(f.end),
-            // Do not keep a huge buffer alive for the channel's whole life.
-            None if self.rx.assembly.capacity() > 64 << 20 => self.rx.assembly = Vec::new(),
-            None => {}
+        if self.rx.assembly.capacity() > KEEP_BUFFER {
+            self.rx.assembly = Vec::new();
         }
     }
 }
 
 impl std::fmt::Debug for Message<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Message")
-            .field("len", &self.len())
-            .field("in_place", &self.frame.is_some())
-            .finish()
+        f.debug_struct("Message").field("len", &self.len()).finish()
     }
 }

@@ -13,14 +13,19 @@
 //! A busy worker never sleeps, so its clients never ring: the bell costs a
 //! syscall only when a request finds the worker asleep.
 //!
-//! A doorbell set is a small segment file of its own (`metabridge.<name>`,
-//! mode 0600) that a service creates and its clients open by name.
+//! A doorbell set is a small segment of its own that a service creates:
+//! either anonymous, a sealed memfd handed to each client over the control
+//! socket ([`DoorbellSet::create_memfd`], [`DoorbellSet::from_fd`]; what the
+//! runtime uses, since a client can then never truncate it under the
+//! service), or a named file (`metabridge.<name>`, mode 0600) opened by
+//! name, for processes that trust each other.
 
 use crate::error::{Error, Result};
 use crate::liveness::ProcessIdentity;
 use crate::segment::{segment_path, validate_name};
 use memmap2::{MmapOptions, MmapRaw};
 use std::fs::{self, OpenOptions};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,14 +46,18 @@ pub const MAX_BELLS: usize = 1024;
 
 struct Mapping {
     map: MmapRaw,
-    path: PathBuf,
+    /// The file of a named set, removed by its owner on drop.
+    path: Option<PathBuf>,
     owner: bool,
+    /// The sealed memfd of an anonymous set, kept by its creator to hand
+    /// to each client.
+    fd: Option<OwnedFd>,
 }
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        if self.owner {
-            let _ = fs::remove_file(&self.path);
+        if let (true, Some(path)) = (self.owner, &self.path) {
+            let _ = fs::remove_file(path);
         }
     }
 }
@@ -108,13 +117,83 @@ impl DoorbellSet {
             Err(e) => return Err(e.into()),
         };
         let len = BELLS_OFFSET + count * BELL_STRIDE;
-        file.set_len(len as u64)?;
-        let map = MmapOptions::new().len(len).map_raw(&file)?;
+        let built = (|| -> Result<MmapRaw> {
+            file.set_len(len as u64)?;
+            crate::platform::reserve(&file, len, &path.display().to_string(), Some(dir))?;
+            Ok(MmapOptions::new().len(len).map_raw(&file)?)
+        })();
+        let map = match built {
+            Ok(map) => map,
+            Err(e) => {
+                let _ = fs::remove_file(&path);
+                return Err(e);
+            }
+        };
         let inner = Arc::new(Mapping {
             map,
-            path,
+            path: Some(path),
             owner: true,
+            fd: None,
         });
+        Ok(Self::init(inner, count))
+    }
+
+    /// Creates an anonymous set of `count` doorbells: a sealed memfd,
+    /// handed to clients with [`fd`](Self::fd) over a Unix socket.
+    ///
+    /// ```
+    /// use metabridge_shm::DoorbellSet;
+    /// let bells = DoorbellSet::create_memfd(2).unwrap();
+    /// let remote = DoorbellSet::from_fd(bells.fd().unwrap()).unwrap(); // usually another process
+    /// let seen = bells.bell(0).unwrap().count();
+    /// remote.bell(0).unwrap().ring();
+    /// assert_ne!(bells.bell(0).unwrap().count(), seen);
+    /// ```
+    pub fn create_memfd(count: usize) -> Result<DoorbellSet> {
+        if count == 0 || count > MAX_BELLS {
+            return Err(Error::Config(format!(
+                "doorbell count {count} not in 1..={MAX_BELLS}"
+            )));
+        }
+        let len = BELLS_OFFSET + count * BELL_STRIDE;
+        let fd = crate::platform::sealed_memfd(c"metabridge-doorbells", len, "a doorbell set")?;
+        let map = MmapOptions::new().len(len).map_raw(fd.as_raw_fd())?;
+        let inner = Arc::new(Mapping {
+            map,
+            path: None,
+            owner: true,
+            fd: Some(fd),
+        });
+        Ok(Self::init(inner, count))
+    }
+
+    /// The descriptor of an anonymous set (see [`create_memfd`](Self::create_memfd)).
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.inner.fd.as_ref().map(|fd| fd.as_fd())
+    }
+
+    /// Maps an anonymous set from the descriptor its creator sent, after
+    /// checking it is sealed against resizing (so the creator cannot make
+    /// our accesses fault) and validating its header.
+    pub fn from_fd(fd: BorrowedFd<'_>) -> Result<DoorbellSet> {
+        let what = "the doorbell set";
+        let len = crate::platform::check_sealed(fd, BELLS_OFFSET as u64, what)?;
+        let map_len = (len as usize).min(BELLS_OFFSET + MAX_BELLS * BELL_STRIDE);
+        let map = MmapOptions::new().len(map_len).map_raw(fd.as_raw_fd())?;
+        let set = DoorbellSet {
+            inner: Arc::new(Mapping {
+                map,
+                path: None,
+                owner: false,
+                fd: None,
+            }),
+            count: 0,
+        };
+        set.validate(what, map_len as u64)
+    }
+
+    /// Writes a new set's header, the magic last.
+    fn init(inner: Arc<Mapping>, count: usize) -> DoorbellSet {
         let me = ProcessIdentity::current();
         let set = DoorbellSet { inner, count };
         set.word_at(8)
@@ -123,9 +202,9 @@ impl DoorbellSet {
             .store(me.pid as u64, Ordering::Relaxed);
         set.word_at(OWNER_START_OFFSET)
             .store(me.start_time, Ordering::Relaxed);
-        // Release: pairs with the Acquire load in `open`.
+        // Release: pairs with the Acquire load in `validate`.
         set.word_at(0).store(MAGIC, Ordering::Release);
-        Ok(set)
+        set
     }
 
     /// Opens the doorbell set `name` in `dir`, validating its header.
@@ -145,15 +224,22 @@ impl DoorbellSet {
         let set = DoorbellSet {
             inner: Arc::new(Mapping {
                 map,
-                path,
+                path: Some(path),
                 owner: false,
+                fd: None,
             }),
             count: 0,
         };
-        if set.word_at(0).load(Ordering::Acquire) != MAGIC {
+        set.validate(name, len)
+    }
+
+    /// Checks the header of a set someone else wrote (`len` bytes mapped).
+    fn validate(self, name: &str, len: u64) -> Result<DoorbellSet> {
+        // Acquire: pairs with the Release store of the magic in `init`.
+        if self.word_at(0).load(Ordering::Acquire) != MAGIC {
             return Err(Error::BadMagic { name: name.into() });
         }
-        let meta = set.word_at(8).load(Ordering::Relaxed);
+        let meta = self.word_at(8).load(Ordering::Relaxed);
         if meta & 0xffff_ffff != VERSION {
             return Err(Error::VersionMismatch {
                 name: name.into(),
@@ -162,12 +248,12 @@ impl DoorbellSet {
             });
         }
         let count = (meta >> 32) as usize;
-        let needed = (BELLS_OFFSET + count * BELL_STRIDE) as u64;
         if count == 0 || count > MAX_BELLS {
             return Err(Error::Corrupt(format!(
                 "doorbell set {name:?} claims {count} bells"
             )));
         }
+        let needed = (BELLS_OFFSET + count * BELL_STRIDE) as u64;
         if len < needed {
             return Err(Error::Truncated {
                 name: name.into(),
@@ -175,7 +261,7 @@ impl DoorbellSet {
                 needed,
             });
         }
-        Ok(DoorbellSet { count, ..set })
+        Ok(DoorbellSet { count, ..self })
     }
 
     fn word_at(&self, offset: usize) -> &AtomicU64 {

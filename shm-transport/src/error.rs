@@ -72,6 +72,28 @@ pub enum Error {
         /// The configured bound.
         max: u64,
     },
+    /// Not enough memory or space to reserve a segment's pages: it was not
+    /// created (rather than failing later with SIGBUS on first touch).
+    #[error("no space to reserve {needed} bytes for {what}{}", match available {
+        Some(a) => format!(" ({a} bytes left)"),
+        None => String::new(),
+    })]
+    NoSpace {
+        /// The segment (its path, or what it is for).
+        what: String,
+        /// Bytes it needed.
+        needed: u64,
+        /// Bytes left in its filesystem, where known.
+        available: Option<u64>,
+    },
+    /// A peer handed us shared memory that could still change size (not a
+    /// memfd sealed against shrinking and growing): mapping it would let
+    /// the peer crash us with SIGBUS, so it is refused.
+    #[error("{what} is not sealed against resizing (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL); refused")]
+    Unsealed {
+        /// What the memory was for.
+        what: String,
+    },
     /// An invalid configuration value.
     #[error("invalid configuration: {0}")]
     Config(String),

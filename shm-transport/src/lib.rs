@@ -6,9 +6,12 @@
 //! there is nothing to do. This crate knows bytes, segments, rings and
 //! waiting; it knows nothing of RPC.
 //!
-//! - [`Channel`]: create or open a duplex channel by name; `send`,
-//!   `send_with` (encode in place), `recv` (a [`Message`] that borrows the
-//!   frame in place), `try_recv`, `recv_timeout`.
+//! - [`Channel`]: create a duplex channel as a sealed memfd handed to the
+//!   peer by descriptor (`create_memfd` / `from_fd`: the peer can never
+//!   resize it under us), or by name between trusting processes; `send`,
+//!   `send_with` (encode straight into the ring), `recv` (a [`Message`]
+//!   copied out of the ring: nothing we read points into memory the peer
+//!   can still write), `try_recv`, `recv_timeout`.
 //! - [`WaitPolicy`]: from pure busy-poll to pure sleep; the default spins
 //!   only while the peer runs on another CPU.
 //! - [`DoorbellSet`]: one futex word on which a server sleeps for all its
@@ -47,6 +50,8 @@ mod doorbell;
 #[cfg(not(loom))]
 mod liveness;
 #[cfg(not(loom))]
+mod platform;
+#[cfg(not(loom))]
 mod segment;
 
 #[cfg(all(test, loom))]
@@ -57,7 +62,9 @@ pub use ring::{frame_len, max_frame_payload, FRAME_HEADER};
 pub use wait::{current_cpu, WaitPolicy};
 
 #[cfg(not(loom))]
-pub use channel::{default_dir, Channel, ChannelConfig, FrameWriter, Message, Receiver, Sender};
+pub use channel::{
+    default_dir, Channel, ChannelConfig, FrameWriter, Message, Receiver, Sender, KEEP_BUFFER,
+};
 #[cfg(not(loom))]
 pub use doorbell::{Doorbell, DoorbellSet, MAX_BELLS};
 #[cfg(not(loom))]

@@ -27,9 +27,24 @@ struct ProcStat {
     start_time: u64,
 }
 
-fn read_stat(pid: u32) -> Option<ProcStat> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&text)
+/// What reading a process's stat file told us.
+enum StatRead {
+    Found(ProcStat),
+    /// The kernel says there is no such process (ENOENT, ESRCH).
+    NoSuchProcess,
+    /// We could not tell: out of file descriptors, memory, permissions, or
+    /// an unreadable file. Never a reason to call a process dead.
+    Unknown,
+}
+
+fn read_stat(pid: u32) -> StatRead {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(text) => parse_stat(&text).map_or(StatRead::Unknown, StatRead::Found),
+        Err(e) => match e.raw_os_error() {
+            Some(libc::ENOENT) | Some(libc::ESRCH) => StatRead::NoSuchProcess,
+            _ => StatRead::Unknown,
+        },
+    }
 }
 
 /// Parses the fields we need. The command name (field 2) may itself contain
@@ -47,33 +62,54 @@ impl ProcessIdentity {
     /// The calling process.
     pub fn current() -> ProcessIdentity {
         let pid = std::process::id();
-        let start_time = read_stat(pid).map(|s| s.start_time).unwrap_or(0);
+        let start_time = match read_stat(pid) {
+            StatRead::Found(s) => s.start_time,
+            _ => 0,
+        };
         ProcessIdentity { pid, start_time }
     }
 
-    /// The process with this pid now, if any.
+    /// The process with this pid now, if any (`None` also when it cannot
+    /// be read).
     pub fn of_pid(pid: u32) -> Option<ProcessIdentity> {
-        read_stat(pid).map(|s| ProcessIdentity {
-            pid,
-            start_time: s.start_time,
-        })
+        match read_stat(pid) {
+            StatRead::Found(s) => Some(ProcessIdentity {
+                pid,
+                start_time: s.start_time,
+            }),
+            _ => None,
+        }
     }
 
-    /// True while this very process exists and has not exited.
+    /// False only when this process is known to be gone: the kernel has no
+    /// such pid (ESRCH, ENOENT), it is a zombie, or the pid now belongs to
+    /// another process (its start time differs).
     ///
-    /// A zombie (exited, not yet reaped by its parent) counts as dead: it
-    /// will never answer again. A pid now used by another process counts
-    /// as dead too, because its start time differs.
+    /// Anything we cannot read (no file descriptors left, say) counts as
+    /// alive: calling a live service dead would make us delete its registry
+    /// entry or drop its channels, while calling a dead one alive only
+    /// delays noticing until the next check.
     pub fn is_alive(&self) -> bool {
-        if self.pid == 0 {
+        if self.pid == 0 || self.pid > i32::MAX as u32 {
+            return false;
+        }
+        // Signal 0 checks existence without a file descriptor.
+        let pid = nix::unistd::Pid::from_raw(self.pid as i32);
+        if nix::sys::signal::kill(pid, None) == Err(nix::errno::Errno::ESRCH) {
             return false;
         }
         match read_stat(self.pid) {
-            Some(stat) => {
+            StatRead::Found(stat) => {
                 stat.start_time == self.start_time && stat.state != b'Z' && stat.state != b'X'
             }
-            None => false,
+            StatRead::NoSuchProcess => false,
+            StatRead::Unknown => true,
         }
+    }
+
+    /// True when this process is known to be gone; see [`is_alive`](Self::is_alive).
+    pub fn is_dead(&self) -> bool {
+        !self.is_alive()
     }
 }
 

@@ -94,8 +94,11 @@ mod raw {
         pub(crate) fn read(&self, offset: usize, dst: &mut [u8]) {
             self.check(offset, dst.len());
             // SAFETY: source in bounds (checked), destination is our own
-            // buffer; the source lies in a published frame that the
-            // producer does not write until we release it.
+            // buffer. The source is a published frame, which a correct
+            // producer does not write until we release it; a misbehaving
+            // one can only change which bytes we copy, since no reference
+            // to the shared bytes is ever made (raw bytes have no invalid
+            // values, and the copy is validated afterwards as untrusted).
             unsafe {
                 std::ptr::copy_nonoverlapping(
                     self.base.as_ptr().add(offset),
@@ -105,32 +108,15 @@ mod raw {
             }
         }
 
-        /// The bytes of a published frame, in place.
-        ///
-        /// # Safety
-        /// The range must be a published, unreleased frame: the producer
-        /// does not write it until the consumer releases it, which happens
-        /// only after the returned borrow ends.
+        /// A pointer to `len` bytes of free space at `offset`, for a
+        /// producer to copy a frame into (never a reference: the peer
+        /// process can write this memory too).
         #[inline]
-        pub(crate) unsafe fn slice(&self, offset: usize, len: usize) -> &[u8] {
+        pub(crate) fn pointer(&self, offset: usize, len: usize) -> NonNull<u8> {
             self.check(offset, len);
-            // SAFETY: in bounds (checked); the caller guarantees no writer
-            // for the life of the borrow (a hostile peer could break that,
-            // which changes the bytes we see but never where we read).
-            unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(offset), len) }
-        }
-
-        /// Free space of the ring, to encode a frame in place.
-        ///
-        /// # Safety
-        /// The range must be free space owned by the (single) producer and
-        /// not yet published; the consumer does not read it until then.
-        #[inline]
-        #[allow(clippy::mut_from_ref)]
-        pub(crate) unsafe fn slice_mut(&self, offset: usize, len: usize) -> &mut [u8] {
-            self.check(offset, len);
-            // SAFETY: in bounds; exclusive by the caller's guarantee.
-            unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(offset), len) }
+            // SAFETY: `offset` is in bounds (checked), so the result points
+            // inside the area and is not null.
+            unsafe { NonNull::new_unchecked(self.base.as_ptr().add(offset)) }
         }
     }
 }

@@ -25,9 +25,10 @@ use crossbeam_utils::CachePadded;
 use memmap2::{MmapOptions, MmapRaw};
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 /// "MBRIDGE1" read as a little-endian u64.
@@ -62,12 +63,16 @@ pub(crate) struct SideInfo {
 
 /// The header at offset 0 of a segment.
 #[repr(C)]
+///
+/// Every field is an atomic: the peer process can write any of them at any
+/// time, and a plain field read while another process writes it would be a
+/// data race (undefined behaviour). Each is loaded once and validated.
 pub(crate) struct SegmentHeader {
     pub(crate) magic: AtomicU64,
-    pub(crate) version: u32,
-    pub(crate) header_len: u32,
-    pub(crate) capacity: [u64; 2],
-    pub(crate) total_len: u64,
+    pub(crate) version: AtomicU32,
+    pub(crate) header_len: AtomicU32,
+    pub(crate) capacity: [AtomicU64; 2],
+    pub(crate) total_len: AtomicU64,
     pub(crate) sides: [CachePadded<SideInfo>; 2],
 }
 
@@ -92,6 +97,17 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
     }
 }
 
+fn check_capacities(capacity: [usize; 2]) -> Result<()> {
+    for c in capacity {
+        if !c.is_power_of_two() || !(MIN_CAPACITY..=MAX_CAPACITY).contains(&c) {
+            return Err(Error::Config(format!(
+                "ring capacity {c} must be a power of two in [{MIN_CAPACITY}, {MAX_CAPACITY}]"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The path of segment `name` in `dir`.
 pub fn segment_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{FILE_PREFIX}{name}"))
@@ -102,7 +118,8 @@ pub(crate) struct Segment {
     map: MmapRaw,
     /// Which side we are: 0 created it, 1 opened it.
     pub(crate) side: usize,
-    path: PathBuf,
+    /// The file of a named segment (`None` for a memfd, which has no name).
+    path: Option<PathBuf>,
     /// Ring capacities as written (creator) or validated (opener); never
     /// re-read from the shared header, where the peer could change them.
     capacity: [usize; 2],
@@ -119,13 +136,7 @@ impl Segment {
     /// Creates segment `name` with the given ring capacities.
     pub(crate) fn create(dir: &Path, name: &str, capacity: [usize; 2]) -> Result<Segment> {
         validate_name(name)?;
-        for c in capacity {
-            if !c.is_power_of_two() || !(MIN_CAPACITY..=MAX_CAPACITY).contains(&c) {
-                return Err(Error::Config(format!(
-                    "ring capacity {c} must be a power of two in [{MIN_CAPACITY}, {MAX_CAPACITY}]"
-                )));
-            }
-        }
+        check_capacities(capacity)?;
         let path = segment_path(dir, name);
         let total = HEADER_LEN + capacity[0] + capacity[1];
         let file = match create_exclusive(&path) {
@@ -139,38 +150,105 @@ impl Segment {
         };
         let built = (|| -> Result<Segment> {
             file.set_len(total as u64)?;
+            crate::platform::reserve(&file, total, &path.display().to_string(), Some(dir))?;
             let map = MmapOptions::new().len(total).map_raw(&file)?;
             let seg = Segment {
                 map,
                 side: 0,
-                path: path.clone(),
+                path: Some(path.clone()),
                 capacity,
             };
-            let me = ProcessIdentity::current();
-            let h = seg.header_ptr();
-            // SAFETY: the file is new, zero-filled and mapped by us alone
-            // (its magic is not written yet, so no opener uses it); the
-            // header lies inside the mapping (HEADER_LEN <= total) and is
-            // aligned (mappings are page-aligned).
-            unsafe {
-                (*h).version = LAYOUT_VERSION;
-                (*h).header_len = HEADER_LEN as u32;
-                (*h).capacity = [capacity[0] as u64, capacity[1] as u64];
-                (*h).total_len = total as u64;
-            }
-            let side = &seg.header().sides[0];
-            side.claimed.store(1, Ordering::Relaxed);
-            side.start_time.store(me.start_time, Ordering::Relaxed);
-            side.pid.store(me.pid as u64, Ordering::Relaxed);
-            // Release: pairs with the Acquire load of the magic in `open`;
-            // the header fields above are visible to whoever sees it.
-            seg.header().magic.store(MAGIC, Ordering::Release);
+            seg.write_header(capacity, total);
             Ok(seg)
         })();
         if built.is_err() {
             let _ = fs::remove_file(&path);
         }
         built
+    }
+
+    /// Creates an anonymous segment: a sealed memfd (see
+    /// [`platform`](crate::platform)), returned with its descriptor, which
+    /// the caller hands to the peer (over a Unix socket) and then closes.
+    pub(crate) fn create_memfd(capacity: [usize; 2]) -> Result<(Segment, OwnedFd)> {
+        check_capacities(capacity)?;
+        let total = HEADER_LEN + capacity[0] + capacity[1];
+        let fd = crate::platform::sealed_memfd(c"metabridge-channel", total, "a channel segment")?;
+        let map = MmapOptions::new().len(total).map_raw(fd.as_raw_fd())?;
+        let seg = Segment {
+            map,
+            side: 0,
+            path: None,
+            capacity,
+        };
+        seg.write_header(capacity, total);
+        Ok((seg, fd))
+    }
+
+    /// Opens an anonymous segment from the descriptor its creator sent,
+    /// after checking it is sealed against resizing, and takes its second
+    /// side. `what` names it in errors.
+    pub(crate) fn open_fd(fd: BorrowedFd<'_>, what: &str) -> Result<Segment> {
+        let len = crate::platform::check_sealed(fd, HEADER_LEN as u64, what)?;
+        // Sealed: the length can no longer change, so the checks below
+        // hold for the life of the mapping.
+        let mut seg = Segment {
+            map: MmapOptions::new().len(HEADER_LEN).map_raw(fd.as_raw_fd())?,
+            side: 1,
+            path: None,
+            capacity: [0; 2],
+        };
+        let (capacity, total) = seg.validate(what)?;
+        if len < total {
+            return Err(Error::Truncated {
+                name: what.into(),
+                len,
+                needed: total,
+            });
+        }
+        seg.map = MmapOptions::new()
+            .len(total as usize)
+            .map_raw(fd.as_raw_fd())?;
+        seg.capacity = capacity;
+        seg.claim(what)?;
+        Ok(seg)
+    }
+
+    /// Writes a new segment's header, the magic last.
+    fn write_header(&self, capacity: [usize; 2], total: usize) {
+        let me = ProcessIdentity::current();
+        let h = self.header();
+        // Relaxed: published by the Release store of the magic below.
+        h.version.store(LAYOUT_VERSION, Ordering::Relaxed);
+        h.header_len.store(HEADER_LEN as u32, Ordering::Relaxed);
+        h.capacity[0].store(capacity[0] as u64, Ordering::Relaxed);
+        h.capacity[1].store(capacity[1] as u64, Ordering::Relaxed);
+        h.total_len.store(total as u64, Ordering::Relaxed);
+        let side = &h.sides[0];
+        side.claimed.store(1, Ordering::Relaxed);
+        side.start_time.store(me.start_time, Ordering::Relaxed);
+        side.pid.store(me.pid as u64, Ordering::Relaxed);
+        // Release: pairs with the Acquire load of the magic in `validate`;
+        // the header fields above are visible to whoever sees it.
+        h.magic.store(MAGIC, Ordering::Release);
+    }
+
+    /// Takes the second side of a validated segment.
+    fn claim(&self, name: &str) -> Result<()> {
+        let side = &self.header().sides[1];
+        if side
+            .claimed
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return Err(Error::AlreadyAttached { name: name.into() });
+        }
+        let me = ProcessIdentity::current();
+        side.start_time.store(me.start_time, Ordering::Relaxed);
+        // Release: a peer that loads our pid (Acquire, in `identity`) sees
+        // our start time too.
+        side.pid.store(me.pid as u64, Ordering::Release);
+        Ok(())
     }
 
     /// Opens segment `name`, validates it and takes its second side.
@@ -190,7 +268,7 @@ impl Segment {
         let mut seg = Segment {
             map,
             side: 1,
-            path,
+            path: Some(path.clone()),
             capacity: [0; 2],
         };
         let (capacity, total) = seg.validate(name)?;
@@ -202,21 +280,9 @@ impl Segment {
             });
         }
         seg.capacity = capacity;
-        let side = &seg.header().sides[1];
-        if side
-            .claimed
-            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed)
-            .is_err()
-        {
-            return Err(Error::AlreadyAttached { name: name.into() });
-        }
-        let me = ProcessIdentity::current();
-        side.start_time.store(me.start_time, Ordering::Relaxed);
-        // Release: a peer that loads our pid (Acquire, in `identity`) sees
-        // our start time too.
-        side.pid.store(me.pid as u64, Ordering::Release);
+        seg.claim(name)?;
         // Both sides hold the mapping now: the name has done its job.
-        let _ = fs::remove_file(&seg.path);
+        let _ = fs::remove_file(&path);
         Ok(seg)
     }
 
@@ -228,19 +294,15 @@ impl Segment {
         if magic != MAGIC {
             return Err(Error::BadMagic { name: name.into() });
         }
-        // SAFETY: the header lies inside the mapping (len >= HEADER_LEN was
-        // checked) and is aligned; volatile reads because the other process
-        // could still (wrongly) be writing these plain fields: we read each
-        // once and validate the copy.
-        let (version, header_len, cap, total) = unsafe {
-            let p = self.header_ptr();
-            (
-                std::ptr::read_volatile(&(*p).version),
-                std::ptr::read_volatile(&(*p).header_len),
-                std::ptr::read_volatile(&(*p).capacity),
-                std::ptr::read_volatile(&(*p).total_len),
-            )
-        };
+        // Relaxed: ordered by the Acquire load of the magic above. Each field
+        // is loaded once; only the loaded copies are validated and used.
+        let version = h.version.load(Ordering::Relaxed);
+        let header_len = h.header_len.load(Ordering::Relaxed);
+        let cap = [
+            h.capacity[0].load(Ordering::Relaxed),
+            h.capacity[1].load(Ordering::Relaxed),
+        ];
+        let total = h.total_len.load(Ordering::Relaxed);
         if version != LAYOUT_VERSION {
             return Err(Error::VersionMismatch {
                 name: name.into(),
@@ -265,17 +327,12 @@ impl Segment {
         Ok(([cap[0] as usize, cap[1] as usize], total))
     }
 
-    fn header_ptr(&self) -> *mut SegmentHeader {
-        self.map.as_mut_ptr() as *mut SegmentHeader
-    }
-
     pub(crate) fn header(&self) -> &SegmentHeader {
         // SAFETY: the mapping is at least HEADER_LEN bytes (checked at
-        // create and open), page-aligned, and lives as long as `self`. We
-        // hand out a shared reference; its fields that change after
-        // creation are atomics, and the plain ones are written only before
-        // the magic is published.
-        unsafe { &*self.header_ptr() }
+        // create and open), page-aligned, and lives as long as `self`; the
+        // header is all atomics, which another process may write
+        // concurrently without a data race.
+        unsafe { &*(self.map.as_mut_ptr() as *const SegmentHeader) }
     }
 
     /// Capacity of ring `i`, as validated.
@@ -323,7 +380,9 @@ impl Drop for Segment {
         // A creator whose segment nobody opened removes the name itself
         // (an opener already removed it otherwise).
         if self.side == 0 && !self.opened() {
-            let _ = fs::remove_file(&self.path);
+            if let Some(path) = &self.path {
+                let _ = fs::remove_file(path);
+            }
         }
     }
 }
@@ -341,7 +400,12 @@ fn create_exclusive(path: &Path) -> io::Result<File> {
 /// creator died before anyone opened it, or it was never finished and is
 /// older than a grace period.
 pub(crate) fn is_stale(path: &Path) -> bool {
-    let Ok(file) = File::open(path) else {
+    // O_NOFOLLOW: a symlink planted in the directory is not followed.
+    let Ok(file) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    else {
         return false;
     };
     let Ok(meta) = file.metadata() else {
@@ -352,46 +416,24 @@ pub(crate) fn is_stale(path: &Path) -> bool {
         .ok()
         .and_then(|m| SystemTime::now().duration_since(m).ok())
         .is_some_and(|age| age >= UNFINISHED_GRACE);
-    if meta.len() < 64 {
-        return old;
-    }
-    // SAFETY: a read-only private view of at least 64 bytes (checked); we
-    // read the first words only through the map's bounds-checked slice.
-    let Ok(map) = (unsafe {
-        MmapOptions::new()
-            .len(64.min(meta.len() as usize))
-            .map(&file)
-    }) else {
-        return false;
-    };
-    let word = |i: usize| u64::from_le_bytes(map[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-    if word(0) != MAGIC && word(0) != crate::doorbell::MAGIC {
-        return old;
-    }
-    let (pid, start) = stale_owner(path, &file, meta.len());
-    match pid {
-        Some(p) => !ProcessIdentity {
-            pid: p,
-            start_time: start,
-        }
-        .is_alive(),
-        None => old,
-    }
-}
-
-/// The creator (pid, start time) of a segment file; its offsets depend on
-/// the kind of segment.
-fn stale_owner(_path: &Path, file: &File, len: u64) -> (Option<u32>, u64) {
+    // Read with pread, never a mapping: the file may be truncated by its
+    // writer while we look (a short read, not a SIGBUS).
     let need = std::mem::size_of::<SegmentHeader>().max(crate::doorbell::HEADER_BYTES);
-    if len < need as u64 {
-        return (None, 0);
+    let mut head = vec![0u8; need];
+    let got = crate::platform::read_at(&file, &mut head, 0).unwrap_or(0);
+    if got < 8 {
+        return old;
     }
-    // SAFETY: a read-only private view of `need` bytes, inside the file.
-    let Ok(map) = (unsafe { MmapOptions::new().len(need).map(file) }) else {
-        return (None, 0);
+    let word = |off: usize| {
+        head.get(off..off + 8)
+            .filter(|_| off + 8 <= got)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
     };
-    let word = |off: usize| u64::from_le_bytes(map[off..off + 8].try_into().unwrap_or([0; 8]));
-    let (pid_off, start_off) = if word(0) == MAGIC {
+    let magic = word(0).unwrap_or(0);
+    if magic != MAGIC && magic != crate::doorbell::MAGIC {
+        return old;
+    }
+    let (pid_off, start_off) = if magic == MAGIC {
         let base = std::mem::offset_of!(SegmentHeader, sides);
         (
             base + std::mem::offset_of!(SideInfo, pid),
@@ -403,11 +445,14 @@ fn stale_owner(_path: &Path, file: &File, len: u64) -> (Option<u32>, u64) {
             crate::doorbell::OWNER_START_OFFSET,
         )
     };
-    let pid = word(pid_off);
-    if pid == 0 || pid > u32::MAX as u64 {
-        return (None, 0);
+    match (word(pid_off), word(start_off)) {
+        (Some(pid), Some(start)) if pid != 0 && pid <= u32::MAX as u64 => ProcessIdentity {
+            pid: pid as u32,
+            start_time: start,
+        }
+        .is_dead(),
+        _ => old,
     }
-    (Some(pid as u32), word(start_off))
 }
 
 /// Removes every segment in `dir` left behind by dead processes; returns

@@ -467,9 +467,34 @@ fn capacities_are_read_once_at_open() {
             break;
         }
     }
+    // How the race falls (how many opens saw a flipped value) depends on
+    // scheduling, so it is reported, not asserted: each open above either
+    // succeeded with the validated capacity or failed as Corrupt. The
+    // deterministic half of the property is the next test.
     println!("opened {opened}, rejected {rejected}");
-    assert!(
-        opened >= 20,
-        "too few successful opens to mean anything: {opened} (rejected {rejected})"
-    );
+}
+
+/// After a successful open, the peer rewriting the capacities in the
+/// header changes nothing: the opener never reads them again.
+#[test]
+fn capacities_rewritten_after_open_are_ignored() {
+    let dir = TestDir::new("toctou-after");
+    let config = dir.config(4096);
+    let name = unique("toctou-after");
+    let mut a = Channel::create(&name, &config).unwrap();
+    let file = open_rw(&dir.segment(&name));
+    // SAFETY: shared mapping of the segment, written atomically only.
+    let map = unsafe { MmapMut::map_mut(&file) }.unwrap();
+    let mut b = Channel::open(&name, &config).unwrap();
+    for at in CAPACITY_AT {
+        // SAFETY: in bounds, 8-aligned; atomic access to shared memory.
+        let cap = unsafe { &*(map.as_ptr().add(at as usize) as *const AtomicU64) };
+        cap.store(1 << 30, Ordering::Relaxed);
+    }
+    assert_eq!(b.halves().0.max_frame(), max_frame_payload(4096));
+    assert_eq!(a.halves().0.max_frame(), max_frame_payload(4096));
+    // And the rings still work within the real 4096 bytes.
+    let message = vec![7u8; 3000];
+    a.send(&message).unwrap();
+    assert_eq!(&*b.recv().unwrap(), &message[..]);
 }

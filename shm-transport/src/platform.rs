@@ -1,0 +1,114 @@
+//! The operating-system calls behind shared memory, in one place.
+//!
+//! Everything else in the crate speaks of segments, rings and bells; this
+//! module speaks of file descriptors: sealed memfds, reserving their pages,
+//! checking what a peer handed us, reading files without mapping them.
+//! It uses nix's safe wrappers where they exist, so it needs no `unsafe`.
+//!
+//! Why sealed memfds: a segment that is a plain file can be truncated by any
+//! process that can open it, and touching a page past the new end of a
+//! mapping raises SIGBUS, which kills the process. A memfd sealed with
+//! `F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL` can never change size again,
+//! by anyone, so a mapping of it can never fault; and it has no name, so it
+//! is reached only through the descriptor its creator passes over a Unix
+//! socket (the design Wayland and iceoryx2 use). Its pages are reserved at
+//! creation (`posix_fallocate`), so a full memory filesystem is a clear
+//! error at creation instead of a SIGBUS on first touch.
+
+use crate::error::{Error, Result};
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+use std::ffi::CStr;
+use std::fs::File;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+/// The seals every shared segment must carry before a peer maps it.
+pub(crate) fn required_seals() -> SealFlag {
+    SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL
+}
+
+/// Creates a memfd of exactly `len` bytes, its pages reserved, sealed
+/// against any change of size. `what` names it in errors.
+pub(crate) fn sealed_memfd(name: &CStr, len: usize, what: &str) -> Result<OwnedFd> {
+    let fd = memfd_create(
+        name,
+        MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
+    )?;
+    let file = File::from(fd);
+    file.set_len(len as u64)?;
+    reserve(&file, len, what, None)?;
+    let fd = OwnedFd::from(file);
+    fcntl(fd.as_raw_fd(), FcntlArg::F_ADD_SEALS(required_seals()))?;
+    Ok(fd)
+}
+
+/// Reserves the pages of `file` up to `len` bytes so that no later touch of
+/// a mapping of it can fail for lack of memory. ENOSPC becomes
+/// [`Error::NoSpace`] with the size and, for a file in `dir`, the space left.
+pub(crate) fn reserve(file: &File, len: usize, what: &str, dir: Option<&Path>) -> Result<()> {
+    loop {
+        match nix::fcntl::posix_fallocate(file.as_raw_fd(), 0, len as libc::off_t) {
+            Ok(()) => return Ok(()),
+            Err(Errno::EINTR) => continue,
+            Err(Errno::ENOSPC) | Err(Errno::ENOMEM) => {
+                return Err(Error::NoSpace {
+                    what: what.to_owned(),
+                    needed: len as u64,
+                    available: dir.and_then(space_left),
+                })
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Bytes free for an unprivileged writer in the filesystem of `dir`.
+pub(crate) fn space_left(dir: &Path) -> Option<u64> {
+    let s = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(s.blocks_available() as u64 * s.fragment_size() as u64)
+}
+
+/// Checks that `fd` is a sealed memfd of at least `min_len` bytes that can
+/// never shrink (nor grow): only then may it be mapped without a SIGBUS
+/// risk. Returns its length.
+pub(crate) fn check_sealed(fd: BorrowedFd<'_>, min_len: u64, what: &str) -> Result<u64> {
+    let seals = match fcntl(fd.as_raw_fd(), FcntlArg::F_GET_SEALS) {
+        Ok(bits) => SealFlag::from_bits_truncate(bits),
+        // EINVAL: not a file that supports seals (a socket, a disk file).
+        Err(Errno::EINVAL) => SealFlag::empty(),
+        Err(e) => return Err(e.into()),
+    };
+    if !seals.contains(required_seals()) {
+        return Err(Error::Unsealed {
+            what: what.to_owned(),
+        });
+    }
+    let len = nix::sys::stat::fstat(fd.as_raw_fd())?.st_size as u64;
+    if len < min_len {
+        return Err(Error::Truncated {
+            name: what.to_owned(),
+            len,
+            needed: min_len,
+        });
+    }
+    Ok(len)
+}
+
+/// Reads up to `buf.len()` bytes at `offset` with `pread`: a file that
+/// shrinks meanwhile gives a short read, never a SIGBUS. Returns the bytes
+/// read (fewer at the end of the file).
+pub(crate) fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
