@@ -100,7 +100,12 @@ fn main() {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(128);
-            let service = Fixture::service().configure(|c| c.cache_capacity = cache);
+            let mut service = Fixture::service().configure(|c| c.cache_capacity = cache);
+            // FIXTURE_EXPOSE=1: TCP exposed on purpose (loopback, any port),
+            // as `host`/`port` would: no token unless one is given.
+            if std::env::var_os("FIXTURE_EXPOSE").is_some() {
+                service = service.host("127.0.0.1");
+            }
             let service = rename(service, &name);
             if let Err(e) = metabridge::serve(service) {
                 eprintln!("test_service: {e}");

@@ -45,6 +45,8 @@ pub struct Connect {
     transport: TransportKind,
     address: Option<String>,
     token: Option<String>,
+    /// `token` was given by `.token()` (not taken from the environment).
+    token_given: bool,
     max_channels: usize,
     error: Option<String>,
     home: Option<std::path::PathBuf>,
@@ -67,6 +69,7 @@ pub fn connect(name: &str) -> Connect {
         token: std::env::var("METABRIDGE_TOKEN")
             .ok()
             .filter(|t| !t.is_empty()),
+        token_given: false,
         max_channels: 16,
         error: None,
         home: None,
@@ -122,6 +125,7 @@ impl Connect {
     /// The token to present (default `$METABRIDGE_TOKEN`).
     pub fn token(mut self, token: &str) -> Connect {
         self.token = Some(token.to_owned());
+        self.token_given = true;
         self
     }
 
@@ -145,11 +149,17 @@ impl Connect {
             return Err(Error::Protocol(format!("constructor argument: {e}")));
         }
         let ctor = envelope::encode_ctor(&self.ctor.encoded_args(), &self.ctor.encoded_kwargs());
+        let mut token = self.token;
         let transport = match (&self.address, self.transport) {
             (Some(addr), _) => Transport::tcp(addr, self.max_channels, self.timeout)?,
             (None, kind) => {
                 let home = self.home.clone().unwrap_or_else(registry::home_dir);
                 let entry = Registry::open(&home)?.lookup(&self.name)?;
+                // The service published its token to this user: use it,
+                // unless the caller gave one explicitly.
+                if !self.token_given && entry.token.is_some() {
+                    token = entry.token.clone();
+                }
                 match kind {
                     TransportKind::Tcp => {
                         Transport::tcp(&entry.tcp, self.max_channels, self.timeout)?
@@ -177,7 +187,7 @@ impl Connect {
                 name: self.name,
                 ctor_tail: envelope::ctor_tail(&ctor),
                 ctor,
-                token: self.token,
+                token,
                 transport,
             }),
         })

@@ -45,6 +45,34 @@ pub enum Error {
     /// Bytes that do not follow the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A file or directory MetaBridge relies on could be controlled by
+    /// someone else (another owner, group/other access, a symbolic link):
+    /// refused rather than trusted.
+    #[error("refusing {}: {problem}", path.display())]
+    InsecurePath {
+        /// The path.
+        path: std::path::PathBuf,
+        /// What is wrong with it, and how to fix it.
+        problem: String,
+    },
+    /// The service refused to open a channel, with its reason (a limit, a
+    /// credential check, a segment it could not accept).
+    #[error("the service refused the channel: {0}")]
+    Refused(String),
+    /// A stopping service passed its shutdown deadline with calls still
+    /// running; it stopped anyway, abandoning them.
+    #[error("service {name:?} stopped after its {timeout:?} shutdown deadline, abandoning {abandoned}")]
+    ShutdownTimeout {
+        /// Service name.
+        name: String,
+        /// The deadline.
+        timeout: std::time::Duration,
+        /// The calls abandoned, described.
+        abandoned: String,
+    },
+    /// No room in memory or in the filesystem for what was needed.
+    #[error("{0}")]
+    NoSpace(String),
     /// An operating-system or transport failure.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
@@ -60,6 +88,7 @@ impl From<metabridge_shm::Error> for Error {
             S::PeerGone { .. } | S::Closed => Error::PeerGone(e.to_string()),
             S::Timeout => Error::Timeout("shared-memory channel".into()),
             S::Io(io) => Error::Io(io),
+            S::NoSpace { .. } => Error::NoSpace(e.to_string()),
             other => Error::Protocol(other.to_string()),
         }
     }

@@ -39,10 +39,12 @@
 
 mod args;
 mod client;
+mod control;
 mod daemon;
 mod dispatch;
 pub mod envelope;
 mod error;
+mod gc;
 mod msgpack;
 pub mod registry;
 mod server;
@@ -54,6 +56,7 @@ pub use args::{Args, CallArgs, IntoArgs};
 pub use client::{connect, lookup, to_msgpack, Client, Connect, TransportKind};
 pub use daemon::{run, serve, DaemonHandle, DAEMON_ENV, STARTUP_TIMEOUT, STOP_TIMEOUT};
 pub use error::{CallError, Error, Result};
+pub use gc::{gc, GcReport};
 pub use metabridge_macros::{endpoint, function, service};
 pub use server::request_stop;
 pub use service::{EndpointFuture, Reply, Service, ServiceConfig};

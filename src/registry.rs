@@ -1,40 +1,44 @@
-//! The registry: a memory-mapped table of the live services of this user.
+//! The registry: a table of the live services of this user, in one file.
 //!
-//! One file, `$METABRIDGE_HOME/registry` (mode 0600, in a 0700 directory),
-//! holds [`SLOTS`] fixed slots. Each slot is a seqlock: a sequence word
-//! (odd while a writer is inside) and a MessagePack-encoded [`Entry`] in
-//! atomic words.
+//! `$METABRIDGE_HOME/registry` (mode 0600, in a 0700 directory that must be
+//! ours: see [`ensure_home`]) holds [`SLOTS`] fixed slots of 2 KiB. A slot
+//! is a length, a checksum and a MessagePack-encoded [`Entry`].
 //!
-//! - **Readers take no lock.** They copy a slot and retry if its sequence
-//!   moved. A slot whose sequence stays odd belongs to a writer that died
-//!   mid-write; the reader notices that no writer holds the lock (a
-//!   non-blocking shared `flock`) and skips the torn slot instead of
-//!   waiting.
-//! - **Writers** (register, unregister, reclaim) serialize on an exclusive
-//!   `flock` of the file, which the kernel releases when a process dies, so
-//!   a dead writer never blocks anyone. A writer that finds an odd
-//!   sequence repairs the slot.
+//! - **No mapping.** The file is read with `pread` and written with
+//!   `pwrite`, never mapped: any process of the user can truncate it, and
+//!   touching a mapped page past the new end would kill us with SIGBUS. A
+//!   short read is only missing (empty) slots.
+//! - **Locks.** Readers take a shared `flock`, writers an exclusive one
+//!   (the kernel releases both when a process dies, so a dead holder never
+//!   blocks anyone); every wait for a lock has a deadline. A slot torn by
+//!   a writer that died mid-write fails its checksum and counts as empty.
 //! - **Staleness.** An entry records its process's pid and start time; an
-//!   entry whose process is gone is stale: lookups report it as
-//!   [`Error::ServiceNotFound`] with the reason, and reclaim the slot.
+//!   entry whose process is known to be gone is stale: lookups report it
+//!   as [`Error::ServiceNotFound`] with the reason, and reclaim the slot. A
+//!   process we cannot check (no descriptors left, say) is never called
+//!   dead. A live service whose entry vanished registers again.
 
 use crate::error::{Error, Result};
-use memmap2::{MmapOptions, MmapRaw};
 use metabridge_shm::ProcessIdentity;
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Number of slots in the table.
 pub const SLOTS: usize = 256;
-const SLOT_WORDS: usize = 256;
-const SLOT_BYTES: usize = SLOT_WORDS * 8;
-/// Payload bytes of a slot: the words after the sequence and length.
-const PAYLOAD_WORDS: usize = SLOT_WORDS - 2;
+const SLOT_BYTES: usize = 2048;
+/// Bytes before a slot's payload: length (u32), format (u32), checksum (u64).
+const SLOT_HEAD: usize = 16;
+const PAYLOAD_BYTES: usize = SLOT_BYTES - SLOT_HEAD;
 const FILE_LEN: usize = SLOTS * SLOT_BYTES;
+/// Format tag of a slot written by this build.
+const SLOT_FORMAT: u32 = 2;
+/// Longest wait for the registry's lock.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One live service, as registered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,16 +53,17 @@ pub struct Entry {
     pub registered_at: u64,
     /// Unix socket where shared-memory channels are set up.
     pub control_socket: String,
-    /// Name of the doorbell segment its workers sleep on.
-    pub doorbells: String,
-    /// Directory of its shared-memory segments.
-    pub shm_dir: String,
     /// TCP address (`host:port`).
     pub tcp: String,
     /// Sorted endpoint names (may be cut short to fit a slot).
     pub endpoints: Vec<String>,
     /// Whether clients must present a token.
     pub token_required: bool,
+    /// The token itself, for this user's own clients: the file is readable
+    /// by this user only. (Absent for a service whose token was given by
+    /// its operator and not published, and for one that needs none.)
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 impl Entry {
@@ -75,24 +80,103 @@ impl Entry {
 pub fn home_dir() -> PathBuf {
     match std::env::var_os("METABRIDGE_HOME") {
         Some(h) if !h.is_empty() => PathBuf::from(h),
-        _ => PathBuf::from(format!("/dev/shm/metabridge-{}", nix::unistd::getuid())),
+        _ => PathBuf::from(format!("/dev/shm/metabridge-{}", nix::unistd::geteuid())),
     }
 }
 
-/// Creates the home directory (mode 0700) if needed.
+/// Creates the home directory (mode 0700) if needed, and refuses one that
+/// someone else could control: a symbolic link, not a directory, owned by
+/// another user, or open to group or others ([`Error::InsecurePath`],
+/// naming the path, owner and mode). Another user who creates
+/// `/dev/shm/metabridge-<uid>` first would otherwise own our registry.
+///
+/// ```
+/// use std::os::unix::fs::PermissionsExt;
+/// let home = std::env::temp_dir().join(format!("mb-doc-home-{}", std::process::id()));
+/// metabridge::registry::ensure_home(&home).unwrap();
+/// std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o777)).unwrap();
+/// let e = metabridge::registry::ensure_home(&home).unwrap_err();
+/// assert!(e.to_string().contains("mode 0777"), "{e}");
+/// # std::fs::remove_dir_all(&home).unwrap();
+/// ```
 pub fn ensure_home(dir: &Path) -> Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    let meta = std::fs::metadata(dir)?;
-    if meta.permissions().mode() & 0o077 != 0 && meta.uid() == nix::unistd::getuid().as_raw() {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    if dir.as_os_str().is_empty() || !dir.is_absolute() {
+        return Err(Error::InsecurePath {
+            path: dir.to_owned(),
+            problem: "METABRIDGE_HOME must be an absolute path".into(),
+        });
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Missing parents: create them (0700 too), then the home.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| path_error(dir, "cannot create the MetaBridge home", e))?;
+        }
+        Err(e) => return Err(path_error(dir, "cannot create the MetaBridge home", e)),
+    }
+    let meta = std::fs::symlink_metadata(dir)
+        .map_err(|e| path_error(dir, "cannot inspect the MetaBridge home", e))?;
+    check_private(dir, &meta, Kind::Dir)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Dir,
+    File,
+}
+
+/// Refuses a home or registry file that is not ours alone.
+fn check_private(path: &Path, meta: &std::fs::Metadata, kind: Kind) -> Result<()> {
+    let me = nix::unistd::geteuid().as_raw();
+    let ft = meta.file_type();
+    let insecure = |problem: String| Error::InsecurePath {
+        path: path.to_owned(),
+        problem,
+    };
+    let right_kind = match kind {
+        Kind::Dir => ft.is_dir(),
+        Kind::File => ft.is_file(),
+    };
+    if !right_kind {
+        return Err(insecure(format!(
+            "it is a {}, expected a {}",
+            crate::control::describe(&ft),
+            if kind == Kind::Dir {
+                "directory"
+            } else {
+                "regular file"
+            }
+        )));
+    }
+    let mode = meta.mode() & 0o7777;
+    if meta.uid() != me {
+        return Err(insecure(format!(
+            "it is owned by uid {} (mode {mode:04o}), not by this user (uid {me}): another user may \
+             have created it to intercept this user's services; remove it",
+            meta.uid()
+        )));
+    }
+    if mode & 0o077 != 0 {
+        return Err(insecure(format!(
+            "it has mode {mode:04o}: group and others must have no access (chmod {} {})",
+            if kind == Kind::Dir { "700" } else { "600" },
+            path.display()
+        )));
     }
     Ok(())
 }
 
-use std::os::unix::fs::MetadataExt;
+fn path_error(path: &Path, what: &str, e: std::io::Error) -> Error {
+    Error::Io(std::io::Error::new(
+        e.kind(),
+        format!("{what} {}: {e}", path.display()),
+    ))
+}
 
 /// An open registry table.
 ///
@@ -104,26 +188,73 @@ use std::os::unix::fs::MetadataExt;
 /// ```
 pub struct Registry {
     file: File,
-    map: MmapRaw,
+    path: PathBuf,
     dir: PathBuf,
+    /// `flock` locks belong to the open file, shared by this process's
+    /// threads: they exclude other processes, this mutex our own threads.
+    local: Mutex<()>,
 }
 
-// SAFETY: the mapping is accessed only through atomics (see `word`).
-unsafe impl Send for Registry {}
-// SAFETY: as above.
-unsafe impl Sync for Registry {}
+/// A held `flock`; released on drop (or by the kernel at exit).
+struct FileLock<'a> {
+    file: &'a File,
+    _local: std::sync::MutexGuard<'a, ()>,
+}
 
-/// Holds the exclusive writer lock; released on drop (or by the kernel).
-struct WriteLock<'a>(&'a File);
-
-impl Drop for WriteLock<'_> {
+impl Drop for FileLock<'_> {
     fn drop(&mut self) {
-        flock(self.0, libc::LOCK_UN);
+        flock(self.file, libc::LOCK_UN);
     }
 }
 
+/// One slot as read from the file.
+enum Slot {
+    Empty,
+    /// Torn by a dead writer, or not written by this build.
+    Unreadable,
+    Full(Entry),
+}
+
+/// The whole table, read at once.
+struct Snapshot(Vec<u8>);
+
+impl Snapshot {
+    fn slot(&self, i: usize) -> Slot {
+        decode_slot(&self.0[i * SLOT_BYTES..(i + 1) * SLOT_BYTES])
+    }
+}
+
+/// Decodes one slot's bytes (exposed for the fuzzers).
+fn decode_slot(bytes: &[u8]) -> Slot {
+    let word32 = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or([0; 4]));
+    let len = word32(0) as usize;
+    if len == 0 {
+        return Slot::Empty;
+    }
+    if len > PAYLOAD_BYTES || word32(4) != SLOT_FORMAT {
+        return Slot::Unreadable;
+    }
+    let sum = u64::from_le_bytes(bytes[8..16].try_into().unwrap_or([0; 8]));
+    let payload = &bytes[SLOT_HEAD..SLOT_HEAD + len];
+    if checksum(payload) != sum {
+        return Slot::Unreadable;
+    }
+    match rmp_serde::from_slice(payload) {
+        Ok(e) => Slot::Full(e),
+        Err(_) => Slot::Unreadable,
+    }
+}
+
+/// FNV-1a, 64 bits: detects a slot torn by a writer that died mid-write.
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 impl Registry {
-    /// Opens (creating if needed) the registry in `dir`.
+    /// Opens (creating if needed) the registry in `dir`, after checking
+    /// that `dir` and the file are this user's alone.
     pub fn open(dir: &Path) -> Result<Registry> {
         ensure_home(dir)?;
         let path = dir.join("registry");
@@ -133,20 +264,27 @@ impl Registry {
             .create(true)
             .truncate(false)
             .mode(0o600)
-            .open(&path)?;
-        if file.metadata()?.len() < FILE_LEN as u64 {
-            // Growing with zeros is idempotent; zero is an empty slot.
-            let lock = Self::lock_file(&file)?;
-            if file.metadata()?.len() < FILE_LEN as u64 {
-                file.set_len(FILE_LEN as u64)?;
-            }
-            drop(lock);
-        }
-        let map = MmapOptions::new().len(FILE_LEN).map_raw(&file)?;
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::ELOOP) {
+                    Error::InsecurePath {
+                        path: path.clone(),
+                        problem: "it is a symbolic link".into(),
+                    }
+                } else {
+                    path_error(&path, "cannot open the registry", e)
+                }
+            })?;
+        let meta = file
+            .metadata()
+            .map_err(|e| path_error(&path, "cannot inspect the registry", e))?;
+        check_private(&path, &meta, Kind::File)?;
         Ok(Registry {
             file,
-            map,
+            path,
             dir: dir.to_owned(),
+            local: Mutex::new(()),
         })
     }
 
@@ -155,108 +293,92 @@ impl Registry {
         &self.dir
     }
 
-    fn lock_file(file: &File) -> Result<WriteLock<'_>> {
-        if !flock(file, libc::LOCK_EX) {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        Ok(WriteLock(file))
-    }
-
-    fn word(&self, slot: usize, i: usize) -> &AtomicU64 {
-        assert!(slot < SLOTS && i < SLOT_WORDS);
-        // SAFETY: in bounds of the FILE_LEN-byte mapping (asserted), 8-byte
-        // aligned (page-aligned base, 8-byte words); the table is only ever
-        // accessed through these atomics, by every process.
-        unsafe { &*(self.map.as_ptr().add(slot * SLOT_BYTES + i * 8) as *const AtomicU64) }
-    }
-
-    /// Reads slot `slot`: `Ok(None)` if empty, `Err(())` if torn (a writer
-    /// died inside it) or undecodable.
-    fn read_slot(&self, slot: usize) -> Result<Option<Entry>, ()> {
-        let mut spins = 0u32;
+    /// Takes the file lock (`LOCK_SH` or `LOCK_EX`) within [`LOCK_TIMEOUT`].
+    fn lock(&self, op: libc::c_int) -> Result<FileLock<'_>> {
+        let local = self.local.lock().unwrap_or_else(|p| p.into_inner());
+        let deadline = Instant::now() + LOCK_TIMEOUT;
         loop {
-            // Acquire: pairs with the writer's final Release increment; the
-            // words read below are at least as new as that write.
-            let s1 = self.word(slot, 0).load(Ordering::Acquire);
-            if s1 & 1 == 1 {
-                spins += 1;
-                if spins > 1000 {
-                    if self.no_writer() {
-                        return Err(());
-                    }
-                    spins = 0;
-                    std::thread::yield_now();
+            if flock(&self.file, op | libc::LOCK_NB) {
+                return Ok(FileLock {
+                    file: &self.file,
+                    _local: local,
+                });
+            }
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::WouldBlock {
+                return Err(path_error(&self.path, "cannot lock the registry", err));
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout(format!(
+                    "the registry {} stayed locked by another process for {LOCK_TIMEOUT:?}",
+                    self.path.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Reads the whole table (the lock is held by the caller).
+    fn snapshot(&self, _lock: &FileLock<'_>) -> Result<Snapshot> {
+        let mut bytes = vec![0u8; FILE_LEN];
+        let mut done = 0;
+        // pread: a file truncated by someone gives a short read (missing
+        // slots read as empty), never a fault.
+        while done < FILE_LEN {
+            match self.file.read_at(&mut bytes[done..], done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(path_error(&self.path, "cannot read the registry", e)),
+            }
+        }
+        Ok(Snapshot(bytes))
+    }
+
+    fn read(&self) -> Result<Snapshot> {
+        let lock = self.lock(libc::LOCK_SH)?;
+        self.snapshot(&lock)
+    }
+
+    /// Writes slot `slot` (the exclusive lock is held); `None` empties it.
+    fn write_slot(&self, _lock: &FileLock<'_>, slot: usize, entry: Option<&Entry>) -> Result<()> {
+        let len = self.file.metadata().map(|m| m.len()).unwrap_or(0);
+        if len < FILE_LEN as u64 {
+            // New, or truncated by someone: restore the full size, with
+            // its pages reserved so a full filesystem is an error now.
+            self.file
+                .set_len(FILE_LEN as u64)
+                .map_err(|e| path_error(&self.path, "cannot extend the registry", e))?;
+            reserve(&self.file, &self.path)?;
+        }
+        let mut bytes = vec![0u8; SLOT_BYTES];
+        if let Some(e) = entry {
+            let payload = encode_entry(e)?;
+            bytes[0..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+            bytes[4..8].copy_from_slice(&SLOT_FORMAT.to_le_bytes());
+            bytes[8..16].copy_from_slice(&checksum(&payload).to_le_bytes());
+            bytes[SLOT_HEAD..SLOT_HEAD + payload.len()].copy_from_slice(&payload);
+        }
+        self.file
+            .write_all_at(&bytes, (slot * SLOT_BYTES) as u64)
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::ENOSPC) {
+                    Error::NoSpace(format!(
+                        "no space left to write the registry {}",
+                        self.path.display()
+                    ))
+                } else {
+                    path_error(&self.path, "cannot write the registry", e)
                 }
-                std::hint::spin_loop();
-                continue;
-            }
-            let len = self.word(slot, 1).load(Ordering::Relaxed) as usize;
-            if len == 0 {
-                return Ok(None);
-            }
-            if len > PAYLOAD_WORDS * 8 {
-                return Err(());
-            }
-            let mut bytes = Vec::with_capacity(len.div_ceil(8) * 8);
-            for i in 0..len.div_ceil(8) {
-                bytes.extend_from_slice(
-                    &self.word(slot, 2 + i).load(Ordering::Relaxed).to_le_bytes(),
-                );
-            }
-            // Acquire fence: orders the data loads above before the second
-            // sequence load, so a writer that started meanwhile is seen.
-            fence(Ordering::Acquire);
-            if self.word(slot, 0).load(Ordering::Relaxed) != s1 {
-                continue;
-            }
-            bytes.truncate(len);
-            return rmp_serde::from_slice(&bytes).map(Some).map_err(|_| ());
-        }
-    }
-
-    /// True if no process holds the writer lock right now.
-    fn no_writer(&self) -> bool {
-        if flock(&self.file, libc::LOCK_SH | libc::LOCK_NB) {
-            flock(&self.file, libc::LOCK_UN);
-            true
-        } else {
-            false
-        }
-    }
-
-    /// Writes slot `slot` (the writer lock is held); `None` empties it.
-    fn write_slot(&self, _lock: &WriteLock<'_>, slot: usize, entry: Option<&Entry>) -> Result<()> {
-        let bytes = match entry {
-            Some(e) => encode_entry(e)?,
-            None => Vec::new(),
-        };
-        let seq = self.word(slot, 0);
-        let s = seq.load(Ordering::Relaxed);
-        // Make the sequence odd (if a dead writer left it odd, keep it so).
-        let odd = if s & 1 == 1 { s } else { s + 1 };
-        seq.store(odd, Ordering::Relaxed);
-        // Release fence: the odd sequence is visible before any data word
-        // changes, so a reader that sees new data also sees it odd (or a
-        // later value) and retries.
-        fence(Ordering::Release);
-        self.word(slot, 1)
-            .store(bytes.len() as u64, Ordering::Relaxed);
-        for (i, chunk) in bytes.chunks(8).enumerate() {
-            let mut w = [0u8; 8];
-            w[..chunk.len()].copy_from_slice(chunk);
-            self.word(slot, 2 + i)
-                .store(u64::from_le_bytes(w), Ordering::Relaxed);
-        }
-        // Release: pairs with the readers' Acquire load of the sequence.
-        seq.store(odd + 1, Ordering::Release);
-        Ok(())
+            })
     }
 
     /// Finds the live entry for `name`. A stale one (its process died) is
     /// reclaimed and reported as not found, with the reason.
     pub fn lookup(&self, name: &str) -> Result<Entry> {
+        let table = self.read()?;
         for slot in 0..SLOTS {
-            let Ok(Some(entry)) = self.read_slot(slot) else {
+            let Slot::Full(entry) = table.slot(slot) else {
                 continue;
             };
             if entry.name != name {
@@ -276,38 +398,77 @@ impl Registry {
         }
         Err(Error::ServiceNotFound {
             name: name.into(),
-            reason: "no such service is registered".into(),
+            reason: format!(
+                "no such service is registered in {}",
+                self.dir.display()
+            ),
         })
     }
 
     /// All live entries.
     pub fn list(&self) -> Vec<Entry> {
+        self.list_all()
+            .into_iter()
+            .filter(|(_, alive)| *alive)
+            .map(|(e, _)| e)
+            .collect()
+    }
+
+    /// Every readable entry, with whether its process lives.
+    pub fn list_all(&self) -> Vec<(Entry, bool)> {
+        let Ok(table) = self.read() else {
+            return Vec::new();
+        };
         (0..SLOTS)
-            .filter_map(|s| self.read_slot(s).ok().flatten())
-            .filter(|e| e.process().is_alive())
+            .filter_map(|s| match table.slot(s) {
+                Slot::Full(e) => {
+                    let alive = e.process().is_alive();
+                    Some((e, alive))
+                }
+                _ => None,
+            })
             .collect()
     }
 
     fn reclaim(&self, slot: usize, seen: &Entry) -> Result<()> {
-        let lock = Self::lock_file(&self.file)?;
-        if let Ok(Some(now)) = self.read_slot(slot) {
-            if &now == seen && !now.process().is_alive() {
+        let lock = self.lock(libc::LOCK_EX)?;
+        if let Slot::Full(now) = self.snapshot(&lock)?.slot(slot) {
+            if &now == seen && now.process().is_dead() {
                 self.write_slot(&lock, slot, None)?;
             }
         }
         Ok(())
     }
 
+    /// Removes the entries of dead processes; returns them.
+    pub fn reclaim_stale(&self) -> Result<Vec<Entry>> {
+        let lock = self.lock(libc::LOCK_EX)?;
+        let table = self.snapshot(&lock)?;
+        let mut removed = Vec::new();
+        for slot in 0..SLOTS {
+            match table.slot(slot) {
+                Slot::Full(e) if e.process().is_dead() => {
+                    self.write_slot(&lock, slot, None)?;
+                    removed.push(e);
+                }
+                Slot::Unreadable => self.write_slot(&lock, slot, None)?,
+                _ => {}
+            }
+        }
+        Ok(removed)
+    }
+
     /// Registers `entry`; [`Error::ServiceAlreadyExists`] if a live process
-    /// holds the name. Stale and torn slots are reused.
+    /// holds the name. Stale and unreadable slots are reused.
     pub fn register(&self, entry: &Entry) -> Result<()> {
         encode_entry(entry)?; // fail early if it cannot fit
-        let lock = Self::lock_file(&self.file)?;
+        let lock = self.lock(libc::LOCK_EX)?;
+        let table = self.snapshot(&lock)?;
         let mut free = None;
         for slot in 0..SLOTS {
-            match self.read_slot(slot) {
-                Ok(Some(e)) if e.name == entry.name => {
-                    if e.process().is_alive() && e.pid != entry.pid {
+            match table.slot(slot) {
+                Slot::Full(e) if e.name == entry.name => {
+                    if e.pid != entry.pid && e.process().is_alive() {
                         return Err(Error::ServiceAlreadyExists {
                             name: e.name,
                             pid: e.pid,
@@ -316,26 +477,53 @@ impl Registry {
                     free = Some(slot);
                     break;
                 }
-                Ok(Some(e)) if !e.process().is_alive() => free = free.or(Some(slot)),
-                Ok(Some(_)) => {}
-                Ok(None) | Err(()) => free = free.or(Some(slot)),
+                Slot::Full(e) if e.process().is_dead() => free = free.or(Some(slot)),
+                Slot::Full(_) => {}
+                Slot::Empty | Slot::Unreadable => free = free.or(Some(slot)),
             }
         }
-        let slot = free.ok_or_else(|| Error::Io(std::io::Error::other("the registry is full")))?;
+        let slot = free.ok_or_else(|| {
+            Error::NoSpace(format!(
+                "the registry {} is full ({SLOTS} live services)",
+                self.path.display()
+            ))
+        })?;
         self.write_slot(&lock, slot, Some(entry))
+    }
+
+    /// True if `name` is registered by process `pid`.
+    pub fn holds(&self, name: &str, pid: u32) -> Result<bool> {
+        let table = self.read()?;
+        Ok((0..SLOTS)
+            .any(|s| matches!(table.slot(s), Slot::Full(e) if e.name == name && e.pid == pid)))
     }
 
     /// Removes the entry of `name` if `pid` registered it.
     pub fn unregister(&self, name: &str, pid: u32) -> Result<()> {
-        let lock = Self::lock_file(&self.file)?;
+        let lock = self.lock(libc::LOCK_EX)?;
+        let table = self.snapshot(&lock)?;
         for slot in 0..SLOTS {
-            if let Ok(Some(e)) = self.read_slot(slot) {
+            if let Slot::Full(e) = table.slot(slot) {
                 if e.name == name && e.pid == pid {
                     self.write_slot(&lock, slot, None)?;
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// Reserves the registry's pages (a full filesystem is a clear error).
+fn reserve(file: &File, path: &Path) -> Result<()> {
+    match nix::fcntl::posix_fallocate(file.as_raw_fd(), 0, FILE_LEN as libc::off_t) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::ENOSPC) => Err(Error::NoSpace(format!(
+            "no space to reserve the {FILE_LEN} bytes of the registry {}",
+            path.display()
+        ))),
+        // Filesystems without fallocate: the writes themselves report ENOSPC.
+        Err(nix::errno::Errno::EOPNOTSUPP) => Ok(()),
+        Err(e) => Err(path_error(path, "cannot reserve the registry", e.into())),
     }
 }
 
@@ -359,7 +547,7 @@ fn encode_entry(entry: &Entry) -> Result<Vec<u8>> {
     let mut e = entry.clone();
     loop {
         let bytes = rmp_serde::to_vec(&e).map_err(|x| Error::Protocol(x.to_string()))?;
-        if bytes.len() <= PAYLOAD_WORDS * 8 {
+        if bytes.len() <= PAYLOAD_BYTES {
             return Ok(bytes);
         }
         if e.endpoints.pop().is_none() {
@@ -368,6 +556,18 @@ fn encode_entry(entry: &Entry) -> Result<Vec<u8>> {
                 entry.name
             )));
         }
+    }
+}
+
+#[doc(hidden)]
+/// For the fuzzers: decodes one slot's bytes; `Some` if it holds an entry.
+pub fn __decode_slot(bytes: &[u8]) -> Option<Entry> {
+    if bytes.len() != SLOT_BYTES {
+        return None;
+    }
+    match decode_slot(bytes) {
+        Slot::Full(e) => Some(e),
+        _ => None,
     }
 }
 
@@ -382,11 +582,10 @@ mod tests {
             start_time: id.start_time,
             registered_at: 0,
             control_socket: "/x.sock".into(),
-            doorbells: "bells".into(),
-            shm_dir: "/dev/shm".into(),
             tcp: "127.0.0.1:1".into(),
             endpoints: vec!["get".into()],
             token_required: false,
+            token: None,
         }
     }
 
@@ -436,7 +635,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(
-            reg.read_slot(0).unwrap().is_none(),
+            matches!(reg.read().unwrap().slot(0), Slot::Empty),
             "the stale slot was reclaimed"
         );
         // The name is free for a live process again.
@@ -451,9 +650,14 @@ mod tests {
         let reg = Registry::open(&home).unwrap();
         reg.register(&entry("a", ProcessIdentity::current()))
             .unwrap();
-        // Simulate a writer that died mid-write: odd sequence, lock free.
-        reg.word(0, 0).fetch_add(1, Ordering::SeqCst);
-        assert!(reg.read_slot(0).is_err());
+        // A writer that died mid-write: the payload changed, the checksum
+        // did not.
+        let raw = OpenOptions::new()
+            .write(true)
+            .open(home.join("registry"))
+            .unwrap();
+        raw.write_all_at(b"garbage", SLOT_HEAD as u64 + 3).unwrap();
+        assert!(matches!(reg.read().unwrap().slot(0), Slot::Unreadable));
         assert!(matches!(
             reg.lookup("a"),
             Err(Error::ServiceNotFound { .. })
@@ -461,16 +665,98 @@ mod tests {
         reg.register(&entry("a", ProcessIdentity::current()))
             .unwrap();
         assert_eq!(reg.lookup("a").unwrap().name, "a");
+        std::fs::remove_dir_all(&home).unwrap();
+    }
+
+    /// A process of the user truncates the registry: nobody crashes (the
+    /// file was mapped before: SIGBUS), entries read as missing, and the
+    /// next writer restores the file.
+    #[test]
+    fn a_truncated_registry_is_missing_entries_not_a_crash() {
+        let home = temp_home("truncated");
+        let reg = Registry::open(&home).unwrap();
+        let me = ProcessIdentity::current();
+        for i in 0..40 {
+            reg.register(&entry(&format!("svc{i}"), me)).unwrap();
+        }
+        let other = Registry::open(&home).unwrap();
+        assert_eq!(other.list().len(), 40);
+        let raw = OpenOptions::new()
+            .write(true)
+            .open(home.join("registry"))
+            .unwrap();
+        raw.set_len(SLOT_BYTES as u64 * 3 + 12).unwrap(); // slot 3 cut in its head
+        assert_eq!(other.list().len(), 3);
+        assert!(matches!(
+            other.lookup("svc39"),
+            Err(Error::ServiceNotFound { .. })
+        ));
+        assert_eq!(other.lookup("svc1").unwrap().pid, me.pid);
+        raw.set_len(0).unwrap();
+        assert!(reg.list().is_empty());
+        reg.register(&entry("again", me)).unwrap();
         assert_eq!(
-            reg.word(0, 0).load(Ordering::SeqCst) % 2,
-            0,
-            "the writer repaired the slot"
+            std::fs::metadata(home.join("registry")).unwrap().len(),
+            FILE_LEN as u64
         );
+        assert_eq!(other.lookup("again").unwrap().pid, me.pid);
+        std::fs::remove_dir_all(&home).unwrap();
+    }
+
+    #[test]
+    fn a_home_someone_else_could_control_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        // Another user's directory (uid 65534 stands for that user).
+        let home = temp_home("squat");
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o777)).unwrap();
+        nix::unistd::chown(&home, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+        let e = Registry::open(&home).err().expect("a squatted home was used");
+        let text = e.to_string();
+        assert!(matches!(e, Error::InsecurePath { .. }), "{text}");
+        assert!(text.contains(&home.display().to_string()), "{text}");
+        assert!(text.contains("uid 65534") && text.contains("0777"), "{text}");
+        assert!(!home.join("registry").exists(), "nothing written into it");
+        // Ours, but open to others.
+        nix::unistd::chown(&home, Some(nix::unistd::geteuid()), None).unwrap();
+        let e = Registry::open(&home).err().expect("a 0777 home was used");
+        assert!(e.to_string().contains("mode 0777"), "{e}");
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o750)).unwrap();
+        assert!(Registry::open(&home).is_err());
+        // A symbolic link to a good directory.
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let link = temp_home("squat-link");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&home, &link).unwrap();
+        let e = Registry::open(&link).err().expect("a symlinked home was used");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        std::fs::remove_file(&link).unwrap();
+        // The registry file itself: a symlink, then another owner, then a mode.
+        let target = temp_home("squat-target");
+        std::fs::write(&target, vec![0u8; 16]).unwrap();
+        std::os::unix::fs::symlink(&target, home.join("registry")).unwrap();
+        let e = Registry::open(&home).err().expect("a symlinked registry was used");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        std::fs::remove_file(home.join("registry")).unwrap();
+        std::fs::remove_file(&target).unwrap();
+        let reg_path = home.join("registry");
+        std::fs::write(&reg_path, b"").unwrap();
+        std::fs::set_permissions(&reg_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        nix::unistd::chown(&reg_path, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+        let e = Registry::open(&home).err().expect("another user's registry was used");
+        assert!(e.to_string().contains("uid 65534"), "{e}");
+        nix::unistd::chown(&reg_path, Some(nix::unistd::geteuid()), None).unwrap();
+        std::fs::set_permissions(&reg_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Registry::open(&home).err().expect("a 0644 registry was used");
+        assert!(e.to_string().contains("mode 0644"), "{e}");
+        std::fs::set_permissions(&reg_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Registry::open(&home).unwrap();
         std::fs::remove_dir_all(&home).unwrap();
     }
 
     #[test]
     fn files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
         let home = temp_home("mode");
         let _reg = Registry::open(&home).unwrap();
         assert_eq!(

@@ -1,7 +1,7 @@
 //! The service side at run time: control socket, workers, TCP listener.
 //!
 //! ```text
-//! client ── Unix socket: "open channel <segment>" ──► acceptor ── assigns ──► worker k
+//! client ── Unix socket: sealed segment fd (control.rs) ──► acceptor ── assigns ──► worker k
 //! client ══ shared-memory channel (request ring / reply ring) ══► worker k
 //!           (client rings doorbell k only when worker k sleeps)
 //! client ── TCP frames ──► tokio server ──► the same dispatcher
@@ -15,13 +15,16 @@
 use crate::dispatch::{finish_async, CallCache, Dispatch, Dispatcher, Outcome};
 use crate::envelope;
 use crate::error::{Error, Result};
+use crate::control::PeerPolicy;
 use crate::registry::{self, Entry, Registry};
 use crate::service::Service;
 use metabridge_shm::{Channel, ChannelConfig, Doorbell, DoorbellSet, ProcessIdentity};
-use std::io::{Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io::Read;
+use std::os::fd::AsFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -93,14 +96,41 @@ const WORKER_TICK: Duration = Duration::from_millis(100);
 /// How long a worker waits for room in a client's reply ring.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The handshake version byte of the control socket.
-pub(crate) const HANDSHAKE_V1: u8 = 1;
+/// A worker keeps a reply buffer up to this size between calls; a larger
+/// one (after a large reply) is freed, so one big call does not pin its
+/// memory until restart.
+const KEEP_REPLY_BUFFER: usize = 1 << 20;
+
+/// How often the accept loop checks that the service is still registered.
+const REGISTRATION_CHECK: Duration = Duration::from_secs(1);
+
+/// Most channel handshakes in progress at once; more are refused at once
+/// (each runs on a thread of its own, off the accept loop).
+const MAX_PENDING_HANDSHAKES: usize = 64;
 
 /// New channels handed from the acceptor to a worker.
 struct Inbox {
     pending: AtomicBool,
-    channels: Mutex<Vec<Channel>>,
+    channels: Mutex<Vec<Counted>>,
     bell: Doorbell,
+}
+
+/// The service's count of open channels, against `ServiceConfig::max_channels`.
+struct ChannelCount {
+    open: AtomicUsize,
+    max: usize,
+}
+
+/// A channel holding one unit of [`ChannelCount`], given back on drop.
+struct Counted {
+    channel: Channel,
+    count: Arc<ChannelCount>,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.count.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Name usable in file names: the service name with other bytes replaced.
@@ -117,15 +147,21 @@ pub(crate) fn file_safe(name: &str) -> String {
         .collect()
 }
 
+/// A random token, 128 bits as hex, from the kernel's generator.
+fn random_token() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Serves `service` in this process until SIGTERM, SIGINT or
 /// [`request_stop`]. `ready` is told once the service is registered and
 /// accepting.
 pub(crate) fn serve_with<S: Send + Sync + 'static>(
-    service: Service<S>,
+    mut service: Service<S>,
     ready: impl FnOnce(&Entry),
 ) -> Result<()> {
     install_signal_handlers()?;
-    let config = service.config.clone();
     let name = service.name.clone();
     let home = registry::home_dir();
     let registry = Registry::open(&home)?;
@@ -135,10 +171,21 @@ pub(crate) fn serve_with<S: Send + Sync + 'static>(
             return Err(Error::ServiceAlreadyExists { name, pid: e.pid });
         }
     }
+    // Leftovers of services of this user that were killed.
+    let _ = crate::gc::collect(&registry);
+
+    // Loopback TCP is reachable by every user of the machine: unless the
+    // operator chose the address (and then the token, or none), guard it
+    // with a token of our own, published to this user's clients only.
+    let published_token = if service.config.token.is_none() && service.config.tcp_is_default() {
+        let token = random_token()?;
+        service.config.token = Some(token.clone());
+        Some(token)
+    } else {
+        None // an operator's token is theirs to hand out
+    };
+    let config = service.config.clone();
     let dispatch: Arc<dyn Dispatch> = Arc::new(Dispatcher::new(service));
-    let shm_dir = std::env::var_os("METABRIDGE_SHM_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home.clone());
     let stem = format!("{}-{}", file_safe(&name), me.pid);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -147,7 +194,6 @@ pub(crate) fn serve_with<S: Send + Sync + 'static>(
         .enable_all()
         .build()?;
 
-    // TCP: every service listens, on loopback unless told otherwise.
     let addr = format!("{}:{}", config.host, config.port);
     let tcp = runtime.block_on(crate::tcp::bind(&addr, dispatch.clone()))?;
     let tcp_addr = tcp.local_addr();
@@ -160,18 +206,21 @@ pub(crate) fn serve_with<S: Send + Sync + 'static>(
     let tcp_stop = tcp.shutdown_handle();
     let tcp_task = runtime.spawn(tcp.run());
 
-    // Shared memory: doorbells, control socket, workers.
-    let bells = DoorbellSet::create(&shm_dir, &format!("{stem}-bells"), config.workers.max(1))?;
+    // Shared memory: doorbells (a sealed memfd handed to each client),
+    // the control socket (0600), workers.
+    let workers = config.workers.clamp(1, metabridge_shm::MAX_BELLS);
+    let bells = DoorbellSet::create_memfd(workers)?;
     let socket_path = home.join(format!("{stem}.sock"));
     let _ = std::fs::remove_file(&socket_path);
     let listener = UnixListener::bind(&socket_path)?;
-    listener.set_nonblocking(true)?;
     let _socket_guard = RemoveOnDrop(socket_path.clone());
+    std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))?;
+    listener.set_nonblocking(true)?;
 
     let workers_stop = Arc::new(AtomicBool::new(false));
     let mut inboxes = Vec::new();
     let mut threads = Vec::new();
-    for k in 0..config.workers.max(1) {
+    for k in 0..workers {
         let bell = bells
             .bell(k)
             .ok_or_else(|| Error::Protocol("doorbell set too small".into()))?;
@@ -203,33 +252,78 @@ pub(crate) fn serve_with<S: Send + Sync + 'static>(
             .map(|d| d.as_secs())
             .unwrap_or(0),
         control_socket: socket_path.to_string_lossy().into_owned(),
-        doorbells: format!("{stem}-bells"),
-        shm_dir: shm_dir.to_string_lossy().into_owned(),
         tcp: tcp_addr.to_string(),
         endpoints: dispatch.endpoint_names().to_vec(),
         token_required: dispatch.requires_token(),
+        token: published_token,
     };
+    let acceptor = Arc::new(Acceptor {
+        policy: PeerPolicy {
+            uid: nix::unistd::geteuid().as_raw(),
+            also: config.allow_uids.clone(),
+        },
+        bells,
+        inboxes,
+        next: AtomicUsize::new(0),
+        count: Arc::new(ChannelCount {
+            open: AtomicUsize::new(0),
+            max: config.max_channels,
+        }),
+        pending: AtomicUsize::new(0),
+        name: name.clone(),
+    });
     let registered = registry.register(&entry);
     if registered.is_ok() {
         ready(&entry);
-        accept_loop(&listener, &shm_dir, &inboxes);
+        accept_loop(&listener, &acceptor, &registry, &entry);
         let _ = registry.unregister(&name, me.pid);
     }
 
     // Graceful stop: no new channels; workers answer what is already in
-    // their rings, then close; TCP finishes in-flight requests.
+    // their rings, then close; TCP finishes in-flight requests. All of it
+    // within the shutdown deadline: an endpoint that never returns must
+    // not keep the process alive.
+    let deadline = Instant::now() + config.shutdown_timeout;
     workers_stop.store(true, Ordering::SeqCst);
-    for inbox in &inboxes {
+    for inbox in &acceptor.inboxes {
         inbox.bell.ring();
     }
-    for t in threads {
-        let _ = t.join();
-    }
     tcp_stop.shutdown();
-    let _ = runtime.block_on(tcp_task);
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    drop(bells);
-    registered
+    let tcp_done = runtime.block_on(async {
+        tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), tcp_task).await
+    });
+    let mut stuck: Vec<usize> = Vec::new();
+    for (k, t) in threads.into_iter().enumerate() {
+        while !t.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if t.is_finished() {
+            let _ = t.join();
+        } else {
+            stuck.push(k);
+        }
+    }
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    registered?;
+    if !stuck.is_empty() || tcp_done.is_err() {
+        let mut abandoned = Vec::new();
+        if !stuck.is_empty() {
+            abandoned.push(format!(
+                "the shared-memory call running on worker(s) {stuck:?}"
+            ));
+        }
+        if tcp_done.is_err() {
+            abandoned.push("the TCP calls still in progress".to_string());
+        }
+        let e = Error::ShutdownTimeout {
+            name,
+            timeout: config.shutdown_timeout,
+            abandoned: abandoned.join(" and "),
+        };
+        tracing::warn!("{e}");
+        return Err(e);
+    }
+    Ok(())
 }
 
 struct RemoveOnDrop(PathBuf);
@@ -239,9 +333,59 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-fn accept_loop(listener: &UnixListener, shm_dir: &Path, inboxes: &[Arc<Inbox>]) {
-    let mut next = 0usize;
+/// What the accept loop and its handshake threads share.
+struct Acceptor {
+    policy: PeerPolicy,
+    bells: DoorbellSet,
+    inboxes: Vec<Arc<Inbox>>,
+    next: AtomicUsize,
+    count: Arc<ChannelCount>,
+    /// Handshakes in progress.
+    pending: AtomicUsize,
+    name: String,
+}
+
+impl Acceptor {
+    /// Takes a new channel if the service has room, and hands it to the
+    /// next worker in turn.
+    fn place(&self, channel: Channel) -> std::result::Result<u16, String> {
+        let open = self.count.open.fetch_add(1, Ordering::Relaxed);
+        let counted = Counted {
+            channel,
+            count: self.count.clone(),
+        };
+        if open >= self.count.max {
+            return Err(format!(
+                "service {:?} has reached its limit of {} shared-memory channels \
+                 (ServiceConfig::max_channels)",
+                self.name, self.count.max
+            ));
+        }
+        let k = self.next.fetch_add(1, Ordering::Relaxed) % self.inboxes.len();
+        let inbox = &self.inboxes[k];
+        inbox
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(counted);
+        inbox.pending.store(true, Ordering::Release);
+        inbox.bell.ring();
+        Ok(k as u16)
+    }
+}
+
+/// Counts a handshake thread in [`Acceptor::pending`] while it lives.
+struct PendingGuard(Arc<Acceptor>);
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn accept_loop(listener: &UnixListener, acceptor: &Arc<Acceptor>, registry: &Registry, entry: &Entry) {
     let mut orphaned_at: Option<Instant> = None;
+    let mut checked = Instant::now();
+    let channel_config = ChannelConfig::default();
     while !STOP.load(Ordering::SeqCst) {
         // A daemon ends with its parent, unless it was detached.
         if PARENT_GONE.load(Ordering::SeqCst) && !DETACHED.load(Ordering::SeqCst) {
@@ -250,23 +394,46 @@ fn accept_loop(listener: &UnixListener, shm_dir: &Path, inboxes: &[Arc<Inbox>]) 
                 break;
             }
         }
+        if checked.elapsed() >= REGISTRATION_CHECK {
+            checked = Instant::now();
+            keep_registered(registry, entry);
+        }
         match listener.accept() {
             Ok((stream, _)) => {
-                let k = next % inboxes.len();
-                next += 1;
-                if let Err(e) = handshake(stream, shm_dir, k, &inboxes[k]) {
-                    tracing::debug!("channel setup failed: {e}");
+                // Credentials first, before reading a byte.
+                if let Err(why) = acceptor.policy.admit(&stream) {
+                    tracing::warn!("control socket: {why}");
+                    crate::control::refuse(&stream, &why);
+                    continue;
+                }
+                if acceptor.pending.fetch_add(1, Ordering::Relaxed) >= MAX_PENDING_HANDSHAKES {
+                    acceptor.pending.fetch_sub(1, Ordering::Relaxed);
+                    crate::control::refuse(&stream, "too many channel set-ups in progress; retry");
+                    continue;
+                }
+                let guard = PendingGuard(acceptor.clone());
+                let config = channel_config.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("metabridge-handshake".into())
+                    .spawn(move || {
+                        let a = &guard.0;
+                        if let Err(e) =
+                            crate::control::serve_request(stream, &config, &a.bells, |ch| a.place(ch))
+                        {
+                            tracing::debug!("channel setup failed: {e}");
+                        }
+                    });
+                if let Err(e) = spawned {
+                    tracing::warn!("cannot start a handshake thread: {e}");
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                let mut fds = [libc::pollfd {
-                    fd: std::os::fd::AsRawFd::as_raw_fd(listener),
-                    events: libc::POLLIN,
-                    revents: 0,
-                }];
                 let wait_ms = if orphaned_at.is_some() { 10 } else { 200 };
-                // SAFETY: one valid pollfd for the duration of the call.
-                unsafe { libc::poll(fds.as_mut_ptr(), 1, wait_ms) };
+                let mut fds = [nix::poll::PollFd::new(
+                    listener.as_fd(),
+                    nix::poll::PollFlags::POLLIN,
+                )];
+                let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(wait_ms as u16));
             }
             Err(e) => {
                 tracing::debug!("accept failed: {e}");
@@ -276,45 +443,20 @@ fn accept_loop(listener: &UnixListener, shm_dir: &Path, inboxes: &[Arc<Inbox>]) 
     }
 }
 
-/// Reads "open segment <name>", opens it, hands it to worker `k`.
-fn handshake(mut stream: UnixStream, shm_dir: &Path, k: usize, inbox: &Inbox) -> Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut head = [0u8; 3];
-    stream.read_exact(&mut head)?;
-    let len = u16::from_le_bytes([head[1], head[2]]) as usize;
-    if head[0] != HANDSHAKE_V1 || len == 0 || len > 255 {
-        return Err(Error::Protocol("bad channel handshake".into()));
+/// Registers `entry` again if it vanished from the registry (someone
+/// truncated the file, or a client wrongly reclaimed it).
+fn keep_registered(registry: &Registry, entry: &Entry) {
+    match registry.holds(&entry.name, entry.pid) {
+        Ok(true) => {}
+        Ok(false) => match registry.register(entry) {
+            Ok(()) => tracing::warn!(
+                "the registry entry of {:?} had vanished; registered again",
+                entry.name
+            ),
+            Err(e) => tracing::warn!("cannot register {:?} again: {e}", entry.name),
+        },
+        Err(e) => tracing::debug!("cannot read the registry: {e}"),
     }
-    let mut name = vec![0u8; len];
-    stream.read_exact(&mut name)?;
-    let name =
-        String::from_utf8(name).map_err(|_| Error::Protocol("segment name is not UTF-8".into()))?;
-    let config = ChannelConfig {
-        dir: shm_dir.to_owned(),
-        ..ChannelConfig::default()
-    };
-    match Channel::open(&name, &config) {
-        Ok(channel) => {
-            {
-                let mut list = inbox.channels.lock().unwrap_or_else(|p| p.into_inner());
-                list.push(channel);
-            }
-            inbox.pending.store(true, Ordering::Release);
-            inbox.bell.ring();
-            let mut reply = vec![0u8];
-            reply.extend_from_slice(&(k as u16).to_le_bytes());
-            stream.write_all(&reply)?;
-        }
-        Err(e) => {
-            let msg = e.to_string();
-            let mut reply = vec![1u8];
-            reply.extend_from_slice(&(msg.len().min(u16::MAX as usize) as u16).to_le_bytes());
-            reply.extend_from_slice(&msg.as_bytes()[..msg.len().min(u16::MAX as usize)]);
-            stream.write_all(&reply)?;
-        }
-    }
-    Ok(())
 }
 
 struct Worker {
@@ -327,7 +469,7 @@ struct Worker {
 /// A channel served by a worker, with what the dispatcher remembers of its
 /// last call.
 struct Conn {
-    channel: Channel,
+    counted: Counted,
     cache: CallCache,
 }
 
@@ -349,8 +491,8 @@ impl Worker {
                     .channels
                     .lock()
                     .unwrap_or_else(|p| p.into_inner());
-                channels.extend(list.drain(..).map(|channel| Conn {
-                    channel,
+                channels.extend(list.drain(..).map(|counted| Conn {
+                    counted,
                     cache: CallCache::default(),
                 }));
             }
@@ -382,8 +524,10 @@ impl Worker {
                 let me = metabridge_shm::current_cpu();
                 peer_elsewhere = channels
                     .iter()
-                    .any(|c| c.channel.peer_cpu().is_some_and(|p| p != me));
-                peer_here = channels.iter().any(|c| c.channel.peer_cpu() == Some(me));
+                    .any(|c| c.counted.channel.peer_cpu().is_some_and(|p| p != me));
+                peer_here = channels
+                    .iter()
+                    .any(|c| c.counted.channel.peer_cpu() == Some(me));
                 Instant::now()
             });
             if peer_elsewhere {
@@ -401,7 +545,7 @@ impl Worker {
             // Arm every channel, then sleep on the doorbell.
             let mut armed = true;
             for c in channels.iter_mut() {
-                match c.channel.halves().1.arm_doorbell() {
+                match c.counted.channel.halves().1.arm_doorbell() {
                     Ok(true) => {}
                     _ => {
                         armed = false;
@@ -415,14 +559,14 @@ impl Worker {
             self.inbox.bell.wait(seen, WORKER_TICK);
             if last_check.elapsed() >= WORKER_TICK {
                 last_check = Instant::now();
-                channels.retain(|c| c.channel.check_peer().is_ok());
+                channels.retain(|c| c.counted.channel.check_peer().is_ok());
             }
         }
     }
 
     /// Answers one request of `conn` if there is one.
     fn serve_one(&self, conn: &mut Conn, out: &mut Vec<u8>) -> Result<bool> {
-        let channel = &mut conn.channel;
+        let channel = &mut conn.counted.channel;
         let (tx, rx) = channel.halves();
         let outcome = match rx.try_recv() {
             Ok(Some(request)) => self.dispatch.begin_cached(&request, out, &mut conn.cache),
@@ -446,7 +590,11 @@ impl Worker {
         // (and every other channel it serves) for long: give up on it.
         // (Large replies get one more second per 16 MiB.)
         let allowed = REPLY_TIMEOUT + Duration::from_secs((out.len() >> 24) as u64);
-        tx.send_timeout(out, allowed)?;
+        let sent = tx.send_timeout(out, allowed);
+        if out.capacity() > KEEP_REPLY_BUFFER {
+            *out = Vec::with_capacity(4096);
+        }
+        sent?;
         // Tell the client where we run, for its adaptive wait.
         channel.publish_cpu(metabridge_shm::current_cpu());
         Ok(true)

@@ -99,8 +99,42 @@ pub struct ServiceConfig {
     /// (default 128, in 16 shards).
     pub cache_capacity: usize,
     /// A token clients must present (`auth` in the request map); default
-    /// `$METABRIDGE_TOKEN` if set.
+    /// `$METABRIDGE_TOKEN` if set. Without one, a service on the default
+    /// address (127.0.0.1, port 0) makes up a random token at start and
+    /// publishes it in its registry entry, which only this user can read:
+    /// this user's clients find and send it by themselves, and other users
+    /// on the machine cannot call the service over loopback TCP. A service
+    /// given an explicit `host` or `port` and no token needs none (so the
+    /// original Python client, which cannot send one, still calls it), and
+    /// warns when that address is not loopback.
     pub token: Option<String>,
+    /// TCP is exposed where the operator said (set by [`Service::host`],
+    /// [`Service::port`] and the macro's `host`/`port`): the service then
+    /// requires only the token it is given, if any. Default false.
+    pub tcp_exposed: bool,
+    /// Other user ids allowed to open shared-memory channels (the owner's
+    /// uid always is). The control socket checks each peer's credentials
+    /// (`SO_PEERCRED`); the socket file is 0600 in a 0700 directory, so in
+    /// practice only root can use this. Default: none.
+    pub allow_uids: Vec<u32>,
+    /// Most shared-memory channels open at once (default 1024). A client
+    /// asking for more is refused with an error naming this limit, and
+    /// falls back to TCP unless it asked for shared memory.
+    pub max_channels: usize,
+    /// After SIGTERM (or `request_stop`), how long calls in progress may
+    /// take to finish (default 5 s). Past it the service stops anyway,
+    /// reporting the calls it abandoned (`Error::ShutdownTimeout`); a
+    /// daemon exits with status 3.
+    pub shutdown_timeout: std::time::Duration,
+}
+
+impl ServiceConfig {
+    /// True when TCP was left at its default address (127.0.0.1, any
+    /// port) and not exposed on purpose: then the service guards it with a
+    /// token of its own.
+    pub fn tcp_is_default(&self) -> bool {
+        !self.tcp_exposed && self.host == "127.0.0.1" && self.port == 0
+    }
 }
 
 impl Default for ServiceConfig {
@@ -122,6 +156,10 @@ impl Default for ServiceConfig {
             token: std::env::var("METABRIDGE_TOKEN")
                 .ok()
                 .filter(|t| !t.is_empty()),
+            tcp_exposed: false,
+            allow_uids: Vec::new(),
+            max_channels: 1024,
+            shutdown_timeout: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -177,12 +215,14 @@ impl<S: Send + Sync + 'static> Service<S> {
     /// The TCP interface (`"0.0.0.0"` to expose it on the network).
     pub fn host(mut self, host: &str) -> Self {
         self.config.host = host.to_owned();
+        self.config.tcp_exposed = true;
         self
     }
 
     /// The TCP port (0: any free port).
     pub fn port(mut self, port: u16) -> Self {
         self.config.port = port;
+        self.config.tcp_exposed = true;
         self
     }
 

@@ -3,16 +3,14 @@
 
 use crate::error::{Error, Result};
 use crate::registry::Entry;
-use crate::server::HANDSHAKE_V1;
 use crossbeam_utils::atomic::AtomicCell;
 use metabridge_shm::{Channel, ChannelConfig, DoorbellSet};
 use metabridge_tcp::{Pool, PoolConfig, PoolError};
-use std::io::{Read, Write};
 use std::net::ToSocketAddrs;
-use std::os::unix::net::UnixStream;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// A client's transport.
@@ -105,8 +103,8 @@ struct ShmConn {
 /// Channels to one service, opened only when that many calls run at once.
 pub(crate) struct ShmPool {
     socket: PathBuf,
-    shm_dir: PathBuf,
-    doorbells: DoorbellSet,
+    /// The service's doorbells, received with the first channel.
+    doorbells: OnceLock<DoorbellSet>,
     /// The channel returned last: taken and put back without a lock (the
     /// common case of one caller at a time). Others wait in `idle`.
     hot: AtomicCell<Option<Box<ShmConn>>>,
@@ -129,18 +127,14 @@ struct Idle {
     waiters: usize,
 }
 
-static SEGMENT_COUNTER: AtomicU64 = AtomicU64::new(0);
-
 impl ShmPool {
-    /// Checks that the service's shared memory can be mapped (its
-    /// doorbells open); channels come later.
+    /// Opens the first channel to the service at once, so that a service
+    /// whose shared memory we cannot use is known now (and the client can
+    /// fall back to TCP); more channels come when calls overlap.
     pub(crate) fn new(entry: &Entry, max: usize, timeout: Duration) -> Result<ShmPool> {
-        let shm_dir = PathBuf::from(&entry.shm_dir);
-        let doorbells = DoorbellSet::open(&shm_dir, &entry.doorbells)?;
-        Ok(ShmPool {
+        let pool = ShmPool {
             socket: PathBuf::from(&entry.control_socket),
-            shm_dir,
-            doorbells,
+            doorbells: OnceLock::new(),
             hot: AtomicCell::new(None),
             waiting: AtomicUsize::new(0),
             idle: Mutex::new(Idle {
@@ -152,9 +146,15 @@ impl ShmPool {
             max,
             timeout,
             closed: AtomicBool::new(false),
-        })
+        };
+        let first = pool.open_channel(Instant::now() + timeout)?;
+        pool.open.store(1, Ordering::Release);
+        pool.hot.store(Some(first));
+        Ok(pool)
     }
 
+    /// Carries one request and its reply, all within the call's timeout:
+    /// waiting for a channel, for room in the ring, and for the reply.
     fn round_trip<R>(
         &self,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<()>,
@@ -166,15 +166,33 @@ impl ShmPool {
             self.release(conn);
             return Err(e);
         }
-        let carried = match conn.channel.send(&conn.buf) {
-            Ok(()) => conn
-                .channel
-                .recv_timeout(self.timeout)
-                .map(|reply| decode(&reply)),
+        let (tx, rx) = conn.channel.halves();
+        // The common case, a request that fits one frame and a ring with
+        // room, sends without reading the clock; otherwise the deadline is
+        // fixed now and bounds the send and the wait for the reply.
+        let sent = if conn.buf.len() <= tx.max_frame() {
+            match tx.try_send(&conn.buf) {
+                Ok(()) => Ok(None),
+                Err(metabridge_shm::Error::Full) => {
+                    let deadline = Instant::now() + self.timeout;
+                    tx.send_until(&conn.buf, deadline).map(|()| Some(deadline))
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            let deadline = Instant::now() + self.timeout;
+            tx.send_until(&conn.buf, deadline).map(|()| Some(deadline))
+        };
+        let carried = match sent {
+            Ok(None) => rx.recv_timeout(self.timeout).map(|reply| decode(&reply)),
+            Ok(Some(deadline)) => rx.recv_until(deadline).map(|reply| decode(&reply)),
             Err(e) => Err(e),
         };
         match carried {
             Ok(result) => {
+                if conn.buf.capacity() > metabridge_shm::KEEP_BUFFER {
+                    conn.buf = Vec::with_capacity(256); // after a large request
+                }
                 self.release(conn);
                 result
             }
@@ -184,7 +202,13 @@ impl ShmPool {
                 drop(conn);
                 self.open.fetch_sub(1, Ordering::AcqRel);
                 self.wake_waiter(self.idle.lock().unwrap_or_else(|p| p.into_inner()));
-                Err(e.into())
+                Err(match e {
+                    metabridge_shm::Error::Timeout => Error::Timeout(format!(
+                        "no reply within {:?} on a shared-memory channel",
+                        self.timeout
+                    )),
+                    other => other.into(),
+                })
             }
         }
     }
@@ -206,7 +230,7 @@ impl ShmPool {
             if open < self.max {
                 self.open.store(open + 1, Ordering::Release);
                 drop(idle);
-                return self.open_channel().inspect_err(|_| {
+                return self.open_channel(deadline).inspect_err(|_| {
                     self.open.fetch_sub(1, Ordering::AcqRel);
                 });
             }
@@ -264,39 +288,23 @@ impl ShmPool {
         }
     }
 
-    /// Creates a segment and asks the service to open it.
-    fn open_channel(&self) -> Result<Box<ShmConn>> {
-        let n = SEGMENT_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let name = format!("ch-{}-{n}-{nanos:x}", std::process::id());
-        let config = ChannelConfig {
-            dir: self.shm_dir.clone(),
-            ..ChannelConfig::default()
+    /// Creates a segment (a sealed memfd) and hands it to the service over
+    /// its control socket, within `deadline`.
+    fn open_channel(&self, deadline: Instant) -> Result<Box<ShmConn>> {
+        let (mut channel, fd) = Channel::create_memfd(&ChannelConfig::default())?;
+        let granted = crate::control::request_channel(&self.socket, fd.as_fd(), deadline)?;
+        drop(fd); // the service has its own copy; our mapping stays
+        let bells = match self.doorbells.get() {
+            Some(bells) => bells,
+            None => {
+                let bells = DoorbellSet::from_fd(granted.doorbells.as_fd())?;
+                self.doorbells.get_or_init(|| bells)
+            }
         };
-        let mut channel = Channel::create(&name, &config)?;
-        let mut stream = UnixStream::connect(&self.socket)?;
-        stream.set_read_timeout(Some(self.timeout.min(Duration::from_secs(5))))?;
-        let mut hello = vec![HANDSHAKE_V1];
-        hello.extend_from_slice(&(name.len() as u16).to_le_bytes());
-        hello.extend_from_slice(name.as_bytes());
-        stream.write_all(&hello)?;
-        let mut status = [0u8; 3];
-        stream.read_exact(&mut status)?;
-        let arg = u16::from_le_bytes([status[1], status[2]]);
-        if status[0] != 0 {
-            let mut msg = vec![0u8; arg as usize];
-            let _ = stream.read_exact(&mut msg);
-            return Err(Error::Protocol(format!(
-                "the service refused the channel: {}",
-                String::from_utf8_lossy(&msg)
-            )));
-        }
-        let bell = self.doorbells.bell(arg as usize).ok_or_else(|| {
+        let bell = bells.bell(granted.worker as usize).ok_or_else(|| {
             Error::Protocol(format!(
-                "the service named doorbell {arg}, which does not exist"
+                "the service named doorbell {}, which does not exist",
+                granted.worker
             ))
         })?;
         channel.halves().0.set_doorbell(bell);

@@ -285,14 +285,15 @@ fn tcp_transport_gives_the_same_answers() {
     assert_eq!(c.call::<i64>("scaled", (21,)).unwrap(), 42);
     assert_eq!(c.call::<String>("later", (1,)).unwrap(), "t:after 1 ms");
     assert_eq!(remote_kind(c.call::<String>("boom", ())).0, "Panic");
-    // By address, as a remote client would.
-    let addr = metabridge::registry::Registry::open(&env.home)
+    // By address, as a remote client would (given the token the service
+    // published to its owner).
+    let entry = metabridge::registry::Registry::open(&env.home)
         .unwrap()
         .lookup("svc")
-        .unwrap()
-        .tcp;
+        .unwrap();
     let remote = metabridge::connect("svc")
-        .at(&addr)
+        .at(&entry.tcp)
+        .token(entry.token.as_deref().unwrap())
         .arg("r:")
         .arg(1)
         .open()
@@ -396,14 +397,14 @@ fn run_in_a_multithreaded_program_re_executes_the_binary() {
 fn a_client_that_cannot_map_the_segments_falls_back_to_tcp() {
     let mut env = TestEnv::new("fallback");
     env.start_service("svc", &[]);
-    // Take the service's doorbell segment away, as a client without access
-    // to its /dev/shm would see it (root ignores file modes, so remove it).
-    let bells = metabridge::registry::Registry::open(&env.home)
+    // Take the service's control socket away, as a client that cannot
+    // reach it would see it (root ignores file modes, so remove it).
+    let socket = metabridge::registry::Registry::open(&env.home)
         .unwrap()
         .lookup("svc")
         .unwrap()
-        .doorbells;
-    std::fs::remove_file(env.home.join(format!("metabridge.{bells}"))).unwrap();
+        .control_socket;
+    std::fs::remove_file(socket).unwrap();
     let c = env.connect("svc").arg("f:").arg(1).open().unwrap();
     assert_eq!(c.transport_name(), "tcp");
     assert_eq!(c.call::<String>("echo", ("x",)).unwrap(), "f:x");

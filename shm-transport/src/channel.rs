@@ -326,6 +326,12 @@ impl Sender {
         self.send_deadline(message, Limit::After(timeout))
     }
 
+    /// Sends one message, giving up with [`Error::Timeout`] at `deadline`
+    /// (for a caller whose one deadline covers several steps).
+    pub fn send_until(&mut self, message: &[u8], deadline: Instant) -> Result<()> {
+        self.send_deadline(message, Limit::At(deadline))
+    }
+
     /// Sends a message of one frame (at most [`max_frame`](Self::max_frame)
     /// bytes) if the ring has room now; [`Error::Full`] otherwise.
     pub fn try_send(&mut self, message: &[u8]) -> Result<()> {
@@ -559,6 +565,11 @@ impl Receiver {
     /// completed by the next call.
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Message<'_>> {
         self.recv_deadline(Limit::After(timeout))
+    }
+
+    /// Waits for the next message until `deadline` ([`Error::Timeout`]).
+    pub fn recv_until(&mut self, deadline: Instant) -> Result<Message<'_>> {
+        self.recv_deadline(Limit::At(deadline))
     }
 
     /// The next message if one is complete now; never waits. The frames

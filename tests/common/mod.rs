@@ -33,7 +33,9 @@ impl TestEnv {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let home = PathBuf::from(format!("/dev/shm/mbt-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&home);
-        std::fs::create_dir_all(&home).unwrap();
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .create(&home)
+            .unwrap();
         TestEnv {
             home,
             children: Vec::new(),

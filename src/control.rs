@@ -1,0 +1,362 @@
+//! The control socket: how a client and a service set up a shared-memory
+//! channel. Both sides of the handshake live here.
+//!
+//! ```text
+//! client                                         service (one thread per handshake)
+//!   memfd segment, sealed  ── [2, OPEN] + fd ──►   SO_PEERCRED: uid allowed?
+//!                                                  fd sealed? header valid? room for a channel?
+//!   doorbells, worker k    ◄── [0, k:u16] + fd ──  channel handed to worker k
+//!                          ◄── [1, len:u16, why] ─ or a refusal, with the reason
+//! ```
+//!
+//! Nothing crosses this socket but descriptors and a few bytes, and both
+//! ends check who is on the other side (`SO_PEERCRED`) before they trust
+//! what it sends: the service admits its own uid (and an allow-list), the
+//! client talks only to a service of its own uid. The socket file is 0600
+//! in the 0700 home, so other users cannot even connect; the credential
+//! check holds even if they could. Every read and write has a deadline, and
+//! the service runs each handshake off its accept loop, so a client that
+//! connects and sends nothing delays nobody else.
+
+use crate::error::{Error, Result};
+use metabridge_shm::{Channel, ChannelConfig, DoorbellSet};
+use nix::sys::socket::{
+    getsockopt, recvmsg, sendmsg, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
+};
+use std::io::{IoSlice, IoSliceMut, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Version byte of the handshake; a service refuses any other.
+pub(crate) const VERSION: u8 = 2;
+/// Operation: open a channel over the segment whose descriptor comes along.
+const OP_OPEN_CHANNEL: u8 = 1;
+/// Reply status: accepted (then the worker index and the doorbell fd).
+const STATUS_OK: u8 = 0;
+/// Reply status: refused (then a length-prefixed reason).
+const STATUS_REFUSED: u8 = 1;
+
+/// How long a service waits for a client's handshake bytes.
+pub(crate) const SERVICE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a service granted: the worker that serves the channel and the
+/// service's doorbells.
+pub(crate) struct Granted {
+    pub(crate) worker: u16,
+    pub(crate) doorbells: OwnedFd,
+}
+
+/// Client side: asks the service at `socket` to take the channel whose
+/// segment is `segment`, within `deadline`.
+pub(crate) fn request_channel(
+    socket: &Path,
+    segment: BorrowedFd<'_>,
+    deadline: Instant,
+) -> Result<Granted> {
+    check_socket_file(socket)?;
+    let stream = connect_until(socket, deadline)?;
+    let me = nix::unistd::geteuid().as_raw();
+    let peer = peer_uid(&stream)?;
+    if peer != me {
+        return Err(Error::Protocol(format!(
+            "the control socket {} is served by uid {peer}, not by this user (uid {me}); refusing to use it",
+            socket.display()
+        )));
+    }
+    set_timeouts(&stream, remaining(deadline)?)?;
+    send_with_fd(&stream, &[VERSION, OP_OPEN_CHANNEL], segment)?;
+    let mut head = [0u8; 3];
+    let fd = recv_with_fd(&stream, &mut head, remaining(deadline)?)?;
+    match head[0] {
+        STATUS_OK => {
+            let doorbells = fd.ok_or_else(|| {
+                Error::Protocol("the service accepted the channel without doorbells".into())
+            })?;
+            Ok(Granted {
+                worker: u16::from_le_bytes([head[1], head[2]]),
+                doorbells,
+            })
+        }
+        STATUS_REFUSED => {
+            let len = u16::from_le_bytes([head[1], head[2]]) as usize;
+            let mut why = vec![0u8; len];
+            let mut stream = &stream;
+            stream.read_exact(&mut why).map_err(|e| io_step(e, "reading the refusal"))?;
+            Err(Error::Refused(String::from_utf8_lossy(&why).into_owned()))
+        }
+        other => Err(Error::Protocol(format!(
+            "control socket answered with unknown status {other}"
+        ))),
+    }
+}
+
+/// Who may open channels on a service.
+#[derive(Clone, Debug)]
+pub(crate) struct PeerPolicy {
+    /// The service's own uid, always admitted.
+    pub(crate) uid: u32,
+    /// Other uids admitted (`ServiceConfig::allow_uids`).
+    pub(crate) also: Vec<u32>,
+}
+
+impl PeerPolicy {
+    /// `Err(reason)` unless the process on `stream` may talk to us.
+    pub(crate) fn admit(&self, stream: &UnixStream) -> std::result::Result<(), String> {
+        match peer_uid(stream) {
+            Ok(uid) if uid == self.uid || self.also.contains(&uid) => Ok(()),
+            Ok(uid) => Err(format!(
+                "uid {uid} may not open channels on this service (it admits uid {} and {:?}; see ServiceConfig::allow_uids)",
+                self.uid, self.also
+            )),
+            Err(e) => Err(format!("cannot read the peer's credentials: {e}")),
+        }
+    }
+}
+
+/// Service side: reads one request from `stream` (already admitted by
+/// [`PeerPolicy::admit`]), maps the segment it carries, lets `place` hand
+/// the channel to a worker (or refuse it, saying why), and answers. Reads
+/// obey [`SERVICE_HANDSHAKE_TIMEOUT`].
+pub(crate) fn serve_request(
+    stream: UnixStream,
+    config: &ChannelConfig,
+    doorbells: &DoorbellSet,
+    place: impl FnOnce(Channel) -> std::result::Result<u16, String>,
+) -> Result<()> {
+    set_timeouts(&stream, SERVICE_HANDSHAKE_TIMEOUT)?;
+    let mut head = [0u8; 2];
+    let fd = recv_with_fd(&stream, &mut head, SERVICE_HANDSHAKE_TIMEOUT)?;
+    let placed = if head[0] != VERSION {
+        Err(format!(
+            "handshake version {} is not supported (this service speaks {VERSION})",
+            head[0]
+        ))
+    } else if head[1] != OP_OPEN_CHANNEL {
+        Err(format!("unknown control operation {}", head[1]))
+    } else {
+        match fd {
+            None => Err("no segment descriptor came with the request".into()),
+            Some(fd) => match Channel::from_fd(fd.as_fd(), config) {
+                Ok(channel) => place(channel),
+                Err(e) => Err(e.to_string()),
+            },
+        }
+    };
+    match placed {
+        Ok(worker) => {
+            let [a, b] = worker.to_le_bytes();
+            let bells = doorbells
+                .fd()
+                .ok_or_else(|| Error::Protocol("the doorbell set has no descriptor".into()))?;
+            send_with_fd(&stream, &[STATUS_OK, a, b], bells)
+        }
+        Err(why) => {
+            refuse(&stream, &why);
+            Err(Error::Refused(why))
+        }
+    }
+}
+
+/// Writes a refusal with its reason (best effort: the peer may be gone).
+pub(crate) fn refuse(stream: &UnixStream, why: &str) {
+    let why = &why.as_bytes()[..why.len().min(u16::MAX as usize)];
+    let mut reply = vec![STATUS_REFUSED];
+    reply.extend_from_slice(&(why.len() as u16).to_le_bytes());
+    reply.extend_from_slice(why);
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+    let mut stream = stream;
+    let _ = stream.write_all(&reply);
+}
+
+/// The control socket must be a socket (not a symlink to one elsewhere)
+/// owned by us: otherwise another user could be listening there.
+fn check_socket_file(socket: &Path) -> Result<()> {
+    let meta = std::fs::symlink_metadata(socket).map_err(|e| {
+        Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("control socket {}: {e}", socket.display()),
+        ))
+    })?;
+    let me = nix::unistd::geteuid().as_raw();
+    if !meta.file_type().is_socket() || meta.uid() != me {
+        return Err(Error::InsecurePath {
+            path: socket.to_owned(),
+            problem: format!(
+                "is a {} owned by uid {} (expected a socket owned by uid {me})",
+                describe(&meta.file_type()),
+                meta.uid()
+            ),
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn describe(t: &std::fs::FileType) -> &'static str {
+    if t.is_symlink() {
+        "symbolic link"
+    } else if t.is_dir() {
+        "directory"
+    } else if t.is_file() {
+        "regular file"
+    } else if t.is_socket() {
+        "socket"
+    } else {
+        "special file"
+    }
+}
+
+/// Connects without blocking past `deadline` (a full listen backlog makes
+/// a blocking connect wait indefinitely).
+fn connect_until(socket: &Path, deadline: Instant) -> Result<UnixStream> {
+    use nix::sys::socket::{connect, socket as new_socket, AddressFamily, SockFlag, SockType};
+    let addr = nix::sys::socket::UnixAddr::new(socket).map_err(std::io::Error::from)?;
+    let fd = new_socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(std::io::Error::from)?;
+    loop {
+        match connect(fd.as_raw_fd(), &addr) {
+            Ok(()) => break,
+            // A Unix socket's non-blocking connect fails with EAGAIN while
+            // the listener's backlog is full: retry until the deadline.
+            Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => {
+                if Instant::now() >= deadline {
+                    return Err(Error::Timeout(format!(
+                        "connecting to the control socket {}",
+                        socket.display()
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => {
+                return Err(Error::Io(std::io::Error::new(
+                    std::io::Error::from(e).kind(),
+                    format!("control socket {}: {e}", socket.display()),
+                )))
+            }
+        }
+    }
+    let stream = UnixStream::from(fd);
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
+fn peer_uid(stream: &UnixStream) -> std::io::Result<u32> {
+    let cred = getsockopt(stream, sockopt::PeerCredentials)?;
+    Ok(cred.uid())
+}
+
+fn remaining(deadline: Instant) -> Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(Error::Timeout("setting up a shared-memory channel".into()));
+    }
+    Ok(left)
+}
+
+fn set_timeouts(stream: &UnixStream, timeout: Duration) -> Result<()> {
+    let t = Some(timeout.max(Duration::from_millis(1)));
+    stream.set_read_timeout(t)?;
+    stream.set_write_timeout(t)?;
+    Ok(())
+}
+
+/// A socket read or write that failed: a timeout is [`Error::Timeout`].
+fn io_step(e: std::io::Error, what: &str) -> Error {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            Error::Timeout(format!("{what} on the control socket"))
+        }
+        _ => Error::Io(std::io::Error::new(e.kind(), format!("{what}: {e}"))),
+    }
+}
+
+fn send_with_fd(stream: &UnixStream, bytes: &[u8], fd: BorrowedFd<'_>) -> Result<()> {
+    let fds = [fd.as_raw_fd()];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    let iov = [IoSlice::new(bytes)];
+    loop {
+        match sendmsg::<()>(
+            stream.as_raw_fd(),
+            &iov,
+            &cmsg,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Ok(n) if n == bytes.len() => return Ok(()),
+            Ok(n) => {
+                // The descriptor went with the first byte; the rest is
+                // plain data.
+                let mut stream = stream;
+                return stream
+                    .write_all(&bytes[n..])
+                    .map_err(|e| io_step(e, "writing the handshake"));
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(io_step(e.into(), "writing the handshake")),
+        }
+    }
+}
+
+/// Reads exactly `buf.len()` bytes, and the one descriptor that may come
+/// with the first of them. Extra descriptors are closed and refused.
+fn recv_with_fd(stream: &UnixStream, buf: &mut [u8], timeout: Duration) -> Result<Option<OwnedFd>> {
+    let deadline = Instant::now() + timeout;
+    let mut space = nix::cmsg_space!([RawFd; 2]);
+    let (got, mut fds, truncated) = loop {
+        let mut iov = [IoSliceMut::new(buf)];
+        match recvmsg::<()>(
+            stream.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(msg) => {
+                let mut fds = Vec::new();
+                for c in msg.cmsgs().map_err(std::io::Error::from)? {
+                    if let ControlMessageOwned::ScmRights(raw) = c {
+                        for fd in raw {
+                            // SAFETY: the kernel has just installed this
+                            // descriptor in our table for us (SCM_RIGHTS);
+                            // nothing else owns it, so wrapping it makes
+                            // sure it is closed exactly once.
+                            fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                        }
+                    }
+                }
+                let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
+                break (msg.bytes, fds, truncated);
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(io_step(e.into(), "reading the handshake")),
+        }
+    };
+    if got == 0 {
+        return Err(Error::PeerGone(
+            "the other side closed the control socket".into(),
+        ));
+    }
+    if truncated || fds.len() > 1 {
+        return Err(Error::Protocol(
+            "more than one descriptor came with a handshake".into(),
+        ));
+    }
+    if got < buf.len() {
+        stream.set_read_timeout(Some(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+        ))?;
+        let mut stream = stream;
+        stream
+            .read_exact(&mut buf[got..])
+            .map_err(|e| io_step(e, "reading the handshake"))?;
+    }
+    Ok(fds.pop())
+}
