@@ -75,6 +75,9 @@ impl Fixture {
 
     #[metabridge::function]
     pub fn sleep_ms(&self, ms: u64) -> u64 {
+        if std::env::var_os("FIXTURE_ANNOUNCE").is_some() {
+            eprintln!("fixture: sleep_ms started");
+        }
         std::thread::sleep(Duration::from_millis(ms));
         ms
     }
@@ -106,11 +109,20 @@ fn main() {
             if std::env::var_os("FIXTURE_EXPOSE").is_some() {
                 service = service.host("127.0.0.1");
             }
+            let number = |var: &str| std::env::var(var).ok().and_then(|v| v.parse::<u64>().ok());
+            if let Some(n) = number("FIXTURE_MAX_CHANNELS") {
+                service = service.configure(|c| c.max_channels = n as usize);
+            }
+            if let Some(ms) = number("FIXTURE_SHUTDOWN_MS") {
+                service = service
+                    .configure(|c| c.shutdown_timeout = std::time::Duration::from_millis(ms));
+            }
             let service = rename(service, &name);
             if let Err(e) = metabridge::serve(service) {
                 eprintln!("test_service: {e}");
                 std::process::exit(match e {
                     metabridge::Error::ServiceAlreadyExists { .. } => 3,
+                    metabridge::Error::ShutdownTimeout { .. } => 4,
                     _ => 1,
                 });
             }

@@ -84,7 +84,9 @@ pub(crate) fn request_channel(
             let len = u16::from_le_bytes([head[1], head[2]]) as usize;
             let mut why = vec![0u8; len];
             let mut stream = &stream;
-            stream.read_exact(&mut why).map_err(|e| io_step(e, "reading the refusal"))?;
+            stream
+                .read_exact(&mut why)
+                .map_err(|e| io_step(e, "reading the refusal"))?;
             Err(Error::Refused(String::from_utf8_lossy(&why).into_owned()))
         }
         other => Err(Error::Protocol(format!(

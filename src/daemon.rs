@@ -150,6 +150,10 @@ fn error_wire(e: &Error) -> (u8, String, u32) {
     }
 }
 
+/// Exit status of a daemon that stopped at its shutdown deadline with
+/// calls still running (see `ServiceConfig::shutdown_timeout`).
+pub const SHUTDOWN_TIMEOUT_EXIT: i32 = 3;
+
 /// Serves, then exits: never returns to the caller's `main`.
 fn child_main<S: Send + Sync + 'static>(service: Service<S>, ready: std::fs::File) -> ! {
     let ready = std::cell::RefCell::new(ready);
@@ -162,14 +166,21 @@ fn child_main<S: Send + Sync + 'static>(service: Service<S>, ready: std::fs::Fil
             *f = d;
         }
     });
-    if result.is_err() {
+    if let Err(e) = &result {
         report(&mut ready.borrow_mut(), &result, None);
+        eprintln!("metabridge: {e}");
     }
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
+    let code = match result {
+        Ok(()) => 0,
+        // Calls were abandoned at the shutdown deadline.
+        Err(Error::ShutdownTimeout { .. }) => SHUTDOWN_TIMEOUT_EXIT,
+        Err(_) => 1,
+    };
     // SAFETY: _exit ends the process at once, skipping atexit handlers and
     // destructors the parent's code may have registered before the fork.
-    unsafe { libc::_exit(if result.is_ok() { 0 } else { 1 }) }
+    unsafe { libc::_exit(code) }
 }
 
 fn serve_as_reexecuted_child<S: Send + Sync + 'static>(service: Service<S>) -> ! {

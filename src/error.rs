@@ -61,7 +61,9 @@ pub enum Error {
     Refused(String),
     /// A stopping service passed its shutdown deadline with calls still
     /// running; it stopped anyway, abandoning them.
-    #[error("service {name:?} stopped after its {timeout:?} shutdown deadline, abandoning {abandoned}")]
+    #[error(
+        "service {name:?} stopped after its {timeout:?} shutdown deadline, abandoning {abandoned}"
+    )]
     ShutdownTimeout {
         /// Service name.
         name: String,

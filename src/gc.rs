@@ -39,9 +39,10 @@ pub fn gc() -> Result<GcReport> {
 pub(crate) fn collect(registry: &Registry) -> Result<GcReport> {
     let mut report = GcReport::default();
     for e in registry.reclaim_stale()? {
-        report
-            .removed
-            .push(format!("registry entry {:?} of dead process {}", e.name, e.pid));
+        report.removed.push(format!(
+            "registry entry {:?} of dead process {}",
+            e.name, e.pid
+        ));
     }
     let live: HashSet<PathBuf> = registry
         .list()
@@ -80,10 +81,9 @@ pub(crate) fn collect(registry: &Registry) -> Result<GcReport> {
                 path.display()
             ));
         } else if std::fs::remove_file(&path).is_ok() {
-            report.removed.push(format!(
-                "{} of dead process {pid}",
-                path.display()
-            ));
+            report
+                .removed
+                .push(format!("{} of dead process {pid}", path.display()));
         }
     }
     // Named segments and doorbell files (older versions made them here).

@@ -54,7 +54,9 @@ mod transport;
 
 pub use args::{Args, CallArgs, IntoArgs};
 pub use client::{connect, lookup, to_msgpack, Client, Connect, TransportKind};
-pub use daemon::{run, serve, DaemonHandle, DAEMON_ENV, STARTUP_TIMEOUT, STOP_TIMEOUT};
+pub use daemon::{
+    run, serve, DaemonHandle, DAEMON_ENV, SHUTDOWN_TIMEOUT_EXIT, STARTUP_TIMEOUT, STOP_TIMEOUT,
+};
 pub use error::{CallError, Error, Result};
 pub use gc::{gc, GcReport};
 pub use metabridge_macros::{endpoint, function, service};

@@ -398,10 +398,7 @@ impl Registry {
         }
         Err(Error::ServiceNotFound {
             name: name.into(),
-            reason: format!(
-                "no such service is registered in {}",
-                self.dir.display()
-            ),
+            reason: format!("no such service is registered in {}", self.dir.display()),
         })
     }
 
@@ -711,11 +708,16 @@ mod tests {
         std::fs::create_dir_all(&home).unwrap();
         std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o777)).unwrap();
         nix::unistd::chown(&home, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
-        let e = Registry::open(&home).err().expect("a squatted home was used");
+        let e = Registry::open(&home)
+            .err()
+            .expect("a squatted home was used");
         let text = e.to_string();
         assert!(matches!(e, Error::InsecurePath { .. }), "{text}");
         assert!(text.contains(&home.display().to_string()), "{text}");
-        assert!(text.contains("uid 65534") && text.contains("0777"), "{text}");
+        assert!(
+            text.contains("uid 65534") && text.contains("0777"),
+            "{text}"
+        );
         assert!(!home.join("registry").exists(), "nothing written into it");
         // Ours, but open to others.
         nix::unistd::chown(&home, Some(nix::unistd::geteuid()), None).unwrap();
@@ -728,14 +730,18 @@ mod tests {
         let link = temp_home("squat-link");
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&home, &link).unwrap();
-        let e = Registry::open(&link).err().expect("a symlinked home was used");
+        let e = Registry::open(&link)
+            .err()
+            .expect("a symlinked home was used");
         assert!(e.to_string().contains("symbolic link"), "{e}");
         std::fs::remove_file(&link).unwrap();
         // The registry file itself: a symlink, then another owner, then a mode.
         let target = temp_home("squat-target");
         std::fs::write(&target, vec![0u8; 16]).unwrap();
         std::os::unix::fs::symlink(&target, home.join("registry")).unwrap();
-        let e = Registry::open(&home).err().expect("a symlinked registry was used");
+        let e = Registry::open(&home)
+            .err()
+            .expect("a symlinked registry was used");
         assert!(e.to_string().contains("symbolic link"), "{e}");
         std::fs::remove_file(home.join("registry")).unwrap();
         std::fs::remove_file(&target).unwrap();
@@ -743,11 +749,15 @@ mod tests {
         std::fs::write(&reg_path, b"").unwrap();
         std::fs::set_permissions(&reg_path, std::fs::Permissions::from_mode(0o600)).unwrap();
         nix::unistd::chown(&reg_path, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
-        let e = Registry::open(&home).err().expect("another user's registry was used");
+        let e = Registry::open(&home)
+            .err()
+            .expect("another user's registry was used");
         assert!(e.to_string().contains("uid 65534"), "{e}");
         nix::unistd::chown(&reg_path, Some(nix::unistd::geteuid()), None).unwrap();
         std::fs::set_permissions(&reg_path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let e = Registry::open(&home).err().expect("a 0644 registry was used");
+        let e = Registry::open(&home)
+            .err()
+            .expect("a 0644 registry was used");
         assert!(e.to_string().contains("mode 0644"), "{e}");
         std::fs::set_permissions(&reg_path, std::fs::Permissions::from_mode(0o600)).unwrap();
         Registry::open(&home).unwrap();

@@ -12,10 +12,10 @@
 //! with the doorbell bit and sleeps on its doorbell. An idle service thus
 //! uses no CPU, and a busy one answers without a syscall.
 
+use crate::control::PeerPolicy;
 use crate::dispatch::{finish_async, CallCache, Dispatch, Dispatcher, Outcome};
 use crate::envelope;
 use crate::error::{Error, Result};
-use crate::control::PeerPolicy;
 use crate::registry::{self, Entry, Registry};
 use crate::service::Service;
 use metabridge_shm::{Channel, ChannelConfig, Doorbell, DoorbellSet, ProcessIdentity};
@@ -382,7 +382,12 @@ impl Drop for PendingGuard {
     }
 }
 
-fn accept_loop(listener: &UnixListener, acceptor: &Arc<Acceptor>, registry: &Registry, entry: &Entry) {
+fn accept_loop(
+    listener: &UnixListener,
+    acceptor: &Arc<Acceptor>,
+    registry: &Registry,
+    entry: &Entry,
+) {
     let mut orphaned_at: Option<Instant> = None;
     let mut checked = Instant::now();
     let channel_config = ChannelConfig::default();
@@ -418,7 +423,9 @@ fn accept_loop(listener: &UnixListener, acceptor: &Arc<Acceptor>, registry: &Reg
                     .spawn(move || {
                         let a = &guard.0;
                         if let Err(e) =
-                            crate::control::serve_request(stream, &config, &a.bells, |ch| a.place(ch))
+                            crate::control::serve_request(stream, &config, &a.bells, |ch| {
+                                a.place(ch)
+                            })
                         {
                             tracing::debug!("channel setup failed: {e}");
                         }

@@ -9,8 +9,8 @@ use common::TestEnv;
 use metabridge::Error;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -293,7 +293,10 @@ fn a_default_service_refuses_tcp_callers_without_its_published_token() {
         .lookup("svc")
         .unwrap();
     assert!(entry.token_required);
-    let token = entry.token.clone().expect("the token is published to the owner");
+    let token = entry
+        .token
+        .clone()
+        .expect("the token is published to the owner");
     assert!(token.len() >= 32, "{token}");
     // Our own client, forced onto TCP, finds the token by itself.
     let ours = env
@@ -308,19 +311,33 @@ fn a_default_service_refuses_tcp_callers_without_its_published_token() {
     let mut s = TcpStream::connect(&entry.tcp).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut list = Vec::new();
-    metabridge::envelope::encode_list(&mut list, &metabridge::envelope::encode_ctor(&[0x90], &[0x80]), None);
+    metabridge::envelope::encode_list(
+        &mut list,
+        &metabridge::envelope::encode_ctor(&[0x90], &[0x80]),
+        None,
+    );
     assert_eq!(error_kind(&raw_frame(&mut s, &list)), "Unauthorized");
     // Another user (this test binary again, as uid 65534) speaking the
     // original protocol: refused, endpoint list included.
     let stranger = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "stranger_probe", "--nocapture", "--test-threads", "1"])
+        .args([
+            "--exact",
+            "stranger_probe",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
         .env("MB_STRANGER_ADDR", &entry.tcp)
         .uid(65534)
         .gid(65534)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&stranger.stdout);
-    assert!(stranger.status.success(), "{text}{}", String::from_utf8_lossy(&stranger.stderr));
+    assert!(
+        stranger.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&stranger.stderr)
+    );
     assert!(
         text.contains("STRANGER list_endpoints=Unauthorized echo=Unauthorized"),
         "{text}"

@@ -66,6 +66,11 @@ impl TestEnv {
         pid
     }
 
+    /// Takes charge of a child started elsewhere (killed and reaped on drop).
+    pub fn adopt(&mut self, child: Child) {
+        self.children.push(child);
+    }
+
     pub fn spawn(&mut self, cmd: &mut Command) -> u32 {
         let child = cmd.spawn().unwrap();
         let pid = child.id();
