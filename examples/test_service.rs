@@ -9,6 +9,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 static INSTANCES: AtomicU64 = AtomicU64::new(0);
+static GATHERED: AtomicU64 = AtomicU64::new(0);
+static MET: tokio::sync::Notify = tokio::sync::Notify::const_new();
+struct Gate {
+    holders: u64,
+    open: bool,
+}
+static GATE: (std::sync::Mutex<Gate>, std::sync::Condvar) = (
+    std::sync::Mutex::new(Gate {
+        holders: 0,
+        open: false,
+    }),
+    std::sync::Condvar::new(),
+);
 
 pub struct Fixture {
     id: u64,
@@ -86,6 +99,55 @@ impl Fixture {
     pub async fn later(&self, ms: u64) -> String {
         tokio::time::sleep(Duration::from_millis(ms)).await;
         format!("{}after {ms} ms", self.prefix)
+    }
+
+    /// Waits (up to 30 s) until `n` calls of `gather` are in progress at
+    /// once; true if they were. Only concurrent async calls can all meet.
+    #[metabridge::function]
+    pub async fn gather(&self, n: u64) -> bool {
+        GATHERED.fetch_add(1, Ordering::SeqCst);
+        MET.notify_waiters();
+        let all_here = async {
+            loop {
+                let notified = MET.notified();
+                if GATHERED.load(Ordering::SeqCst) >= n {
+                    MET.notify_waiters();
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), all_here)
+            .await
+            .is_ok()
+    }
+
+    /// Blocks its thread until `release` is called (up to 30 s); true if
+    /// released. A sync call that holds its worker.
+    #[metabridge::function]
+    pub fn hold(&self) -> bool {
+        let (lock, cv) = &GATE;
+        let mut gate = lock.lock().unwrap();
+        gate.holders += 1;
+        cv.notify_all();
+        let (gate, _) = cv
+            .wait_timeout_while(gate, Duration::from_secs(30), |g| !g.open)
+            .unwrap();
+        gate.open
+    }
+
+    /// Waits (up to 30 s) until a `hold` is in progress, then releases it;
+    /// true if one was (so this call ran while `hold` held its thread).
+    #[metabridge::function]
+    pub fn release(&self) -> bool {
+        let (lock, cv) = &GATE;
+        let gate = lock.lock().unwrap();
+        let (mut gate, _) = cv
+            .wait_timeout_while(gate, Duration::from_secs(30), |g| g.holders == 0)
+            .unwrap();
+        gate.open = true;
+        cv.notify_all();
+        gate.holders > 0
     }
 
     #[metabridge::endpoint("renamed")]

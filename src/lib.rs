@@ -51,6 +51,7 @@ mod server;
 mod service;
 mod tcp;
 mod transport;
+mod worker;
 
 pub use args::{Args, CallArgs, IntoArgs};
 pub use client::{connect, lookup, to_msgpack, Client, Connect, TransportKind};

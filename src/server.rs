@@ -7,18 +7,16 @@
 //! client ── TCP frames ──► tokio server ──► the same dispatcher
 //! ```
 //!
-//! A worker serves many channels: it polls each for a request, answers,
-//! and when a pass finds nothing for its spin budget it arms every channel
-//! with the doorbell bit and sleeps on its doorbell. An idle service thus
-//! uses no CPU, and a busy one answers without a syscall.
+//! The workers, and how slow calls are kept from stalling others, are in
+//! `worker.rs`; the control-socket handshake in `control.rs`.
 
 use crate::control::PeerPolicy;
-use crate::dispatch::{finish_async, CallCache, Dispatch, Dispatcher, Outcome};
-use crate::envelope;
+use crate::dispatch::{Dispatch, Dispatcher};
 use crate::error::{Error, Result};
 use crate::registry::{self, Entry, Registry};
 use crate::service::Service;
-use metabridge_shm::{Channel, ChannelConfig, Doorbell, DoorbellSet, ProcessIdentity};
+use crate::worker::{ChannelCount, Counted, Inbox};
+use metabridge_shm::{Channel, ChannelConfig, DoorbellSet, ProcessIdentity};
 use std::io::Read;
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
@@ -88,50 +86,12 @@ extern "C" fn on_parent_death_signal(_: libc::c_int) {
 /// and the handler of the first may run second).
 const ORPHAN_GRACE: Duration = Duration::from_millis(100);
 
-/// How long a worker polls its channels before sleeping.
-const WORKER_SPIN: Duration = Duration::from_micros(50);
-/// A sleeping worker wakes this often to check stop requests and peers.
-const WORKER_TICK: Duration = Duration::from_millis(100);
-
-/// How long a worker waits for room in a client's reply ring.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// A worker keeps a reply buffer up to this size between calls; a larger
-/// one (after a large reply) is freed, so one big call does not pin its
-/// memory until restart.
-const KEEP_REPLY_BUFFER: usize = 1 << 20;
-
 /// How often the accept loop checks that the service is still registered.
 const REGISTRATION_CHECK: Duration = Duration::from_secs(1);
 
 /// Most channel handshakes in progress at once; more are refused at once
 /// (each runs on a thread of its own, off the accept loop).
 const MAX_PENDING_HANDSHAKES: usize = 64;
-
-/// New channels handed from the acceptor to a worker.
-struct Inbox {
-    pending: AtomicBool,
-    channels: Mutex<Vec<Counted>>,
-    bell: Doorbell,
-}
-
-/// The service's count of open channels, against `ServiceConfig::max_channels`.
-struct ChannelCount {
-    open: AtomicUsize,
-    max: usize,
-}
-
-/// A channel holding one unit of [`ChannelCount`], given back on drop.
-struct Counted {
-    channel: Channel,
-    count: Arc<ChannelCount>,
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.count.open.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// Name usable in file names: the service name with other bytes replaced.
 pub(crate) fn file_safe(name: &str) -> String {
@@ -217,9 +177,12 @@ pub(crate) fn serve_with<S: Send + Sync + 'static>(
     std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))?;
     listener.set_nonblocking(true)?;
 
-    let workers_stop = Arc::new(AtomicBool::new(false));
+    let pool = crate::worker::Pool::new(
+        dispatch.clone(),
+        runtime.handle().clone(),
+        config.max_extra_workers,
+    );
     let mut inboxes = Vec::new();
-    let mut threads = Vec::new();
     for k in 0..workers {
         let bell = bells
             .bell(k)
@@ -230,18 +193,14 @@ pub(crate) fn serve_with<S: Send + Sync + 'static>(
             bell,
         });
         inboxes.push(inbox.clone());
-        let worker = Worker {
-            inbox,
-            dispatch: dispatch.clone(),
-            runtime: runtime.handle().clone(),
-            stop: workers_stop.clone(),
-        };
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("metabridge-worker-{k}"))
-                .spawn(move || worker.run())?,
-        );
+        pool.start(inbox, Vec::new(), &k.to_string())?;
     }
+    let supervisor = {
+        let pool = pool.clone();
+        std::thread::Builder::new()
+            .name("metabridge-supervisor".into())
+            .spawn(move || pool.supervise())?
+    };
 
     let entry = Entry {
         name: name.clone(),
@@ -284,25 +243,13 @@ pub(crate) fn serve_with<S: Send + Sync + 'static>(
     // within the shutdown deadline: an endpoint that never returns must
     // not keep the process alive.
     let deadline = Instant::now() + config.shutdown_timeout;
-    workers_stop.store(true, Ordering::SeqCst);
-    for inbox in &acceptor.inboxes {
-        inbox.bell.ring();
-    }
+    pool.request_stop(&acceptor.inboxes);
     tcp_stop.shutdown();
     let tcp_done = runtime.block_on(async {
         tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), tcp_task).await
     });
-    let mut stuck: Vec<usize> = Vec::new();
-    for (k, t) in threads.into_iter().enumerate() {
-        while !t.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        if t.is_finished() {
-            let _ = t.join();
-        } else {
-            stuck.push(k);
-        }
-    }
+    let stuck = pool.join_until(deadline);
+    let _ = supervisor.join();
     runtime.shutdown_timeout(Duration::from_millis(100));
     registered?;
     if !stuck.is_empty() || tcp_done.is_err() {
@@ -463,147 +410,5 @@ fn keep_registered(registry: &Registry, entry: &Entry) {
             Err(e) => tracing::warn!("cannot register {:?} again: {e}", entry.name),
         },
         Err(e) => tracing::debug!("cannot read the registry: {e}"),
-    }
-}
-
-struct Worker {
-    inbox: Arc<Inbox>,
-    dispatch: Arc<dyn Dispatch>,
-    runtime: tokio::runtime::Handle,
-    stop: Arc<AtomicBool>,
-}
-
-/// A channel served by a worker, with what the dispatcher remembers of its
-/// last call.
-struct Conn {
-    counted: Counted,
-    cache: CallCache,
-}
-
-impl Worker {
-    fn run(self) {
-        let mut channels: Vec<Conn> = Vec::new();
-        let mut out = Vec::with_capacity(4096);
-        let mut idle_since: Option<Instant> = None;
-        let mut polls = 0u32;
-        let mut last_check = Instant::now();
-        let mut peer_elsewhere = false;
-        let mut peer_here = false;
-        loop {
-            if self.inbox.pending.load(Ordering::Relaxed)
-                && self.inbox.pending.swap(false, Ordering::Acquire)
-            {
-                let mut list = self
-                    .inbox
-                    .channels
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                channels.extend(list.drain(..).map(|counted| Conn {
-                    counted,
-                    cache: CallCache::default(),
-                }));
-            }
-            let seen = self.inbox.bell.count();
-            let mut worked = false;
-            let mut i = 0;
-            while i < channels.len() {
-                match self.serve_one(&mut channels[i], &mut out) {
-                    Ok(served) => {
-                        worked |= served;
-                        i += 1;
-                    }
-                    Err(_) => {
-                        channels.swap_remove(i);
-                    }
-                }
-            }
-            if worked {
-                idle_since = None;
-                continue;
-            }
-            if self.stop.load(Ordering::SeqCst) {
-                return; // the pass above answered everything already queued
-            }
-            // Spin for a while, but only while a client runs on another
-            // CPU: spinning on the CPU it needs only delays it. (Where we
-            // and the clients run is looked up once per idle period.)
-            let now_idle = *idle_since.get_or_insert_with(|| {
-                let me = metabridge_shm::current_cpu();
-                peer_elsewhere = channels
-                    .iter()
-                    .any(|c| c.counted.channel.peer_cpu().is_some_and(|p| p != me));
-                peer_here = channels
-                    .iter()
-                    .any(|c| c.counted.channel.peer_cpu() == Some(me));
-                Instant::now()
-            });
-            if peer_elsewhere {
-                polls = polls.wrapping_add(1);
-                if polls % 64 != 0 || now_idle.elapsed() < WORKER_SPIN {
-                    std::hint::spin_loop();
-                    continue;
-                }
-            } else if peer_here && now_idle.elapsed() < WORKER_SPIN {
-                // A client shares our CPU: give it the CPU so that it can
-                // read our answer and send its next request.
-                std::thread::yield_now();
-                continue;
-            }
-            // Arm every channel, then sleep on the doorbell.
-            let mut armed = true;
-            for c in channels.iter_mut() {
-                match c.counted.channel.halves().1.arm_doorbell() {
-                    Ok(true) => {}
-                    _ => {
-                        armed = false;
-                        break;
-                    }
-                }
-            }
-            if !armed {
-                continue;
-            }
-            self.inbox.bell.wait(seen, WORKER_TICK);
-            if last_check.elapsed() >= WORKER_TICK {
-                last_check = Instant::now();
-                channels.retain(|c| c.counted.channel.check_peer().is_ok());
-            }
-        }
-    }
-
-    /// Answers one request of `conn` if there is one.
-    fn serve_one(&self, conn: &mut Conn, out: &mut Vec<u8>) -> Result<bool> {
-        let channel = &mut conn.counted.channel;
-        let (tx, rx) = channel.halves();
-        let outcome = match rx.try_recv() {
-            Ok(Some(request)) => self.dispatch.begin_cached(&request, out, &mut conn.cache),
-            Ok(None) => return Ok(false),
-            Err(metabridge_shm::Error::MessageTooLarge { len, max }) => {
-                out.clear();
-                envelope::encode_error(
-                    out,
-                    "ProtocolError",
-                    &format!("request of {len} bytes exceeds {max}"),
-                );
-                Outcome::Done
-            }
-            Err(e) => return Err(e.into()),
-        };
-        if let Outcome::Pending(future) = outcome {
-            let joined = self.runtime.block_on(self.runtime.spawn(future));
-            finish_async(joined, out);
-        }
-        // A client that stops reading its replies must not hold this worker
-        // (and every other channel it serves) for long: give up on it.
-        // (Large replies get one more second per 16 MiB.)
-        let allowed = REPLY_TIMEOUT + Duration::from_secs((out.len() >> 24) as u64);
-        let sent = tx.send_timeout(out, allowed);
-        if out.capacity() > KEEP_REPLY_BUFFER {
-            *out = Vec::with_capacity(4096);
-        }
-        sent?;
-        // Tell the client where we run, for its adaptive wait.
-        channel.publish_cpu(metabridge_shm::current_cpu());
-        Ok(true)
     }
 }

@@ -121,6 +121,10 @@ pub struct ServiceConfig {
     /// asking for more is refused with an error naming this limit, and
     /// falls back to TCP unless it asked for shared memory.
     pub max_channels: usize,
+    /// Most extra worker threads started when a slow sync call holds a
+    /// worker (its other channels move to a new worker; see ARCHITECTURE,
+    /// "Workers"). Default 16. Past it, channels wait behind slow calls.
+    pub max_extra_workers: usize,
     /// After SIGTERM (or `request_stop`), how long calls in progress may
     /// take to finish (default 5 s). Past it the service stops anyway,
     /// reporting the calls it abandoned (`Error::ShutdownTimeout`); a
@@ -159,6 +163,7 @@ impl Default for ServiceConfig {
             tcp_exposed: false,
             allow_uids: Vec::new(),
             max_channels: 1024,
+            max_extra_workers: 16,
             shutdown_timeout: std::time::Duration::from_secs(5),
         }
     }

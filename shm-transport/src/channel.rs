@@ -621,16 +621,37 @@ impl Receiver {
         self.receive(deadline, true)?.ok_or(Error::Timeout)
     }
 
-    /// Takes frames until a whole message is there: waiting for each (until
-    /// `deadline`) if `wait`, else returning `None` at the first gap.
-    fn receive(&mut self, mut deadline: Limit, wait: bool) -> Result<Option<Message<'_>>> {
+    /// Like [`try_recv`](Self::try_recv), but hands the message over in
+    /// `buf` (swapping buffers, not copying): the caller may then keep the
+    /// bytes while it moves or lends the receiver. `Ok(false)` if no whole
+    /// message is there yet.
+    pub fn try_recv_into(&mut self, buf: &mut Vec<u8>) -> Result<bool> {
+        if !self.receive_raw(Limit::Never, false)? {
+            return Ok(false);
+        }
+        std::mem::swap(buf, &mut self.assembly);
+        Ok(true)
+    }
+
+    fn receive(&mut self, deadline: Limit, wait: bool) -> Result<Option<Message<'_>>> {
+        Ok(if self.receive_raw(deadline, wait)? {
+            Some(Message { rx: self })
+        } else {
+            None
+        })
+    }
+
+    /// Takes frames until a whole message is in `assembly`: waiting for
+    /// each (until `deadline`) if `wait`, else returning `false` at the
+    /// first gap.
+    fn receive_raw(&mut self, mut deadline: Limit, wait: bool) -> Result<bool> {
         loop {
             let frame = if wait {
                 self.next_frame(deadline)?
             } else {
                 match self.ring.try_peek()? {
                     Peek::Frame(f) => f,
-                    Peek::Empty { .. } => return Ok(None),
+                    Peek::Empty { .. } => return Ok(false),
                 }
             };
             if !self.partial && frame.flags & FLAG_MORE == 0 {
@@ -642,7 +663,7 @@ impl Receiver {
                 self.assembly.resize(frame.len, 0);
                 self.ring.mem.read(frame.offset, &mut self.assembly);
                 self.ring.release(frame.end);
-                return Ok(Some(Message { rx: self }));
+                return Ok(true);
             }
             // One frame of a message of several: from here on the rest of
             // the message shares one deadline.
@@ -679,7 +700,7 @@ impl Receiver {
                         max: self.shared.max_message,
                     });
                 }
-                return Ok(Some(Message { rx: self }));
+                return Ok(true);
             }
         }
     }

@@ -1,0 +1,532 @@
+//! Service workers: the threads that answer shared-memory channels, and
+//! the supervisor that keeps a slow call from stalling anyone else.
+//!
+//! A worker serves many channels: it polls each for a request, answers,
+//! and when a pass finds nothing for its spin budget it arms every channel
+//! with the doorbell bit and sleeps on its doorbell. An idle service thus
+//! uses no CPU, and a busy one answers without a syscall.
+//!
+//! **Async endpoints** do not hold the worker: their future is spawned on
+//! the service's tokio runtime, the channel is marked as waiting, and the
+//! worker goes on serving the others. When the future completes, its reply
+//! lands in the channel's slot and the channel's doorbell rings; whichever
+//! worker owns the channel then writes the reply. N slow async calls take
+//! about the time of one.
+//!
+//! **Slow sync endpoints** run on the worker's thread (a thread handoff per
+//! call would cost ~20 µs on this VM). So that one does not stall the other
+//! channels of its worker, a worker keeps its channels in a [`Core`] that
+//! the supervisor may take while the worker is inside a call, as Go's
+//! runtime takes the P of a thread blocked in a system call: before a call
+//! the worker moves the channel it serves out of the core and marks the
+//! core `IN_CALL`; after it, it marks it `RUNNING` again with a CAS. A
+//! supervisor thread that sees a core stay `IN_CALL` through the same call
+//! for [`STUCK_AFTER`] CASes it to `STEALING`, moves the remaining channels
+//! to a new worker thread that sleeps on the same doorbell, and marks the
+//! core `STOLEN`. The stuck worker, once its call returns, finds its core
+//! emptied and carries on with the one channel it kept. Extra workers are
+//! bounded by `ServiceConfig::max_extra_workers`; past the bound, channels
+//! wait for their worker as before. The cost on the call path is one store
+//! and one uncontended CAS on a line the worker owns.
+
+use crate::dispatch::{finish_async, CallCache, Dispatch, Outcome};
+use crate::envelope;
+use crate::error::Result;
+use metabridge_shm::{Channel, Doorbell};
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a worker polls its channels before sleeping.
+const WORKER_SPIN: Duration = Duration::from_micros(50);
+/// A sleeping worker wakes this often to check stop requests and peers.
+const WORKER_TICK: Duration = Duration::from_millis(100);
+/// How long a worker waits for room in a client's reply ring.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+/// A worker keeps a reply buffer up to this size between calls; a larger
+/// one (after a large reply) is freed, so one big call does not pin its
+/// memory until restart.
+const KEEP_REPLY_BUFFER: usize = 1 << 20;
+/// A call running this long (at least; up to twice) makes the supervisor
+/// move the other channels of its worker to a new worker.
+pub(crate) const STUCK_AFTER: Duration = Duration::from_millis(20);
+
+/// Core states.
+const RUNNING: u8 = 0;
+const IN_CALL: u8 = 1;
+const STEALING: u8 = 2;
+const STOLEN: u8 = 3;
+
+/// The service's count of open channels, against `ServiceConfig::max_channels`.
+pub(crate) struct ChannelCount {
+    pub(crate) open: AtomicUsize,
+    pub(crate) max: usize,
+}
+
+/// A channel holding one unit of [`ChannelCount`], given back on drop.
+pub(crate) struct Counted {
+    pub(crate) channel: Channel,
+    pub(crate) count: Arc<ChannelCount>,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.count.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// New channels handed from the acceptor to a worker.
+pub(crate) struct Inbox {
+    pub(crate) pending: AtomicBool,
+    pub(crate) channels: Mutex<Vec<Counted>>,
+    pub(crate) bell: Doorbell,
+}
+
+/// The reply of an async call, filled in by the task that ran it.
+type ReplySlot = Arc<Mutex<Option<Vec<u8>>>>;
+
+/// A channel served by a worker, with what the dispatcher remembers of its
+/// last call.
+pub(crate) struct Conn {
+    counted: Counted,
+    cache: CallCache,
+    /// The doorbell its client rings (and its async replies ring).
+    bell: Doorbell,
+    /// An async call in progress: its reply comes here.
+    awaiting: Option<ReplySlot>,
+}
+
+/// A worker's channels (boxed: one moves in and out of the list around
+/// every call, a pointer-sized move), which the supervisor may take while
+/// the worker is inside a call (see the module docs).
+#[allow(clippy::vec_box)]
+type Conns = Vec<Box<Conn>>;
+
+/// A worker's channels and the state that says who may touch them.
+pub(crate) struct Core {
+    /// Where its new channels arrive (shared with any worker that rescues
+    /// this one, so that new channels do not wait behind a stuck call).
+    inbox: Arc<Inbox>,
+    state: AtomicU8,
+    /// Sync calls started: the supervisor tells one long call from many.
+    calls: AtomicU64,
+    #[allow(clippy::vec_box)]
+    conns: UnsafeCell<Conns>,
+}
+
+// SAFETY: `conns` is touched only by the party the state protocol names:
+// the worker while the state is RUNNING (or after it saw STOLEN and set
+// RUNNING again), the supervisor between its successful CAS to STEALING and
+// its Release store of STOLEN. The Acquire/Release pairs on `state` order
+// their accesses.
+unsafe impl Sync for Core {}
+
+impl Core {
+    #[allow(clippy::vec_box)]
+    fn new(inbox: Arc<Inbox>, conns: Conns) -> Arc<Core> {
+        Arc::new(Core {
+            inbox,
+            state: AtomicU8::new(RUNNING),
+            calls: AtomicU64::new(0),
+            conns: UnsafeCell::new(conns),
+        })
+    }
+}
+
+/// Everything the workers of one service share.
+pub(crate) struct Pool {
+    pub(crate) dispatch: Arc<dyn Dispatch>,
+    pub(crate) runtime: tokio::runtime::Handle,
+    pub(crate) stop: Arc<AtomicBool>,
+    /// Every worker's core, for the supervisor; and their threads.
+    workers: Mutex<Vec<(Arc<Core>, std::thread::JoinHandle<()>)>>,
+    extra: AtomicUsize,
+    max_extra: usize,
+}
+
+impl Pool {
+    pub(crate) fn new(
+        dispatch: Arc<dyn Dispatch>,
+        runtime: tokio::runtime::Handle,
+        max_extra: usize,
+    ) -> Arc<Pool> {
+        Arc::new(Pool {
+            dispatch,
+            runtime,
+            stop: Arc::new(AtomicBool::new(false)),
+            workers: Mutex::new(Vec::new()),
+            extra: AtomicUsize::new(0),
+            max_extra,
+        })
+    }
+
+    /// Starts a worker on `inbox` with `conns` already in its core.
+    pub(crate) fn start(
+        self: &Arc<Self>,
+        inbox: Arc<Inbox>,
+        conns: Conns,
+        label: &str,
+    ) -> std::io::Result<()> {
+        let core = Core::new(inbox.clone(), conns);
+        let worker = Worker {
+            inbox,
+            pool: self.clone(),
+            core: core.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("metabridge-worker-{label}"))
+            .spawn(move || worker.run())?;
+        self.workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((core, thread));
+        Ok(())
+    }
+
+    /// Asks every worker to finish what is queued and stop.
+    pub(crate) fn request_stop(&self, inboxes: &[Arc<Inbox>]) {
+        self.stop.store(true, Ordering::SeqCst);
+        for inbox in inboxes {
+            inbox.bell.ring();
+        }
+    }
+
+    /// Waits for the workers until `deadline`; the indices of those still
+    /// running a call then (abandoned).
+    pub(crate) fn join_until(&self, deadline: Instant) -> Vec<usize> {
+        let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut stuck = Vec::new();
+        for (k, (_, t)) in workers.into_iter().enumerate() {
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                stuck.push(k);
+            }
+        }
+        stuck
+    }
+
+    /// The supervisor: every [`STUCK_AFTER`], moves the channels of a
+    /// worker stuck in one call to a new worker. Runs until stop.
+    pub(crate) fn supervise(self: Arc<Self>) {
+        // Per core: the call count seen last tick while IN_CALL.
+        let mut seen: Vec<Option<u64>> = Vec::new();
+        while !self.stop.load(Ordering::SeqCst) {
+            std::thread::sleep(STUCK_AFTER);
+            let cores: Vec<Arc<Core>> = self
+                .workers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(c, _)| c.clone())
+                .collect();
+            seen.resize(cores.len(), None);
+            for (k, core) in cores.iter().enumerate() {
+                let calls = core.calls.load(Ordering::Relaxed);
+                if core.state.load(Ordering::Relaxed) != IN_CALL {
+                    seen[k] = None;
+                    continue;
+                }
+                if seen[k] != Some(calls) {
+                    seen[k] = Some(calls); // in a call; stuck if still next tick
+                    continue;
+                }
+                seen[k] = None;
+                self.rescue(core);
+            }
+        }
+    }
+
+    /// Moves the channels of a stuck worker's core to a new worker.
+    fn rescue(self: &Arc<Self>, core: &Core) {
+        if self.extra.load(Ordering::Relaxed) >= self.max_extra {
+            return;
+        }
+        // Acquire: pairs with the worker's Release store of IN_CALL, after
+        // which it no longer touches `conns`.
+        if core
+            .state
+            .compare_exchange(IN_CALL, STEALING, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return; // the call just returned
+        }
+        // SAFETY: STEALING is ours (the CAS above): the worker waits for
+        // STOLEN before it touches `conns` again.
+        let conns = std::mem::take(unsafe { &mut *core.conns.get() });
+        // The new worker takes the stuck one's inbox and doorbell too: the
+        // clients of these channels ring that bell, and new channels sent
+        // to that worker must not wait behind the call.
+        let n = self.extra.fetch_add(1, Ordering::Relaxed);
+        let moved = conns.len();
+        match self.start(core.inbox.clone(), conns, &format!("extra-{n}")) {
+            Ok(()) => tracing::debug!(
+                "a call held a worker; moved its {moved} other channel(s) to a new worker"
+            ),
+            Err(e) => tracing::warn!("cannot start an extra worker: {e}"),
+        }
+        // Release: the worker that sees STOLEN sees `conns` emptied.
+        core.state.store(STOLEN, Ordering::Release);
+    }
+}
+
+/// One worker thread.
+struct Worker {
+    inbox: Arc<Inbox>,
+    pool: Arc<Pool>,
+    core: Arc<Core>,
+}
+
+impl Worker {
+    fn run(self) {
+        let mut req = Vec::with_capacity(4096);
+        let mut out = Vec::with_capacity(4096);
+        let mut idle_since: Option<Instant> = None;
+        let mut polls = 0u32;
+        let mut last_check = Instant::now();
+        let mut peer_elsewhere = false;
+        let mut peer_here = false;
+        loop {
+            let seen = self.inbox.bell.count();
+            if self.inbox.pending.load(Ordering::Relaxed)
+                && self.inbox.pending.swap(false, Ordering::Acquire)
+            {
+                let mut list = self
+                    .inbox
+                    .channels
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                let bell = self.inbox.bell.clone();
+                self.conns().extend(list.drain(..).map(|counted| {
+                    Box::new(Conn {
+                        counted,
+                        cache: CallCache::default(),
+                        bell: bell.clone(),
+                        awaiting: None,
+                    })
+                }));
+            }
+            let mut worked = false;
+            let mut awaiting = false;
+            let mut i = 0;
+            while i < self.conns().len() {
+                match self.serve_at(i, &mut req, &mut out) {
+                    Ok(Served::Nothing) => i += 1,
+                    Ok(Served::Awaiting) => {
+                        awaiting = true;
+                        i += 1
+                    }
+                    Ok(Served::Answered) => {
+                        worked = true;
+                        i += 1
+                    }
+                    Ok(Served::Stolen) => {
+                        worked = true;
+                        break; // the others went to another worker
+                    }
+                    Err(_) => {
+                        self.conns().swap_remove(i);
+                    }
+                }
+            }
+            if worked {
+                idle_since = None;
+                continue;
+            }
+            if self.pool.stop.load(Ordering::SeqCst) && !awaiting {
+                return; // the pass above answered everything already queued
+            }
+            // Spin for a while, but only while a client runs on another
+            // CPU: spinning on the CPU it needs only delays it. (Where we
+            // and the clients run is looked up once per idle period.)
+            let now_idle = *idle_since.get_or_insert_with(|| {
+                let me = metabridge_shm::current_cpu();
+                let conns = self.conns();
+                peer_elsewhere = conns
+                    .iter()
+                    .any(|c| c.counted.channel.peer_cpu().is_some_and(|p| p != me));
+                peer_here = conns
+                    .iter()
+                    .any(|c| c.counted.channel.peer_cpu() == Some(me));
+                Instant::now()
+            });
+            if peer_elsewhere {
+                polls = polls.wrapping_add(1);
+                if polls % 64 != 0 || now_idle.elapsed() < WORKER_SPIN {
+                    std::hint::spin_loop();
+                    continue;
+                }
+            } else if peer_here && now_idle.elapsed() < WORKER_SPIN {
+                // A client shares our CPU: give it the CPU so that it can
+                // read our answer and send its next request.
+                std::thread::yield_now();
+                continue;
+            }
+            // Arm every channel, then sleep on the doorbell.
+            let mut armed = true;
+            for c in self.conns().iter_mut() {
+                if c.awaiting.is_some() {
+                    continue; // its reply rings the bell
+                }
+                match c.counted.channel.halves().1.arm_doorbell() {
+                    Ok(true) => {}
+                    _ => {
+                        armed = false;
+                        break;
+                    }
+                }
+            }
+            if !armed {
+                continue;
+            }
+            self.inbox.bell.wait(seen, WORKER_TICK);
+            if last_check.elapsed() >= WORKER_TICK {
+                last_check = Instant::now();
+                self.conns()
+                    .retain(|c| c.awaiting.is_some() || c.counted.channel.check_peer().is_ok());
+            }
+        }
+    }
+
+    /// This worker's channels.
+    #[allow(clippy::mut_from_ref, clippy::vec_box)]
+    fn conns(&self) -> &mut Conns {
+        // SAFETY: the core is RUNNING whenever the worker is outside
+        // `serve_at`'s call window (it restores RUNNING before returning),
+        // so the worker owns `conns`; each borrow ends before the next.
+        unsafe { &mut *self.core.conns.get() }
+    }
+
+    /// Serves channel `i`: its async reply if it came, else one request
+    /// (received into `req`, answered from `out`).
+    fn serve_at(&self, i: usize, req: &mut Vec<u8>, out: &mut Vec<u8>) -> Result<Served> {
+        let conn = &mut self.conns()[i];
+        if let Some(slot) = &conn.awaiting {
+            let reply = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let Some(reply) = reply else {
+                return Ok(Served::Awaiting);
+            };
+            conn.awaiting = None;
+            send_reply(&mut conn.counted.channel, &reply)?;
+            return Ok(Served::Answered);
+        }
+        let outcome = match conn.counted.channel.halves().1.try_recv_into(req) {
+            Ok(true) => {
+                // The call window: this channel leaves the core, which the
+                // supervisor may then take (see the module docs).
+                let mut mine = self.conns().swap_remove(i);
+                self.core.calls.fetch_add(1, Ordering::Relaxed);
+                // Release: pairs with the supervisor's Acquire CAS; our
+                // last access to `conns` (swap_remove) happens before.
+                self.core.state.store(IN_CALL, Ordering::Release);
+                let outcome = self.pool.dispatch.begin_cached(req, out, &mut mine.cache);
+                let stolen = self.leave_call();
+                let conns = self.conns();
+                conns.push(mine);
+                let last = conns.len() - 1;
+                let at = i.min(last);
+                conns.swap(at, last);
+                if req.capacity() > KEEP_REPLY_BUFFER {
+                    *req = Vec::with_capacity(4096); // after a large request
+                }
+                let served = self.finish(at, outcome, out);
+                return match (served, stolen) {
+                    (Err(e), _) => Err(e),
+                    (Ok(_), true) => Ok(Served::Stolen),
+                    (Ok(s), false) => Ok(s),
+                };
+            }
+            Ok(false) => return Ok(Served::Nothing),
+            Err(metabridge_shm::Error::MessageTooLarge { len, max }) => {
+                out.clear();
+                envelope::encode_error(
+                    out,
+                    "ProtocolError",
+                    &format!(
+                        "request of {len} bytes exceeds the maximum of {max} (ChannelConfig::max_message)"
+                    ),
+                );
+                Outcome::Done
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.finish(i, outcome, out)
+    }
+
+    /// Ends the call window; true if the supervisor took the other
+    /// channels meanwhile.
+    fn leave_call(&self) -> bool {
+        // Acquire on failure: pairs with the supervisor's Release of
+        // STOLEN (via the wait below), so we see `conns` emptied.
+        match self.core.state.compare_exchange(
+            IN_CALL,
+            RUNNING,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => false,
+            Err(_) => {
+                while self.core.state.load(Ordering::Acquire) != STOLEN {
+                    std::thread::yield_now();
+                }
+                self.core.state.store(RUNNING, Ordering::Relaxed);
+                true
+            }
+        }
+    }
+
+    /// Writes the reply of a finished sync call, or starts an async one.
+    fn finish(&self, i: usize, outcome: Outcome, out: &mut Vec<u8>) -> Result<Served> {
+        let conn = &mut self.conns()[i];
+        match outcome {
+            Outcome::Done => {
+                send_reply(&mut conn.counted.channel, out)?;
+                if out.capacity() > KEEP_REPLY_BUFFER {
+                    *out = Vec::with_capacity(4096);
+                }
+                Ok(Served::Answered)
+            }
+            Outcome::Pending(future) => {
+                // The future runs on the runtime; this worker goes on.
+                let slot: ReplySlot = Arc::new(Mutex::new(None));
+                let (filled, bell) = (slot.clone(), conn.bell.clone());
+                let rt = &self.pool.runtime;
+                let task = rt.spawn(future);
+                rt.spawn(async move {
+                    let joined = task.await;
+                    let mut reply = Vec::with_capacity(256);
+                    finish_async(joined, &mut reply);
+                    *filled.lock().unwrap_or_else(|p| p.into_inner()) = Some(reply);
+                    bell.ring();
+                });
+                conn.awaiting = Some(slot);
+                Ok(Served::Awaiting)
+            }
+        }
+    }
+}
+
+/// What serving one channel did.
+enum Served {
+    Nothing,
+    Answered,
+    /// An async call is in progress on it.
+    Awaiting,
+    /// Answered, and meanwhile the other channels were moved away.
+    Stolen,
+}
+
+/// Sends a reply. A client that stops reading its replies must not hold
+/// this worker (and every other channel it serves) for long: give up on it
+/// (large replies get one more second per 16 MiB).
+fn send_reply(channel: &mut Channel, reply: &[u8]) -> Result<()> {
+    let allowed = REPLY_TIMEOUT + Duration::from_secs((reply.len() >> 24) as u64);
+    channel.halves().0.send_timeout(reply, allowed)?;
+    // Tell the client where we run, for its adaptive wait.
+    channel.publish_cpu(metabridge_shm::current_cpu());
+    Ok(())
+}
