@@ -10,9 +10,11 @@ use crate::envelope;
 use crate::error::{Error, Result};
 use crate::registry::{self, Entry, Registry};
 use crate::transport::{ShmPool, Transport};
+use arc_swap::ArcSwap;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Which transport a client uses.
@@ -149,49 +151,121 @@ impl Connect {
             return Err(Error::Protocol(format!("constructor argument: {e}")));
         }
         let ctor = envelope::encode_ctor(&self.ctor.encoded_args(), &self.ctor.encoded_kwargs());
-        let mut token = self.token;
-        let transport = match (&self.address, self.transport) {
-            (Some(addr), _) => Transport::tcp(addr, self.max_channels, self.timeout)?,
-            (None, kind) => {
-                let home = self.home.clone().unwrap_or_else(registry::home_dir);
-                let entry = Registry::open(&home)?.lookup(&self.name)?;
-                // The service published its token to this user: use it,
-                // unless the caller gave one explicitly.
-                if !self.token_given && entry.token.is_some() {
-                    token = entry.token.clone();
-                }
-                match kind {
-                    TransportKind::Tcp => {
-                        Transport::tcp(&entry.tcp, self.max_channels, self.timeout)?
-                    }
-                    TransportKind::Shm => {
-                        Transport::Shm(ShmPool::new(&entry, self.max_channels, self.timeout)?)
-                    }
-                    TransportKind::Auto => {
-                        match ShmPool::new(&entry, self.max_channels, self.timeout) {
-                            Ok(pool) => Transport::Shm(pool),
-                            Err(e) => {
-                                tracing::debug!(
-                                    "shared memory of {:?} unavailable ({e}); falling back to TCP",
-                                    self.name
-                                );
-                                Transport::tcp(&entry.tcp, self.max_channels, self.timeout)?
-                            }
-                        }
-                    }
-                }
-            }
+        let target = Target {
+            name: self.name.clone(),
+            address: self.address,
+            kind: self.transport,
+            home: self.home.unwrap_or_else(registry::home_dir),
+            token: self.token,
+            token_given: self.token_given,
+            max_channels: self.max_channels,
+            timeout: self.timeout,
         };
+        let first = target.connect()?;
         Ok(Client {
             inner: Arc::new(Inner {
                 name: self.name,
                 ctor_tail: envelope::ctor_tail(&ctor),
                 ctor,
-                token,
-                transport,
+                current: ArcSwap::from_pointee(first),
+                target,
+                reconnecting: Mutex::new(()),
+                closed: AtomicBool::new(false),
             }),
         })
     }
+}
+
+/// Where and how a client reaches its service: enough to find it again
+/// after a restart.
+struct Target {
+    name: String,
+    address: Option<String>,
+    kind: TransportKind,
+    home: std::path::PathBuf,
+    token: Option<String>,
+    token_given: bool,
+    max_channels: usize,
+    timeout: Duration,
+}
+
+impl Target {
+    /// Looks the service up (unless it has a fixed address) and opens a
+    /// transport to it.
+    fn connect(&self) -> Result<Connection> {
+        let (transport, token) = match &self.address {
+            Some(addr) => (
+                Transport::tcp(addr, self.max_channels, self.timeout)?,
+                self.token.clone(),
+            ),
+            None => {
+                let entry = Registry::open(&self.home)?.lookup(&self.name)?;
+                // The service published its token to this user: use it,
+                // unless the caller gave one explicitly.
+                let token = match (&entry.token, self.token_given) {
+                    (Some(t), false) => Some(t.clone()),
+                    _ => self.token.clone(),
+                };
+                (self.transport_for(&entry)?, token)
+            }
+        };
+        Ok(Connection {
+            transport,
+            token,
+            gone: AtomicBool::new(false),
+        })
+    }
+
+    fn transport_for(&self, entry: &Entry) -> Result<Transport> {
+        let gone = |e: Error| self.gone(e);
+        Ok(match self.kind {
+            TransportKind::Tcp => {
+                Transport::tcp(&entry.tcp, self.max_channels, self.timeout).map_err(gone)?
+            }
+            TransportKind::Shm => {
+                Transport::Shm(ShmPool::new(entry, self.max_channels, self.timeout).map_err(gone)?)
+            }
+            TransportKind::Auto => match ShmPool::new(entry, self.max_channels, self.timeout) {
+                Ok(pool) => Transport::Shm(pool),
+                Err(e) => {
+                    tracing::debug!(
+                        "shared memory of {:?} unavailable ({e}); falling back to TCP",
+                        self.name
+                    );
+                    Transport::tcp(&entry.tcp, self.max_channels, self.timeout).map_err(gone)?
+                }
+            },
+        })
+    }
+
+    /// A failure to reach the service as one kind of error, with its name:
+    /// a socket that is not there or refuses means the service is gone.
+    fn gone(&self, e: Error) -> Error {
+        match e {
+            Error::Io(io)
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                Error::ServiceNotFound {
+                    name: self.name.clone(),
+                    reason: format!("its registered address does not answer ({io})"),
+                }
+            }
+            Error::PeerGone(why) => Error::PeerGone(format!("service {:?}: {why}", self.name)),
+            other => other,
+        }
+    }
+}
+
+/// One connection to one incarnation of the service.
+struct Connection {
+    transport: Transport,
+    token: Option<String>,
+    /// The service went away under this connection: the next call looks
+    /// the name up again.
+    gone: AtomicBool,
 }
 
 struct Inner {
@@ -200,8 +274,68 @@ struct Inner {
     ctor: Vec<u8>,
     /// The same as the tail of a request map (keys included).
     ctor_tail: Vec<u8>,
-    token: Option<String>,
-    transport: Transport,
+    /// The current connection; replaced when the service restarted.
+    current: ArcSwap<Connection>,
+    target: Target,
+    /// One thread reconnects at a time.
+    reconnecting: Mutex<()>,
+    closed: AtomicBool,
+}
+
+impl Inner {
+    /// Carries one request on the current connection. A connection whose
+    /// service went away is replaced first (the name looked up again); a
+    /// call that fails because the service went away *during* it fails
+    /// with `PeerGone` and is never replayed (it may have run).
+    fn round_trip<R>(
+        &self,
+        encode: impl FnOnce(&mut Vec<u8>, Option<&str>) -> Result<()>,
+        decode: impl FnOnce(&[u8]) -> Result<R>,
+    ) -> Result<R> {
+        let mut conn = self.current.load();
+        if conn.gone.load(Ordering::Relaxed) {
+            self.reconnect()?;
+            conn = self.current.load();
+        }
+        let token = conn.token.as_deref();
+        match conn.transport.round_trip(|buf| encode(buf, token), decode) {
+            Err(e) if is_gone(&e) => {
+                conn.gone.store(true, Ordering::Relaxed);
+                Err(self.target.gone(e))
+            }
+            other => other,
+        }
+    }
+
+    fn reconnect(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::PeerGone("the client was closed".into()));
+        }
+        let _one = self.reconnecting.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.current.load().gone.load(Ordering::Relaxed) {
+            return Ok(()); // another thread did it
+        }
+        let fresh = self.target.connect()?;
+        let old = self.current.swap(Arc::new(fresh));
+        old.transport.close();
+        Ok(())
+    }
+}
+
+/// Errors that mean the service (this incarnation of it) is gone.
+fn is_gone(e: &Error) -> bool {
+    match e {
+        Error::PeerGone(_) | Error::ServiceNotFound { .. } => true,
+        Error::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::NotFound
+                | std::io::ErrorKind::ConnectionRefused
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::UnexpectedEof
+        ),
+        _ => false,
+    }
 }
 
 /// A dynamic proxy of one service, for its constructor arguments. Cheap to
@@ -238,15 +372,15 @@ impl Client {
     /// ```
     pub fn call<R: DeserializeOwned>(&self, endpoint: &str, args: impl IntoArgs) -> Result<R> {
         let inner = &*self.inner;
-        inner.transport.round_trip(
-            |buf| {
+        inner.round_trip(
+            |buf, token| {
                 envelope::encode_call_with(
                     buf,
                     endpoint,
                     |b| args.encode_args(b),
                     envelope::EMPTY_MAP,
                     &inner.ctor_tail,
-                    inner.token.as_deref(),
+                    token,
                 )
             },
             envelope::decode_result::<R>,
@@ -266,8 +400,8 @@ impl Client {
         kwargs: &[u8],
     ) -> Result<R> {
         let inner = &*self.inner;
-        inner.transport.round_trip(
-            |buf| {
+        inner.round_trip(
+            |buf, token| {
                 envelope::encode_call_with(
                     buf,
                     endpoint,
@@ -277,7 +411,7 @@ impl Client {
                     },
                     kwargs,
                     &inner.ctor_tail,
-                    inner.token.as_deref(),
+                    token,
                 )
             },
             envelope::decode_result::<R>,
@@ -311,9 +445,9 @@ impl Client {
     /// The service's endpoint names, sorted.
     pub fn endpoints(&self) -> Result<Vec<String>> {
         let inner = &*self.inner;
-        inner.transport.round_trip(
-            |buf| {
-                envelope::encode_list(buf, &inner.ctor, inner.token.as_deref());
+        inner.round_trip(
+            |buf, token| {
+                envelope::encode_list(buf, &inner.ctor, token);
                 Ok(())
             },
             envelope::decode_result::<Vec<String>>,
@@ -327,18 +461,19 @@ impl Client {
 
     /// `"shm"` or `"tcp"`.
     pub fn transport_name(&self) -> &'static str {
-        self.inner.transport.name()
+        self.inner.current.load().transport.name()
     }
 
     /// Shared-memory channels (or TCP sockets) open now.
     pub fn open_channels(&self) -> usize {
-        self.inner.transport.open_channels()
+        self.inner.current.load().transport.open_channels()
     }
 
     /// Closes every idle channel now; later calls fail. Calls in flight
     /// finish first.
     pub fn close(&self) {
-        self.inner.transport.close();
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.current.load().transport.close();
     }
 }
 

@@ -21,7 +21,8 @@
 //! the worker moves the channel it serves out of the core and marks the
 //! core `IN_CALL`; after it, it marks it `RUNNING` again with a CAS. A
 //! supervisor thread that sees a core stay `IN_CALL` through the same call
-//! for [`STUCK_AFTER`] CASes it to `STEALING`, moves the remaining channels
+//! for [`STUCK_AFTER`] — blocked, or using the CPU all that time; a worker
+//! merely waiting for a CPU under load is left alone — CASes it to `STEALING`, moves the remaining channels
 //! to a new worker thread that sleeps on the same doorbell, and marks the
 //! core `STOLEN`. The stuck worker, once its call returns, finds its core
 //! emptied and carries on with the one channel it kept. Extra workers are
@@ -109,6 +110,8 @@ pub(crate) struct Core {
     /// this one, so that new channels do not wait behind a stuck call).
     inbox: Arc<Inbox>,
     state: AtomicU8,
+    /// The worker's thread id, to read its state and CPU time in /proc.
+    tid: std::sync::atomic::AtomicI32,
     /// Sync calls started: the supervisor tells one long call from many.
     calls: AtomicU64,
     #[allow(clippy::vec_box)]
@@ -128,6 +131,7 @@ impl Core {
         Arc::new(Core {
             inbox,
             state: AtomicU8::new(RUNNING),
+            tid: std::sync::atomic::AtomicI32::new(0),
             calls: AtomicU64::new(0),
             conns: UnsafeCell::new(conns),
         })
@@ -213,8 +217,9 @@ impl Pool {
     /// The supervisor: every [`STUCK_AFTER`], moves the channels of a
     /// worker stuck in one call to a new worker. Runs until stop.
     pub(crate) fn supervise(self: Arc<Self>) {
-        // Per core: the call count seen last tick while IN_CALL.
-        let mut seen: Vec<Option<u64>> = Vec::new();
+        // Per core: the call count and the worker's CPU time when it was
+        // first seen in that call.
+        let mut seen: Vec<Option<(u64, u64)>> = Vec::new();
         while !self.stop.load(Ordering::SeqCst) {
             std::thread::sleep(STUCK_AFTER);
             let cores: Vec<Arc<Core>> = self
@@ -231,12 +236,28 @@ impl Pool {
                     seen[k] = None;
                     continue;
                 }
-                if seen[k] != Some(calls) {
-                    seen[k] = Some(calls); // in a call; stuck if still next tick
-                    continue;
+                let tid = core.tid.load(Ordering::Relaxed);
+                let now = thread_state(tid);
+                match seen[k] {
+                    Some((c, cpu_then)) if c == calls => {
+                        // The same call as a tick ago. A thread merely
+                        // waiting for a CPU (runnable, little CPU time
+                        // used) is not stuck: under load that is normal,
+                        // and moving its channels would only add threads.
+                        let stuck = match now {
+                            Some((state, cpu)) => {
+                                state != b'R'
+                                    || cpu.saturating_sub(cpu_then) >= STUCK_AFTER.as_nanos() as u64
+                            }
+                            None => false,
+                        };
+                        if stuck {
+                            seen[k] = None;
+                            self.rescue(core);
+                        }
+                    }
+                    _ => seen[k] = Some((calls, now.map_or(0, |(_, cpu)| cpu))),
                 }
-                seen[k] = None;
-                self.rescue(core);
             }
         }
     }
@@ -274,6 +295,19 @@ impl Pool {
     }
 }
 
+/// A thread of this process: its state letter (R running or runnable, S
+/// sleeping, D in the kernel, ...) and the CPU time it has used, in ns.
+fn thread_state(tid: i32) -> Option<(u8, u64)> {
+    if tid <= 0 {
+        return None;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    let state = *stat.get(stat.rfind(')')? + 2..)?.as_bytes().first()?;
+    let sched = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+    let cpu = sched.split_whitespace().next()?.parse().ok()?;
+    Some((state, cpu))
+}
+
 /// One worker thread.
 struct Worker {
     inbox: Arc<Inbox>,
@@ -283,6 +317,9 @@ struct Worker {
 
 impl Worker {
     fn run(self) {
+        self.core
+            .tid
+            .store(nix::unistd::gettid().as_raw(), Ordering::Relaxed);
         let mut req = Vec::with_capacity(4096);
         let mut out = Vec::with_capacity(4096);
         let mut idle_since: Option<Instant> = None;
