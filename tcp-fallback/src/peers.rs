@@ -183,12 +183,13 @@ impl Member {
     /// peer then has more idle connections than allowed, the oldest of them
     /// is shed (this one, if the limit is zero).
     pub(crate) fn idle(&mut self) {
-        let peers = Arc::clone(&self.peers);
-        let mut inner = peers.lock();
-        // Relaxed: under the mutex.
+        // Relaxed: once set, `shed` stays set; a shed this load misses is
+        // seen by the next `busy`.
         if self.idle_seq.is_some() || self.signal.shed.load(Relaxed) {
             return;
         }
+        let peers = Arc::clone(&self.peers);
+        let mut inner = peers.lock();
         let seq = inner.next_seq;
         inner.next_seq += 1;
         inner.idle.insert(

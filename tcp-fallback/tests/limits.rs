@@ -309,3 +309,54 @@ fn shutdown_returns_within_its_grace_when_a_handler_never_does() {
     assert_eq!(stopped.abandoned, 1);
     let _ = release.send(());
 }
+
+/// Echoes, except that `capacity?` is answered with the capacity of the
+/// buffer the request arrived in.
+struct CapacityProbe;
+
+impl Handler for CapacityProbe {
+    fn call(&self, request: Vec<u8>) -> Pin<Box<dyn Future<Output = Vec<u8>> + Send + '_>> {
+        Box::pin(async move {
+            if request == b"capacity?" {
+                request.capacity().to_string().into_bytes()
+            } else {
+                request
+            }
+        })
+    }
+    fn frame_too_large(&self, declared: u64, max: usize) -> Vec<u8> {
+        too_large_body(declared, max)
+    }
+}
+
+/// Issue 10: a connection must not keep a large read buffer after a large
+/// request (whether its response was large or small).
+#[test]
+fn a_connection_does_not_keep_a_large_buffer_after_a_large_request() {
+    for spin in [false, true] {
+        let server = if spin {
+            TestServer::start(
+                ServerConfig {
+                    spin: Duration::from_micros(50),
+                    ..ServerConfig::default()
+                },
+                Arc::new(CapacityProbe),
+            )
+        } else {
+            TestServer::start(ServerConfig::default(), Arc::new(CapacityProbe))
+        };
+        let mut s = raw_client(server.addr);
+        let mut buf = Vec::new();
+        // A large request with a large response, then one with a small one.
+        for request in [vec![5u8; 8 << 20], b"capacity?".to_vec()] {
+            write_frame_blocking(&mut s, &request).unwrap();
+            read_frame_blocking(&mut s, DEFAULT_MAX_FRAME, &mut buf).unwrap();
+        }
+        for _ in 0..2 {
+            write_frame_blocking(&mut s, b"capacity?").unwrap();
+            read_frame_blocking(&mut s, DEFAULT_MAX_FRAME, &mut buf).unwrap();
+            let capacity: usize = String::from_utf8(buf.clone()).unwrap().parse().unwrap();
+            assert!(capacity <= 64 * 1024, "kept a buffer of {capacity} bytes");
+        }
+    }
+}
