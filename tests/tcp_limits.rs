@@ -130,40 +130,45 @@ fn without_a_token_a_first_call_may_be_large() {
 }
 
 /// Issue 8: a sync endpoint ran on a runtime thread, so one slow call
-/// stopped every other TCP call and new connections.
+/// stopped every other TCP call and new connections. With one runtime
+/// thread, the slow call hands its work over at once; with two, the first
+/// slow call keeps its thread and the second hands over.
 #[test]
-fn a_slow_sync_endpoint_does_not_stop_other_tcp_calls() {
-    let mut env = TestEnv::new("tcp-slow");
-    // One runtime thread: on the old code, the slow call took it.
-    let pid = env.start_service("slow", &[("METABRIDGE_WORKERS", "1")]);
-    let slow = env
-        .connect("slow")
-        .arg("s:")
-        .arg(1)
-        .transport(metabridge::TransportKind::Tcp)
-        .open()
-        .unwrap();
-    assert_eq!(sleeping_threads(pid), 0);
-    // Ends when the service is killed at the end of the test.
-    std::thread::spawn(move || slow.call::<u64>("sleep_ms", (1u64 << 40,)));
-    wait_for("the slow call to start", || sleeping_threads(pid) == 1);
+fn slow_sync_endpoints_do_not_stop_other_tcp_calls() {
+    for workers in [1usize, 2] {
+        let mut env = TestEnv::new("tcp-slow");
+        let pid = env.start_service("slow", &[("METABRIDGE_WORKERS", &workers.to_string())]);
+        assert_eq!(sleeping_threads(pid), 0);
+        for n in 1..=workers {
+            let slow = env
+                .connect("slow")
+                .arg("s:")
+                .arg(1)
+                .transport(metabridge::TransportKind::Tcp)
+                .open()
+                .unwrap();
+            // Ends when the service is killed at the end of the test.
+            std::thread::spawn(move || slow.call::<u64>("sleep_ms", (1u64 << 40,)));
+            wait_for("a slow call to start", || sleeping_threads(pid) == n);
+        }
 
-    // A new connection, while the slow call sleeps.
-    let other = env
-        .connect("slow")
-        .arg("o:")
-        .arg(1)
-        .transport(metabridge::TransportKind::Tcp)
-        .timeout(Duration::from_secs(10))
-        .open()
-        .unwrap();
-    for i in 0..10 {
-        assert_eq!(
-            other.call::<String>("echo", (i.to_string(),)).unwrap(),
-            format!("o:{i}")
-        );
+        // A new connection, while every runtime thread would be asleep.
+        let other = env
+            .connect("slow")
+            .arg("o:")
+            .arg(1)
+            .transport(metabridge::TransportKind::Tcp)
+            .timeout(Duration::from_secs(10))
+            .open()
+            .unwrap();
+        for i in 0..10 {
+            assert_eq!(
+                other.call::<String>("echo", (i.to_string(),)).unwrap(),
+                format!("o:{i}")
+            );
+        }
+        assert_eq!(other.call::<String>("later", (1,)).unwrap(), "o:after 1 ms");
     }
-    assert_eq!(other.call::<String>("later", (1,)).unwrap(), "o:after 1 ms");
 }
 
 /// Issue 8: shutdown waited forever for a sync call that never returns.
