@@ -360,3 +360,33 @@ fn a_connection_does_not_keep_a_large_buffer_after_a_large_request() {
         }
     }
 }
+
+/// A pool whose server requires authentication can make any first call on
+/// a new connection if it greets each connection with its credentials.
+#[test]
+fn a_pool_greeting_authenticates_each_new_connection() {
+    use metabridge_tcp::{Pool, PoolConfig, PoolError};
+    let server = TestServer::start(ServerConfig::default(), Arc::new(Guarded));
+    let big = vec![4u8; 1 << 20];
+    let mut response = Vec::new();
+
+    let plain = Pool::connect(server.addr, PoolConfig::default()).unwrap();
+    // Refused: the refusal is the response, unless the close it is followed
+    // by cut the request short first.
+    match plain.call(&big, &mut response) {
+        Ok(()) => assert!(response.starts_with(b"unauthenticated: "), "served"),
+        Err(e) => assert!(matches!(e, PoolError::Io(_) | PoolError::Frame(_)), "{e}"),
+    }
+
+    let greeting: Arc<[u8]> = Arc::from(&b"token: pool"[..]);
+    let greeted = Pool::connect(
+        server.addr,
+        PoolConfig {
+            greeting: Some(greeting),
+            ..PoolConfig::default()
+        },
+    )
+    .unwrap();
+    greeted.call(&big, &mut response).unwrap();
+    assert_eq!(response, big);
+}
