@@ -1,24 +1,24 @@
 //! The TCP side of a service: frames from `metabridge-tcp`, answered by the
 //! same dispatcher as the shared-memory workers.
 //!
-//! Sync endpoints block, and one that blocks a runtime thread for long must
-//! not stop accepting and serving every other connection. So a sync call
-//! runs on the runtime thread it arrived on only while another runtime
-//! thread stays free (at most workers − 1 such calls at once); beyond that
-//! it runs under `block_in_place`, which hands the thread's other work to
-//! another thread while the call keeps its own. Either way the call starts
-//! without a thread wakeup (a `spawn_blocking` handoff would cost two,
-//! about 20 µs each on a VM); the handoff of `block_in_place` wakes a pool
-//! thread per call, which costs throughput, hence the free-thread rule.
-//! At most [`MAX_BLOCKING_CALLS`] sync calls run at once; further ones wait
-//! without holding a thread.
+//! Sync endpoints block, so they run under `block_in_place`: the runtime
+//! thread's other work (accepting, every other connection) moves to another
+//! thread while the call keeps the thread it is on, which costs no thread
+//! wakeup on the way to the endpoint (a `spawn_blocking` handoff would cost
+//! two, about 20 µs each on a VM). The handoff wakes a blocking-pool thread
+//! per call, which costs throughput under load, but running a call inline
+//! even while another runtime thread is free is not safe: that thread may
+//! be asleep on a condition variable rather than on the I/O driver, and
+//! then no one polls the sockets until the call ends (a test with two
+//! runtime threads and two slow calls caught exactly that). At most
+//! [`MAX_BLOCKING_CALLS`] run at once; further calls wait without holding
+//! a thread.
 
 use crate::dispatch::{finish_async, Dispatch, Outcome};
 use crate::envelope;
 use metabridge_tcp::{Handler, Server, ServerConfig};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::runtime::{Handle, RuntimeFlavor};
@@ -34,22 +34,6 @@ struct TcpHandler {
     dispatch: Arc<dyn Dispatch>,
     /// Permits for sync calls in progress (see [`MAX_BLOCKING_CALLS`]).
     blocking: Semaphore,
-    /// Worker threads of the (multi-thread) runtime; `None` for a
-    /// current-thread runtime.
-    workers: Option<usize>,
-    /// Calls running on a runtime thread without a handoff; kept below
-    /// `workers` so that one runtime thread is always free.
-    inline_calls: AtomicUsize,
-}
-
-/// Gives back a claim on [`TcpHandler::inline_calls`].
-struct InlineClaim<'a>(&'a AtomicUsize);
-
-impl Drop for InlineClaim<'_> {
-    fn drop(&mut self) {
-        // Relaxed: a count of claims; it publishes no data.
-        self.0.fetch_sub(1, Relaxed);
-    }
 }
 
 impl TcpHandler {
@@ -58,16 +42,8 @@ impl TcpHandler {
         // Never closed, so `acquire` only fails if it were; then run anyway.
         let _permit = self.blocking.acquire().await.ok();
         let mut out = Vec::with_capacity(256);
-        if let Some(workers) = self.workers {
-            // Relaxed: a count of claims; it publishes no data.
-            let claimed = self.inline_calls.fetch_add(1, Relaxed) + 1;
-            let claim = InlineClaim(&self.inline_calls);
-            let outcome = if claimed < workers {
-                self.dispatch.begin(&request, &mut out)
-            } else {
-                drop(claim);
-                tokio::task::block_in_place(|| self.dispatch.begin(&request, &mut out))
-            };
+        if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
+            let outcome = tokio::task::block_in_place(|| self.dispatch.begin(&request, &mut out));
             return (outcome, out);
         }
         // A current-thread runtime has no other thread to hand its work
@@ -169,13 +145,9 @@ pub(crate) async fn bind(addr: &str, dispatch: Arc<dyn Dispatch>) -> std::io::Re
         spin: Duration::from_micros(50),
         ..defaults
     };
-    let runtime = Handle::current();
     let handler = TcpHandler {
         dispatch,
         blocking: Semaphore::new(MAX_BLOCKING_CALLS),
-        workers: (runtime.runtime_flavor() == RuntimeFlavor::MultiThread)
-            .then(|| runtime.metrics().num_workers()),
-        inline_calls: AtomicUsize::new(0),
     };
     Server::bind(addr, config, Arc::new(handler)).await
 }

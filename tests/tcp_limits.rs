@@ -217,3 +217,46 @@ fn idle_connections_do_not_lock_other_clients_out() {
     assert_eq!(c.call::<String>("echo", ("x",)).unwrap(), "i:x");
     drop(idle);
 }
+
+/// Issue 10, when the process runs out of file descriptors before the
+/// connection limits are reached: an idle connection gives one back.
+#[test]
+fn out_of_file_descriptors_an_idle_connection_makes_room() {
+    use std::os::unix::process::CommandExt;
+    let mut env = TestEnv::new("tcp-nofile");
+    let mut cmd = env.command("test_service");
+    cmd.args(["serve", "nofile"])
+        .stdout(std::process::Stdio::null())
+        // Only the descriptor limit can stop the idle connections.
+        .env("METABRIDGE_TCP_MAX_CONNECTIONS_PER_IP", "100000")
+        .env("METABRIDGE_TCP_MAX_IDLE_PER_IP", "100000");
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 128,
+                rlim_max: 128,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let pid = env.spawn(&mut cmd);
+    env.wait_registered("nofile", pid);
+    let addr = tcp_addr(&env, "nofile");
+    // More than the service has descriptors for.
+    let idle: Vec<TcpStream> = (0..200).map(|_| raw(&addr)).collect();
+    let c = env
+        .connect("nofile")
+        .arg("n:")
+        .arg(1)
+        .transport(metabridge::TransportKind::Tcp)
+        .timeout(Duration::from_secs(10))
+        .open()
+        .unwrap();
+    assert_eq!(c.call::<String>("echo", ("x",)).unwrap(), "n:x");
+    drop(idle);
+}

@@ -162,6 +162,12 @@ impl Peers {
         Ok(Admitted { member, shed_one })
     }
 
+    /// Sheds the connection idle the longest, if any (when the process is
+    /// out of file descriptors, say). Whether one was shed.
+    pub(crate) fn shed_oldest_idle(&self) -> bool {
+        self.lock().shed_oldest()
+    }
+
     /// Number of idle connections (for tests and logs).
     #[cfg(test)]
     fn idle_count(&self) -> usize {
@@ -322,6 +328,10 @@ mod tests {
         assert!(!b.busy());
         assert!(a.busy());
         assert_eq!(peers.idle_count(), 0);
+        assert!(!peers.shed_oldest_idle(), "nothing idle to shed");
+        a.idle();
+        assert!(peers.shed_oldest_idle());
+        assert!(!a.busy());
     }
 
     #[test]

@@ -484,7 +484,12 @@ impl Server {
                     let (stream, peer) = match accepted {
                         Ok(pair) => pair,
                         Err(e) => {
-                            warn!(%local_addr, error = %e, "accept failed");
+                            // Out of file descriptors: an idle connection
+                            // gives one back, so that the next client (and
+                            // the one waiting now) can be served.
+                            let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                            let shed = out_of_fds && peers.shed_oldest_idle();
+                            warn!(%local_addr, error = %e, shed_an_idle_connection = shed, "accept failed");
                             tokio::time::sleep(ACCEPT_BACKOFF).await;
                             continue;
                         }
