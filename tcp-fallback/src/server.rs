@@ -494,8 +494,9 @@ impl Server {
                             continue;
                         }
                     };
-                    // Only this loop takes slots, so the count can only grow
-                    // between this check and `try_acquire_owned` below.
+                    // A replacement task (below) may take the last slot
+                    // between this check and `try_acquire_owned`; the new
+                    // connection is then refused, as when nothing is idle.
                     let server_full = (slots.available_permits() == 0).then_some(config.max_connections);
                     let admitted = match peers.admit(peer.ip(), server_full) {
                         Ok(admitted) => admitted,
