@@ -45,6 +45,10 @@ pub(crate) trait Dispatch: Send + Sync + 'static {
     fn endpoint_names(&self) -> &[String];
     /// Whether a token is required.
     fn requires_token(&self) -> bool;
+    /// Whether `request` carries the token (true if none is required).
+    /// Decodes the request, so it is for a TCP connection's first requests,
+    /// not for every call.
+    fn authenticates(&self, request: &[u8]) -> bool;
 }
 
 /// Writes the result of an awaited `async` endpoint (a panic inside it
@@ -387,6 +391,14 @@ impl<S: Send + Sync + 'static> Dispatch for Dispatcher<S> {
 
     fn requires_token(&self) -> bool {
         self.token.is_some()
+    }
+
+    fn authenticates(&self, request: &[u8]) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        envelope::decode_request(request)
+            .is_ok_and(|req| constant_time_eq(req.auth.unwrap_or("").as_bytes(), token.as_bytes()))
     }
 }
 

@@ -1,5 +1,18 @@
 //! The TCP side of a service: frames from `metabridge-tcp`, answered by the
 //! same dispatcher as the shared-memory workers.
+//!
+//! Sync endpoints block, so they run under `block_in_place`: the runtime
+//! thread's other work (accepting, every other connection) moves to another
+//! thread while the call keeps the thread it is on, which costs no thread
+//! wakeup on the way to the endpoint (a `spawn_blocking` handoff would cost
+//! two, about 20 µs each on a VM). The handoff wakes a blocking-pool thread
+//! per call, which costs throughput under load, but running a call inline
+//! even while another runtime thread is free is not safe: that thread may
+//! be asleep on a condition variable rather than on the I/O driver, and
+//! then no one polls the sockets until the call ends (a test with two
+//! runtime threads and two slow calls caught exactly that). At most
+//! [`MAX_BLOCKING_CALLS`] run at once; further calls wait without holding
+//! a thread.
 
 use crate::dispatch::{finish_async, Dispatch, Outcome};
 use crate::envelope;
@@ -7,16 +20,54 @@ use metabridge_tcp::{Handler, Server, ServerConfig};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio::sync::Semaphore;
+
+/// Most sync endpoint calls running at once over TCP. Each holds a thread
+/// of the runtime's blocking pool (512 by default), which also supplies the
+/// threads that take over the runtime's work meanwhile; staying well below
+/// its size keeps the runtime itself serving when many calls are slow.
+pub(crate) const MAX_BLOCKING_CALLS: usize = 256;
 
 struct TcpHandler {
     dispatch: Arc<dyn Dispatch>,
+    /// Permits for sync calls in progress (see [`MAX_BLOCKING_CALLS`]).
+    blocking: Semaphore,
+}
+
+impl TcpHandler {
+    /// Begins the call off the runtime's threads (see the module docs).
+    async fn begin(&self, request: Vec<u8>) -> (Outcome, Vec<u8>) {
+        // Never closed, so `acquire` only fails if it were; then run anyway.
+        let _permit = self.blocking.acquire().await.ok();
+        let mut out = Vec::with_capacity(256);
+        if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
+            let outcome = tokio::task::block_in_place(|| self.dispatch.begin(&request, &mut out));
+            return (outcome, out);
+        }
+        // A current-thread runtime has no other thread to hand its work
+        // to: the call moves to the blocking pool instead.
+        let dispatch = Arc::clone(&self.dispatch);
+        let joined = tokio::task::spawn_blocking(move || {
+            let outcome = dispatch.begin(&request, &mut out);
+            (outcome, out)
+        })
+        .await;
+        joined.unwrap_or_else(|e| {
+            // `begin` catches endpoint panics; this is a cancelled pool.
+            let mut out = Vec::new();
+            envelope::encode_error(&mut out, "Cancelled", &e.to_string());
+            (Outcome::Done, out)
+        })
+    }
 }
 
 impl Handler for TcpHandler {
     fn call(&self, request: Vec<u8>) -> Pin<Box<dyn Future<Output = Vec<u8>> + Send + '_>> {
         Box::pin(async move {
-            let mut out = Vec::with_capacity(256);
-            if let Outcome::Pending(future) = self.dispatch.begin(&request, &mut out) {
+            let (outcome, mut out) = self.begin(request).await;
+            if let Outcome::Pending(future) = outcome {
                 let joined = tokio::spawn(future).await;
                 finish_async(joined, &mut out);
             }
@@ -33,20 +84,70 @@ impl Handler for TcpHandler {
         );
         out
     }
+
+    fn requires_authentication(&self) -> bool {
+        self.dispatch.requires_token()
+    }
+
+    fn authenticates(&self, request: &[u8]) -> bool {
+        self.dispatch.authenticates(request)
+    }
+
+    fn unauthenticated_frame_too_large(&self, declared: u64, max: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        envelope::encode_error(
+            &mut out,
+            "ProtocolError",
+            &format!(
+                "frame of {declared} bytes exceeds the maximum of {max} bytes for a connection \
+                 that has not authenticated (send a request with the token first)"
+            ),
+        );
+        out
+    }
+}
+
+/// `$name` parsed, if set and parsable.
+fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// `$name` parsed, or `default` if unset or unparsable.
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    env(name).unwrap_or(default)
 }
 
 /// Binds the TCP listener of a service.
+///
+/// Limits come from the environment until the service configuration has
+/// them: `METABRIDGE_MAX_FRAME`, `METABRIDGE_TCP_MAX_UNAUTHENTICATED_FRAME`,
+/// `METABRIDGE_TCP_MAX_CONNECTIONS`, `METABRIDGE_TCP_MAX_CONNECTIONS_PER_IP`,
+/// `METABRIDGE_TCP_MAX_IDLE_PER_IP` and `METABRIDGE_TCP_SHUTDOWN_GRACE_MS`
+/// (defaults: those of [`ServerConfig`]).
 pub(crate) async fn bind(addr: &str, dispatch: Arc<dyn Dispatch>) -> std::io::Result<Server> {
-    let max_frame = std::env::var("METABRIDGE_MAX_FRAME")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(metabridge_tcp::DEFAULT_MAX_FRAME);
+    let defaults = ServerConfig::default();
     let config = ServerConfig {
-        max_frame,
+        max_frame: env_or("METABRIDGE_MAX_FRAME", defaults.max_frame),
+        max_unauthenticated_frame: env_or(
+            "METABRIDGE_TCP_MAX_UNAUTHENTICATED_FRAME",
+            defaults.max_unauthenticated_frame,
+        ),
+        max_connections: env_or("METABRIDGE_TCP_MAX_CONNECTIONS", defaults.max_connections),
+        max_connections_per_ip: env_or(
+            "METABRIDGE_TCP_MAX_CONNECTIONS_PER_IP",
+            defaults.max_connections_per_ip,
+        ),
+        max_idle_per_ip: env_or("METABRIDGE_TCP_MAX_IDLE_PER_IP", defaults.max_idle_per_ip),
+        shutdown_grace: env("METABRIDGE_TCP_SHUTDOWN_GRACE_MS")
+            .map_or(defaults.shutdown_grace, Duration::from_millis),
         // Poll loopback clients briefly for their next request (see
         // ServerConfig::spin): the same trade the client makes.
-        spin: std::time::Duration::from_micros(50),
-        ..ServerConfig::default()
+        spin: Duration::from_micros(50),
+        ..defaults
     };
-    Server::bind(addr, config, Arc::new(TcpHandler { dispatch })).await
+    let handler = TcpHandler {
+        dispatch,
+        blocking: Semaphore::new(MAX_BLOCKING_CALLS),
+    };
+    Server::bind(addr, config, Arc::new(handler)).await
 }

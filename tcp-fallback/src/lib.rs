@@ -61,6 +61,7 @@
 #![forbid(unsafe_code)]
 
 pub mod frame;
+mod peers;
 mod poll;
 pub mod pool;
 pub mod server;
@@ -70,4 +71,4 @@ pub use frame::{
     DEFAULT_MAX_FRAME,
 };
 pub use pool::{Pool, PoolConfig, PoolError};
-pub use server::{Handler, Server, ServerConfig, ShutdownHandle};
+pub use server::{Handler, Server, ServerConfig, ShutdownHandle, Stopped};

@@ -11,7 +11,7 @@
 
 use std::io::{self, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use socket2::{SockRef, TcpKeepalive};
@@ -58,6 +58,15 @@ pub struct PoolConfig {
     /// than a blocked thread takes to be woken on a VM; over a network, keep
     /// it zero. At most one thread per CPU but one polls at a time.
     pub spin: Duration,
+    /// A request sent on every new connection before its first call, whose
+    /// response is read and discarded (default `None`). A server that
+    /// requires authentication accepts only small frames on a connection
+    /// until a request on it has authenticated (see
+    /// [`ServerConfig::max_unauthenticated_frame`](crate::ServerConfig::max_unauthenticated_frame));
+    /// a small request carrying the credentials as the greeting lets the
+    /// first call be of any size. Bounded by
+    /// [`connect_timeout`](Self::connect_timeout) (and the call's timeout).
+    pub greeting: Option<Arc<[u8]>>,
 }
 
 impl Default for PoolConfig {
@@ -70,6 +79,7 @@ impl Default for PoolConfig {
             connect_timeout: Duration::from_secs(5),
             call_timeout: None,
             spin: Duration::ZERO,
+            greeting: None,
         }
     }
 }
@@ -365,14 +375,30 @@ impl Pool {
         stream.set_nodelay(true)?;
         SockRef::from(&stream).set_tcp_keepalive(&TcpKeepalive::new().with_time(KEEPALIVE_TIME))?;
         debug!(addr = %self.addr, "opened a pooled connection");
-        Ok(Conn {
+        let mut conn = Conn {
             reader: BufReader::new(Timed {
                 stream,
                 deadline: None,
                 read_timeout: None,
                 write_timeout: None,
             }),
-        })
+        };
+        if let Some(greeting) = &self.config.greeting {
+            let mut greeted_by = Instant::now() + self.config.connect_timeout;
+            if let Some(deadline) = deadline {
+                greeted_by = greeted_by.min(deadline);
+            }
+            let mut response = Vec::new();
+            conn.exchange(
+                greeting,
+                &mut response,
+                self.config.max_frame,
+                Some(greeted_by),
+                self.config.spin,
+            )?;
+            conn.reader.get_mut().deadline = None;
+        }
+        Ok(conn)
     }
 
     /// Returns a healthy connection to the idle list.

@@ -11,6 +11,15 @@
 //! Failures are contained per connection: an I/O error, a timeout, a
 //! malformed or oversized frame, or even a panicking handler closes only the
 //! connection concerned.
+//!
+//! Resources are bounded before authentication and per peer: until a
+//! request on a connection has authenticated (see
+//! [`Handler::requires_authentication`]), its frames may be at most
+//! [`ServerConfig::max_unauthenticated_frame`] bytes; each IP address may
+//! hold at most [`ServerConfig::max_connections_per_ip`] connections, of
+//! which at most [`ServerConfig::max_idle_per_ip`] idle; and when a limit is
+//! reached, the oldest idle connection is closed to make room for the new
+//! one rather than refusing it.
 
 use std::future::Future;
 use std::io;
@@ -28,10 +37,16 @@ use tokio::time::timeout;
 use tracing::{debug, warn};
 
 use crate::frame::{read_frame, write_frame, FrameError, DEFAULT_MAX_FRAME};
+use crate::peers::{Member, Peers};
 
-/// How long [`Server::run`] waits, after shutdown was requested, for the
-/// connection tasks to finish their in-flight requests before aborting them.
+/// How long [`Server::run`] waits by default, after shutdown was requested,
+/// for the connection tasks to finish their in-flight requests before
+/// abandoning them (see [`ServerConfig::shutdown_grace`]).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// After the grace period, how long aborted connection tasks get to
+/// unwind; a task stuck in blocking code is abandoned after this.
+const ABORT_WAIT: Duration = Duration::from_millis(100);
 
 /// Idle time after which TCP keepalive probes start on accepted sockets.
 pub(crate) const KEEPALIVE_TIME: Duration = Duration::from_secs(60);
@@ -81,11 +96,94 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
 /// ```
 pub trait Handler: Send + Sync + 'static {
     /// Handles one request frame body and returns the response frame body.
+    ///
+    /// The future is polled on a runtime thread: work that blocks (or
+    /// computes for long) belongs in `tokio::task::block_in_place` or
+    /// `spawn_blocking`, or every connection of the server waits for it.
     fn call(&self, request: Vec<u8>) -> Pin<Box<dyn Future<Output = Vec<u8>> + Send + '_>>;
 
     /// The response body to send when a client declares a frame longer than
     /// the maximum; the server sends it, then closes that connection.
     fn frame_too_large(&self, declared: u64, max: usize) -> Vec<u8>;
+
+    /// Whether a connection must authenticate before it may send frames
+    /// larger than [`ServerConfig::max_unauthenticated_frame`] (default:
+    /// false, every connection is trusted from the start). Asked once per
+    /// connection, when it is accepted.
+    ///
+    /// A handler that checks credentials in [`call`](Self::call) should say
+    /// so here and implement [`authenticates`](Self::authenticates), so that
+    /// a client without credentials cannot make the server buffer large
+    /// frames only to be refused afterwards.
+    fn requires_authentication(&self) -> bool {
+        false
+    }
+
+    /// Whether `request` carries valid credentials. Asked before
+    /// [`call`](Self::call) for each request of a connection that requires
+    /// authentication and has not authenticated yet; once it answers true,
+    /// the connection may send frames of up to [`ServerConfig::max_frame`]
+    /// bytes. It does not decide whether `request` is served: `call` still
+    /// receives it, and must refuse it itself if the credentials are wrong.
+    ///
+    /// The default accepts every request.
+    ///
+    /// ```
+    /// use std::future::Future;
+    /// use std::pin::Pin;
+    /// use metabridge_tcp::Handler;
+    ///
+    /// /// Serves requests that start with its password; the rest get "no".
+    /// struct Guarded(&'static [u8]);
+    ///
+    /// impl Handler for Guarded {
+    ///     fn call(&self, request: Vec<u8>) -> Pin<Box<dyn Future<Output = Vec<u8>> + Send + '_>> {
+    ///         let ok = self.authenticates(&request);
+    ///         Box::pin(async move { if ok { request } else { b"no".to_vec() } })
+    ///     }
+    ///     fn frame_too_large(&self, declared: u64, max: usize) -> Vec<u8> {
+    ///         format!("frame of {declared} bytes exceeds {max}").into_bytes()
+    ///     }
+    ///     fn requires_authentication(&self) -> bool {
+    ///         true
+    ///     }
+    ///     fn authenticates(&self, request: &[u8]) -> bool {
+    ///         request.starts_with(self.0)
+    ///     }
+    /// }
+    ///
+    /// let guarded = Guarded(b"sesame:");
+    /// assert!(guarded.authenticates(b"sesame: hello"));
+    /// assert!(!guarded.authenticates(b"hello"));
+    /// ```
+    fn authenticates(&self, request: &[u8]) -> bool {
+        let _ = request;
+        true
+    }
+
+    /// The response body to send when a connection that has not
+    /// authenticated declares a frame longer than `max` (which is then
+    /// [`ServerConfig::max_unauthenticated_frame`]); the server sends it,
+    /// then closes that connection. Defaults to
+    /// [`frame_too_large`](Self::frame_too_large).
+    fn unauthenticated_frame_too_large(&self, declared: u64, max: usize) -> Vec<u8> {
+        self.frame_too_large(declared, max)
+    }
+}
+
+/// How [`Server::run`] ended.
+///
+/// ```
+/// let stopped = metabridge_tcp::Stopped::default();
+/// assert_eq!(stopped.abandoned, 0);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stopped {
+    /// Connections still handling a request when the shutdown grace period
+    /// ended. Their tasks were aborted; a handler stuck in blocking code
+    /// cannot be interrupted, so it is left running and its response is
+    /// never sent.
+    pub abandoned: usize,
 }
 
 /// Server limits and timeouts.
@@ -117,10 +215,31 @@ pub struct ServerConfig {
     /// client that stops reading cannot pin a connection task forever.
     pub read_timeout: Duration,
     /// Maximum number of connections served at once (default 1024). A
-    /// connection arriving while this many are open is accepted and closed
-    /// immediately, so the client sees an end of stream (or a reset) rather
-    /// than waiting. Zero refuses every connection.
+    /// connection arriving while this many are open takes the place of the
+    /// connection idle the longest, which is closed; if none is idle, it is
+    /// accepted and closed immediately, so the client sees an end of stream
+    /// (or a reset) rather than waiting. Zero refuses every connection.
     pub max_connections: usize,
+    /// Maximum number of connections from one IP address (default 64).
+    /// Beyond it, a new connection from that address replaces that
+    /// address's connection idle the longest, or is closed at once if none
+    /// is idle. (Every local client shares the loopback address.)
+    pub max_connections_per_ip: usize,
+    /// Maximum number of idle connections (waiting for their next request)
+    /// from one IP address (default 32); when one more becomes idle, the
+    /// one idle the longest is closed.
+    pub max_idle_per_ip: usize,
+    /// Largest request payload, in bytes, accepted on a connection that has
+    /// not authenticated yet (default 64 KiB; see
+    /// [`Handler::requires_authentication`]). A client declaring more gets
+    /// [`Handler::unauthenticated_frame_too_large`]'s response and its
+    /// connection is closed; nothing of the declared length is allocated.
+    /// Irrelevant when the handler requires no authentication.
+    pub max_unauthenticated_frame: usize,
+    /// How long [`Server::run`], once shutdown is requested, lets requests
+    /// in progress finish before it abandons them and returns (default
+    /// [`SHUTDOWN_GRACE`], 5 s).
+    pub shutdown_grace: Duration,
     /// After answering, poll a loopback client's socket this long (yielding
     /// the CPU between polls) for its next request before going back to
     /// the runtime (default zero: never). Saves a thread wakeup (about
@@ -131,18 +250,26 @@ pub struct ServerConfig {
 }
 
 impl Default for ServerConfig {
-    /// 64 MiB frames, 60 s idle timeout, 10 s read timeout, 1024
-    /// connections, no polling.
+    /// 64 MiB frames (64 KiB before authentication), 60 s idle timeout,
+    /// 10 s read timeout, 1024 connections (64 per IP address, of which 32
+    /// idle), 5 s shutdown grace, no polling.
     fn default() -> Self {
         ServerConfig {
             max_frame: DEFAULT_MAX_FRAME,
             idle_timeout: Duration::from_secs(60),
             read_timeout: Duration::from_secs(10),
             max_connections: 1024,
+            max_connections_per_ip: 64,
+            max_idle_per_ip: 32,
+            max_unauthenticated_frame: DEFAULT_MAX_UNAUTHENTICATED_FRAME,
+            shutdown_grace: SHUTDOWN_GRACE,
             spin: Duration::ZERO,
         }
     }
 }
+
+/// Default for [`ServerConfig::max_unauthenticated_frame`]: 64 KiB.
+pub const DEFAULT_MAX_UNAUTHENTICATED_FRAME: usize = 64 * 1024;
 
 /// Largest request body read while polling; a larger one is finished by
 /// the runtime, growing its buffer as bytes arrive.
@@ -265,7 +392,8 @@ impl ShutdownHandle {
     /// Stops the server: it accepts no more connections; requests already
     /// being read or handled finish and their responses are written, then
     /// every connection is closed and [`Server::run`] returns (after at most
-    /// [`SHUTDOWN_GRACE`], when stragglers are aborted). Idempotent.
+    /// [`ServerConfig::shutdown_grace`], when stragglers are abandoned).
+    /// Idempotent.
     pub fn shutdown(&self) {
         self.tx.send_replace(true);
     }
@@ -325,12 +453,15 @@ impl Server {
     ///
     /// Errors from `accept` itself (such as running out of file descriptors)
     /// are logged and retried after a short pause rather than returned, so
-    /// currently this only returns `Ok(())`, after shutdown, once every
-    /// connection task has finished (or [`SHUTDOWN_GRACE`] has passed and the
-    /// remaining ones were aborted).
+    /// currently this only returns `Ok`, after shutdown, once every
+    /// connection task has finished, or once
+    /// [`ServerConfig::shutdown_grace`] has passed: then the connections
+    /// still busy are aborted and, if their handlers are stuck in blocking
+    /// code, abandoned (counted in [`Stopped::abandoned`] and logged), so
+    /// that the process can exit.
     ///
     /// See [`Server`] for an example.
-    pub async fn run(self) -> io::Result<()> {
+    pub async fn run(self) -> io::Result<Stopped> {
         let Server {
             listener,
             local_addr,
@@ -340,6 +471,7 @@ impl Server {
         } = self;
         let config = Arc::new(config);
         let slots = Arc::new(Semaphore::new(config.max_connections));
+        let peers = Peers::new(config.max_connections_per_ip, config.max_idle_per_ip);
         let mut stop = shutdown.subscribe();
         let mut tasks = JoinSet::new();
 
@@ -352,15 +484,38 @@ impl Server {
                     let (stream, peer) = match accepted {
                         Ok(pair) => pair,
                         Err(e) => {
-                            warn!(%local_addr, error = %e, "accept failed");
+                            // Out of file descriptors: an idle connection
+                            // gives one back, so that the next client (and
+                            // the one waiting now) can be served.
+                            let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                            let shed = out_of_fds && peers.shed_oldest_idle();
+                            warn!(%local_addr, error = %e, shed_an_idle_connection = shed, "accept failed");
                             tokio::time::sleep(ACCEPT_BACKOFF).await;
                             continue;
                         }
                     };
-                    let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-                        debug!(%peer, max = config.max_connections, "connection limit reached; closing new connection");
-                        drop(stream);
-                        continue;
+                    // A replacement task (below) may take the last slot
+                    // between this check and `try_acquire_owned`; the new
+                    // connection is then refused, as when nothing is idle.
+                    let server_full = (slots.available_permits() == 0).then_some(config.max_connections);
+                    let admitted = match peers.admit(peer.ip(), server_full) {
+                        Ok(admitted) => admitted,
+                        Err(refused) => {
+                            debug!(%peer, ?refused, "connection limit reached and nothing idle to close; closing new connection");
+                            drop(stream);
+                            continue;
+                        }
+                    };
+                    let permit = match Arc::clone(&slots).try_acquire_owned() {
+                        Ok(permit) => Some(permit),
+                        // The idle connection shed for this one is closing;
+                        // its slot is taken over in the task below.
+                        Err(_) if admitted.shed_one => None,
+                        Err(_) => {
+                            debug!(%peer, max = config.max_connections, "connection limit reached; closing new connection");
+                            drop(stream);
+                            continue;
+                        }
                     };
                     if let Err(e) = configure(&stream) {
                         debug!(%peer, error = %e, "could not configure accepted socket; closing it");
@@ -371,11 +526,22 @@ impl Server {
                         stream: BufReader::new(stream),
                         peer,
                         config: Arc::clone(&config),
+                        authenticated: !handler.requires_authentication(),
                         handler: Arc::clone(&handler),
                         stop: shutdown.subscribe(),
                         slots: Arc::clone(&slots),
+                        member: admitted.member,
                     };
+                    let slots = Arc::clone(&slots);
+                    let wait = config.read_timeout;
                     tasks.spawn(async move {
+                        let permit = match permit {
+                            Some(permit) => permit,
+                            None => match timeout(wait, slots.acquire_owned()).await {
+                                Ok(Ok(permit)) => permit,
+                                _ => return,
+                            },
+                        };
                         conn.serve().await;
                         drop(permit);
                     });
@@ -385,18 +551,30 @@ impl Server {
 
         drop(listener);
         debug!(%local_addr, open = tasks.len(), "server stopping; draining connections");
-        let drained = timeout(SHUTDOWN_GRACE, async {
+        let drained = timeout(config.shutdown_grace, async {
             while let Some(done) = tasks.join_next().await {
                 report_task_end(done);
             }
         })
         .await;
+        let mut stopped = Stopped::default();
         if drained.is_err() {
-            warn!(%local_addr, remaining = tasks.len(), "connections still busy after the shutdown grace period; aborting them");
-            tasks.shutdown().await;
+            stopped.abandoned = tasks.len();
+            warn!(%local_addr, abandoned = stopped.abandoned, grace = ?config.shutdown_grace,
+                "requests still in progress after the shutdown grace period; abandoning them");
+            // An aborted task ends at its next await; one blocked inside a
+            // handler never reaches it, so waiting for all of them (as
+            // `JoinSet::shutdown` does) could take forever: wait briefly,
+            // then let the rest go.
+            tasks.abort_all();
+            let _ = timeout(ABORT_WAIT, async {
+                while tasks.join_next().await.is_some() {}
+            })
+            .await;
+            tasks.detach_all();
         }
         debug!(%local_addr, "server stopped");
-        Ok(())
+        Ok(stopped)
     }
 }
 
@@ -429,6 +607,12 @@ struct Connection {
     stop: watch::Receiver<bool>,
     /// The connection slots, to tell whether this is the only connection.
     slots: Arc<Semaphore>,
+    /// Its place in the per-peer accounting (idle or busy).
+    member: Member,
+    /// Whether a request on this connection has authenticated (or the
+    /// handler requires no authentication): until then frames are limited
+    /// to [`ServerConfig::max_unauthenticated_frame`].
+    authenticated: bool,
 }
 
 /// Why a connection is being closed (for the debug log).
@@ -440,6 +624,8 @@ enum Close {
     ReadTimeout,
     WriteTimeout,
     TooLarge,
+    /// Closed to make room for a new connection (see [`crate::peers`]).
+    Shed,
     Io(io::Error),
 }
 
@@ -459,6 +645,8 @@ impl Connection {
         let mut buf = Vec::new();
         let polls = !config.spin.is_zero() && self.peer.ip().is_loopback();
         loop {
+            // Waiting for the next request: idle, so it may be shed.
+            self.member.idle();
             // Poll only while this is the server's one connection: with
             // several, a runtime thread held by polling delays the others.
             let alone = config.max_connections - self.slots.available_permits() <= 1;
@@ -491,6 +679,7 @@ impl Connection {
                     let started = tokio::select! {
                         biased;
                         () = stopped(&mut self.stop) => return Close::Shutdown,
+                        () = self.member.shed() => return Close::Shed,
                         r = timeout(config.idle_timeout, self.stream.fill_buf()) => match r {
                             Err(_) => return Close::IdleTimeout,
                             Ok(Err(e)) => return Close::Io(e),
@@ -500,15 +689,23 @@ impl Connection {
                     if !started {
                         return Close::PeerClosed;
                     }
-
+                    if !self.member.busy() {
+                        return Close::Shed;
+                    }
+                    let limit = self.frame_limit();
                     timeout(
                         config.read_timeout,
-                        read_frame(&mut self.stream, config.max_frame, &mut buf),
+                        read_frame(&mut self.stream, limit, &mut buf),
                     )
                     .await
                     .map_err(|_| ())
                 }
             };
+            // A request began: no longer idle (polling got here without
+            // `busy` having been called; a second call costs little).
+            if !self.member.busy() {
+                return Close::Shed;
+            }
             // One outcome for both ways of reading the request.
             match read {
                 Err(()) => return Close::ReadTimeout,
@@ -516,15 +713,27 @@ impl Connection {
                 Ok(Err(FrameError::Closed)) => return Close::PeerClosed,
                 Ok(Err(FrameError::Io(e))) => return Close::Io(e),
                 Ok(Err(FrameError::TooLarge { declared, max })) => {
-                    debug!(peer = %self.peer, declared, max, "request frame too large");
-                    let response = self.handler.frame_too_large(declared, max);
+                    debug!(peer = %self.peer, declared, max, authenticated = self.authenticated, "request frame too large");
+                    let response = if self.authenticated {
+                        self.handler.frame_too_large(declared, max)
+                    } else {
+                        self.handler.unauthenticated_frame_too_large(declared, max)
+                    };
                     self.close_after_error_response(&response).await;
                     return Close::TooLarge;
                 }
             }
 
+            if !self.authenticated && self.handler.authenticates(&buf) {
+                self.authenticated = true;
+            }
             let request = std::mem::take(&mut buf);
             let response = self.handler.call(request).await;
+            // Handled: from here the connection only waits for its next
+            // request (the response is written even if it is shed now).
+            // Marked before the write so that a client holding the response
+            // knows its connection can be shed to make room.
+            self.member.idle();
             match timeout(
                 config.read_timeout,
                 write_frame(&mut self.stream, &response),
@@ -540,6 +749,17 @@ impl Connection {
             if response.capacity() <= RETAIN_BUFFER {
                 buf = response;
             }
+        }
+    }
+
+    /// The largest request frame this connection may send now.
+    fn frame_limit(&self) -> usize {
+        if self.authenticated {
+            self.config.max_frame
+        } else {
+            self.config
+                .max_unauthenticated_frame
+                .min(self.config.max_frame)
         }
     }
 
@@ -569,7 +789,7 @@ impl Connection {
             }
         }
         let len = u32::from_be_bytes(head) as usize;
-        if len > POLLED_BODY_MAX.min(self.config.max_frame) {
+        if len > POLLED_BODY_MAX.min(self.frame_limit()) {
             // Large (or too large): the runtime path bounds and grows it.
             return Polled::Partial {
                 head,
@@ -612,10 +832,11 @@ impl Connection {
             self.stream.read_exact(&mut head[got_head..]).await?;
         }
         let len = u32::from_be_bytes(head) as u64;
-        if len > self.config.max_frame as u64 {
+        let limit = self.frame_limit();
+        if len > limit as u64 {
             return Err(FrameError::TooLarge {
                 declared: len,
-                max: self.config.max_frame,
+                max: limit,
             });
         }
         buf.truncate(body);

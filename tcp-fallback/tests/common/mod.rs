@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metabridge_tcp::{Handler, Server, ServerConfig, ShutdownHandle};
+use metabridge_tcp::{Handler, Server, ServerConfig, ShutdownHandle, Stopped};
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 
@@ -72,7 +72,7 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub stop: ShutdownHandle,
     rt: Option<Runtime>,
-    running: Option<JoinHandle<io::Result<()>>>,
+    running: Option<JoinHandle<io::Result<Stopped>>>,
 }
 
 impl TestServer {
@@ -104,14 +104,20 @@ impl TestServer {
     /// how long that took.
     pub fn shutdown(&mut self) -> Duration {
         let t0 = Instant::now();
+        self.shutdown_report();
+        t0.elapsed()
+    }
+
+    /// Requests shutdown and waits (bounded) for `run()` to return; returns
+    /// what it returned.
+    pub fn shutdown_report(&mut self) -> Stopped {
         self.stop.shutdown();
         let rt = self.rt.as_ref().expect("runtime");
         let running = self.running.take().expect("still running");
         rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), running).await })
             .expect("run() returned within 10 s")
             .expect("run() did not panic")
-            .expect("run() returned Ok");
-        t0.elapsed()
+            .expect("run() returned Ok")
     }
 
     /// Shuts down and drops the runtime, so every socket is closed.
