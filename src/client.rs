@@ -9,7 +9,7 @@ use crate::args::{encode_value, CallArgs, IntoArgs};
 use crate::envelope;
 use crate::error::{Error, Result};
 use crate::registry::{self, Entry, Registry};
-use crate::transport::{ShmPool, Transport};
+use crate::transport::{Limits, ShmPool, Transport};
 use arc_swap::ArcSwap;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -50,6 +50,7 @@ pub struct Connect {
     /// `token` was given by `.token()` (not taken from the environment).
     token_given: bool,
     max_channels: usize,
+    max_message: usize,
     error: Option<String>,
     home: Option<std::path::PathBuf>,
 }
@@ -73,6 +74,7 @@ pub fn connect(name: &str) -> Connect {
             .filter(|t| !t.is_empty()),
         token_given: false,
         max_channels: 16,
+        max_message: crate::error::default_max_message(),
         error: None,
         home: None,
     }
@@ -144,6 +146,15 @@ impl Connect {
         self
     }
 
+    /// Largest request or result this client sends or accepts, on either
+    /// transport (default 256 MiB, or `$METABRIDGE_MAX_MESSAGE`): past it a
+    /// call fails with [`Error::MessageTooLarge`]. The service has its own
+    /// limit (`ServiceConfig::max_message`).
+    pub fn max_message(mut self, bytes: usize) -> Connect {
+        self.max_message = bytes;
+        self
+    }
+
     /// Finds the service and returns a client. No channel is opened until
     /// the first call needs one.
     pub fn open(self) -> Result<Client> {
@@ -158,8 +169,11 @@ impl Connect {
             home: self.home.unwrap_or_else(registry::home_dir),
             token: self.token,
             token_given: self.token_given,
-            max_channels: self.max_channels,
-            timeout: self.timeout,
+            limits: Limits {
+                channels: self.max_channels,
+                timeout: self.timeout,
+                message: self.max_message,
+            },
         };
         let first = target.connect()?;
         Ok(Client {
@@ -185,8 +199,7 @@ struct Target {
     home: std::path::PathBuf,
     token: Option<String>,
     token_given: bool,
-    max_channels: usize,
-    timeout: Duration,
+    limits: Limits,
 }
 
 impl Target {
@@ -195,7 +208,7 @@ impl Target {
     fn connect(&self) -> Result<Connection> {
         let (transport, token) = match &self.address {
             Some(addr) => (
-                Transport::tcp(addr, self.max_channels, self.timeout)?,
+                Transport::tcp(addr, &self.limits, self.token.as_deref())?,
                 self.token.clone(),
             ),
             None => {
@@ -206,7 +219,7 @@ impl Target {
                     (Some(t), false) => Some(t.clone()),
                     _ => self.token.clone(),
                 };
-                (self.transport_for(&entry)?, token)
+                (self.transport_for(&entry, token.as_deref())?, token)
             }
         };
         Ok(Connection {
@@ -216,23 +229,19 @@ impl Target {
         })
     }
 
-    fn transport_for(&self, entry: &Entry) -> Result<Transport> {
+    fn transport_for(&self, entry: &Entry, token: Option<&str>) -> Result<Transport> {
         let gone = |e: Error| self.gone(e);
         Ok(match self.kind {
-            TransportKind::Tcp => {
-                Transport::tcp(&entry.tcp, self.max_channels, self.timeout).map_err(gone)?
-            }
-            TransportKind::Shm => {
-                Transport::Shm(ShmPool::new(entry, self.max_channels, self.timeout).map_err(gone)?)
-            }
-            TransportKind::Auto => match ShmPool::new(entry, self.max_channels, self.timeout) {
+            TransportKind::Tcp => Transport::tcp(&entry.tcp, &self.limits, token).map_err(gone)?,
+            TransportKind::Shm => Transport::Shm(ShmPool::new(entry, &self.limits).map_err(gone)?),
+            TransportKind::Auto => match ShmPool::new(entry, &self.limits) {
                 Ok(pool) => Transport::Shm(pool),
                 Err(e) => {
                     tracing::debug!(
                         "shared memory of {:?} unavailable ({e}); falling back to TCP",
                         self.name
                     );
-                    Transport::tcp(&entry.tcp, self.max_channels, self.timeout).map_err(gone)?
+                    Transport::tcp(&entry.tcp, &self.limits, token).map_err(gone)?
                 }
             },
         })

@@ -72,12 +72,31 @@ pub enum Error {
         /// The calls abandoned, described.
         abandoned: String,
     },
+    /// A request or result is larger than the largest message allowed,
+    /// one limit for both transports.
+    #[error("a message of {len} bytes exceeds the maximum of {max} bytes; raise it with ServiceConfig::max_message on the service and Connect::max_message on the client (or METABRIDGE_MAX_MESSAGE for both)")]
+    MessageTooLarge {
+        /// Length of the message (as declared, or so far).
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
     /// No room in memory or in the filesystem for what was needed.
     #[error("{0}")]
     NoSpace(String),
     /// An operating-system or transport failure.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// The largest message, request or result, on either transport: 256 MiB,
+/// or `$METABRIDGE_MAX_MESSAGE` (bytes; the older `METABRIDGE_MAX_FRAME`
+/// is read too).
+pub fn default_max_message() -> usize {
+    ["METABRIDGE_MAX_MESSAGE", "METABRIDGE_MAX_FRAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().and_then(|s| s.parse().ok()))
+        .unwrap_or(256 << 20)
 }
 
 /// Shorthand for MetaBridge results.
@@ -91,6 +110,7 @@ impl From<metabridge_shm::Error> for Error {
             S::Timeout => Error::Timeout("shared-memory channel".into()),
             S::Io(io) => Error::Io(io),
             S::NoSpace { .. } => Error::NoSpace(e.to_string()),
+            S::MessageTooLarge { len, max } => Error::MessageTooLarge { len, max },
             other => Error::Protocol(other.to_string()),
         }
     }

@@ -155,7 +155,7 @@ pub(crate) fn serve_with<S: Send + Sync + 'static>(
         .build()?;
 
     let addr = format!("{}:{}", config.host, config.port);
-    let tcp = runtime.block_on(crate::tcp::bind(&addr, dispatch.clone()))?;
+    let tcp = runtime.block_on(crate::tcp::bind(&addr, dispatch.clone(), &config))?;
     let tcp_addr = tcp.local_addr();
     if !tcp_addr.ip().is_loopback() && config.token.is_none() {
         eprintln!(
@@ -181,6 +181,7 @@ pub(crate) fn serve_with<S: Send + Sync + 'static>(
         dispatch.clone(),
         runtime.handle().clone(),
         config.max_extra_workers,
+        config.max_message,
     );
     let mut inboxes = Vec::new();
     for k in 0..workers {
@@ -230,6 +231,7 @@ pub(crate) fn serve_with<S: Send + Sync + 'static>(
         }),
         pending: AtomicUsize::new(0),
         name: name.clone(),
+        max_message: config.max_message,
     });
     let registered = registry.register(&entry);
     if registered.is_ok() {
@@ -249,17 +251,25 @@ pub(crate) fn serve_with<S: Send + Sync + 'static>(
         tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), tcp_task).await
     });
     let stuck = pool.join_until(deadline);
+    // The TCP server returns within its grace (the same deadline), saying
+    // how many requests it abandoned.
+    let tcp_abandoned = match &tcp_done {
+        Ok(Ok(Ok(stopped))) => stopped.abandoned,
+        _ => 0,
+    };
     let _ = supervisor.join();
     runtime.shutdown_timeout(Duration::from_millis(100));
     registered?;
-    if !stuck.is_empty() || tcp_done.is_err() {
+    if !stuck.is_empty() || tcp_done.is_err() || tcp_abandoned > 0 {
         let mut abandoned = Vec::new();
         if !stuck.is_empty() {
             abandoned.push(format!(
                 "the shared-memory call running on worker(s) {stuck:?}"
             ));
         }
-        if tcp_done.is_err() {
+        if tcp_abandoned > 0 {
+            abandoned.push(format!("{tcp_abandoned} TCP call(s)"));
+        } else if tcp_done.is_err() {
             abandoned.push("the TCP calls still in progress".to_string());
         }
         let e = Error::ShutdownTimeout {
@@ -290,6 +300,7 @@ struct Acceptor {
     /// Handshakes in progress.
     pending: AtomicUsize,
     name: String,
+    max_message: usize,
 }
 
 impl Acceptor {
@@ -337,7 +348,10 @@ fn accept_loop(
 ) {
     let mut orphaned_at: Option<Instant> = None;
     let mut checked = Instant::now();
-    let channel_config = ChannelConfig::default();
+    let channel_config = ChannelConfig {
+        max_message: acceptor.max_message as u64,
+        ..ChannelConfig::default()
+    };
     while !STOP.load(Ordering::SeqCst) {
         // A daemon ends with its parent, unless it was detached.
         if PARENT_GONE.load(Ordering::SeqCst) && !DETACHED.load(Ordering::SeqCst) {

@@ -121,6 +121,10 @@ pub struct ServiceConfig {
     /// asking for more is refused with an error naming this limit, and
     /// falls back to TCP unless it asked for shared memory.
     pub max_channels: usize,
+    /// Largest request or result on either transport (default 256 MiB, or
+    /// `$METABRIDGE_MAX_MESSAGE`). A larger request is answered with an
+    /// error naming the limit; so is a larger result.
+    pub max_message: usize,
     /// Most extra worker threads started when a slow sync call holds a
     /// worker (its other channels move to a new worker; see ARCHITECTURE,
     /// "Workers"). Default 16. Past it, channels wait behind slow calls.
@@ -164,6 +168,7 @@ impl Default for ServiceConfig {
             allow_uids: Vec::new(),
             max_channels: 1024,
             max_extra_workers: 16,
+            max_message: crate::error::default_max_message(),
             shutdown_timeout: std::time::Duration::from_secs(5),
         }
     }

@@ -32,6 +32,8 @@ pub(crate) const MAX_BLOCKING_CALLS: usize = 256;
 
 struct TcpHandler {
     dispatch: Arc<dyn Dispatch>,
+    /// The service's message limit, for results.
+    max_message: usize,
     /// Permits for sync calls in progress (see [`MAX_BLOCKING_CALLS`]).
     blocking: Semaphore,
 }
@@ -71,6 +73,7 @@ impl Handler for TcpHandler {
                 let joined = tokio::spawn(future).await;
                 finish_async(joined, &mut out);
             }
+            crate::worker::bound_result(&mut out, self.max_message);
             out
         })
     }
@@ -80,7 +83,11 @@ impl Handler for TcpHandler {
         envelope::encode_error(
             &mut out,
             "ProtocolError",
-            &format!("frame of {declared} bytes exceeds the maximum of {max}"),
+            &crate::Error::MessageTooLarge {
+                len: declared,
+                max: max as u64,
+            }
+            .to_string(),
         );
         out
     }
@@ -124,10 +131,15 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 /// `METABRIDGE_TCP_MAX_CONNECTIONS`, `METABRIDGE_TCP_MAX_CONNECTIONS_PER_IP`,
 /// `METABRIDGE_TCP_MAX_IDLE_PER_IP` and `METABRIDGE_TCP_SHUTDOWN_GRACE_MS`
 /// (defaults: those of [`ServerConfig`]).
-pub(crate) async fn bind(addr: &str, dispatch: Arc<dyn Dispatch>) -> std::io::Result<Server> {
+pub(crate) async fn bind(
+    addr: &str,
+    dispatch: Arc<dyn Dispatch>,
+    service: &crate::service::ServiceConfig,
+) -> std::io::Result<Server> {
     let defaults = ServerConfig::default();
     let config = ServerConfig {
-        max_frame: env_or("METABRIDGE_MAX_FRAME", defaults.max_frame),
+        // One message limit for both transports.
+        max_frame: service.max_message,
         max_unauthenticated_frame: env_or(
             "METABRIDGE_TCP_MAX_UNAUTHENTICATED_FRAME",
             defaults.max_unauthenticated_frame,
@@ -138,15 +150,15 @@ pub(crate) async fn bind(addr: &str, dispatch: Arc<dyn Dispatch>) -> std::io::Re
             defaults.max_connections_per_ip,
         ),
         max_idle_per_ip: env_or("METABRIDGE_TCP_MAX_IDLE_PER_IP", defaults.max_idle_per_ip),
+        // Within the service's own shutdown deadline.
         shutdown_grace: env("METABRIDGE_TCP_SHUTDOWN_GRACE_MS")
-            .map_or(defaults.shutdown_grace, Duration::from_millis),
-        // Poll loopback clients briefly for their next request (see
-        // ServerConfig::spin): the same trade the client makes.
+            .map_or(service.shutdown_timeout, Duration::from_millis),
         spin: Duration::from_micros(50),
         ..defaults
     };
     let handler = TcpHandler {
         dispatch,
+        max_message: service.max_message,
         blocking: Semaphore::new(MAX_BLOCKING_CALLS),
     };
     Server::bind(addr, config, Arc::new(handler)).await

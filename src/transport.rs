@@ -1,6 +1,7 @@
 //! The one seam where shared memory and TCP meet: a round trip of one
 //! request envelope, whichever carries it.
 
+use crate::envelope;
 use crate::error::{Error, Result};
 use crate::registry::Entry;
 use crossbeam_utils::atomic::AtomicCell;
@@ -10,17 +11,18 @@ use std::net::ToSocketAddrs;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// A client's transport.
 pub(crate) enum Transport {
     Shm(ShmPool),
-    Tcp(Pool),
+    /// A socket pool, and the largest request it may send.
+    Tcp(Pool, usize),
 }
 
 impl Transport {
-    pub(crate) fn tcp(addr: &str, max: usize, timeout: Duration) -> Result<Transport> {
+    pub(crate) fn tcp(addr: &str, limits: &Limits, token: Option<&str>) -> Result<Transport> {
         let sock = addr.to_socket_addrs()?.next().ok_or_else(|| {
             Error::Io(std::io::Error::other(format!(
                 "{addr} resolves to no address"
@@ -33,15 +35,28 @@ impl Transport {
         } else {
             Duration::ZERO
         };
+        // A service with a token lets a connection send large frames only
+        // once it has authenticated: greet each new connection with a small
+        // request carrying the token, so a first call may be of any size.
+        let greeting = token.map(|t| {
+            let mut hello = Vec::new();
+            envelope::encode_list(
+                &mut hello,
+                &envelope::encode_ctor(&[0x90], &[0x80]),
+                Some(t),
+            );
+            Arc::<[u8]>::from(hello)
+        });
         let config = PoolConfig {
-            max_connections: max,
-            connect_timeout: timeout.min(Duration::from_secs(5)),
-            call_timeout: Some(timeout),
+            max_connections: limits.channels,
+            max_frame: limits.message,
+            connect_timeout: limits.timeout.min(Duration::from_secs(5)),
+            call_timeout: Some(limits.timeout),
             spin,
-            ..PoolConfig::default()
+            greeting,
         };
         let pool = Pool::connect(sock, config).map_err(pool_error)?;
-        Ok(Transport::Tcp(pool))
+        Ok(Transport::Tcp(pool, limits.message))
     }
 
     /// Encodes a request with `encode`, carries it, and decodes the
@@ -53,9 +68,15 @@ impl Transport {
     ) -> Result<R> {
         match self {
             Transport::Shm(pool) => pool.round_trip(encode, decode),
-            Transport::Tcp(pool) => {
+            Transport::Tcp(pool, max) => {
                 let mut request = Vec::with_capacity(128);
                 encode(&mut request)?;
+                if request.len() > *max {
+                    return Err(Error::MessageTooLarge {
+                        len: request.len() as u64,
+                        max: *max as u64,
+                    });
+                }
                 let mut response = Vec::with_capacity(128);
                 pool.call(&request, &mut response).map_err(pool_error)?;
                 decode(&response)
@@ -66,21 +87,21 @@ impl Transport {
     pub(crate) fn name(&self) -> &'static str {
         match self {
             Transport::Shm(_) => "shm",
-            Transport::Tcp(_) => "tcp",
+            Transport::Tcp(..) => "tcp",
         }
     }
 
     pub(crate) fn open_channels(&self) -> usize {
         match self {
             Transport::Shm(p) => p.open.load(Ordering::Relaxed),
-            Transport::Tcp(p) => p.open_connections(),
+            Transport::Tcp(p, _) => p.open_connections(),
         }
     }
 
     pub(crate) fn close(&self) {
         match self {
             Transport::Shm(p) => p.close(),
-            Transport::Tcp(p) => p.close(),
+            Transport::Tcp(p, _) => p.close(),
         }
     }
 }
@@ -90,8 +111,22 @@ fn pool_error(e: PoolError) -> Error {
         PoolError::Io(io) => Error::Io(io),
         PoolError::Timeout => Error::Timeout("TCP call".into()),
         PoolError::Closed => Error::PeerGone("the client was closed".into()),
+        PoolError::Frame(metabridge_tcp::FrameError::TooLarge { declared, max }) => {
+            Error::MessageTooLarge {
+                len: declared,
+                max: max as u64,
+            }
+        }
         PoolError::Frame(f) => Error::Protocol(f.to_string()),
     }
+}
+
+/// What a client allows itself: channels, time, message size.
+#[derive(Clone, Debug)]
+pub(crate) struct Limits {
+    pub(crate) channels: usize,
+    pub(crate) timeout: Duration,
+    pub(crate) message: usize,
 }
 
 /// One shared-memory channel with its request buffer.
@@ -103,6 +138,7 @@ struct ShmConn {
 /// Channels to one service, opened only when that many calls run at once.
 pub(crate) struct ShmPool {
     socket: PathBuf,
+    config: ChannelConfig,
     /// The service's doorbells, received with the first channel.
     doorbells: OnceLock<DoorbellSet>,
     /// The channel returned last: taken and put back without a lock (the
@@ -131,8 +167,13 @@ impl ShmPool {
     /// Opens the first channel to the service at once, so that a service
     /// whose shared memory we cannot use is known now (and the client can
     /// fall back to TCP); more channels come when calls overlap.
-    pub(crate) fn new(entry: &Entry, max: usize, timeout: Duration) -> Result<ShmPool> {
+    pub(crate) fn new(entry: &Entry, limits: &Limits) -> Result<ShmPool> {
+        let (max, timeout) = (limits.channels, limits.timeout);
         let pool = ShmPool {
+            config: ChannelConfig {
+                max_message: limits.message as u64,
+                ..ChannelConfig::default()
+            },
             socket: PathBuf::from(&entry.control_socket),
             doorbells: OnceLock::new(),
             hot: AtomicCell::new(None),
@@ -291,7 +332,7 @@ impl ShmPool {
     /// Creates a segment (a sealed memfd) and hands it to the service over
     /// its control socket, within `deadline`.
     fn open_channel(&self, deadline: Instant) -> Result<Box<ShmConn>> {
-        let (mut channel, fd) = Channel::create_memfd(&ChannelConfig::default())?;
+        let (mut channel, fd) = Channel::create_memfd(&self.config)?;
         let granted = crate::control::request_channel(&self.socket, fd.as_fd(), deadline)?;
         drop(fd); // the service has its own copy; our mapping stays
         let bells = match self.doorbells.get() {

