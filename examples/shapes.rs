@@ -4,8 +4,10 @@
 //! `shapes <mode> <name>` starts service `<name>` with `run` and prints
 //! `daemon <pid>` (or `error <message>` if `run` failed), then obeys one
 //! line of standard input: `stop` (stops the daemon through its handle,
-//! prints `stopped`) or `exit` / end of input (exits at once, the handle
-//! never dropped: the daemon must then end with this process).
+//! prints `stopped`), `detach` (detaches it, prints `detached`, exits: the
+//! daemon must outlive this process) or `exit` / end of input (exits at
+//! once, the handle never dropped: the daemon must then end with this
+//! process).
 //!
 //! Modes: `plain` (a plain `main`), `tokio-multi` (`#[tokio::main]`),
 //! `tokio-current` (`#[tokio::main(flavor = "current_thread")]`), `thread`
@@ -55,11 +57,16 @@ fn start(name: &str) -> Option<metabridge::DaemonHandle> {
 
 /// Obeys the test's command, then exits.
 fn finish(handle: Option<metabridge::DaemonHandle>) -> ! {
-    if read_line() == "stop" {
-        if let Some(h) = handle {
+    match (read_line().as_str(), handle) {
+        ("stop", Some(h)) => {
             h.stop().expect("stop");
+            say("stopped");
         }
-        say("stopped");
+        ("detach", Some(h)) => {
+            h.detach();
+            say("detached");
+        }
+        _ => {}
     }
     // Skips destructors: the handle is never dropped.
     std::process::exit(0)

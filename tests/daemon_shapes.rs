@@ -185,6 +185,28 @@ fn a_daemon_outlives_the_thread_that_started_it_and_ends_with_the_process() {
     assert_eq!(env.leftovers(), Vec::<String>::new());
 }
 
+/// Detached from a thread (the daemon was re-executed), the daemon
+/// outlives the thread and the process, and serves until SIGTERM.
+#[test]
+fn a_daemon_detached_from_a_thread_outlives_the_process() {
+    let mut env = TestEnv::new("thread-detach");
+    let mut fixture = Fixture::start(&mut env, "thread", "thd-svc");
+    let daemon = fixture.daemon();
+    let _reap = Reap(daemon);
+    assert_eq!(fixture.line(), "thread-exited");
+    fixture.tell("detach");
+    assert_eq!(fixture.line(), "detached");
+    assert_eq!(env.wait_exit(fixture.pid, PATIENCE), Some(0));
+    // A daemon that took the parent's exit for a stop would be stopping
+    // now (within its 100 ms orphan grace): leave it ample time to.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(alive(daemon), "the detached daemon ended with its parent");
+    assert_eq!(served_by(&env, "thd-svc"), daemon);
+    sigterm(daemon);
+    assert!(wait_dead(daemon), "SIGTERM stops a detached daemon");
+    assert_eq!(env.leftovers(), Vec::<String>::new());
+}
+
 /// A multi-threaded library host whose `main` does not reach `run` again
 /// in the re-executed copy: `run` returns a clear error naming the
 /// alternative, and no process is left.
