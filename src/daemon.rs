@@ -4,22 +4,36 @@
 //! the calling program already does:
 //!
 //! - **A single-threaded caller** (a `main` that has not started threads,
-//!   the common case): `fork`. The child is an exact copy, holding no lock
-//!   another thread could have held, so it may build its runtime and serve.
-//! - **A multi-threaded caller** (threads or a tokio runtime already run):
-//!   forking would copy locks held by other threads, so the current binary
-//!   is executed again with `METABRIDGE_DAEMON=<name>` in its environment;
-//!   when that process reaches the same `run` call, `run` serves instead of
-//!   returning. As with Python's `spawn` start method, code before `run`
-//!   then runs twice, so keep it free of side effects.
+//!   a `#[tokio::main(flavor = "current_thread")]` program, a library
+//!   called before its host starts threads): `fork`. The child is an
+//!   exact copy, holding no lock another thread could have held, so it may
+//!   start threads and serve. It never returns to the caller's code.
+//! - **A multi-threaded caller** (threads or a multi-thread tokio runtime
+//!   already run): forking would copy locks held by other threads, so the
+//!   current binary is executed again with `METABRIDGE_DAEMON=<name>` in
+//!   its environment; when that process reaches the same `run` call, `run`
+//!   serves instead of returning. As with Python's `spawn` start method,
+//!   code before `run` then runs twice, so keep it free of side effects.
+//!   If the new copy does not reach `run` for that service (its `main`
+//!   takes another path: a library whose host decides), `run` kills it
+//!   and says so; see [`run`].
 //!
-//! Either way the child reports through a pipe once it is registered and
-//! accepting (or why it failed), and `run` waits for that, up to the
-//! startup timeout. The child asks the kernel for SIGUSR2 when its parent
-//! dies (`PR_SET_PDEATHSIG`) and then stops gracefully, unless it was
-//! detached (SIGUSR1 from [`DaemonHandle::detach`]; it waits 100 ms for a
-//! detach sent just before the parent's exit). A [`DaemonHandle`] that is
-//! dropped stops it, unless detached.
+//! Either way the daemon serves on a thread of its own, outside any tokio
+//! runtime the caller's thread ran (a forked child copies the caller's
+//! thread-local runtime context; a re-executed `#[tokio::main]` runs `run`
+//! inside its runtime). The child reports through a pipe once it is
+//! registered and accepting (or why it failed), and `run` waits for that,
+//! up to the startup timeout.
+//!
+//! The daemon follows the parent *process*, not the thread that called
+//! `run`: it opens a pidfd of its parent (and checks that `getppid` still
+//! names it, so that a parent that died first is not missed), and a
+//! thread of the daemon waits on it; once the whole parent process has
+//! exited (confirmed by `getppid` changing) the daemon stops gracefully,
+//! unless it was detached (SIGUSR1 from [`DaemonHandle::detach`]; it
+//! waits 100 ms for a detach sent just before the parent's exit). Without
+//! pidfds (Linux < 5.3) it checks `getppid` every 100 ms. A
+//! [`DaemonHandle`] that is dropped stops it, unless detached.
 
 use crate::error::{Error, Result};
 use crate::registry::Entry;
@@ -29,21 +43,42 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Environment variable naming the service a re-executed child serves.
 pub const DAEMON_ENV: &str = "METABRIDGE_DAEMON";
 const READY_FD_ENV: &str = "METABRIDGE_DAEMON_READY_FD";
+/// The pid of the process a re-executed child follows.
+const PARENT_ENV: &str = "METABRIDGE_DAEMON_PARENT";
 /// How long `run` waits for the daemon to be ready.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long `stop` waits after SIGTERM before SIGKILL.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the parent watch checks `getppid` when it cannot wait on a
+/// pidfd.
+const PARENT_POLL: Duration = Duration::from_millis(100);
+
+/// Report bytes on the ready pipe: the service is ready (an [`Entry`]
+/// follows), it failed (an error follows), or (first, re-executed child
+/// only) the new copy of the program reached `run` for its service.
+const READY: u8 = 0;
+const FAILED: u8 = 1;
+const REACHED: u8 = 2;
 
 /// Serves `service` in the current process until SIGTERM or SIGINT: for a
 /// dedicated daemon binary. It installs handlers for SIGTERM and SIGINT
 /// (stop gracefully) and SIGUSR1 (used by [`DaemonHandle::detach`]).
+///
+/// It works in any program shape: called inside a tokio runtime (say from
+/// `#[tokio::main]`), it serves on a thread of its own (the service builds
+/// its own runtime, which cannot nest in the caller's) and blocks the
+/// calling thread until it is done.
+///
+/// This is also the alternative to [`run`] for programs that cannot let
+/// `run` re-execute them (see there): a small binary whose `main` calls
+/// `serve`, started and stopped however the program likes.
 ///
 /// ```no_run
 /// use metabridge::{Service, Reply, Args};
@@ -53,11 +88,52 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// metabridge::serve(service).unwrap();
 /// ```
 pub fn serve<S: Send + Sync + 'static>(service: Service<S>) -> Result<()> {
-    serve_with(service, |_| {})
+    if tokio::runtime::Handle::try_current().is_err() {
+        return serve_with(service, |_| {});
+    }
+    std::thread::scope(|scope| {
+        let serving = std::thread::Builder::new()
+            .name("metabridge-serve".into())
+            .spawn_scoped(scope, || serve_with(service, |_| {}))?;
+        serving
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 /// Starts `service` in a background daemon process and returns once it is
 /// registered and accepting.
+///
+/// The daemon stops gracefully when the returned handle is dropped or
+/// [stopped](DaemonHandle::stop), and when the process that called `run`
+/// exits (all of its threads: the thread that called `run` may end
+/// first), unless it was [detached](DaemonHandle::detach).
+///
+/// # Program shapes
+///
+/// - **Single-threaded** (a plain `main`, `#[tokio::main(flavor =
+///   "current_thread")]`, a library called before its host starts
+///   threads): the process is forked; nothing else is asked of it.
+/// - **Multi-threaded** (`#[tokio::main]`, a program that started
+///   threads, `run` called from a spawned thread): the program is executed
+///   again with `METABRIDGE_DAEMON=<name>` set, and its `main` must reach
+///   this same `run` call (for a service of the same name) in that new
+///   copy, which then serves. Code before `run` runs twice; the copy's
+///   standard input and output are `/dev/null`.
+/// - **A library whose host's `main` does not reach `run` again** (it
+///   depends on input, configuration, timing...) cannot be served by
+///   re-execution, and nothing sound can start the service without
+///   `main` (forking a multi-threaded process copies locks other threads
+///   hold; a pre-`main` hook would run before Rust's runtime and the
+///   host's own initialisation, and still could not rebuild a service
+///   configured at run time). `run` detects it: if the copy exits, or does
+///   not reach `run` within [`STARTUP_TIMEOUT`], `run` kills and reaps it
+///   and returns an error saying so. The alternatives: call `run` before
+///   the host starts threads (it then forks), or ship a small daemon
+///   binary whose `main` calls [`serve`].
+///
+/// `run` blocks the calling thread until the daemon is ready (inside an
+/// async task, prefer `tokio::task::spawn_blocking`).
 ///
 /// ```
 /// # let home = format!("/dev/shm/mb-doc-run-{}", std::process::id());
@@ -86,15 +162,15 @@ pub fn run<S: Send + Sync + 'static>(service: Service<S>) -> Result<DaemonHandle
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
-    let pid = if single_threaded() {
-        fork_child(service, read_end.as_raw_fd(), write_end)?
+    if single_threaded() {
+        let (pid, read_end) = fork_child(service, read_end, write_end)?;
+        wait_ready(pid, read_end, None)
     } else {
         let pid = reexec_child(&service.name, &write_end)?;
         // Our copy of the write end must go, or the report never ends.
         drop(write_end);
-        pid
-    };
-    wait_ready(pid, read_end)
+        wait_ready(pid, read_end, Some(&service.name))
+    }
 }
 
 fn single_threaded() -> bool {
@@ -121,21 +197,65 @@ fn detach_stdio() {
     }
 }
 
-fn set_parent_death_signal() {
-    // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and touches no
-    // memory of ours.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGUSR2) };
+/// A pidfd of process `pid` (Linux 5.3 and later).
+fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and touches no memory of
+    // ours; it returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just gave us this descriptor; nothing else owns
+    // it. (A descriptor number always fits in an i32.)
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Starts the thread that stops this daemon when `parent`, the process
+/// that called `run`, has exited. `Ok(false)` if it already has.
+fn watch_parent(parent: Pid) -> std::io::Result<bool> {
+    let pidfd = pidfd_open(parent).ok();
+    // Opened after the parent died (and its pid was reused), the pidfd
+    // would name another process: while `getppid` still names the parent,
+    // it has not died, and the pidfd is of our parent.
+    if nix::unistd::getppid() != parent {
+        return Ok(false);
+    }
+    std::thread::Builder::new()
+        .name("metabridge-parent-watch".into())
+        .spawn(move || {
+            if let Some(fd) = pidfd {
+                loop {
+                    let mut fds = [nix::poll::PollFd::new(
+                        fd.as_fd(),
+                        nix::poll::PollFlags::POLLIN,
+                    )];
+                    match nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE) {
+                        Ok(n) if n > 0 => break,
+                        Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                        Err(_) => break,
+                    }
+                }
+            }
+            // The pidfd is readable once every thread of the parent has
+            // exited; we are then a child of another process. Only that
+            // is trusted (it is also the way without a pidfd).
+            while nix::unistd::getppid() == parent {
+                std::thread::sleep(PARENT_POLL);
+            }
+            crate::server::notice_parent_gone();
+        })?;
+    Ok(true)
 }
 
 fn report(fd: &mut std::fs::File, result: &Result<()>, entry: Option<&Entry>) {
     let mut msg = Vec::new();
     match (result, entry) {
         (Ok(()), Some(e)) => {
-            msg.push(0);
+            msg.push(READY);
             msg.extend_from_slice(&rmp_serde::to_vec(e).unwrap_or_default());
         }
         (Err(e), _) => {
-            msg.push(1);
+            msg.push(FAILED);
             msg.extend_from_slice(&rmp_serde::to_vec(&error_wire(e)).unwrap_or_default());
         }
         _ => return,
@@ -154,20 +274,27 @@ fn error_wire(e: &Error) -> (u8, String, u32) {
 /// calls still running (see `ServiceConfig::shutdown_timeout`).
 pub const SHUTDOWN_TIMEOUT_EXIT: i32 = 3;
 
-/// Serves, then exits: never returns to the caller's `main`.
-fn child_main<S: Send + Sync + 'static>(service: Service<S>, ready: std::fs::File) -> ! {
-    let ready = std::cell::RefCell::new(ready);
-    let result = serve_with(service, |entry| {
-        let mut f = ready.borrow_mut();
-        report(&mut f, &Ok(()), Some(entry));
-        // Closing tells the parent the report is complete.
-        let devnull = std::fs::File::open("/dev/null");
-        if let Ok(d) = devnull {
-            *f = d;
+/// Watches `parent` (if any), serves on a thread of its own, then exits:
+/// never returns to the caller's `main`, and never unwinds into it.
+fn child_main<S: Send + Sync + 'static>(
+    service: Service<S>,
+    ready: std::fs::File,
+    parent: Option<Pid>,
+) -> ! {
+    let mut ready = Some(ready);
+    let result = match parent.map(watch_parent) {
+        Some(Ok(false)) => {
+            // The parent is gone already: nobody to serve.
+            // SAFETY: as below.
+            unsafe { libc::_exit(0) }
         }
-    });
+        Some(Err(e)) => Err(e.into()),
+        Some(Ok(true)) | None => serve_on_own_thread(service, &mut ready),
+    };
     if let Err(e) = &result {
-        report(&mut ready.borrow_mut(), &result, None);
+        if let Some(f) = ready.as_mut() {
+            report(f, &result, None);
+        }
         eprintln!("metabridge: {e}");
     }
     let _ = std::io::stdout().flush();
@@ -183,82 +310,152 @@ fn child_main<S: Send + Sync + 'static>(service: Service<S>, ready: std::fs::Fil
     unsafe { libc::_exit(code) }
 }
 
+/// Serves on a new thread, outside whatever tokio runtime context the
+/// calling thread is in (or, forked, holds a copy of), and waits for it.
+/// A panic becomes an error. `ready` is taken (and closed, which tells the
+/// parent the report is complete) once the service is ready.
+fn serve_on_own_thread<S: Send + Sync + 'static>(
+    service: Service<S>,
+    ready: &mut Option<std::fs::File>,
+) -> Result<()> {
+    std::thread::scope(|scope| {
+        let serving = std::thread::Builder::new()
+            .name("metabridge-daemon".into())
+            .spawn_scoped(scope, || {
+                let serve = std::panic::AssertUnwindSafe(|| {
+                    serve_with(service, |entry| {
+                        if let Some(mut f) = ready.take() {
+                            report(&mut f, &Ok(()), Some(entry));
+                        }
+                    })
+                });
+                std::panic::catch_unwind(serve).unwrap_or_else(|panic| {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic".into());
+                    Err(Error::Io(std::io::Error::other(format!(
+                        "the daemon panicked: {what}"
+                    ))))
+                })
+            })?;
+        serving
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the daemon panicked").into()))
+    })
+}
+
 fn serve_as_reexecuted_child<S: Send + Sync + 'static>(service: Service<S>) -> ! {
-    let fd: i32 = std::env::var(READY_FD_ENV)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(-1);
-    let ready = if fd >= 0 {
+    let number = |var: &str| -> Option<i32> { std::env::var(var).ok()?.parse().ok() };
+    let ready = match number(READY_FD_ENV).filter(|fd| *fd >= 0) {
         // SAFETY: the parent passed this fd, open and ours alone, to us; we
-        // take ownership of it exactly once.
-        unsafe { std::fs::File::from_raw_fd(fd) }
-    } else {
-        match std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        // take ownership of it exactly once (a second `run` of this
+        // service in this process never gets here: this one never
+        // returns).
+        Some(fd) => unsafe { std::fs::File::from_raw_fd(fd) },
+        None => match std::fs::OpenOptions::new().write(true).open("/dev/null") {
             Ok(f) => f,
             Err(_) => std::process::exit(1),
-        }
+        },
     };
-    child_main(service, ready)
+    let mut ready = ready;
+    // Tells the parent that `main` reached `run` for this service.
+    let _ = ready.write_all(&[REACHED]);
+    // Without a parent to follow (METABRIDGE_DAEMON set by hand), it
+    // serves until stopped, like `serve`.
+    let parent = number(PARENT_ENV).filter(|p| *p > 0).map(Pid::from_raw);
+    child_main(service, ready, parent)
 }
 
 fn fork_child<S: Send + Sync + 'static>(
     service: Service<S>,
-    read_fd: i32,
+    read_end: OwnedFd,
     write_end: OwnedFd,
-) -> Result<Pid> {
+) -> Result<(Pid, OwnedFd)> {
     let parent = nix::unistd::getpid();
     // SAFETY: we checked the process is single-threaded, so the child is a
     // complete copy with no lock held by a thread that does not exist in
     // it; it may allocate and start threads of its own.
     match unsafe { nix::unistd::fork() }.map_err(std::io::Error::from)? {
         nix::unistd::ForkResult::Child => {
-            // SAFETY: the read end is an fd we own in this copy; close it
-            // so the parent sees EOF if we die.
-            unsafe { libc::close(read_fd) };
-            set_parent_death_signal();
+            // Our copy of the read end goes, so that the parent sees EOF
+            // if we die.
+            drop(read_end);
             detach_stdio();
-            if nix::unistd::getppid() != parent {
-                // SAFETY: as in child_main.
-                unsafe { libc::_exit(0) };
-            }
-            child_main(service, std::fs::File::from(write_end))
+            child_main(service, std::fs::File::from(write_end), Some(parent))
         }
         nix::unistd::ForkResult::Parent { child } => {
             drop(write_end);
-            Ok(child)
+            Ok((child, read_end))
         }
     }
 }
 
 fn reexec_child(name: &str, write_end: &OwnedFd) -> Result<Pid> {
     use std::os::unix::process::CommandExt;
-    let exe = std::env::current_exe()?;
     let fd = write_end.as_raw_fd();
-    let mut cmd = std::process::Command::new(exe);
-    cmd.args(std::env::args_os().skip(1))
+    // `/proc/self/exe` is this very binary even if its file was replaced
+    // or removed since it started (an upgrade, a `cargo build`).
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    let mut args = std::env::args_os();
+    if let Some(arg0) = args.next() {
+        cmd.arg0(arg0);
+    }
+    cmd.args(args)
         .env(DAEMON_ENV, name)
         .env(READY_FD_ENV, fd.to_string())
+        .env(PARENT_ENV, nix::unistd::getpid().as_raw().to_string())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null());
-    // SAFETY: the closure runs between fork and exec and only makes
-    // async-signal-safe system calls (fcntl, prctl).
+    // SAFETY: the closure runs between fork and exec and only makes an
+    // async-signal-safe system call (fcntl).
     unsafe {
         cmd.pre_exec(move || {
             if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGUSR2);
             Ok(())
         });
     }
-    let child = cmd.spawn()?;
+    let child = cmd.spawn().map_err(|e| {
+        std::io::Error::other(format!(
+            "run() from a multi-threaded process re-executes the program, which failed: {e}; \
+             call run() before the program starts threads, or serve the service from a \
+             daemon binary with metabridge::serve"
+        ))
+    })?;
     Ok(Pid::from_raw(child.id() as i32))
 }
 
-fn wait_ready(pid: Pid, read_end: OwnedFd) -> Result<DaemonHandle> {
+/// Waits for child `pid` to exit until `deadline`, then kills it; reaps
+/// it either way.
+fn reap_by(pid: Pid, deadline: Instant) -> String {
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(WaitStatus::StillAlive) => {
+                let _ = kill(pid, Signal::SIGKILL);
+                let _ = waitpid(pid, None);
+                return "killed".into();
+            }
+            Ok(WaitStatus::Exited(_, code)) => return format!("exit status {code}"),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return format!("killed by {sig}"),
+            Ok(_) => continue,
+            Err(e) => return format!("not waitable: {e}"),
+        }
+    }
+}
+
+/// Waits for the child's report. `reexecuted` names the service of a
+/// re-executed child, which first reports that it reached `run`.
+fn wait_ready(pid: Pid, read_end: OwnedFd, reexecuted: Option<&str>) -> Result<DaemonHandle> {
     let mut file = std::fs::File::from(read_end);
     let deadline = Instant::now() + STARTUP_TIMEOUT;
     let mut buf = Vec::new();
+    let mut timed_out = false;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let mut fds = [libc::pollfd {
@@ -275,24 +472,62 @@ fn wait_ready(pid: Pid, read_end: OwnedFd) -> Result<DaemonHandle> {
             )
         };
         if n == 0 {
-            let _ = kill(pid, Signal::SIGKILL);
-            let _ = waitpid(pid, None);
-            return Err(Error::Timeout(format!(
-                "the daemon did not start within {STARTUP_TIMEOUT:?}"
-            )));
+            timed_out = true;
+            break;
         }
         let mut chunk = [0u8; 4096];
         match file.read(&mut chunk) {
             Ok(0) => break,
             Ok(k) => buf.extend_from_slice(&chunk[..k]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                reap_by(pid, Instant::now());
+                return Err(e.into());
+            }
         }
     }
-    match buf.split_first() {
-        Some((0, rest)) => {
-            let entry: Entry =
-                rmp_serde::from_slice(rest).map_err(|e| Error::Protocol(e.to_string()))?;
+    let mut report = buf.as_slice();
+    if let Some(name) = reexecuted {
+        match report.split_first() {
+            Some((&REACHED, rest)) => report = rest,
+            _ => {
+                // The new copy of the program never reached `run` for this
+                // service: it exited, or does something else.
+                let status = reap_by(pid, if timed_out { Instant::now() } else { deadline });
+                let how = if status == "killed" {
+                    format!("did not reach run() for it within {STARTUP_TIMEOUT:?} (killed)")
+                } else {
+                    format!("exited ({status}) and did not reach run() for it")
+                };
+                let message = format!(
+                    "run() in a multi-threaded process executes the program again to serve \
+                     {name:?}, and the new copy (pid {pid}) {how}: its main must reach the same \
+                     run() call. Call run() before the program starts threads (it then forks), \
+                     or serve the service from a daemon binary of its own with metabridge::serve"
+                );
+                return Err(if status == "killed" {
+                    Error::Timeout(message)
+                } else {
+                    Error::Io(std::io::Error::other(message))
+                });
+            }
+        }
+    }
+    if timed_out {
+        reap_by(pid, Instant::now());
+        return Err(Error::Timeout(format!(
+            "the daemon did not start within {STARTUP_TIMEOUT:?}"
+        )));
+    }
+    match report.split_first() {
+        Some((&READY, rest)) => {
+            let entry: Entry = match rmp_serde::from_slice(rest) {
+                Ok(entry) => entry,
+                Err(e) => {
+                    reap_by(pid, Instant::now());
+                    return Err(Error::Protocol(e.to_string()));
+                }
+            };
             Ok(DaemonHandle {
                 pid,
                 status: Mutex::new(None),
@@ -300,8 +535,8 @@ fn wait_ready(pid: Pid, read_end: OwnedFd) -> Result<DaemonHandle> {
                 entry,
             })
         }
-        Some((1, rest)) => {
-            let _ = waitpid(pid, None);
+        Some((&FAILED, rest)) => {
+            reap_by(pid, deadline);
             let (kind, text, who): (u8, String, u32) =
                 rmp_serde::from_slice(rest).unwrap_or((0, "daemon failed".into(), 0));
             Err(if kind == 1 {
@@ -316,16 +551,18 @@ fn wait_ready(pid: Pid, read_end: OwnedFd) -> Result<DaemonHandle> {
             })
         }
         _ => {
-            let status = waitpid(pid, None);
+            let status = reap_by(pid, deadline);
             Err(Error::Io(std::io::Error::other(format!(
-                "the daemon exited during startup: {status:?}"
+                "the daemon exited during startup ({status})"
             ))))
         }
     }
 }
 
 /// A daemon started by [`run`]: its pid, and ways to wait for it or stop it.
-/// Dropping the handle stops the daemon, unless it was detached.
+/// Dropping the handle stops the daemon, unless it was detached; so does
+/// the exit of the process that called [`run`] (not merely of the thread
+/// that did). The handle may move to, and be dropped on, any thread.
 pub struct DaemonHandle {
     pid: Pid,
     /// The exit code once reaped.
@@ -400,9 +637,9 @@ impl DaemonHandle {
     }
 
     /// Lets the daemon outlive this handle and this process: the handle
-    /// sends it SIGUSR1, after which the parent-death signal (SIGUSR2, see
-    /// the module docs) no longer stops it; it serves until it is sent
-    /// SIGTERM itself. Returns its pid.
+    /// sends it SIGUSR1, after which the exit of the process that called
+    /// [`run`] no longer stops it; it serves until it is sent SIGTERM
+    /// itself. Returns its pid.
     pub fn detach(mut self) -> u32 {
         self.detached = true;
         if kill(self.pid, Signal::SIGUSR1).is_ok() {

@@ -58,32 +58,27 @@ fn install_signal_handlers() -> Result<()> {
     );
     // SAFETY: the handler makes one async-signal-safe system call.
     unsafe { sigaction(Signal::SIGUSR1, &detach) }.map_err(std::io::Error::from)?;
-    let orphaned = SigAction::new(
-        SigHandler::Handler(on_parent_death_signal),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    // SAFETY: the handler only stores to an atomic.
-    unsafe { sigaction(Signal::SIGUSR2, &orphaned) }.map_err(std::io::Error::from)?;
     Ok(())
 }
 
 /// Set by SIGUSR1, which `DaemonHandle::detach` sends: outlive the parent.
 static DETACHED: AtomicBool = AtomicBool::new(false);
-/// Set by SIGUSR2, the parent-death signal a daemon of `run` asks for.
+/// Set when the process that started this daemon with `run` has exited
+/// (the daemon's parent watch, in daemon.rs, calls [`notice_parent_gone`]).
 static PARENT_GONE: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_detach_signal(_: libc::c_int) {
     DETACHED.store(true, Ordering::SeqCst);
 }
 
-extern "C" fn on_parent_death_signal(_: libc::c_int) {
+/// The parent process of this daemon has exited: stop, unless detached.
+pub(crate) fn notice_parent_gone() {
     PARENT_GONE.store(true, Ordering::SeqCst);
 }
 
 /// How long an orphaned daemon waits for a detach it may have been sent
-/// just before its parent exited (the two signals can reach two threads,
-/// and the handler of the first may run second).
+/// just before its parent exited (the parent watch and the SIGUSR1
+/// handler run on two threads, and the first to start may finish second).
 const ORPHAN_GRACE: Duration = Duration::from_millis(100);
 
 /// How often the accept loop checks that the service is still registered.
