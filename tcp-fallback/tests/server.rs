@@ -128,7 +128,6 @@ fn pool_waits_instead_of_exceeding_its_limit() {
 
 #[test]
 fn oversized_frame_gets_error_response_and_close_while_others_are_served() {
-    let t0 = Instant::now();
     let max = 1 << 20;
     let server = TestServer::echo(ServerConfig {
         max_frame: max,
@@ -164,49 +163,52 @@ fn oversized_frame_gets_error_response_and_close_while_others_are_served() {
     stop.store(true, Ordering::Relaxed);
     let calls = good.join().unwrap();
     assert!(calls >= 10);
-    assert!(
-        t0.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        t0.elapsed()
-    );
 }
 
 #[test]
-fn silent_client_is_closed_after_read_timeout_without_blocking_others() {
+fn a_silent_client_does_not_block_others() {
+    // A read timeout far longer than any of the calls below may take: if
+    // the silent connection blocked them, they would time out first.
+    let server = TestServer::echo(ServerConfig {
+        read_timeout: Duration::from_secs(120),
+        idle_timeout: Duration::from_secs(120),
+        ..ServerConfig::default()
+    });
+    let mut silent = raw_client(server.addr);
+    silent.write_all(&[0, 0]).unwrap(); // half a length prefix, then nothing
+    let pool = Pool::connect(
+        server.addr,
+        PoolConfig {
+            call_timeout: Some(Duration::from_secs(30)),
+            ..PoolConfig::default()
+        },
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    for i in 0..10 {
+        pool.call(&payload(3, i), &mut response).unwrap();
+        assert_eq!(response, payload(3, i));
+    }
+}
+
+#[test]
+fn a_silent_client_is_closed_after_its_read_timeout() {
     let read_timeout = Duration::from_millis(200);
     let server = TestServer::echo(ServerConfig {
         read_timeout,
         idle_timeout: Duration::from_secs(30),
         ..ServerConfig::default()
     });
-
     let mut silent = raw_client(server.addr);
     silent.write_all(&[0, 0]).unwrap(); // half a length prefix, then nothing
     let t0 = Instant::now();
-
-    // Others are served meanwhile.
-    let pool = Pool::connect(server.addr, PoolConfig::default()).unwrap();
-    let mut response = Vec::new();
-    for i in 0..10 {
-        pool.call(&payload(3, i), &mut response).unwrap();
-        assert_eq!(response, payload(3, i));
-    }
-    assert!(t0.elapsed() < read_timeout, "other calls were delayed");
-
     assert!(wait_closed(&mut silent), "silent connection was not closed");
+    // A lower bound only: load can make it later, never earlier.
     let waited = t0.elapsed();
     assert!(
         waited >= read_timeout - Duration::from_millis(20),
         "closed too early: {waited:?}"
     );
-    assert!(
-        waited < Duration::from_millis(1500),
-        "closed too late: {waited:?}"
-    );
-
-    // And after.
-    pool.call(b"after", &mut response).unwrap();
-    assert_eq!(response, b"after");
 }
 
 #[test]
@@ -396,7 +398,6 @@ fn connections_are_served_concurrently() {
     let handler = Slow::new(Duration::from_millis(100));
     let server = TestServer::start(ServerConfig::default(), handler.clone());
     let pool = Arc::new(Pool::new(server.addr, PoolConfig::default()));
-    let t0 = Instant::now();
     let threads: Vec<_> = (0..8)
         .map(|t| {
             let pool = Arc::clone(&pool);
@@ -410,11 +411,8 @@ fn connections_are_served_concurrently() {
     for t in threads {
         t.join().unwrap();
     }
-    assert!(
-        t0.elapsed() < Duration::from_millis(700),
-        "calls were serialised: {:?}",
-        t0.elapsed()
-    );
+    // All 8 were in the handler at once: concurrency shown by the count,
+    // not by a wall-clock bound.
     assert_eq!(handler.max_in_flight.load(Ordering::SeqCst), 8);
 }
 
