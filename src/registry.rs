@@ -543,7 +543,8 @@ fn flock(file: &File, op: libc::c_int) -> bool {
 fn encode_entry(entry: &Entry) -> Result<Vec<u8>> {
     let mut e = entry.clone();
     loop {
-        let bytes = rmp_serde::to_vec(&e).map_err(|x| Error::Protocol(x.to_string()))?;
+        // Named fields (a map): readable by clients in other languages.
+        let bytes = rmp_serde::to_vec_named(&e).map_err(|x| Error::Protocol(x.to_string()))?;
         if bytes.len() <= PAYLOAD_BYTES {
             return Ok(bytes);
         }

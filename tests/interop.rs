@@ -376,3 +376,34 @@ fn stranger_probe() {
     let called = error_kind(&raw_frame(&mut s, &call));
     println!("STRANGER list_endpoints={listed} echo={called}");
 }
+
+/// The documented Python client (examples/python_client.py) finds a
+/// default service's address and token in the registry and calls it over
+/// TCP with nothing but PyPI's msgpack.
+#[test]
+fn the_python_example_finds_the_service_through_the_registry() {
+    require_python_msgpack();
+    let mut env = TestEnv::new("pyexample");
+    env.start_service("svc", &[]);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/python_client.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .args(["svc", "echo", r#"["olá"]"#, r#"["p:", 1]"#])
+        .env("METABRIDGE_HOME", &env.home)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "\"p:olá\"");
+    let missing = Command::new("python3")
+        .arg(&script)
+        .args(["svc", "nope"])
+        .env("METABRIDGE_HOME", &env.home)
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("NotFound"));
+}
