@@ -10,10 +10,9 @@ use crate::envelope;
 use crate::error::{Error, Result};
 use crate::registry::{self, Entry, Registry};
 use crate::transport::{Limits, ShmPool, Transport};
-use arc_swap::ArcSwap;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -181,7 +180,8 @@ impl Connect {
                 name: self.name,
                 ctor_tail: envelope::ctor_tail(&ctor),
                 ctor,
-                current: ArcSwap::from_pointee(first),
+                current: AtomicPtr::new(Box::into_raw(Box::new(first))),
+                retired: Mutex::new(Vec::new()),
                 target,
                 reconnecting: Mutex::new(()),
                 closed: AtomicBool::new(false),
@@ -283,8 +283,14 @@ struct Inner {
     ctor: Vec<u8>,
     /// The same as the tail of a request map (keys included).
     ctor_tail: Vec<u8>,
-    /// The current connection; replaced when the service restarted.
-    current: ArcSwap<Connection>,
+    /// The current connection; replaced when the service restarted. A
+    /// plain pointer, loaded with one atomic read per call: connections
+    /// replaced are kept in `retired` until the client drops, so a pointer
+    /// loaded by any thread stays valid.
+    current: AtomicPtr<Connection>,
+    // Boxed on purpose: the connection must not move (pointers to it live).
+    #[allow(clippy::vec_box)]
+    retired: Mutex<Vec<Box<Connection>>>,
     target: Target,
     /// One thread reconnects at a time.
     reconnecting: Mutex<()>,
@@ -301,10 +307,10 @@ impl Inner {
         encode: impl FnOnce(&mut Vec<u8>, Option<&str>) -> Result<()>,
         decode: impl FnOnce(&[u8]) -> Result<R>,
     ) -> Result<R> {
-        let mut conn = self.current.load();
+        let mut conn = self.connection();
         if conn.gone.load(Ordering::Relaxed) {
             self.reconnect()?;
-            conn = self.current.load();
+            conn = self.connection();
         }
         let token = conn.token.as_deref();
         match conn.transport.round_trip(|buf| encode(buf, token), decode) {
@@ -321,13 +327,42 @@ impl Inner {
             return Err(Error::PeerGone("the client was closed".into()));
         }
         let _one = self.reconnecting.lock().unwrap_or_else(|p| p.into_inner());
-        if !self.current.load().gone.load(Ordering::Relaxed) {
+        if !self.connection().gone.load(Ordering::Relaxed) {
             return Ok(()); // another thread did it
         }
-        let fresh = self.target.connect()?;
-        let old = self.current.swap(Arc::new(fresh));
+        let fresh = Box::into_raw(Box::new(self.target.connect()?));
+        // Release: pairs with the Acquire load in `connection`, so a thread
+        // that sees the new pointer sees the connection it points to.
+        let old = self.current.swap(fresh, Ordering::AcqRel);
+        // SAFETY: `old` came from Box::into_raw and is no longer current;
+        // it moves to `retired` (threads may still use it) and is freed
+        // only when the client drops.
+        let old = unsafe { Box::from_raw(old) };
         old.transport.close();
+        self.retired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(old);
         Ok(())
+    }
+
+    /// The current connection.
+    fn connection(&self) -> &Connection {
+        // Acquire: pairs with the AcqRel swap in `reconnect`.
+        let p = self.current.load(Ordering::Acquire);
+        // SAFETY: `p` came from Box::into_raw; a connection is freed only
+        // in Inner's Drop (current) or with `retired` (replaced ones), both
+        // after every `&self` borrow, and so after this reference, ends.
+        unsafe { &*p }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let p = *self.current.get_mut();
+        // SAFETY: from Box::into_raw, and no other reference remains: we
+        // have `&mut self`.
+        drop(unsafe { Box::from_raw(p) });
     }
 }
 
@@ -470,19 +505,19 @@ impl Client {
 
     /// `"shm"` or `"tcp"`.
     pub fn transport_name(&self) -> &'static str {
-        self.inner.current.load().transport.name()
+        self.inner.connection().transport.name()
     }
 
     /// Shared-memory channels (or TCP sockets) open now.
     pub fn open_channels(&self) -> usize {
-        self.inner.current.load().transport.open_channels()
+        self.inner.connection().transport.open_channels()
     }
 
     /// Closes every idle channel now; later calls fail. Calls in flight
     /// finish first.
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
-        self.inner.current.load().transport.close();
+        self.inner.connection().transport.close();
     }
 }
 

@@ -464,7 +464,9 @@ impl Worker {
                 // The call window: this channel leaves the core, which the
                 // supervisor may then take (see the module docs).
                 let mut mine = self.conns().swap_remove(i);
-                self.core.calls.fetch_add(1, Ordering::Relaxed);
+                // Only this thread writes the count: no read-modify-write.
+                let calls = self.core.calls.load(Ordering::Relaxed);
+                self.core.calls.store(calls + 1, Ordering::Relaxed);
                 // Release: pairs with the supervisor's Acquire CAS; our
                 // last access to `conns` (swap_remove) happens before.
                 self.core.state.store(IN_CALL, Ordering::Release);

@@ -660,8 +660,9 @@ impl Receiver {
                 // point into it (a UTF-8-checked string could change under
                 // us). The copy of a small request costs a few nanoseconds.
                 self.assembly.clear();
-                self.assembly.resize(frame.len, 0);
-                self.ring.mem.read(frame.offset, &mut self.assembly);
+                self.ring
+                    .mem
+                    .append_to(frame.offset, frame.len, &mut self.assembly);
                 self.ring.release(frame.end);
                 return Ok(true);
             }
@@ -684,11 +685,9 @@ impl Receiver {
                 self.assembly = Vec::new();
             }
             if !self.discarding {
-                let start = self.assembly.len();
-                self.assembly.resize(start + frame.len, 0);
                 self.ring
                     .mem
-                    .read(frame.offset, &mut self.assembly[start..]);
+                    .append_to(frame.offset, frame.len, &mut self.assembly);
             }
             self.ring.release(frame.end);
             if frame.flags & FLAG_MORE == 0 {

@@ -89,22 +89,28 @@ mod raw {
             }
         }
 
-        /// Copies bytes at `offset` into `dst`.
+        /// Appends the `len` bytes at `offset` to `dst` (one copy, no
+        /// zero-filling first).
         #[inline]
-        pub(crate) fn read(&self, offset: usize, dst: &mut [u8]) {
-            self.check(offset, dst.len());
-            // SAFETY: source in bounds (checked), destination is our own
-            // buffer. The source is a published frame, which a correct
-            // producer does not write until we release it; a misbehaving
-            // one can only change which bytes we copy, since no reference
-            // to the shared bytes is ever made (raw bytes have no invalid
-            // values, and the copy is validated afterwards as untrusted).
+        pub(crate) fn append_to(&self, offset: usize, len: usize, dst: &mut Vec<u8>) {
+            self.check(offset, len);
+            dst.reserve(len);
+            let start = dst.len();
+            // SAFETY: source in bounds (checked). It is a published frame,
+            // which a correct producer does not write until we release it;
+            // a misbehaving one can only change which bytes we copy, since
+            // no reference to the shared bytes is ever made (raw bytes have
+            // no invalid values, and the copy is validated afterwards as
+            // untrusted). The destination is the spare capacity of our own
+            // vector, `len` bytes of which `reserve` guaranteed. After the
+            // copy those bytes are initialised, so the length may grow.
             unsafe {
                 std::ptr::copy_nonoverlapping(
                     self.base.as_ptr().add(offset),
-                    dst.as_mut_ptr(),
-                    dst.len(),
-                )
+                    dst.as_mut_ptr().add(start),
+                    len,
+                );
+                dst.set_len(start + len);
             }
         }
 
@@ -152,6 +158,12 @@ mod model {
                 w[..chunk.len()].copy_from_slice(chunk);
                 self.write_u64(offset + i * 8, u64::from_le_bytes(w));
             }
+        }
+
+        pub(crate) fn append_to(&self, offset: usize, len: usize, dst: &mut Vec<u8>) {
+            let start = dst.len();
+            dst.resize(start + len, 0);
+            self.read(offset, &mut dst[start..]);
         }
 
         pub(crate) fn read(&self, offset: usize, dst: &mut [u8]) {
