@@ -765,6 +765,27 @@ mod tests {
         std::fs::remove_dir_all(&home).unwrap();
     }
 
+    /// A bad `METABRIDGE_HOME` names the path in its error.
+    #[test]
+    fn a_bad_home_names_the_path() {
+        let e = Registry::open(Path::new("relative/home")).err().unwrap();
+        assert!(matches!(e, Error::InsecurePath { .. }), "{e}");
+        assert!(
+            e.to_string().contains("relative/home") && e.to_string().contains("absolute"),
+            "{e}"
+        );
+        let e = Registry::open(Path::new("/proc/self/no/such/home"))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("/proc/self/no/such/home"), "{e}");
+        let file = temp_home("a-file");
+        std::fs::write(&file, b"").unwrap();
+        let e = Registry::open(&file).err().unwrap();
+        assert!(e.to_string().contains(&file.display().to_string()), "{e}");
+        assert!(e.to_string().contains("regular file"), "{e}");
+        std::fs::remove_file(&file).unwrap();
+    }
+
     #[test]
     fn files_are_private() {
         use std::os::unix::fs::PermissionsExt;
