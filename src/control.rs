@@ -67,9 +67,14 @@ pub(crate) fn request_channel(
         )));
     }
     set_timeouts(&stream, remaining(deadline)?)?;
-    send_with_fd(&stream, &[VERSION, OP_OPEN_CHANNEL], segment)?;
+    // A service that refuses us before reading (a credential check) may
+    // have closed already: its reason is still there to read.
+    let sent = send_with_fd(&stream, &[VERSION, OP_OPEN_CHANNEL], segment);
     let mut head = [0u8; 3];
-    let fd = recv_with_fd(&stream, &mut head, remaining(deadline)?)?;
+    let fd = match recv_with_fd(&stream, &mut head, remaining(deadline)?) {
+        Ok(fd) => fd,
+        Err(e) => return Err(sent.err().unwrap_or(e)),
+    };
     match head[0] {
         STATUS_OK => {
             let doorbells = fd.ok_or_else(|| {

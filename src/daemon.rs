@@ -36,6 +36,7 @@
 //! [`DaemonHandle`] that is dropped stops it, unless detached.
 
 use crate::error::{Error, Result};
+use crate::platform;
 use crate::registry::Entry;
 use crate::server::serve_with;
 use crate::service::Service;
@@ -43,7 +44,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -182,38 +183,10 @@ fn single_threaded() -> bool {
 /// A daemon reads nothing from the terminal and writes nothing on the
 /// parent's standard output (whoever reads that pipe would otherwise wait
 /// for the daemon too); standard error stays, for warnings and panics.
-fn detach_stdio() {
-    if let Ok(null) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-    {
-        // SAFETY: dup2 onto the standard descriptors of this (child)
-        // process; `null` stays open for the duration of the calls.
-        unsafe {
-            libc::dup2(null.as_raw_fd(), 0);
-            libc::dup2(null.as_raw_fd(), 1);
-        }
-    }
-}
-
-/// A pidfd of process `pid` (Linux 5.3 and later).
-fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and touches no memory of
-    // ours; it returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just gave us this descriptor; nothing else owns
-    // it. (A descriptor number always fits in an i32.)
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
 /// Starts the thread that stops this daemon when `parent`, the process
 /// that called `run`, has exited. `Ok(false)` if it already has.
 fn watch_parent(parent: Pid) -> std::io::Result<bool> {
-    let pidfd = pidfd_open(parent).ok();
+    let pidfd = platform::pidfd_open(parent).ok();
     // Opened after the parent died (and its pid was reused), the pidfd
     // would name another process: while `getppid` still names the parent,
     // it has not died, and the pidfd is of our parent.
@@ -285,8 +258,7 @@ fn child_main<S: Send + Sync + 'static>(
     let result = match parent.map(watch_parent) {
         Some(Ok(false)) => {
             // The parent is gone already: nobody to serve.
-            // SAFETY: as below.
-            unsafe { libc::_exit(0) }
+            platform::exit_now(0)
         }
         Some(Err(e)) => Err(e.into()),
         Some(Ok(true)) | None => serve_on_own_thread(service, &mut ready),
@@ -305,9 +277,9 @@ fn child_main<S: Send + Sync + 'static>(
         Err(Error::ShutdownTimeout { .. }) => SHUTDOWN_TIMEOUT_EXIT,
         Err(_) => 1,
     };
-    // SAFETY: _exit ends the process at once, skipping atexit handlers and
-    // destructors the parent's code may have registered before the fork.
-    unsafe { libc::_exit(code) }
+    // At once: no atexit handler or destructor of the program we were
+    // copied from may run in the daemon.
+    platform::exit_now(code)
 }
 
 /// Serves on a new thread, outside whatever tokio runtime context the
@@ -353,7 +325,7 @@ fn serve_as_reexecuted_child<S: Send + Sync + 'static>(service: Service<S>) -> !
         // take ownership of it exactly once (a second `run` of this
         // service in this process never gets here: this one never
         // returns).
-        Some(fd) => unsafe { std::fs::File::from_raw_fd(fd) },
+        Some(fd) => std::fs::File::from(unsafe { platform::adopt_fd(fd) }),
         None => match std::fs::OpenOptions::new().write(true).open("/dev/null") {
             Ok(f) => f,
             Err(_) => std::process::exit(1),
@@ -377,15 +349,15 @@ fn fork_child<S: Send + Sync + 'static>(
     // SAFETY: we checked the process is single-threaded, so the child is a
     // complete copy with no lock held by a thread that does not exist in
     // it; it may allocate and start threads of its own.
-    match unsafe { nix::unistd::fork() }.map_err(std::io::Error::from)? {
-        nix::unistd::ForkResult::Child => {
+    match unsafe { platform::fork() }? {
+        platform::Forked::Child => {
             // Our copy of the read end goes, so that the parent sees EOF
             // if we die.
             drop(read_end);
-            detach_stdio();
+            platform::detach_stdio();
             child_main(service, std::fs::File::from(write_end), Some(parent))
         }
-        nix::unistd::ForkResult::Parent { child } => {
+        platform::Forked::Parent(child) => {
             drop(write_end);
             Ok((child, read_end))
         }
@@ -408,15 +380,10 @@ fn reexec_child(name: &str, write_end: &OwnedFd) -> Result<Pid> {
         .env(PARENT_ENV, nix::unistd::getpid().as_raw().to_string())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null());
-    // SAFETY: the closure runs between fork and exec and only makes an
-    // async-signal-safe system call (fcntl).
+    // SAFETY: the closure runs between fork and exec and only makes one
+    // async-signal-safe system call (fcntl), allocating nothing.
     unsafe {
-        cmd.pre_exec(move || {
-            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        cmd.pre_exec(move || platform::keep_across_exec(fd));
     }
     let child = cmd.spawn().map_err(|e| {
         std::io::Error::other(format!(
@@ -458,19 +425,7 @@ fn wait_ready(pid: Pid, read_end: OwnedFd, reexecuted: Option<&str>) -> Result<D
     let mut timed_out = false;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let mut fds = [libc::pollfd {
-            fd: file.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        // SAFETY: one valid pollfd for the duration of the call.
-        let n = unsafe {
-            libc::poll(
-                fds.as_mut_ptr(),
-                1,
-                left.as_millis().min(i32::MAX as u128) as i32,
-            )
-        };
+        let n = usize::from(platform::wait_readable(&file, left));
         if n == 0 {
             timed_out = true;
             break;

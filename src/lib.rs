@@ -46,6 +46,7 @@ pub mod envelope;
 mod error;
 mod gc;
 mod msgpack;
+mod platform;
 pub mod registry;
 mod server;
 mod service;

@@ -19,6 +19,7 @@
 //!   dead. A live service whose entry vanished registers again.
 
 use crate::error::{Error, Result};
+use crate::platform::flock;
 use metabridge_shm::ProcessIdentity;
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
@@ -521,21 +522,6 @@ fn reserve(file: &File, path: &Path) -> Result<()> {
         // Filesystems without fallocate: the writes themselves report ENOSPC.
         Err(nix::errno::Errno::EOPNOTSUPP) => Ok(()),
         Err(e) => Err(path_error(path, "cannot reserve the registry", e.into())),
-    }
-}
-
-/// `flock(2)` on the registry file; true on success.
-fn flock(file: &File, op: libc::c_int) -> bool {
-    loop {
-        // SAFETY: a valid open fd (borrowed from `file` for the call) and a
-        // plain operation code; flock touches no memory of ours.
-        let r = unsafe { libc::flock(file.as_raw_fd(), op) };
-        if r == 0 {
-            return true;
-        }
-        if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            return false;
-        }
     }
 }
 

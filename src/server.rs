@@ -40,24 +40,11 @@ pub fn request_stop() {
 }
 
 fn install_signal_handlers() -> Result<()> {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    let action = SigAction::new(
-        SigHandler::Handler(on_stop_signal),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
+    use nix::sys::signal::Signal;
     for sig in [Signal::SIGTERM, Signal::SIGINT] {
-        // SAFETY: the handler only stores to an atomic, which is
-        // async-signal-safe; it replaces no handler we rely on.
-        unsafe { sigaction(sig, &action) }.map_err(std::io::Error::from)?;
+        crate::platform::on_signal(sig, on_stop_signal)?;
     }
-    let detach = SigAction::new(
-        SigHandler::Handler(on_detach_signal),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    // SAFETY: the handler makes one async-signal-safe system call.
-    unsafe { sigaction(Signal::SIGUSR1, &detach) }.map_err(std::io::Error::from)?;
+    crate::platform::on_signal(Signal::SIGUSR1, on_detach_signal)?;
     Ok(())
 }
 

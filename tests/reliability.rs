@@ -31,7 +31,18 @@ fn entry(env: &TestEnv, name: &str) -> metabridge::registry::Entry {
 /// at run time", and src/control.rs), so a test
 /// can send what a hostile or buggy client would.
 fn handshake(socket: &str, version: u8, fd: Option<std::os::fd::BorrowedFd<'_>>) -> (u8, String) {
-    let stream = UnixStream::connect(socket).unwrap();
+    // The socket file exists from bind(), a moment before listen().
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let stream = loop {
+        match UnixStream::connect(socket) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("cannot connect to {socket}: {e}"),
+        }
+    };
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
@@ -45,7 +56,15 @@ fn handshake(socket: &str, version: u8, fd: Option<std::os::fd::BorrowedFd<'_>>)
         }
         None => Vec::new(),
     };
-    sendmsg::<()>(stream.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).unwrap();
+    // A service that refuses before reading may have closed already
+    // (EPIPE here); its answer is still there to read.
+    let _ = sendmsg::<()>(
+        stream.as_raw_fd(),
+        &iov,
+        &cmsg,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    );
     let mut head = [0u8; 3];
     (&stream).read_exact(&mut head).unwrap();
     let mut why = vec![0u8; u16::from_le_bytes([head[1], head[2]]) as usize];
