@@ -175,6 +175,10 @@ fn main() {
             if let Some(n) = number("FIXTURE_MAX_CHANNELS") {
                 service = service.configure(|c| c.max_channels = n as usize);
             }
+            if let Ok(uids) = std::env::var("FIXTURE_ALLOW_UIDS") {
+                let uids: Vec<u32> = uids.split(',').filter_map(|u| u.parse().ok()).collect();
+                service = service.configure(|c| c.allow_uids = uids);
+            }
             if let Some(ms) = number("FIXTURE_SHUTDOWN_MS") {
                 service = service
                     .configure(|c| c.shutdown_timeout = std::time::Duration::from_millis(ms));

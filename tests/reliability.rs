@@ -187,7 +187,24 @@ fn silent_connections_do_not_stall_channel_setup() {
 /// stop) connects to its socket: refused before anything is read.
 #[test]
 fn the_control_socket_admits_only_the_services_own_uid() {
-    let mut env = TestEnv::new("peercred");
+    let (status, why) = handshake_with_a_service_of_another_user("peercred", None);
+    assert_eq!(status, 1);
+    assert!(why.contains("uid 0 may not open channels"), "{why}");
+}
+
+/// `ServiceConfig::allow_uids` admits the uids it lists: the same service
+/// of uid 65534, allowing uid 0, takes root's channel.
+#[test]
+fn an_allowed_uid_may_open_channels() {
+    let (status, why) = handshake_with_a_service_of_another_user("allowed", Some("0"));
+    assert_eq!(status, 0, "{why}");
+}
+
+/// Starts a service as uid 65534 in a home of that user (allowing
+/// `allow` uids), hands its control socket a good segment as root, and
+/// returns the answer.
+fn handshake_with_a_service_of_another_user(tag: &str, allow: Option<&str>) -> (u8, String) {
+    let mut env = TestEnv::new(tag);
     // The service's home belongs to its user.
     let home = env.home.join("other-user");
     std::fs::create_dir(&home).unwrap();
@@ -205,6 +222,9 @@ fn the_control_socket_admits_only_the_services_own_uid() {
     cmd.args(["serve", "theirs"])
         .env("METABRIDGE_HOME", &home)
         .stdout(Stdio::null());
+    if let Some(uids) = allow {
+        cmd.env("FIXTURE_ALLOW_UIDS", uids);
+    }
     let pid = env.spawn(&mut cmd);
     // Root may read their registry (it refuses to *use* a home that is not
     // root's, which is the point of the home checks): find the socket.
@@ -226,9 +246,7 @@ fn the_control_socket_admits_only_the_services_own_uid() {
         std::thread::sleep(Duration::from_millis(5));
     };
     let (_, fd) = Channel::create_memfd(&ChannelConfig::default()).unwrap();
-    let (status, why) = handshake(socket.to_str().unwrap(), 2, Some(fd.as_fd()));
-    assert_eq!(status, 1);
-    assert!(why.contains("uid 0 may not open channels"), "{why}");
+    let answer = handshake(socket.to_str().unwrap(), 2, Some(fd.as_fd()));
     // And our client refuses their home outright.
     let refused = metabridge::connect("theirs").home(&home).open().err();
     assert!(
@@ -238,6 +256,7 @@ fn the_control_socket_admits_only_the_services_own_uid() {
     sigkill(pid);
     let _ = env.wait_exit(pid, Duration::from_secs(20));
     std::fs::set_permissions(&env.home, std::fs::Permissions::from_mode(0o700)).unwrap();
+    answer
 }
 
 /// A client out of file descriptors cannot read `/proc/<pid>/stat`: that
