@@ -654,6 +654,18 @@ impl Receiver {
                     Peek::Empty { .. } => return Ok(false),
                 }
             };
+            if !self.partial
+                && frame.flags & FLAG_MORE == 0
+                && frame.len as u64 > self.shared.max_message
+            {
+                // One frame over the limit (the limit may be below a
+                // quarter ring): skipped like a longer message would be.
+                self.ring.release(frame.end);
+                return Err(Error::MessageTooLarge {
+                    len: frame.len as u64,
+                    max: self.shared.max_message,
+                });
+            }
             if !self.partial && frame.flags & FLAG_MORE == 0 {
                 // A private copy, and the frame released at once: the peer
                 // can write the ring at any time, so nothing we decode may

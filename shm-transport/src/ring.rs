@@ -54,6 +54,11 @@ pub(crate) const CLOSED: u64 = 2;
 pub(crate) const DOORBELL: u64 = 4;
 /// All signal bits; the rest of the word is the position.
 pub(crate) const SIGNALS: u64 = WAITING | CLOSED | DOORBELL;
+/// Largest position an opener accepts from a segment it did not create.
+/// Positions only grow, by at most the bytes sent: at 10 GB/s a ring takes
+/// 14 years to pass 2^62, so a larger value is a peer's lie, and refusing
+/// it keeps every position sum of ours far from overflow.
+pub(crate) const MAX_START_POSITION: u64 = 1 << 62;
 
 /// Size of a frame header.
 pub const FRAME_HEADER: usize = 8;
@@ -341,7 +346,7 @@ impl Consumer {
                     return Err(Error::Corrupt(format!(
                         "producer tail {tail} outside ({}, {}]",
                         self.head,
-                        self.head + cap as u64
+                        self.head.saturating_add(cap as u64)
                     )));
                 }
                 self.tail_cache = tail;

@@ -324,6 +324,20 @@ impl Segment {
                 "segment {name:?}: total length {total}, expected {expected}"
             )));
         }
+        // The rings' starting positions, which the opener adopts: within
+        // range and consistent (no sum of ours may ever overflow).
+        for (i, c) in cap.iter().enumerate() {
+            // SAFETY: CONTROL_OFFSET[i] + size_of RingControl <= HEADER_LEN,
+            // inside the mapping (checked by the callers); atomics only.
+            let ctrl = unsafe { &*self.control(i) };
+            let tail = ctrl.tail.load(Ordering::Acquire) & !crate::ring::SIGNALS;
+            let head = ctrl.head.load(Ordering::Acquire) & !crate::ring::SIGNALS;
+            if tail > crate::ring::MAX_START_POSITION || head > tail || tail - head > *c {
+                return Err(Error::Corrupt(format!(
+                    "segment {name:?}: ring {i} starts at head {head}, tail {tail}"
+                )));
+            }
+        }
         Ok(([cap[0] as usize, cap[1] as usize], total))
     }
 
