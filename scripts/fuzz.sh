@@ -83,8 +83,12 @@ for t in "${targets[@]}"; do
         grep -E '^Done [0-9]+ runs|^#[0-9]+[[:space:]]+DONE' "$log" | sed "s/^/  $t: /" || true
     else
         failed+=("$t")
-        echo "fuzz.sh: $t FAILED; end of its log:"
-        tail -n 60 "$log"
+        echo "fuzz.sh: $t FAILED:"
+        # The panic message or sanitizer verdict, then the end of the log
+        # (the stack trace).
+        grep -m 6 -E 'panicked at|^[a-z ]*overflow|ERROR: |SUMMARY: ' "$log" || true
+        echo "fuzz.sh: end of the $t log:"
+        tail -n 40 "$log"
         mkdir -p "$root/fuzz/artifacts/$t"
         for a in "$scratch/artifacts/$t-"*; do
             [ -e "$a" ] || continue
