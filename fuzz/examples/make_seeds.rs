@@ -400,11 +400,10 @@ fn registry_seeds(o: &Out, scratch: &Path) {
         start_time: metabridge_shm::ProcessIdentity::current().start_time,
         registered_at: 1_700_000_000,
         control_socket: format!("/dev/shm/metabridge-0/{name}.sock"),
-        doorbells: format!("{name}-bells"),
-        shm_dir: "/dev/shm".into(),
         tcp: "127.0.0.1:40000".into(),
         endpoints: (0..endpoints).map(|i| format!("endpoint_{i}")).collect(),
         token_required: endpoints % 2 == 1,
+        token: None,
     };
     let file = home.join("registry");
     // The table holds one slot per service: keep only the used prefix (the

@@ -27,11 +27,10 @@ fn me() -> Entry {
         start_time: id.start_time,
         registered_at: 1,
         control_socket: "/nonexistent/ctl".into(),
-        doorbells: "fuzz-bells".into(),
-        shm_dir: "/nonexistent".into(),
         tcp: "127.0.0.1:1".into(),
         endpoints: vec!["a".into(), "b".into()],
         token_required: false,
+        token: None,
     }
 }
 
