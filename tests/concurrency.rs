@@ -17,13 +17,7 @@ use metabridge::TransportKind;
 fn async_calls_run_concurrently_beyond_the_worker_count() {
     let mut env = TestEnv::new("async-gather");
     env.start_service("svc", &[("METABRIDGE_WORKERS", "2")]);
-    let client = env
-        .connect("svc")
-        .transport(TransportKind::Shm)
-        .arg("g")
-        .arg(1)
-        .open()
-        .unwrap();
+    let client = env.client("svc", TransportKind::Shm, "g");
     let calls: Vec<_> = (0..8)
         .map(|_| {
             let c = client.clone();
@@ -43,20 +37,8 @@ fn async_calls_run_concurrently_beyond_the_worker_count() {
 fn a_held_sync_call_does_not_stall_other_channels_of_its_worker() {
     let mut env = TestEnv::new("sync-hold");
     env.start_service("svc", &[("METABRIDGE_WORKERS", "1")]);
-    let holder = env
-        .connect("svc")
-        .transport(TransportKind::Shm)
-        .arg("h")
-        .arg(1)
-        .open()
-        .unwrap();
-    let releaser = env
-        .connect("svc")
-        .transport(TransportKind::Shm)
-        .arg("r")
-        .arg(1)
-        .open()
-        .unwrap();
+    let holder = env.client("svc", TransportKind::Shm, "h");
+    let releaser = env.client("svc", TransportKind::Shm, "r");
     let held = std::thread::spawn(move || holder.call::<bool>("hold", ()));
     // `release` waits until `hold` is in progress, then opens the gate: it
     // returns true only if it ran while `hold` held the worker.
@@ -70,21 +52,9 @@ fn a_held_sync_call_does_not_stall_other_channels_of_its_worker() {
 fn a_new_client_is_served_while_the_only_worker_is_held() {
     let mut env = TestEnv::new("sync-hold-new");
     env.start_service("svc", &[("METABRIDGE_WORKERS", "1")]);
-    let holder = env
-        .connect("svc")
-        .transport(TransportKind::Shm)
-        .arg("h")
-        .arg(1)
-        .open()
-        .unwrap();
+    let holder = env.client("svc", TransportKind::Shm, "h");
     let held = std::thread::spawn(move || holder.call::<bool>("hold", ()));
-    let late = env
-        .connect("svc")
-        .transport(TransportKind::Shm)
-        .arg("l")
-        .arg(1)
-        .open()
-        .unwrap();
+    let late = env.client("svc", TransportKind::Shm, "l");
     // `release` waits for `hold` to be in progress: the late channel is
     // answered while the only worker is held.
     assert!(late.call::<bool>("release", ()).unwrap());

@@ -16,13 +16,7 @@ fn a_large_call_passes_on_both_transports_alike() {
     env.start_service("svc", &[]);
     let big = "b".repeat(70 << 20);
     for kind in KINDS {
-        let c = env
-            .connect("svc")
-            .transport(kind)
-            .arg("")
-            .arg(1)
-            .open()
-            .unwrap();
+        let c = env.client("svc", kind, "");
         let back: String = c.call("echo", (big.as_str(),)).unwrap();
         assert_eq!(back.len(), big.len(), "{kind:?}");
     }

@@ -19,13 +19,7 @@ fn gone_names(e: &Error, name: &str) -> bool {
 fn survive_a_restart(kind: TransportKind, tag: &str) {
     let mut env = TestEnv::new(tag);
     let first = env.start_service("svc", &[]);
-    let client = env
-        .connect("svc")
-        .transport(kind)
-        .arg("p:")
-        .arg(1)
-        .open()
-        .unwrap();
+    let client = env.client("svc", kind, "p:");
     assert_eq!(client.call::<u32>("pid", ()).unwrap(), first);
     sigterm(first);
     assert_eq!(env.wait_exit(first, Duration::from_secs(30)), Some(0));

@@ -516,13 +516,7 @@ fn shutdown_has_a_deadline_even_with_a_call_that_never_returns() {
         }
     });
     for kind in [TransportKind::Shm, TransportKind::Tcp] {
-        let c = env
-            .connect("svc")
-            .transport(kind)
-            .arg("a")
-            .arg(1)
-            .open()
-            .unwrap();
+        let c = env.client("svc", kind, "a");
         std::thread::spawn(move || {
             let _ = c.call::<u64>("sleep_ms", (u64::MAX / 4,));
         });
@@ -549,13 +543,7 @@ fn shutdown_has_a_deadline_even_with_a_call_that_never_returns() {
 fn a_large_reply_does_not_pin_its_memory() {
     let mut env = TestEnv::new("shrink");
     let pid = env.start_service("svc", &[]);
-    let c = env
-        .connect("svc")
-        .transport(TransportKind::Shm)
-        .arg("a")
-        .arg(1)
-        .open()
-        .unwrap();
+    let c = env.client("svc", TransportKind::Shm, "a");
     assert_eq!(c.call::<String>("echo", ("warm",)).unwrap(), "awarm");
     let before = rss_kib(pid);
     let big = "z".repeat(96 << 20);

@@ -97,6 +97,22 @@ impl TestEnv {
         }
     }
 
+    /// A client of the fixture service `name` over `kind`, with the
+    /// fixture's constructor arguments `(prefix, 1)`.
+    pub fn client(
+        &self,
+        name: &str,
+        kind: metabridge::TransportKind,
+        prefix: &str,
+    ) -> metabridge::Client {
+        self.connect(name)
+            .transport(kind)
+            .arg(prefix)
+            .arg(1)
+            .open()
+            .unwrap()
+    }
+
     pub fn connect(&self, name: &str) -> metabridge::Connect {
         metabridge::connect(name)
             .home(&self.home)
