@@ -515,10 +515,20 @@ impl Registry {
 fn reserve(file: &File, path: &Path) -> Result<()> {
     match nix::fcntl::posix_fallocate(file.as_raw_fd(), 0, FILE_LEN as libc::off_t) {
         Ok(()) => Ok(()),
-        Err(nix::errno::Errno::ENOSPC) => Err(Error::NoSpace(format!(
-            "no space to reserve the {FILE_LEN} bytes of the registry {}",
-            path.display()
-        ))),
+        Err(nix::errno::Errno::ENOSPC) => {
+            let left = nix::sys::statvfs::statvfs(path)
+                .map(|s| {
+                    format!(
+                        " ({} bytes left)",
+                        s.blocks_available() as u64 * s.fragment_size() as u64
+                    )
+                })
+                .unwrap_or_default();
+            Err(Error::NoSpace(format!(
+                "no space to reserve the {FILE_LEN} bytes of the registry {}{left}",
+                path.display()
+            )))
+        }
         // Filesystems without fallocate: the writes themselves report ENOSPC.
         Err(nix::errno::Errno::EOPNOTSUPP) => Ok(()),
         Err(e) => Err(path_error(path, "cannot reserve the registry", e.into())),

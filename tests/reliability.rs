@@ -569,3 +569,42 @@ fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap()
 }
+
+/// A home on a full filesystem: the service does not start, and says why
+/// (the registry's size, its path, the space left), instead of dying of
+/// SIGBUS at the first touch of a page that was never there.
+#[test]
+fn a_full_home_is_a_clear_error_not_a_crash() {
+    let mut env = TestEnv::new("fullhome");
+    let home = env.home.join("tiny");
+    std::fs::create_dir(&home).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs"])
+        .arg(&home)
+        .status()
+        .expect("mount(8) runs");
+    assert!(mounted.success(), "mounting a tmpfs needs root");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(home.clone());
+    let mut cmd = env.command("test_service");
+    cmd.args(["serve", "svc"])
+        .env("METABRIDGE_HOME", &home)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "pid {pid}: {text}");
+    assert!(text.contains("no space"), "{text}");
+    assert!(
+        text.contains(&home.join("registry").display().to_string()),
+        "{text}"
+    );
+    assert!(text.contains("bytes left"), "{text}");
+}
