@@ -517,12 +517,7 @@ fn reserve(file: &File, path: &Path) -> Result<()> {
         Ok(()) => Ok(()),
         Err(nix::errno::Errno::ENOSPC) => {
             let left = nix::sys::statvfs::statvfs(path)
-                .map(|s| {
-                    format!(
-                        " ({} bytes left)",
-                        s.blocks_available() as u64 * s.fragment_size() as u64
-                    )
-                })
+                .map(|s| format!(" ({} bytes left)", s.blocks_available() * s.fragment_size()))
                 .unwrap_or_default();
             Err(Error::NoSpace(format!(
                 "no space to reserve the {FILE_LEN} bytes of the registry {}{left}",
