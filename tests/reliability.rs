@@ -575,7 +575,7 @@ fn rss_kib(pid: u32) -> u64 {
 /// SIGBUS at the first touch of a page that was never there.
 #[test]
 fn a_full_home_is_a_clear_error_not_a_crash() {
-    let mut env = TestEnv::new("fullhome");
+    let env = TestEnv::new("fullhome");
     let home = env.home.join("tiny");
     std::fs::create_dir(&home).unwrap();
     let mounted = Command::new("mount")
