@@ -80,11 +80,14 @@ fn encode_result(py: Python<'_>, v: &Bound<'_, PyAny>, buf: &mut Vec<u8>) -> Res
     values::encode(v, buf).map_err(|e| call_error(py, e))
 }
 
+/// Where an `async` endpoint's encoded answer goes.
+type AnswerSender = oneshot::Sender<Result<Vec<u8>, CallError>>;
+
 /// Called (on the service's event loop thread) when an `async`
 /// endpoint's coroutine is done: `done(ok, value_or_exception)`.
 #[pyclass(frozen, module = "metabridge._native")]
 pub struct AsyncDone {
-    tx: Mutex<Option<oneshot::Sender<Result<Vec<u8>, CallError>>>>,
+    tx: Mutex<Option<AnswerSender>>,
 }
 
 #[pymethods]
