@@ -356,6 +356,7 @@ def _child_main(d, ready_w, parent):
 
     if d.logger:
         sys.stderr.write(f"metabridge: service {d.name!r} starting in pid {os.getpid()}\n")
+    prebuilt = _probe(d.cls, ready_w)
     _native.serve_forked(
         d.name,
         d.cls,
@@ -365,7 +366,26 @@ def _child_main(d, ready_w, parent):
         parent,
         d.host,
         d.port,
+        prebuilt,
     )
+
+
+def _probe(cls, ready_w):
+    """A class whose constructor needs no argument is instantiated at
+    startup, so that an exception in its ``__init__`` is a startup error
+    raised by :func:`run` (the instance then serves the clients that give
+    no constructor arguments). Returns it, or None."""
+    try:
+        inspect.signature(cls).bind()
+    except (TypeError, ValueError):
+        return None  # needs arguments: built per client, errors per call
+    try:
+        return cls()
+    except BaseException as e:  # noqa: B902 - reported to the parent
+        text = f"{type(e).__name__} in {cls.__name__}.__init__: {e}"
+        # The runtime's report: FAILED, then [kind 0, text, pid 0].
+        os.write(ready_w, b"\x01" + _native.packb([0, text, 0]))
+        os._exit(1)
 
 
 def run(name=None, *, wait=False, poll_interval=0.05, startup_timeout=5.0):
@@ -374,7 +394,9 @@ def run(name=None, *, wait=False, poll_interval=0.05, startup_timeout=5.0):
     is registered and accepting calls.
 
     A startup failure is raised here: :class:`ServiceAlreadyExists` when a
-    live process serves that name, :class:`MetaBridgeError` otherwise.
+    live process serves that name, :class:`MetaBridgeError` otherwise (an
+    exception in ``__init__`` of a class whose constructor takes no
+    required argument: it is instantiated at startup).
     The daemon is a ``fork`` of this process: call ``run`` before starting
     threads. ``wait=True`` then blocks until the daemon ends (as
     :meth:`DaemonHandle.join`). ``poll_interval`` and ``startup_timeout``

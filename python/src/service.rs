@@ -107,7 +107,9 @@ impl AsyncDone {
 /// Builds the runtime's service from the Python description: `cls` is
 /// called with the constructor arguments; `endpoints` lists
 /// `(names, attribute, is_async)`; `submit(coroutine, done)` runs a
-/// coroutine on the service's event loop.
+/// coroutine on the service's event loop; `prebuilt`, an instance made at
+/// startup, serves the first client without constructor arguments.
+#[allow(clippy::too_many_arguments)]
 fn build(
     py: Python<'_>,
     name: &str,
@@ -116,6 +118,7 @@ fn build(
     submit: Py<PyAny>,
     host: Option<String>,
     port: Option<u16>,
+    prebuilt: Option<Py<PyAny>>,
 ) -> Service<Instance> {
     let attrs: Arc<Vec<Py<pyo3::types::PyString>>> = Arc::new(
         endpoints
@@ -124,13 +127,22 @@ fn build(
             .collect(),
     );
     let ctor_attrs = attrs.clone();
+    let prebuilt = Mutex::new(prebuilt);
     let mut service = Service::<Instance>::new(name).constructor(move |a: &mut Args<'_>| {
         attach(|py| {
             let (args, kwargs) = py_args(py, a)?;
-            let obj = cls
-                .bind(py)
-                .call(args, kwargs.as_ref())
-                .map_err(|e| call_error(py, e))?;
+            let ready = if args.is_empty() && kwargs.is_none() {
+                prebuilt.lock().unwrap_or_else(|p| p.into_inner()).take()
+            } else {
+                None
+            };
+            let obj = match ready {
+                Some(obj) => obj.into_bound(py),
+                None => cls
+                    .bind(py)
+                    .call(args, kwargs.as_ref())
+                    .map_err(|e| call_error(py, e))?,
+            };
             let methods = ctor_attrs
                 .iter()
                 .map(|attr| obj.getattr(attr.bind(py)).map(Bound::unbind))
@@ -205,7 +217,7 @@ fn build(
 /// exits the process (never returns). The readiness report (or the
 /// startup error) goes to `ready_fd`; the daemon follows `parent`.
 #[pyfunction]
-#[pyo3(signature = (name, cls, endpoints, submit, ready_fd, parent=None, host=None, port=None))]
+#[pyo3(signature = (name, cls, endpoints, submit, ready_fd, parent=None, host=None, port=None, prebuilt=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn serve_forked(
     py: Python<'_>,
@@ -217,8 +229,9 @@ pub fn serve_forked(
     parent: Option<u32>,
     host: Option<String>,
     port: Option<u16>,
+    prebuilt: Option<Py<PyAny>>,
 ) -> PyResult<()> {
-    let service = build(py, name, cls, endpoints, submit, host, port);
+    let service = build(py, name, cls, endpoints, submit, host, port, prebuilt);
     // SAFETY: the Python layer passes the write end of a pipe it created
     // for this and gives up; we own it from here on.
     let ready = unsafe { OwnedFd::from_raw_fd(ready_fd) };

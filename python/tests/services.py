@@ -100,9 +100,19 @@ class Forms:
 
 @meta.create("ctor-fails").daemon()
 class CtorFails:
-    def __init__(self, fail=True):
+    def __init__(self, fail):
         if fail:
             raise RuntimeError("no instance today")
+
+    @meta.function
+    def ping(self):
+        return "pong"
+
+
+@meta.create("startup-fails").daemon()
+class StartupFails:
+    def __init__(self):
+        raise RuntimeError("cannot start")
 
     @meta.function
     def ping(self):

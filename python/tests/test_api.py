@@ -104,13 +104,21 @@ def test_errors(forms):
 
 def test_an_exception_in_init_reaches_the_client():
     h = meta.run("ctor-fails")
-    with meta.connect("ctor-fails") as c:
+    with meta.connect("ctor-fails", True) as c:
         with pytest.raises(meta.RemoteExecutionError) as e:
             c.ping()
         assert (e.value.type, e.value.message) == ("RuntimeError", "no instance today")
     with meta.connect("ctor-fails", fail=False) as c:
         assert c.ping() == "pong"
     h.stop()
+
+
+def test_an_exception_in_a_no_argument_init_is_a_startup_error(home):
+    with pytest.raises(meta.MetaBridgeError) as e:
+        meta.run("startup-fails")
+    assert "RuntimeError in StartupFails.__init__: cannot start" in str(e.value)
+    with pytest.raises(meta.ServiceNotFound):
+        meta.connect("startup-fails")
 
 
 VALUES = [
