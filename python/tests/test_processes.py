@@ -287,3 +287,23 @@ def test_host_0000_exposes_tcp_to_original_clients(home):
     p.stdin.close()
     p.wait(30)
     assert wait_until(lambda: processes_with_home(home) == [])
+
+
+def test_a_detached_daemon_outlives_its_parent(home):
+    p = py("""
+        import sys; sys.path.insert(0, %r)
+        import services, metabridge as meta
+        h = meta.run("forms")
+        h.detach()
+        print(h.pid, flush=True)
+        """ % os.path.dirname(__file__), home)
+    # (The daemon keeps the standard error it inherited: read, not communicate.)
+    pid = int(p.stdout.readline().decode())
+    assert p.wait(60) == 0
+    try:
+        time.sleep(0.5)
+        with meta.connect("forms") as c:
+            assert c.who()["pid"] == pid
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    assert wait_until(lambda: not os.path.exists(f"/proc/{pid}"))
