@@ -51,7 +51,7 @@ def pct(xs, q):
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-def latency(call, n=200, warmup=2000):
+def latency(call, n=200, warmup=20000):
     for _ in range(warmup):
         call()
     samples = []
