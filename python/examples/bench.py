@@ -116,7 +116,8 @@ def find_rust_service(given):
     if given:
         return given
     here = os.path.dirname(os.path.abspath(__file__))
-    for cand in ("../../target/release/examples/test_service",):
+    for cand in ("../../target/release/examples/test_service",
+                 "../../target/debug/examples/test_service"):
         p = os.path.normpath(os.path.join(here, cand))
         if os.access(p, os.X_OK):
             return p
