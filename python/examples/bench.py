@@ -16,6 +16,7 @@ figures (``shared/baseline.md``, logger off).
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -134,8 +135,9 @@ def main():
     ap.add_argument("--quick", action="store_true", help="half-length runs")
     opts = ap.parse_args()
 
+    made_home = None
     if "METABRIDGE_HOME" not in os.environ:
-        home = tempfile.mkdtemp(prefix="mb-bench-")
+        home = made_home = tempfile.mkdtemp(prefix="mb-bench-")
         os.chmod(home, 0o700)
         os.environ["METABRIDGE_HOME"] = home
 
@@ -172,6 +174,8 @@ def main():
         if rust:
             rust.send_signal(signal.SIGTERM)
             rust.wait(10)
+        if made_home:
+            shutil.rmtree(made_home, ignore_errors=True)
 
     cols = ["original (Python, TCP)"] + [f"this package → {k}" for k in results]
     rows = [
