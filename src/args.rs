@@ -51,6 +51,30 @@ impl<'a> Args<'a> {
         })
     }
 
+    /// Takes every argument left, unbound, for a host that binds them
+    /// itself (the Python package calls `f(*args, **kwargs)`): the number
+    /// of positional arguments left and their concatenated MessagePack
+    /// values, then the number of keyword arguments and their
+    /// concatenated key/value pairs. Afterwards nothing is left to bind.
+    ///
+    /// ```
+    /// use metabridge::Args;
+    /// let mut a = Args::new("f", &[0x92, 1, 2], &[0x80]).unwrap();
+    /// assert_eq!(a.take_raw(), (2, &[1u8, 2][..], 0, &[][..]));
+    /// ```
+    pub fn take_raw(&mut self) -> (u32, &'a [u8], u32, &'a [u8]) {
+        let taken = (
+            self.positional_left,
+            self.positional,
+            self.kwargs_count,
+            self.kwargs,
+        );
+        self.positional_left = 0;
+        self.positional = &[];
+        self.kwargs_used = self.kwargs_count;
+        taken
+    }
+
     fn find_kwarg(&self, name: &str) -> Result<Option<&'a [u8]>, CallError> {
         let mut rest = self.kwargs;
         for _ in 0..self.kwargs_count {

@@ -307,13 +307,25 @@ impl Inner {
         encode: impl FnOnce(&mut Vec<u8>, Option<&str>) -> Result<()>,
         decode: impl FnOnce(&[u8]) -> Result<R>,
     ) -> Result<R> {
+        self.round_trip_interruptible(encode, decode, None)
+    }
+
+    fn round_trip_interruptible<R>(
+        &self,
+        encode: impl FnOnce(&mut Vec<u8>, Option<&str>) -> Result<()>,
+        decode: impl FnOnce(&[u8]) -> Result<R>,
+        interrupt: Option<&dyn Fn() -> bool>,
+    ) -> Result<R> {
         let mut conn = self.connection();
         if conn.gone.load(Ordering::Relaxed) {
             self.reconnect()?;
             conn = self.connection();
         }
         let token = conn.token.as_deref();
-        match conn.transport.round_trip(|buf| encode(buf, token), decode) {
+        match conn
+            .transport
+            .round_trip(|buf| encode(buf, token), decode, interrupt)
+        {
             Err(e) if is_gone(&e) => {
                 conn.gone.store(true, Ordering::Relaxed);
                 Err(self.target.gone(e))
@@ -459,6 +471,40 @@ impl Client {
                 )
             },
             envelope::decode_result::<R>,
+        )
+    }
+
+    /// Calls with arguments already encoded and returns the result still
+    /// encoded (one MessagePack value), for hosts that convert values
+    /// themselves (the Python package). While a shared-memory call waits
+    /// for its reply, `interrupt` (if given) is asked every 20 ms; when it
+    /// answers true the call fails with an `Error::Io` of kind
+    /// `Interrupted`, is not replayed, and its channel is retired (the
+    /// late reply cannot reach another call). TCP calls do not ask it.
+    pub fn call_encoded(
+        &self,
+        endpoint: &str,
+        args: &[u8],
+        kwargs: &[u8],
+        interrupt: Option<&dyn Fn() -> bool>,
+    ) -> Result<Vec<u8>> {
+        let inner = &*self.inner;
+        inner.round_trip_interruptible(
+            |buf, token| {
+                envelope::encode_call_with(
+                    buf,
+                    endpoint,
+                    |b| {
+                        b.extend_from_slice(args);
+                        Ok(())
+                    },
+                    kwargs,
+                    &inner.ctor_tail,
+                    token,
+                )
+            },
+            envelope::decode_result_raw,
+            interrupt,
         )
     }
 

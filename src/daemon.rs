@@ -174,6 +174,34 @@ pub fn run<S: Send + Sync + 'static>(service: Service<S>) -> Result<DaemonHandle
     }
 }
 
+/// For a host that forks by itself (the Python package forks with
+/// `os.fork()`, so that the interpreter is made whole in the child): serves
+/// `service` in this freshly forked child and never returns, as the child
+/// of [`run`] does. The report goes to `ready`, the write end of a pipe
+/// whose read end the parent passes to [`wait_forked_child`]; with a
+/// `parent` pid, the daemon stops when that process exits (see the module
+/// documentation). Standard input and output are left as they are.
+pub fn serve_forked_child<S: Send + Sync + 'static>(
+    service: Service<S>,
+    ready: OwnedFd,
+    parent: Option<u32>,
+) -> ! {
+    child_main(
+        service,
+        std::fs::File::from(ready),
+        parent.map(|p| Pid::from_raw(p as i32)),
+    )
+}
+
+/// The parent's half of [`serve_forked_child`]: waits (up to
+/// [`STARTUP_TIMEOUT`]) for child `pid`'s report on `ready` (the read end
+/// of the pipe; the parent must have closed its copy of the write end)
+/// and returns its handle, or the error it reported
+/// ([`Error::ServiceAlreadyExists`], ...), reaping it then.
+pub fn wait_forked_child(pid: u32, ready: OwnedFd) -> Result<DaemonHandle> {
+    wait_ready(Pid::from_raw(pid as i32), ready, None)
+}
+
 fn single_threaded() -> bool {
     std::fs::read_dir("/proc/self/task")
         .map(|d| d.count() == 1)

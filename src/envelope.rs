@@ -222,6 +222,18 @@ pub fn encode_ctor(args: &[u8], kwargs: &[u8]) -> Vec<u8> {
     [args, kwargs].concat()
 }
 
+/// Encodes a success response whose result `write` appends to the buffer
+/// as one MessagePack value (for hosts that encode values themselves).
+/// On error the buffer is left as it was.
+pub fn encode_ok_with(
+    buf: &mut Vec<u8>,
+    write: impl FnOnce(&mut Vec<u8>) -> Result<(), CallError>,
+) -> Result<(), CallError> {
+    let start = buf.len();
+    buf.extend_from_slice(OK_PREFIX);
+    write(buf).inspect_err(|_| buf.truncate(start))
+}
+
 /// Encodes `{"status": "ok", "result": value}`.
 pub fn encode_ok<T: Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) -> Result<(), CallError> {
     let start = buf.len();
@@ -308,6 +320,21 @@ pub fn decode_response(buf: &[u8]) -> Result<Response<'_>> {
 /// `{"status": "ok", "result": ` as this crate and the original write it
 /// (status first): the prefix of every successful response.
 const OK_PREFIX: &[u8] = b"\x82\xa6status\xa2ok\xa6result";
+
+/// The result of a response, still encoded (a copy of its MessagePack
+/// bytes), or its error as [`Error::Remote`].
+pub fn decode_result_raw(buf: &[u8]) -> Result<Vec<u8>> {
+    // A two-key map, status first: the rest is the result.
+    if let Some(raw) = buf.strip_prefix(OK_PREFIX) {
+        if crate::msgpack::split_value(raw).is_ok_and(|(_, rest)| rest.is_empty()) {
+            return Ok(raw.to_vec());
+        }
+    }
+    match decode_response(buf)? {
+        Response::Ok(raw) => Ok(raw.to_vec()),
+        Response::Err { kind, message } => Err(Error::Remote { kind, message }),
+    }
+}
 
 /// Decodes a response into the caller's result type.
 pub fn decode_result<R: DeserializeOwned>(buf: &[u8]) -> Result<R> {

@@ -57,7 +57,8 @@ mod worker;
 pub use args::{Args, CallArgs, IntoArgs};
 pub use client::{connect, lookup, to_msgpack, Client, Connect, TransportKind};
 pub use daemon::{
-    run, serve, DaemonHandle, DAEMON_ENV, SHUTDOWN_TIMEOUT_EXIT, STARTUP_TIMEOUT, STOP_TIMEOUT,
+    run, serve, serve_forked_child, wait_forked_child, DaemonHandle, DAEMON_ENV,
+    SHUTDOWN_TIMEOUT_EXIT, STARTUP_TIMEOUT, STOP_TIMEOUT,
 };
 pub use error::{CallError, Error, Result};
 pub use gc::{gc, GcReport};

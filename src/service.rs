@@ -66,6 +66,25 @@ impl Reply<'_> {
         }
     }
 
+    /// Answers with a value that `write` appends as MessagePack (for
+    /// hosts that encode values themselves, like the Python package).
+    pub fn ok_with(
+        &mut self,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), CallError>,
+    ) -> Result<(), CallError> {
+        envelope::encode_ok_with(self.buf, write)
+    }
+
+    /// The encoded answer whose value `write` appends, for an `async`
+    /// endpoint.
+    pub fn encode_ok_with(
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), CallError>,
+    ) -> Result<Vec<u8>, CallError> {
+        let mut buf = Vec::with_capacity(64);
+        envelope::encode_ok_with(&mut buf, write)?;
+        Ok(buf)
+    }
+
     /// The encoded answer `value`, for an `async` endpoint.
     pub fn encode_ok<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CallError> {
         let mut buf = Vec::with_capacity(64);

@@ -61,13 +61,19 @@ impl Transport {
 
     /// Encodes a request with `encode`, carries it, and decodes the
     /// response bytes with `decode` (in place, for shared memory).
+    /// `interrupt`, if given, is asked every [`INTERRUPT_SLICE`] while a
+    /// shared-memory call waits for its reply; when it answers true the
+    /// wait ends with `io::ErrorKind::Interrupted` and the channel is
+    /// retired like a timed-out one (the call is never replayed, and its
+    /// late reply can never reach another call). TCP calls ignore it.
     pub(crate) fn round_trip<R>(
         &self,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<()>,
         decode: impl FnOnce(&[u8]) -> Result<R>,
+        interrupt: Option<&dyn Fn() -> bool>,
     ) -> Result<R> {
         match self {
-            Transport::Shm(pool) => pool.round_trip(encode, decode),
+            Transport::Shm(pool) => pool.round_trip(encode, decode, interrupt),
             Transport::Tcp(pool, max) => {
                 let mut request = Vec::with_capacity(128);
                 encode(&mut request)?;
@@ -120,6 +126,9 @@ fn pool_error(e: PoolError) -> Error {
         PoolError::Frame(f) => Error::Protocol(f.to_string()),
     }
 }
+
+/// How often a shared-memory call with an interrupt check asks it.
+pub(crate) const INTERRUPT_SLICE: Duration = Duration::from_millis(20);
 
 /// What a client allows itself: channels, time, message size.
 #[derive(Clone, Debug)]
@@ -200,6 +209,7 @@ impl ShmPool {
         &self,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<()>,
         decode: impl FnOnce(&[u8]) -> Result<R>,
+        interrupt: Option<&dyn Fn() -> bool>,
     ) -> Result<R> {
         let mut conn = self.acquire()?;
         conn.buf.clear();
@@ -224,10 +234,29 @@ impl ShmPool {
             let deadline = Instant::now() + self.timeout;
             tx.send_until(&conn.buf, deadline).map(|()| Some(deadline))
         };
-        let carried = match sent {
-            Ok(None) => rx.recv_timeout(self.timeout).map(|reply| decode(&reply)),
-            Ok(Some(deadline)) => rx.recv_until(deadline).map(|reply| decode(&reply)),
-            Err(e) => Err(e),
+        let mut interrupted = false;
+        let carried = match (sent, interrupt) {
+            (Ok(None), None) => rx.recv_timeout(self.timeout).map(|reply| decode(&reply)),
+            (Ok(Some(deadline)), None) => rx.recv_until(deadline).map(|reply| decode(&reply)),
+            (Ok(deadline), Some(interrupt)) => {
+                let deadline = deadline.unwrap_or_else(|| Instant::now() + self.timeout);
+                let mut decode = Some(decode);
+                loop {
+                    let slice = deadline.min(Instant::now() + INTERRUPT_SLICE);
+                    match rx.recv_until(slice) {
+                        Ok(reply) => break Ok(decode.take().map(|d| d(&reply))),
+                        Err(metabridge_shm::Error::Timeout) if Instant::now() < deadline => {
+                            if interrupt() {
+                                interrupted = true;
+                                break Err(metabridge_shm::Error::Timeout);
+                            }
+                        }
+                        Err(e) => break Err(e),
+                    }
+                }
+                .map(|r| r.unwrap_or_else(|| Err(Error::Protocol("decoded twice".into()))))
+            }
+            (Err(e), _) => Err(e),
         };
         match carried {
             Ok(result) => {
@@ -244,6 +273,10 @@ impl ShmPool {
                 self.open.fetch_sub(1, Ordering::AcqRel);
                 self.wake_waiter(self.idle.lock().unwrap_or_else(|p| p.into_inner()));
                 Err(match e {
+                    _ if interrupted => Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::Interrupted,
+                        "the wait for the reply was interrupted; the call was not replayed",
+                    )),
                     metabridge_shm::Error::Timeout => Error::Timeout(format!(
                         "no reply within {:?} on a shared-memory channel",
                         self.timeout

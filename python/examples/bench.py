@@ -1,0 +1,204 @@
+"""The original MetaBridge's three measurements, with this package.
+
+    python examples/bench.py [--rust-service PATH] [--quick]
+
+1. latency: one client, 200 calls of ``get("mundo!")`` after a warm-up:
+   p50, p95, min;
+2. throughput: 16 threads sharing one client for 2 s: calls/s;
+3. bottleneck: 32 threads sharing one client for 5 s: calls/s, p50, p95.
+
+Each against a Python service of this package (``demo-service``, as in the
+seed) and, if the Rust example ``test_service`` is given (or found under
+``target/release/examples``), a Rust service (its ``echo`` endpoint, the
+same work: prefix + argument), printed side by side with the original's
+figures (``shared/baseline.md``, logger off).
+"""
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import metabridge as meta
+
+ORIGINAL = {
+    "p50": 23.2e-6,
+    "p95": 24.9e-6,
+    "min": 22.9e-6,
+    "tput16": 42351,
+    "tput32": 44132,
+    "p50_32": 79e-6,
+    "p95_32": 174e-6,
+}
+
+
+@meta.create("bench-py").daemon()
+class Demo:
+    def __init__(self, argumento):
+        self.argumento = argumento
+
+    @meta.function
+    def get(self, outro_argumento):
+        return f"{self.argumento} {outro_argumento}"
+
+
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def latency(call, n=200, warmup=20000):
+    for _ in range(warmup):
+        call()
+    samples = []
+    clock = time.perf_counter
+    for _ in range(n):
+        t0 = clock()
+        call()
+        samples.append(clock() - t0)
+    return {"p50": pct(samples, 0.5), "p95": pct(samples, 0.95), "min": min(samples)}
+
+
+def throughput(call, threads, seconds, timed=False):
+    stop = threading.Event()
+    counts = [0] * threads
+    lat = [[] for _ in range(threads)]
+    start = threading.Barrier(threads + 1)
+
+    def worker(i):
+        start.wait()
+        c = 0
+        mine = lat[i]
+        clock = time.perf_counter
+        while not stop.is_set():
+            if timed:
+                t0 = clock()
+                call()
+                if c % 16 == 0:
+                    mine.append(clock() - t0)
+            else:
+                call()
+            c += 1
+        counts[i] = c
+
+    ts = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for t in ts:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    for t in ts:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    out = {"rate": sum(counts) / elapsed}
+    if timed:
+        flat = [x for xs in lat for x in xs]
+        out["p50"] = pct(flat, 0.5)
+        out["p95"] = pct(flat, 0.95)
+    return out
+
+
+def measure(call, quick):
+    s = 0.5 if quick else 1.0
+    return {
+        "lat": latency(call),
+        "t16": throughput(call, 16, 2 * s),
+        "t32": throughput(call, 32, 5 * s, timed=True),
+    }
+
+
+def find_rust_service(given):
+    if given:
+        return given
+    here = os.path.dirname(os.path.abspath(__file__))
+    for cand in ("../../target/release/examples/test_service",
+                 "../../target/debug/examples/test_service"):
+        p = os.path.normpath(os.path.join(here, cand))
+        if os.access(p, os.X_OK):
+            return p
+    return None
+
+
+def us(x):
+    return f"{x * 1e6:.2f} µs"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rust-service", help="path of the test_service example binary")
+    ap.add_argument("--quick", action="store_true", help="half-length runs")
+    opts = ap.parse_args()
+
+    made_home = None
+    if "METABRIDGE_HOME" not in os.environ:
+        home = made_home = tempfile.mkdtemp(prefix="mb-bench-")
+        os.chmod(home, 0o700)
+        os.environ["METABRIDGE_HOME"] = home
+
+    # Everything that forks comes before any thread starts.
+    py_handle = meta.run("bench-py")
+    rust = None
+    rust_bin = find_rust_service(opts.rust_service)
+    if rust_bin:
+        rust = subprocess.Popen([rust_bin, "serve", "bench-rust"], stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                meta.connect("bench-rust", "Olá, ", 1).close()
+                break
+            except meta.ServiceNotFound:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    results = {}
+    try:
+        with meta.connect("bench-py", argumento="Olá,") as client:
+            assert client.get("mundo!") == "Olá, mundo!"
+            assert client._transport == "shm"
+            get = client.get
+            results["Python service"] = measure(lambda: get("mundo!"), opts.quick)
+        if rust:
+            with meta.connect("bench-rust", "Olá, ", 1) as client:
+                assert client.echo("mundo!") == "Olá, mundo!"
+                echo = client.echo
+                results["Rust service"] = measure(lambda: echo("mundo!"), opts.quick)
+    finally:
+        py_handle.stop()
+        if rust:
+            rust.send_signal(signal.SIGTERM)
+            rust.wait(10)
+        if made_home:
+            shutil.rmtree(made_home, ignore_errors=True)
+
+    cols = ["original (Python, TCP)"] + [f"this package → {k}" for k in results]
+    rows = [
+        ("latency p50 (1 client, 200 calls)", lambda r: us(r["lat"]["p50"]), us(ORIGINAL["p50"])),
+        ("latency p95", lambda r: us(r["lat"]["p95"]), us(ORIGINAL["p95"])),
+        ("latency min", lambda r: us(r["lat"]["min"]), us(ORIGINAL["min"])),
+        ("throughput, 16 threads, 2 s", lambda r: f"{r['t16']['rate']:,.0f}/s", f"{ORIGINAL['tput16']:,}/s"),
+        ("bottleneck, 32 threads, 5 s", lambda r: f"{r['t32']['rate']:,.0f}/s", f"{ORIGINAL['tput32']:,}/s"),
+        ("bottleneck p50", lambda r: us(r["t32"]["p50"]), us(ORIGINAL["p50_32"])),
+        ("bottleneck p95", lambda r: us(r["t32"]["p95"]), us(ORIGINAL["p95_32"])),
+    ]
+    width = 36
+    print(f"{'':{width}}" + "".join(f"{c:>30}" for c in cols))
+    for label, f, orig in rows:
+        print(f"{label:{width}}" + f"{orig:>30}" + "".join(f"{f(r):>30}" for r in results.values()))
+    py = results["Python service"]
+    print()
+    print(f"Python→Python p50 {us(py['lat']['p50'])}: {ORIGINAL['p50'] / py['lat']['p50']:.1f}x lower than the original; "
+          f"16-thread throughput {py['t16']['rate'] / ORIGINAL['tput16']:.1f}x the original's")
+    if "Rust service" in results:
+        print(f"Python→Rust p50 {us(results['Rust service']['lat']['p50'])}")
+    print(f"({os.cpu_count()} CPUs; Python {sys.version.split()[0]})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,496 @@
+"""MetaBridge: call code in another process as if it were local.
+
+The original MetaBridge's API on the Rust runtime. A service is a class
+whose methods are endpoints::
+
+    import metabridge as meta
+
+    @meta.create("demo-service").daemon()
+    class Service:
+        def __init__(self, argumento):
+            self.argumento = argumento
+
+        @meta.teste                 # endpoint "teste" (and "home")
+        def home(self):
+            return "Mensagem da home do serviço!"
+
+        @meta.function              # endpoint "get"
+        def get(self, outro):
+            return f"{self.argumento} {outro}"
+
+    handle = meta.run()             # a daemon process, ready on return
+
+    with meta.connect("demo-service", argumento="Olá,") as client:
+        client.get("mundo!")        # "Olá, mundo!", over shared memory
+
+Services are found by name in a machine-wide registry (``$METABRIDGE_HOME``,
+a 0700 directory of the user; default ``/dev/shm/metabridge-<uid>``).
+Calls travel over sealed shared-memory rings; ``METABRIDGE_TRANSPORT=tcp``
+forces TCP, which speaks the original's wire protocol (4-byte big-endian
+length + MessagePack map), so clients of the original can call these
+services and this client can call services written with the original.
+"""
+
+import asyncio
+import atexit
+import inspect
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+
+from . import _native
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "create",
+    "function",
+    "endpoint",
+    "run",
+    "connect",
+    "gc",
+    "ServiceBuilder",
+    "ServiceClient",
+    "DaemonHandle",
+    "MetaBridgeError",
+    "ServiceNotFound",
+    "ServiceAlreadyExists",
+    "RemoteExecutionError",
+    "CallTimeout",
+    "ServiceGone",
+]
+
+
+# ---------------------------------------------------------------- errors
+
+
+class MetaBridgeError(Exception):
+    """Base class of every MetaBridge error."""
+
+
+class ServiceNotFound(MetaBridgeError):
+    """No live service of that name is registered (or none was defined)."""
+
+
+class ServiceAlreadyExists(MetaBridgeError):
+    """A live process already serves a service of that name."""
+
+
+class RemoteExecutionError(MetaBridgeError):
+    """The endpoint (or the service around it) raised an error.
+
+    ``type`` is the remote exception's class name (e.g. ``"ValueError"``,
+    ``"TypeError"``, ``"NotFound"`` for an unknown endpoint) and
+    ``message`` its text; ``str(e)`` is ``"<type>: <message>"``.
+    """
+
+    type = "Exception"
+    remote_type = "Exception"
+    remote_message = ""
+
+    @property
+    def message(self):
+        """The remote exception's text."""
+        return self.remote_message
+
+
+class CallTimeout(MetaBridgeError, TimeoutError):
+    """A call (or connecting) took longer than the client's timeout."""
+
+
+class ServiceGone(MetaBridgeError, ConnectionError):
+    """The service's process died or closed the connection mid-call."""
+
+
+_native._register_errors(
+    {
+        "MetaBridgeError": MetaBridgeError,
+        "ServiceNotFound": ServiceNotFound,
+        "ServiceAlreadyExists": ServiceAlreadyExists,
+        "RemoteExecutionError": RemoteExecutionError,
+        "CallTimeout": CallTimeout,
+        "ServiceGone": ServiceGone,
+    }
+)
+
+
+# ------------------------------------------------------------ decorators
+
+_MARK = "__metabridge_endpoints__"
+
+
+def _target(obj):
+    return obj.__func__ if isinstance(obj, (staticmethod, classmethod)) else obj
+
+
+def _mark(obj, name=None):
+    """Marks a method (function, staticmethod or classmethod) as an
+    endpoint, reachable as ``name`` (if given) and under its own name."""
+    target = _target(obj)
+    if not callable(target):
+        raise TypeError(f"metabridge: cannot expose {obj!r} as an endpoint")
+    names = target.__dict__.get(_MARK)
+    if names is None:
+        names = []
+        setattr(target, _MARK, names)
+    if name and name not in names:
+        names.append(name)
+    return obj
+
+
+def function(func):
+    """Exposes a method under its own name: ``@meta.function``."""
+    return _mark(func)
+
+
+def endpoint(name=None, *, alias=None):
+    """Exposes a method under an endpoint name and under its own name.
+
+    ``@meta.endpoint`` (its own name only), ``@meta.endpoint("x")`` or
+    ``@meta.endpoint(name="x")``.
+    """
+    if name is not None and not isinstance(name, str):
+        return _mark(name)  # used bare: @meta.endpoint
+    name = name or alias
+
+    def decorate(func):
+        return _mark(func, name)
+
+    return decorate
+
+
+def __getattr__(name):
+    """``@meta.<any_name>``: exposes a method as ``any_name`` (and under its
+    own name), like ``@meta.endpoint("any_name")``."""
+    if name.startswith("_"):
+        raise AttributeError(f"module 'metabridge' has no attribute {name!r}")
+    return endpoint(name)
+
+
+# ------------------------------------------------------------- services
+
+
+class _Definition:
+    __slots__ = ("name", "host", "port", "logger", "cls", "endpoints", "is_daemon")
+
+    def __init__(self, name, host, port, logger):
+        self.name = name
+        self.host = host
+        self.port = port
+        self.logger = logger
+        self.cls = None
+        self.endpoints = []
+        self.is_daemon = False
+
+
+_services = {}
+_last = None
+_lock = threading.Lock()
+
+
+def _collect_endpoints(cls):
+    """``[(names, attribute, is_async)]`` of the marked methods of ``cls``
+    and its bases (a subclass's definition wins)."""
+    found = {}
+    for klass in reversed(cls.__mro__):
+        for attr, obj in vars(klass).items():
+            target = _target(obj)
+            names = getattr(target, "__dict__", {}).get(_MARK) if callable(target) else None
+            if names is None:
+                found.pop(attr, None)  # overridden by a plain attribute
+                continue
+            all_names = list(dict.fromkeys(list(names) + [attr]))
+            found[attr] = (all_names, attr, inspect.iscoroutinefunction(target))
+    return list(found.values())
+
+
+class ServiceBuilder:
+    """What :func:`create` returns: ``.daemon()`` and then a class
+    decorator (it also decorates directly)."""
+
+    def __init__(self, definition):
+        self._definition = definition
+
+    def daemon(self):
+        """Marks the service to run as a daemon process (started by
+        :func:`run`); returns the class decorator."""
+        self._definition.is_daemon = True
+        return self
+
+    def __call__(self, cls):
+        global _last
+        if not isinstance(cls, type):
+            raise TypeError("metabridge.create(...) decorates a class")
+        d = self._definition
+        d.cls = cls
+        d.endpoints = _collect_endpoints(cls)
+        with _lock:
+            _services[d.name] = d
+            _last = d
+        cls.__metabridge_service__ = d.name
+        return cls
+
+
+def create(name, host=None, *, logger=False, port=None):
+    """Defines a service called ``name``: ``@meta.create(name).daemon()``
+    on its class.
+
+    ``host`` exposes its TCP listener on that interface (``"0.0.0.0"``: the
+    network; default ``127.0.0.1`` with a per-service token that only this
+    user's clients know); local clients still use shared memory.
+    ``logger=True`` logs the daemon's start and stop on standard error.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError("the service name must be a non-empty string")
+    return ServiceBuilder(_Definition(name, host, port, logger))
+
+
+# -------------------------------------------------------------- daemons
+
+_handles = []
+_creator_pid = os.getpid()
+
+
+class DaemonHandle:
+    """A service running in a daemon process started by :func:`run`.
+
+    The daemon stops when :meth:`stop` is called, on SIGTERM, and when the
+    process that started it exits (unless :meth:`detach` was called).
+    """
+
+    def __init__(self, native, service):
+        self._native = native
+        self.service = service
+        self.pid = native.pid
+
+    @property
+    def tcp_address(self):
+        """``host:port`` of the service's TCP listener."""
+        return self._native.tcp_address
+
+    def is_running(self):
+        """True while the daemon process runs."""
+        return self._native.is_running()
+
+    def stop(self, timeout=5.0):
+        """Stops the daemon gracefully (SIGTERM: it finishes the calls in
+        progress, unregisters, removes its socket), or with SIGKILL if it
+        has not ended after ``timeout`` seconds."""
+        if not self.is_running():
+            return
+        self._native.signal(signal.SIGTERM)
+        deadline = time.monotonic() + (timeout if timeout is not None else 5.0)
+        while self.is_running():
+            if time.monotonic() >= deadline:
+                self._native.signal(signal.SIGKILL)
+                self.join()
+                return
+            time.sleep(0.002)
+
+    def join(self, timeout=None):
+        """Waits until the daemon ends (at most ``timeout`` seconds).
+        Ctrl+C interrupts it with KeyboardInterrupt."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.001
+        while self.is_running():
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def detach(self):
+        """Lets the daemon outlive this process (it serves until SIGTERM)."""
+        self._native.detach()
+        if self in _handles:
+            _handles.remove(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def __repr__(self):
+        return f"<DaemonHandle service={self.service!r} pid={self.pid}>"
+
+
+def _stop_all():
+    if os.getpid() != _creator_pid:
+        return
+    for h in list(_handles):
+        try:
+            h.stop()
+        except Exception:
+            pass
+    _handles.clear()
+
+
+atexit.register(_stop_all)
+
+
+def _child_main(d, ready_w, parent):
+    """In the forked child: an event loop for ``async def`` endpoints, then
+    the runtime serves until stopped and exits the process."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, name="metabridge-asyncio", daemon=True).start()
+
+    def submit(coro, done):
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+
+        def finished(f):
+            try:
+                result = f.result()
+            except BaseException as e:  # noqa: B902 - any error goes back
+                done(False, e)
+            else:
+                done(True, result)
+
+        future.add_done_callback(finished)
+
+    if d.logger:
+        sys.stderr.write(f"metabridge: service {d.name!r} starting in pid {os.getpid()}\n")
+    prebuilt = _probe(d.cls, ready_w)
+    _native.serve_forked(
+        d.name,
+        d.cls,
+        d.endpoints,
+        submit,
+        ready_w,
+        parent,
+        d.host,
+        d.port,
+        prebuilt,
+    )
+
+
+def _probe(cls, ready_w):
+    """A class whose constructor needs no argument is instantiated at
+    startup, so that an exception in its ``__init__`` is a startup error
+    raised by :func:`run` (the instance then serves the clients that give
+    no constructor arguments). Returns it, or None."""
+    try:
+        inspect.signature(cls).bind()
+    except (TypeError, ValueError):
+        return None  # needs arguments: built per client, errors per call
+    try:
+        return cls()
+    except BaseException as e:  # noqa: B902 - reported to the parent
+        text = f"{type(e).__name__} in {cls.__name__}.__init__: {e}"
+        # The runtime's report: FAILED, then [kind 0, text, pid 0].
+        os.write(ready_w, b"\x01" + _native.packb([0, text, 0]))
+        os._exit(1)
+
+
+def run(name=None, *, wait=False, poll_interval=0.05, startup_timeout=5.0):
+    """Starts a defined service (``name``, or the one defined last) in a
+    daemon process and returns its :class:`DaemonHandle` once the service
+    is registered and accepting calls.
+
+    A startup failure is raised here: :class:`ServiceAlreadyExists` when a
+    live process serves that name, :class:`MetaBridgeError` otherwise (an
+    exception in ``__init__`` of a class whose constructor takes no
+    required argument: it is instantiated at startup).
+    The daemon is a ``fork`` of this process: call ``run`` before starting
+    threads. ``wait=True`` then blocks until the daemon ends (as
+    :meth:`DaemonHandle.join`). ``poll_interval`` and ``startup_timeout``
+    are accepted for compatibility (readiness is reported, not polled; the
+    startup deadline is the runtime's, 5 s).
+    """
+    with _lock:
+        d = _services.get(name) if name is not None else _last
+    if d is None:
+        raise ServiceNotFound(
+            f"no service {name!r} was defined" if name else "no service was defined"
+        )
+    read_fd, write_fd = os.pipe()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:  # the daemon
+        try:
+            os.close(read_fd)
+            _child_main(d, write_fd, parent)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(1)
+    os.close(write_fd)
+    native = _native.wait_forked(pid, read_fd)
+    handle = DaemonHandle(native, d.name)
+    _handles.append(handle)
+    if d.logger:
+        sys.stderr.write(f"metabridge: service {d.name!r} ready (pid {handle.pid})\n")
+    if wait:
+        handle.join()
+    return handle
+
+
+# --------------------------------------------------------------- client
+
+
+class ServiceClient:
+    """A proxy of one service for one set of constructor arguments: its
+    attributes are the endpoints (``client.get("x")``, keyword arguments
+    too). Usable by many threads at once, and in ``with``."""
+
+    def __init__(self, native):
+        self.__dict__["_native"] = native
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        ep = self._native.endpoint(name)
+        self.__dict__[name] = ep
+        return ep
+
+    def _call(self, endpoint, *args, **kwargs):
+        """Calls an endpoint by name."""
+        return self._native.call(endpoint, args, kwargs or None)
+
+    def _endpoints(self):
+        """The service's endpoint names, sorted."""
+        return self._native.endpoints()
+
+    @property
+    def _transport(self):
+        """``"shm"`` or ``"tcp"``."""
+        return self._native.transport
+
+    def close(self):
+        """Closes the connection; later calls fail."""
+        self._native.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return f"<ServiceClient {self._native.name!r} over {self._native.transport}>"
+
+
+def connect(name, *ctor_args, timeout=5.0, **ctor_kwargs):
+    """Connects to the live service ``name``; ``ctor_args`` and
+    ``ctor_kwargs`` are its constructor's arguments (the service keeps one
+    instance per distinct set, in an LRU). ``timeout`` bounds each call, in
+    seconds. Raises :class:`ServiceNotFound` if no such service runs."""
+    native = _native.connect(name, ctor_args, ctor_kwargs or None, float(timeout))
+    return ServiceClient(native)
+
+
+def gc():
+    """Removes what killed services left in the registry; returns a
+    description of what was removed."""
+    return _native.gc()

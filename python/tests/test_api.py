@@ -1,0 +1,203 @@
+"""The original's API on the Rust runtime: decorators, methods, arguments,
+errors, values, threads."""
+
+import threading
+
+import msgpack
+import pytest
+
+import metabridge as meta
+
+
+@pytest.fixture
+def forms():
+    handle = meta.run("forms")
+    yield handle
+    handle.stop()
+
+
+def test_run_returns_a_ready_handle(forms):
+    assert forms.service == "forms"
+    assert forms.pid > 0 and forms.is_running()
+    with meta.connect("forms") as c:
+        assert c.who()["pid"] == forms.pid
+        assert c._transport == "shm"
+    forms.stop()
+    assert not forms.is_running()
+
+
+def test_every_decorator_form(forms):
+    with meta.connect("forms") as c:
+        names = c._endpoints()
+        for n in ["plain", "bare", "named", "by_position", "kw_named", "by_keyword",
+                  "dynamic_name", "dyn", "static_inner", "static_outer", "static_below",
+                  "klass", "later"]:
+            assert n in names, n
+        assert "not_exposed" not in names and "__init__" not in names
+        assert names == sorted(names)
+        assert c.bare() == "bare"
+        assert c.named() == c.by_position() == "named"
+        assert c.kw_named() == c.by_keyword() == "kw_named"
+        assert c.dynamic_name() == c.dyn() == "dynamic"
+
+
+def test_instance_static_class_and_async_methods(forms):
+    with meta.connect("forms", 10) as c:
+        assert c.plain(5) == 15
+        assert c.static_inner(3) == 6 and c.static_inner(3, b=4) == 12
+        assert c.static_outer(7) == c.static_below(7) == -7
+        assert c.klass("!") == "Forms!"
+        assert c.later(10, 20) == "A soma é: 30"
+        assert c.later(a=1, b=2) == "A soma é: 3"
+
+
+def test_constructor_arguments_positional_and_keyword_and_the_instance_lru(forms):
+    a = meta.connect("forms", 1, label="x")
+    b = meta.connect("forms", base=1, label="x")
+    same = meta.connect("forms", 1, label="x")
+    other = meta.connect("forms", 2)
+    wa, wb, ws, wo = a.who(), b.who(), same.who(), other.who()
+    assert (wa["base"], wa["label"]) == (1, "x") == (wb["base"], wb["label"])
+    assert (wo["base"], wo["label"]) == (2, "none")
+    # One instance per distinct constructor arguments (as sent).
+    assert wa["id"] == ws["id"] == a.who()["id"]
+    assert wo["id"] != wa["id"]
+    for c in (a, b, same, other):
+        c.close()
+
+
+def test_errors(forms):
+    assert issubclass(meta.ServiceNotFound, meta.MetaBridgeError)
+    assert issubclass(meta.ServiceAlreadyExists, meta.MetaBridgeError)
+    assert issubclass(meta.RemoteExecutionError, meta.MetaBridgeError)
+    with pytest.raises(meta.ServiceNotFound):
+        meta.connect("no-such-service")
+    with pytest.raises(meta.ServiceNotFound):
+        meta.run("never-defined")
+    with pytest.raises(meta.ServiceAlreadyExists):
+        meta.run("forms")
+    assert forms.is_running()
+    with meta.connect("forms") as c:
+        with pytest.raises(meta.RemoteExecutionError) as e:
+            c.fails("bad value")
+        assert e.value.type == "ValueError" and e.value.message == "bad value"
+        assert str(e.value) == "ValueError: bad value"
+        with pytest.raises(meta.RemoteExecutionError) as e:
+            c.async_fails()
+        assert e.value.type == "KeyError"
+        with pytest.raises(meta.RemoteExecutionError) as e:
+            c.nope()
+        assert (e.value.type, e.value.message) == ("NotFound", "Endpoint 'nope' not found")
+        with pytest.raises(meta.RemoteExecutionError) as e:
+            c.plain()
+        assert e.value.type == "TypeError" and "missing" in e.value.message
+        with pytest.raises(meta.RemoteExecutionError) as e:
+            c.plain(1, 2, 3)
+        assert e.value.type == "TypeError"
+        with pytest.raises(meta.RemoteExecutionError) as e:
+            c.unserializable()
+        assert e.value.type == "TypeError" and "serialize" in e.value.message
+        with pytest.raises(TypeError):
+            c.echo(object())  # not sent at all
+        assert c.echo("still serving") == "still serving"
+
+
+def test_an_exception_in_init_reaches_the_client():
+    h = meta.run("ctor-fails")
+    with meta.connect("ctor-fails", True) as c:
+        with pytest.raises(meta.RemoteExecutionError) as e:
+            c.ping()
+        assert (e.value.type, e.value.message) == ("RuntimeError", "no instance today")
+    with meta.connect("ctor-fails", fail=False) as c:
+        assert c.ping() == "pong"
+    h.stop()
+
+
+def test_an_exception_in_a_no_argument_init_is_a_startup_error(home):
+    with pytest.raises(meta.MetaBridgeError) as e:
+        meta.run("startup-fails")
+    assert "RuntimeError in StartupFails.__init__: cannot start" in str(e.value)
+    with pytest.raises(meta.ServiceNotFound):
+        meta.connect("startup-fails")
+
+
+VALUES = [
+    None, True, False, 0, 1, -1, 127, 128, -33, 255, 65536, -(2**31), 2**63 - 1, 2**64 - 1,
+    -(2**63), 0.5, -1e300, "", "olá", "x" * 300, b"", b"\x00\xff" * 100,
+    [], [1, [2, [3]]], {"a": 1, "b": [True, None]}, {1: "int key"}, {"nested": {"x": b"y"}},
+]
+
+
+@pytest.mark.parametrize("value", VALUES, ids=repr)
+def test_values_map_as_the_original_maps_them(value):
+    packed = meta._native.packb(value)
+    assert packed == msgpack.packb(value, use_bin_type=True)
+    assert meta._native.unpackb(packed) == msgpack.unpackb(packed, raw=False, strict_map_key=False)
+
+
+def test_values_round_trip_through_a_service(forms):
+    with meta.connect("forms") as c:
+        for v in VALUES:
+            assert c.echo(v) == v
+        assert c.echo((1, "tuple")) == [1, "tuple"]  # tuples arrive as lists
+        with pytest.raises(OverflowError):
+            c.echo(2**64)
+
+
+def test_large_bytes_50_mb(forms):
+    data = bytes(range(256)) * (50 * 1024 * 1024 // 256)
+    with meta.connect("forms", timeout=120) as c:
+        back = c.echo(data)
+        assert c._transport == "shm"
+    assert len(back) == len(data) and back == data
+
+
+def test_sixteen_threads_share_one_client(forms):
+    errors = []
+    with meta.connect("forms", 1000) as c:
+
+        def work(t):
+            try:
+                for i in range(200):
+                    assert c.plain(t * 1000 + i) == 1000 + t * 1000 + i
+            except BaseException as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not any(t.is_alive() for t in threads)
+    assert errors == []
+
+
+def test_the_gil_is_released_while_a_call_waits(forms):
+    """A call blocked for 0.5 s must not stop another Python thread."""
+    ticks = []
+    stop = threading.Event()
+
+    def ticker():
+        while not stop.is_set():
+            ticks.append(1)
+            stop.wait(0.01)
+
+    with meta.connect("forms") as c:
+        t = threading.Thread(target=ticker)
+        t.start()
+        c.sleep(0.5)
+        stop.set()
+        t.join()
+    assert len(ticks) > 5
+
+
+def test_forced_tcp(forms, monkeypatch):
+    monkeypatch.setenv("METABRIDGE_TRANSPORT", "tcp")
+    with meta.connect("forms", 3) as c:
+        assert c._transport == "tcp"
+        assert c.plain(4) == 7
+        assert c.later(1, 1) == "A soma é: 2"
+        data = b"\x01" * (5 * 1024 * 1024)
+        assert c.echo(data) == data
+        with pytest.raises(meta.RemoteExecutionError):
+            c.fails("over tcp")
