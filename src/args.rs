@@ -25,6 +25,10 @@ use serde::Serialize;
 /// ```
 pub struct Args<'a> {
     endpoint: &'a str,
+    /// Every parameter's name, when the caller told them up front
+    /// ([`params`](Args::params)): a missing argument then names any
+    /// unknown keyword argument, as Python does.
+    params: Option<&'a [&'a str]>,
     positional: &'a [u8],
     positional_left: u32,
     given: u32,
@@ -42,6 +46,7 @@ impl<'a> Args<'a> {
             .ok_or_else(|| CallError::new("ProtocolError", "kwargs must be a map"))?;
         Ok(Args {
             endpoint,
+            params: None,
             positional,
             positional_left: given,
             given,
@@ -49,6 +54,40 @@ impl<'a> Args<'a> {
             kwargs_count,
             kwargs_used: 0,
         })
+    }
+
+    /// Declares the names of all the parameters before binding them, so
+    /// that an argument given under a wrong name is reported by that name
+    /// (`got an unexpected keyword argument 'nmae'`) rather than as the
+    /// parameter it failed to fill. Generated code calls it; it costs a store.
+    pub fn params(&mut self, names: &'a [&'a str]) -> &mut Self {
+        self.params = Some(names);
+        self
+    }
+
+    /// The first keyword argument that names no parameter in `params`, if
+    /// any (and the first repeated one otherwise).
+    fn stray_kwarg(&self, params: &[&str]) -> Option<CallError> {
+        let mut rest = self.kwargs;
+        let mut seen: Vec<&str> = Vec::new();
+        for _ in 0..self.kwargs_count {
+            let (key, after) = read_str(rest)?;
+            if !params.contains(&key) {
+                return Some(CallError::type_error(format!(
+                    "{}() got an unexpected keyword argument '{key}'",
+                    self.endpoint
+                )));
+            }
+            if seen.contains(&key) {
+                return Some(CallError::type_error(format!(
+                    "{}() got multiple values for keyword argument '{key}'",
+                    self.endpoint
+                )));
+            }
+            seen.push(key);
+            rest = split_value(after).ok()?.1;
+        }
+        None
     }
 
     fn find_kwarg(&self, name: &str) -> Result<Option<&'a [u8]>, CallError> {
@@ -93,18 +132,35 @@ impl<'a> Args<'a> {
             self.kwargs_used += 1;
             value
         } else {
+            if let Some(stray) = self.params.and_then(|p| self.stray_kwarg(p)) {
+                return Err(stray);
+            }
             return Err(CallError::type_error(format!(
                 "{}() missing required argument '{param}'",
                 self.endpoint
             )));
         };
-        rmp_serde::from_slice(raw).map_err(|e| {
-            CallError::type_error(format!(
-                "{}(): argument '{param}' is not a valid {}: {e}",
-                self.endpoint,
-                std::any::type_name::<T>()
-            ))
-        })
+        rmp_serde::from_slice(raw).map_err(|e| self.invalid::<T>(param, e))
+    }
+
+    /// Binds the next parameter, named `param`, as bytes: a MessagePack
+    /// bin (what Python's `bytes` and [`Bin`] encode to) or, from older
+    /// clients, an array of integers 0-255.
+    pub fn next_bytes<T: From<Vec<u8>>>(&mut self, param: &str) -> Result<T, CallError> {
+        self.next::<Bin<Vec<u8>>>(param)
+            .map(|b| T::from(b.0))
+            .map_err(|mut e| {
+                e.message = e.message.replace("Bin<Vec<u8>>", "bytes");
+                e
+            })
+    }
+
+    fn invalid<T>(&self, param: &str, e: impl std::fmt::Display) -> CallError {
+        CallError::type_error(format!(
+            "{}(): argument '{param}' is not a valid {}: {e}",
+            self.endpoint,
+            user_type_name::<T>()
+        ))
     }
 
     /// Checks that no argument was left over. `params` are the names of
@@ -133,12 +189,103 @@ impl<'a> Args<'a> {
                 }
                 rest = split_value(after).map(|(_, r)| r).unwrap_or(&[]);
             }
+            if let Some(stray) = self.stray_kwarg(params) {
+                return Err(stray);
+            }
             return Err(CallError::type_error(format!(
                 "{}(): unexpected keyword arguments",
                 self.endpoint
             )));
         }
         Ok(())
+    }
+}
+
+/// A type's name as its user writes it: every path shortened to its last
+/// segment (`alloc::vec::Vec<alloc::string::String>` → `Vec<String>`).
+pub(crate) fn user_type_name<T: ?Sized>() -> String {
+    shorten_type_name(std::any::type_name::<T>())
+}
+
+fn shorten_type_name(full: &str) -> String {
+    let mut out = String::with_capacity(full.len());
+    let mut segment = String::new();
+    let mut chars = full.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ':' && chars.peek() == Some(&':') {
+            chars.next();
+            segment.clear(); // a module path: keep only what follows
+        } else if c.is_alphanumeric() || c == '_' {
+            segment.push(c);
+        } else {
+            out.push_str(&segment);
+            segment.clear();
+            out.push(c);
+        }
+    }
+    out.push_str(&segment);
+    out
+}
+
+/// Bytes as MessagePack bin, the encoding of Python's `bytes`: wraps any
+/// `T: AsRef<[u8]>` to serialize it as bin (not as an array of integers,
+/// serde's default for `Vec<u8>`), and deserializes into any
+/// `T: From<Vec<u8>>` from a bin, a str's bytes, or an array of integers.
+///
+/// `#[metabridge::service]` wraps parameters and results of type
+/// `Vec<u8>`, `&[u8]` and `Bytes` in it by itself, on both sides; use it
+/// with the dynamic client:
+///
+/// ```
+/// use metabridge::Bin;
+/// let encoded = metabridge::to_msgpack(&Bin(vec![1u8, 2, 3])).unwrap();
+/// assert_eq!(encoded, [0xc4, 3, 1, 2, 3]); // bin 8, length 3
+/// let back: Bin<Vec<u8>> = rmp_serde::from_slice(&encoded).unwrap();
+/// assert_eq!(back.0, [1, 2, 3]);
+/// let old: Bin<Vec<u8>> = rmp_serde::from_slice(&[0x93, 1, 2, 3]).unwrap();
+/// assert_eq!(old.0, [1, 2, 3]);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Bin<T>(pub T);
+
+impl<T: AsRef<[u8]>> Serialize for Bin<T> {
+    fn serialize<Z: serde::Serializer>(&self, s: Z) -> std::result::Result<Z::Ok, Z::Error> {
+        s.serialize_bytes(self.0.as_ref())
+    }
+}
+
+impl<'de, T: From<Vec<u8>>> serde::Deserialize<'de> for Bin<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes (a bin, or an array of integers 0-255)")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> std::result::Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(
+                self,
+                v: Vec<u8>,
+            ) -> std::result::Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Vec<u8>, E> {
+                Ok(v.as_bytes().to_vec())
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Vec<u8>, A::Error> {
+                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+                while let Some(b) = seq.next_element::<u8>()? {
+                    v.push(b);
+                }
+                Ok(v)
+            }
+        }
+        d.deserialize_byte_buf(Visitor).map(|v| Bin(T::from(v)))
     }
 }
 

@@ -1,9 +1,11 @@
 //! The dispatcher: from request bytes to response bytes.
 //!
 //! The endpoint table is built once and only read afterwards, so lookups
-//! take no lock. Service instances live in a sharded LRU keyed by the raw
-//! bytes of the constructor arguments: a hit hashes and compares bytes and
-//! decodes nothing.
+//! take no lock. Service instances live in a sharded LRU keyed by the
+//! constructor arguments bound to the constructor's parameters, reached
+//! first through aliases keyed by the raw bytes of the constructor
+//! sections: a hit hashes and compares bytes and decodes nothing (see
+//! [`InstanceCache`]).
 
 use crate::args::Args;
 use crate::envelope::{self, RequestKind};
@@ -16,8 +18,8 @@ use std::collections::HashMap;
 use std::hash::Hasher;
 use std::num::NonZeroUsize;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 /// What handling a request produced.
 pub(crate) enum Outcome {
@@ -75,12 +77,71 @@ pub(crate) fn panic_message(p: &(dyn Any + Send)) -> String {
     }
 }
 
-/// One shard: raw constructor bytes to instance.
-type Shard<S> = Mutex<LruCache<Box<[u8]>, Arc<S>>>;
+/// The endpoint name a typed client's `connect` calls to have its instance
+/// built at once (a failing constructor then fails `connect`); a service's
+/// own endpoint of that name wins.
+pub(crate) const CONSTRUCT_ENDPOINT: &str = "__init__";
 
-/// Instances per distinct constructor arguments, in LRU shards.
+/// One cached instance, or the panic its constructor raised.
+pub(crate) struct Entry<S> {
+    value: Result<Arc<S>, CallError>,
+    /// False once evicted: an alias still pointing here is stale.
+    live: AtomicBool,
+    /// When it was last used, on the cache's clock (see
+    /// [`InstanceCache::clock`]): eviction takes the least recently used.
+    stamp: AtomicU64,
+}
+
+impl<S> Entry<S> {
+    fn new(value: Result<Arc<S>, CallError>) -> Entry<S> {
+        Entry {
+            value,
+            live: AtomicBool::new(true),
+            stamp: AtomicU64::new(0),
+        }
+    }
+
+    fn value(&self) -> Result<Arc<S>, CallError> {
+        self.value.clone()
+    }
+}
+
+/// Raw constructor bytes → entry (an alias: does not own it).
+type AliasShard<S> = Mutex<LruCache<Box<[u8]>, Weak<Entry<S>>>>;
+/// Canonical constructor arguments → entry (owns it).
+type ValueShard<S> = Mutex<LruCache<Box<[u8]>, Arc<Entry<S>>>>;
+
+/// How a constructor failed.
+pub(crate) enum CtorFailure {
+    /// A panic: remembered for these arguments (the constructor is not run
+    /// again for them until the failure is evicted).
+    Panic(CallError),
+    /// An error it returned (or a binding error): not remembered, so the
+    /// next call tries again.
+    Error(CallError),
+}
+
+/// Instances, one per distinct constructor arguments, in two levels:
+///
+/// 1. by the raw bytes of the request's constructor sections, an alias
+///    LRU: a hit hashes and compares bytes and decodes nothing;
+/// 2. on a miss, by the arguments *bound to the constructor's parameters*
+///    and canonically re-encoded (see [`canonical_ctor_key`]), the LRU that
+///    owns the instances; a hit there adds an alias.
+///
+/// So one value has one instance however it is encoded (positionally by
+/// Python, by keyword by the typed client), and the capacity counts
+/// instances, not encodings. Recency: every use (through an alias or not)
+/// stamps the entry with the next tick of a clock, and a full shard evicts
+/// its entry with the oldest stamp: exact LRU per shard, without taking
+/// the second level's lock on an alias hit.
 pub(crate) struct InstanceCache<S> {
-    shards: Box<[Shard<S>]>,
+    aliases: Box<[AliasShard<S>]>,
+    values: Box<[ValueShard<S>]>,
+    /// Most entries a value shard holds.
+    per_shard: usize,
+    /// Ticks once per use of an entry.
+    clock: AtomicU64,
     /// Bumped whenever an instance is evicted: a holder of an instance
     /// looked up at epoch E knows it is still cached while the epoch is E.
     epoch: AtomicU64,
@@ -93,43 +154,112 @@ impl<S> InstanceCache<S> {
         let shards = (capacity / 8).clamp(1, 16);
         let per = NonZeroUsize::new(capacity.div_ceil(shards)).unwrap_or(NonZeroUsize::MIN);
         InstanceCache {
-            shards: (0..shards)
-                .map(|_| Mutex::new(LruCache::new(per)))
+            // Room for two encodings of each instance (keyword and positional).
+            aliases: (0..shards)
+                .map(|_| {
+                    Mutex::new(LruCache::new(
+                        per.saturating_mul(NonZeroUsize::MIN.saturating_add(1)),
+                    ))
+                })
                 .collect(),
+            values: (0..shards)
+                .map(|_| Mutex::new(LruCache::unbounded()))
+                .collect(),
+            per_shard: per.get(),
+            clock: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
         }
     }
 
-    fn shard(&self, key: &[u8]) -> &Shard<S> {
-        if self.shards.len() == 1 {
-            return &self.shards[0];
+    fn mark_used(&self, entry: &Entry<S>) {
+        let now = self.clock.fetch_add(1, Ordering::Relaxed) + 1;
+        entry.stamp.store(now, Ordering::Relaxed);
+    }
+
+    fn shard<'a, T>(shards: &'a [T], key: &[u8]) -> &'a T {
+        if shards.len() == 1 {
+            return &shards[0];
         }
         let mut h = FastHasher::default();
         h.write(key);
-        &self.shards[h.finish() as usize % self.shards.len()]
+        &shards[h.finish() as usize % shards.len()]
     }
 
-    /// The instance for `key`, built by `create` on a miss. The lock is
-    /// not held while constructing.
+    /// The live entry aliased by `raw`, marked used.
+    fn alias(&self, raw: &[u8]) -> Option<Arc<Entry<S>>> {
+        let mut shard = lock(Self::shard(&self.aliases, raw));
+        let entry = shard.get(raw)?.upgrade();
+        match entry {
+            Some(e) if e.live.load(Ordering::Acquire) => {
+                self.mark_used(&e);
+                Some(e)
+            }
+            _ => {
+                shard.pop(raw);
+                None
+            }
+        }
+    }
+
+    fn add_alias(&self, raw: &[u8], entry: &Arc<Entry<S>>) {
+        lock(Self::shard(&self.aliases, raw)).put(raw.into(), Arc::downgrade(entry));
+    }
+
+    /// The instance for the constructor arguments whose raw bytes are
+    /// `raw`: an alias hit, else the entry of `canonical()` (a key of
+    /// the bound arguments), else one built by `create`. No lock is held
+    /// while canonicalising or constructing.
     pub(crate) fn get_or_create(
         &self,
-        key: &[u8],
-        create: impl FnOnce() -> Result<S, CallError>,
+        raw: &[u8],
+        canonical: impl FnOnce() -> Vec<u8>,
+        create: impl FnOnce() -> Result<S, CtorFailure>,
     ) -> Result<Arc<S>, CallError> {
-        let shard = self.shard(key);
-        if let Some(s) = lock(shard).get(key) {
-            return Ok(s.clone());
+        if let Some(e) = self.alias(raw) {
+            return e.value();
         }
-        let made = Arc::new(create()?);
-        let mut guard = lock(shard);
-        if let Some(s) = guard.get(key) {
-            return Ok(s.clone()); // another thread built it meanwhile
+        let key = canonical();
+        let shard = Self::shard(&self.values, &key);
+        let found = lock(shard).get(key.as_slice()).cloned();
+        if let Some(e) = found {
+            self.mark_used(&e);
+            self.add_alias(raw, &e);
+            return e.value();
         }
-        if guard.push(key.into(), made.clone()).is_some() {
+        let made = match create() {
+            Ok(s) => Arc::new(Entry::new(Ok(Arc::new(s)))),
+            Err(CtorFailure::Error(e)) => return Err(e),
+            Err(CtorFailure::Panic(e)) => Arc::new(Entry::new(Err(e))),
+        };
+        let mut evicted = Vec::new();
+        let entry = {
+            let mut guard = lock(shard);
+            if let Some(e) = guard.get(key.as_slice()) {
+                e.clone() // another thread built it meanwhile
+            } else {
+                while guard.len() >= self.per_shard {
+                    let oldest = guard
+                        .iter()
+                        .min_by_key(|(_, e)| e.stamp.load(Ordering::Relaxed))
+                        .map(|(k, _)| k.clone());
+                    let Some(old) = oldest.and_then(|k| guard.pop(&k)) else {
+                        break;
+                    };
+                    old.live.store(false, Ordering::Release);
+                    evicted.push(old);
+                }
+                self.mark_used(&made);
+                guard.put(key.into_boxed_slice(), made.clone());
+                made
+            }
+        };
+        if !evicted.is_empty() {
             // Release: a holder that sees the new epoch drops its instance.
             self.epoch.fetch_add(1, Ordering::Release);
         }
-        Ok(made)
+        drop(evicted); // instances dropped outside the lock
+        self.add_alias(raw, &entry);
+        entry.value()
     }
 
     /// The eviction epoch (see the field).
@@ -137,10 +267,81 @@ impl<S> InstanceCache<S> {
         self.epoch.load(Ordering::Acquire)
     }
 
-    /// Marks `key` as recently used, for a holder that calls its instance
-    /// without looking it up each time.
-    pub(crate) fn touch(&self, key: &[u8]) {
-        let _ = lock(self.shard(key)).get(key);
+    /// Marks the instance aliased by `raw` as recently used, for a holder
+    /// that calls its instance without looking it up each time.
+    pub(crate) fn touch(&self, raw: &[u8]) {
+        let _ = self.alias(raw);
+    }
+}
+
+/// The key of the second level of the [`InstanceCache`]: the constructor
+/// arguments bound to `params` (positional first, then by name) and
+/// re-encoded canonically (integers and headers in their shortest form,
+/// map entries sorted), as a MessagePack array in parameter order; so
+/// `("a", 1)`, `(prefix="a", scale=1)` and `("a", scale=1)` are one key.
+/// Without parameter names, the positional array and the keyword map
+/// (sorted). Arguments that do not bind (missing, unknown, too many, not
+/// MessagePack) give a key of their raw bytes: the constructor will reject
+/// them anyway.
+pub(crate) fn canonical_ctor_key(params: Option<&[String]>, args: &[u8], kwargs: &[u8]) -> Vec<u8> {
+    bound_key(params, args, kwargs).unwrap_or_else(|| {
+        let mut raw = vec![0xc1]; // never the first byte of a bound key
+        raw.extend_from_slice(args);
+        raw.extend_from_slice(kwargs);
+        raw
+    })
+}
+
+fn bound_key(params: Option<&[String]>, args: &[u8], kwargs: &[u8]) -> Option<Vec<u8>> {
+    use rmpv::Value;
+    let read = |mut b: &[u8]| -> Option<Value> {
+        let v = rmpv::decode::read_value(&mut b).ok()?;
+        b.is_empty().then_some(v)
+    };
+    let (Value::Array(positional), Value::Map(named)) = (read(args)?, read(kwargs)?) else {
+        return None;
+    };
+    let key = match params {
+        Some(params) => {
+            if positional.len() > params.len() {
+                return None;
+            }
+            let mut bound: Vec<Option<Value>> = positional.into_iter().map(Some).collect();
+            bound.resize(params.len(), None);
+            for (k, v) in named {
+                let i = params.iter().position(|p| Some(p.as_str()) == k.as_str())?;
+                if bound[i].replace(v).is_some() {
+                    return None; // given twice
+                }
+            }
+            Value::Array(bound.into_iter().collect::<Option<Vec<_>>>()?)
+        }
+        None => Value::Array(vec![Value::Array(positional), Value::Map(named)]),
+    };
+    let mut out = Vec::with_capacity(args.len() + kwargs.len());
+    rmpv::encode::write_value(&mut out, &canonical(key)).ok()?;
+    Some(out)
+}
+
+/// `v` with every map's entries sorted by their encoded keys.
+fn canonical(v: rmpv::Value) -> rmpv::Value {
+    use rmpv::Value;
+    match v {
+        Value::Array(items) => Value::Array(items.into_iter().map(canonical).collect()),
+        Value::Map(entries) => {
+            let mut keyed: Vec<(Vec<u8>, Value, Value)> = entries
+                .into_iter()
+                .map(|(k, v)| {
+                    let k = canonical(k);
+                    let mut enc = Vec::new();
+                    let _ = rmpv::encode::write_value(&mut enc, &k);
+                    (enc, k, canonical(v))
+                })
+                .collect();
+            keyed.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Map(keyed.into_iter().map(|(_, k, v)| (k, v)).collect())
+        }
+        other => other,
     }
 }
 
@@ -203,6 +404,8 @@ pub(crate) struct Dispatcher<S> {
     endpoints: FastMap<Endpoint<S>>,
     names: Vec<String>,
     ctor: Option<Arc<CtorFn<S>>>,
+    ctor_params: Option<Arc<[String]>>,
+    service_name: String,
     instances: InstanceCache<S>,
     token: Option<String>,
 }
@@ -215,23 +418,36 @@ impl<S: Send + Sync + 'static> Dispatcher<S> {
             instances: InstanceCache::new(service.config.cache_capacity),
             token: service.config.token.clone(),
             ctor: service.ctor,
+            ctor_params: service.ctor_params,
+            service_name: service.name,
             endpoints: service.endpoints.into_iter().collect(),
         }
     }
 
     fn instance(&self, buf: &[u8], req: &envelope::Request<'_>) -> Result<Arc<S>, CallError> {
         let key = ctor_key(buf, req.ctor_args, req.ctor_kwargs);
-        self.instances.get_or_create(&key, || {
-            let ctor = self
-                .ctor
-                .as_ref()
-                .ok_or_else(|| CallError::type_error("the service has no constructor"))?;
-            let mut args = Args::new("__init__", req.ctor_args, req.ctor_kwargs)?;
-            match catch_unwind(AssertUnwindSafe(|| ctor(&mut args))) {
-                Ok(r) => r,
-                Err(p) => Err(CallError::new("Panic", panic_message(&*p))),
-            }
-        })
+        self.instances.get_or_create(
+            &key,
+            || canonical_ctor_key(self.ctor_params.as_deref(), req.ctor_args, req.ctor_kwargs),
+            || {
+                let ctor = self.ctor.as_ref().ok_or_else(|| {
+                    CtorFailure::Error(CallError::type_error(format!(
+                        "service '{}' has no constructor",
+                        self.service_name
+                    )))
+                })?;
+                let names: Option<Vec<&str>> = self
+                    .ctor_params
+                    .as_ref()
+                    .map(|p| p.iter().map(String::as_str).collect());
+                let mut args = Args::new("__init__", req.ctor_args, req.ctor_kwargs)
+                    .map_err(CtorFailure::Error)?;
+                if let Some(names) = &names {
+                    args.params(names);
+                }
+                construct(&**ctor, &mut args, &self.service_name)
+            },
+        )
     }
 
     /// The fast path: the request has the shape of the connection's last
@@ -297,15 +513,40 @@ impl<S: Send + Sync + 'static> Dispatcher<S> {
             envelope::encode_ok(out, &self.names)?;
             return Ok(Outcome::Done);
         }
-        let endpoint = self.endpoints.get(req.endpoint).ok_or_else(|| {
-            CallError::new("NotFound", format!("Endpoint '{}' not found", req.endpoint))
-        })?;
+        let Some(endpoint) = self.endpoints.get(req.endpoint) else {
+            if req.endpoint == CONSTRUCT_ENDPOINT {
+                self.instance(request, &req)?;
+                envelope::encode_ok(out, &())?;
+                return Ok(Outcome::Done);
+            }
+            return Err(CallError::new(
+                "NotFound",
+                format!("Endpoint '{}' not found", req.endpoint),
+            ));
+        };
         let epoch = self.instances.epoch();
         let instance = self.instance(request, &req)?;
         cache.0 = shape_of(request, &req, endpoint, &instance, epoch)
             .map(|s| Box::new(s) as Box<dyn Any + Send>);
         let mut args = Args::new(req.endpoint, req.args, req.kwargs)?;
         run_endpoint(endpoint, &instance, &mut args, out)
+    }
+}
+
+/// Runs a constructor, turning a panic into a remembered failure.
+fn construct<S>(ctor: &CtorFn<S>, args: &mut Args<'_>, service: &str) -> Result<S, CtorFailure> {
+    match catch_unwind(AssertUnwindSafe(|| ctor(args))) {
+        Ok(r) => r.map_err(CtorFailure::Error),
+        Err(p) => Err(CtorFailure::Panic(CallError::new(
+            "Panic",
+            format!(
+                "the constructor of service '{service}' panicked for these constructor \
+                 arguments: {}; it is not run again for them (every call with them \
+                 gets this error) until the service restarts or the failure leaves the \
+                 instance cache",
+                panic_message(&*p)
+            ),
+        ))),
     }
 }
 
@@ -441,10 +682,14 @@ mod tests {
         let mut made = 0;
         let mut get = |k: &[u8]| {
             *cache
-                .get_or_create(k, || {
-                    made += 1;
-                    Ok(made)
-                })
+                .get_or_create(
+                    k,
+                    || k.to_vec(),
+                    || {
+                        made += 1;
+                        Ok(made)
+                    },
+                )
                 .unwrap()
         };
         assert_eq!(get(b"a"), 1);
@@ -575,6 +820,76 @@ mod tests {
         assert!(
             matches!(call(&d, &mut cache, 1, 3, None), Err(crate::Error::Remote { kind, .. }) if kind == "Unauthorized")
         );
+    }
+
+    /// A request for `add(x)` with raw constructor sections.
+    fn raw_call(d: &Dispatcher<(u64, i64)>, ctor_args: &[u8], ctor_kwargs: &[u8]) -> (u64, i64) {
+        let mut req = Vec::new();
+        let ctor = envelope::encode_ctor(ctor_args, ctor_kwargs);
+        envelope::encode_call(&mut req, "add", &[0x91, 0], &[0x80], &ctor, None);
+        let mut out = Vec::new();
+        d.begin(&req, &mut out);
+        envelope::decode_result(&out).unwrap()
+    }
+
+    #[test]
+    fn one_instance_per_bound_value_whatever_the_encoding() {
+        let service = |params: Option<&[&str]>| {
+            let d = counting(8, None);
+            Dispatcher {
+                ctor_params: params.map(|p| p.iter().map(|s| s.to_string()).collect()),
+                ..d
+            }
+        };
+        let d = service(Some(&["base"]));
+        let by_name = raw_call(&d, &[0x90], &[0x81, 0xa4, b'b', b'a', b's', b'e', 7]);
+        // Positionally, and with 7 as an int64 and a str8 key.
+        let positional = raw_call(&d, &[0x91, 7], &[0x80]);
+        let wide = raw_call(&d, &[0x91, 0xd3, 0, 0, 0, 0, 0, 0, 0, 7], &[0x80]);
+        let str8 = raw_call(&d, &[0x90], &[0x81, 0xd9, 4, b'b', b'a', b's', b'e', 7]);
+        assert_eq!(by_name.1, 7);
+        assert_eq!(positional, by_name);
+        assert_eq!(wide, by_name);
+        assert_eq!(str8, by_name);
+        assert_ne!(raw_call(&d, &[0x91, 8], &[0x80]).0, by_name.0);
+        // Without parameter names: keyword order and widths still agree.
+        assert_eq!(
+            canonical_ctor_key(None, &[0x90], &[0x82, 0xa1, b'a', 1, 0xa1, b'b', 2]),
+            canonical_ctor_key(None, &[0x90], &[0x82, 0xa1, b'b', 2, 0xa1, b'a', 0xcc, 1])
+        );
+        // Arguments that do not bind keep a key of their own bytes.
+        let p = ["base".to_string()];
+        assert_eq!(
+            canonical_ctor_key(Some(&p), &[0x92, 1, 2], &[0x80])[0],
+            0xc1
+        );
+        assert_eq!(
+            canonical_ctor_key(
+                Some(&p),
+                &[0x91, 1],
+                &[0x81, 0xa4, b'b', b'a', b's', b'e', 1]
+            )[0],
+            0xc1
+        );
+    }
+
+    #[test]
+    fn the_lru_counts_instances_not_encodings() {
+        let d = Dispatcher {
+            ctor_params: Some(["base".to_string()].into_iter().collect()),
+            ..counting(2, None)
+        };
+        let a = raw_call(&d, &[0x91, 1], &[0x80]).0;
+        let b = raw_call(&d, &[0x90], &[0x81, 0xa4, b'b', b'a', b's', b'e', 2]).0;
+        // Another encoding of 1: a hit (recent), not a third instance.
+        assert_eq!(
+            raw_call(&d, &[0x90], &[0x81, 0xa4, b'b', b'a', b's', b'e', 1]).0,
+            a
+        );
+        let c = raw_call(&d, &[0x91, 3], &[0x80]).0; // evicts b, the least recent
+        assert_ne!(c, a);
+        assert_eq!(raw_call(&d, &[0x91, 1], &[0x80]).0, a);
+        assert_ne!(raw_call(&d, &[0x91, 2], &[0x80]).0, b, "b was evicted");
     }
 
     #[test]

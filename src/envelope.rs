@@ -322,7 +322,7 @@ pub fn decode_result<R: DeserializeOwned>(buf: &[u8]) -> Result<R> {
         Response::Ok(raw) => rmp_serde::from_slice(raw).map_err(|e| {
             Error::Protocol(format!(
                 "result does not decode as {}: {e}",
-                std::any::type_name::<R>()
+                crate::args::user_type_name::<R>()
             ))
         }),
         Response::Err { kind, message } => Err(Error::Remote { kind, message }),
