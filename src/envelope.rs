@@ -4,7 +4,8 @@
 //! Decoding a request does not decode its arguments: it finds the byte
 //! range of each field (`args`, `kwargs`, `ctor_args`, `ctor_kwargs`) and
 //! leaves them to the endpoint's parameter binding ([`crate::Args`]) and to
-//! the instance cache, which keys instances by the raw constructor bytes.
+//! the instance cache, whose first level keys instances by the raw
+//! constructor bytes.
 //!
 //! ```
 //! use metabridge::envelope::{self, RequestKind};

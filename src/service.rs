@@ -95,8 +95,12 @@ pub struct ServiceConfig {
     /// Worker threads serving shared-memory channels
     /// (default `$METABRIDGE_WORKERS`, or the number of CPUs).
     pub workers: usize,
-    /// Service instances kept, one per distinct constructor arguments
-    /// (default 128, in 16 shards).
+    /// Service instances kept, one per distinct constructor value (the
+    /// arguments bound to the constructor's parameters, however they were
+    /// encoded), default 128, in up to 16 shards. Instances are a cache:
+    /// past the capacity the least recently used one is dropped, and its
+    /// state with it. A constructor without parameters gives one shared
+    /// instance, never evicted.
     pub cache_capacity: usize,
     /// A token clients must present (`auth` in the request map); default
     /// `$METABRIDGE_TOKEN` if set. Without one, a service on the default
