@@ -158,7 +158,7 @@ impl<S> InstanceCache<S> {
             aliases: (0..shards)
                 .map(|_| {
                     Mutex::new(LruCache::new(
-                        per.saturating_mul(NonZeroUsize::MIN.saturating_add(1)),
+                        per.saturating_mul(NonZeroUsize::MIN.saturating_add(1)), // 2 x per
                     ))
                 })
                 .collect(),
