@@ -473,6 +473,68 @@ mod tests {
     }
 
     #[test]
+    fn a_misspelt_keyword_is_named_before_the_parameter_it_missed() {
+        let (a, k) = bind(
+            &CallArgs::new()
+                .kwarg("a", 1)
+                .unwrap()
+                .kwarg("bb", 2)
+                .unwrap(),
+        );
+        let mut args = Args::new("f", &a, &k).unwrap();
+        args.params(&["a", "b"]);
+        assert_eq!(args.next::<i64>("a").unwrap(), 1);
+        let e = args.next::<i64>("b").unwrap_err();
+        assert_eq!(e.message, "f() got an unexpected keyword argument 'bb'");
+        // Without the names up front, the missing parameter is reported.
+        let mut args = Args::new("f", &a, &k).unwrap();
+        args.next::<i64>("a").unwrap();
+        assert!(args
+            .next::<i64>("b")
+            .unwrap_err()
+            .message
+            .contains("missing"));
+        // A keyword given twice.
+        let (a, k) = bind(
+            &CallArgs::new()
+                .kwarg("a", 1)
+                .unwrap()
+                .kwarg("a", 2)
+                .unwrap(),
+        );
+        let mut args = Args::new("f", &a, &k).unwrap();
+        args.next::<i64>("a").unwrap();
+        assert_eq!(
+            args.finish(&["a"]).unwrap_err().message,
+            "f() got multiple values for keyword argument 'a'"
+        );
+    }
+
+    #[test]
+    fn type_names_are_written_as_users_write_them() {
+        assert_eq!(user_type_name::<String>(), "String");
+        assert_eq!(
+            user_type_name::<std::collections::HashMap<String, Vec<Option<u8>>>>(),
+            "HashMap<String, Vec<Option<u8>>>"
+        );
+        assert_eq!(
+            user_type_name::<(i64, &str, [u16; 2])>(),
+            "(i64, &str, [u16; 2])"
+        );
+        let (a, k) = bind(&CallArgs::new().arg(1).unwrap());
+        let e = Args::new("f", &a, &k)
+            .unwrap()
+            .next::<Vec<String>>("v")
+            .unwrap_err();
+        assert!(e.message.contains("not a valid Vec<String>"), "{e}");
+        let e = Args::new("f", &a, &k)
+            .unwrap()
+            .next_bytes::<Vec<u8>>("v")
+            .unwrap_err();
+        assert!(e.message.contains("not a valid bytes"), "{e}");
+    }
+
+    #[test]
     fn tuples_encode_as_arrays() {
         let mut buf = Vec::new();
         ("a", 1u8, true).encode_args(&mut buf).unwrap();
