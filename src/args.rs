@@ -25,10 +25,6 @@ use serde::Serialize;
 /// ```
 pub struct Args<'a> {
     endpoint: &'a str,
-    /// Every parameter's name, when the caller told them up front
-    /// ([`params`](Args::params)): a missing argument then names any
-    /// unknown keyword argument, as Python does.
-    params: Option<&'a [&'a str]>,
     positional: &'a [u8],
     positional_left: u32,
     given: u32,
@@ -39,6 +35,7 @@ pub struct Args<'a> {
 
 impl<'a> Args<'a> {
     /// Wraps a raw array of positional and a raw map of keyword arguments.
+    #[inline]
     pub fn new(endpoint: &'a str, args: &'a [u8], kwargs: &'a [u8]) -> Result<Args<'a>, CallError> {
         let (given, positional) = array_header(args)
             .ok_or_else(|| CallError::new("ProtocolError", "args must be an array"))?;
@@ -46,7 +43,6 @@ impl<'a> Args<'a> {
             .ok_or_else(|| CallError::new("ProtocolError", "kwargs must be a map"))?;
         Ok(Args {
             endpoint,
-            params: None,
             positional,
             positional_left: given,
             given,
@@ -56,13 +52,27 @@ impl<'a> Args<'a> {
         })
     }
 
-    /// Declares the names of all the parameters before binding them, so
-    /// that an argument given under a wrong name is reported by that name
-    /// (`got an unexpected keyword argument 'nmae'`) rather than as the
-    /// parameter it failed to fill. Generated code calls it; it costs a store.
-    pub fn params(&mut self, names: &'a [&'a str]) -> &mut Self {
-        self.params = Some(names);
-        self
+    /// The error to report for `error`, an error of [`next`](Args::next),
+    /// given the names of all the parameters: a keyword argument that
+    /// names none of them (or one given twice) is reported first, by its
+    /// name (`got an unexpected keyword argument 'nmae'`), as Python does,
+    /// rather than the parameter it failed to fill. Generated code calls it
+    /// on the error path only, so binding costs nothing more.
+    ///
+    /// ```
+    /// use metabridge::{Args, CallArgs};
+    /// let a = CallArgs::new().kwarg("nmae", "x").unwrap();
+    /// let (args, kwargs) = (a.encoded_args(), a.encoded_kwargs());
+    /// let mut bound = Args::new("greet", &args, &kwargs).unwrap();
+    /// let e = bound.next::<String>("name").unwrap_err();
+    /// let e = bound.explain(e, &["name"]);
+    /// assert_eq!(e.message, "greet() got an unexpected keyword argument 'nmae'");
+    /// ```
+    pub fn explain(&self, error: CallError, params: &[&str]) -> CallError {
+        if self.kwargs_count == 0 {
+            return error;
+        }
+        self.stray_kwarg(params).unwrap_or(error)
     }
 
     /// The first keyword argument that names no parameter in `params`, if
@@ -132,9 +142,6 @@ impl<'a> Args<'a> {
             self.kwargs_used += 1;
             value
         } else {
-            if let Some(stray) = self.params.and_then(|p| self.stray_kwarg(p)) {
-                return Err(stray);
-            }
             return Err(CallError::type_error(format!(
                 "{}() missing required argument '{param}'",
                 self.endpoint
@@ -482,18 +489,20 @@ mod tests {
                 .unwrap(),
         );
         let mut args = Args::new("f", &a, &k).unwrap();
-        args.params(&["a", "b"]);
         assert_eq!(args.next::<i64>("a").unwrap(), 1);
         let e = args.next::<i64>("b").unwrap_err();
+        assert!(e.message.contains("missing"), "{e}");
+        let e = args.explain(e, &["a", "b"]);
         assert_eq!(e.message, "f() got an unexpected keyword argument 'bb'");
-        // Without the names up front, the missing parameter is reported.
+        // Nothing stray: the error stays.
+        let (a, k) = bind(&CallArgs::new().kwarg("a", 1).unwrap());
         let mut args = Args::new("f", &a, &k).unwrap();
         args.next::<i64>("a").unwrap();
-        assert!(args
-            .next::<i64>("b")
-            .unwrap_err()
-            .message
-            .contains("missing"));
+        let e = args.next::<i64>("b").unwrap_err();
+        assert_eq!(
+            args.explain(e, &["a", "b"]).message,
+            "f() missing required argument 'b'"
+        );
         // A keyword given twice.
         let (a, k) = bind(
             &CallArgs::new()

@@ -88,7 +88,7 @@ pub(crate) struct Entry<S> {
     /// False once evicted: an alias still pointing here is stale.
     live: AtomicBool,
     /// When it was last used, on the cache's clock (see
-    /// [`InstanceCache::clock`]): eviction takes the least recently used.
+    /// `InstanceCache::clock`): eviction takes the least recently used.
     stamp: AtomicU64,
 }
 
@@ -109,7 +109,7 @@ impl<S> Entry<S> {
 /// Raw constructor bytes → entry (an alias: does not own it).
 type AliasShard<S> = Mutex<LruCache<Box<[u8]>, Weak<Entry<S>>>>;
 /// Canonical constructor arguments → entry (owns it).
-type ValueShard<S> = Mutex<LruCache<Box<[u8]>, Arc<Entry<S>>>>;
+type ValueShard<S> = Mutex<LruCache<Vec<u8>, Arc<Entry<S>>>>;
 
 /// How a constructor failed.
 pub(crate) enum CtorFailure {
@@ -131,16 +131,19 @@ pub(crate) enum CtorFailure {
 ///
 /// So one value has one instance however it is encoded (positionally by
 /// Python, by keyword by the typed client), and the capacity counts
-/// instances, not encodings. Recency: every use (through an alias or not)
-/// stamps the entry with the next tick of a clock, and a full shard evicts
-/// its entry with the oldest stamp: exact LRU per shard, without taking
-/// the second level's lock on an alias hit.
+/// instances, not encodings. Recency: each use stamps the entry with a
+/// clock, and a full shard evicts its entry with the oldest stamp. The
+/// clock advances by 2 at each use through the second level (rare: a new
+/// encoding or instance); an alias hit only reads it and stamps "now + 1",
+/// so the hot path takes no second lock and writes no shared counter. This
+/// is LRU per shard, except that entries used only through aliases since
+/// the last second-level use tie (any of them may go first).
 pub(crate) struct InstanceCache<S> {
     aliases: Box<[AliasShard<S>]>,
     values: Box<[ValueShard<S>]>,
     /// Most entries a value shard holds.
     per_shard: usize,
-    /// Ticks once per use of an entry.
+    /// Advances by 2 at each use through the second level (see above).
     clock: AtomicU64,
     /// Bumped whenever an instance is evicted: a holder of an instance
     /// looked up at epoch E knows it is still cached while the epoch is E.
@@ -171,9 +174,18 @@ impl<S> InstanceCache<S> {
         }
     }
 
+    /// Stamps a use through the second level: a tick of its own.
     fn mark_used(&self, entry: &Entry<S>) {
-        let now = self.clock.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = self.clock.fetch_add(2, Ordering::Relaxed) + 2;
         entry.stamp.store(now, Ordering::Relaxed);
+    }
+
+    /// Stamps a use through an alias: after every second-level use so far.
+    fn mark_alias_used(&self, entry: &Entry<S>) {
+        let now = self.clock.load(Ordering::Relaxed) + 1;
+        if entry.stamp.load(Ordering::Relaxed) != now {
+            entry.stamp.store(now, Ordering::Relaxed);
+        }
     }
 
     fn shard<'a, T>(shards: &'a [T], key: &[u8]) -> &'a T {
@@ -191,7 +203,7 @@ impl<S> InstanceCache<S> {
         let entry = shard.get(raw)?.upgrade();
         match entry {
             Some(e) if e.live.load(Ordering::Acquire) => {
-                self.mark_used(&e);
+                self.mark_alias_used(&e);
                 Some(e)
             }
             _ => {
@@ -231,29 +243,37 @@ impl<S> InstanceCache<S> {
             Err(CtorFailure::Error(e)) => return Err(e),
             Err(CtorFailure::Panic(e)) => Arc::new(Entry::new(Err(e))),
         };
-        let mut evicted = Vec::new();
+        let mut evicted = None;
         let entry = {
             let mut guard = lock(shard);
             if let Some(e) = guard.get(key.as_slice()) {
                 e.clone() // another thread built it meanwhile
             } else {
-                while guard.len() >= self.per_shard {
-                    let oldest = guard
-                        .iter()
-                        .min_by_key(|(_, e)| e.stamp.load(Ordering::Relaxed))
-                        .map(|(k, _)| k.clone());
-                    let Some(old) = oldest.and_then(|k| guard.pop(&k)) else {
-                        break;
+                // One in, at most one out: the shard never exceeds its size.
+                if guard.len() >= self.per_shard {
+                    let stamp = |e: &Arc<Entry<S>>| e.stamp.load(Ordering::Relaxed);
+                    let oldest = guard.iter().map(|(_, e)| stamp(e)).min();
+                    // Usually the shard's own LRU end (no key to copy).
+                    let old = if guard.peek_lru().map(|(_, e)| stamp(e)) == oldest {
+                        guard.pop_lru().map(|(_, e)| e)
+                    } else {
+                        let key = guard
+                            .iter()
+                            .find(|(_, e)| Some(stamp(e)) == oldest)
+                            .map(|(k, _)| k.clone());
+                        key.and_then(|k| guard.pop(&k))
                     };
-                    old.live.store(false, Ordering::Release);
-                    evicted.push(old);
+                    if let Some(old) = old {
+                        old.live.store(false, Ordering::Release);
+                        evicted = Some(old);
+                    }
                 }
                 self.mark_used(&made);
-                guard.put(key.into_boxed_slice(), made.clone());
+                guard.put(key, made.clone());
                 made
             }
         };
-        if !evicted.is_empty() {
+        if evicted.is_some() {
             // Release: a holder that sees the new epoch drops its instance.
             self.epoch.fetch_add(1, Ordering::Release);
         }
@@ -293,56 +313,137 @@ pub(crate) fn canonical_ctor_key(params: Option<&[String]>, args: &[u8], kwargs:
 }
 
 fn bound_key(params: Option<&[String]>, args: &[u8], kwargs: &[u8]) -> Option<Vec<u8>> {
-    use rmpv::Value;
-    let read = |mut b: &[u8]| -> Option<Value> {
-        let v = rmpv::decode::read_value(&mut b).ok()?;
-        b.is_empty().then_some(v)
-    };
-    let (Value::Array(positional), Value::Map(named)) = (read(args)?, read(kwargs)?) else {
+    use crate::msgpack::{array_header, map_header, read_str, split_value};
+    let whole = |b: &[u8]| crate::msgpack::value_len(b).ok() == Some(b.len());
+    if !whole(args) || !whole(kwargs) {
         return None;
-    };
-    let key = match params {
+    }
+    let (n_args, mut positional) = array_header(args)?;
+    let (n_kwargs, mut named) = map_header(kwargs)?;
+    let mut out = Vec::with_capacity(args.len() + kwargs.len());
+    match params {
         Some(params) => {
-            if positional.len() > params.len() {
+            if n_args as usize > params.len() {
                 return None;
             }
-            let mut bound: Vec<Option<Value>> = positional.into_iter().map(Some).collect();
-            bound.resize(params.len(), None);
-            for (k, v) in named {
-                let i = params.iter().position(|p| Some(p.as_str()) == k.as_str())?;
-                if bound[i].replace(v).is_some() {
+            let mut bound: Vec<Option<&[u8]>> = vec![None; params.len()];
+            for slot in bound.iter_mut().take(n_args as usize) {
+                let (value, rest) = split_value(positional).ok()?;
+                *slot = Some(value);
+                positional = rest;
+            }
+            for _ in 0..n_kwargs {
+                let (key, rest) = read_str(named)?;
+                let (value, rest) = split_value(rest).ok()?;
+                named = rest;
+                let i = params.iter().position(|p| p == key)?;
+                if bound[i].replace(value).is_some() {
                     return None; // given twice
                 }
             }
-            Value::Array(bound.into_iter().collect::<Option<Vec<_>>>()?)
+            let _ = rmp::encode::write_array_len(&mut out, params.len() as u32);
+            for value in bound {
+                canonical_value(&mut value?, &mut out, 0)?;
+            }
         }
-        None => Value::Array(vec![Value::Array(positional), Value::Map(named)]),
-    };
-    let mut out = Vec::with_capacity(args.len() + kwargs.len());
-    rmpv::encode::write_value(&mut out, &canonical(key)).ok()?;
+        None => {
+            let _ = rmp::encode::write_array_len(&mut out, 2);
+            canonical_value(&mut &args[..], &mut out, 0)?;
+            canonical_value(&mut &kwargs[..], &mut out, 0)?;
+        }
+    }
     Some(out)
 }
 
-/// `v` with every map's entries sorted by their encoded keys.
-fn canonical(v: rmpv::Value) -> rmpv::Value {
-    use rmpv::Value;
-    match v {
-        Value::Array(items) => Value::Array(items.into_iter().map(canonical).collect()),
-        Value::Map(entries) => {
-            let mut keyed: Vec<(Vec<u8>, Value, Value)> = entries
-                .into_iter()
-                .map(|(k, v)| {
-                    let k = canonical(k);
-                    let mut enc = Vec::new();
-                    let _ = rmpv::encode::write_value(&mut enc, &k);
-                    (enc, k, canonical(v))
-                })
-                .collect();
-            keyed.sort_by(|a, b| a.0.cmp(&b.0));
-            Value::Map(keyed.into_iter().map(|(_, k, v)| (k, v)).collect())
-        }
-        other => other,
+/// Deepest nesting canonicalised (deeper values do not bind: raw key).
+const MAX_DEPTH: u32 = 64;
+
+/// Re-encodes the MessagePack value at the start of `input` canonically
+/// into `out`, advancing `input`: integers, strings, binaries, arrays and
+/// maps with the shortest headers (non-negative integers as unsigned),
+/// map entries sorted by their canonical keys; floats and extensions as
+/// they are. `None` for bytes that are not MessagePack.
+fn canonical_value(input: &mut &[u8], out: &mut Vec<u8>, depth: u32) -> Option<()> {
+    use rmp::encode as enc;
+    use rmp::Marker as M;
+    if depth > MAX_DEPTH {
+        return None;
     }
+    let raw = crate::msgpack::split_value(input).ok()?.0;
+    let whole = raw;
+    let mut rd = &raw[1..];
+    let take = |rd: &mut &[u8], n: usize| -> Option<u64> {
+        let (head, rest) = (rd.get(..n)?, rd.get(n..)?);
+        *rd = rest;
+        Some(head.iter().fold(0u64, |acc, &b| acc << 8 | b as u64))
+    };
+    let bytes = |rd: &mut &[u8], n: u64| -> Option<Vec<u8>> {
+        let n = usize::try_from(n).ok()?;
+        let (head, rest) = (rd.get(..n)?, rd.get(n..)?);
+        *rd = rest;
+        Some(head.to_vec())
+    };
+    match M::from_u8(raw[0]) {
+        M::FixPos(_) | M::FixNeg(_) | M::Null | M::True | M::False => out.push(raw[0]),
+        M::U8 | M::U16 | M::U32 | M::U64 => {
+            let width = 1 << (raw[0] - 0xcc);
+            let _ = enc::write_uint(out, take(&mut rd, width)?);
+        }
+        M::I8 | M::I16 | M::I32 | M::I64 => {
+            let width = 1usize << (raw[0] - 0xd0);
+            let bits = take(&mut rd, width)?;
+            let shift = 64 - 8 * width as u32;
+            let v = ((bits << shift) as i64) >> shift; // sign-extend
+            if v >= 0 {
+                let _ = enc::write_uint(out, v as u64);
+            } else {
+                let _ = enc::write_sint(out, v);
+            }
+        }
+        M::FixStr(n) => {
+            let _ = enc::write_str_len(out, n as u32);
+            out.extend_from_slice(&bytes(&mut rd, n as u64)?);
+        }
+        M::Str8 | M::Str16 | M::Str32 | M::Bin8 | M::Bin16 | M::Bin32 => {
+            let is_str = raw[0] <= 0xdb && raw[0] >= 0xd9;
+            let width = 1 << ((raw[0] - if is_str { 0xd9 } else { 0xc4 }) as usize);
+            let len = take(&mut rd, width)?;
+            let len32 = u32::try_from(len).ok()?;
+            let _ = if is_str {
+                enc::write_str_len(out, len32).map(drop)
+            } else {
+                enc::write_bin_len(out, len32).map(drop)
+            };
+            out.extend_from_slice(&bytes(&mut rd, len)?);
+        }
+        M::FixArray(_) | M::Array16 | M::Array32 => {
+            let (len, mut items) = crate::msgpack::array_header(raw)?;
+            let _ = enc::write_array_len(out, len);
+            for _ in 0..len {
+                canonical_value(&mut items, out, depth + 1)?;
+            }
+        }
+        M::FixMap(_) | M::Map16 | M::Map32 => {
+            let (len, mut items) = crate::msgpack::map_header(raw)?;
+            let mut entries = Vec::with_capacity(len.min(1024) as usize);
+            for _ in 0..len {
+                let (mut k, mut v) = (Vec::new(), Vec::new());
+                canonical_value(&mut items, &mut k, depth + 1)?;
+                canonical_value(&mut items, &mut v, depth + 1)?;
+                entries.push((k, v));
+            }
+            entries.sort();
+            let _ = enc::write_map_len(out, len);
+            for (k, v) in entries {
+                out.extend_from_slice(&k);
+                out.extend_from_slice(&v);
+            }
+        }
+        // Floats and extensions: as they are.
+        _ => out.extend_from_slice(whole),
+    }
+    *input = &input[raw.len()..];
+    Some(())
 }
 
 /// A poisoned shard only means a panic elsewhere; the LRU is still whole.
@@ -436,15 +537,8 @@ impl<S: Send + Sync + 'static> Dispatcher<S> {
                         self.service_name
                     )))
                 })?;
-                let names: Option<Vec<&str>> = self
-                    .ctor_params
-                    .as_ref()
-                    .map(|p| p.iter().map(String::as_str).collect());
                 let mut args = Args::new("__init__", req.ctor_args, req.ctor_kwargs)
                     .map_err(CtorFailure::Error)?;
-                if let Some(names) = &names {
-                    args.params(names);
-                }
                 construct(&**ctor, &mut args, &self.service_name)
             },
         )
@@ -499,6 +593,18 @@ impl<S: Send + Sync + 'static> Dispatcher<S> {
         if let Some(done) = self.call_cached(request, out, cache) {
             return done;
         }
+        self.call_full(request, out, cache)
+    }
+
+    /// The full path: decode, token, endpoint table, instance cache. Kept
+    /// out of line so that the fast path above stays small.
+    #[inline(never)]
+    fn call_full(
+        &self,
+        request: &[u8],
+        out: &mut Vec<u8>,
+        cache: &mut CallCache,
+    ) -> Result<Outcome, CallError> {
         let req =
             envelope::decode_request(request).map_err(|e| CallError::new("ProtocolError", e.0))?;
         if let Some(token) = &self.token {
@@ -871,6 +977,36 @@ mod tests {
             )[0],
             0xc1
         );
+    }
+
+    #[test]
+    fn canonical_values_use_the_shortest_headers_and_sorted_maps() {
+        let canon = |b: &[u8]| {
+            let mut out = Vec::new();
+            let mut input = b;
+            canonical_value(&mut input, &mut out, 0).map(|()| (out, input.len()))
+        };
+        let same = |a: &[u8], b: &[u8]| assert_eq!(canon(a), canon(b), "{a:x?} vs {b:x?}");
+        same(&[0xd1, 0xff, 0xff], &[0xff]); // -1 as int16
+        same(&[0xd3, 0, 0, 0, 0, 0, 0, 1, 0], &[0xcd, 1, 0]); // 256 as int64
+        same(&[0xcf, 0, 0, 0, 0, 0, 0, 0, 5], &[0x05]);
+        same(&[0xd9, 1, b'a'], &[0xa1, b'a']); // str8 → fixstr
+        same(&[0xc5, 0, 1, 9], &[0xc4, 1, 9]); // bin16 → bin8
+        same(&[0xdc, 0, 1, 0xc0], &[0x91, 0xc0]); // array16 → fixarray
+                                                  // Maps (nested too) in any key order.
+        same(
+            &[0x82, 0xa1, b'b', 0x81, 0xa1, b'y', 1, 0xa1, b'a', 2],
+            &[
+                0x82, 0xa1, b'a', 0xd0, 2, 0xa1, b'b', 0x81, 0xd9, 1, b'y', 1,
+            ],
+        );
+        // Floats stay as they are; what follows is left in the input.
+        assert_eq!(
+            canon(&[0xca, 0, 0, 0, 0, 7]),
+            Some((vec![0xca, 0, 0, 0, 0], 1))
+        );
+        assert_eq!(canon(&[0xc1]), None);
+        assert_eq!(canon(&[0x92, 1]), None, "truncated");
     }
 
     #[test]

@@ -128,6 +128,7 @@ fn shaped<'a>(key: &[u8], value: &'a [u8], ok: bool, what: &str) -> Result<&'a [
     }
 }
 
+#[inline]
 fn write_str(buf: &mut Vec<u8>, s: &str) {
     // Writing into a Vec cannot fail.
     let _ = rmp::encode::write_str(buf, s);

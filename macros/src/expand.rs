@@ -63,25 +63,32 @@ impl Locals {
     }
 }
 
-/// `__args.params(&[..]);`, `let p: T = <T as Param>::next(__args, "p")?;` for each
-/// parameter (`__args.next_bytes::<T>("p")?` for bytes), then `__args.finish(&[..])?;`.
+/// `let p: T = <T as Param>::next(__args, "p")?;` for each parameter
+/// (`__args.next_bytes::<T>("p")`, for bytes), then `__args.finish(&[..])?;`. An error
+/// goes through `__args.explain(e, &[..])`, which names a misspelt keyword argument: on
+/// the error path only.
 ///
 /// The binding is spanned at the parameter's type, so that a type that does not
 /// deserialize is reported there, with the message of `metabridge::__private::Param`.
 fn read_args(params: &[Param], args: &Ident) -> TokenStream {
+    let names: Vec<_> = params.iter().map(Param::wire_name).collect();
     let lets = params.iter().map(|p| {
         let (id, ty, name) = (&p.ident, &p.ty, p.wire_name());
         let next = if parse::is_bytes(ty) {
-            quote_spanned!(ty.span()=> #args.next_bytes::<#ty>(#name)?)
+            quote_spanned!(ty.span()=> #args.next_bytes::<#ty>(#name))
         } else {
-            quote_spanned!(ty.span()=> <#ty as ::metabridge::__private::Param>::next(#args, #name)?)
+            quote_spanned!(ty.span()=> <#ty as ::metabridge::__private::Param>::next(#args, #name))
         };
-        quote!(let #id: #ty = #next;)
+        quote! {
+            let #id: #ty = match #next {
+                ::core::result::Result::Ok(v) => v,
+                ::core::result::Result::Err(e) => {
+                    return ::core::result::Result::Err(#args.explain(e, &[#(#names),*]));
+                }
+            };
+        }
     });
-    let names: Vec<_> = params.iter().map(Param::wire_name).collect();
-    let declare = (!names.is_empty()).then(|| quote!(#args.params(&[#(#names),*]);));
     quote! {
-        #declare
         #(#lets)*
         #args.finish(&[#(#names),*])?;
     }
@@ -305,7 +312,7 @@ mod tests {
         ));
         for want in [
             "::metabridge::Service::<DemoService>::new(\"demo-service\").port(9000).constructor_params(&[\"argumento\"]).constructor(",
-            "__args.params(&[\"argumento\"]);let argumento : String = <String as ::metabridge::__private::Param>::next(__args, \"argumento\") ? ;",
+            "let argumento : String = match <String as ::metabridge::__private::Param>::next(__args, \"argumento\") { ::core::result::Result::Ok(v) => v, ::core::result::Result::Err(e) => { return ::core::result::Result::Err(__args.explain(e, &[\"argumento\"])); } };",
             "__args.finish(&[\"argumento\"])?;::core::result::Result::Ok(DemoService::new(argumento))",
             ".endpoint(\"teste\",|__s:&DemoService,__args:&mut::metabridge::Args<'_>,__out:&mut::metabridge::Reply<'_>|{__args.finish(&[])?;let __metabridge_value=__s.home();::metabridge::Reply::ok(__out,&__metabridge_value)}).alias(\"home\",\"teste\")",
             "let __metabridge_value=__s.get(outro_argumento);::metabridge::Reply::ok(__out,&__metabridge_value)",
@@ -355,12 +362,13 @@ mod tests {
             },
         ));
         for want in [
-            "letdata:Vec<u8>=__args.next_bytes::<Vec<u8>>(\"data\")?;",
-            "letb:bytes::Bytes=__args.next_bytes::<bytes::Bytes>(\"b\")?;",
+            "letdata:Vec<u8>=match__args.next_bytes::<Vec<u8>>(\"data\"){",
+            "letb:bytes::Bytes=match__args.next_bytes::<bytes::Bytes>(\"b\"){",
+            "return::core::result::Result::Err(__args.explain(e,&[\"data\",\"b\"]));",
             "let__metabridge_value=__s.get();::metabridge::Reply::ok(__out,&::metabridge::Bin(&__metabridge_value))",
             "let__metabridge_value=__s.view();::metabridge::Reply::ok(__out,&::metabridge::Bin(&__metabridge_value))",
             "::metabridge::Reply::encode_result(__metabridge_value.map(::metabridge::Bin))",
-            "letv:Vec<u16>=<Vec<u16>as::metabridge::__private::Param>::next(__args,\"v\")?;",
+            "letv:Vec<u16>=match<Vec<u16>as::metabridge::__private::Param>::next(__args,\"v\"){",
             "let__metabridge_value=__s.list(v);::metabridge::Reply::ok(__out,&__metabridge_value)",
             "self.client.call::<usize>(\"put\",(::metabridge::Bin(data),::metabridge::Bin(b),))",
             "self.client.call::<::metabridge::Bin<Vec<u8>>>(\"get\",()).map(|b|b.0)",
