@@ -261,3 +261,79 @@ fn invalid_service_names_are_rejected_with_a_typed_error() {
     assert!(Service::<()>::try_new("demo-service").is_ok());
     assert!(Service::<()>::try_new(&"x".repeat(64)).is_ok());
 }
+
+/// The original protocol from Python: positional constructor arguments
+/// share the instance of the typed client's keyword ones, and bytes are
+/// Python `bytes` both ways.
+#[test]
+fn python_clients_share_instances_and_get_bytes() {
+    let python_has_msgpack = std::process::Command::new("python3")
+        .args(["-c", "import msgpack"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        python_has_msgpack,
+        "this test needs python3 with the msgpack package: python3 -m pip install msgpack"
+    );
+    const SCRIPT: &str = r#"
+import socket, struct, sys, msgpack
+host, port = sys.argv[1].rsplit(":", 1)
+token = sys.argv[2]
+def recv(s, n):
+    b = b""
+    while len(b) < n:
+        chunk = s.recv(n - len(b))
+        assert chunk, "connection closed"
+        b += chunk
+    return b
+def call(endpoint, args, ctor_args):
+    s = socket.create_connection((host, int(port)))
+    req = {"type": "call", "endpoint": endpoint, "args": args, "kwargs": {},
+           "ctor_args": ctor_args, "ctor_kwargs": {}, "auth": token}
+    body = msgpack.packb(req, use_bin_type=True)
+    s.sendall(struct.pack(">I", len(body)) + body)
+    n = struct.unpack(">I", recv(s, 4))[0]
+    resp = msgpack.unpackb(recv(s, n), raw=False)
+    s.close()
+    assert resp["status"] == "ok", resp
+    return resp["result"]
+print(call("bump", [], ["py", False]))
+echoed = call("blob_echo", [b"\x00\xffpy"], ["py", False])
+print(type(echoed).__name__, echoed.hex())
+print(call("blob_len", [[1, 2, 3]], ["py", False]))
+"#;
+    let mut env = TestEnv::new("pyvalues");
+    start_values(&mut env, "values", &[]);
+    let entry = metabridge::registry::Registry::open(&env.home)
+        .unwrap()
+        .lookup("values")
+        .unwrap();
+    // The typed client's way first: by keyword.
+    let rust = env
+        .connect("values")
+        .kwarg("prefix", "py")
+        .kwarg("fail", false)
+        .open()
+        .unwrap();
+    assert_eq!(rust.call::<u64>("bump", ()).unwrap(), 1);
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            SCRIPT,
+            &entry.tcp,
+            entry.token.as_deref().unwrap_or(""),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "2\nbytes 00ff7079\n3\n",
+        "Python's positional arguments reached the same instance; bytes came back as bytes"
+    );
+    assert_eq!(rust.call::<u64>("bump", ()).unwrap(), 3);
+}
