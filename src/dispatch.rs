@@ -15,7 +15,7 @@ use lru::LruCache;
 use std::any::Any;
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::hash::Hasher;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::num::NonZeroUsize;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -109,7 +109,8 @@ impl<S> Entry<S> {
 /// Raw constructor bytes → entry (an alias: does not own it).
 type AliasShard<S> = Mutex<LruCache<Box<[u8]>, Weak<Entry<S>>>>;
 /// Canonical constructor arguments → entry (owns it).
-type ValueShard<S> = Mutex<LruCache<Vec<u8>, Arc<Entry<S>>>>;
+/// (A plain map: recency is in the entries' stamps.)
+type ValueShard<S> = Mutex<HashMap<Vec<u8>, Arc<Entry<S>>, BuildHasherDefault<FastHasher>>>;
 
 /// How a constructor failed.
 pub(crate) enum CtorFailure {
@@ -166,7 +167,12 @@ impl<S> InstanceCache<S> {
                 })
                 .collect(),
             values: (0..shards)
-                .map(|_| Mutex::new(LruCache::unbounded()))
+                .map(|_| {
+                    Mutex::new(HashMap::with_capacity_and_hasher(
+                        per.get().min(1024),
+                        BuildHasherDefault::default(),
+                    ))
+                })
                 .collect(),
             per_shard: per.get(),
             clock: AtomicU64::new(0),
@@ -194,7 +200,9 @@ impl<S> InstanceCache<S> {
         }
         let mut h = FastHasher::default();
         h.write(key);
-        &shards[h.finish() as usize % shards.len()]
+        // The high bits: the maps within a shard hash the same keys with
+        // the same hasher and index by the low bits.
+        &shards[(h.finish() >> 48) as usize % shards.len()]
     }
 
     /// The live entry aliased by `raw`, marked used.
@@ -252,24 +260,20 @@ impl<S> InstanceCache<S> {
                 // One in, at most one out: the shard never exceeds its size.
                 if guard.len() >= self.per_shard {
                     let stamp = |e: &Arc<Entry<S>>| e.stamp.load(Ordering::Relaxed);
-                    let oldest = guard.iter().map(|(_, e)| stamp(e)).min();
-                    // Usually the shard's own LRU end (no key to copy).
-                    let old = if guard.peek_lru().map(|(_, e)| stamp(e)) == oldest {
-                        guard.pop_lru().map(|(_, e)| e)
-                    } else {
-                        let key = guard
-                            .iter()
-                            .find(|(_, e)| Some(stamp(e)) == oldest)
-                            .map(|(k, _)| k.clone());
-                        key.and_then(|k| guard.pop(&k))
-                    };
-                    if let Some(old) = old {
-                        old.live.store(false, Ordering::Release);
-                        evicted = Some(old);
-                    }
+                    let oldest = guard.values().map(stamp).min();
+                    // Stamps are unique outside of alias-only ties: remove
+                    // the first entry with the oldest one (no key to copy).
+                    guard.retain(|_, e| {
+                        if evicted.is_none() && Some(stamp(e)) == oldest {
+                            e.live.store(false, Ordering::Release);
+                            evicted = Some(e.clone());
+                            return false;
+                        }
+                        true
+                    });
                 }
                 self.mark_used(&made);
-                guard.put(key, made.clone());
+                guard.insert(key, made.clone());
                 made
             }
         };
