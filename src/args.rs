@@ -35,6 +35,7 @@ pub struct Args<'a> {
 
 impl<'a> Args<'a> {
     /// Wraps a raw array of positional and a raw map of keyword arguments.
+    #[inline]
     pub fn new(endpoint: &'a str, args: &'a [u8], kwargs: &'a [u8]) -> Result<Args<'a>, CallError> {
         let (given, positional) = array_header(args)
             .ok_or_else(|| CallError::new("ProtocolError", "args must be an array"))?;
@@ -73,6 +74,54 @@ impl<'a> Args<'a> {
         self.positional = &[];
         self.kwargs_used = self.kwargs_count;
         taken
+    }
+
+    /// The error to report for `error`, an error of [`next`](Args::next),
+    /// given the names of all the parameters: a keyword argument that
+    /// names none of them (or one given twice) is reported first, by its
+    /// name (`got an unexpected keyword argument 'nmae'`), as Python does,
+    /// rather than the parameter it failed to fill. Generated code calls it
+    /// on the error path only, so binding costs nothing more.
+    ///
+    /// ```
+    /// use metabridge::{Args, CallArgs};
+    /// let a = CallArgs::new().kwarg("nmae", "x").unwrap();
+    /// let (args, kwargs) = (a.encoded_args(), a.encoded_kwargs());
+    /// let mut bound = Args::new("greet", &args, &kwargs).unwrap();
+    /// let e = bound.next::<String>("name").unwrap_err();
+    /// let e = bound.explain(e, &["name"]);
+    /// assert_eq!(e.message, "greet() got an unexpected keyword argument 'nmae'");
+    /// ```
+    pub fn explain(&self, error: CallError, params: &[&str]) -> CallError {
+        if self.kwargs_count == 0 {
+            return error;
+        }
+        self.stray_kwarg(params).unwrap_or(error)
+    }
+
+    /// The first keyword argument that names no parameter in `params`, if
+    /// any (and the first repeated one otherwise).
+    fn stray_kwarg(&self, params: &[&str]) -> Option<CallError> {
+        let mut rest = self.kwargs;
+        let mut seen: Vec<&str> = Vec::new();
+        for _ in 0..self.kwargs_count {
+            let (key, after) = read_str(rest)?;
+            if !params.contains(&key) {
+                return Some(CallError::type_error(format!(
+                    "{}() got an unexpected keyword argument '{key}'",
+                    self.endpoint
+                )));
+            }
+            if seen.contains(&key) {
+                return Some(CallError::type_error(format!(
+                    "{}() got multiple values for keyword argument '{key}'",
+                    self.endpoint
+                )));
+            }
+            seen.push(key);
+            rest = split_value(after).ok()?.1;
+        }
+        None
     }
 
     fn find_kwarg(&self, name: &str) -> Result<Option<&'a [u8]>, CallError> {
@@ -122,13 +171,27 @@ impl<'a> Args<'a> {
                 self.endpoint
             )));
         };
-        rmp_serde::from_slice(raw).map_err(|e| {
-            CallError::type_error(format!(
-                "{}(): argument '{param}' is not a valid {}: {e}",
-                self.endpoint,
-                std::any::type_name::<T>()
-            ))
-        })
+        rmp_serde::from_slice(raw).map_err(|e| self.invalid::<T>(param, e))
+    }
+
+    /// Binds the next parameter, named `param`, as bytes: a MessagePack
+    /// bin (what Python's `bytes` and [`Bin`] encode to) or, from older
+    /// clients, an array of integers 0-255.
+    pub fn next_bytes<T: From<Vec<u8>>>(&mut self, param: &str) -> Result<T, CallError> {
+        self.next::<Bin<Vec<u8>>>(param)
+            .map(|b| T::from(b.0))
+            .map_err(|mut e| {
+                e.message = e.message.replace("Bin<Vec<u8>>", "bytes");
+                e
+            })
+    }
+
+    fn invalid<T>(&self, param: &str, e: impl std::fmt::Display) -> CallError {
+        CallError::type_error(format!(
+            "{}(): argument '{param}' is not a valid {}: {e}",
+            self.endpoint,
+            user_type_name::<T>()
+        ))
     }
 
     /// Checks that no argument was left over. `params` are the names of
@@ -157,12 +220,103 @@ impl<'a> Args<'a> {
                 }
                 rest = split_value(after).map(|(_, r)| r).unwrap_or(&[]);
             }
+            if let Some(stray) = self.stray_kwarg(params) {
+                return Err(stray);
+            }
             return Err(CallError::type_error(format!(
                 "{}(): unexpected keyword arguments",
                 self.endpoint
             )));
         }
         Ok(())
+    }
+}
+
+/// A type's name as its user writes it: every path shortened to its last
+/// segment (`alloc::vec::Vec<alloc::string::String>` → `Vec<String>`).
+pub(crate) fn user_type_name<T: ?Sized>() -> String {
+    shorten_type_name(std::any::type_name::<T>())
+}
+
+fn shorten_type_name(full: &str) -> String {
+    let mut out = String::with_capacity(full.len());
+    let mut segment = String::new();
+    let mut chars = full.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ':' && chars.peek() == Some(&':') {
+            chars.next();
+            segment.clear(); // a module path: keep only what follows
+        } else if c.is_alphanumeric() || c == '_' {
+            segment.push(c);
+        } else {
+            out.push_str(&segment);
+            segment.clear();
+            out.push(c);
+        }
+    }
+    out.push_str(&segment);
+    out
+}
+
+/// Bytes as MessagePack bin, the encoding of Python's `bytes`: wraps any
+/// `T: AsRef<[u8]>` to serialize it as bin (not as an array of integers,
+/// serde's default for `Vec<u8>`), and deserializes into any
+/// `T: From<Vec<u8>>` from a bin, a str's bytes, or an array of integers.
+///
+/// `#[metabridge::service]` wraps parameters and results of type
+/// `Vec<u8>`, `&[u8]` and `Bytes` in it by itself, on both sides; use it
+/// with the dynamic client:
+///
+/// ```
+/// use metabridge::Bin;
+/// let encoded = metabridge::to_msgpack(&Bin(vec![1u8, 2, 3])).unwrap();
+/// assert_eq!(encoded, [0xc4, 3, 1, 2, 3]); // bin 8, length 3
+/// let back: Bin<Vec<u8>> = rmp_serde::from_slice(&encoded).unwrap();
+/// assert_eq!(back.0, [1, 2, 3]);
+/// let old: Bin<Vec<u8>> = rmp_serde::from_slice(&[0x93, 1, 2, 3]).unwrap();
+/// assert_eq!(old.0, [1, 2, 3]);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Bin<T>(pub T);
+
+impl<T: AsRef<[u8]>> Serialize for Bin<T> {
+    fn serialize<Z: serde::Serializer>(&self, s: Z) -> std::result::Result<Z::Ok, Z::Error> {
+        s.serialize_bytes(self.0.as_ref())
+    }
+}
+
+impl<'de, T: From<Vec<u8>>> serde::Deserialize<'de> for Bin<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes (a bin, or an array of integers 0-255)")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> std::result::Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(
+                self,
+                v: Vec<u8>,
+            ) -> std::result::Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Vec<u8>, E> {
+                Ok(v.as_bytes().to_vec())
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Vec<u8>, A::Error> {
+                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+                while let Some(b) = seq.next_element::<u8>()? {
+                    v.push(b);
+                }
+                Ok(v)
+            }
+        }
+        d.deserialize_byte_buf(Visitor).map(|v| Bin(T::from(v)))
     }
 }
 
@@ -347,6 +501,70 @@ mod tests {
             .unwrap_err()
             .message
             .contains("multiple values"));
+    }
+
+    #[test]
+    fn a_misspelt_keyword_is_named_before_the_parameter_it_missed() {
+        let (a, k) = bind(
+            &CallArgs::new()
+                .kwarg("a", 1)
+                .unwrap()
+                .kwarg("bb", 2)
+                .unwrap(),
+        );
+        let mut args = Args::new("f", &a, &k).unwrap();
+        assert_eq!(args.next::<i64>("a").unwrap(), 1);
+        let e = args.next::<i64>("b").unwrap_err();
+        assert!(e.message.contains("missing"), "{e}");
+        let e = args.explain(e, &["a", "b"]);
+        assert_eq!(e.message, "f() got an unexpected keyword argument 'bb'");
+        // Nothing stray: the error stays.
+        let (a, k) = bind(&CallArgs::new().kwarg("a", 1).unwrap());
+        let mut args = Args::new("f", &a, &k).unwrap();
+        args.next::<i64>("a").unwrap();
+        let e = args.next::<i64>("b").unwrap_err();
+        assert_eq!(
+            args.explain(e, &["a", "b"]).message,
+            "f() missing required argument 'b'"
+        );
+        // A keyword given twice.
+        let (a, k) = bind(
+            &CallArgs::new()
+                .kwarg("a", 1)
+                .unwrap()
+                .kwarg("a", 2)
+                .unwrap(),
+        );
+        let mut args = Args::new("f", &a, &k).unwrap();
+        args.next::<i64>("a").unwrap();
+        assert_eq!(
+            args.finish(&["a"]).unwrap_err().message,
+            "f() got multiple values for keyword argument 'a'"
+        );
+    }
+
+    #[test]
+    fn type_names_are_written_as_users_write_them() {
+        assert_eq!(user_type_name::<String>(), "String");
+        assert_eq!(
+            user_type_name::<std::collections::HashMap<String, Vec<Option<u8>>>>(),
+            "HashMap<String, Vec<Option<u8>>>"
+        );
+        assert_eq!(
+            user_type_name::<(i64, &str, [u16; 2])>(),
+            "(i64, &str, [u16; 2])"
+        );
+        let (a, k) = bind(&CallArgs::new().arg(1).unwrap());
+        let e = Args::new("f", &a, &k)
+            .unwrap()
+            .next::<Vec<String>>("v")
+            .unwrap_err();
+        assert!(e.message.contains("not a valid Vec<String>"), "{e}");
+        let e = Args::new("f", &a, &k)
+            .unwrap()
+            .next_bytes::<Vec<u8>>("v")
+            .unwrap_err();
+        assert!(e.message.contains("not a valid bytes"), "{e}");
     }
 
     #[test]

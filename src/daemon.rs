@@ -89,6 +89,9 @@ const REACHED: u8 = 2;
 /// metabridge::serve(service).unwrap();
 /// ```
 pub fn serve<S: Send + Sync + 'static>(service: Service<S>) -> Result<()> {
+    // The name becomes a file name and a registry key: refuse a bad one
+    // before anything starts.
+    service.validate_name()?;
     if tokio::runtime::Handle::try_current().is_err() {
         return serve_with(service, |_| {});
     }
@@ -150,6 +153,7 @@ pub fn serve<S: Send + Sync + 'static>(service: Service<S>) -> Result<()> {
 /// # Ok::<(), metabridge::Error>(())
 /// ```
 pub fn run<S: Send + Sync + 'static>(service: Service<S>) -> Result<DaemonHandle> {
+    service.validate_name()?;
     if let Ok(target) = std::env::var(DAEMON_ENV) {
         if target == service.name {
             serve_as_reexecuted_child(service);

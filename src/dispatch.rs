@@ -1,9 +1,11 @@
 //! The dispatcher: from request bytes to response bytes.
 //!
 //! The endpoint table is built once and only read afterwards, so lookups
-//! take no lock. Service instances live in a sharded LRU keyed by the raw
-//! bytes of the constructor arguments: a hit hashes and compares bytes and
-//! decodes nothing.
+//! take no lock. Service instances live in a sharded LRU keyed by the
+//! constructor arguments bound to the constructor's parameters, reached
+//! first through aliases keyed by the raw bytes of the constructor
+//! sections: a hit hashes and compares bytes and decodes nothing (see
+//! [`InstanceCache`]).
 
 use crate::args::Args;
 use crate::envelope::{self, RequestKind};
@@ -13,11 +15,11 @@ use lru::LruCache;
 use std::any::Any;
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::hash::Hasher;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::num::NonZeroUsize;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 /// What handling a request produced.
 pub(crate) enum Outcome {
@@ -79,12 +81,75 @@ pub(crate) fn panic_message(p: &(dyn Any + Send)) -> String {
     }
 }
 
-/// One shard: raw constructor bytes to instance.
-type Shard<S> = Mutex<LruCache<Box<[u8]>, Arc<S>>>;
+/// The endpoint name a typed client's `connect` calls to have its instance
+/// built at once (a failing constructor then fails `connect`); a service's
+/// own endpoint of that name wins.
+pub(crate) const CONSTRUCT_ENDPOINT: &str = "__init__";
 
-/// Instances per distinct constructor arguments, in LRU shards.
+/// One cached instance, or the panic its constructor raised.
+pub(crate) struct Entry<S> {
+    value: Result<Arc<S>, CallError>,
+    /// False once evicted: an alias still pointing here is stale.
+    live: AtomicBool,
+    /// When it was last used, on the cache's clock (see
+    /// `InstanceCache::clock`): eviction takes the least recently used.
+    stamp: AtomicU64,
+}
+
+impl<S> Entry<S> {
+    fn new(value: Result<Arc<S>, CallError>) -> Entry<S> {
+        Entry {
+            value,
+            live: AtomicBool::new(true),
+            stamp: AtomicU64::new(0),
+        }
+    }
+
+    fn value(&self) -> Result<Arc<S>, CallError> {
+        self.value.clone()
+    }
+}
+
+/// Raw constructor bytes → entry (an alias: does not own it).
+type AliasShard<S> = Mutex<LruCache<Box<[u8]>, Weak<Entry<S>>>>;
+/// Canonical constructor arguments → entry (owns it).
+/// (A plain map: recency is in the entries' stamps.)
+type ValueShard<S> = Mutex<HashMap<Vec<u8>, Arc<Entry<S>>, BuildHasherDefault<FastHasher>>>;
+
+/// How a constructor failed.
+pub(crate) enum CtorFailure {
+    /// A panic: remembered for these arguments (the constructor is not run
+    /// again for them until the failure is evicted).
+    Panic(CallError),
+    /// An error it returned (or a binding error): not remembered, so the
+    /// next call tries again.
+    Error(CallError),
+}
+
+/// Instances, one per distinct constructor arguments, in two levels:
+///
+/// 1. by the raw bytes of the request's constructor sections, an alias
+///    LRU: a hit hashes and compares bytes and decodes nothing;
+/// 2. on a miss, by the arguments *bound to the constructor's parameters*
+///    and canonically re-encoded (see [`canonical_ctor_key`]), the LRU that
+///    owns the instances; a hit there adds an alias.
+///
+/// So one value has one instance however it is encoded (positionally by
+/// Python, by keyword by the typed client), and the capacity counts
+/// instances, not encodings. Recency: each use stamps the entry with a
+/// clock, and a full shard evicts its entry with the oldest stamp. The
+/// clock advances by 2 at each use through the second level (rare: a new
+/// encoding or instance); an alias hit only reads it and stamps "now + 1",
+/// so the hot path takes no second lock and writes no shared counter. This
+/// is LRU per shard, except that entries used only through aliases since
+/// the last second-level use tie (any of them may go first).
 pub(crate) struct InstanceCache<S> {
-    shards: Box<[Shard<S>]>,
+    aliases: Box<[AliasShard<S>]>,
+    values: Box<[ValueShard<S>]>,
+    /// Most entries a value shard holds.
+    per_shard: usize,
+    /// Advances by 2 at each use through the second level (see above).
+    clock: AtomicU64,
     /// Bumped whenever an instance is evicted: a holder of an instance
     /// looked up at epoch E knows it is still cached while the epoch is E.
     epoch: AtomicU64,
@@ -97,43 +162,132 @@ impl<S> InstanceCache<S> {
         let shards = (capacity / 8).clamp(1, 16);
         let per = NonZeroUsize::new(capacity.div_ceil(shards)).unwrap_or(NonZeroUsize::MIN);
         InstanceCache {
-            shards: (0..shards)
-                .map(|_| Mutex::new(LruCache::new(per)))
+            // Room for two encodings of each instance (keyword and positional).
+            aliases: (0..shards)
+                .map(|_| {
+                    Mutex::new(LruCache::new(
+                        per.saturating_mul(NonZeroUsize::MIN.saturating_add(1)), // 2 x per
+                    ))
+                })
                 .collect(),
+            values: (0..shards)
+                .map(|_| {
+                    Mutex::new(HashMap::with_capacity_and_hasher(
+                        per.get().min(1024),
+                        BuildHasherDefault::default(),
+                    ))
+                })
+                .collect(),
+            per_shard: per.get(),
+            clock: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
         }
     }
 
-    fn shard(&self, key: &[u8]) -> &Shard<S> {
-        if self.shards.len() == 1 {
-            return &self.shards[0];
+    /// Stamps a use through the second level: a tick of its own.
+    fn mark_used(&self, entry: &Entry<S>) {
+        let now = self.clock.fetch_add(2, Ordering::Relaxed) + 2;
+        entry.stamp.store(now, Ordering::Relaxed);
+    }
+
+    /// Stamps a use through an alias: after every second-level use so far.
+    fn mark_alias_used(&self, entry: &Entry<S>) {
+        let now = self.clock.load(Ordering::Relaxed) + 1;
+        if entry.stamp.load(Ordering::Relaxed) != now {
+            entry.stamp.store(now, Ordering::Relaxed);
+        }
+    }
+
+    fn shard<'a, T>(shards: &'a [T], key: &[u8]) -> &'a T {
+        if shards.len() == 1 {
+            return &shards[0];
         }
         let mut h = FastHasher::default();
         h.write(key);
-        &self.shards[h.finish() as usize % self.shards.len()]
+        // The high bits: the maps within a shard hash the same keys with
+        // the same hasher and index by the low bits.
+        &shards[(h.finish() >> 48) as usize % shards.len()]
     }
 
-    /// The instance for `key`, built by `create` on a miss. The lock is
-    /// not held while constructing.
+    /// The live entry aliased by `raw`, marked used.
+    fn alias(&self, raw: &[u8]) -> Option<Arc<Entry<S>>> {
+        let mut shard = lock(Self::shard(&self.aliases, raw));
+        let entry = shard.get(raw)?.upgrade();
+        match entry {
+            Some(e) if e.live.load(Ordering::Acquire) => {
+                self.mark_alias_used(&e);
+                Some(e)
+            }
+            _ => {
+                shard.pop(raw);
+                None
+            }
+        }
+    }
+
+    fn add_alias(&self, raw: &[u8], entry: &Arc<Entry<S>>) {
+        lock(Self::shard(&self.aliases, raw)).put(raw.into(), Arc::downgrade(entry));
+    }
+
+    /// The instance for the constructor arguments whose raw bytes are
+    /// `raw`: an alias hit, else the entry of `canonical()` (a key of
+    /// the bound arguments), else one built by `create`. No lock is held
+    /// while canonicalising or constructing.
     pub(crate) fn get_or_create(
         &self,
-        key: &[u8],
-        create: impl FnOnce() -> Result<S, CallError>,
+        raw: &[u8],
+        canonical: impl FnOnce() -> Vec<u8>,
+        create: impl FnOnce() -> Result<S, CtorFailure>,
     ) -> Result<Arc<S>, CallError> {
-        let shard = self.shard(key);
-        if let Some(s) = lock(shard).get(key) {
-            return Ok(s.clone());
+        if let Some(e) = self.alias(raw) {
+            return e.value();
         }
-        let made = Arc::new(create()?);
-        let mut guard = lock(shard);
-        if let Some(s) = guard.get(key) {
-            return Ok(s.clone()); // another thread built it meanwhile
+        let key = canonical();
+        let shard = Self::shard(&self.values, &key);
+        let found = lock(shard).get(key.as_slice()).cloned();
+        if let Some(e) = found {
+            self.mark_used(&e);
+            self.add_alias(raw, &e);
+            return e.value();
         }
-        if guard.push(key.into(), made.clone()).is_some() {
+        let made = match create() {
+            Ok(s) => Arc::new(Entry::new(Ok(Arc::new(s)))),
+            Err(CtorFailure::Error(e)) => return Err(e),
+            Err(CtorFailure::Panic(e)) => Arc::new(Entry::new(Err(e))),
+        };
+        let mut evicted = None;
+        let entry = {
+            let mut guard = lock(shard);
+            if let Some(e) = guard.get(key.as_slice()) {
+                e.clone() // another thread built it meanwhile
+            } else {
+                // One in, at most one out: the shard never exceeds its size.
+                if guard.len() >= self.per_shard {
+                    let stamp = |e: &Arc<Entry<S>>| e.stamp.load(Ordering::Relaxed);
+                    let oldest = guard.values().map(stamp).min();
+                    // Stamps are unique outside of alias-only ties: remove
+                    // the first entry with the oldest one (no key to copy).
+                    guard.retain(|_, e| {
+                        if evicted.is_none() && Some(stamp(e)) == oldest {
+                            e.live.store(false, Ordering::Release);
+                            evicted = Some(e.clone());
+                            return false;
+                        }
+                        true
+                    });
+                }
+                self.mark_used(&made);
+                guard.insert(key, made.clone());
+                made
+            }
+        };
+        if evicted.is_some() {
             // Release: a holder that sees the new epoch drops its instance.
             self.epoch.fetch_add(1, Ordering::Release);
         }
-        Ok(made)
+        drop(evicted); // instances dropped outside the lock
+        self.add_alias(raw, &entry);
+        entry.value()
     }
 
     /// The eviction epoch (see the field).
@@ -141,11 +295,163 @@ impl<S> InstanceCache<S> {
         self.epoch.load(Ordering::Acquire)
     }
 
-    /// Marks `key` as recently used, for a holder that calls its instance
-    /// without looking it up each time.
-    pub(crate) fn touch(&self, key: &[u8]) {
-        let _ = lock(self.shard(key)).get(key);
+    /// Marks the instance aliased by `raw` as recently used, for a holder
+    /// that calls its instance without looking it up each time.
+    pub(crate) fn touch(&self, raw: &[u8]) {
+        let _ = self.alias(raw);
     }
+}
+
+/// The key of the second level of the [`InstanceCache`]: the constructor
+/// arguments bound to `params` (positional first, then by name) and
+/// re-encoded canonically (integers and headers in their shortest form,
+/// map entries sorted), as a MessagePack array in parameter order; so
+/// `("a", 1)`, `(prefix="a", scale=1)` and `("a", scale=1)` are one key.
+/// Without parameter names, the positional array and the keyword map
+/// (sorted). Arguments that do not bind (missing, unknown, too many, not
+/// MessagePack) give a key of their raw bytes: the constructor will reject
+/// them anyway.
+pub(crate) fn canonical_ctor_key(params: Option<&[String]>, args: &[u8], kwargs: &[u8]) -> Vec<u8> {
+    bound_key(params, args, kwargs).unwrap_or_else(|| {
+        let mut raw = vec![0xc1]; // never the first byte of a bound key
+        raw.extend_from_slice(args);
+        raw.extend_from_slice(kwargs);
+        raw
+    })
+}
+
+fn bound_key(params: Option<&[String]>, args: &[u8], kwargs: &[u8]) -> Option<Vec<u8>> {
+    use crate::msgpack::{array_header, map_header, read_str, split_value};
+    let whole = |b: &[u8]| crate::msgpack::value_len(b).ok() == Some(b.len());
+    if !whole(args) || !whole(kwargs) {
+        return None;
+    }
+    let (n_args, mut positional) = array_header(args)?;
+    let (n_kwargs, mut named) = map_header(kwargs)?;
+    let mut out = Vec::with_capacity(args.len() + kwargs.len());
+    match params {
+        Some(params) => {
+            if n_args as usize > params.len() {
+                return None;
+            }
+            let mut bound: Vec<Option<&[u8]>> = vec![None; params.len()];
+            for slot in bound.iter_mut().take(n_args as usize) {
+                let (value, rest) = split_value(positional).ok()?;
+                *slot = Some(value);
+                positional = rest;
+            }
+            for _ in 0..n_kwargs {
+                let (key, rest) = read_str(named)?;
+                let (value, rest) = split_value(rest).ok()?;
+                named = rest;
+                let i = params.iter().position(|p| p == key)?;
+                if bound[i].replace(value).is_some() {
+                    return None; // given twice
+                }
+            }
+            let _ = rmp::encode::write_array_len(&mut out, params.len() as u32);
+            for value in bound {
+                canonical_value(&mut value?, &mut out, 0)?;
+            }
+        }
+        None => {
+            let _ = rmp::encode::write_array_len(&mut out, 2);
+            canonical_value(&mut &args[..], &mut out, 0)?;
+            canonical_value(&mut &kwargs[..], &mut out, 0)?;
+        }
+    }
+    Some(out)
+}
+
+/// Deepest nesting canonicalised (deeper values do not bind: raw key).
+const MAX_DEPTH: u32 = 64;
+
+/// Re-encodes the MessagePack value at the start of `input` canonically
+/// into `out`, advancing `input`: integers, strings, binaries, arrays and
+/// maps with the shortest headers (non-negative integers as unsigned),
+/// map entries sorted by their canonical keys; floats and extensions as
+/// they are. `None` for bytes that are not MessagePack.
+fn canonical_value(input: &mut &[u8], out: &mut Vec<u8>, depth: u32) -> Option<()> {
+    use rmp::encode as enc;
+    use rmp::Marker as M;
+    if depth > MAX_DEPTH {
+        return None;
+    }
+    let raw = crate::msgpack::split_value(input).ok()?.0;
+    let whole = raw;
+    let mut rd = &raw[1..];
+    let take = |rd: &mut &[u8], n: usize| -> Option<u64> {
+        let (head, rest) = (rd.get(..n)?, rd.get(n..)?);
+        *rd = rest;
+        Some(head.iter().fold(0u64, |acc, &b| acc << 8 | b as u64))
+    };
+    let bytes = |rd: &mut &[u8], n: u64| -> Option<Vec<u8>> {
+        let n = usize::try_from(n).ok()?;
+        let (head, rest) = (rd.get(..n)?, rd.get(n..)?);
+        *rd = rest;
+        Some(head.to_vec())
+    };
+    match M::from_u8(raw[0]) {
+        M::FixPos(_) | M::FixNeg(_) | M::Null | M::True | M::False => out.push(raw[0]),
+        M::U8 | M::U16 | M::U32 | M::U64 => {
+            let width = 1 << (raw[0] - 0xcc);
+            let _ = enc::write_uint(out, take(&mut rd, width)?);
+        }
+        M::I8 | M::I16 | M::I32 | M::I64 => {
+            let width = 1usize << (raw[0] - 0xd0);
+            let bits = take(&mut rd, width)?;
+            let shift = 64 - 8 * width as u32;
+            let v = ((bits << shift) as i64) >> shift; // sign-extend
+            if v >= 0 {
+                let _ = enc::write_uint(out, v as u64);
+            } else {
+                let _ = enc::write_sint(out, v);
+            }
+        }
+        M::FixStr(n) => {
+            let _ = enc::write_str_len(out, n as u32);
+            out.extend_from_slice(&bytes(&mut rd, n as u64)?);
+        }
+        M::Str8 | M::Str16 | M::Str32 | M::Bin8 | M::Bin16 | M::Bin32 => {
+            let is_str = raw[0] <= 0xdb && raw[0] >= 0xd9;
+            let width = 1 << ((raw[0] - if is_str { 0xd9 } else { 0xc4 }) as usize);
+            let len = take(&mut rd, width)?;
+            let len32 = u32::try_from(len).ok()?;
+            let _ = if is_str {
+                enc::write_str_len(out, len32).map(drop)
+            } else {
+                enc::write_bin_len(out, len32).map(drop)
+            };
+            out.extend_from_slice(&bytes(&mut rd, len)?);
+        }
+        M::FixArray(_) | M::Array16 | M::Array32 => {
+            let (len, mut items) = crate::msgpack::array_header(raw)?;
+            let _ = enc::write_array_len(out, len);
+            for _ in 0..len {
+                canonical_value(&mut items, out, depth + 1)?;
+            }
+        }
+        M::FixMap(_) | M::Map16 | M::Map32 => {
+            let (len, mut items) = crate::msgpack::map_header(raw)?;
+            let mut entries = Vec::with_capacity(len.min(1024) as usize);
+            for _ in 0..len {
+                let (mut k, mut v) = (Vec::new(), Vec::new());
+                canonical_value(&mut items, &mut k, depth + 1)?;
+                canonical_value(&mut items, &mut v, depth + 1)?;
+                entries.push((k, v));
+            }
+            entries.sort();
+            let _ = enc::write_map_len(out, len);
+            for (k, v) in entries {
+                out.extend_from_slice(&k);
+                out.extend_from_slice(&v);
+            }
+        }
+        // Floats and extensions: as they are.
+        _ => out.extend_from_slice(whole),
+    }
+    *input = &input[raw.len()..];
+    Some(())
 }
 
 /// A poisoned shard only means a panic elsewhere; the LRU is still whole.
@@ -207,6 +513,8 @@ pub(crate) struct Dispatcher<S> {
     endpoints: FastMap<Endpoint<S>>,
     names: Vec<String>,
     ctor: Option<Arc<CtorFn<S>>>,
+    ctor_params: Option<Arc<[String]>>,
+    service_name: String,
     instances: InstanceCache<S>,
     token: Option<String>,
 }
@@ -219,23 +527,29 @@ impl<S: Send + Sync + 'static> Dispatcher<S> {
             instances: InstanceCache::new(service.config.cache_capacity),
             token: service.config.token.clone(),
             ctor: service.ctor,
+            ctor_params: service.ctor_params,
+            service_name: service.name,
             endpoints: service.endpoints.into_iter().collect(),
         }
     }
 
     fn instance(&self, buf: &[u8], req: &envelope::Request<'_>) -> Result<Arc<S>, CallError> {
         let key = ctor_key(buf, req.ctor_args, req.ctor_kwargs);
-        self.instances.get_or_create(&key, || {
-            let ctor = self
-                .ctor
-                .as_ref()
-                .ok_or_else(|| CallError::type_error("the service has no constructor"))?;
-            let mut args = Args::new("__init__", req.ctor_args, req.ctor_kwargs)?;
-            match catch_unwind(AssertUnwindSafe(|| ctor(&mut args))) {
-                Ok(r) => r,
-                Err(p) => Err(CallError::new("Panic", panic_message(&*p))),
-            }
-        })
+        self.instances.get_or_create(
+            &key,
+            || canonical_ctor_key(self.ctor_params.as_deref(), req.ctor_args, req.ctor_kwargs),
+            || {
+                let ctor = self.ctor.as_ref().ok_or_else(|| {
+                    CtorFailure::Error(CallError::type_error(format!(
+                        "service '{}' has no constructor",
+                        self.service_name
+                    )))
+                })?;
+                let mut args = Args::new("__init__", req.ctor_args, req.ctor_kwargs)
+                    .map_err(CtorFailure::Error)?;
+                construct(&**ctor, &mut args, &self.service_name)
+            },
+        )
     }
 
     /// The fast path: the request has the shape of the connection's last
@@ -287,6 +601,18 @@ impl<S: Send + Sync + 'static> Dispatcher<S> {
         if let Some(done) = self.call_cached(request, out, cache) {
             return done;
         }
+        self.call_full(request, out, cache)
+    }
+
+    /// The full path: decode, token, endpoint table, instance cache. Kept
+    /// out of line so that the fast path above stays small.
+    #[inline(never)]
+    fn call_full(
+        &self,
+        request: &[u8],
+        out: &mut Vec<u8>,
+        cache: &mut CallCache,
+    ) -> Result<Outcome, CallError> {
         let req =
             envelope::decode_request(request).map_err(|e| CallError::new("ProtocolError", e.0))?;
         if let Some(token) = &self.token {
@@ -301,15 +627,40 @@ impl<S: Send + Sync + 'static> Dispatcher<S> {
             envelope::encode_ok(out, &self.names)?;
             return Ok(Outcome::Done);
         }
-        let endpoint = self.endpoints.get(req.endpoint).ok_or_else(|| {
-            CallError::new("NotFound", format!("Endpoint '{}' not found", req.endpoint))
-        })?;
+        let Some(endpoint) = self.endpoints.get(req.endpoint) else {
+            if req.endpoint == CONSTRUCT_ENDPOINT {
+                self.instance(request, &req)?;
+                envelope::encode_ok(out, &())?;
+                return Ok(Outcome::Done);
+            }
+            return Err(CallError::new(
+                "NotFound",
+                format!("Endpoint '{}' not found", req.endpoint),
+            ));
+        };
         let epoch = self.instances.epoch();
         let instance = self.instance(request, &req)?;
         cache.0 = shape_of(request, &req, endpoint, &instance, epoch)
             .map(|s| Box::new(s) as Box<dyn Any + Send>);
         let mut args = Args::new(req.endpoint, req.args, req.kwargs)?;
         run_endpoint(endpoint, &instance, &mut args, out)
+    }
+}
+
+/// Runs a constructor, turning a panic into a remembered failure.
+fn construct<S>(ctor: &CtorFn<S>, args: &mut Args<'_>, service: &str) -> Result<S, CtorFailure> {
+    match catch_unwind(AssertUnwindSafe(|| ctor(args))) {
+        Ok(r) => r.map_err(CtorFailure::Error),
+        Err(p) => Err(CtorFailure::Panic(CallError::new(
+            "Panic",
+            format!(
+                "the constructor of service '{service}' panicked for these constructor \
+                 arguments: {}; it is not run again for them (every call with them \
+                 gets this error) until the service restarts or the failure leaves the \
+                 instance cache",
+                panic_message(&*p)
+            ),
+        ))),
     }
 }
 
@@ -453,10 +804,14 @@ mod tests {
         let mut made = 0;
         let mut get = |k: &[u8]| {
             *cache
-                .get_or_create(k, || {
-                    made += 1;
-                    Ok(made)
-                })
+                .get_or_create(
+                    k,
+                    || k.to_vec(),
+                    || {
+                        made += 1;
+                        Ok(made)
+                    },
+                )
                 .unwrap()
         };
         assert_eq!(get(b"a"), 1);
@@ -587,6 +942,106 @@ mod tests {
         assert!(
             matches!(call(&d, &mut cache, 1, 3, None), Err(crate::Error::Remote { kind, .. }) if kind == "Unauthorized")
         );
+    }
+
+    /// A request for `add(x)` with raw constructor sections.
+    fn raw_call(d: &Dispatcher<(u64, i64)>, ctor_args: &[u8], ctor_kwargs: &[u8]) -> (u64, i64) {
+        let mut req = Vec::new();
+        let ctor = envelope::encode_ctor(ctor_args, ctor_kwargs);
+        envelope::encode_call(&mut req, "add", &[0x91, 0], &[0x80], &ctor, None);
+        let mut out = Vec::new();
+        d.begin(&req, &mut out);
+        envelope::decode_result(&out).unwrap()
+    }
+
+    #[test]
+    fn one_instance_per_bound_value_whatever_the_encoding() {
+        let service = |params: Option<&[&str]>| {
+            let d = counting(8, None);
+            Dispatcher {
+                ctor_params: params.map(|p| p.iter().map(|s| s.to_string()).collect()),
+                ..d
+            }
+        };
+        let d = service(Some(&["base"]));
+        let by_name = raw_call(&d, &[0x90], &[0x81, 0xa4, b'b', b'a', b's', b'e', 7]);
+        // Positionally, and with 7 as an int64 and a str8 key.
+        let positional = raw_call(&d, &[0x91, 7], &[0x80]);
+        let wide = raw_call(&d, &[0x91, 0xd3, 0, 0, 0, 0, 0, 0, 0, 7], &[0x80]);
+        let str8 = raw_call(&d, &[0x90], &[0x81, 0xd9, 4, b'b', b'a', b's', b'e', 7]);
+        assert_eq!(by_name.1, 7);
+        assert_eq!(positional, by_name);
+        assert_eq!(wide, by_name);
+        assert_eq!(str8, by_name);
+        assert_ne!(raw_call(&d, &[0x91, 8], &[0x80]).0, by_name.0);
+        // Without parameter names: keyword order and widths still agree.
+        assert_eq!(
+            canonical_ctor_key(None, &[0x90], &[0x82, 0xa1, b'a', 1, 0xa1, b'b', 2]),
+            canonical_ctor_key(None, &[0x90], &[0x82, 0xa1, b'b', 2, 0xa1, b'a', 0xcc, 1])
+        );
+        // Arguments that do not bind keep a key of their own bytes.
+        let p = ["base".to_string()];
+        assert_eq!(
+            canonical_ctor_key(Some(&p), &[0x92, 1, 2], &[0x80])[0],
+            0xc1
+        );
+        assert_eq!(
+            canonical_ctor_key(
+                Some(&p),
+                &[0x91, 1],
+                &[0x81, 0xa4, b'b', b'a', b's', b'e', 1]
+            )[0],
+            0xc1
+        );
+    }
+
+    #[test]
+    fn canonical_values_use_the_shortest_headers_and_sorted_maps() {
+        let canon = |b: &[u8]| {
+            let mut out = Vec::new();
+            let mut input = b;
+            canonical_value(&mut input, &mut out, 0).map(|()| (out, input.len()))
+        };
+        let same = |a: &[u8], b: &[u8]| assert_eq!(canon(a), canon(b), "{a:x?} vs {b:x?}");
+        same(&[0xd1, 0xff, 0xff], &[0xff]); // -1 as int16
+        same(&[0xd3, 0, 0, 0, 0, 0, 0, 1, 0], &[0xcd, 1, 0]); // 256 as int64
+        same(&[0xcf, 0, 0, 0, 0, 0, 0, 0, 5], &[0x05]);
+        same(&[0xd9, 1, b'a'], &[0xa1, b'a']); // str8 → fixstr
+        same(&[0xc5, 0, 1, 9], &[0xc4, 1, 9]); // bin16 → bin8
+        same(&[0xdc, 0, 1, 0xc0], &[0x91, 0xc0]); // array16 → fixarray
+                                                  // Maps (nested too) in any key order.
+        same(
+            &[0x82, 0xa1, b'b', 0x81, 0xa1, b'y', 1, 0xa1, b'a', 2],
+            &[
+                0x82, 0xa1, b'a', 0xd0, 2, 0xa1, b'b', 0x81, 0xd9, 1, b'y', 1,
+            ],
+        );
+        // Floats stay as they are; what follows is left in the input.
+        assert_eq!(
+            canon(&[0xca, 0, 0, 0, 0, 7]),
+            Some((vec![0xca, 0, 0, 0, 0], 1))
+        );
+        assert_eq!(canon(&[0xc1]), None);
+        assert_eq!(canon(&[0x92, 1]), None, "truncated");
+    }
+
+    #[test]
+    fn the_lru_counts_instances_not_encodings() {
+        let d = Dispatcher {
+            ctor_params: Some(["base".to_string()].into_iter().collect()),
+            ..counting(2, None)
+        };
+        let a = raw_call(&d, &[0x91, 1], &[0x80]).0;
+        let b = raw_call(&d, &[0x90], &[0x81, 0xa4, b'b', b'a', b's', b'e', 2]).0;
+        // Another encoding of 1: a hit (recent), not a third instance.
+        assert_eq!(
+            raw_call(&d, &[0x90], &[0x81, 0xa4, b'b', b'a', b's', b'e', 1]).0,
+            a
+        );
+        let c = raw_call(&d, &[0x91, 3], &[0x80]).0; // evicts b, the least recent
+        assert_ne!(c, a);
+        assert_eq!(raw_call(&d, &[0x91, 1], &[0x80]).0, a);
+        assert_ne!(raw_call(&d, &[0x91, 2], &[0x80]).0, b, "b was evicted");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! Decoding a request does not decode its arguments: it finds the byte
 //! range of each field (`args`, `kwargs`, `ctor_args`, `ctor_kwargs`) and
 //! leaves them to the endpoint's parameter binding ([`crate::Args`]) and to
-//! the instance cache, which keys instances by the raw constructor bytes.
+//! the instance cache, whose first level keys instances by the raw
+//! constructor bytes.
 //!
 //! ```
 //! use metabridge::envelope::{self, RequestKind};
@@ -127,6 +128,7 @@ fn shaped<'a>(key: &[u8], value: &'a [u8], ok: bool, what: &str) -> Result<&'a [
     }
 }
 
+#[inline]
 fn write_str(buf: &mut Vec<u8>, s: &str) {
     // Writing into a Vec cannot fail.
     let _ = rmp::encode::write_str(buf, s);
@@ -349,7 +351,7 @@ pub fn decode_result<R: DeserializeOwned>(buf: &[u8]) -> Result<R> {
         Response::Ok(raw) => rmp_serde::from_slice(raw).map_err(|e| {
             Error::Protocol(format!(
                 "result does not decode as {}: {e}",
-                std::any::type_name::<R>()
+                crate::args::user_type_name::<R>()
             ))
         }),
         Response::Err { kind, message } => Err(Error::Remote { kind, message }),

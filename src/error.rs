@@ -81,6 +81,15 @@ pub enum Error {
         /// The limit.
         max: u64,
     },
+    /// A service name that is not valid (see
+    /// [`validate_service_name`](crate::validate_service_name)).
+    #[error("invalid service name {name:?}: {problem}")]
+    InvalidServiceName {
+        /// The name given.
+        name: String,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// No room in memory or in the filesystem for what was needed.
     #[error("{0}")]
     NoSpace(String),

@@ -5,7 +5,7 @@
 
 use crate::args::Args;
 use crate::envelope;
-use crate::error::CallError;
+use crate::error::{CallError, Error, Result};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::fmt::Display;
@@ -114,8 +114,12 @@ pub struct ServiceConfig {
     /// Worker threads serving shared-memory channels
     /// (default `$METABRIDGE_WORKERS`, or the number of CPUs).
     pub workers: usize,
-    /// Service instances kept, one per distinct constructor arguments
-    /// (default 128, in 16 shards).
+    /// Service instances kept, one per distinct constructor value (the
+    /// arguments bound to the constructor's parameters, however they were
+    /// encoded), default 128, in up to 16 shards. Instances are a cache:
+    /// past the capacity the least recently used one is dropped, and its
+    /// state with it. A constructor without parameters gives one shared
+    /// instance, never evicted.
     pub cache_capacity: usize,
     /// A token clients must present (`auth` in the request map); default
     /// `$METABRIDGE_TOKEN` if set. Without one, a service on the default
@@ -216,18 +220,44 @@ pub struct Service<S> {
     pub(crate) name: String,
     pub(crate) config: ServiceConfig,
     pub(crate) ctor: Option<Arc<CtorFn<S>>>,
+    /// The constructor's parameter names, in order, if known: instances
+    /// are then keyed by the arguments bound to them (see
+    /// [`Service::constructor_params`]).
+    pub(crate) ctor_params: Option<Arc<[String]>>,
     pub(crate) endpoints: HashMap<String, Endpoint<S>>,
 }
 
 impl<S: Send + Sync + 'static> Service<S> {
-    /// A service called `name`, with no endpoints yet.
+    /// A service called `name`, with no endpoints yet. The name is not
+    /// checked here (see [`try_new`](Service::try_new) and
+    /// [`validate_name`](Service::validate_name)).
     pub fn new(name: &str) -> Service<S> {
         Service {
             name: name.to_owned(),
             config: ServiceConfig::default(),
             ctor: None,
+            ctor_params: None,
             endpoints: HashMap::new(),
         }
+    }
+
+    /// A service called `name`, or [`Error::InvalidServiceName`] if the
+    /// name is not valid (see [`validate_service_name`]).
+    ///
+    /// ```
+    /// use metabridge::{Error, Service};
+    /// assert!(Service::<()>::try_new("demo-service").is_ok());
+    /// assert!(matches!(Service::<()>::try_new(""), Err(Error::InvalidServiceName { .. })));
+    /// assert!(matches!(Service::<()>::try_new("a/b"), Err(Error::InvalidServiceName { .. })));
+    /// ```
+    pub fn try_new(name: &str) -> Result<Service<S>> {
+        validate_service_name(name)?;
+        Ok(Service::new(name))
+    }
+
+    /// Checks the service's name (see [`validate_service_name`]).
+    pub fn validate_name(&self) -> Result<()> {
+        validate_service_name(&self.name)
     }
 
     /// The service's name.
@@ -277,6 +307,19 @@ impl<S: Send + Sync + 'static> Service<S> {
         self
     }
 
+    /// Names the constructor's parameters, in order. Instances are then
+    /// keyed by the constructor arguments *bound to these parameters*: a
+    /// client that passes `("a", 1)` positionally and one that passes
+    /// `prefix="a", scale=1` by keyword share one instance. Without it
+    /// (a builder that does not call it), instances are keyed by the
+    /// positional arguments and the keyword arguments separately (in any
+    /// key order). An empty list means one shared instance for every
+    /// client. `#[metabridge::service]` calls it with `new`'s parameters.
+    pub fn constructor_params(mut self, names: &[&str]) -> Self {
+        self.ctor_params = Some(names.iter().map(|n| n.to_string()).collect());
+        self
+    }
+
     /// A synchronous endpoint.
     pub fn endpoint(
         mut self,
@@ -316,4 +359,50 @@ impl<S: Send + Sync + 'static> Service<S> {
         names.sort();
         names
     }
+}
+
+/// Longest service name, in bytes: it is part of the control socket's
+/// path, which the kernel limits to 108 bytes.
+pub const MAX_SERVICE_NAME_LEN: usize = 64;
+
+/// Checks a service name. Valid: 1 to [`MAX_SERVICE_NAME_LEN`] (64) bytes
+/// of UTF-8 without control characters (NUL, newline, ...), `/` or `\\`,
+/// not `.` or `..`, and without leading or trailing whitespace. (Names
+/// become file names in `$METABRIDGE_HOME`.) `#[metabridge::service]`
+/// checks a literal name at compile time.
+///
+/// ```
+/// use metabridge::validate_service_name as valid;
+/// assert!(valid("demo-service").is_ok());
+/// assert!(valid("serviço de teste").is_ok());
+/// for bad in ["", "a/b", "a\0b", "..", " padded", &"x".repeat(65)] {
+///     assert!(valid(bad).is_err(), "{bad:?}");
+/// }
+/// ```
+pub fn validate_service_name(name: &str) -> Result<()> {
+    let problem = if name.is_empty() {
+        "it is empty".to_owned()
+    } else if name.len() > MAX_SERVICE_NAME_LEN {
+        format!(
+            "it is {} bytes long, more than {MAX_SERVICE_NAME_LEN}",
+            name.len()
+        )
+    } else if let Some(c) = name
+        .chars()
+        .find(|c| c.is_control() || *c == '/' || *c == '\\')
+    {
+        format!("it contains {c:?}")
+    } else if name == "." || name == ".." {
+        "it is a directory name".to_owned()
+    } else if name.trim() != name {
+        "it starts or ends with whitespace".to_owned()
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidServiceName {
+        name: name.to_owned(),
+        problem: format!(
+            "{problem}; a service name is 1 to {MAX_SERVICE_NAME_LEN} bytes, without control characters, '/' or '\\'"
+        ),
+    })
 }

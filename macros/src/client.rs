@@ -8,7 +8,7 @@ use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{Ident, LitStr, Type};
 
-use crate::parse::{peel, Constructor, Endpoint, Errors, Output, Param, ServiceDef};
+use crate::parse::{is_bytes, peel, Constructor, Endpoint, Errors, Output, Param, ServiceDef};
 
 /// Methods every generated client has; endpoints cannot take these names.
 const RESERVED: [&str; 4] = ["connect", "from_client", "client", "close"];
@@ -34,11 +34,27 @@ fn param_type(ty: &Type) -> TokenStream {
     }
 }
 
-/// The expression that passes a parameter to `call_async`, which needs `'static` arguments.
+/// The expression that passes a parameter to `call_async`, which needs `'static` arguments
+/// (bytes wrapped in `Bin`, to travel as MessagePack bin).
 fn owned_arg(p: &Param) -> TokenStream {
     let id = &p.ident;
-    if is_string(&p.ty) || matches!(peel(&p.ty), Type::Reference(_)) {
+    let owned = if is_string(&p.ty) || matches!(peel(&p.ty), Type::Reference(_)) {
         quote!(::std::borrow::ToOwned::to_owned(#id))
+    } else {
+        quote!(#id)
+    };
+    if is_bytes(&p.ty) {
+        quote!(::metabridge::Bin(#owned))
+    } else {
+        owned
+    }
+}
+
+/// The expression that passes a parameter to `call` (bytes wrapped in `Bin`).
+fn arg(p: &Param) -> TokenStream {
+    let id = &p.ident;
+    if is_bytes(&p.ty) {
+        quote!(::metabridge::Bin(#id))
     } else {
         quote!(#id)
     }
@@ -66,6 +82,14 @@ fn return_type(output: &Output) -> Type {
         Output::Unit => syn::parse_quote!(()),
         Output::Value(ty) => owned_type(ty),
         Output::Result { ok, .. } => owned_type(ok),
+    }
+}
+
+/// Whether the endpoint answers with bytes (decoded through `Bin`).
+fn returns_bytes(output: &Output) -> bool {
+    match output {
+        Output::Unit => false,
+        Output::Value(ty) | Output::Result { ok: ty, .. } => is_bytes(ty),
     }
 }
 
@@ -117,7 +141,7 @@ fn methods(ep: &Endpoint, ident: &Ident, service: &LitStr) -> TokenStream {
         quote!(#id: #ty)
     });
     let params: Vec<_> = params.collect();
-    let ids = ep.params.iter().map(|p| &p.ident);
+    let ids = ep.params.iter().map(arg);
     let owned = ep.params.iter().map(owned_arg);
     let async_ident = format_ident!("{}_async", ident.unraw(), span = ident.span());
     let (sync_doc, async_doc) = (docs(ep, service, false), docs(ep, service, true));
@@ -130,10 +154,18 @@ fn methods(ep: &Endpoint, ident: &Ident, service: &LitStr) -> TokenStream {
     let args_span = ep.params.first().map_or(ident.span(), |p| p.ty.span());
     let args = quote_spanned!(args_span=> (#(#ids,)*));
     let owned = quote_spanned!(args_span=> (#(#owned,)*));
-    let call = quote_spanned!(ret_span=> self.client.call::<#ret>(#name, #args));
     let infer = quote_spanned!(args_span=> _);
-    let call_async =
-        quote_spanned!(ret_span=> self.client.call_async::<#ret, #infer>(#name, #owned).await);
+    let (call, call_async) = if returns_bytes(&ep.output) {
+        (
+            quote_spanned!(ret_span=> self.client.call::<::metabridge::Bin<#ret>>(#name, #args).map(|b| b.0)),
+            quote_spanned!(ret_span=> self.client.call_async::<::metabridge::Bin<#ret>, #infer>(#name, #owned).await.map(|b| b.0)),
+        )
+    } else {
+        (
+            quote_spanned!(ret_span=> self.client.call::<#ret>(#name, #args)),
+            quote_spanned!(ret_span=> self.client.call_async::<#ret, #infer>(#name, #owned).await),
+        )
+    };
     quote! {
         #sync_doc
         pub fn #ident(&self #(, #params)*) -> ::metabridge::Result<#ret> {
@@ -200,8 +232,8 @@ fn client_inner(def: &ServiceDef) -> syn::Result<TokenStream> {
             params
                 .iter()
                 .map(|p| {
-                    let (id, name) = (&p.ident, p.wire_name());
-                    quote!(.kwarg(#name, #id))
+                    let (value, name) = (arg(p), p.wire_name());
+                    quote!(.kwarg(#name, #value))
                 })
                 .collect(),
         ),
@@ -212,10 +244,15 @@ fn client_inner(def: &ServiceDef) -> syn::Result<TokenStream> {
         service.value()
     );
     let connect_doc = if connect_params.is_empty() {
-        format!("Connects to `{}`.", service.value())
+        format!(
+            "Connects to `{}` and has its (shared) instance built: a constructor that fails \
+             fails here.",
+            service.value()
+        )
     } else {
         format!(
-            "Connects to `{}`, giving the constructor's arguments (sent by name).",
+            "Connects to `{}`, giving the constructor's arguments (sent by name), and has the \
+             instance of these arguments built: a constructor that fails fails here.",
             service.value()
         )
     };
@@ -237,10 +274,11 @@ fn client_inner(def: &ServiceDef) -> syn::Result<TokenStream> {
         impl #client {
             #[doc = #connect_doc]
             pub fn connect(#(#connect_params),*) -> ::metabridge::Result<Self> {
-                ::metabridge::connect(#service)
+                let client = ::metabridge::connect(#service)
                     #(#kwargs)*
-                    .open()
-                    .map(Self::from_client)
+                    .open()?;
+                ::metabridge::__private::construct(&client)?;
+                ::core::result::Result::Ok(Self::from_client(client))
             }
 
             /// Wraps a connection opened with `metabridge::connect`.
@@ -302,7 +340,7 @@ mod tests {
         });
         for want in [
             "pub struct DemoServiceClient { client : :: metabridge :: Client , }",
-            "pub fn connect (argumento : & str , n : u32) -> :: metabridge :: Result < Self > { :: metabridge :: connect (\"demo-service\") . kwarg (\"argumento\" , argumento) . kwarg (\"n\" , n) . open () . map (Self :: from_client) }",
+            "pub fn connect (argumento : & str , n : u32) -> :: metabridge :: Result < Self > { let client = :: metabridge :: connect (\"demo-service\") . kwarg (\"argumento\" , argumento) . kwarg (\"n\" , n) . open () ? ; :: metabridge :: __private :: construct (& client) ? ; :: core :: result :: Result :: Ok (Self :: from_client (client)) }",
             "pub fn teste (& self) -> :: metabridge :: Result < String > { self . client . call :: < String > (\"teste\" , ()) }",
             "pub fn home (& self) -> :: metabridge :: Result < String > { self . client . call :: < String > (\"teste\" , ()) }",
             "pub async fn home_async (& self) -> :: metabridge :: Result < String > { self . client . call_async :: < String , _ > (\"teste\" , ()) . await }",
@@ -312,7 +350,7 @@ mod tests {
             "pub fn parse (& self , s : & str) -> :: metabridge :: Result < i64 >",
             "pub fn ping (& self) -> :: metabridge :: Result < () >",
             "pub fn name (& self) -> :: metabridge :: Result < :: std :: string :: String >",
-            "pub fn dashed (& self) -> :: metabridge :: Result < Vec < u8 > > { self . client . call :: < Vec < u8 > > (\"with-dash\" , ()) }",
+            "pub fn dashed (& self) -> :: metabridge :: Result < Vec < u8 > > { self . client . call :: < :: metabridge :: Bin < Vec < u8 > > > (\"with-dash\" , ()) . map (| b | b . 0) }",
         ] {
             assert!(out.contains(&squash(want)), "missing {want}\nin {out}");
         }
@@ -323,7 +361,7 @@ mod tests {
     fn no_constructor() {
         let out = client_of(parse_quote!(impl X {}));
         assert!(
-            out.contains(&squash("pub fn connect () -> :: metabridge :: Result < Self > { :: metabridge :: connect (\"demo-service\") . open ()")),
+            out.contains(&squash("pub fn connect () -> :: metabridge :: Result < Self > { let client = :: metabridge :: connect (\"demo-service\") . open () ? ; :: metabridge :: __private :: construct (& client) ?")),
             "{out}"
         );
     }

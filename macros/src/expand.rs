@@ -63,34 +63,69 @@ impl Locals {
     }
 }
 
-/// `let p: T = __args.next("p")?;` for each parameter, then `__args.finish(&[..])?;`.
+/// `let p: T = <T as Param>::next(__args, "p")?;` for each parameter
+/// (`__args.next_bytes::<T>("p")`, for bytes), then `__args.finish(&[..])?;`. An error
+/// goes through `__args.explain(e, &[..])`, which names a misspelt keyword argument: on
+/// the error path only.
+///
+/// The binding is spanned at the parameter's type, so that a type that does not
+/// deserialize is reported there, with the message of `metabridge::__private::Param`.
 fn read_args(params: &[Param], args: &Ident) -> TokenStream {
+    let names: Vec<_> = params.iter().map(Param::wire_name).collect();
     let lets = params.iter().map(|p| {
         let (id, ty, name) = (&p.ident, &p.ty, p.wire_name());
-        let next = quote_spanned!(ty.span()=> #args.next(#name)?);
-        quote!(let #id: #ty = #next;)
+        let next = if parse::is_bytes(ty) {
+            quote_spanned!(ty.span()=> #args.next_bytes::<#ty>(#name))
+        } else {
+            quote_spanned!(ty.span()=> <#ty as ::metabridge::__private::Param>::next(#args, #name))
+        };
+        quote! {
+            let #id: #ty = match #next {
+                ::core::result::Result::Ok(v) => v,
+                ::core::result::Result::Err(e) => {
+                    return ::core::result::Result::Err(#args.explain(e, &[#(#names),*]));
+                }
+            };
+        }
     });
-    let names = params.iter().map(Param::wire_name);
     quote! {
         #(#lets)*
         #args.finish(&[#(#names),*])?;
     }
 }
 
-/// `.constructor(|__args| ..)`.
+/// The value an endpoint answers with: `&value`, or `&Bin(&value)` for bytes (and for
+/// a `Result`, the result with its `Ok` wrapped).
+fn answer(ty: &syn::Type, value: &Ident, result: bool, span: Span) -> TokenStream {
+    match (parse::is_bytes(ty), result) {
+        (false, false) => quote_spanned!(span=> &#value),
+        (false, true) => quote_spanned!(span=> #value),
+        (true, false) => quote_spanned!(span=> &::metabridge::Bin(&#value)),
+        (true, true) => quote_spanned!(span=> #value.map(::metabridge::Bin)),
+    }
+}
+
+/// `.constructor_params(&[..]).constructor(|__args| ..)`.
 fn constructor(def: &ServiceDef, ty: &syn::Type, l: &Locals) -> TokenStream {
     let args = &l.args;
-    let (read, value) = match &def.ctor {
+    let (read, value, names) = match &def.ctor {
         Constructor::New { params, ident } => {
             let ids = params.iter().map(|p| &p.ident);
-            (read_args(params, args), quote!(#ty::#ident(#(#ids),*)))
+            (
+                read_args(params, args),
+                quote!(#ty::#ident(#(#ids),*)),
+                params.iter().map(Param::wire_name).collect(),
+            )
         }
+        // Spanned at the type: a type without `Default` is told to add `new`.
         Constructor::Default => (
             read_args(&[], args),
-            quote!(<#ty as ::core::default::Default>::default()),
+            quote_spanned!(ty.span()=> <#ty as ::metabridge::__private::DefaultConstructor>::construct()),
+            Vec::new(),
         ),
     };
     quote! {
+        .constructor_params(&[#(#names),*])
         .constructor(|#args: &mut ::metabridge::Args<'_>| {
             #read
             ::core::result::Result::Ok(#value)
@@ -128,14 +163,20 @@ fn endpoint(ep: &Endpoint, ty: &syn::Type, l: &Locals) -> TokenStream {
         None => {
             let reply = match &ep.output {
                 Output::Unit => quote_spanned!(span=> #call; ::metabridge::Reply::ok(#out_at, &())),
-                Output::Value(_) => quote_spanned! {span=>
-                    let #value = #call;
-                    ::metabridge::Reply::ok(#out_at, &#value)
-                },
-                Output::Result { .. } => quote_spanned! {span=>
-                    let #value = #call;
-                    ::metabridge::Reply::result(#out_at, #value)
-                },
+                Output::Value(rt) => {
+                    let answer = answer(rt, &value, false, span);
+                    quote_spanned! {span=>
+                        let #value = #call;
+                        ::metabridge::Reply::ok(#out_at, #answer)
+                    }
+                }
+                Output::Result { ok, .. } => {
+                    let answer = answer(ok, &value, true, span);
+                    quote_spanned! {span=>
+                        let #value = #call;
+                        ::metabridge::Reply::result(#out_at, #answer)
+                    }
+                }
             };
             quote! {
                 .endpoint(#name, |#s: &#ty, #args: &mut ::metabridge::Args<'_>, #out: &mut ::metabridge::Reply<'_>| {
@@ -149,14 +190,20 @@ fn endpoint(ep: &Endpoint, ty: &syn::Type, l: &Locals) -> TokenStream {
                 Output::Unit => {
                     quote_spanned!(span=> #call.await; ::metabridge::Reply::encode_ok(&()))
                 }
-                Output::Value(_) => quote_spanned! {span=>
-                    let #value = #call.await;
-                    ::metabridge::Reply::encode_ok(&#value)
-                },
-                Output::Result { .. } => quote_spanned! {span=>
-                    let #value = #call.await;
-                    ::metabridge::Reply::encode_result(#value)
-                },
+                Output::Value(rt) => {
+                    let answer = answer(rt, &value, false, span);
+                    quote_spanned! {span=>
+                        let #value = #call.await;
+                        ::metabridge::Reply::encode_ok(#answer)
+                    }
+                }
+                Output::Result { ok, .. } => {
+                    let answer = answer(ok, &value, true, span);
+                    quote_spanned! {span=>
+                        let #value = #call.await;
+                        ::metabridge::Reply::encode_result(#answer)
+                    }
+                }
             };
             let fut = quote_spanned! {async_span=>
                 ::std::boxed::Box::pin(async move { #reply }) as ::metabridge::EndpointFuture
@@ -264,8 +311,8 @@ mod tests {
             },
         ));
         for want in [
-            "::metabridge::Service::<DemoService>::new(\"demo-service\").port(9000).constructor(",
-            "let argumento : String = __args . next (\"argumento\") ? ;",
+            "::metabridge::Service::<DemoService>::new(\"demo-service\").port(9000).constructor_params(&[\"argumento\"]).constructor(",
+            "let argumento : String = match <String as ::metabridge::__private::Param>::next(__args, \"argumento\") { ::core::result::Result::Ok(v) => v, ::core::result::Result::Err(e) => { return ::core::result::Result::Err(__args.explain(e, &[\"argumento\"])); } };",
             "__args.finish(&[\"argumento\"])?;::core::result::Result::Ok(DemoService::new(argumento))",
             ".endpoint(\"teste\",|__s:&DemoService,__args:&mut::metabridge::Args<'_>,__out:&mut::metabridge::Reply<'_>|{__args.finish(&[])?;let __metabridge_value=__s.home();::metabridge::Reply::ok(__out,&__metabridge_value)}).alias(\"home\",\"teste\")",
             "let __metabridge_value=__s.get(outro_argumento);::metabridge::Reply::ok(__out,&__metabridge_value)",
@@ -291,13 +338,45 @@ mod tests {
         ));
         assert!(out.contains(".host(\"0.0.0.0\")"), "{out}");
         assert!(
-            out.contains("__args.finish(&[])?;::core::result::Result::Ok(<Xas::core::default::Default>::default())"),
+            out.contains(".constructor_params(&[]).constructor(|__args:&mut::metabridge::Args<'_>|{__args.finish(&[])?;::core::result::Result::Ok(<Xas::metabridge::__private::DefaultConstructor>::construct())"),
             "{out}"
         );
         assert!(
             out.contains("let__metabridge_value=__s.a().await;::metabridge::Reply::encode_result(__metabridge_value)"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn bytes_travel_as_bin() {
+        let out = squash(&expand(
+            quote!(name = "b"),
+            quote! {
+                impl B {
+                    #[function] fn put(&self, data: Vec<u8>, b: bytes::Bytes) -> usize { 0 }
+                    #[function] fn get(&self) -> Vec<u8> { Vec::new() }
+                    #[function] fn view(&self) -> &[u8] { &[] }
+                    #[function] async fn fetch(&self) -> Result<Box<[u8]>, E> { todo!() }
+                    #[function] fn list(&self, v: Vec<u16>) -> Vec<u32> { v }
+                }
+            },
+        ));
+        for want in [
+            "letdata:Vec<u8>=match__args.next_bytes::<Vec<u8>>(\"data\"){",
+            "letb:bytes::Bytes=match__args.next_bytes::<bytes::Bytes>(\"b\"){",
+            "return::core::result::Result::Err(__args.explain(e,&[\"data\",\"b\"]));",
+            "let__metabridge_value=__s.get();::metabridge::Reply::ok(__out,&::metabridge::Bin(&__metabridge_value))",
+            "let__metabridge_value=__s.view();::metabridge::Reply::ok(__out,&::metabridge::Bin(&__metabridge_value))",
+            "::metabridge::Reply::encode_result(__metabridge_value.map(::metabridge::Bin))",
+            "letv:Vec<u16>=match<Vec<u16>as::metabridge::__private::Param>::next(__args,\"v\"){",
+            "let__metabridge_value=__s.list(v);::metabridge::Reply::ok(__out,&__metabridge_value)",
+            "self.client.call::<usize>(\"put\",(::metabridge::Bin(data),::metabridge::Bin(b),))",
+            "self.client.call::<::metabridge::Bin<Vec<u8>>>(\"get\",()).map(|b|b.0)",
+            "self.client.call::<::metabridge::Bin<::std::vec::Vec<u8>>>(\"view\",()).map(|b|b.0)",
+            "self.client.call::<::metabridge::Bin<Box<[u8]>>>(\"fetch\",()).map(|b|b.0)",
+        ] {
+            assert!(out.contains(&squash(want)), "missing {want}\nin {out}");
+        }
     }
 
     #[test]

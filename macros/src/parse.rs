@@ -53,6 +53,14 @@ impl ServiceArgs {
                             format!("`{key}` must not be empty"),
                         ));
                     }
+                    if key == "name" {
+                        if let Some(problem) = service_name_problem(&lit.value()) {
+                            return Err(syn::Error::new_spanned(
+                                &lit,
+                                format!("invalid service name: {problem}"),
+                            ));
+                        }
+                    }
                     *slot = Some(lit);
                     Ok(())
                 }
@@ -83,6 +91,69 @@ impl ServiceArgs {
             )
         })?;
         Ok(ServiceArgs { name, host, port })
+    }
+}
+
+/// Longest service name in bytes (`metabridge::MAX_SERVICE_NAME_LEN`).
+const MAX_SERVICE_NAME_LEN: usize = 64;
+
+/// What is wrong with a service name, by the rules of
+/// `metabridge::validate_service_name` (kept in step with it).
+pub fn service_name_problem(name: &str) -> Option<String> {
+    let problem = if name.is_empty() {
+        "it is empty".to_owned()
+    } else if name.len() > MAX_SERVICE_NAME_LEN {
+        format!(
+            "it is {} bytes long, more than {MAX_SERVICE_NAME_LEN}",
+            name.len()
+        )
+    } else if let Some(c) = name
+        .chars()
+        .find(|c| c.is_control() || *c == '/' || *c == '\\')
+    {
+        format!("it contains {c:?}")
+    } else if name == "." || name == ".." {
+        "it is a directory name".to_owned()
+    } else if name.trim() != name {
+        "it starts or ends with whitespace".to_owned()
+    } else {
+        return None;
+    };
+    Some(format!(
+        "{problem}; a service name is 1 to {MAX_SERVICE_NAME_LEN} bytes, without control \
+         characters, '/' or '\\'"
+    ))
+}
+
+/// Whether a parameter or result of type `ty` travels as MessagePack bin:
+/// `Vec<u8>`, `Box<[u8]>`, `Bytes` (e.g. `bytes::Bytes`), `&[u8]`, `&Vec<u8>`.
+pub fn is_bytes(ty: &Type) -> bool {
+    let is_u8 =
+        |t: &Type| matches!(peel(t), Type::Path(p) if p.qself.is_none() && p.path.is_ident("u8"));
+    match peel(ty) {
+        Type::Path(p) if p.qself.is_none() => {
+            let Some(last) = p.path.segments.last() else {
+                return false;
+            };
+            match (&last.arguments, last.ident.to_string().as_str()) {
+                (PathArguments::None, "Bytes") => true,
+                (PathArguments::AngleBracketed(a), "Vec" | "Box") if a.args.len() == 1 => {
+                    match (&a.args[0], last.ident == "Vec") {
+                        (GenericArgument::Type(t), true) => is_u8(t),
+                        (GenericArgument::Type(t), false) => {
+                            matches!(peel(t), Type::Slice(s) if is_u8(&s.elem))
+                        }
+                        _ => false,
+                    }
+                }
+                _ => false,
+            }
+        }
+        Type::Reference(r) => match peel(&r.elem) {
+            Type::Slice(s) => is_u8(&s.elem),
+            other => is_bytes(other),
+        },
+        _ => false,
     }
 }
 
@@ -717,6 +788,39 @@ mod tests {
         assert!(err(quote!(name = 3)).contains("string literal"));
         assert!(err(quote!(name = "a", port = 70000)).contains("0 to 65535"));
         assert!(err(quote!(name = "")).contains("must not be empty"));
+    }
+
+    #[test]
+    fn service_names() {
+        for bad in ["a/b", "..", " x", "a\u{0}b", &"n".repeat(65)] {
+            let e = args(quote!(name = #bad)).err().expect(bad).to_string();
+            assert!(e.starts_with("invalid service name: "), "{bad:?}: {e}");
+        }
+        assert!(args(quote!(name = "serviço-1.0")).is_ok());
+        assert!(service_name_problem(&"n".repeat(64)).is_none());
+    }
+
+    #[test]
+    fn bytes_types() {
+        for ty in [
+            quote!(Vec<u8>),
+            quote!(std::vec::Vec<u8>),
+            quote!(bytes::Bytes),
+            quote!(Box<[u8]>),
+            quote!(&[u8]),
+            quote!(&'static [u8]),
+            quote!(&Vec<u8>),
+        ] {
+            assert!(is_bytes(&syn::parse2(ty.clone()).unwrap()), "{ty}");
+        }
+        for ty in [
+            quote!(Vec<u16>),
+            quote!(String),
+            quote!(Option<Vec<u8>>),
+            quote!([u8; 4]),
+        ] {
+            assert!(!is_bytes(&syn::parse2(ty.clone()).unwrap()), "{ty}");
+        }
     }
 
     #[test]
