@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: unit, integration (real processes,
-# shared memory, sockets), doc tests, the Python interop tests, and the
-# loom model checks of the lock-free ring (a separate build with --cfg loom).
+# shared memory, sockets), doc tests, the Python interop tests, the Python
+# package's tests, and the loom model checks of the lock-free ring (a
+# separate build with --cfg loom).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,10 @@ cd "$(dirname "$0")/.."
 python3 -c 'import msgpack' 2>/dev/null || python3 -m pip install --quiet 'msgpack>=1.0'
 
 cargo test --workspace --exclude metabridge-peers
+
+# The Python package (python/): built into a virtualenv with the machine's
+# CPython, then its pytest suite (seed example, API, interop both ways).
+bash scripts/test-python.sh
 
 # Loom: the ring and its wake protocol, every interleaving within the
 # preemption bound. Its own target dir, so the normal build stays cached.
