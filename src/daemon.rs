@@ -169,12 +169,12 @@ pub fn run<S: Send + Sync + 'static>(service: Service<S>) -> Result<DaemonHandle
     let _ = std::io::stderr().flush();
     if single_threaded() {
         let (pid, read_end) = fork_child(service, read_end, write_end)?;
-        wait_ready(pid, read_end, None)
+        wait_ready(pid, read_end, None, STARTUP_TIMEOUT)
     } else {
         let pid = reexec_child(&service.name, &write_end)?;
         // Our copy of the write end must go, or the report never ends.
         drop(write_end);
-        wait_ready(pid, read_end, Some(&service.name))
+        wait_ready(pid, read_end, Some(&service.name), STARTUP_TIMEOUT)
     }
 }
 
@@ -197,13 +197,13 @@ pub fn serve_forked_child<S: Send + Sync + 'static>(
     )
 }
 
-/// The parent's half of [`serve_forked_child`]: waits (up to
-/// [`STARTUP_TIMEOUT`]) for child `pid`'s report on `ready` (the read end
+/// The parent's half of [`serve_forked_child`]: waits (up to `timeout`;
+/// [`STARTUP_TIMEOUT`] is `run`'s) for child `pid`'s report on `ready` (the read end
 /// of the pipe; the parent must have closed its copy of the write end)
 /// and returns its handle, or the error it reported
 /// ([`Error::ServiceAlreadyExists`], ...), reaping it then.
-pub fn wait_forked_child(pid: u32, ready: OwnedFd) -> Result<DaemonHandle> {
-    wait_ready(Pid::from_raw(pid as i32), ready, None)
+pub fn wait_forked_child(pid: u32, ready: OwnedFd, timeout: Duration) -> Result<DaemonHandle> {
+    wait_ready(Pid::from_raw(pid as i32), ready, None, timeout)
 }
 
 fn single_threaded() -> bool {
@@ -450,9 +450,14 @@ fn reap_by(pid: Pid, deadline: Instant) -> String {
 
 /// Waits for the child's report. `reexecuted` names the service of a
 /// re-executed child, which first reports that it reached `run`.
-fn wait_ready(pid: Pid, read_end: OwnedFd, reexecuted: Option<&str>) -> Result<DaemonHandle> {
+fn wait_ready(
+    pid: Pid,
+    read_end: OwnedFd,
+    reexecuted: Option<&str>,
+    timeout: Duration,
+) -> Result<DaemonHandle> {
     let mut file = std::fs::File::from(read_end);
-    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     let mut buf = Vec::new();
     let mut timed_out = false;
     loop {
@@ -482,7 +487,7 @@ fn wait_ready(pid: Pid, read_end: OwnedFd, reexecuted: Option<&str>) -> Result<D
                 // service: it exited, or does something else.
                 let status = reap_by(pid, if timed_out { Instant::now() } else { deadline });
                 let how = if status == "killed" {
-                    format!("did not reach run() for it within {STARTUP_TIMEOUT:?} (killed)")
+                    format!("did not reach run() for it within {timeout:?} (killed)")
                 } else {
                     format!("exited ({status}) and did not reach run() for it")
                 };
@@ -503,7 +508,7 @@ fn wait_ready(pid: Pid, read_end: OwnedFd, reexecuted: Option<&str>) -> Result<D
     if timed_out {
         reap_by(pid, Instant::now());
         return Err(Error::Timeout(format!(
-            "the daemon did not start within {STARTUP_TIMEOUT:?}"
+            "the daemon did not start within {timeout:?} (killed)"
         )));
     }
     match report.split_first() {

@@ -398,10 +398,10 @@ def run(name=None, *, wait=False, poll_interval=0.05, startup_timeout=5.0):
     exception in ``__init__`` of a class whose constructor takes no
     required argument: it is instantiated at startup).
     The daemon is a ``fork`` of this process: call ``run`` before starting
-    threads. ``wait=True`` then blocks until the daemon ends (as
-    :meth:`DaemonHandle.join`). ``poll_interval`` and ``startup_timeout``
-    are accepted for compatibility (readiness is reported, not polled; the
-    startup deadline is the runtime's, 5 s).
+    threads. ``startup_timeout`` (seconds) bounds the wait for readiness:
+    past it the daemon is killed and the error raised. ``wait=True`` then
+    blocks until the daemon ends (as :meth:`DaemonHandle.join`), checking
+    it every ``poll_interval`` seconds (so Ctrl+C stops the wait).
     """
     with _lock:
         d = _services.get(name) if name is not None else _last
@@ -426,13 +426,14 @@ def run(name=None, *, wait=False, poll_interval=0.05, startup_timeout=5.0):
         finally:
             os._exit(1)
     os.close(write_fd)
-    native = _native.wait_forked(pid, read_fd)
+    native = _native.wait_forked(pid, read_fd, float(startup_timeout))
     handle = DaemonHandle(native, d.name)
     _handles.append(handle)
     if d.logger:
         sys.stderr.write(f"metabridge: service {d.name!r} ready (pid {handle.pid})\n")
     if wait:
-        handle.join()
+        while handle.is_running():
+            time.sleep(poll_interval)
     return handle
 
 

@@ -241,11 +241,18 @@ pub fn serve_forked(
 /// In the parent: waits for child `pid`'s report on `ready_fd` (the read
 /// end of the pipe) and returns its handle, or raises its startup error.
 #[pyfunction]
-pub fn wait_forked(py: Python<'_>, pid: u32, ready_fd: i32) -> PyResult<NativeDaemon> {
+pub fn wait_forked(
+    py: Python<'_>,
+    pid: u32,
+    ready_fd: i32,
+    startup_timeout: f64,
+) -> PyResult<NativeDaemon> {
     // SAFETY: the read end of the pipe, ours alone, handed over for good.
     let ready = unsafe { OwnedFd::from_raw_fd(ready_fd) };
+    let timeout = std::time::Duration::try_from_secs_f64(startup_timeout.max(0.0))
+        .unwrap_or(metabridge::STARTUP_TIMEOUT);
     let handle = py
-        .detach(move || metabridge::wait_forked_child(pid, ready))
+        .detach(move || metabridge::wait_forked_child(pid, ready, timeout))
         .map_err(|e| to_pyerr(py, e))?;
     Ok(NativeDaemon {
         pid: handle.pid(),

@@ -119,6 +119,18 @@ class StartupFails:
         return "pong"
 
 
+@meta.create("startup-hangs").daemon()
+class StartupHangs:
+    def __init__(self):
+        import time
+
+        time.sleep(3600)
+
+    @meta.function
+    def ping(self):
+        return "pong"
+
+
 @meta.create("interop-fixture", host="127.0.0.1").daemon()
 class Fixture:
     """The Rust fixture's endpoints, for the original protocol's client

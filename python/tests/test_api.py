@@ -121,6 +121,16 @@ def test_an_exception_in_a_no_argument_init_is_a_startup_error(home):
         meta.connect("startup-fails")
 
 
+def test_startup_timeout_bounds_the_wait_for_readiness(home):
+    # The daemon never becomes ready: run() gives up at startup_timeout,
+    # kills it, and says so (the original's startup_timeout parameter).
+    with pytest.raises(meta.MetaBridgeError) as e:
+        meta.run("startup-hangs", startup_timeout=0.5)
+    assert "did not report" in str(e.value) or "timed out" in str(e.value).lower(), str(e.value)
+    with pytest.raises(meta.ServiceNotFound):
+        meta.connect("startup-hangs")
+
+
 VALUES = [
     None, True, False, 0, 1, -1, 127, 128, -33, 255, 65536, -(2**31), 2**63 - 1, 2**64 - 1,
     -(2**63), 0.5, -1e300, "", "olá", "x" * 300, b"", b"\x00\xff" * 100,
