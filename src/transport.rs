@@ -14,11 +14,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// A client's transport.
+/// A client's transport. (One per client connection, so the size of the
+/// shared-memory pool inline is no concern.)
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Transport {
     Shm(ShmPool),
     /// A socket pool, and the largest request it may send.
-    Tcp(Pool, usize),
+    Tcp(Arc<Pool>, usize),
 }
 
 impl Transport {
@@ -56,7 +58,7 @@ impl Transport {
             greeting,
         };
         let pool = Pool::connect(sock, config).map_err(pool_error)?;
-        Ok(Transport::Tcp(pool, limits.message))
+        Ok(Transport::Tcp(Arc::new(pool), limits.message))
     }
 
     /// Encodes a request with `encode`, carries it, and decodes the
@@ -65,7 +67,10 @@ impl Transport {
     /// shared-memory call waits for its reply; when it answers true the
     /// wait ends with `io::ErrorKind::Interrupted` and the channel is
     /// retired like a timed-out one (the call is never replayed, and its
-    /// late reply can never reach another call). TCP calls ignore it.
+    /// late reply can never reach another call). A TCP call with an
+    /// interrupt check runs on a helper thread while the caller waits in
+    /// slices; interrupted, the caller returns and the helper finishes the
+    /// exchange alone, its reply discarded (the connection stays in order).
     pub(crate) fn round_trip<R>(
         &self,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<()>,
@@ -84,7 +89,12 @@ impl Transport {
                     });
                 }
                 let mut response = Vec::with_capacity(128);
-                pool.call(&request, &mut response).map_err(pool_error)?;
+                match interrupt {
+                    None => pool.call(&request, &mut response).map_err(pool_error)?,
+                    Some(interrupt) => {
+                        response = tcp_call_interruptibly(pool, request, interrupt)?;
+                    }
+                }
                 decode(&response)
             }
         }
@@ -129,6 +139,42 @@ fn pool_error(e: PoolError) -> Error {
 
 /// How often a shared-memory call with an interrupt check asks it.
 pub(crate) const INTERRUPT_SLICE: Duration = Duration::from_millis(20);
+
+/// A TCP call on a helper thread, waited for in [`INTERRUPT_SLICE`]s so
+/// that `interrupt` (a pending Ctrl+C in Python) can end the wait.
+fn tcp_call_interruptibly(
+    pool: &Arc<Pool>,
+    request: Vec<u8>,
+    interrupt: &dyn Fn() -> bool,
+) -> Result<Vec<u8>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pool = Arc::clone(pool);
+    std::thread::Builder::new()
+        .name("metabridge-tcp-call".into())
+        .spawn(move || {
+            let mut response = Vec::with_capacity(128);
+            let r = pool.call(&request, &mut response).map(|()| response);
+            let _ = tx.send(r);
+        })?;
+    loop {
+        match rx.recv_timeout(INTERRUPT_SLICE) {
+            Ok(r) => return r.map_err(pool_error),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if interrupt() {
+                    return Err(Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::Interrupted,
+                        "the wait for the reply was interrupted; the call was not replayed",
+                    )));
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(Error::PeerGone(
+                    "the TCP call's thread ended without a reply".into(),
+                ))
+            }
+        }
+    }
+}
 
 /// What a client allows itself: channels, time, message size.
 #[derive(Clone, Debug)]
