@@ -73,7 +73,12 @@ pub(crate) struct Counted {
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        self.count.open.fetch_sub(1, Ordering::Relaxed);
+        let before = self.count.open.fetch_sub(1, Ordering::Relaxed);
+        tracing::info!(
+            target: "metabridge::service",
+            "client disconnected: shared-memory channel closed ({} open)",
+            before.saturating_sub(1)
+        );
     }
 }
 
