@@ -141,7 +141,10 @@ pub(crate) fn serve_with<S: Send + Sync + 'static>(
     };
     let config = service.config.clone();
     // Live counters and the call log wrap the endpoints (instrument.rs).
-    let counters = {
+    // METABRIDGE_STATS=0 turns them off (to measure what they cost).
+    let counters = if std::env::var_os("METABRIDGE_STATS").is_some_and(|v| v == "0") {
+        None
+    } else {
         let names = service.endpoint_names();
         let described: Vec<(String, Option<Vec<String>>)> = names
             .into_iter()
