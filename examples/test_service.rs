@@ -243,7 +243,11 @@ fn main() {
                 eprintln!("test_service: {e}");
                 std::process::exit(1)
             });
-            let client = metabridge::connect(&name).arg("log:").arg(1).open().unwrap();
+            let client = metabridge::connect(&name)
+                .arg("log:")
+                .arg(1)
+                .open()
+                .unwrap();
             let echoed: String = client.call("echo", ("hello",)).unwrap();
             println!("{echoed}");
             client.close();

@@ -87,7 +87,13 @@ fn logged<S: Send + Sync + 'static>(
                 let args = describe_args(a);
                 let t0 = Instant::now();
                 let r = f(s, a, out);
-                log_call(&service, &endpoint, &args, &r.as_ref().map(|_| &out.buf[..]), t0);
+                log_call(
+                    &service,
+                    &endpoint,
+                    &args,
+                    &r.as_ref().map(|_| &out.buf[..]),
+                    t0,
+                );
                 r
             },
         )),

@@ -423,15 +423,13 @@ fn accept_loop(
                     .name("metabridge-handshake".into())
                     .spawn(move || {
                         let a = &guard.0;
-                        if let Err(e) =
-                            crate::control::serve_request(
+                        if let Err(e) = crate::control::serve_request(
                             stream,
                             &config,
                             &a.bells,
                             a.counters.as_deref().map(|c| c.read_only_fd()),
                             |ch| a.place(ch),
-                        )
-                        {
+                        ) {
                             tracing::debug!("channel setup failed: {e}");
                         }
                     });

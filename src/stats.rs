@@ -468,14 +468,18 @@ pub fn read(fd: BorrowedFd<'_>) -> Result<Snapshot> {
     let blocks_offset = word(6) as usize;
     let buckets = (word(7) & 0xffff_ffff) as usize;
     if slots == 0 || slots > MAX_SLOTS || n > MAX_ENDPOINTS || buckets != BUCKETS {
-        return Err(bad(format!("{slots} blocks, {n} endpoints, {buckets} buckets")));
+        return Err(bad(format!(
+            "{slots} blocks, {n} endpoints, {buckets} buckets"
+        )));
     }
     if block_bytes % 8 != 0 || block_bytes < n * EP_WORDS * 8 || block_bytes > 1 << 30 {
         return Err(bad(format!("block size {block_bytes}")));
     }
     if names_len > MAX_NAMES_BYTES
         || names_offset < HEADER_BYTES
-        || names_offset.checked_add(names_len).is_none_or(|e| e > blocks_offset)
+        || names_offset
+            .checked_add(names_len)
+            .is_none_or(|e| e > blocks_offset)
         || blocks_offset % 8 != 0
         || blocks_offset
             .checked_add(slots * block_bytes)
@@ -530,7 +534,19 @@ mod tests {
     #[test]
     fn buckets_are_monotonic_and_cover_their_values() {
         let mut last = 0;
-        for ns in [0u64, 1, 7, 8, 9, 15, 16, 100, 1_000, 123_456, 10_000_000_000] {
+        for ns in [
+            0u64,
+            1,
+            7,
+            8,
+            9,
+            15,
+            16,
+            100,
+            1_000,
+            123_456,
+            10_000_000_000,
+        ] {
             let b = bucket_of(ns);
             assert!(b >= last, "{ns}");
             last = b;
@@ -544,8 +560,11 @@ mod tests {
 
     #[test]
     fn counts_written_by_threads_are_summed_by_a_reader() {
-        let c = Counters::create(&[("a".into(), Some(vec!["x".into()])), ("b".into(), None)], 3)
-            .unwrap();
+        let c = Counters::create(
+            &[("a".into(), Some(vec!["x".into()])), ("b".into(), None)],
+            3,
+        )
+        .unwrap();
         std::thread::scope(|s| {
             for _ in 0..4 {
                 s.spawn(|| {

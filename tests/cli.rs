@@ -50,7 +50,10 @@ fn call_prints_the_result_as_one_line_of_json() {
     env.start_service("cli-call", &[]);
     let ctor = ["--ctor", r#"["p:", 2]"#];
 
-    let o = mb(&env, &[&["call", "cli-call", "echo", r#"["mundo!"]"#], &ctor[..]].concat());
+    let o = mb(
+        &env,
+        &[&["call", "cli-call", "echo", r#"["mundo!"]"#], &ctor[..]].concat(),
+    );
     code(&o, 0);
     assert_eq!(stdout(&o), "\"p:mundo!\"\n");
 
@@ -71,10 +74,16 @@ fn call_prints_the_result_as_one_line_of_json() {
     assert_eq!(stdout(&o), "42\n");
 
     // Bytes: base64 in JSON, or raw.
-    let o = mb(&env, &[&["call", "cli-call", "bytes", "[3]"], &ctor[..]].concat());
+    let o = mb(
+        &env,
+        &[&["call", "cli-call", "bytes", "[3]"], &ctor[..]].concat(),
+    );
     code(&o, 0);
     assert_eq!(stdout(&o), "\"AAEC\"\n");
-    let o = mb(&env, &[&["call", "cli-call", "bytes", "[3]", "--raw"], &ctor[..]].concat());
+    let o = mb(
+        &env,
+        &[&["call", "cli-call", "bytes", "[3]", "--raw"], &ctor[..]].concat(),
+    );
     code(&o, 0);
     assert_eq!(o.stdout, vec![0u8, 1, 2]);
 
@@ -93,7 +102,15 @@ fn call_prints_the_result_as_one_line_of_json() {
         "--timeout",
         "20s",
     ];
-    let o = mb(&env, &[&["call", "cli-call", "echo", r#"["tcp"]"#], &ctor[..], &at[..]].concat());
+    let o = mb(
+        &env,
+        &[
+            &["call", "cli-call", "echo", r#"["tcp"]"#],
+            &ctor[..],
+            &at[..],
+        ]
+        .concat(),
+    );
     code(&o, 0);
     assert_eq!(stdout(&o), "\"p:tcp\"\n");
 }
@@ -105,19 +122,28 @@ fn call_failures_say_what_failed_and_exit_non_zero() {
     let ctor = ["--ctor", r#"["p:", 2]"#];
 
     // A remote error: its kind and message on stderr, exit 1.
-    let o = mb(&env, &[&["call", "cli-fail", "nope", "[]"], &ctor[..]].concat());
+    let o = mb(
+        &env,
+        &[&["call", "cli-fail", "nope", "[]"], &ctor[..]].concat(),
+    );
     code(&o, 1);
     assert!(stderr(&o).contains("NotFound"), "{}", stderr(&o));
     assert!(stderr(&o).contains("nope"), "{}", stderr(&o));
     assert!(stdout(&o).is_empty());
 
     // Wrong types.
-    let o = mb(&env, &[&["call", "cli-fail", "scaled", r#"["ten"]"#], &ctor[..]].concat());
+    let o = mb(
+        &env,
+        &[&["call", "cli-fail", "scaled", r#"["ten"]"#], &ctor[..]].concat(),
+    );
     code(&o, 1);
     assert!(stderr(&o).contains("TypeError"), "{}", stderr(&o));
 
     // An endpoint's own error (Result::Err).
-    let o = mb(&env, &[&["call", "cli-fail", "check", "[-1]"], &ctor[..]].concat());
+    let o = mb(
+        &env,
+        &[&["call", "cli-fail", "check", "[-1]"], &ctor[..]].concat(),
+    );
     code(&o, 1);
     assert!(stderr(&o).contains("Refused"), "{}", stderr(&o));
 
@@ -138,7 +164,10 @@ fn call_failures_say_what_failed_and_exit_non_zero() {
     assert!(stderr(&o).contains("JSON object"), "{}", stderr(&o));
     let o = mb(&env, &["call", "cli-fail", "echo", "[]", "--ctor", "{"]);
     code(&o, 2);
-    let o = mb(&env, &["call", "cli-fail", "echo", "[]", "--timeout", "soon"]);
+    let o = mb(
+        &env,
+        &["call", "cli-fail", "echo", "[]", "--timeout", "soon"],
+    );
     code(&o, 2);
     let o = mb(&env, &["call"]);
     code(&o, 2);
@@ -160,7 +189,11 @@ fn every_command_has_help_and_completions_are_generated() {
     ] {
         let o = mb(&env, &[cmd, "--help"]);
         code(&o, 0);
-        assert!(stdout(&o).contains("Usage: metabridge"), "{cmd}: {}", stdout(&o));
+        assert!(
+            stdout(&o).contains("Usage: metabridge"),
+            "{cmd}: {}",
+            stdout(&o)
+        );
     }
     let o = mb(&env, &["completions", "bash"]);
     code(&o, 0);
@@ -176,7 +209,13 @@ fn endpoints_lists_parameter_names() {
     let o = mb(&env, &["endpoints", "cli-eps"]);
     code(&o, 0);
     let out = stdout(&o);
-    for line in ["echo(text)", "scaled(x)", "sleep_ms(ms)", "renamed()", "original()"] {
+    for line in [
+        "echo(text)",
+        "scaled(x)",
+        "sleep_ms(ms)",
+        "renamed()",
+        "original()",
+    ] {
         assert!(out.lines().any(|l| l == line), "{line} in:\n{out}");
     }
     let o = mb(&env, &["endpoints", "cli-eps", "--json"]);
@@ -225,8 +264,17 @@ fn stats_counts_calls_and_errors_exactly() {
             .unwrap()
             .clone()
     };
-    assert_eq!((ep("echo")["calls"].clone(), ep("echo")["errors"].clone()), (7.into(), 0.into()));
-    assert_eq!((ep("scaled")["calls"].clone(), ep("scaled")["errors"].clone()), (3.into(), 2.into()));
+    assert_eq!(
+        (ep("echo")["calls"].clone(), ep("echo")["errors"].clone()),
+        (7.into(), 0.into())
+    );
+    assert_eq!(
+        (
+            ep("scaled")["calls"].clone(),
+            ep("scaled")["errors"].clone()
+        ),
+        (3.into(), 2.into())
+    );
     assert_eq!(ep("pid")["calls"], 0);
     // The first call of each endpoint is timed.
     assert!(ep("echo")["p50_ns"].as_u64().unwrap() > 0);
@@ -246,7 +294,16 @@ fn stats_counts_calls_and_errors_exactly() {
     assert_eq!(&echo_row[..4], &["echo", "7", "0", "0"]);
     let o = mb(
         &env,
-        &["stats", "cli-stats", "--watch", "--count", "2", "--interval", "50ms", "--json"],
+        &[
+            "stats",
+            "cli-stats",
+            "--watch",
+            "--count",
+            "2",
+            "--interval",
+            "50ms",
+            "--json",
+        ],
     );
     code(&o, 0);
     assert_eq!(stdout(&o).lines().count(), 2);
@@ -280,7 +337,10 @@ fn list_shows_live_and_stale_services_and_gc_removes_the_stale() {
     assert_eq!(l["calls"], 3);
     assert_eq!(l["errors"], 0);
     assert!(l["uptime_secs"].is_u64());
-    assert!(l["transports"]["tcp"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(l["transports"]["tcp"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
     assert!(l["transports"]["shm"].as_str().unwrap().ends_with(".sock"));
     assert!(l["endpoints"].as_array().unwrap().contains(&"echo".into()));
     let d = row("cli-dead");
@@ -292,7 +352,9 @@ fn list_shows_live_and_stale_services_and_gc_removes_the_stale() {
     let table = stdout(&o);
     assert!(table.starts_with("NAME"), "{table}");
     assert!(
-        table.lines().any(|l| l.starts_with("cli-dead") && l.contains("stale")),
+        table
+            .lines()
+            .any(|l| l.starts_with("cli-dead") && l.contains("stale")),
         "{table}"
     );
 
@@ -300,10 +362,15 @@ fn list_shows_live_and_stale_services_and_gc_removes_the_stale() {
     code(&o, 0);
     let report = stdout(&o);
     assert!(
-        report.contains(&format!("removed: registry entry \"cli-dead\" of dead process {dead}")),
+        report.contains(&format!(
+            "removed: registry entry \"cli-dead\" of dead process {dead}"
+        )),
         "{report}"
     );
-    assert!(report.contains(&format!("cli-dead-{dead}.sock")), "{report}");
+    assert!(
+        report.contains(&format!("cli-dead-{dead}.sock")),
+        "{report}"
+    );
     assert!(
         report.contains(&format!("kept: service \"cli-live\" (pid {live}): running")),
         "{report}"
@@ -361,7 +428,10 @@ fn bench_reports_percentiles_and_throughput() {
     assert!(s["calls"].as_u64().unwrap() >= calls, "{s} vs {calls}");
 
     // A wrong call fails at once with its error.
-    let o = mb(&env, &["bench", "cli-bench", "nope", "--ctor", r#"["p", 1]"#]);
+    let o = mb(
+        &env,
+        &["bench", "cli-bench", "nope", "--ctor", r#"["p", 1]"#],
+    );
     code(&o, 1);
     assert!(stderr(&o).contains("NotFound"), "{}", stderr(&o));
 }

@@ -404,7 +404,11 @@ fn open_client(service: &str, target: &Target, transport: &str) -> Result<Client
         "auto" => {}
         "shm" => c = c.transport(metabridge::TransportKind::Shm),
         "tcp" => c = c.transport(metabridge::TransportKind::Tcp),
-        other => return Err(usage(format!("unknown transport {other:?} (auto, shm, tcp)"))),
+        other => {
+            return Err(usage(format!(
+                "unknown transport {other:?} (auto, shm, tcp)"
+            )))
+        }
     }
     if let Some(at) = &target.at {
         c = c.at(at);
@@ -512,7 +516,11 @@ fn pct(e: &metabridge::stats::EndpointStats, q: f64) -> Option<u64> {
     e.percentile(q).map(|d| d.as_nanos() as u64)
 }
 
-fn stats_json(entry: &Entry, snap: &metabridge::stats::Snapshot, rate: Option<f64>) -> serde_json::Value {
+fn stats_json(
+    entry: &Entry,
+    snap: &metabridge::stats::Snapshot,
+    rate: Option<f64>,
+) -> serde_json::Value {
     let eps: Vec<serde_json::Value> = snap
         .endpoints
         .iter()
@@ -552,9 +560,18 @@ fn print_stats(entry: &Entry, snap: &metabridge::stats::Snapshot, rate: Option<f
         snap.in_flight(),
         rate.map_or(String::new(), |r| format!(", {r:.0} calls/s"))
     );
-    let mut table = vec![["ENDPOINT", "CALLS", "ERRORS", "IN-FLIGHT", "P50", "P90", "P99", "MAX"]
-        .map(String::from)
-        .to_vec()];
+    let mut table = vec![[
+        "ENDPOINT",
+        "CALLS",
+        "ERRORS",
+        "IN-FLIGHT",
+        "P50",
+        "P90",
+        "P99",
+        "MAX",
+    ]
+    .map(String::from)
+    .to_vec()];
     let f = |v: Option<u64>| v.map_or("-".to_string(), measure::fmt_ns);
     for e in &snap.endpoints {
         table.push(vec![
