@@ -479,11 +479,11 @@ pub fn read(fd: BorrowedFd<'_>) -> Result<Snapshot> {
         || names_offset < HEADER_BYTES
         || names_offset
             .checked_add(names_len)
-            .is_none_or(|e| e > blocks_offset)
+            .map_or(true, |e| e > blocks_offset)
         || blocks_offset % 8 != 0
         || blocks_offset
             .checked_add(slots * block_bytes)
-            .is_none_or(|e| e > len)
+            .map_or(true, |e| e > len)
     {
         return Err(bad("sizes do not fit the segment".into()));
     }
