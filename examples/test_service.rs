@@ -251,6 +251,15 @@ fn main() {
             let echoed: String = client.call("echo", ("hello",)).unwrap();
             println!("{echoed}");
             client.close();
+            let tcp = metabridge::connect(&name)
+                .arg("log:")
+                .arg(1)
+                .transport(metabridge::TransportKind::Tcp)
+                .open()
+                .unwrap();
+            let echoed: String = tcp.call("echo", ("tcp",)).unwrap();
+            println!("{echoed}");
+            tcp.close();
             handle.stop().unwrap();
             std::process::exit(0);
         }

@@ -581,7 +581,10 @@ mod tests {
         assert_eq!(snap.endpoints[0].in_flight, 1);
         assert_eq!(snap.endpoints[1].calls, 400);
         assert_eq!(snap.endpoints[1].errors, 40);
-        assert_eq!(snap.endpoints[1].samples, 400 / SAMPLE_EVERY);
+        // One in 16 of each block's calls (the first included): 7 + 7 in
+        // the two private blocks, 13 in the shared one.
+        assert_eq!(snap.endpoints[1].samples, 27);
+        assert_eq!(snap.endpoints[1].histogram.iter().sum::<u64>(), 27);
         assert!(snap.endpoints[1].percentile(0.5).is_some());
         drop(held); // a call dropped unfinished is an error
         let snap = read(c.read_only_fd()).unwrap();

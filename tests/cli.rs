@@ -447,12 +447,15 @@ fn the_logger_logs_start_calls_and_stop_on_the_parents_stderr_or_a_file() {
         .output()
         .unwrap();
     code(&out, 0);
-    assert_eq!(stdout(&out), "log:hello\n");
+    assert_eq!(stdout(&out), "log:hello\nlog:tcp\n");
     let log = stderr(&out);
     for needle in [
         "started: pid",
         "client connected",
         "echo(\"hello\") -> \"log:hello\"",
+        "client disconnected: shared-memory channel closed",
+        "client connected (TCP)",
+        "echo(\"tcp\") -> \"log:tcp\"",
         "stopped",
     ] {
         assert!(log.contains(needle), "{needle:?} in:\n{log}");
