@@ -601,6 +601,47 @@ mod tests {
         assert!(e.to_string().contains("magic"), "{e}");
     }
 
+    #[test]
+    fn readers_get_a_read_only_descriptor() {
+        let c = Counters::create(&[("a".into(), None)], 2).unwrap();
+        // SAFETY: a sealed memfd; the mapping is expected to be refused.
+        let writable = unsafe {
+            memmap2::MmapOptions::new()
+                .len(4096)
+                .map_mut(&c.read_only_fd())
+        };
+        assert!(
+            writable.is_err(),
+            "a reader could map the counters writable"
+        );
+    }
+
+    #[test]
+    fn a_header_that_lies_about_sizes_is_refused() {
+        let fd = metabridge_shm::memfd::create_sealed(c"x", 4096, "x").unwrap();
+        // SAFETY: a sealed memfd of 4096 bytes, mapped whole.
+        let mut map = unsafe { memmap2::MmapOptions::new().len(4096).map_mut(&fd).unwrap() };
+        let put = |m: &mut memmap2::MmapMut, i: usize, v: u64| {
+            m[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes())
+        };
+        put(&mut map, 0, MAGIC);
+        put(&mut map, 1, VERSION as u64 | (HEADER_BYTES as u64) << 32);
+        put(&mut map, 2, 1 | 1 << 32); // 1 block, 1 endpoint
+        put(&mut map, 3, (EP_WORDS * 8) as u64);
+        put(&mut map, 4, HEADER_BYTES as u64);
+        put(&mut map, 5, 0);
+        put(&mut map, 6, 1 << 40); // blocks far past the end
+        put(&mut map, 7, BUCKETS as u64);
+        let e = read(fd.as_fd()).unwrap_err();
+        assert!(e.to_string().contains("do not fit"), "{e}");
+        put(&mut map, 2, 1 << 20 | 1 << 32); // too many blocks
+        let e = read(fd.as_fd()).unwrap_err();
+        assert!(e.to_string().contains("blocks"), "{e}");
+        put(&mut map, 1, 9 | (HEADER_BYTES as u64) << 32);
+        let e = read(fd.as_fd()).unwrap_err();
+        assert!(e.to_string().contains("version 9"), "{e}");
+    }
+
     fn tempfile_in_shm() -> std::fs::File {
         let p = std::env::temp_dir().join(format!("mb-stats-{}", std::process::id()));
         let f = std::fs::File::create(&p).unwrap();
