@@ -475,3 +475,45 @@ fn the_logger_logs_start_calls_and_stop_on_the_parents_stderr_or_a_file() {
     assert!(log.contains("echo(\"hello\")"), "{log}");
     assert!(log.contains("stopped"), "{log}");
 }
+
+#[test]
+fn stats_shows_calls_in_flight_sync_and_async() {
+    let mut env = TestEnv::new("cli-flight");
+    env.start_service("cli-flight", &[]);
+    let client = env.connect("cli-flight").arg("f:").arg(1).open().unwrap();
+    let (held, slow) = (client.clone(), client.clone());
+    let holder = std::thread::spawn(move || held.call::<bool>("hold", ()).unwrap());
+    let sleeper = std::thread::spawn(move || slow.call::<String>("later", (8_000u64,)).unwrap());
+    // Poll until both calls are in progress (the deadline only bounds how
+    // long a failure takes to show).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let in_flight = |v: &serde_json::Value, name: &str| {
+        v["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap()["in_flight"]
+            .as_u64()
+            .unwrap()
+    };
+    loop {
+        let v = json(&mb(&env, &["stats", "cli-flight", "--json"]));
+        if in_flight(&v, "hold") == 1 && in_flight(&v, "later") == 1 {
+            assert_eq!(v["in_flight"], 2);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never saw both calls: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(client.call::<bool>("release", ()).unwrap());
+    assert!(holder.join().unwrap());
+    assert_eq!(sleeper.join().unwrap(), "f:after 8000 ms");
+    let v = json(&mb(&env, &["stats", "cli-flight", "--json"]));
+    assert_eq!(v["in_flight"], 0, "{v}");
+    assert_eq!((in_flight(&v, "hold"), in_flight(&v, "later")), (0, 0));
+    assert_eq!(v["calls"], 3, "{v}");
+}
