@@ -175,7 +175,12 @@ pub(crate) fn serve_with<S: Send + Sync + 'static>(
         .build()?;
 
     let addr = format!("{}:{}", config.host, config.port);
-    let tcp = runtime.block_on(crate::tcp::bind(&addr, dispatch.clone(), &config))?;
+    let tcp = runtime.block_on(crate::tcp::bind(
+        &addr,
+        dispatch.clone(),
+        &config,
+        counters.clone(),
+    ))?;
     let tcp_addr = tcp.local_addr();
     if !tcp_addr.ip().is_loopback() && config.token.is_none() {
         eprintln!(
@@ -202,6 +207,7 @@ pub(crate) fn serve_with<S: Send + Sync + 'static>(
         runtime.handle().clone(),
         config.max_extra_workers,
         config.max_message,
+        counters.clone(),
     );
     let mut inboxes = Vec::new();
     for k in 0..workers {

@@ -18,9 +18,10 @@
 //!                     started_at (Unix seconds)
 //! names:              MessagePack [[name, [param, ..] or nil], ..], one per endpoint
 //! blocks:             `slots` blocks of `block_bytes` (a multiple of 128), one per
-//!                     thread that ran endpoints; in each, per endpoint:
-//!                     started, done, errors, samples, sampled_ns, 3 spare,
-//!                     then `buckets` histogram counts
+//!                     thread that ran endpoints or sent replies; in each:
+//!                     error replies (any cause) and 7 spare words, then per
+//!                     endpoint: started, done, errors, samples, sampled_ns,
+//!                     3 spare, then `buckets` histogram counts
 //! ```
 //!
 //! **Cost on the call path.** Each thread that runs endpoints claims a
@@ -51,6 +52,12 @@ pub const BUCKETS: usize = 160;
 pub const SAMPLE_EVERY: u64 = 16;
 
 const HEADER_BYTES: usize = 128;
+/// Words at the start of each block, for the service as a whole: error
+/// replies (of any cause), then spare words.
+const SERVICE_WORDS: usize = 8;
+const ERROR_REPLIES: usize = 0;
+/// `{"status": "error", ...`: how every error reply of this crate starts.
+const ERROR_PREFIX: &[u8] = b"\x82\xa6status\xa5error";
 /// Words per endpoint before its buckets.
 const EP_HEAD_WORDS: usize = 8;
 const EP_WORDS: usize = EP_HEAD_WORDS + BUCKETS;
@@ -233,7 +240,7 @@ impl Counters {
             .map_err(|e| Error::Protocol(format!("encoding endpoint names: {e}")))?;
         let names_offset = HEADER_BYTES;
         let blocks_offset = (names_offset + names.len()).next_multiple_of(128);
-        let block_bytes = (n.max(1) * EP_WORDS * 8).next_multiple_of(128);
+        let block_bytes = ((SERVICE_WORDS + n * EP_WORDS) * 8).next_multiple_of(128);
         let len = blocks_offset + slots * block_bytes;
         let fd = metabridge_shm::memfd::create_sealed(c"metabridge-stats", len, "live counters")
             .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
@@ -293,18 +300,35 @@ impl Counters {
         k
     }
 
+    /// `len` words of this thread's block from word `offset` on.
     #[inline]
-    fn slot(&self, endpoint: usize) -> Slot<'_> {
+    fn words(&self, offset: usize, len: usize) -> Slot<'_> {
         let k = self.block();
-        let at = self.blocks_word + k * self.block_words + endpoint * EP_WORDS;
-        // SAFETY: `at + EP_WORDS` is within the mapping: k < slots,
-        // endpoint < endpoints, and each block holds `endpoints * EP_WORDS`
-        // words; the words are only ever accessed atomically.
-        let words = unsafe { std::slice::from_raw_parts(self.base.add(at), EP_WORDS) };
+        let at = self.blocks_word + k * self.block_words + offset;
+        // SAFETY: callers keep `offset + len` within a block (the service
+        // words, or one endpoint's with endpoint < endpoints), and k <
+        // slots, so the words are within the mapping; they are only ever
+        // accessed atomically.
+        let words = unsafe { std::slice::from_raw_parts(self.base.add(at), len) };
         Slot {
             words,
             // Only the last block can have several writers.
             exclusive: k < self.slots - 1,
+        }
+    }
+
+    #[inline]
+    fn slot(&self, endpoint: usize) -> Slot<'_> {
+        self.words(SERVICE_WORDS + endpoint * EP_WORDS, EP_WORDS)
+    }
+
+    /// Counts `reply` if it is an error reply (of any cause: an endpoint's
+    /// error, or a request refused before any endpoint). A success costs
+    /// one comparison of its first bytes.
+    #[inline]
+    pub(crate) fn note_reply(&self, reply: &[u8]) {
+        if reply.starts_with(ERROR_PREFIX) {
+            self.words(0, SERVICE_WORDS).add(ERROR_REPLIES, 1);
         }
     }
 
@@ -409,6 +433,10 @@ pub struct Snapshot {
     pub started_at: u64,
     /// One per endpoint, in the service's (sorted) order.
     pub endpoints: Vec<EndpointStats>,
+    /// Requests answered with an error without an endpoint's failure: an
+    /// unknown endpoint, a bad token, a malformed request, a message over
+    /// the limit (error replies minus endpoint errors).
+    pub refused: u64,
 }
 
 impl Snapshot {
@@ -416,9 +444,9 @@ impl Snapshot {
     pub fn calls(&self) -> u64 {
         self.endpoints.iter().map(|e| e.calls).sum()
     }
-    /// Errors, over all endpoints.
+    /// Error replies: the endpoints' errors and the refused requests.
     pub fn errors(&self) -> u64 {
-        self.endpoints.iter().map(|e| e.errors).sum()
+        self.endpoints.iter().map(|e| e.errors).sum::<u64>() + self.refused
     }
     /// Calls in flight, over all endpoints.
     pub fn in_flight(&self) -> u64 {
@@ -472,7 +500,10 @@ pub fn read(fd: BorrowedFd<'_>) -> Result<Snapshot> {
             "{slots} blocks, {n} endpoints, {buckets} buckets"
         )));
     }
-    if block_bytes % 8 != 0 || block_bytes < n * EP_WORDS * 8 || block_bytes > 1 << 30 {
+    if block_bytes % 8 != 0
+        || block_bytes < (SERVICE_WORDS + n * EP_WORDS) * 8
+        || block_bytes > 1 << 30
+    {
         return Err(bad(format!("block size {block_bytes}")));
     }
     if names_len > MAX_NAMES_BYTES
@@ -494,6 +525,11 @@ pub fn read(fd: BorrowedFd<'_>) -> Result<Snapshot> {
     if names.len() != n {
         return Err(bad(format!("{} names for {n} endpoints", names.len())));
     }
+    let mut error_replies = 0u64;
+    for k in 0..slots {
+        let at = blocks_offset / 8 + k * (block_bytes / 8);
+        error_replies = error_replies.wrapping_add(word(at + ERROR_REPLIES));
+    }
     let mut endpoints = Vec::with_capacity(n);
     for (e, (name, params)) in names.into_iter().enumerate() {
         let mut s = EndpointStats {
@@ -508,7 +544,7 @@ pub fn read(fd: BorrowedFd<'_>) -> Result<Snapshot> {
         };
         let mut started = 0u64;
         for k in 0..slots {
-            let at = blocks_offset / 8 + k * (block_bytes / 8) + e * EP_WORDS;
+            let at = blocks_offset / 8 + k * (block_bytes / 8) + SERVICE_WORDS + e * EP_WORDS;
             started = started.wrapping_add(word(at + STARTED));
             s.calls = s.calls.wrapping_add(word(at + DONE));
             s.errors = s.errors.wrapping_add(word(at + ERRORS));
@@ -521,8 +557,10 @@ pub fn read(fd: BorrowedFd<'_>) -> Result<Snapshot> {
         s.in_flight = started.saturating_sub(s.calls);
         endpoints.push(s);
     }
+    let endpoint_errors: u64 = endpoints.iter().map(|e| e.errors).sum();
     Ok(Snapshot {
         started_at: word(8),
+        refused: error_replies.saturating_sub(endpoint_errors),
         endpoints,
     })
 }
@@ -586,6 +624,18 @@ mod tests {
         assert_eq!(snap.endpoints[1].samples, 27);
         assert_eq!(snap.endpoints[1].histogram.iter().sum::<u64>(), 27);
         assert!(snap.endpoints[1].percentile(0.5).is_some());
+        assert_eq!(snap.refused, 0);
+        let mut reply = Vec::new();
+        crate::envelope::encode_error(&mut reply, "NotFound", "no");
+        c.note_reply(&reply);
+        for _ in 0..40 {
+            c.note_reply(&reply); // the endpoint errors' replies
+        }
+        let mut ok = Vec::new();
+        crate::envelope::encode_ok(&mut ok, &1).unwrap();
+        c.note_reply(&ok);
+        let snap = read(c.read_only_fd()).unwrap();
+        assert_eq!((snap.refused, snap.errors()), (1, 41));
         drop(held); // a call dropped unfinished is an error
         let snap = read(c.read_only_fd()).unwrap();
         assert_eq!((snap.endpoints[0].calls, snap.endpoints[0].errors), (1, 1));
@@ -627,7 +677,7 @@ mod tests {
         put(&mut map, 0, MAGIC);
         put(&mut map, 1, VERSION as u64 | (HEADER_BYTES as u64) << 32);
         put(&mut map, 2, 1 | 1 << 32); // 1 block, 1 endpoint
-        put(&mut map, 3, (EP_WORDS * 8) as u64);
+        put(&mut map, 3, ((SERVICE_WORDS + EP_WORDS) * 8) as u64);
         put(&mut map, 4, HEADER_BYTES as u64);
         put(&mut map, 5, 0);
         put(&mut map, 6, 1 << 40); // blocks far past the end

@@ -154,6 +154,8 @@ pub(crate) struct Pool {
     max_extra: usize,
     /// `ServiceConfig::max_message`: a larger result becomes an error reply.
     max_message: usize,
+    /// The live counters (they count error replies here).
+    counters: Option<Arc<crate::stats::Counters>>,
 }
 
 impl Pool {
@@ -162,6 +164,7 @@ impl Pool {
         runtime: tokio::runtime::Handle,
         max_extra: usize,
         max_message: usize,
+        counters: Option<Arc<crate::stats::Counters>>,
     ) -> Arc<Pool> {
         Arc::new(Pool {
             dispatch,
@@ -171,6 +174,7 @@ impl Pool {
             extra: AtomicUsize::new(0),
             max_extra,
             max_message,
+            counters,
         })
     }
 
@@ -461,6 +465,9 @@ impl Worker {
             conn.awaiting = None;
             let mut reply = reply;
             bound_result(&mut reply, self.pool.max_message);
+            if let Some(c) = &self.pool.counters {
+                c.note_reply(&reply);
+            }
             send_reply(&mut conn.counted.channel, &reply)?;
             return Ok(Served::Answered);
         }
@@ -533,6 +540,9 @@ impl Worker {
         match outcome {
             Outcome::Done => {
                 bound_result(out, self.pool.max_message);
+                if let Some(c) = &self.pool.counters {
+                    c.note_reply(out);
+                }
                 send_reply(&mut conn.counted.channel, out)?;
                 if out.capacity() > KEEP_REPLY_BUFFER {
                     *out = Vec::with_capacity(4096);

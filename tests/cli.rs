@@ -246,6 +246,8 @@ fn stats_counts_calls_and_errors_exactly() {
         assert!(client.call::<i64>("scaled", ("x",)).is_err());
     }
     let _: i64 = client.call("scaled", (5,)).unwrap();
+    // Refused before any endpoint: counted as an error of the service.
+    assert!(client.call::<i64>("no_such_endpoint", ()).is_err());
     client.close();
 
     let o = mb(&env, &["stats", "cli-stats", "--json"]);
@@ -253,7 +255,8 @@ fn stats_counts_calls_and_errors_exactly() {
     let v = json(&o);
     assert_eq!(v["service"], "cli-stats");
     assert_eq!(v["calls"], 10);
-    assert_eq!(v["errors"], 2);
+    assert_eq!(v["errors"], 3);
+    assert_eq!(v["refused"], 1);
     assert_eq!(v["in_flight"], 0);
     let ep = |name: &str| {
         v["endpoints"]
@@ -283,7 +286,11 @@ fn stats_counts_calls_and_errors_exactly() {
     // The table, and --watch with a bounded count.
     let o = mb(&env, &["stats", "cli-stats"]);
     code(&o, 0);
-    assert!(stdout(&o).contains("10 calls, 2 errors"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("10 calls, 3 errors (1 refused before an endpoint)"),
+        "{}",
+        stdout(&o)
+    );
     let echo_row = stdout(&o)
         .lines()
         .find(|l| l.starts_with("echo "))

@@ -72,7 +72,9 @@ enum Command {
         json: bool,
     },
     /// Per endpoint: calls, errors, calls in flight, latency percentiles
-    /// (from the histogram the service keeps; one call in 16 is timed).
+    /// (from the histogram the service keeps; one call in 16 is timed);
+    /// and the requests refused before any endpoint (unknown endpoint, bad
+    /// token).
     Stats {
         /// Service name.
         service: String,
@@ -544,6 +546,7 @@ fn stats_json(
         "pid": entry.pid,
         "calls": snap.calls(),
         "errors": snap.errors(),
+        "refused": snap.refused,
         "in_flight": snap.in_flight(),
         "calls_per_sec": rate,
         "endpoints": eps,
@@ -552,11 +555,12 @@ fn stats_json(
 
 fn print_stats(entry: &Entry, snap: &metabridge::stats::Snapshot, rate: Option<f64>) {
     println!(
-        "{} (pid {}): {} calls, {} errors, {} in flight{}",
+        "{} (pid {}): {} calls, {} errors ({} refused before an endpoint), {} in flight{}",
         entry.name,
         entry.pid,
         snap.calls(),
         snap.errors(),
+        snap.refused,
         snap.in_flight(),
         rate.map_or(String::new(), |r| format!(", {r:.0} calls/s"))
     );
