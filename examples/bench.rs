@@ -14,7 +14,7 @@ mod service_daemon;
 
 #[path = "support/measure.rs"]
 mod measure;
-use measure::{flag_value, percentile, pin_process};
+use measure::{percentile, pin_process};
 
 use metabridge_shm::{Channel, ChannelConfig};
 use service_daemon::ServiceClient;
@@ -24,15 +24,29 @@ use std::time::{Duration, Instant};
 
 const ECHO_ENV: &str = "MB_BENCH_ECHO";
 
+/// The seed's benchmark against a real daemon (arguments parsed with clap,
+/// like the `metabridge` tool's, which shares `support/measure.rs`).
+#[derive(clap::Parser)]
+#[command(about)]
 struct Settings {
+    /// A shorter run (under 20 s).
+    #[arg(long)]
     quick: bool,
+    /// One JSON object per line.
+    #[arg(long)]
     json: bool,
     /// `split`: client on vCPU 0, service on vCPU 1; `same`: both on 0.
+    #[arg(long, value_parser = ["split", "same"])]
     pin: Option<String>,
-    /// Calls per latency run (`--calls N`).
+    /// Calls per latency run.
+    #[arg(long)]
     calls: Option<usize>,
-    /// Only this transport (`--transport shm|tcp`).
+    /// Only this transport.
+    #[arg(long, value_parser = ["shm", "tcp"])]
     transport: Option<String>,
+    /// Only the single-client latency runs.
+    #[arg(long)]
+    latency_only: bool,
 }
 
 impl Settings {
@@ -199,17 +213,8 @@ fn main() -> metabridge::Result<()> {
         let (name, len) = spec.rsplit_once(':').unwrap();
         echo_child(name, len.parse().unwrap());
     }
-    let args: Vec<String> = std::env::args().collect();
-    let value = |flag: &str| flag_value(&args, flag);
-    let pin = value("--pin");
-    let s = Settings {
-        quick: args.iter().any(|a| a == "--quick"),
-        json: args.iter().any(|a| a == "--json"),
-        pin,
-        calls: value("--calls").and_then(|v| v.parse().ok()),
-        transport: value("--transport"),
-    };
-    let only_latency = args.iter().any(|a| a == "--latency-only");
+    let s = <Settings as clap::Parser>::parse();
+    let only_latency = s.latency_only;
     let daemon = service_daemon::start()?;
     if let Some((client_cpu, service_cpu)) = s.cpus() {
         pin_process(0, client_cpu);

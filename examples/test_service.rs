@@ -57,6 +57,12 @@ impl Fixture {
         x * self.scale
     }
 
+    /// `n` bytes 0, 1, 2, ... as MessagePack bin (for `metabridge call`).
+    #[metabridge::function]
+    pub fn bytes(&self, n: u8) -> serde_bytes::ByteBuf {
+        serde_bytes::ByteBuf::from((0..n).collect::<Vec<u8>>())
+    }
+
     #[metabridge::function]
     pub fn instance_id(&self) -> u64 {
         self.id
@@ -228,6 +234,38 @@ fn main() {
             };
             println!("{pid}");
             std::process::exit(0); // skips destructors: no stop() from the handle
+        }
+        Some("logged") => {
+            // A daemon with the call log on (`logger`), to the parent's
+            // standard error or to $FIXTURE_LOG_FILE: one call, then stop.
+            let name = args.get(2).cloned().unwrap_or_else(|| "fixture".into());
+            let mut service = Fixture::service().rename(&name).logger(true);
+            if let Some(f) = std::env::var_os("FIXTURE_LOG_FILE") {
+                service = service.log_file(f);
+            }
+            let handle = metabridge::run(service).unwrap_or_else(|e| {
+                eprintln!("test_service: {e}");
+                std::process::exit(1)
+            });
+            let client = metabridge::connect(&name)
+                .arg("log:")
+                .arg(1)
+                .open()
+                .unwrap();
+            let echoed: String = client.call("echo", ("hello",)).unwrap();
+            println!("{echoed}");
+            client.close();
+            let tcp = metabridge::connect(&name)
+                .arg("log:")
+                .arg(1)
+                .transport(metabridge::TransportKind::Tcp)
+                .open()
+                .unwrap();
+            let echoed: String = tcp.call("echo", ("tcp",)).unwrap();
+            println!("{echoed}");
+            tcp.close();
+            handle.stop().unwrap();
+            std::process::exit(0);
         }
         Some("call") => {
             let name = &args[2];

@@ -194,6 +194,18 @@ impl<'a> Args<'a> {
         ))
     }
 
+    /// The arguments as received (positional count and bytes after the
+    /// array header, keyword count and bytes after the map header), for
+    /// the call log.
+    pub(crate) fn raw_parts(&self) -> (u32, &'a [u8], u32, &'a [u8]) {
+        (
+            self.positional_left,
+            self.positional,
+            self.kwargs_count,
+            self.kwargs,
+        )
+    }
+
     /// Checks that no argument was left over. `params` are the names of
     /// all the parameters, for the message.
     pub fn finish(&self, params: &[&str]) -> Result<(), CallError> {

@@ -7,6 +7,9 @@
 //!                                                  fd sealed? header valid? room for a channel?
 //!   doorbells, worker k    ◄── [0, k:u16] + fd ──  channel handed to worker k
 //!                          ◄── [1, len:u16, why] ─ or a refusal, with the reason
+//!
+//!   (a reader)             ── [2, STATS] ────────►   SO_PEERCRED: uid allowed?
+//!   counters, read-only    ◄── [0, 0, 0] + fd ────   the live-counters memfd (stats.rs)
 //! ```
 //!
 //! Nothing crosses this socket but descriptors and a few bytes, and both
@@ -34,6 +37,9 @@ use std::time::{Duration, Instant};
 pub(crate) const VERSION: u8 = 2;
 /// Operation: open a channel over the segment whose descriptor comes along.
 const OP_OPEN_CHANNEL: u8 = 1;
+/// Operation: send a read-only descriptor of the service's live counters
+/// (see `stats.rs`); nothing comes along.
+const OP_STATS: u8 = 2;
 /// Reply status: accepted (then the worker index and the doorbell fd).
 const STATUS_OK: u8 = 0;
 /// Reply status: refused (then a length-prefixed reason).
@@ -100,6 +106,43 @@ pub(crate) fn request_channel(
     }
 }
 
+/// Client side: asks the service at `socket` for a read-only descriptor of
+/// its live counters, within `deadline`.
+pub(crate) fn request_stats(socket: &Path, deadline: Instant) -> Result<OwnedFd> {
+    check_socket_file(socket)?;
+    let stream = connect_until(socket, deadline)?;
+    let me = nix::unistd::geteuid().as_raw();
+    let peer = peer_uid(&stream)?;
+    if peer != me {
+        return Err(Error::Protocol(format!(
+            "the control socket {} is served by uid {peer}, not by this user (uid {me}); refusing to use it",
+            socket.display()
+        )));
+    }
+    set_timeouts(&stream, remaining(deadline)?)?;
+    (&stream)
+        .write_all(&[VERSION, OP_STATS])
+        .map_err(|e| io_step(e, "writing the request"))?;
+    let mut head = [0u8; 3];
+    let fd = recv_with_fd(&stream, &mut head, remaining(deadline)?)?;
+    match head[0] {
+        STATUS_OK => fd.ok_or_else(|| {
+            Error::Protocol("the service sent no descriptor for its counters".into())
+        }),
+        STATUS_REFUSED => {
+            let len = u16::from_le_bytes([head[1], head[2]]) as usize;
+            let mut why = vec![0u8; len];
+            (&stream)
+                .read_exact(&mut why)
+                .map_err(|e| io_step(e, "reading the refusal"))?;
+            Err(Error::Refused(String::from_utf8_lossy(&why).into_owned()))
+        }
+        other => Err(Error::Protocol(format!(
+            "control socket answered with unknown status {other}"
+        ))),
+    }
+}
+
 /// Who may open channels on a service.
 #[derive(Clone, Debug)]
 pub(crate) struct PeerPolicy {
@@ -131,11 +174,21 @@ pub(crate) fn serve_request(
     stream: UnixStream,
     config: &ChannelConfig,
     doorbells: &DoorbellSet,
+    stats: Option<BorrowedFd<'_>>,
     place: impl FnOnce(Channel) -> std::result::Result<u16, String>,
 ) -> Result<()> {
     set_timeouts(&stream, SERVICE_HANDSHAKE_TIMEOUT)?;
     let mut head = [0u8; 2];
     let fd = recv_with_fd(&stream, &mut head, SERVICE_HANDSHAKE_TIMEOUT)?;
+    if head[0] == VERSION && head[1] == OP_STATS {
+        return match stats {
+            Some(counters) => send_with_fd(&stream, &[STATUS_OK, 0, 0], counters),
+            None => {
+                refuse(&stream, "this service keeps no live counters");
+                Err(Error::Refused("no live counters".into()))
+            }
+        };
+    }
     let placed = if head[0] != VERSION {
         Err(format!(
             "handshake version {} is not supported (this service speaks {VERSION})",

@@ -293,7 +293,10 @@ fn child_main<S: Send + Sync + 'static>(
             platform::exit_now(0)
         }
         Some(Err(e)) => Err(e.into()),
-        Some(Ok(true)) | None => serve_on_own_thread(service, &mut ready),
+        Some(Ok(true)) | None => {
+            crate::logger::init_daemon(&service.config);
+            serve_on_own_thread(service, &mut ready)
+        }
     };
     if let Err(e) = &result {
         if let Some(f) = ready.as_mut() {

@@ -127,6 +127,31 @@ pub(crate) fn serve_with<S: Send + Sync + 'static>(
         None // an operator's token is theirs to hand out
     };
     let config = service.config.clone();
+    // Live counters and the call log wrap the endpoints (instrument.rs).
+    // METABRIDGE_STATS=0 turns them off (to measure what they cost).
+    let counters = if std::env::var_os("METABRIDGE_STATS").is_some_and(|v| v == "0") {
+        None
+    } else {
+        let names = service.endpoint_names();
+        let described: Vec<(String, Option<Vec<String>>)> = names
+            .into_iter()
+            .map(|n| {
+                let p = service.params.get(&n).cloned();
+                (n, p)
+            })
+            .collect();
+        let threads = 2 * config.workers.max(1) + config.max_extra_workers + 16;
+        match crate::stats::Counters::create(&described, threads) {
+            Ok(c) => Some(Arc::new(c)),
+            Err(e) => {
+                tracing::warn!("service {name:?} runs without live counters: {e}");
+                None
+            }
+        }
+    };
+    let log_calls =
+        config.logger || tracing::enabled!(target: "metabridge::call", tracing::Level::INFO);
+    crate::instrument::instrument(&mut service, counters.clone(), log_calls);
     let dispatch: Arc<dyn Dispatch> = Arc::new(Dispatcher::new(service));
     let stem = format!("{}-{}", file_safe(&name), me.pid);
 
@@ -137,7 +162,12 @@ pub(crate) fn serve_with<S: Send + Sync + 'static>(
         .build()?;
 
     let addr = format!("{}:{}", config.host, config.port);
-    let tcp = runtime.block_on(crate::tcp::bind(&addr, dispatch.clone(), &config))?;
+    let tcp = runtime.block_on(crate::tcp::bind(
+        &addr,
+        dispatch.clone(),
+        &config,
+        counters.clone(),
+    ))?;
     let tcp_addr = tcp.local_addr();
     if !tcp_addr.ip().is_loopback() && config.token.is_none() {
         eprintln!(
@@ -164,6 +194,7 @@ pub(crate) fn serve_with<S: Send + Sync + 'static>(
         runtime.handle().clone(),
         config.max_extra_workers,
         config.max_message,
+        counters.clone(),
     );
     let mut inboxes = Vec::new();
     for k in 0..workers {
@@ -214,12 +245,23 @@ pub(crate) fn serve_with<S: Send + Sync + 'static>(
         pending: AtomicUsize::new(0),
         name: name.clone(),
         max_message: config.max_message,
+        counters,
     });
     let registered = registry.register(&entry);
     if registered.is_ok() {
+        tracing::info!(
+            target: "metabridge::service",
+            service = %name,
+            "started: pid {}, tcp {}, control socket {}, {workers} worker(s), endpoints {:?}",
+            me.pid,
+            entry.tcp,
+            entry.control_socket,
+            entry.endpoints
+        );
         ready(&entry);
         accept_loop(&listener, &acceptor, &registry, &entry);
         let _ = registry.unregister(&name, me.pid);
+        tracing::info!(target: "metabridge::service", service = %name, "stopping");
     }
 
     // Graceful stop: no new channels; workers answer what is already in
@@ -242,6 +284,7 @@ pub(crate) fn serve_with<S: Send + Sync + 'static>(
     let _ = supervisor.join();
     runtime.shutdown_timeout(Duration::from_millis(100));
     registered?;
+    tracing::info!(target: "metabridge::service", service = %name, "stopped");
     if !stuck.is_empty() || tcp_done.is_err() || tcp_abandoned > 0 {
         let mut abandoned = Vec::new();
         if !stuck.is_empty() {
@@ -283,6 +326,8 @@ struct Acceptor {
     pending: AtomicUsize,
     name: String,
     max_message: usize,
+    /// The live counters, handed read-only to whoever asks (`OP_STATS`).
+    counters: Option<Arc<crate::stats::Counters>>,
 }
 
 impl Acceptor {
@@ -310,6 +355,12 @@ impl Acceptor {
             .push(counted);
         inbox.pending.store(true, Ordering::Release);
         inbox.bell.ring();
+        tracing::info!(
+            target: "metabridge::service",
+            service = %self.name,
+            "client connected: shared-memory channel on worker {k} ({} open)",
+            open + 1
+        );
         Ok(k as u16)
     }
 }
@@ -365,11 +416,13 @@ fn accept_loop(
                     .name("metabridge-handshake".into())
                     .spawn(move || {
                         let a = &guard.0;
-                        if let Err(e) =
-                            crate::control::serve_request(stream, &config, &a.bells, |ch| {
-                                a.place(ch)
-                            })
-                        {
+                        if let Err(e) = crate::control::serve_request(
+                            stream,
+                            &config,
+                            &a.bells,
+                            a.counters.as_deref().map(|c| c.read_only_fd()),
+                            |ch| a.place(ch),
+                        ) {
                             tracing::debug!("channel setup failed: {e}");
                         }
                     });

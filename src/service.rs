@@ -157,6 +157,17 @@ pub struct ServiceConfig {
     /// reporting the calls it abandoned (`Error::ShutdownTimeout`); a
     /// daemon exits with status 3.
     pub shutdown_timeout: std::time::Duration,
+    /// Log service start and stop, channel connects and disconnects, and
+    /// every call (endpoint, arguments and result cut short, duration)
+    /// through `tracing` (the original's `logger=True`). Default false;
+    /// `RUST_LOG` turns the same events on without it. A daemon started
+    /// with [`run`](crate::run) installs a subscriber for them when either
+    /// is set; in a program of yours, yours shows them.
+    pub logger: bool,
+    /// Where a daemon started with [`run`](crate::run) writes its log
+    /// (appended); default: the standard error it inherited from the
+    /// parent, or `$METABRIDGE_LOG_FILE`.
+    pub log_file: Option<std::path::PathBuf>,
 }
 
 impl ServiceConfig {
@@ -193,6 +204,10 @@ impl Default for ServiceConfig {
             max_extra_workers: 16,
             max_message: crate::error::default_max_message(),
             shutdown_timeout: std::time::Duration::from_secs(5),
+            logger: false,
+            log_file: std::env::var_os("METABRIDGE_LOG_FILE")
+                .filter(|f| !f.is_empty())
+                .map(Into::into),
         }
     }
 }
@@ -225,6 +240,8 @@ pub struct Service<S> {
     /// [`Service::constructor_params`]).
     pub(crate) ctor_params: Option<Arc<[String]>>,
     pub(crate) endpoints: HashMap<String, Endpoint<S>>,
+    /// Parameter names of endpoints, where declared ([`Service::params`]).
+    pub(crate) params: HashMap<String, Vec<String>>,
 }
 
 impl<S: Send + Sync + 'static> Service<S> {
@@ -238,6 +255,7 @@ impl<S: Send + Sync + 'static> Service<S> {
             ctor: None,
             ctor_params: None,
             endpoints: HashMap::new(),
+            params: HashMap::new(),
         }
     }
 
@@ -344,11 +362,38 @@ impl<S: Send + Sync + 'static> Service<S> {
         self
     }
 
+    /// Declares the parameter names of endpoint `endpoint`, for tools
+    /// (`metabridge endpoints`); the macro declares them for you.
+    pub fn params(mut self, endpoint: &str, names: &[&str]) -> Self {
+        self.params.insert(
+            endpoint.to_owned(),
+            names.iter().map(|n| n.to_string()).collect(),
+        );
+        self
+    }
+
+    /// Logs starts, stops, connects and calls through `tracing` (see
+    /// [`ServiceConfig::logger`]).
+    pub fn logger(mut self, on: bool) -> Self {
+        self.config.logger = on;
+        self
+    }
+
+    /// Where a daemon of this service writes its log (see
+    /// [`ServiceConfig::log_file`]).
+    pub fn log_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.config.log_file = Some(path.into());
+        self
+    }
+
     /// Makes endpoint `target` reachable as `alias` too (the seed exposes a
     /// method under its endpoint name and its own name).
     pub fn alias(mut self, alias: &str, target: &str) -> Self {
         if let Some(e) = self.endpoints.get(target).cloned() {
             self.endpoints.insert(alias.to_owned(), e);
+        }
+        if let Some(p) = self.params.get(target).cloned() {
+            self.params.insert(alias.to_owned(), p);
         }
         self
     }

@@ -36,6 +36,8 @@ struct TcpHandler {
     max_message: usize,
     /// Permits for sync calls in progress (see [`MAX_BLOCKING_CALLS`]).
     blocking: Semaphore,
+    /// The live counters (they count error replies here).
+    counters: Option<Arc<crate::stats::Counters>>,
 }
 
 impl TcpHandler {
@@ -74,6 +76,9 @@ impl Handler for TcpHandler {
                 finish_async(joined, &mut out);
             }
             crate::worker::bound_result(&mut out, self.max_message);
+            if let Some(c) = &self.counters {
+                c.note_reply(&out);
+            }
             out
         })
     }
@@ -135,6 +140,7 @@ pub(crate) async fn bind(
     addr: &str,
     dispatch: Arc<dyn Dispatch>,
     service: &crate::service::ServiceConfig,
+    counters: Option<Arc<crate::stats::Counters>>,
 ) -> std::io::Result<Server> {
     let defaults = ServerConfig::default();
     let config = ServerConfig {
@@ -160,6 +166,7 @@ pub(crate) async fn bind(
         dispatch,
         max_message: service.max_message,
         blocking: Semaphore::new(MAX_BLOCKING_CALLS),
+        counters,
     };
     Server::bind(addr, config, Arc::new(handler)).await
 }

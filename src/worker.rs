@@ -73,7 +73,12 @@ pub(crate) struct Counted {
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        self.count.open.fetch_sub(1, Ordering::Relaxed);
+        let before = self.count.open.fetch_sub(1, Ordering::Relaxed);
+        tracing::info!(
+            target: "metabridge::service",
+            "client disconnected: shared-memory channel closed ({} open)",
+            before.saturating_sub(1)
+        );
     }
 }
 
@@ -149,6 +154,8 @@ pub(crate) struct Pool {
     max_extra: usize,
     /// `ServiceConfig::max_message`: a larger result becomes an error reply.
     max_message: usize,
+    /// The live counters (they count error replies here).
+    counters: Option<Arc<crate::stats::Counters>>,
 }
 
 impl Pool {
@@ -157,6 +164,7 @@ impl Pool {
         runtime: tokio::runtime::Handle,
         max_extra: usize,
         max_message: usize,
+        counters: Option<Arc<crate::stats::Counters>>,
     ) -> Arc<Pool> {
         Arc::new(Pool {
             dispatch,
@@ -166,6 +174,7 @@ impl Pool {
             extra: AtomicUsize::new(0),
             max_extra,
             max_message,
+            counters,
         })
     }
 
@@ -456,6 +465,9 @@ impl Worker {
             conn.awaiting = None;
             let mut reply = reply;
             bound_result(&mut reply, self.pool.max_message);
+            if let Some(c) = &self.pool.counters {
+                c.note_reply(&reply);
+            }
             send_reply(&mut conn.counted.channel, &reply)?;
             return Ok(Served::Answered);
         }
@@ -530,6 +542,9 @@ impl Worker {
         match outcome {
             Outcome::Done => {
                 bound_result(out, self.pool.max_message);
+                if let Some(c) = &self.pool.counters {
+                    c.note_reply(out);
+                }
                 send_reply(&mut conn.counted.channel, out)?;
                 if out.capacity() > KEEP_REPLY_BUFFER {
                     *out = Vec::with_capacity(4096);

@@ -216,8 +216,12 @@ fn endpoint(ep: &Endpoint, ty: &syn::Type, l: &Locals) -> TokenStream {
             }
         }
     };
+    // Parameter names, for tools (`metabridge endpoints`); before the
+    // alias, which copies them.
+    let wire_names = ep.params.iter().map(Param::wire_name);
+    let params = quote!(.params(#name, &[#(#wire_names),*]));
     let alias = ep.alias.as_ref().map(|alias| quote!(.alias(#alias, #name)));
-    quote!(#registration #alias)
+    quote!(#registration #params #alias)
 }
 
 /// The generated `impl Type { fn service(); fn run(); fn serve() }`.
@@ -227,6 +231,7 @@ fn server(def: &ServiceDef, imp: &ItemImpl) -> TokenStream {
     let name = &def.args.name;
     let host = def.args.host.as_ref().map(|h| quote!(.host(#h)));
     let port = def.args.port.as_ref().map(|p| quote!(.port(#p)));
+    let logger = def.args.logger.as_ref().map(|b| quote!(.logger(#b)));
     let ctor = constructor(def, ty, &l);
     let endpoints = def.endpoints.iter().map(|ep| endpoint(ep, ty, &l));
     let service_doc = format!(
@@ -241,6 +246,7 @@ fn server(def: &ServiceDef, imp: &ItemImpl) -> TokenStream {
                 ::metabridge::Service::<#ty>::new(#name)
                     #host
                     #port
+                    #logger
                     #ctor
                     #(#endpoints)*
             }
@@ -314,7 +320,7 @@ mod tests {
             "::metabridge::Service::<DemoService>::new(\"demo-service\").port(9000).constructor_params(&[\"argumento\"]).constructor(",
             "let argumento : String = match <String as ::metabridge::__private::Param>::next(__args, \"argumento\") { ::core::result::Result::Ok(v) => v, ::core::result::Result::Err(e) => { return ::core::result::Result::Err(__args.explain(e, &[\"argumento\"])); } };",
             "__args.finish(&[\"argumento\"])?;::core::result::Result::Ok(DemoService::new(argumento))",
-            ".endpoint(\"teste\",|__s:&DemoService,__args:&mut::metabridge::Args<'_>,__out:&mut::metabridge::Reply<'_>|{__args.finish(&[])?;let __metabridge_value=__s.home();::metabridge::Reply::ok(__out,&__metabridge_value)}).alias(\"home\",\"teste\")",
+            ".endpoint(\"teste\",|__s:&DemoService,__args:&mut::metabridge::Args<'_>,__out:&mut::metabridge::Reply<'_>|{__args.finish(&[])?;let __metabridge_value=__s.home();::metabridge::Reply::ok(__out,&__metabridge_value)}).params(\"teste\",&[]).alias(\"home\",\"teste\")",
             "let __metabridge_value=__s.get(outro_argumento);::metabridge::Reply::ok(__out,&__metabridge_value)",
             ".endpoint_async(\"soma\",|__s:::std::sync::Arc<DemoService>,",
             "::core::result::Result::Ok(::std::boxed::Box::pin(async move{let __metabridge_value=__s.soma(a,b).await;::metabridge::Reply::encode_ok(&__metabridge_value)})as::metabridge::EndpointFuture)",

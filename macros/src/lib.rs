@@ -13,7 +13,7 @@ mod parse;
 
 /// Turns an inherent `impl` block into a MetaBridge service.
 ///
-/// Arguments: `name = "..."` (required), `host = "..."` and `port = N` (optional).
+/// Arguments: `name = "..."` (required), `host = "..."`, `port = N` and `logger = true` (optional; see `ServiceConfig::logger`).
 ///
 /// Inside the block:
 /// - methods marked `#[metabridge::function]` are endpoints under their own name;

@@ -24,6 +24,8 @@ pub struct ServiceArgs {
     pub host: Option<LitStr>,
     /// `port = N`, if given (checked to fit in a `u16`).
     pub port: Option<LitInt>,
+    /// `logger = true|false`, if given.
+    pub logger: Option<syn::LitBool>,
 }
 
 impl ServiceArgs {
@@ -32,6 +34,7 @@ impl ServiceArgs {
         let mut name: Option<LitStr> = None;
         let mut host: Option<LitStr> = None;
         let mut port: Option<LitInt> = None;
+        let mut logger: Option<syn::LitBool> = None;
         let parser = syn::meta::parser(|meta| {
             let key = meta.path.get_ident().map(|i| i.unraw().to_string());
             match key.as_deref() {
@@ -77,8 +80,18 @@ impl ServiceArgs {
                     port = Some(LitInt::new(lit.base10_digits(), lit.span()));
                     Ok(())
                 }
+                Some("logger") => {
+                    if logger.is_some() {
+                        return Err(meta.error("duplicate key `logger`"));
+                    }
+                    let lit: syn::LitBool = meta.value()?.parse().map_err(|e| {
+                        syn::Error::new(e.span(), "expected `logger = true` or `logger = false`")
+                    })?;
+                    logger = Some(lit);
+                    Ok(())
+                }
                 _ => Err(meta.error(format!(
-                    "unknown attribute key `{}`; expected `name`, `host` or `port`",
+                    "unknown attribute key `{}`; expected `name`, `host`, `port` or `logger`",
                     path_to_string(&meta.path)
                 ))),
             }
@@ -90,7 +103,12 @@ impl ServiceArgs {
                 "missing service name: write `#[metabridge::service(name = \"my-service\")]`",
             )
         })?;
-        Ok(ServiceArgs { name, host, port })
+        Ok(ServiceArgs {
+            name,
+            host,
+            port,
+            logger,
+        })
     }
 }
 

@@ -74,6 +74,28 @@ pub use segment::{
     gc, segment_path, FILE_PREFIX, HEADER_LEN, LAYOUT_VERSION, MAX_CAPACITY, MIN_CAPACITY,
 };
 
+/// Sealed memfds for other shared state than channels (the runtime's live
+/// counters): created with their pages reserved and sealed against any
+/// change of size, and checked before a receiver maps one.
+#[cfg(not(loom))]
+pub mod memfd {
+    use std::os::fd::{BorrowedFd, OwnedFd};
+
+    /// A memfd of exactly `len` bytes, its pages reserved, sealed with
+    /// `F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL` (so no mapping of it can
+    /// ever fault). `name` shows in `/proc/<pid>/fd`; `what` names it in
+    /// errors.
+    pub fn create_sealed(name: &std::ffi::CStr, len: usize, what: &str) -> crate::Result<OwnedFd> {
+        crate::platform::sealed_memfd(name, len, what)
+    }
+
+    /// Checks that `fd` carries those seals and holds at least `min_len`
+    /// bytes; returns its length. Only then may it be mapped.
+    pub fn check_sealed(fd: BorrowedFd<'_>, min_len: u64, what: &str) -> crate::Result<u64> {
+        crate::platform::check_sealed(fd, min_len, what)
+    }
+}
+
 /// Layout facts for tests that corrupt a segment on purpose.
 #[cfg(not(loom))]
 #[doc(hidden)]

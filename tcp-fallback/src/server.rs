@@ -34,7 +34,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::timeout;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::frame::{read_frame, write_frame, FrameError, DEFAULT_MAX_FRAME};
 use crate::peers::{Member, Peers};
@@ -521,7 +521,9 @@ impl Server {
                         debug!(%peer, error = %e, "could not configure accepted socket; closing it");
                         continue;
                     }
-                    debug!(%peer, "connection accepted");
+                    // Info: a connect is one of the events a service's
+                    // log (`logger`) shows.
+                    info!(%peer, "client connected (TCP)");
                     let conn = Connection {
                         stream: BufReader::new(stream),
                         peer,
@@ -634,9 +636,9 @@ impl Connection {
         let reason = self.serve_inner().await;
         match &reason {
             Close::Io(e) => {
-                debug!(peer = %self.peer, error = %e, "closing connection after an i/o error")
+                info!(peer = %self.peer, error = %e, "client disconnected (TCP): i/o error")
             }
-            other => debug!(peer = %self.peer, reason = ?other, "closing connection"),
+            other => info!(peer = %self.peer, reason = ?other, "client disconnected (TCP)"),
         }
     }
 
