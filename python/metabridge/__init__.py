@@ -241,7 +241,9 @@ def create(name, host=None, *, logger=False, port=None):
     ``host`` exposes its TCP listener on that interface (``"0.0.0.0"``: the
     network; default ``127.0.0.1`` with a per-service token that only this
     user's clients know); local clients still use shared memory.
-    ``logger=True`` logs the daemon's start and stop on standard error.
+    ``logger=True`` logs the daemon's start and stop, connections and every
+    call (endpoint, arguments and result cut short, duration) on standard
+    error, through the runtime's logger.
     """
     if not isinstance(name, str) or not name:
         raise TypeError("the service name must be a non-empty string")
@@ -367,6 +369,7 @@ def _child_main(d, ready_w, parent):
         d.host,
         d.port,
         prebuilt,
+        d.logger,
     )
 
 

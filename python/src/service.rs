@@ -217,7 +217,7 @@ fn build(
 /// exits the process (never returns). The readiness report (or the
 /// startup error) goes to `ready_fd`; the daemon follows `parent`.
 #[pyfunction]
-#[pyo3(signature = (name, cls, endpoints, submit, ready_fd, parent=None, host=None, port=None, prebuilt=None))]
+#[pyo3(signature = (name, cls, endpoints, submit, ready_fd, parent=None, host=None, port=None, prebuilt=None, logger=false))]
 #[allow(clippy::too_many_arguments)]
 pub fn serve_forked(
     py: Python<'_>,
@@ -230,8 +230,11 @@ pub fn serve_forked(
     host: Option<String>,
     port: Option<u16>,
     prebuilt: Option<Py<PyAny>>,
+    logger: bool,
 ) -> PyResult<()> {
-    let service = build(py, name, cls, endpoints, submit, host, port, prebuilt);
+    // `logger=True`: the runtime logs start, stop, connects and every call
+    // (endpoint, arguments, result, duration) on the daemon's stderr.
+    let service = build(py, name, cls, endpoints, submit, host, port, prebuilt).logger(logger);
     // SAFETY: the Python layer passes the write end of a pipe it created
     // for this and gives up; we own it from here on.
     let ready = unsafe { OwnedFd::from_raw_fd(ready_fd) };

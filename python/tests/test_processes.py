@@ -311,3 +311,27 @@ def test_a_detached_daemon_outlives_its_parent(home):
     finally:
         os.kill(pid, signal.SIGTERM)
     assert wait_until(lambda: not os.path.exists(f"/proc/{pid}"))
+
+
+def test_logger_true_logs_calls_on_stderr(home):
+    # The seed's logger=True: the daemon logs its start, connections and
+    # each call (endpoint, arguments, result) on the parent's stderr.
+    p = py("""
+        import metabridge as meta
+
+        @meta.create("logged", logger=True).daemon()
+        class Logged:
+            @meta.function
+            def greet(self, who):
+                return "hello " + who
+
+        h = meta.run("logged")
+        with meta.connect("logged") as c:
+            print(c.greet("logger"), flush=True)
+        h.stop(timeout=30)
+        """, home)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err.decode()
+    assert out.decode().strip() == "hello logger"
+    text = err.decode()
+    assert "greet" in text and "logger" in text and "hello logger" in text, text
