@@ -455,39 +455,18 @@ impl Client {
         args: &[u8],
         kwargs: &[u8],
     ) -> Result<R> {
-        let inner = &*self.inner;
-        inner.round_trip(
-            |buf, token| {
-                envelope::encode_call_with(
-                    buf,
-                    endpoint,
-                    |b| {
-                        b.extend_from_slice(args);
-                        Ok(())
-                    },
-                    kwargs,
-                    &inner.ctor_tail,
-                    token,
-                )
-            },
-            envelope::decode_result::<R>,
-        )
+        self.call_raw_with(endpoint, args, kwargs, envelope::decode_result::<R>, None)
     }
 
-    /// Calls with arguments already encoded and returns the result still
-    /// encoded (one MessagePack value), for hosts that convert values
-    /// themselves (the Python package). While a shared-memory call waits
-    /// for its reply, `interrupt` (if given) is asked every 20 ms; when it
-    /// answers true the call fails with an `Error::Io` of kind
-    /// `Interrupted`, is not replayed, and its channel is retired (the
-    /// late reply cannot reach another call). TCP calls do not ask it.
-    pub fn call_encoded(
+    /// A call with arguments already encoded, decoded by `decode`.
+    fn call_raw_with<R>(
         &self,
         endpoint: &str,
         args: &[u8],
         kwargs: &[u8],
+        decode: impl FnOnce(&[u8]) -> Result<R>,
         interrupt: Option<&dyn Fn() -> bool>,
-    ) -> Result<Vec<u8>> {
+    ) -> Result<R> {
         let inner = &*self.inner;
         inner.round_trip_interruptible(
             |buf, token| {
@@ -503,6 +482,30 @@ impl Client {
                     token,
                 )
             },
+            decode,
+            interrupt,
+        )
+    }
+
+    /// Calls with arguments already encoded and returns the result still
+    /// encoded (one MessagePack value), for hosts that convert values
+    /// themselves (the Python package). While a shared-memory call waits
+    /// for its reply, `interrupt` (if given) is asked every 20 ms; when it
+    /// answers true the call fails with an `Error::Io` of kind
+    /// `Interrupted`, is not replayed, and its channel is retired (the
+    /// late reply cannot reach another call). A TCP call then runs on a
+    /// helper thread and is waited for in the same slices.
+    pub fn call_encoded(
+        &self,
+        endpoint: &str,
+        args: &[u8],
+        kwargs: &[u8],
+        interrupt: Option<&dyn Fn() -> bool>,
+    ) -> Result<Vec<u8>> {
+        self.call_raw_with(
+            endpoint,
+            args,
+            kwargs,
             envelope::decode_result_raw,
             interrupt,
         )

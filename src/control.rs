@@ -62,17 +62,7 @@ pub(crate) fn request_channel(
     segment: BorrowedFd<'_>,
     deadline: Instant,
 ) -> Result<Granted> {
-    check_socket_file(socket)?;
-    let stream = connect_until(socket, deadline)?;
-    let me = nix::unistd::geteuid().as_raw();
-    let peer = peer_uid(&stream)?;
-    if peer != me {
-        return Err(Error::Protocol(format!(
-            "the control socket {} is served by uid {peer}, not by this user (uid {me}); refusing to use it",
-            socket.display()
-        )));
-    }
-    set_timeouts(&stream, remaining(deadline)?)?;
+    let stream = connect_to_service(socket, deadline)?;
     // A service that refuses us before reading (a credential check) may
     // have closed already: its reason is still there to read.
     let sent = send_with_fd(&stream, &[VERSION, OP_OPEN_CHANNEL], segment);
@@ -109,17 +99,7 @@ pub(crate) fn request_channel(
 /// Client side: asks the service at `socket` for a read-only descriptor of
 /// its live counters, within `deadline`.
 pub(crate) fn request_stats(socket: &Path, deadline: Instant) -> Result<OwnedFd> {
-    check_socket_file(socket)?;
-    let stream = connect_until(socket, deadline)?;
-    let me = nix::unistd::geteuid().as_raw();
-    let peer = peer_uid(&stream)?;
-    if peer != me {
-        return Err(Error::Protocol(format!(
-            "the control socket {} is served by uid {peer}, not by this user (uid {me}); refusing to use it",
-            socket.display()
-        )));
-    }
-    set_timeouts(&stream, remaining(deadline)?)?;
+    let stream = connect_to_service(socket, deadline)?;
     (&stream)
         .write_all(&[VERSION, OP_STATS])
         .map_err(|e| io_step(e, "writing the request"))?;
@@ -141,6 +121,25 @@ pub(crate) fn request_stats(socket: &Path, deadline: Instant) -> Result<OwnedFd>
             "control socket answered with unknown status {other}"
         ))),
     }
+}
+
+/// Connects to the control socket at `socket` within `deadline`, and
+/// makes sure the process behind it is of this user: the socket file must
+/// be a socket of ours, and `SO_PEERCRED` must name our uid. The stream's
+/// reads and writes then time out at the deadline.
+fn connect_to_service(socket: &Path, deadline: Instant) -> Result<UnixStream> {
+    check_socket_file(socket)?;
+    let stream = connect_until(socket, deadline)?;
+    let me = nix::unistd::geteuid().as_raw();
+    let peer = peer_uid(&stream)?;
+    if peer != me {
+        return Err(Error::Protocol(format!(
+            "the control socket {} is served by uid {peer}, not by this user (uid {me}); refusing to use it",
+            socket.display()
+        )));
+    }
+    set_timeouts(&stream, remaining(deadline)?)?;
+    Ok(stream)
 }
 
 /// Who may open channels on a service.
