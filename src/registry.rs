@@ -225,7 +225,7 @@ impl Snapshot {
     }
 }
 
-/// Decodes one slot's bytes (exposed for the fuzzers).
+/// Decodes one slot's bytes.
 fn decode_slot(bytes: &[u8]) -> Slot {
     let word32 = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or([0; 4]));
     let len = word32(0) as usize;
@@ -545,18 +545,6 @@ fn encode_entry(entry: &Entry) -> Result<Vec<u8>> {
                 entry.name
             )));
         }
-    }
-}
-
-#[doc(hidden)]
-/// For the fuzzers: decodes one slot's bytes; `Some` if it holds an entry.
-pub fn __decode_slot(bytes: &[u8]) -> Option<Entry> {
-    if bytes.len() != SLOT_BYTES {
-        return None;
-    }
-    match decode_slot(bytes) {
-        Slot::Full(e) => Some(e),
-        _ => None,
     }
 }
 

@@ -75,10 +75,7 @@ impl Handler for TcpHandler {
                 let joined = tokio::spawn(future).await;
                 finish_async(joined, &mut out);
             }
-            crate::worker::bound_result(&mut out, self.max_message);
-            if let Some(c) = &self.counters {
-                c.note_reply(&out);
-            }
+            crate::worker::outgoing_reply(&mut out, self.max_message, self.counters.as_deref());
             out
         })
     }

@@ -140,6 +140,15 @@ fn pool_error(e: PoolError) -> Error {
 /// How often a shared-memory call with an interrupt check asks it.
 pub(crate) const INTERRUPT_SLICE: Duration = Duration::from_millis(20);
 
+/// The error of a call whose wait for the reply was interrupted (the
+/// request went out: it is never sent again).
+fn interrupted_wait() -> Error {
+    Error::Io(std::io::Error::new(
+        std::io::ErrorKind::Interrupted,
+        "the wait for the reply was interrupted; the call was not replayed",
+    ))
+}
+
 /// A TCP call on a helper thread, waited for in [`INTERRUPT_SLICE`]s so
 /// that `interrupt` (a pending Ctrl+C in Python) can end the wait.
 fn tcp_call_interruptibly(
@@ -161,10 +170,7 @@ fn tcp_call_interruptibly(
             Ok(r) => return r.map_err(pool_error),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 if interrupt() {
-                    return Err(Error::Io(std::io::Error::new(
-                        std::io::ErrorKind::Interrupted,
-                        "the wait for the reply was interrupted; the call was not replayed",
-                    )));
+                    return Err(interrupted_wait());
                 }
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
@@ -286,11 +292,10 @@ impl ShmPool {
             (Ok(Some(deadline)), None) => rx.recv_until(deadline).map(|reply| decode(&reply)),
             (Ok(deadline), Some(interrupt)) => {
                 let deadline = deadline.unwrap_or_else(|| Instant::now() + self.timeout);
-                let mut decode = Some(decode);
                 loop {
                     let slice = deadline.min(Instant::now() + INTERRUPT_SLICE);
                     match rx.recv_until(slice) {
-                        Ok(reply) => break Ok(decode.take().map(|d| d(&reply))),
+                        Ok(reply) => break Ok(decode(&reply)),
                         Err(metabridge_shm::Error::Timeout) if Instant::now() < deadline => {
                             if interrupt() {
                                 interrupted = true;
@@ -300,7 +305,6 @@ impl ShmPool {
                         Err(e) => break Err(e),
                     }
                 }
-                .map(|r| r.unwrap_or_else(|| Err(Error::Protocol("decoded twice".into()))))
             }
             (Err(e), _) => Err(e),
         };
@@ -319,10 +323,7 @@ impl ShmPool {
                 self.open.fetch_sub(1, Ordering::AcqRel);
                 self.wake_waiter(self.idle.lock().unwrap_or_else(|p| p.into_inner()));
                 Err(match e {
-                    _ if interrupted => Error::Io(std::io::Error::new(
-                        std::io::ErrorKind::Interrupted,
-                        "the wait for the reply was interrupted; the call was not replayed",
-                    )),
+                    _ if interrupted => interrupted_wait(),
                     metabridge_shm::Error::Timeout => Error::Timeout(format!(
                         "no reply within {:?} on a shared-memory channel",
                         self.timeout

@@ -464,10 +464,11 @@ impl Worker {
             };
             conn.awaiting = None;
             let mut reply = reply;
-            bound_result(&mut reply, self.pool.max_message);
-            if let Some(c) = &self.pool.counters {
-                c.note_reply(&reply);
-            }
+            outgoing_reply(
+                &mut reply,
+                self.pool.max_message,
+                self.pool.counters.as_deref(),
+            );
             send_reply(&mut conn.counted.channel, &reply)?;
             return Ok(Served::Answered);
         }
@@ -541,10 +542,7 @@ impl Worker {
         let conn = &mut self.conns()[i];
         match outcome {
             Outcome::Done => {
-                bound_result(out, self.pool.max_message);
-                if let Some(c) = &self.pool.counters {
-                    c.note_reply(out);
-                }
+                outgoing_reply(out, self.pool.max_message, self.pool.counters.as_deref());
                 send_reply(&mut conn.counted.channel, out)?;
                 if out.capacity() > KEEP_REPLY_BUFFER {
                     *out = Vec::with_capacity(4096);
@@ -581,9 +579,15 @@ enum Served {
     Stolen,
 }
 
-/// Replaces a result larger than the service's message limit with an
-/// error that names the limit (the client would refuse it anyway).
-pub(crate) fn bound_result(reply: &mut Vec<u8>, max: usize) {
+/// What every reply of a service goes through on its way out, on either
+/// transport: a result larger than the service's message limit becomes an
+/// error naming the limit (the client would refuse it anyway), and an
+/// error reply is counted in the live counters.
+pub(crate) fn outgoing_reply(
+    reply: &mut Vec<u8>,
+    max: usize,
+    counters: Option<&crate::stats::Counters>,
+) {
     if reply.len() > max {
         let e = crate::Error::MessageTooLarge {
             len: reply.len() as u64,
@@ -591,6 +595,9 @@ pub(crate) fn bound_result(reply: &mut Vec<u8>, max: usize) {
         };
         reply.clear();
         envelope::encode_error(reply, "ProtocolError", &format!("the result: {e}"));
+    }
+    if let Some(c) = counters {
+        c.note_reply(reply);
     }
 }
 

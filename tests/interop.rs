@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::TestEnv;
+use common::{rss_kib, tcp_addr, TestEnv};
 use metabridge::Error;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -30,14 +30,6 @@ fn require_python_msgpack() {
         ok,
         "these tests need python3 with the msgpack package: python3 -m pip install msgpack"
     );
-}
-
-fn tcp_addr(env: &TestEnv, name: &str) -> String {
-    metabridge::registry::Registry::open(&env.home)
-        .unwrap()
-        .lookup(name)
-        .unwrap()
-        .tcp
 }
 
 #[test]
@@ -181,16 +173,6 @@ fn a_4_gib_declared_length_neither_allocates_nor_stalls_other_clients() {
         rss_after < rss_before + 64 * 1024,
         "RSS grew from {rss_before} to {rss_after} KiB"
     );
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
 }
 
 #[test]

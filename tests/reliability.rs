@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{example, sigkill, sigterm, TestEnv};
+use common::{example, rss_kib, sigkill, sigterm, TestEnv};
 use metabridge::{Error, TransportKind};
 use metabridge_shm::{Channel, ChannelConfig};
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
@@ -558,16 +558,6 @@ fn a_large_reply_does_not_pin_its_memory() {
         "a 96 MiB reply left the service {} MiB larger",
         (after.saturating_sub(before)) / 1024
     );
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
 }
 
 /// A home on a full filesystem: the service does not start, and says why

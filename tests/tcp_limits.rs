@@ -4,18 +4,10 @@
 
 mod common;
 
-use common::{sigterm, TestEnv};
+use common::{rss_kib, sigterm, tcp_addr, TestEnv};
 use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
-
-fn tcp_addr(env: &TestEnv, name: &str) -> String {
-    metabridge::registry::Registry::open(&env.home)
-        .unwrap()
-        .lookup(name)
-        .unwrap()
-        .tcp
-}
 
 fn raw(addr: &str) -> TcpStream {
     let s = TcpStream::connect(addr).unwrap();
@@ -25,15 +17,6 @@ fn raw(addr: &str) -> TcpStream {
 }
 
 /// Resident memory of `pid`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// Whether one of `pid`'s threads is sleeping in `nanosleep` (the
 /// fixture's `sleep_ms` endpoint; nothing else in a service sleeps so).
 fn sleeping_threads(pid: u32) -> usize {

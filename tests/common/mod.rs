@@ -147,6 +147,22 @@ impl TestEnv {
     }
 }
 
+/// A process's resident set size, in KiB (`VmRSS` of /proc/<pid>/status).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// The TCP address service `name` registered in `env`'s home.
+pub fn tcp_addr(env: &TestEnv, name: &str) -> String {
+    Registry::open(&env.home).unwrap().lookup(name).unwrap().tcp
+}
+
 pub fn sigterm(pid: u32) {
     unsafe_kill(pid, libc_sig::TERM);
 }

@@ -100,28 +100,7 @@ enum Command {
     },
     /// Calls an endpoint from N clients for a while: latency percentiles
     /// and throughput.
-    Bench {
-        /// Service name.
-        service: String,
-        /// Endpoint name.
-        endpoint: String,
-        /// Positional arguments, a JSON array.
-        args: Option<String>,
-        #[command(flatten)]
-        target: Target,
-        /// Concurrent clients (one thread and connection each).
-        #[arg(long, short = 'n', default_value_t = 1)]
-        clients: usize,
-        /// How long to measure (after a short warm-up).
-        #[arg(long, short, default_value = "3s", value_parser = measure::parse_duration)]
-        duration: Duration,
-        /// Transport: auto (shared memory if it can), shm or tcp.
-        #[arg(long, default_value = "auto")]
-        transport: String,
-        /// JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    Bench(BenchPlan),
     /// Prints shell completions (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -188,25 +167,7 @@ fn main() -> ExitCode {
             json,
         } => stats(&service, watch, interval, count, json),
         Command::Gc { json } => gc(json),
-        Command::Bench {
-            service,
-            endpoint,
-            args,
-            target,
-            clients,
-            duration,
-            transport,
-            json,
-        } => bench(BenchPlan {
-            service,
-            endpoint,
-            args,
-            target,
-            clients,
-            duration,
-            transport,
-            json,
-        }),
+        Command::Bench(plan) => bench(plan),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "metabridge", &mut script);
@@ -613,14 +574,27 @@ fn gc(as_json: bool) -> Result<(), Fail> {
     Ok(())
 }
 
+#[derive(clap::Args)]
 struct BenchPlan {
+    /// Service name.
     service: String,
+    /// Endpoint name.
     endpoint: String,
+    /// Positional arguments, a JSON array.
     args: Option<String>,
+    #[command(flatten)]
     target: Target,
+    /// Concurrent clients (one thread and connection each).
+    #[arg(long, short = 'n', default_value_t = 1)]
     clients: usize,
+    /// How long to measure (after a short warm-up).
+    #[arg(long, short, default_value = "3s", value_parser = measure::parse_duration)]
     duration: Duration,
+    /// Transport: auto (shared memory if it can), shm or tcp.
+    #[arg(long, default_value = "auto")]
     transport: String,
+    /// JSON instead of a table.
+    #[arg(long)]
     json: bool,
 }
 
