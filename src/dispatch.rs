@@ -86,9 +86,57 @@ pub(crate) fn panic_message(p: &(dyn Any + Send)) -> String {
 /// own endpoint of that name wins.
 pub(crate) const CONSTRUCT_ENDPOINT: &str = "__init__";
 
+/// A shared service instance whose release never unwinds into the
+/// runtime: the user's `Drop` may panic, and the last handle to an
+/// instance is let go wherever a call or an eviction happens to end (a
+/// worker's loop, the TCP server, an eviction, shutdown). A panic there is
+/// caught and logged; the instance is gone either way.
+pub(crate) struct Instance<S>(Option<Arc<S>>);
+
+impl<S> Instance<S> {
+    pub(crate) fn new(value: S) -> Instance<S> {
+        Instance(Some(Arc::new(value)))
+    }
+
+    /// The instance, for an endpoint.
+    pub(crate) fn arc(&self) -> &Arc<S> {
+        // Always Some: only `drop` takes it.
+        self.0
+            .as_ref()
+            .expect("an instance is present until dropped")
+    }
+}
+
+impl<S> Clone for Instance<S> {
+    fn clone(&self) -> Self {
+        Instance(self.0.clone())
+    }
+}
+
+impl<S> std::ops::Deref for Instance<S> {
+    type Target = S;
+    fn deref(&self) -> &S {
+        self.arc()
+    }
+}
+
+impl<S> Drop for Instance<S> {
+    fn drop(&mut self) {
+        if let Some(last) = self.0.take() {
+            if let Err(p) = catch_unwind(AssertUnwindSafe(move || drop(last))) {
+                tracing::error!(
+                    target: "metabridge::service",
+                    "an instance's Drop panicked (ignored): {}",
+                    panic_message(&*p)
+                );
+            }
+        }
+    }
+}
+
 /// One cached instance, or the panic its constructor raised.
 pub(crate) struct Entry<S> {
-    value: Result<Arc<S>, CallError>,
+    value: Result<Instance<S>, CallError>,
     /// False once evicted: an alias still pointing here is stale.
     live: AtomicBool,
     /// When it was last used, on the cache's clock (see
@@ -97,7 +145,7 @@ pub(crate) struct Entry<S> {
 }
 
 impl<S> Entry<S> {
-    fn new(value: Result<Arc<S>, CallError>) -> Entry<S> {
+    fn new(value: Result<Instance<S>, CallError>) -> Entry<S> {
         Entry {
             value,
             live: AtomicBool::new(true),
@@ -105,16 +153,27 @@ impl<S> Entry<S> {
         }
     }
 
-    fn value(&self) -> Result<Arc<S>, CallError> {
+    fn value(&self) -> Result<Instance<S>, CallError> {
         self.value.clone()
     }
 }
 
-/// Raw constructor bytes → entry (an alias: does not own it).
-type AliasShard<S> = Mutex<LruCache<Box<[u8]>, Weak<Entry<S>>>>;
-/// Canonical constructor arguments → entry (owns it).
-/// (A plain map: recency is in the entries' stamps.)
-type ValueShard<S> = Mutex<HashMap<Vec<u8>, Arc<Entry<S>>, BuildHasherDefault<FastHasher>>>;
+/// Raw constructor bytes → entry (an alias: does not own it), and the
+/// bytes of the keys it holds.
+struct Aliases<S> {
+    lru: LruCache<Box<[u8]>, Weak<Entry<S>>>,
+    bytes: usize,
+}
+
+/// Canonical constructor arguments → entry (owns it), and the bytes of
+/// the keys it holds. (A plain map: recency is in the entries' stamps.)
+struct Values<S> {
+    map: HashMap<Vec<u8>, Arc<Entry<S>>, BuildHasherDefault<FastHasher>>,
+    bytes: usize,
+}
+
+type AliasShard<S> = Mutex<Aliases<S>>;
+type ValueShard<S> = Mutex<Values<S>>;
 
 /// How a constructor failed.
 pub(crate) enum CtorFailure {
@@ -148,6 +207,9 @@ pub(crate) struct InstanceCache<S> {
     values: Box<[ValueShard<S>]>,
     /// Most entries a value shard holds.
     per_shard: usize,
+    /// Most key bytes one shard of each level holds
+    /// (`ServiceConfig::cache_key_bytes` split between shards and levels).
+    key_bytes_per_shard: usize,
     /// Advances by 2 at each use through the second level (see above).
     clock: AtomicU64,
     /// Bumped whenever an instance is evicted: a holder of an instance
@@ -156,7 +218,7 @@ pub(crate) struct InstanceCache<S> {
 }
 
 impl<S> InstanceCache<S> {
-    pub(crate) fn new(capacity: usize) -> InstanceCache<S> {
+    pub(crate) fn new(capacity: usize, key_bytes: usize) -> InstanceCache<S> {
         let capacity = capacity.max(1);
         // Small caches get one shard, so that eviction is exactly LRU.
         let shards = (capacity / 8).clamp(1, 16);
@@ -165,20 +227,27 @@ impl<S> InstanceCache<S> {
             // Room for two encodings of each instance (keyword and positional).
             aliases: (0..shards)
                 .map(|_| {
-                    Mutex::new(LruCache::new(
-                        per.saturating_mul(NonZeroUsize::MIN.saturating_add(1)), // 2 x per
-                    ))
+                    Mutex::new(Aliases {
+                        lru: LruCache::new(
+                            per.saturating_mul(NonZeroUsize::MIN.saturating_add(1)), // 2 x per
+                        ),
+                        bytes: 0,
+                    })
                 })
                 .collect(),
             values: (0..shards)
                 .map(|_| {
-                    Mutex::new(HashMap::with_capacity_and_hasher(
-                        per.get().min(1024),
-                        BuildHasherDefault::default(),
-                    ))
+                    Mutex::new(Values {
+                        map: HashMap::with_capacity_and_hasher(
+                            per.get().min(1024),
+                            BuildHasherDefault::default(),
+                        ),
+                        bytes: 0,
+                    })
                 })
                 .collect(),
             per_shard: per.get(),
+            key_bytes_per_shard: key_bytes / 2 / shards,
             clock: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
         }
@@ -212,21 +281,44 @@ impl<S> InstanceCache<S> {
     /// The live entry aliased by `raw`, marked used.
     fn alias(&self, raw: &[u8]) -> Option<Arc<Entry<S>>> {
         let mut shard = lock(Self::shard(&self.aliases, raw));
-        let entry = shard.get(raw)?.upgrade();
+        let entry = shard.lru.get(raw)?.upgrade();
         match entry {
             Some(e) if e.live.load(Ordering::Acquire) => {
                 self.mark_alias_used(&e);
                 Some(e)
             }
             _ => {
-                shard.pop(raw);
+                if shard.lru.pop(raw).is_some() {
+                    shard.bytes -= raw.len();
+                }
                 None
             }
         }
     }
 
+    /// Adds an alias, within the shard's key bytes: least recently used
+    /// aliases go first, and a key larger than the whole share gets none
+    /// (the second level still finds its entry).
     fn add_alias(&self, raw: &[u8], entry: &Arc<Entry<S>>) {
-        lock(Self::shard(&self.aliases, raw)).put(raw.into(), Arc::downgrade(entry));
+        if raw.len() > self.key_bytes_per_shard {
+            return;
+        }
+        let mut shard = lock(Self::shard(&self.aliases, raw));
+        let weak = Arc::downgrade(entry);
+        if let Some(kept) = shard.lru.get_mut(raw) {
+            *kept = weak;
+            return;
+        }
+        while shard.bytes + raw.len() > self.key_bytes_per_shard {
+            match shard.lru.pop_lru() {
+                Some((k, _)) => shard.bytes -= k.len(),
+                None => break,
+            }
+        }
+        shard.bytes += raw.len();
+        if let Some((k, _)) = shard.lru.push(raw.into(), weak) {
+            shard.bytes -= k.len(); // pushed out by the count
+        }
     }
 
     /// The instance for the constructor arguments whose raw bytes are
@@ -238,54 +330,65 @@ impl<S> InstanceCache<S> {
         raw: &[u8],
         canonical: impl FnOnce() -> Vec<u8>,
         create: impl FnOnce() -> Result<S, CtorFailure>,
-    ) -> Result<Arc<S>, CallError> {
+    ) -> Result<Instance<S>, CallError> {
         if let Some(e) = self.alias(raw) {
             return e.value();
         }
         let key = canonical();
         let shard = Self::shard(&self.values, &key);
-        let found = lock(shard).get(key.as_slice()).cloned();
+        let found = lock(shard).map.get(key.as_slice()).cloned();
         if let Some(e) = found {
             self.mark_used(&e);
             self.add_alias(raw, &e);
             return e.value();
         }
         let made = match create() {
-            Ok(s) => Arc::new(Entry::new(Ok(Arc::new(s)))),
+            Ok(s) => Arc::new(Entry::new(Ok(Instance::new(s)))),
             Err(CtorFailure::Error(e)) => return Err(e),
             Err(CtorFailure::Panic(e)) => Arc::new(Entry::new(Err(e))),
         };
-        let mut evicted = None;
+        let mut evicted = Vec::new();
         let entry = {
             let mut guard = lock(shard);
-            if let Some(e) = guard.get(key.as_slice()) {
+            if let Some(e) = guard.map.get(key.as_slice()) {
                 e.clone() // another thread built it meanwhile
             } else {
-                // One in, at most one out: the shard never exceeds its size.
-                if guard.len() >= self.per_shard {
+                // Room by count (one in, at most one out) and by key bytes
+                // (as many out as it takes; the new key stays even if it
+                // alone is over the share).
+                while !guard.map.is_empty()
+                    && (guard.map.len() >= self.per_shard
+                        || guard.bytes + key.len() > self.key_bytes_per_shard)
+                {
                     let stamp = |e: &Arc<Entry<S>>| e.stamp.load(Ordering::Relaxed);
-                    let oldest = guard.values().map(stamp).min();
+                    let oldest = guard.map.values().map(stamp).min();
                     // Stamps are unique outside of alias-only ties: remove
                     // the first entry with the oldest one (no key to copy).
-                    guard.retain(|_, e| {
-                        if evicted.is_none() && Some(stamp(e)) == oldest {
+                    let mut freed = 0;
+                    let mut out = None;
+                    guard.map.retain(|k, e| {
+                        if out.is_none() && Some(stamp(e)) == oldest {
                             e.live.store(false, Ordering::Release);
-                            evicted = Some(e.clone());
+                            out = Some(e.clone());
+                            freed = k.len();
                             return false;
                         }
                         true
                     });
+                    guard.bytes -= freed;
+                    evicted.extend(out);
                 }
                 self.mark_used(&made);
-                guard.insert(key, made.clone());
+                guard.bytes += key.len();
+                guard.map.insert(key, made.clone());
                 made
             }
         };
-        if evicted.is_some() {
+        if !evicted.is_empty() {
             // Release: a holder that sees the new epoch drops its instance.
             self.epoch.fetch_add(1, Ordering::Release);
         }
-        drop(evicted); // instances dropped outside the lock
+        drop(evicted); // instances dropped outside the lock (never unwinding)
         self.add_alias(raw, &entry);
         entry.value()
     }
@@ -498,7 +601,7 @@ struct Shape<S> {
     kwargs: std::ops::Range<usize>,
     endpoint_name: String,
     endpoint: Endpoint<S>,
-    instance: Arc<S>,
+    instance: Instance<S>,
     ctor_key: Vec<u8>,
     epoch: u64,
     hits: u32,
@@ -524,7 +627,10 @@ impl<S: Send + Sync + 'static> Dispatcher<S> {
         let names = service.endpoint_names();
         Dispatcher {
             names,
-            instances: InstanceCache::new(service.config.cache_capacity),
+            instances: InstanceCache::new(
+                service.config.cache_capacity,
+                service.config.cache_key_bytes,
+            ),
             token: service.config.token.clone(),
             ctor: service.ctor,
             ctor_params: service.ctor_params,
@@ -533,7 +639,7 @@ impl<S: Send + Sync + 'static> Dispatcher<S> {
         }
     }
 
-    fn instance(&self, buf: &[u8], req: &envelope::Request<'_>) -> Result<Arc<S>, CallError> {
+    fn instance(&self, buf: &[u8], req: &envelope::Request<'_>) -> Result<Instance<S>, CallError> {
         let key = ctor_key(buf, req.ctor_args, req.ctor_kwargs);
         self.instances.get_or_create(
             &key,
@@ -586,7 +692,7 @@ impl<S: Send + Sync + 'static> Dispatcher<S> {
         };
         Some(run_endpoint(
             &shape.endpoint,
-            &shape.instance,
+            shape.instance.arc(),
             &mut bound,
             out,
         ))
@@ -643,7 +749,7 @@ impl<S: Send + Sync + 'static> Dispatcher<S> {
         cache.0 = shape_of(request, &req, endpoint, &instance, epoch)
             .map(|s| Box::new(s) as Box<dyn Any + Send>);
         let mut args = Args::new(req.endpoint, req.args, req.kwargs)?;
-        run_endpoint(endpoint, &instance, &mut args, out)
+        run_endpoint(endpoint, instance.arc(), &mut args, out)
     }
 }
 
@@ -695,7 +801,7 @@ fn shape_of<S: Send + Sync + 'static>(
     request: &[u8],
     req: &envelope::Request<'_>,
     endpoint: &Endpoint<S>,
-    instance: &Arc<S>,
+    instance: &Instance<S>,
     epoch: u64,
 ) -> Option<Shape<S>> {
     let base = request.as_ptr() as usize;
@@ -800,7 +906,7 @@ mod tests {
 
     #[test]
     fn lru_reuses_and_evicts() {
-        let cache = InstanceCache::<u32>::new(2);
+        let cache = InstanceCache::<u32>::new(2, 1 << 20);
         let mut made = 0;
         let mut get = |k: &[u8]| {
             *cache

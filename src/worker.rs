@@ -43,8 +43,12 @@ use std::time::{Duration, Instant};
 const WORKER_SPIN: Duration = Duration::from_micros(50);
 /// A sleeping worker wakes this often to check stop requests and peers.
 const WORKER_TICK: Duration = Duration::from_millis(100);
-/// How long a worker waits for room in a client's reply ring.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a reply may wait for its client to read it (plus
+/// [`REPLY_PATIENCE_PER_16_MIB`]): it waits in the channel, costing no
+/// worker time, while the worker serves its other channels. Past it the
+/// channel is closed.
+const REPLY_PATIENCE: Duration = Duration::from_secs(60);
+const REPLY_PATIENCE_PER_16_MIB: Duration = Duration::from_secs(1);
 /// A worker keeps a reply buffer up to this size between calls; a larger
 /// one (after a large reply) is freed, so one big call does not pin its
 /// memory until restart.
@@ -92,6 +96,26 @@ pub(crate) struct Inbox {
 /// The reply of an async call, filled in by the task that ran it.
 type ReplySlot = Arc<Mutex<Option<Vec<u8>>>>;
 
+/// An async call in progress on a channel.
+struct Awaiting {
+    /// Its reply comes here.
+    slot: ReplySlot,
+    /// The endpoint's task: aborted (its future dropped) when the channel
+    /// goes, so a client that gave up or died cancels its call.
+    task: tokio::task::AbortHandle,
+}
+
+/// A reply the client's ring had no room for yet: the rest goes out as
+/// the client reads (its reads ring our doorbell), while the worker serves
+/// its other channels.
+struct Outgoing {
+    reply: Vec<u8>,
+    /// Bytes of `reply` already in the ring.
+    sent: usize,
+    /// Past this the channel is closed (see [`REPLY_PATIENCE`]).
+    deadline: Instant,
+}
+
 /// A channel served by a worker, with what the dispatcher remembers of its
 /// last call.
 pub(crate) struct Conn {
@@ -99,8 +123,26 @@ pub(crate) struct Conn {
     cache: CallCache,
     /// The doorbell its client rings (and its async replies ring).
     bell: Doorbell,
-    /// An async call in progress: its reply comes here.
-    awaiting: Option<ReplySlot>,
+    /// An async call in progress.
+    awaiting: Option<Awaiting>,
+    /// A reply still being sent.
+    outgoing: Option<Outgoing>,
+}
+
+impl Conn {
+    /// Waits for something other than a new request (an async reply, or
+    /// room for the rest of one): its request ring is not read meanwhile.
+    fn busy(&self) -> bool {
+        self.awaiting.is_some() || self.outgoing.is_some()
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(call) = &self.awaiting {
+            call.task.abort();
+        }
+    }
 }
 
 /// A worker's channels (boxed: one moves in and out of the list around
@@ -152,6 +194,8 @@ pub(crate) struct Pool {
     workers: Mutex<Vec<(Arc<Core>, std::thread::JoinHandle<()>)>>,
     extra: AtomicUsize,
     max_extra: usize,
+    /// Workers started in place of dead ones (for their thread names).
+    replaced: AtomicUsize,
     /// `ServiceConfig::max_message`: a larger result becomes an error reply.
     max_message: usize,
     /// The live counters (they count error replies here).
@@ -173,6 +217,7 @@ impl Pool {
             workers: Mutex::new(Vec::new()),
             extra: AtomicUsize::new(0),
             max_extra,
+            replaced: AtomicUsize::new(0),
             max_message,
             counters,
         })
@@ -237,6 +282,7 @@ impl Pool {
             // (A futex wait, not nanosleep: tests that count the threads
             // sleeping in endpoints by their wait channel do not see us.)
             std::thread::park_timeout(STUCK_AFTER);
+            self.replace_dead_workers();
             let cores: Vec<Arc<Core>> = self
                 .workers
                 .lock()
@@ -272,6 +318,54 @@ impl Pool {
                         }
                     }
                     _ => seen[k] = Some((calls, now.map_or(0, |(_, cpu)| cpu))),
+                }
+            }
+        }
+    }
+
+    /// Starts a new worker for each one whose thread ended without a stop
+    /// request (a panic outside any endpoint: user code runs under
+    /// `catch_unwind`, so this is a last resort), with the channels it
+    /// left. A service left with no worker at all stops, rather than stay
+    /// registered and never answer.
+    fn replace_dead_workers(self: &Arc<Self>) {
+        let dead: Vec<(Arc<Core>, std::thread::JoinHandle<()>)> = {
+            let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+            let (dead, live) = std::mem::take(&mut *workers)
+                .into_iter()
+                .partition(|(_, t)| t.is_finished());
+            *workers = live;
+            dead
+        };
+        if self.stop.load(Ordering::SeqCst) {
+            return; // they finished because they were asked to
+        }
+        for (core, thread) in dead {
+            let why = match thread.join() {
+                Err(p) => crate::dispatch::panic_message(&*p),
+                Ok(()) => "it returned".into(),
+            };
+            // SAFETY: the thread that owned `conns` has ended, and the
+            // supervisor (this thread) is the only other party that touches
+            // them, between its own CAS to STEALING and store of STOLEN,
+            // which `rescue` completes before returning.
+            let conns = std::mem::take(unsafe { &mut *core.conns.get() });
+            let n = self.replaced.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                target: "metabridge::service",
+                "a worker died ({why}); a new one takes its {} channel(s)",
+                conns.len()
+            );
+            if let Err(e) = self.start(core.inbox.clone(), conns, &format!("replacement-{n}")) {
+                tracing::error!(target: "metabridge::service", "cannot replace a dead worker: {e}");
+                if self
+                    .workers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_empty()
+                {
+                    tracing::error!(target: "metabridge::service", "no worker left: stopping");
+                    crate::server::request_stop();
                 }
             }
         }
@@ -359,6 +453,7 @@ impl Worker {
                         cache: CallCache::default(),
                         bell: bell.clone(),
                         awaiting: None,
+                        outgoing: None,
                     })
                 }));
             }
@@ -418,14 +513,19 @@ impl Worker {
                 std::thread::yield_now();
                 continue;
             }
-            // Arm every channel, then sleep on the doorbell.
+            // Arm every channel, then sleep on the doorbell. (A channel
+            // with a reply still going out was armed for room when its
+            // send stopped; one awaiting an async reply is armed too, so
+            // that its client closing it wakes us to cancel the call.)
             let mut armed = true;
             for c in self.conns().iter_mut() {
-                if c.awaiting.is_some() {
-                    continue; // its reply rings the bell
+                if c.outgoing.is_some() {
+                    continue;
                 }
                 match c.counted.channel.halves().1.arm_doorbell() {
                     Ok(true) => {}
+                    // A frame sent while its call runs waits for the call.
+                    Ok(false) if c.awaiting.is_some() => {}
                     _ => {
                         armed = false;
                         break;
@@ -438,8 +538,13 @@ impl Worker {
             self.inbox.bell.wait(seen, WORKER_TICK);
             if last_check.elapsed() >= WORKER_TICK {
                 last_check = Instant::now();
-                self.conns()
-                    .retain(|c| c.awaiting.is_some() || c.counted.channel.check_peer().is_ok());
+                // A channel whose client died is reclaimed whatever its
+                // call is doing (an async one is cancelled on drop), and
+                // one whose reply waited past its patience is closed.
+                self.conns().retain(|c| {
+                    c.counted.channel.check_peer().is_ok()
+                        && !matches!(&c.outgoing, Some(o) if last_check >= o.deadline)
+                });
             }
         }
     }
@@ -457,20 +562,8 @@ impl Worker {
     /// (received into `req`, answered from `out`).
     fn serve_at(&self, i: usize, req: &mut Vec<u8>, out: &mut Vec<u8>) -> Result<Served> {
         let conn = &mut self.conns()[i];
-        if let Some(slot) = &conn.awaiting {
-            let reply = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-            let Some(reply) = reply else {
-                return Ok(Served::Awaiting);
-            };
-            conn.awaiting = None;
-            let mut reply = reply;
-            outgoing_reply(
-                &mut reply,
-                self.pool.max_message,
-                self.pool.counters.as_deref(),
-            );
-            send_reply(&mut conn.counted.channel, &reply)?;
-            return Ok(Served::Answered);
+        if conn.busy() {
+            return self.serve_busy(conn);
         }
         let outcome = match conn.counted.channel.halves().1.try_recv_into(req) {
             Ok(true) => {
@@ -515,6 +608,48 @@ impl Worker {
         self.finish(i, outcome, out)
     }
 
+    /// A channel waiting for its async reply or for room to send one:
+    /// moves it on if it can, never waiting.
+    fn serve_busy(&self, conn: &mut Conn) -> Result<Served> {
+        if let Some(call) = &conn.awaiting {
+            let reply = call.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let Some(mut reply) = reply else {
+                if conn.counted.channel.halves().1.peer_closed() {
+                    // The client gave up on the call (or closed): the
+                    // channel goes, and the call is cancelled with it.
+                    return Err(metabridge_shm::Error::Closed.into());
+                }
+                return Ok(Served::Awaiting);
+            };
+            conn.awaiting = None;
+            outgoing_reply(
+                &mut reply,
+                self.pool.max_message,
+                self.pool.counters.as_deref(),
+            );
+            return send_reply(conn, &mut reply);
+        }
+        let Some(o) = &mut conn.outgoing else {
+            return Ok(Served::Nothing);
+        };
+        let (tx, _) = conn.counted.channel.halves();
+        let before = o.sent;
+        if tx.try_send_from(&o.reply, &mut o.sent)? {
+            conn.outgoing = None;
+            conn.counted
+                .channel
+                .publish_cpu(metabridge_shm::current_cpu());
+            return Ok(Served::Answered);
+        }
+        // Progress counts as work: the worker keeps polling (rather than
+        // sleeping until the doorbell) while the client drains the ring.
+        Ok(if o.sent > before {
+            Served::Answered
+        } else {
+            Served::Awaiting
+        })
+    }
+
     /// Ends the call window; true if the supervisor took the other
     /// channels meanwhile.
     fn leave_call(&self) -> bool {
@@ -543,11 +678,11 @@ impl Worker {
         match outcome {
             Outcome::Done => {
                 outgoing_reply(out, self.pool.max_message, self.pool.counters.as_deref());
-                send_reply(&mut conn.counted.channel, out)?;
+                let served = send_reply(conn, out);
                 if out.capacity() > KEEP_REPLY_BUFFER {
                     *out = Vec::with_capacity(4096);
                 }
-                Ok(Served::Answered)
+                served
             }
             Outcome::Pending(future) => {
                 // The future runs on the runtime; this worker goes on.
@@ -555,6 +690,7 @@ impl Worker {
                 let (filled, bell) = (slot.clone(), conn.bell.clone());
                 let rt = &self.pool.runtime;
                 let task = rt.spawn(future);
+                let abort = task.abort_handle();
                 rt.spawn(async move {
                     let joined = task.await;
                     let mut reply = Vec::with_capacity(256);
@@ -562,7 +698,7 @@ impl Worker {
                     *filled.lock().unwrap_or_else(|p| p.into_inner()) = Some(reply);
                     bell.ring();
                 });
-                conn.awaiting = Some(slot);
+                conn.awaiting = Some(Awaiting { slot, task: abort });
                 Ok(Served::Awaiting)
             }
         }
@@ -573,7 +709,7 @@ impl Worker {
 enum Served {
     Nothing,
     Answered,
-    /// An async call is in progress on it.
+    /// Waiting for its async reply, or for room to send the rest of one.
     Awaiting,
     /// Answered, and meanwhile the other channels were moved away.
     Stolen,
@@ -601,13 +737,31 @@ pub(crate) fn outgoing_reply(
     }
 }
 
-/// Sends a reply. A client that stops reading its replies must not hold
-/// this worker (and every other channel it serves) for long: give up on it
-/// (large replies get one more second per 16 MiB).
-fn send_reply(channel: &mut Channel, reply: &[u8]) -> Result<()> {
-    let allowed = REPLY_TIMEOUT + Duration::from_secs((reply.len() >> 24) as u64);
-    channel.halves().0.send_timeout(reply, allowed)?;
-    // Tell the client where we run, for its adaptive wait.
-    channel.publish_cpu(metabridge_shm::current_cpu());
-    Ok(())
+/// Sends a reply as far as the client's ring has room, never waiting: a
+/// client that reads slowly, or not at all (stopped), must not hold this
+/// worker and every other channel it serves. The rest stays with the
+/// channel (taken from `reply`, which is left empty) and goes out as the
+/// client frees room; it waits at most [`REPLY_PATIENCE`] (+1 s per 16 MiB).
+fn send_reply(conn: &mut Conn, reply: &mut Vec<u8>) -> Result<Served> {
+    let mut sent = 0;
+    if conn
+        .counted
+        .channel
+        .halves()
+        .0
+        .try_send_from(reply, &mut sent)?
+    {
+        // Tell the client where we run, for its adaptive wait.
+        conn.counted
+            .channel
+            .publish_cpu(metabridge_shm::current_cpu());
+        return Ok(Served::Answered);
+    }
+    let patience = REPLY_PATIENCE + REPLY_PATIENCE_PER_16_MIB * (reply.len() >> 24) as u32;
+    conn.outgoing = Some(Outgoing {
+        reply: std::mem::take(reply),
+        sent,
+        deadline: Instant::now() + patience,
+    });
+    Ok(Served::Answered) // the call was served; its reply is on its way
 }

@@ -13,8 +13,10 @@
 //! - [`WAITING`]: the side that *reads* this word sleeps on it as a futex;
 //!   the side that writes the word must wake it after its next update.
 //! - [`CLOSED`]: the side that *writes* this word has closed its end.
-//! - [`DOORBELL`] (tail only): the consumer sleeps on a shared doorbell
-//!   instead of this word; the producer must ring that.
+//! - [`DOORBELL`]: the reader of this word sleeps on a shared doorbell
+//!   instead of the word; the writer must ring that. On `tail` it is the
+//!   consumer waiting for a frame; on `head`, a producer that serves many
+//!   rings (a service worker) waiting for room for the rest of a reply.
 //!
 //! Publishing a new position and learning whether the peer sleeps is one
 //! atomic swap of one word. That is why a wakeup cannot be lost: the
@@ -50,7 +52,8 @@ use crossbeam_utils::CachePadded;
 pub(crate) const WAITING: u64 = 1;
 /// Word bit: the writer of this word has closed its side.
 pub(crate) const CLOSED: u64 = 2;
-/// Tail bit: the consumer sleeps on a doorbell shared by many rings.
+/// Word bit: the reader of this word sleeps on a doorbell shared by many
+/// rings (the consumer on `tail`, the producer on `head`).
 pub(crate) const DOORBELL: u64 = 4;
 /// All signal bits; the rest of the word is the position.
 pub(crate) const SIGNALS: u64 = WAITING | CLOSED | DOORBELL;
@@ -285,6 +288,12 @@ impl Producer {
         old
     }
 
+    /// Sets `bit` on the head word if it still equals `observed` (the
+    /// consumer freed nothing and did not close since we saw the ring full).
+    pub(crate) fn announce_sleep(&self, observed: u64, bit: u64) -> bool {
+        announce(&self.ctrl().head, observed, bit)
+    }
+
     /// Marks our side closed and wakes a sleeping consumer.
     pub(crate) fn close(&self) -> u64 {
         // AcqRel: everything we published happens before the consumer's
@@ -385,25 +394,38 @@ impl Consumer {
     }
 
     /// Gives the bytes of every frame before `end` back to the producer.
+    /// Returns the head word as it was before, so the caller can see
+    /// whether the producer sleeps on a doorbell ([`DOORBELL`]).
     #[inline]
-    pub(crate) fn release(&mut self, end: u64) {
+    pub(crate) fn release(&mut self, end: u64) -> u64 {
         self.head = end;
         // Release: pairs with the Acquire load of `head` in
         // `Producer::try_reserve`; our reads of the frame happen before the
         // producer reuses its bytes. Acquire: pairs with the producer's CAS
-        // in `announce_sleep` (its WAITING bit). The swap clears that bit.
+        // in `Producer::announce_sleep` (its WAITING or DOORBELL bit). The
+        // swap clears those bits.
         let old = self.ctrl().head.swap(end, Ordering::AcqRel);
         if old & WAITING != 0 {
             crate::futex::wake(&self.ctrl().head);
         }
+        old
     }
 
     /// Marks our side closed (the producer's sends fail) and wakes it.
-    pub(crate) fn close(&self) {
+    /// Returns the head word as it was before (see [`release`](Self::release)).
+    pub(crate) fn close(&self) -> u64 {
         let old = self.ctrl().head.fetch_or(CLOSED, Ordering::AcqRel);
         if old & WAITING != 0 {
             crate::futex::wake(&self.ctrl().head);
         }
+        old
+    }
+
+    /// Whether the producer closed its side (it sends nothing more; what
+    /// it sent before may still be there to read).
+    pub(crate) fn producer_closed(&self) -> bool {
+        // Acquire: pairs with the AcqRel `fetch_or` in `Producer::close`.
+        self.ctrl().tail.load(Ordering::Acquire) & CLOSED != 0
     }
 
     /// Sets `bit` on the tail word if it still equals `observed` (no new
