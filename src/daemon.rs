@@ -268,10 +268,15 @@ fn report(fd: &mut std::fs::File, result: &Result<()>, entry: Option<&Entry>) {
     let _ = fd.write_all(&msg);
 }
 
-fn error_wire(e: &Error) -> (u8, String, u32) {
+/// A startup error as the report carries it: (kind, text, pid, problem),
+/// so that the parent gets the typed errors back.
+fn error_wire(e: &Error) -> (u8, String, u32, String) {
     match e {
-        Error::ServiceAlreadyExists { name, pid } => (1, name.clone(), *pid),
-        other => (0, other.to_string(), 0),
+        Error::ServiceAlreadyExists { name, pid } => (1, name.clone(), *pid, String::new()),
+        Error::InsecurePath { path, problem } => {
+            (2, path.to_string_lossy().into_owned(), 0, problem.clone())
+        }
+        other => (0, other.to_string(), 0, String::new()),
     }
 }
 
@@ -294,8 +299,9 @@ fn child_main<S: Send + Sync + 'static>(
         }
         Some(Err(e)) => Err(e.into()),
         Some(Ok(true)) | None => {
-            crate::logger::init_daemon(&service.config);
-            serve_on_own_thread(service, &mut ready)
+            // A refused log file stops the daemon before it serves.
+            crate::logger::init_daemon(&service.config)
+                .and_then(|()| serve_on_own_thread(service, &mut ready))
         }
     };
     if let Err(e) = &result {
@@ -532,17 +538,24 @@ fn wait_ready(
         }
         Some((&FAILED, rest)) => {
             reap_by(pid, deadline);
-            let (kind, text, who): (u8, String, u32) =
-                rmp_serde::from_slice(rest).unwrap_or((0, "daemon failed".into(), 0));
-            Err(if kind == 1 {
-                Error::ServiceAlreadyExists {
+            // The problem is absent from the three-element report the
+            // Python layer writes for a failed `__init__`.
+            let short = |(k, t, w): (u8, String, u32)| (k, t, w, String::new());
+            let (kind, text, who, problem): (u8, String, u32, String) = rmp_serde::from_slice(rest)
+                .or_else(|_| rmp_serde::from_slice(rest).map(short))
+                .unwrap_or((0, "daemon failed".into(), 0, String::new()));
+            Err(match kind {
+                1 => Error::ServiceAlreadyExists {
                     name: text,
                     pid: who,
-                }
-            } else {
-                Error::Io(std::io::Error::other(format!(
+                },
+                2 => Error::InsecurePath {
+                    path: text.into(),
+                    problem,
+                },
+                _ => Error::Io(std::io::Error::other(format!(
                     "the daemon failed to start: {text}"
-                )))
+                ))),
             })
         }
         _ => {

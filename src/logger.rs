@@ -8,17 +8,46 @@
 //! it installs one — when `logger` is on or `RUST_LOG` is set, and only if
 //! the process has none yet — writing to the standard error inherited from
 //! the parent, or appending to [`ServiceConfig::log_file`].
+//!
+//! **The log file holds call arguments**, so it must be this user's alone
+//! and must be the file it names ([`open_log_file`]): opened without
+//! following a symbolic link (`O_NOFOLLOW`: another user's link into a
+//! file of ours would receive the log), created 0600, and refused when it
+//! already exists but is not a regular file of this user's, is open to
+//! group or others, has a second hard link, or lies in a directory that
+//! another user controls (a directory or link of theirs on the way, or a
+//! directory anyone may write without the sticky bit). A refused file
+//! stops the daemon with [`Error::InsecurePath`] naming the path, owner
+//! and mode: falling back to standard error would hide that someone set a
+//! trap. A file that merely cannot be opened (a missing directory) is
+//! reported and the log goes to standard error.
 
+use crate::error::{Error, Result};
 use crate::service::ServiceConfig;
+use std::fs::{File, Metadata};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 
 /// Installs the daemon's subscriber if the log is wanted (see the module
-/// docs). Errors (a log file that cannot be opened) are reported on
-/// standard error and the daemon goes on without a file.
-pub(crate) fn init_daemon(config: &ServiceConfig) {
+/// docs). A log file that is refused is an error (the daemon must not
+/// start); one that cannot be opened is reported on standard error and
+/// the daemon goes on without a file.
+pub(crate) fn init_daemon(config: &ServiceConfig) -> Result<()> {
     let env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
     if !config.logger && env.is_none() {
-        return;
+        return Ok(());
     }
+    let file = match config.log_file.as_deref().map(open_log_file) {
+        None => None,
+        Some(Ok(f)) => Some(f),
+        Some(Err(e @ Error::InsecurePath { .. })) => return Err(e),
+        Some(Err(e)) => {
+            eprintln!("metabridge: {e}; logging to standard error");
+            None
+        }
+    };
+    #[cfg(not(feature = "log"))]
+    drop(file);
     #[cfg(feature = "log")]
     {
         use tracing_subscriber::EnvFilter;
@@ -26,19 +55,6 @@ pub(crate) fn init_daemon(config: &ServiceConfig) {
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_target(true);
-        let file = config.log_file.as_ref().and_then(|path| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| {
-                    eprintln!(
-                        "metabridge: cannot open the log file {}: {e}; logging to standard error",
-                        path.display()
-                    )
-                })
-                .ok()
-        });
         // `try_init`: a process that already has a subscriber keeps it.
         let _ = match file {
             Some(f) => builder
@@ -48,4 +64,143 @@ pub(crate) fn init_daemon(config: &ServiceConfig) {
             None => builder.with_writer(std::io::stderr).try_init(),
         };
     }
+    Ok(())
+}
+
+/// Opens the log file `path` for appending, creating it with mode 0600,
+/// after the checks of the module docs. [`Error::InsecurePath`] when it
+/// is refused; [`Error::Io`] naming the path when it cannot be opened.
+pub(crate) fn open_log_file(path: &Path) -> Result<File> {
+    check_directories(path)?;
+    // Checked before opening too, so that nothing of another user's (a
+    // device, a FIFO) is even opened; the check after opening is the one
+    // that counts, on what was really opened.
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        check_log(path, &meta)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        // O_NONBLOCK: a FIFO put there meanwhile fails the open (ENXIO)
+        // instead of blocking it; it has no effect on a regular file.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            // ELOOP (a link put there meanwhile), EACCES (a file of
+            // another user's): say what is there, if that is the reason.
+            let refused = std::fs::symlink_metadata(path)
+                .ok()
+                .and_then(|meta| check_log(path, &meta).err());
+            refused.unwrap_or_else(|| {
+                Error::Io(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot open the log file {}: {e}", path.display()),
+                ))
+            })
+        })?;
+    let meta = file.metadata()?;
+    check_log(path, &meta)?;
+    Ok(file)
+}
+
+/// Refuses a log file (as `lstat` or `fstat` describe it) that is not a
+/// regular file of this user's alone.
+fn check_log(path: &Path, meta: &Metadata) -> Result<()> {
+    let mode = meta.mode() & 0o7777;
+    if meta.file_type().is_symlink() {
+        let target = std::fs::read_link(path)
+            .map(|t| format!(" to {}", t.display()))
+            .unwrap_or_default();
+        return Err(Error::InsecurePath {
+            path: path.to_owned(),
+            problem: format!(
+                "it is a symbolic link{target} (owned by uid {}, mode {mode:04o}): the log is \
+                 never written through a link, which another user may have made to send it \
+                 into a file of theirs or of this user's; name the file itself",
+                meta.uid()
+            ),
+        });
+    }
+    crate::registry::check_private(path, meta, crate::registry::Kind::File)?;
+    if meta.nlink() > 1 {
+        return Err(Error::InsecurePath {
+            path: path.to_owned(),
+            problem: format!(
+                "it has {} hard links (owned by uid {}, mode {mode:04o}): another name of the \
+                 same file may be in a place another user controls; use a file of its own",
+                meta.nlink(),
+                meta.uid()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a path to the log on which another user could put something
+/// else in its place: a directory or symbolic link of another user's
+/// (root's are trusted) on the way as written, or a directory on the way
+/// as resolved that is another user's or that anyone may write without
+/// the sticky bit. Directories that do not exist are left to the open,
+/// which fails on them.
+fn check_directories(path: &Path) -> Result<()> {
+    let me = nix::unistd::geteuid().as_raw();
+    let trusted = |uid: u32| uid == me || uid == 0;
+    let refuse = |dir: &Path, what: &str, meta: &Metadata| Error::InsecurePath {
+        path: path.to_owned(),
+        problem: format!(
+            "{what} {} on the way to it is owned by uid {} (mode {:04o}), not by this user \
+             (uid {me}) or root: another user could put another file in its place; keep the \
+             log in directories of this user's",
+            dir.display(),
+            meta.uid(),
+            meta.mode() & 0o7777
+        ),
+    };
+    let absolute = match path.is_absolute() {
+        true => path.to_owned(),
+        false => std::env::current_dir()?.join(path),
+    };
+    let Some(parent) = absolute.parent() else {
+        return Ok(());
+    };
+    // As written: every link and directory on the way.
+    let mut prefix = PathBuf::new();
+    for part in parent.components() {
+        prefix.push(part);
+        let Ok(meta) = std::fs::symlink_metadata(&prefix) else {
+            return Ok(());
+        };
+        if !trusted(meta.uid()) {
+            let what = match meta.file_type().is_symlink() {
+                true => "the symbolic link",
+                false => "the directory",
+            };
+            return Err(refuse(&prefix, what, &meta));
+        }
+    }
+    // As resolved: every directory the kernel will go through.
+    let Ok(real) = std::fs::canonicalize(parent) else {
+        return Ok(());
+    };
+    for dir in real.ancestors() {
+        let meta = std::fs::metadata(dir)?;
+        if !trusted(meta.uid()) {
+            return Err(refuse(dir, "the directory", &meta));
+        }
+        let mode = meta.mode();
+        if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+            return Err(Error::InsecurePath {
+                path: path.to_owned(),
+                problem: format!(
+                    "the directory {} on the way to it has mode {:04o}: anyone may replace \
+                     what is in it (it lacks the sticky bit of /tmp); keep the log in \
+                     directories of this user's",
+                    dir.display(),
+                    mode & 0o7777
+                ),
+            });
+        }
+    }
+    Ok(())
 }

@@ -126,13 +126,14 @@ pub fn ensure_home(dir: &Path) -> Result<()> {
 }
 
 #[derive(Clone, Copy, PartialEq)]
-enum Kind {
+pub(crate) enum Kind {
     Dir,
     File,
 }
 
-/// Refuses a home or registry file that is not ours alone.
-fn check_private(path: &Path, meta: &std::fs::Metadata, kind: Kind) -> Result<()> {
+/// Refuses a home or registry file (or the daemon's log) that is not ours
+/// alone.
+pub(crate) fn check_private(path: &Path, meta: &std::fs::Metadata, kind: Kind) -> Result<()> {
     let me = nix::unistd::geteuid().as_raw();
     let ft = meta.file_type();
     let insecure = |problem: String| Error::InsecurePath {

@@ -166,7 +166,12 @@ pub struct ServiceConfig {
     pub logger: bool,
     /// Where a daemon started with [`run`](crate::run) writes its log
     /// (appended); default: the standard error it inherited from the
-    /// parent, or `$METABRIDGE_LOG_FILE`.
+    /// parent, or `$METABRIDGE_LOG_FILE`. The log holds call arguments,
+    /// so the file is created 0600 and never opened through a symbolic
+    /// link; one that exists but is not a regular file of this user's
+    /// alone (another owner, group/other access, a second hard link), or
+    /// that lies in a directory another user controls, stops the daemon
+    /// with [`Error::InsecurePath`] naming its path, owner and mode.
     pub log_file: Option<std::path::PathBuf>,
 }
 
@@ -406,48 +411,36 @@ impl<S: Send + Sync + 'static> Service<S> {
     }
 }
 
-/// Longest service name, in bytes: it is part of the control socket's
-/// path, which the kernel limits to 108 bytes.
-pub const MAX_SERVICE_NAME_LEN: usize = 64;
+// The name rule lives in `metabridge-names`, which the macro's
+// compile-time check uses too.
+pub use metabridge_names::MAX_SERVICE_NAME_LEN;
 
 /// Checks a service name. Valid: 1 to [`MAX_SERVICE_NAME_LEN`] (64) bytes
-/// of UTF-8 without control characters (NUL, newline, ...), `/` or `\\`,
-/// not `.` or `..`, and without leading or trailing whitespace. (Names
-/// become file names in `$METABRIDGE_HOME`.) `#[metabridge::service]`
-/// checks a literal name at compile time.
+/// of UTF-8 without control characters (NUL, newline, ...), without
+/// invisible or direction-changing characters (Unicode format characters
+/// such as U+200B ZERO WIDTH SPACE, U+202E RIGHT-TO-LEFT OVERRIDE or
+/// U+FEFF, the other default-ignorable code points, and spaces other than
+/// the ASCII space: two names must not look alike in `metabridge list`),
+/// without `/` or `\\`, not `.` or `..`, and without leading or trailing
+/// whitespace. (Names become file names in `$METABRIDGE_HOME`.)
+/// `#[metabridge::service]` checks a literal name at compile time, and
+/// the Python package's `create` checks its name, by the same rule (crate
+/// `metabridge-names`).
 ///
 /// ```
 /// use metabridge::validate_service_name as valid;
 /// assert!(valid("demo-service").is_ok());
 /// assert!(valid("serviço de teste").is_ok());
-/// for bad in ["", "a/b", "a\0b", "..", " padded", &"x".repeat(65)] {
+/// for bad in ["", "a/b", "a\0b", "..", " padded", &"x".repeat(65), "a\u{200B}b"] {
 ///     assert!(valid(bad).is_err(), "{bad:?}");
 /// }
 /// ```
 pub fn validate_service_name(name: &str) -> Result<()> {
-    let problem = if name.is_empty() {
-        "it is empty".to_owned()
-    } else if name.len() > MAX_SERVICE_NAME_LEN {
-        format!(
-            "it is {} bytes long, more than {MAX_SERVICE_NAME_LEN}",
-            name.len()
-        )
-    } else if let Some(c) = name
-        .chars()
-        .find(|c| c.is_control() || *c == '/' || *c == '\\')
-    {
-        format!("it contains {c:?}")
-    } else if name == "." || name == ".." {
-        "it is a directory name".to_owned()
-    } else if name.trim() != name {
-        "it starts or ends with whitespace".to_owned()
-    } else {
-        return Ok(());
-    };
-    Err(Error::InvalidServiceName {
-        name: name.to_owned(),
-        problem: format!(
-            "{problem}; a service name is 1 to {MAX_SERVICE_NAME_LEN} bytes, without control characters, '/' or '\\'"
-        ),
-    })
+    match metabridge_names::service_name_problem(name) {
+        None => Ok(()),
+        Some(problem) => Err(Error::InvalidServiceName {
+            name: name.to_owned(),
+            problem,
+        }),
+    }
 }

@@ -7,7 +7,14 @@
 //! starts. A reader asks for it over the service's control socket
 //! (`OP_STATS` in `control.rs`, after the same `SO_PEERCRED` check as a
 //! channel set-up) and gets a descriptor opened read-only; it maps that and
-//! reads the atomics ([`fetch`], [`Snapshot`]).
+//! reads the atomics ([`fetch`], [`Snapshot`]). A read-only descriptor
+//! alone would not keep the counters true: a memfd's inode is mode 0777,
+//! so its holder could open `/proc/self/fd/N` again read-write. The
+//! service therefore seals the segment against future writes
+//! (`F_SEAL_FUTURE_WRITE`, then `F_SEAL_SEAL`) as soon as it has mapped
+//! it: its own mapping keeps counting, and no descriptor can write, map
+//! writable or punch holes any more. A reader refuses a segment without
+//! that seal.
 //!
 //! **Layout** (version [`VERSION`], all words little-endian `u64`):
 //!
@@ -242,11 +249,16 @@ impl Counters {
         let blocks_offset = (names_offset + names.len()).next_multiple_of(128);
         let block_bytes = ((SERVICE_WORDS + n * EP_WORDS) * 8).next_multiple_of(128);
         let len = blocks_offset + slots * block_bytes;
-        let fd = metabridge_shm::memfd::create_sealed(c"metabridge-stats", len, "live counters")
-            .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
-        // SAFETY: a sealed memfd of exactly `len` bytes, which nobody can
-        // shrink: the mapping cannot fault.
+        let shm_error = |e: metabridge_shm::Error| Error::Io(std::io::Error::other(e.to_string()));
+        let fd =
+            metabridge_shm::memfd::create_for_one_writer(c"metabridge-stats", len, "live counters")
+                .map_err(shm_error)?;
+        // SAFETY: a memfd of exactly `len` bytes sealed against shrinking,
+        // by anyone: the mapping cannot fault.
         let mut map = unsafe { memmap2::MmapOptions::new().len(len).map_mut(&fd)? };
+        // From here on only `map` can change the counters (see the module
+        // docs); the writable descriptor itself is dropped below.
+        metabridge_shm::memfd::seal_writes(fd.as_fd()).map_err(shm_error)?;
         let words = [
             MAGIC,
             VERSION as u64 | (HEADER_BYTES as u64) << 32,
@@ -464,11 +476,14 @@ pub fn fetch(entry: &crate::registry::Entry, timeout: Duration) -> Result<Snapsh
     read(fd.as_fd())
 }
 
-/// Reads a counters segment: checks its seals, maps it read-only,
-/// validates the header against the mapping, and sums the blocks.
+/// Reads a counters segment: checks its seals (against resizing, and
+/// against writes by anyone but the service's own mapping:
+/// [`Error::Protocol`] naming the missing seal otherwise), maps it
+/// read-only, validates the header against the mapping, and sums the
+/// blocks.
 pub fn read(fd: BorrowedFd<'_>) -> Result<Snapshot> {
     let bad = |what: String| Error::Protocol(format!("counters segment: {what}"));
-    let len = metabridge_shm::memfd::check_sealed(fd, HEADER_BYTES as u64, "live counters")
+    let len = metabridge_shm::memfd::check_write_sealed(fd, HEADER_BYTES as u64, "live counters")
         .map_err(|e| bad(e.to_string()))? as usize;
     // SAFETY: the memfd is sealed against shrinking (checked above), so
     // no page of a mapping of `len` bytes can fault; we only read it, and
@@ -646,9 +661,53 @@ mod tests {
     fn a_segment_that_is_not_a_sealed_counters_segment_is_refused() {
         let f = tempfile_in_shm();
         assert!(read(f.as_fd()).is_err());
-        let fd = metabridge_shm::memfd::create_sealed(c"x", 4096, "x").unwrap();
+        let fd = write_sealed(4096, |_| {});
         let e = read(fd.as_fd()).unwrap_err();
         assert!(e.to_string().contains("magic"), "{e}");
+    }
+
+    /// A segment sealed against resizing but not against writes could be
+    /// rewritten by whoever holds a descriptor of it: refused, with a
+    /// typed error naming the seal, even when its contents are valid.
+    #[test]
+    fn a_segment_without_the_write_seal_is_refused() {
+        use std::os::unix::fs::FileExt;
+        let c = Counters::create(&[("a".into(), None)], 2).unwrap();
+        let ours = std::fs::File::from(c.read_only.try_clone().unwrap());
+        let len = ours.metadata().unwrap().len() as usize;
+        let mut bytes = vec![0u8; len];
+        ours.read_exact_at(&mut bytes, 0).unwrap();
+        // The same bytes, sealed against resizing only.
+        let copy = metabridge_shm::memfd::create_sealed(c"x", len, "x").unwrap();
+        let file = std::fs::File::from(copy.try_clone().unwrap());
+        file.write_all_at(&bytes, 0).unwrap();
+        assert!(read(c.read_only_fd()).is_ok());
+        match read(copy.as_fd()) {
+            Err(Error::Protocol(why)) => {
+                assert!(why.contains("F_SEAL_FUTURE_WRITE"), "{why}")
+            }
+            other => panic!("accepted a writable counters segment: {other:?}"),
+        }
+    }
+
+    /// A memfd of `len` bytes as the service makes one: `fill` writes it
+    /// through the creator's mapping, then it is sealed against writes
+    /// (the mapping, returned with it, keeps writing).
+    fn write_sealed(len: usize, fill: impl FnOnce(&mut memmap2::MmapMut)) -> OwnedFd {
+        write_sealed_mapped(len, fill).0
+    }
+
+    fn write_sealed_mapped(
+        len: usize,
+        fill: impl FnOnce(&mut memmap2::MmapMut),
+    ) -> (OwnedFd, memmap2::MmapMut) {
+        let fd = metabridge_shm::memfd::create_for_one_writer(c"x", len, "x").unwrap();
+        // SAFETY: a memfd of `len` bytes sealed against shrinking, mapped
+        // whole.
+        let mut map = unsafe { memmap2::MmapOptions::new().len(len).map_mut(&fd).unwrap() };
+        fill(&mut map);
+        metabridge_shm::memfd::seal_writes(fd.as_fd()).unwrap();
+        (fd, map)
     }
 
     #[test]
@@ -668,9 +727,8 @@ mod tests {
 
     #[test]
     fn a_header_that_lies_about_sizes_is_refused() {
-        let fd = metabridge_shm::memfd::create_sealed(c"x", 4096, "x").unwrap();
-        // SAFETY: a sealed memfd of 4096 bytes, mapped whole.
-        let mut map = unsafe { memmap2::MmapOptions::new().len(4096).map_mut(&fd).unwrap() };
+        // The creator's mapping still writes after the write seal.
+        let (fd, mut map) = write_sealed_mapped(4096, |_| {});
         let put = |m: &mut memmap2::MmapMut, i: usize, v: u64| {
             m[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes())
         };

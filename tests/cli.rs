@@ -524,3 +524,56 @@ fn stats_shows_calls_in_flight_sync_and_async() {
     assert_eq!((in_flight(&v, "hold"), in_flight(&v, "later")), (0, 0));
     assert_eq!(v["calls"], 3, "{v}");
 }
+
+/// A duration flag of 0 (or one that rounds to 0, or too long to be a
+/// deadline) is a bad command line, exit 2 with the flag named: not an
+/// I/O error from deep inside, nor a panic, nor a `--watch` loop that
+/// never sleeps.
+#[test]
+fn zero_or_unrepresentable_durations_are_usage_errors() {
+    let mut env = TestEnv::new("cli-durations");
+    env.start_service("cli-durations", &[]);
+    let call = [
+        "call",
+        "cli-durations",
+        "echo",
+        r#"["x"]"#,
+        "--ctor",
+        r#"["p", 1]"#,
+    ];
+    let bench = [
+        "bench",
+        "cli-durations",
+        "echo",
+        r#"["x"]"#,
+        "--ctor",
+        r#"["p", 1]"#,
+    ];
+    let stats = ["stats", "cli-durations", "--watch", "--count", "2"];
+    for (cmd, flag) in [
+        (&call[..], "--timeout"),
+        (&bench[..], "--timeout"),
+        (&bench[..], "--duration"),
+        (&stats[..], "--interval"),
+    ] {
+        for value in ["0s", "0", "0ms", "0.1ns", "99999999999999999999999s"] {
+            let o = mb(&env, &[cmd, &[flag, value]].concat());
+            code(&o, 2);
+            let err = stderr(&o);
+            assert!(err.contains(flag), "{cmd:?} {flag} {value}: {err}");
+            assert!(!err.contains("I/O error"), "{cmd:?} {flag} {value}: {err}");
+            assert!(!err.contains("panicked"), "{cmd:?} {flag} {value}: {err}");
+            assert!(
+                stdout(&o).is_empty(),
+                "{cmd:?} {flag} {value}: {}",
+                stdout(&o)
+            );
+        }
+    }
+    let o = mb(&env, &[&call[..], &["--timeout", "0s"]].concat());
+    assert!(stderr(&o).contains("more than 0"), "{}", stderr(&o));
+    // A small positive value is still fine.
+    let o = mb(&env, &[&call[..], &["--timeout", "5s"]].concat());
+    code(&o, 0);
+    assert_eq!(stdout(&o), "\"px\"\n");
+}

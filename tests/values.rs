@@ -247,7 +247,18 @@ fn errors_name_the_unknown_keyword_and_the_types_as_written() {
 
 #[test]
 fn invalid_service_names_are_rejected_with_a_typed_error() {
-    for bad in ["", "a/b", "nul\0inside", "..", " padded", &"x".repeat(65)] {
+    for bad in [
+        "",
+        "a/b",
+        "nul\0inside",
+        "..",
+        " padded",
+        &"x".repeat(65),
+        // Invisible or direction-changing: would look like another name.
+        "pay\u{202E}knl.exe",
+        "demo\u{200B}-service",
+        "\u{FEFF}demo-service",
+    ] {
         match Service::<()>::try_new(bad) {
             Err(Error::InvalidServiceName { name, problem }) => {
                 assert_eq!(name, bad);

@@ -114,5 +114,7 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("invalid duration {s:?}"));
     }
-    Ok(std::time::Duration::from_secs_f64(secs))
+    // `try_`: a value past `Duration::MAX` is an error, not a panic.
+    std::time::Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("invalid duration {s:?}: too long"))
 }

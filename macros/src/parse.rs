@@ -112,36 +112,9 @@ impl ServiceArgs {
     }
 }
 
-/// Longest service name in bytes (`metabridge::MAX_SERVICE_NAME_LEN`).
-const MAX_SERVICE_NAME_LEN: usize = 64;
-
-/// What is wrong with a service name, by the rules of
-/// `metabridge::validate_service_name` (kept in step with it).
-pub fn service_name_problem(name: &str) -> Option<String> {
-    let problem = if name.is_empty() {
-        "it is empty".to_owned()
-    } else if name.len() > MAX_SERVICE_NAME_LEN {
-        format!(
-            "it is {} bytes long, more than {MAX_SERVICE_NAME_LEN}",
-            name.len()
-        )
-    } else if let Some(c) = name
-        .chars()
-        .find(|c| c.is_control() || *c == '/' || *c == '\\')
-    {
-        format!("it contains {c:?}")
-    } else if name == "." || name == ".." {
-        "it is a directory name".to_owned()
-    } else if name.trim() != name {
-        "it starts or ends with whitespace".to_owned()
-    } else {
-        return None;
-    };
-    Some(format!(
-        "{problem}; a service name is 1 to {MAX_SERVICE_NAME_LEN} bytes, without control \
-         characters, '/' or '\\'"
-    ))
-}
+/// What is wrong with a service name: the rule of
+/// `metabridge::validate_service_name`, from the crate both share.
+pub use metabridge_names::service_name_problem;
 
 /// Whether a parameter or result of type `ty` travels as MessagePack bin:
 /// `Vec<u8>`, `Box<[u8]>`, `Bytes` (e.g. `bytes::Bytes`), `&[u8]`, `&Vec<u8>`.
@@ -810,7 +783,16 @@ mod tests {
 
     #[test]
     fn service_names() {
-        for bad in ["a/b", "..", " x", "a\u{0}b", &"n".repeat(65)] {
+        for bad in [
+            "a/b",
+            "..",
+            " x",
+            "a\u{0}b",
+            &"n".repeat(65),
+            "a\u{200B}b",
+            "a\u{202E}b",
+            "\u{FEFF}a",
+        ] {
             let e = args(quote!(name = #bad)).err().expect(bad).to_string();
             assert!(e.starts_with("invalid service name: "), "{bad:?}: {e}");
         }

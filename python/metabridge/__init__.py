@@ -244,9 +244,20 @@ def create(name, host=None, *, logger=False, port=None):
     ``logger=True`` logs the daemon's start and stop, connections and every
     call (endpoint, arguments and result cut short, duration) on standard
     error, through the runtime's logger.
+
+    An invalid ``name`` raises ``ValueError`` here: 1 to 64 bytes of UTF-8
+    without control characters, invisible or direction-changing
+    characters (Unicode format characters such as U+200B or U+202E,
+    spaces other than " "), "/" or "\\"; not "." or ".."; no leading or
+    trailing whitespace.
     """
     if not isinstance(name, str) or not name:
         raise TypeError("the service name must be a non-empty string")
+    # The runtime's rule (the Rust API's and the macro's): a name becomes a
+    # file name, and must not look like another in `metabridge list`.
+    problem = _native.service_name_problem(name)
+    if problem is not None:
+        raise ValueError(f"invalid service name {name!r}: {problem}")
     return ServiceBuilder(_Definition(name, host, port, logger))
 
 

@@ -79,6 +79,17 @@ fn gc(py: Python<'_>) -> PyResult<String> {
         .map_err(|e| to_pyerr(py, e))
 }
 
+/// What is wrong with `name` as a service name (the runtime's rule), or
+/// `None` if it is valid.
+#[pyfunction]
+fn service_name_problem(name: &str) -> Option<String> {
+    match metabridge::validate_service_name(name) {
+        Err(metabridge::Error::InvalidServiceName { problem, .. }) => Some(problem),
+        Err(other) => Some(other.to_string()),
+        Ok(()) => None,
+    }
+}
+
 /// Encodes one value as the package does (for tests and tools).
 #[pyfunction]
 fn packb(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
@@ -109,6 +120,7 @@ fn encode_call_args(
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_register_errors, m)?)?;
     m.add_function(wrap_pyfunction!(gc, m)?)?;
+    m.add_function(wrap_pyfunction!(service_name_problem, m)?)?;
     m.add_function(wrap_pyfunction!(packb, m)?)?;
     m.add_function(wrap_pyfunction!(unpackb, m)?)?;
     m.add_function(wrap_pyfunction!(client::connect, m)?)?;

@@ -211,3 +211,15 @@ def test_forced_tcp(forms, monkeypatch):
         assert c.echo(data) == data
         with pytest.raises(meta.RemoteExecutionError):
             c.fails("over tcp")
+
+
+@pytest.mark.parametrize("bad", ["pay\u202eknl.exe", "demo\u200b-service", "\ufeffdemo",
+                                 "demo\u00a0service", "a/b", "..", " padded", "x" * 65])
+def test_create_refuses_names_that_are_invalid_or_look_like_another(bad):
+    # The runtime's rule (the same as the Rust API's and the macro's),
+    # before any class is decorated or daemon started.
+    with pytest.raises(ValueError, match="invalid service name") as e:
+        meta.create(bad)
+    if not bad.isascii():
+        assert "U+" in str(e.value), e.value
+    meta.create("serviço de teste")  # visible, inner spaces: fine

@@ -94,6 +94,15 @@ pub enum Error {
         /// What the memory was for.
         what: String,
     },
+    /// Memory a reader must be able to trust (the runtime's live
+    /// counters) is not sealed against writes: anyone holding a
+    /// descriptor of it, or reopening one through `/proc`, could rewrite
+    /// it. Refused.
+    #[error("{what} is not sealed against writes (F_SEAL_FUTURE_WRITE or F_SEAL_WRITE); refused")]
+    WriteUnsealed {
+        /// What the memory was for.
+        what: String,
+    },
     /// An invalid configuration value.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -76,7 +76,8 @@ pub use segment::{
 
 /// Sealed memfds for other shared state than channels (the runtime's live
 /// counters): created with their pages reserved and sealed against any
-/// change of size, and checked before a receiver maps one.
+/// change of size (and, for one writer and many readers, against writes
+/// once the writer has mapped it), and checked before a receiver maps one.
 #[cfg(not(loom))]
 pub mod memfd {
     use std::os::fd::{BorrowedFd, OwnedFd};
@@ -93,6 +94,33 @@ pub mod memfd {
     /// bytes; returns its length. Only then may it be mapped.
     pub fn check_sealed(fd: BorrowedFd<'_>, min_len: u64, what: &str) -> crate::Result<u64> {
         crate::platform::check_sealed(fd, min_len, what)
+    }
+
+    /// A memfd for one writer and many readers: like [`create_sealed`]
+    /// but open to one more seal. Its creator maps it writable, then calls
+    /// [`seal_writes`]; readers check it with [`check_write_sealed`].
+    pub fn create_for_one_writer(
+        name: &std::ffi::CStr,
+        len: usize,
+        what: &str,
+    ) -> crate::Result<OwnedFd> {
+        crate::platform::size_sealed_memfd(name, len, what)
+    }
+
+    /// Seals a memfd of [`create_for_one_writer`] against future writes
+    /// (`F_SEAL_FUTURE_WRITE`) and further seals (`F_SEAL_SEAL`): the
+    /// mappings already made writable keep writing; no descriptor, even
+    /// one reopened read-write through `/proc/<pid>/fd`, can write it,
+    /// map it writable, or punch holes in it any more.
+    pub fn seal_writes(fd: BorrowedFd<'_>) -> crate::Result<()> {
+        crate::platform::seal_future_writes(fd)
+    }
+
+    /// [`check_sealed`], and sealed against writes as [`seal_writes`]
+    /// does ([`Error::WriteUnsealed`](crate::Error::WriteUnsealed) if
+    /// not); returns its length.
+    pub fn check_write_sealed(fd: BorrowedFd<'_>, min_len: u64, what: &str) -> crate::Result<u64> {
+        crate::platform::check_write_sealed(fd, min_len, what)
     }
 }
 

@@ -14,6 +14,13 @@
 //! socket (the design Wayland and iceoryx2 use). Its pages are reserved at
 //! creation (`posix_fallocate`), so a full memory filesystem is a clear
 //! error at creation instead of a SIGBUS on first touch.
+//!
+//! A memfd's inode has mode 0777, so a descriptor handed out read-only is
+//! no protection by itself: its holder can open `/proc/self/fd/N` again
+//! read-write. Memory that one process writes and others only read (the
+//! runtime's live counters) is therefore also sealed with
+//! `F_SEAL_FUTURE_WRITE` once its writer has mapped it, and readers
+//! refuse it without that seal.
 
 use crate::error::{Error, Result};
 use nix::errno::Errno;
@@ -30,9 +37,27 @@ pub(crate) fn required_seals() -> SealFlag {
     SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL
 }
 
+/// The seals that make a segment read-only for everyone who did not map
+/// it writable before they were set: `F_SEAL_FUTURE_WRITE` (Linux 5.1)
+/// refuses `write`, new writable shared mappings, `mprotect` of a
+/// read-only one to writable, and hole punching, whatever the mode of the
+/// descriptor; the creator's earlier mapping keeps writing.
+pub(crate) fn write_seals() -> SealFlag {
+    SealFlag::F_SEAL_FUTURE_WRITE
+}
+
 /// Creates a memfd of exactly `len` bytes, its pages reserved, sealed
 /// against any change of size. `what` names it in errors.
 pub(crate) fn sealed_memfd(name: &CStr, len: usize, what: &str) -> Result<OwnedFd> {
+    let fd = size_sealed_memfd(name, len, what)?;
+    fcntl(fd.as_raw_fd(), FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SEAL))?;
+    Ok(fd)
+}
+
+/// Like [`sealed_memfd`], but without `F_SEAL_SEAL` yet: its creator maps
+/// it, then calls [`seal_future_writes`], which adds the final seals.
+/// (Once `F_SEAL_SEAL` is set, no seal can be added: `EPERM`.)
+pub(crate) fn size_sealed_memfd(name: &CStr, len: usize, what: &str) -> Result<OwnedFd> {
     let fd = memfd_create(
         name,
         MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
@@ -41,8 +66,32 @@ pub(crate) fn sealed_memfd(name: &CStr, len: usize, what: &str) -> Result<OwnedF
     file.set_len(len as u64)?;
     reserve(&file, len, what, None)?;
     let fd = OwnedFd::from(file);
-    fcntl(fd.as_raw_fd(), FcntlArg::F_ADD_SEALS(required_seals()))?;
+    fcntl(
+        fd.as_raw_fd(),
+        FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW),
+    )?;
     Ok(fd)
+}
+
+/// Seals a memfd of [`size_sealed_memfd`] against future writes, and
+/// against any further seal: from here on only mappings made writable
+/// before this call can change its bytes.
+pub(crate) fn seal_future_writes(fd: BorrowedFd<'_>) -> Result<()> {
+    fcntl(
+        fd.as_raw_fd(),
+        FcntlArg::F_ADD_SEALS(write_seals() | SealFlag::F_SEAL_SEAL),
+    )?;
+    Ok(())
+}
+
+/// The seals of `fd`; none for a file that cannot carry seals.
+fn seals(fd: BorrowedFd<'_>) -> Result<SealFlag> {
+    match fcntl(fd.as_raw_fd(), FcntlArg::F_GET_SEALS) {
+        Ok(bits) => Ok(SealFlag::from_bits_truncate(bits)),
+        // EINVAL: not a file that supports seals (a socket, a disk file).
+        Err(Errno::EINVAL) => Ok(SealFlag::empty()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Reserves the pages of `file` up to `len` bytes so that no later touch of
@@ -75,13 +124,7 @@ pub(crate) fn space_left(dir: &Path) -> Option<u64> {
 /// never shrink (nor grow): only then may it be mapped without a SIGBUS
 /// risk. Returns its length.
 pub(crate) fn check_sealed(fd: BorrowedFd<'_>, min_len: u64, what: &str) -> Result<u64> {
-    let seals = match fcntl(fd.as_raw_fd(), FcntlArg::F_GET_SEALS) {
-        Ok(bits) => SealFlag::from_bits_truncate(bits),
-        // EINVAL: not a file that supports seals (a socket, a disk file).
-        Err(Errno::EINVAL) => SealFlag::empty(),
-        Err(e) => return Err(e.into()),
-    };
-    if !seals.contains(required_seals()) {
+    if !seals(fd)?.contains(required_seals()) {
         return Err(Error::Unsealed {
             what: what.to_owned(),
         });
@@ -92,6 +135,22 @@ pub(crate) fn check_sealed(fd: BorrowedFd<'_>, min_len: u64, what: &str) -> Resu
             name: what.to_owned(),
             len,
             needed: min_len,
+        });
+    }
+    Ok(len)
+}
+
+/// Checks, as [`check_sealed`] does, that `fd` is a sealed memfd of at
+/// least `min_len` bytes, and also that it is sealed against writes
+/// ([`write_seals`], or the stronger `F_SEAL_WRITE`): what a reader then
+/// maps cannot be changed through any descriptor opened later, such as
+/// `/proc/<pid>/fd/N` reopened read-write. Returns its length.
+pub(crate) fn check_write_sealed(fd: BorrowedFd<'_>, min_len: u64, what: &str) -> Result<u64> {
+    let len = check_sealed(fd, min_len, what)?;
+    let seals = seals(fd)?;
+    if !seals.intersects(write_seals() | SealFlag::F_SEAL_WRITE) {
+        return Err(Error::WriteUnsealed {
+            what: what.to_owned(),
         });
     }
     Ok(len)

@@ -257,3 +257,55 @@ fn a_full_filesystem_is_a_clear_error_at_creation_not_a_sigbus_later() {
         Err(Error::NoSpace { .. })
     ));
 }
+
+/// A segment of one writer and many readers: once sealed against writes,
+/// a descriptor reopened read-write through `/proc/self/fd` (memfd inodes
+/// are mode 0777) can neither write, nor map it writable, nor make a
+/// read-only mapping writable, nor punch holes; the writer's own earlier
+/// mapping still writes, and readers can tell the seal is there.
+#[test]
+fn a_write_sealed_segment_cannot_be_written_through_a_reopened_descriptor() {
+    use metabridge_shm::memfd;
+    let fd = memfd::create_for_one_writer(c"one-writer", 8192, "counters").unwrap();
+    // SAFETY: a memfd of 8192 bytes sealed against shrinking.
+    let mut writer = unsafe { memmap2::MmapOptions::new().map_mut(&fd).unwrap() };
+    // Before the seals (F_SEAL_SEAL is not there yet either), a reader
+    // refuses it.
+    match memfd::check_write_sealed(fd.as_fd(), 8192, "counters") {
+        Err(Error::Unsealed { what }) => assert_eq!(what, "counters"),
+        other => panic!("expected Unsealed, got {other:?}"),
+    }
+    memfd::seal_writes(fd.as_fd()).unwrap();
+    assert_eq!(
+        memfd::check_write_sealed(fd.as_fd(), 8192, "counters").unwrap(),
+        8192
+    );
+    let reopened = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .unwrap();
+    let e = reopened.write_all_at(b"forged", 0).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+    // SAFETY: expected to be refused.
+    assert!(unsafe { memmap2::MmapOptions::new().map_mut(&reopened) }.is_err());
+    // SAFETY: a read-only mapping of the sealed memfd.
+    let ro = unsafe { memmap2::MmapOptions::new().map(&reopened).unwrap() };
+    assert!(ro.make_mut().is_err());
+    let punch = nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+        | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    assert!(nix::fcntl::fallocate(reopened.as_raw_fd(), punch, 0, 8192).is_err());
+    // No seal can be added or lifted, and the size is fixed.
+    assert!(fcntl(
+        fd.as_raw_fd(),
+        FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_WRITE)
+    )
+    .is_err());
+    assert!(reopened.set_len(0).is_err());
+    // The writer's mapping made before the seal still writes, and readers
+    // see it.
+    writer[0..6].copy_from_slice(b"honest");
+    let mut seen = [0u8; 6];
+    reopened.read_exact_at(&mut seen, 0).unwrap();
+    assert_eq!(&seen, b"honest");
+}

@@ -82,7 +82,7 @@ enum Command {
         #[arg(long, short)]
         watch: bool,
         /// Interval of --watch (e.g. 500ms, 2s).
-        #[arg(long, default_value = "1s", value_parser = measure::parse_duration)]
+        #[arg(long, default_value = "1s", value_parser = positive_duration)]
         interval: Duration,
         /// Stop --watch after this many reports.
         #[arg(long, value_name = "N")]
@@ -124,8 +124,33 @@ struct Target {
     #[arg(long, value_name = "T")]
     token: Option<String>,
     /// Timeout of each call (e.g. 500ms, 5s).
-    #[arg(long, default_value = "10s", value_parser = measure::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = positive_duration)]
     timeout: Duration,
+}
+
+/// The longest duration a flag takes: a deadline this far ahead is still
+/// representable (an `Instant` plus a few hundred years would not be).
+const MAX_FLAG_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// A duration flag (`--timeout`, `--interval`, `--duration`): more than 0
+/// (a zero timeout cannot be set on a socket, a zero interval would poll
+/// without sleeping, a zero bench measures nothing) and at most
+/// [`MAX_FLAG_DURATION`]. Clap reports an error here as a usage error,
+/// exit 2, naming the flag.
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    let d = measure::parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!(
+            "{s:?} is no time at all: the duration must be more than 0 (e.g. 500ms, 5s)"
+        ));
+    }
+    if d > MAX_FLAG_DURATION {
+        return Err(format!(
+            "{s:?} is too long: at most {}s (a year)",
+            MAX_FLAG_DURATION.as_secs()
+        ));
+    }
+    Ok(d)
 }
 
 /// A failure and the exit status it gives.
@@ -588,7 +613,7 @@ struct BenchPlan {
     #[arg(long, short = 'n', default_value_t = 1)]
     clients: usize,
     /// How long to measure (after a short warm-up).
-    #[arg(long, short, default_value = "3s", value_parser = measure::parse_duration)]
+    #[arg(long, short, default_value = "3s", value_parser = positive_duration)]
     duration: Duration,
     /// Transport: auto (shared memory if it can), shm or tcp.
     #[arg(long, default_value = "auto")]
