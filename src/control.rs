@@ -7,6 +7,7 @@
 //!                                                  fd sealed? header valid? room for a channel?
 //!   doorbells, worker k    ◄── [0, k:u16] + fd ──  channel handed to worker k
 //!                          ◄── [1, len:u16, why] ─ or a refusal, with the reason
+//!   (again, after a pause) ◄── [1, len:u16, BUSY] ─ or "every set-up slot is taken"
 //!
 //!   (a reader)             ── [2, STATS] ────────►   SO_PEERCRED: uid allowed?
 //!   counters, read-only    ◄── [0, 0, 0] + fd ────   the live-counters memfd (stats.rs)
@@ -20,14 +21,24 @@
 //! check holds even if they could. Every read and write has a deadline, and
 //! the service runs each handshake off its accept loop, so a client that
 //! connects and sends nothing delays nobody else.
+//!
+//! One refusal is not final: [`BUSY`], sent when every handshake slot of
+//! the service is taken (by silent connections, say). It is a refusal on
+//! the wire like any other, so clients that predate it still read it as
+//! one; a client of this version matches its exact reason, typed here in
+//! one place for both sides, and tries again with a short backoff until
+//! its deadline.
+//!
+//! A request carries at most one descriptor, but a peer may send any
+//! number, in any shape. Every descriptor the kernel hands us is owned
+//! (closed when dropped) before anything is checked, on every path
+//! (`platform::recv_with_fds`), so no request can leave one open here.
 
 use crate::error::{Error, Result};
 use metabridge_shm::{Channel, ChannelConfig, DoorbellSet};
-use nix::sys::socket::{
-    getsockopt, recvmsg, sendmsg, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
-};
-use std::io::{IoSlice, IoSliceMut, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use nix::sys::socket::{getsockopt, sendmsg, sockopt, ControlMessage, MsgFlags};
+use std::io::{IoSlice, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -48,6 +59,18 @@ const STATUS_REFUSED: u8 = 1;
 /// How long a service waits for a client's handshake bytes.
 pub(crate) const SERVICE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The reason of the one refusal that means "try again": every handshake
+/// slot of the service is taken for now. Sent by [`refuse_busy`]; a client
+/// that gets it retries until its deadline (any other refusal is final).
+pub(crate) const BUSY: &str = "too many channel set-ups in progress; retry";
+
+/// The first pause of a client after a [`BUSY`] answer; each next one
+/// doubles, up to [`BUSY_PAUSE_MAX`]. Short: a slot frees the moment a
+/// handshake in progress ends, and another connection may take it first.
+const BUSY_PAUSE_MIN: Duration = Duration::from_millis(1);
+/// The longest pause between two tries of a busy service.
+const BUSY_PAUSE_MAX: Duration = Duration::from_millis(16);
+
 /// What a service granted: the worker that serves the channel and the
 /// service's doorbells.
 pub(crate) struct Granted {
@@ -55,13 +78,45 @@ pub(crate) struct Granted {
     pub(crate) doorbells: OwnedFd,
 }
 
+/// What a service answered a request for a channel.
+enum Answer {
+    Granted(Granted),
+    /// [`BUSY`]: no handshake slot free now; try again.
+    Busy,
+}
+
 /// Client side: asks the service at `socket` to take the channel whose
-/// segment is `segment`, within `deadline`.
+/// segment is `segment`, within `deadline`; again, after a short and
+/// growing pause, each time the service answers [`BUSY`].
 pub(crate) fn request_channel(
     socket: &Path,
     segment: BorrowedFd<'_>,
     deadline: Instant,
 ) -> Result<Granted> {
+    let mut pause = BUSY_PAUSE_MIN;
+    let mut tries = 0u32;
+    loop {
+        tries += 1;
+        if let Answer::Granted(granted) = request_channel_once(socket, segment, deadline)? {
+            return Ok(granted);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::Timeout(format!(
+                "setting up a shared-memory channel: the service answered \"{BUSY}\" to all {tries} tries"
+            )));
+        }
+        std::thread::sleep(pause.min(left));
+        pause = (pause * 2).min(BUSY_PAUSE_MAX);
+    }
+}
+
+/// One request for a channel (see [`request_channel`]).
+fn request_channel_once(
+    socket: &Path,
+    segment: BorrowedFd<'_>,
+    deadline: Instant,
+) -> Result<Answer> {
     let stream = connect_to_service(socket, deadline)?;
     // A service that refuses us before reading (a credential check) may
     // have closed already: its reason is still there to read.
@@ -76,10 +131,10 @@ pub(crate) fn request_channel(
             let doorbells = fd.ok_or_else(|| {
                 Error::Protocol("the service accepted the channel without doorbells".into())
             })?;
-            Ok(Granted {
+            Ok(Answer::Granted(Granted {
                 worker: u16::from_le_bytes([head[1], head[2]]),
                 doorbells,
-            })
+            }))
         }
         STATUS_REFUSED => {
             let len = u16::from_le_bytes([head[1], head[2]]) as usize;
@@ -88,6 +143,9 @@ pub(crate) fn request_channel(
             stream
                 .read_exact(&mut why)
                 .map_err(|e| io_step(e, "reading the refusal"))?;
+            if why == BUSY.as_bytes() {
+                return Ok(Answer::Busy);
+            }
             Err(Error::Refused(String::from_utf8_lossy(&why).into_owned()))
         }
         other => Err(Error::Protocol(format!(
@@ -178,7 +236,16 @@ pub(crate) fn serve_request(
 ) -> Result<()> {
     set_timeouts(&stream, SERVICE_HANDSHAKE_TIMEOUT)?;
     let mut head = [0u8; 2];
-    let fd = recv_with_fd(&stream, &mut head, SERVICE_HANDSHAKE_TIMEOUT)?;
+    let fd = match recv_with_fd(&stream, &mut head, SERVICE_HANDSHAKE_TIMEOUT) {
+        Ok(fd) => fd,
+        // A malformed request (too many descriptors) is told why; a
+        // silent or vanished peer has no one to tell.
+        Err(Error::Protocol(why)) => {
+            refuse(&stream, &why);
+            return Err(Error::Protocol(why));
+        }
+        Err(e) => return Err(e),
+    };
     if head[0] == VERSION && head[1] == OP_STATS {
         return match stats {
             Some(counters) => send_with_fd(&stream, &[STATUS_OK, 0, 0], counters),
@@ -217,6 +284,12 @@ pub(crate) fn serve_request(
             Err(Error::Refused(why))
         }
     }
+}
+
+/// Refuses with [`BUSY`]: every handshake slot is taken; the client may
+/// try again.
+pub(crate) fn refuse_busy(stream: &UnixStream) {
+    refuse(stream, BUSY);
 }
 
 /// Writes a refusal with its reason (best effort: the peer may be gone).
@@ -364,49 +437,32 @@ fn send_with_fd(stream: &UnixStream, bytes: &[u8], fd: BorrowedFd<'_>) -> Result
 }
 
 /// Reads exactly `buf.len()` bytes, and the one descriptor that may come
-/// with the first of them. Extra descriptors are closed and refused.
+/// with the first of them. Every descriptor that came is owned as soon as
+/// it is received, so a request with more (in one control message or
+/// several, or more than the control buffer holds) is refused with all of
+/// them closed.
 fn recv_with_fd(stream: &UnixStream, buf: &mut [u8], timeout: Duration) -> Result<Option<OwnedFd>> {
     let deadline = Instant::now() + timeout;
-    let mut space = nix::cmsg_space!([RawFd; 2]);
-    let (got, mut fds, truncated) = loop {
-        let mut iov = [IoSliceMut::new(buf)];
-        match recvmsg::<()>(
-            stream.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
-            Ok(msg) => {
-                let mut fds = Vec::new();
-                for c in msg.cmsgs().map_err(std::io::Error::from)? {
-                    if let ControlMessageOwned::ScmRights(raw) = c {
-                        for fd in raw {
-                            // SAFETY: the kernel has just installed this
-                            // descriptor in our table for us (SCM_RIGHTS);
-                            // nothing else owns it, so wrapping it makes
-                            // sure it is closed exactly once.
-                            fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
-                        }
-                    }
-                }
-                let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
-                break (msg.bytes, fds, truncated);
-            }
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(io_step(e.into(), "reading the handshake")),
-        }
-    };
-    if got == 0 {
+    let mut got = crate::platform::recv_with_fds(stream.as_fd(), buf)
+        .map_err(|e| io_step(e, "reading the handshake"))?;
+    if got.bytes == 0 {
         return Err(Error::PeerGone(
             "the other side closed the control socket".into(),
         ));
     }
-    if truncated || fds.len() > 1 {
-        return Err(Error::Protocol(
-            "more than one descriptor came with a handshake".into(),
-        ));
+    if got.truncated || got.fds.len() > 1 {
+        let count = if got.truncated {
+            format!("more than {}", got.fds.len())
+        } else {
+            got.fds.len().to_string()
+        };
+        return Err(Error::Protocol(format!(
+            "{count} descriptors came with a handshake, which takes at most one; all were closed"
+        )));
     }
-    if got < buf.len() {
+    if got.bytes < buf.len() {
+        // Descriptors attached to these later bytes are discarded by the
+        // kernel (a plain read has no room for them): none is installed.
         stream.set_read_timeout(Some(
             deadline
                 .saturating_duration_since(Instant::now())
@@ -414,8 +470,8 @@ fn recv_with_fd(stream: &UnixStream, buf: &mut [u8], timeout: Duration) -> Resul
         ))?;
         let mut stream = stream;
         stream
-            .read_exact(&mut buf[got..])
+            .read_exact(&mut buf[got.bytes..])
             .map_err(|e| io_step(e, "reading the handshake"))?;
     }
-    Ok(fds.pop())
+    Ok(got.fds.pop())
 }

@@ -1,10 +1,10 @@
 //! The operating-system calls of the runtime, in one place, each with the
 //! argument for why it is sound: locking the registry file, signal
 //! handlers, fork, leaving a process at once, descriptors handed across
-//! exec, pidfds, waiting for a descriptor. The rest of the runtime calls
-//! these and holds no `unsafe` of its own for them. (The shared-memory
-//! calls — memfds, seals, mappings, futexes — live in the same kind of
-//! layer in `metabridge-shm`.)
+//! exec, pidfds, waiting for a descriptor, receiving descriptors over a
+//! socket. The rest of the runtime calls these and holds no `unsafe` of
+//! its own for them. (The shared-memory calls — memfds, seals, mappings,
+//! futexes — live in the same kind of layer in `metabridge-shm`.)
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -86,6 +86,132 @@ pub(crate) fn detach_stdio() {
             let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
         }
     }
+}
+
+/// Most descriptors [`recv_with_fds`] has room for in one message. The
+/// kernel installs no more than fit and sets `MSG_CTRUNC`; it drops the
+/// rest itself, so they never reach our descriptor table.
+pub(crate) const RECV_FDS_MAX: usize = 4;
+
+/// Bytes of control data one receive has room for: the descriptors, and
+/// credentials beside them (which we never ask for, but which must not
+/// truncate the descriptors if they come).
+// SAFETY: CMSG_SPACE (both calls) is arithmetic on its argument only.
+const CONTROL_SPACE: usize = unsafe {
+    libc::CMSG_SPACE((RECV_FDS_MAX * std::mem::size_of::<RawFd>()) as u32)
+        + libc::CMSG_SPACE(std::mem::size_of::<libc::ucred>() as u32)
+} as usize;
+
+/// A control buffer, aligned as the `cmsghdr`s the kernel writes into it.
+#[repr(C)]
+struct ControlSpace {
+    _align: [libc::cmsghdr; 0],
+    bytes: [u8; CONTROL_SPACE],
+}
+
+/// What one [`recv_with_fds`] received.
+pub(crate) struct Received {
+    /// Bytes read into the buffer (0: the peer closed its end).
+    pub(crate) bytes: usize,
+    /// Every descriptor the kernel installed in our table for this
+    /// message, owned: dropping them closes them.
+    pub(crate) fds: Vec<OwnedFd>,
+    /// The control data did not fit (`MSG_CTRUNC`): the peer sent more
+    /// descriptors than [`RECV_FDS_MAX`] (those beyond are not installed).
+    pub(crate) truncated: bool,
+}
+
+/// `recvmsg(2)` on `socket` into `buf`, with room for [`RECV_FDS_MAX`]
+/// descriptors (installed close-on-exec), retried on EINTR; the socket's
+/// own timeout applies (`WouldBlock` when it passes).
+///
+/// Every descriptor the kernel installed comes back owned, whatever else
+/// the message held: several `SCM_RIGHTS` messages, other control
+/// messages, a truncated control buffer. The control messages are walked
+/// here with `CMSG_FIRSTHDR`/`CMSG_NXTHDR` because a parser that refuses
+/// to iterate a truncated buffer (nix's `cmsgs()` with `MSG_CTRUNC`)
+/// leaves the descriptors the kernel did install open for good.
+pub(crate) fn recv_with_fds(
+    socket: std::os::fd::BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> std::io::Result<Received> {
+    let mut space = ControlSpace {
+        _align: [],
+        bytes: [0; CONTROL_SPACE],
+    };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    loop {
+        // SAFETY: an all-zero msghdr is a valid one (no address, no
+        // buffers, no flags); the fields we need are set below.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = space.bytes.as_mut_ptr().cast();
+        msg.msg_controllen = CONTROL_SPACE as _;
+        // SAFETY: `msg` points at one iovec over `buf` (writable for its
+        // length) and at `space` (writable for CONTROL_SPACE bytes), both
+        // alive across the call; the kernel writes within those lengths.
+        let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        // Owned before anything else can fail.
+        let fds = take_received_fds(&msg);
+        return Ok(Received {
+            bytes: n as usize,
+            fds,
+            truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
+        });
+    }
+}
+
+/// Every descriptor of the `SCM_RIGHTS` messages in the control data that
+/// `recvmsg` just wrote through `msg`, owned.
+fn take_received_fds(msg: &libc::msghdr) -> Vec<OwnedFd> {
+    let mut fds = Vec::new();
+    // (`msg_controllen` is a size_t with glibc, a socklen_t with musl.)
+    #[allow(clippy::unnecessary_cast)]
+    let end = msg.msg_control as usize + msg.msg_controllen as usize;
+    // SAFETY: `msg` is the header recvmsg filled: `msg_control` points at
+    // our aligned control buffer and `msg_controllen` is the length the
+    // kernel wrote there (never more than the buffer). CMSG_FIRSTHDR and
+    // CMSG_NXTHDR return only headers that lie inside that length (or
+    // null), and read nothing outside it.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(msg) };
+    while !cmsg.is_null() {
+        // SAFETY: a whole, aligned header inside the written data (above).
+        let header = unsafe { &*cmsg };
+        if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS {
+            // SAFETY: CMSG_DATA is pointer arithmetic past the header;
+            // CMSG_LEN(0) is arithmetic.
+            let (data, header_len) = unsafe { (libc::CMSG_DATA(cmsg), libc::CMSG_LEN(0)) };
+            // The descriptors the header announces, and never more than the
+            // written data holds.
+            let len = (header.cmsg_len as usize)
+                .saturating_sub(header_len as usize)
+                .min(end.saturating_sub(data as usize));
+            for i in 0..len / std::mem::size_of::<RawFd>() {
+                // SAFETY: inside this message's data (bounded above); read
+                // unaligned, as the data of a control message need not be
+                // aligned for an int.
+                let fd = unsafe { data.cast::<RawFd>().add(i).read_unaligned() };
+                // SAFETY: the kernel installed this descriptor in our table
+                // for this message (SCM_RIGHTS); nothing else in the process
+                // knows it, so it is owned here and closed exactly once.
+                fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+        // SAFETY: as for CMSG_FIRSTHDR; `cmsg` is a header of `msg`.
+        cmsg = unsafe { libc::CMSG_NXTHDR(msg, cmsg) };
+    }
+    fds
 }
 
 /// Takes ownership of descriptor `fd`, inherited across exec.

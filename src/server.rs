@@ -407,7 +407,7 @@ fn accept_loop(
                 }
                 if acceptor.pending.fetch_add(1, Ordering::Relaxed) >= MAX_PENDING_HANDSHAKES {
                     acceptor.pending.fetch_sub(1, Ordering::Relaxed);
-                    crate::control::refuse(&stream, "too many channel set-ups in progress; retry");
+                    crate::control::refuse_busy(&stream);
                     continue;
                 }
                 let guard = PendingGuard(acceptor.clone());

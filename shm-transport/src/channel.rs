@@ -15,7 +15,7 @@ use crate::ring::{
     FLAG_MORE, FRAME_HEADER, WAITING,
 };
 use crate::segment::Segment;
-use crate::wait::{self, Limit, Peer, Step, WaitPolicy, WaitSettings};
+use crate::wait::{self, Limit, LivenessClock, Peer, Step, WaitPolicy, WaitSettings};
 use std::io;
 use std::ops::Deref;
 use std::os::fd::{BorrowedFd, OwnedFd};
@@ -129,12 +129,16 @@ pub struct Sender {
     ring: Producer,
     shared: Arc<Shared>,
     doorbell: Option<Doorbell>,
+    /// When this side's waits for room last checked the peer.
+    liveness: LivenessClock,
 }
 
 /// The receiving half of a channel.
 pub struct Receiver {
     ring: Consumer,
     shared: Arc<Shared>,
+    /// When this side's waits for frames last checked the peer.
+    liveness: LivenessClock,
     /// Reassembly buffer for messages of several frames, reused.
     assembly: Vec<u8>,
     /// A multi-frame message is half received (a deadline cut it short).
@@ -237,10 +241,12 @@ impl Channel {
                 ring: producer,
                 shared: shared.clone(),
                 doorbell: None,
+                liveness: LivenessClock::default(),
             },
             rx: Receiver {
                 ring: consumer,
                 shared,
+                liveness: LivenessClock::default(),
                 assembly: Vec::new(),
                 partial: false,
                 discarding: false,
@@ -454,6 +460,7 @@ impl Sender {
         wait::block(
             &self.shared.settings,
             &*self.shared,
+            &mut self.liveness,
             deadline,
             WAITING,
             || {
@@ -605,6 +612,7 @@ impl Receiver {
         wait::block(
             &self.shared.settings,
             &*self.shared,
+            &mut self.liveness,
             deadline,
             WAITING,
             || {

@@ -11,7 +11,7 @@
 use crate::error::{Error, Result};
 use crate::memory::Region;
 use crate::ring::{Consumer, Peek, Producer, Reserve, RingControl, WAITING};
-use crate::wait::{block, Limit, Peer, Step, WaitPolicy, WaitSettings};
+use crate::wait::{block, Limit, LivenessClock, Peer, Step, WaitPolicy, WaitSettings};
 use loom::sync::Arc;
 use std::time::Duration;
 
@@ -58,12 +58,19 @@ fn ring_at(start: u64) -> (Producer, Consumer) {
 
 fn send(p: &mut Producer, bytes: &[u8]) -> Result<()> {
     let word = &p.ctrl().head as &crate::sync::AtomicU64 as *const _;
-    let r = block(&SETTINGS, &NoPeer, Limit::Never, WAITING, || {
-        Ok(match p.try_reserve(bytes.len())? {
-            Reserve::Ready(r) => Step::Done(r),
-            Reserve::Full { observed } => Step::Pending { word, observed },
-        })
-    })?;
+    let r = block(
+        &SETTINGS,
+        &NoPeer,
+        &mut LivenessClock::default(),
+        Limit::Never,
+        WAITING,
+        || {
+            Ok(match p.try_reserve(bytes.len())? {
+                Reserve::Ready(r) => Step::Done(r),
+                Reserve::Full { observed } => Step::Pending { word, observed },
+            })
+        },
+    )?;
     p.mem.write(r.offset + 8, bytes);
     p.commit(&r, bytes.len(), 0);
     Ok(())
@@ -71,12 +78,19 @@ fn send(p: &mut Producer, bytes: &[u8]) -> Result<()> {
 
 fn recv(c: &mut Consumer) -> Result<Vec<u8>> {
     let word = &c.ctrl().tail as &crate::sync::AtomicU64 as *const _;
-    let f = block(&SETTINGS, &NoPeer, Limit::Never, WAITING, || {
-        Ok(match c.try_peek()? {
-            Peek::Frame(f) => Step::Done(f),
-            Peek::Empty { observed } => Step::Pending { word, observed },
-        })
-    })?;
+    let f = block(
+        &SETTINGS,
+        &NoPeer,
+        &mut LivenessClock::default(),
+        Limit::Never,
+        WAITING,
+        || {
+            Ok(match c.try_peek()? {
+                Peek::Frame(f) => Step::Done(f),
+                Peek::Empty { observed } => Step::Pending { word, observed },
+            })
+        },
+    )?;
     let mut out = vec![0; f.len];
     c.mem.read(f.offset, &mut out);
     c.release(f.end);

@@ -17,6 +17,17 @@
 //!    lives, so that a peer killed by SIGKILL yields [`Error::PeerGone`]
 //!    instead of a hang.
 //!
+//! A caller may also wait in many short waits one after another (an
+//! interruptible wait asks its interrupt check between slices no longer
+//! than the liveness interval): each wait alone would end at its own
+//! deadline before its first check came due. So each side keeps a
+//! [`LivenessClock`] across its waits, and a wait that reaches its
+//! deadline checks the peer first if a whole interval has passed since
+//! the side last did: a dead peer is [`Error::PeerGone`], not a timeout,
+//! whatever the slices. (A wait that gets its data checks nothing more:
+//! the clock is read only where it was read before, on the way to a
+//! timeout or a sleep.)
+//!
 //! The clock is read only every [`CLOCK_EVERY`] polls: a poll is a few
 //! nanoseconds, a clock read tens.
 
@@ -160,6 +171,23 @@ pub fn current_cpu() -> u32 {
     }
 }
 
+/// When one side of a channel last checked that its peer lives, kept
+/// across that side's waits (see the module docs: a run of waits shorter
+/// than the liveness interval still checks once per interval).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct LivenessClock(Option<Instant>);
+
+impl LivenessClock {
+    /// Whether a check is due at `now`: none was made yet, or the last one
+    /// is at least `interval` old.
+    fn due(&self, now: Instant, interval: Duration) -> bool {
+        match self.0 {
+            None => true,
+            Some(last) => now.saturating_duration_since(last) >= interval,
+        }
+    }
+}
+
 /// Settings of the wait loop.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct WaitSettings {
@@ -170,10 +198,11 @@ pub(crate) struct WaitSettings {
 /// Runs `attempt` until it is done, spinning then sleeping per the policy.
 ///
 /// `bit` is the signal bit a pending attempt's word must carry before we
-/// sleep on it (WAITING).
+/// sleep on it (WAITING). `clock` is the waiting side's liveness clock.
 pub(crate) fn block<T>(
     settings: &WaitSettings,
     peer: &dyn Peer,
+    clock: &mut LivenessClock,
     limit: Limit,
     bit: u64,
     mut attempt: impl FnMut() -> Result<Step<T>>,
@@ -251,9 +280,10 @@ pub(crate) fn block<T>(
             }
             last_seen = Some(seen);
             if expired(now) {
-                return Err(Error::Timeout);
+                return timed_out(settings, peer, clock, now, &mut attempt);
             }
             if now >= next_check {
+                clock.0 = Some(now);
                 if let Err(gone) = peer.check_alive() {
                     return last_attempt(gone, &mut attempt);
                 }
@@ -281,9 +311,10 @@ pub(crate) fn block<T>(
         }
         let now = Instant::now();
         if expired(now) {
-            return Err(Error::Timeout);
+            return timed_out(settings, peer, clock, now, &mut attempt);
         }
         if now >= next_check {
+            clock.0 = Some(now);
             if let Err(gone) = peer.check_alive() {
                 return last_attempt(gone, &mut attempt);
             }
@@ -295,6 +326,26 @@ pub(crate) fn block<T>(
         }
         crate::futex::wait(word, observed | bit, Some(slice));
     }
+}
+
+/// A wait that reached its deadline at `now`: [`Error::Timeout`], unless a
+/// liveness check is due on `clock` and finds the peer gone (then as
+/// [`last_attempt`]). A caller waiting in slices shorter than the liveness
+/// interval gets its peer checked here, once per interval.
+fn timed_out<T>(
+    settings: &WaitSettings,
+    peer: &dyn Peer,
+    clock: &mut LivenessClock,
+    now: Instant,
+    attempt: &mut impl FnMut() -> Result<Step<T>>,
+) -> Result<T> {
+    if clock.due(now, settings.liveness_interval) {
+        clock.0 = Some(now);
+        if let Err(gone) = peer.check_alive() {
+            return last_attempt(gone, attempt);
+        }
+    }
+    Err(Error::Timeout)
 }
 
 /// The peer is gone, but what it published before it died (frames, room,
