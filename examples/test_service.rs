@@ -10,6 +10,7 @@ use std::time::Duration;
 
 static INSTANCES: AtomicU64 = AtomicU64::new(0);
 static GATHERED: AtomicU64 = AtomicU64::new(0);
+static LIVE_FOREVER: AtomicU64 = AtomicU64::new(0);
 static MET: tokio::sync::Notify = tokio::sync::Notify::const_new();
 struct Gate {
     holders: u64,
@@ -156,13 +157,64 @@ impl Fixture {
         gate.holders > 0
     }
 
+    /// `n` zero bytes (a large reply, for slow readers).
+    #[metabridge::function]
+    pub fn zeros(&self, n: u64) -> serde_bytes::ByteBuf {
+        serde_bytes::ByteBuf::from(vec![0u8; n as usize])
+    }
+
+    /// Never completes (until cancelled: its future is dropped).
+    #[metabridge::function]
+    pub async fn forever(&self) -> bool {
+        std::future::pending::<()>().await;
+        true
+    }
+
+    /// Like `forever`, counted in `forever_live` while its future lives
+    /// (a cancelled call's future is dropped).
+    #[metabridge::function]
+    pub async fn forever_counted(&self) -> bool {
+        struct Live;
+        impl Drop for Live {
+            fn drop(&mut self) {
+                LIVE_FOREVER.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        LIVE_FOREVER.fetch_add(1, Ordering::SeqCst);
+        let _live = Live;
+        std::future::pending::<()>().await;
+        true
+    }
+
+    /// How many `forever_counted` calls have a live future.
+    #[metabridge::function]
+    pub fn forever_live(&self) -> u64 {
+        LIVE_FOREVER.load(Ordering::SeqCst)
+    }
+
     #[metabridge::endpoint("renamed")]
     pub fn original(&self) -> &'static str {
         "renamed and original"
     }
 }
 
+/// FIXTURE_PANIC_ON_DROP=1: every instance panics when dropped (evicted
+/// from the cache, or at shutdown).
+static PANIC_ON_DROP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if PANIC_ON_DROP.load(Ordering::Relaxed) {
+            panic!("the Drop of instance {} panics on purpose", self.id);
+        }
+    }
+}
+
 fn main() {
+    PANIC_ON_DROP.store(
+        std::env::var_os("FIXTURE_PANIC_ON_DROP").is_some(),
+        Ordering::Relaxed,
+    );
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("serve") => {
@@ -266,6 +318,29 @@ fn main() {
             tcp.close();
             handle.stop().unwrap();
             std::process::exit(0);
+        }
+        Some("zeros") => {
+            // One call of `zeros(n)`; prints the length received.
+            let client = metabridge::connect(&args[2])
+                .arg("z:")
+                .arg(1)
+                .open()
+                .unwrap_or_else(|e| {
+                    eprintln!("test_service: {e}");
+                    std::process::exit(2)
+                });
+            let n: u64 = args[3].parse().unwrap();
+            match client.call::<serde_bytes::ByteBuf>("zeros", (n,)) {
+                Ok(v) if v.len() as u64 == n && v.iter().all(|&b| b == 0) => println!("{n}"),
+                Ok(v) => {
+                    eprintln!("test_service: a wrong reply of {} bytes", v.len());
+                    std::process::exit(5)
+                }
+                Err(e) => {
+                    eprintln!("test_service: {e}");
+                    std::process::exit(4)
+                }
+            }
         }
         Some("call") => {
             let name = &args[2];

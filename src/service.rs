@@ -121,6 +121,15 @@ pub struct ServiceConfig {
     /// state with it. A constructor without parameters gives one shared
     /// instance, never evicted.
     pub cache_capacity: usize,
+    /// Most bytes of constructor-argument keys the instance cache keeps
+    /// (default 64 MiB): the canonical key of each instance and the raw
+    /// aliases that reach it, kept or evicted, split evenly between the
+    /// cache's shards and its two levels. A shard over its share drops
+    /// aliases, then evicts its least recently used instances; a single key
+    /// larger than its shard's share still gets its instance (alone in the
+    /// shard, without an alias). Instances themselves are not counted:
+    /// their size cannot be known.
+    pub cache_key_bytes: usize,
     /// A token clients must present (`auth` in the request map); default
     /// `$METABRIDGE_TOKEN` if set. Without one, a service on the default
     /// address (127.0.0.1, port 0) makes up a random token at start and
@@ -219,6 +228,7 @@ impl Default for ServiceConfig {
 
 /// A service definition: a name, a constructor and endpoints.
 ///
+            cache_key_bytes: 64 << 20,
 /// ```
 /// use metabridge::{Service, Args, Reply};
 /// struct Greeter { greeting: String }

@@ -444,4 +444,7 @@ impl ShmPool {
         drop(drained);
         self.returned.notify_all();
     }
+        // The worker's doorbell: rung for each request it may be asleep
+        // for, and when we free room for a reply it could not send whole.
+        channel.halves().1.set_doorbell(bell.clone());
 }

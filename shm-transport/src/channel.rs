@@ -147,6 +147,9 @@ pub struct Receiver {
     discarding: bool,
     /// Bytes of the multi-frame message being received, so far.
     received: u64,
+    /// Rung when we free room and the producer sleeps on a doorbell
+    /// (a service worker waiting to send the rest of a reply).
+    doorbell: Option<Doorbell>,
 }
 
 impl Channel {
@@ -251,6 +254,7 @@ impl Channel {
                 partial: false,
                 discarding: false,
                 received: 0,
+                doorbell: None,
             },
         }
     }
@@ -354,6 +358,74 @@ impl Sender {
                 Ok(())
             }
             Reserve::Full { .. } => Err(Error::Full),
+        }
+    }
+
+    /// Sends what it can of `message` without waiting, resuming after the
+    /// first `*sent` bytes (start at 0) and advancing `*sent`: `Ok(true)`
+    /// once the whole message is out, `Ok(false)` when the ring is full.
+    /// Then the ring is armed: the consumer rings the doorbell it was given
+    /// ([`Receiver::set_doorbell`]) as soon as it frees room or closes. So
+    /// a producer serving many channels (a service worker) never blocks on
+    /// one whose reader is slow or stopped: it keeps the rest of the
+    /// message, serves the others, and comes back when woken.
+    ///
+    /// Frames are cut at the same offsets as by [`send`](Self::send), so a
+    /// message may be sent partly by this and never by anything else in
+    /// between (the receiver would see one message out of two).
+    ///
+    /// ```
+    /// # use metabridge_shm::{Channel, ChannelConfig};
+    /// # let config = ChannelConfig { capacity: 4096, dir: std::env::temp_dir(), ..Default::default() };
+    /// # let name = format!("doc-send-from-{}", std::process::id());
+    /// # let mut a = Channel::create(&name, &config).unwrap();
+    /// # let mut b = Channel::open(&name, &config).unwrap();
+    /// let message = vec![7u8; 10_000]; // more than the 4 KiB ring holds
+    /// let mut sent = 0;
+    /// assert!(!a.halves().0.try_send_from(&message, &mut sent).unwrap());
+    /// assert!(sent > 0 && sent < message.len());
+    /// let receiver = std::thread::spawn(move || b.recv().unwrap().to_vec());
+    /// while !a.halves().0.try_send_from(&message, &mut sent).unwrap() {
+    ///     std::thread::yield_now();
+    /// }
+    /// assert_eq!(receiver.join().unwrap(), message);
+    /// # std::fs::remove_file(config.dir.join(&name)).ok();
+    /// ```
+    pub fn try_send_from(&mut self, message: &[u8], sent: &mut usize) -> Result<bool> {
+        if message.len() as u64 > self.shared.max_message {
+            return Err(Error::MessageTooLarge {
+                len: message.len() as u64,
+                max: self.shared.max_message,
+            });
+        }
+        let max = self.max_frame();
+        loop {
+            let start = *sent;
+            if start >= message.len() && !message.is_empty() {
+                return Ok(true);
+            }
+            let end = if message.len() <= max {
+                message.len() // one frame, possibly empty
+            } else {
+                (start + max).min(message.len())
+            };
+            let chunk = &message[start..end];
+            match self.ring.try_reserve(chunk.len())? {
+                Reserve::Ready(r) => {
+                    let flags = if end < message.len() { FLAG_MORE } else { 0 };
+                    self.publish(&r, chunk, flags);
+                    *sent = end;
+                    if end == message.len() {
+                        return Ok(true);
+                    }
+                }
+                Reserve::Full { observed } => {
+                    if self.ring.announce_sleep(observed, DOORBELL) {
+                        return Ok(false);
+                    }
+                    // The consumer moved meanwhile: there may be room now.
+                }
+            }
         }
     }
 
@@ -603,6 +675,36 @@ impl Receiver {
         self.shared.check_alive()
     }
 
+    /// Rings `doorbell` when we free room in the ring (or close) while the
+    /// producer sleeps on it: the peer is a worker serving many channels,
+    /// waiting to send the rest of a reply (see [`Sender::try_send_from`]).
+    pub fn set_doorbell(&mut self, doorbell: Doorbell) {
+        self.doorbell = Some(doorbell);
+    }
+
+    /// Whether the producer has closed its side: it will send nothing more
+    /// (for a consumer that stopped reading, e.g. while a call of the
+    /// channel runs elsewhere, and wants to know if anyone still waits).
+    pub fn peer_closed(&self) -> bool {
+        self.ring.producer_closed()
+    }
+
+    /// Frees frames up to `end` and wakes a producer sleeping for room.
+    #[inline]
+    fn released(&mut self, end: u64) {
+        let old = self.ring.release(end);
+        self.ring_bell_if_armed(old);
+    }
+
+    #[inline]
+    fn ring_bell_if_armed(&self, old: u64) {
+        if old & DOORBELL != 0 {
+            if let Some(bell) = &self.doorbell {
+                bell.ring();
+            }
+        }
+    }
+
     fn next_frame(&mut self, deadline: Limit) -> Result<FrameRef> {
         if let Peek::Frame(f) = self.ring.try_peek()? {
             return Ok(f);
@@ -668,7 +770,7 @@ impl Receiver {
             {
                 // One frame over the limit (the limit may be below a
                 // quarter ring): skipped like a longer message would be.
-                self.ring.release(frame.end);
+                self.released(frame.end);
                 return Err(Error::MessageTooLarge {
                     len: frame.len as u64,
                     max: self.shared.max_message,
@@ -683,7 +785,7 @@ impl Receiver {
                 self.ring
                     .mem
                     .append_to(frame.offset, frame.len, &mut self.assembly);
-                self.ring.release(frame.end);
+                self.released(frame.end);
                 return Ok(true);
             }
             // One frame of a message of several: from here on the rest of
@@ -709,7 +811,7 @@ impl Receiver {
                     .mem
                     .append_to(frame.offset, frame.len, &mut self.assembly);
             }
-            self.ring.release(frame.end);
+            self.released(frame.end);
             if frame.flags & FLAG_MORE == 0 {
                 self.partial = false;
                 if self.discarding {
@@ -727,7 +829,8 @@ impl Receiver {
 
 impl Drop for Receiver {
     fn drop(&mut self) {
-        self.ring.close();
+        let old = self.ring.close();
+        self.ring_bell_if_armed(old);
     }
 }
 

@@ -174,3 +174,56 @@ fn loom_consumer_close_wakes_a_blocked_producer() {
         t.join().unwrap();
     });
 }
+
+/// A producer serving many rings (a service worker) never blocks on one:
+/// when this ring is full it arms `head` with DOORBELL and sleeps on a
+/// doorbell word shared by its rings; the consumer's release returns the
+/// bit and rings. A lost wakeup would deadlock (the futex has no timeout).
+#[test]
+fn loom_a_release_rings_the_doorbell_of_a_producer_waiting_for_room() {
+    use crate::ring::DOORBELL;
+    use crate::sync::{AtomicU64, Ordering};
+    model(|| {
+        let (mut p, mut c) = ring();
+        let bell = Arc::new(AtomicU64::new(0));
+        let producer_bell = bell.clone();
+        let t = loom::thread::spawn(move || {
+            for i in 0..5 {
+                loop {
+                    // Read the doorbell before looking at the ring, as the
+                    // worker does: a ring after this changes the count.
+                    let seen = producer_bell.load(Ordering::Acquire);
+                    match p.try_reserve(8).unwrap() {
+                        Reserve::Ready(r) => {
+                            let bytes = message(i);
+                            p.mem.write(r.offset + 8, &bytes);
+                            p.commit(&r, bytes.len(), 0);
+                            break;
+                        }
+                        Reserve::Full { observed } => {
+                            if p.announce_sleep(observed, DOORBELL) {
+                                crate::futex::wait(&producer_bell, seen, None);
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        for i in 0..5 {
+            let f = loop {
+                match c.try_peek().unwrap() {
+                    Peek::Frame(f) => break f,
+                    Peek::Empty { .. } => loom::thread::yield_now(),
+                }
+            };
+            let mut out = vec![0; f.len];
+            c.mem.read(f.offset, &mut out);
+            assert_eq!(out, message(i));
+            if c.release(f.end) & DOORBELL != 0 {
+                bell.fetch_add(1, Ordering::Release);
+                crate::futex::wake(&bell);
+            }
+        }
+        t.join().unwrap();
+    });
+}
