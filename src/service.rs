@@ -157,6 +157,19 @@ pub struct ServiceConfig {
     /// `$METABRIDGE_MAX_MESSAGE`). A larger request is answered with an
     /// error naming the limit; so is a larger result.
     pub max_message: usize,
+    /// How long a TCP connection may take to authenticate when the service
+    /// requires a token (default 3 s, or `$METABRIDGE_TCP_AUTH_TIMEOUT_MS`):
+    /// one that has not by then is closed. Unauthenticated connections have
+    /// quotas of their own (64 per address, 256 in all), so that another
+    /// user cannot close or lock out the owner's connections. A frame
+    /// half-sent for longer also makes its connection the first to close
+    /// when the authenticated quotas are full.
+    pub tcp_auth_timeout: std::time::Duration,
+    /// While a TCP request is read or a result written, the longest time no
+    /// byte may move (default 10 s, or `$METABRIDGE_TCP_STALL_TIMEOUT_MS`):
+    /// a message takes as long as the link needs while bytes keep moving.
+    /// The client's own timeout still bounds its call.
+    pub tcp_stall_timeout: std::time::Duration,
     /// Most extra worker threads started when a slow sync call holds a
     /// worker (its other channels move to a new worker; see ARCHITECTURE,
     /// "Workers"). Default 16. Past it, channels wait behind slow calls.
@@ -193,6 +206,12 @@ impl ServiceConfig {
     }
 }
 
+/// `$name`, a number of milliseconds, if set and a number.
+fn env_ms(name: &str) -> Option<std::time::Duration> {
+    let ms = std::env::var(name).ok()?.parse().ok()?;
+    Some(std::time::Duration::from_millis(ms))
+}
+
 impl Default for ServiceConfig {
     fn default() -> Self {
         let workers = std::env::var("METABRIDGE_WORKERS")
@@ -209,6 +228,7 @@ impl Default for ServiceConfig {
             port: 0,
             workers,
             cache_capacity: 128,
+            cache_key_bytes: 64 << 20,
             token: std::env::var("METABRIDGE_TOKEN")
                 .ok()
                 .filter(|t| !t.is_empty()),
@@ -217,6 +237,10 @@ impl Default for ServiceConfig {
             max_channels: 1024,
             max_extra_workers: 16,
             max_message: crate::error::default_max_message(),
+            tcp_auth_timeout: env_ms("METABRIDGE_TCP_AUTH_TIMEOUT_MS")
+                .unwrap_or(metabridge_tcp::server::AUTH_TIMEOUT),
+            tcp_stall_timeout: env_ms("METABRIDGE_TCP_STALL_TIMEOUT_MS")
+                .unwrap_or(metabridge_tcp::server::STALL_TIMEOUT),
             shutdown_timeout: std::time::Duration::from_secs(5),
             logger: false,
             log_file: std::env::var_os("METABRIDGE_LOG_FILE")
@@ -228,7 +252,6 @@ impl Default for ServiceConfig {
 
 /// A service definition: a name, a constructor and endpoints.
 ///
-            cache_key_bytes: 64 << 20,
 /// ```
 /// use metabridge::{Service, Args, Reply};
 /// struct Greeter { greeting: String }

@@ -13,6 +13,12 @@
 //! runtime threads and two slow calls caught exactly that). At most
 //! [`MAX_BLOCKING_CALLS`] run at once; further calls wait without holding
 //! a thread.
+//!
+//! The server drops a call whose client closed its connection (see
+//! `metabridge_tcp::server`): an `async` endpoint runs as a task of its
+//! own, aborted when that happens, so a call that never completes does not
+//! outlive its client. A sync endpoint cannot be interrupted: it runs to
+//! its end, and its reply is then discarded with the connection.
 
 use crate::dispatch::{finish_async, Dispatch, Outcome};
 use crate::envelope;
@@ -67,12 +73,26 @@ impl TcpHandler {
     }
 }
 
+/// An `async` endpoint's task, aborted when the call awaiting it is
+/// dropped (its client went away); aborting a task that has ended does
+/// nothing.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl Handler for TcpHandler {
     fn call(&self, request: Vec<u8>) -> Pin<Box<dyn Future<Output = Vec<u8>> + Send + '_>> {
         Box::pin(async move {
             let (outcome, mut out) = self.begin(request).await;
             if let Outcome::Pending(future) = outcome {
-                let joined = tokio::spawn(future).await;
+                // Its own task, so that a panic in it is caught as a join
+                // error; aborted if this call is dropped first.
+                let mut task = AbortOnDrop(tokio::spawn(future));
+                let joined = (&mut task.0).await;
                 finish_async(joined, &mut out);
             }
             crate::worker::outgoing_reply(&mut out, self.max_message, self.counters.as_deref());
@@ -128,11 +148,14 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 /// Binds the TCP listener of a service.
 ///
-/// Limits come from the environment until the service configuration has
-/// them: `METABRIDGE_MAX_FRAME`, `METABRIDGE_TCP_MAX_UNAUTHENTICATED_FRAME`,
+/// The deadlines to authenticate and for a stalled frame are the
+/// service's (`ServiceConfig::tcp_auth_timeout`, `tcp_stall_timeout`).
+/// Other limits come from the environment until the service configuration
+/// has them: `METABRIDGE_TCP_MAX_UNAUTHENTICATED_FRAME`,
 /// `METABRIDGE_TCP_MAX_CONNECTIONS`, `METABRIDGE_TCP_MAX_CONNECTIONS_PER_IP`,
-/// `METABRIDGE_TCP_MAX_IDLE_PER_IP` and `METABRIDGE_TCP_SHUTDOWN_GRACE_MS`
-/// (defaults: those of [`ServerConfig`]).
+/// `METABRIDGE_TCP_MAX_IDLE_PER_IP`, `METABRIDGE_TCP_MAX_UNAUTHENTICATED`,
+/// `METABRIDGE_TCP_MAX_UNAUTHENTICATED_PER_IP` and
+/// `METABRIDGE_TCP_SHUTDOWN_GRACE_MS` (defaults: those of [`ServerConfig`]).
 pub(crate) async fn bind(
     addr: &str,
     dispatch: Arc<dyn Dispatch>,
@@ -153,6 +176,16 @@ pub(crate) async fn bind(
             defaults.max_connections_per_ip,
         ),
         max_idle_per_ip: env_or("METABRIDGE_TCP_MAX_IDLE_PER_IP", defaults.max_idle_per_ip),
+        max_unauthenticated: env_or(
+            "METABRIDGE_TCP_MAX_UNAUTHENTICATED",
+            defaults.max_unauthenticated,
+        ),
+        max_unauthenticated_per_ip: env_or(
+            "METABRIDGE_TCP_MAX_UNAUTHENTICATED_PER_IP",
+            defaults.max_unauthenticated_per_ip,
+        ),
+        auth_timeout: service.tcp_auth_timeout,
+        stall_timeout: service.tcp_stall_timeout,
         // Within the service's own shutdown deadline.
         shutdown_grace: env("METABRIDGE_TCP_SHUTDOWN_GRACE_MS")
             .map_or(service.shutdown_timeout, Duration::from_millis),

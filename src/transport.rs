@@ -122,8 +122,24 @@ impl Transport {
     }
 }
 
+/// A TCP pool's error as the client's. A connection that ends or is reset
+/// under a call (the service stopped or died) is `PeerGone`, as over
+/// shared memory; a refused connect stays `Io` (the service is not there:
+/// the client reports it not found).
 fn pool_error(e: PoolError) -> Error {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
     match e {
+        PoolError::Io(io)
+            if matches!(
+                io.kind(),
+                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+            ) =>
+        {
+            Error::PeerGone(format!("the TCP connection to the service was lost ({io})"))
+        }
+        PoolError::Frame(metabridge_tcp::FrameError::Closed) => Error::PeerGone(
+            "the service closed the TCP connection without answering (it stopped or died)".into(),
+        ),
         PoolError::Io(io) => Error::Io(io),
         PoolError::Timeout => Error::Timeout("TCP call".into()),
         PoolError::Closed => Error::PeerGone("the client was closed".into()),
@@ -428,6 +444,9 @@ impl ShmPool {
                 granted.worker
             ))
         })?;
+        // The worker's doorbell: rung for each request it may be asleep
+        // for, and when we free room for a reply it could not send whole.
+        channel.halves().1.set_doorbell(bell.clone());
         channel.halves().0.set_doorbell(bell);
         Ok(Box::new(ShmConn {
             channel,
@@ -444,7 +463,4 @@ impl ShmPool {
         drop(drained);
         self.returned.notify_all();
     }
-        // The worker's doorbell: rung for each request it may be asleep
-        // for, and when we free room for a reply it could not send whole.
-        channel.halves().1.set_doorbell(bell.clone());
 }

@@ -70,5 +70,6 @@ pub use frame::{
     read_frame, read_frame_blocking, write_frame, write_frame_blocking, FrameError,
     DEFAULT_MAX_FRAME,
 };
+pub use peers::Connections;
 pub use pool::{Pool, PoolConfig, PoolError};
-pub use server::{Handler, Server, ServerConfig, ShutdownHandle, Stopped};
+pub use server::{Handler, Monitor, Server, ServerConfig, ShutdownHandle, Stopped};

@@ -8,41 +8,65 @@
 //! concurrency comes from using several connections (see
 //! [`Pool`](crate::pool::Pool)).
 //!
-//! Failures are contained per connection: an I/O error, a timeout, a
+//! Failures are contained per connection: an I/O error, a stall, a
 //! malformed or oversized frame, or even a panicking handler closes only the
-//! connection concerned.
+//! connection concerned. While a handler is still working on a request,
+//! the connection's socket is watched: a client that closes it (or whose
+//! connection is reset) ends the call, its future dropped, so that a call
+//! that never completes cannot keep a connection of a client long gone.
 //!
-//! Resources are bounded before authentication and per peer: until a
-//! request on a connection has authenticated (see
-//! [`Handler::requires_authentication`]), its frames may be at most
-//! [`ServerConfig::max_unauthenticated_frame`] bytes; each IP address may
-//! hold at most [`ServerConfig::max_connections_per_ip`] connections, of
-//! which at most [`ServerConfig::max_idle_per_ip`] idle; and when a limit is
-//! reached, the oldest idle connection is closed to make room for the new
-//! one rather than refusing it.
+//! Deadlines follow progress, not size: a frame being read or written may
+//! take as long as it needs while bytes keep moving, and the connection is
+//! closed only when none has moved for [`ServerConfig::stall_timeout`].
+//!
+//! Resources are bounded before authentication and per peer (see
+//! [`Handler::requires_authentication`]). A connection that has not
+//! authenticated may send frames of at most
+//! [`ServerConfig::max_unauthenticated_frame`] bytes and must authenticate
+//! within [`ServerConfig::auth_timeout`]; such connections have quotas of
+//! their own ([`ServerConfig::max_unauthenticated_per_ip`] per address,
+//! [`ServerConfig::max_unauthenticated`] in all), and when one is full the
+//! oldest unauthenticated connection is closed to make room: an
+//! authenticated connection never is. Authenticated connections (all of
+//! them when the handler requires no authentication) are at most
+//! [`ServerConfig::max_connections_per_ip`] per address, of which at most
+//! [`ServerConfig::max_idle_per_ip`] idle, and
+//! [`ServerConfig::max_connections`] in all; when a limit is reached, the
+//! connection whose request frame has been half-sent for longer than
+//! [`ServerConfig::auth_timeout`] is closed to make room, else the one idle
+//! the longest, rather than refusing the new one.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio::time::timeout;
+use tokio::time::{timeout, Instant};
 use tracing::{debug, info, warn};
 
 use crate::frame::{read_frame, write_frame, FrameError, DEFAULT_MAX_FRAME};
-use crate::peers::{Member, Peers};
+use crate::peers::{Connections, Cut, Limits, Member, Peers};
 
 /// How long [`Server::run`] waits by default, after shutdown was requested,
 /// for the connection tasks to finish their in-flight requests before
 /// abandoning them (see [`ServerConfig::shutdown_grace`]).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Default for [`ServerConfig::auth_timeout`]: 3 s.
+pub const AUTH_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Default for [`ServerConfig::stall_timeout`]: 10 s.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// After the grace period, how long aborted connection tasks get to
 /// unwind; a task stuck in blocking code is abandoned after this.
@@ -110,6 +134,10 @@ pub trait Handler: Send + Sync + 'static {
     /// larger than [`ServerConfig::max_unauthenticated_frame`] (default:
     /// false, every connection is trusted from the start). Asked once per
     /// connection, when it is accepted.
+    ///
+    /// A connection of a handler that requires authentication must
+    /// authenticate within [`ServerConfig::auth_timeout`], and counts
+    /// against the quotas of unauthenticated connections until it does.
     ///
     /// A handler that checks credentials in [`call`](Self::call) should say
     /// so here and implement [`authenticates`](Self::authenticates), so that
@@ -193,12 +221,13 @@ pub struct Stopped {
 /// use metabridge_tcp::ServerConfig;
 ///
 /// let config = ServerConfig {
-///     read_timeout: Duration::from_secs(2),
+///     stall_timeout: Duration::from_secs(2),
 ///     max_connections: 64,
 ///     ..ServerConfig::default()
 /// };
 /// assert_eq!(config.max_frame, 64 * 1024 * 1024);
 /// assert_eq!(config.idle_timeout, Duration::from_secs(60));
+/// assert_eq!(config.auth_timeout, Duration::from_secs(3));
 /// ```
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -209,26 +238,50 @@ pub struct ServerConfig {
     /// A connection on which no new request starts for this long is closed
     /// (default 60 s).
     pub idle_timeout: Duration,
-    /// Once the first byte of a request frame has arrived, the rest of the
-    /// frame must arrive within this time or the connection is closed
-    /// (default 10 s). The same bound applies to writing each response, so a
-    /// client that stops reading cannot pin a connection task forever.
-    pub read_timeout: Duration,
-    /// Maximum number of connections served at once (default 1024). A
-    /// connection arriving while this many are open takes the place of the
-    /// connection idle the longest, which is closed; if none is idle, it is
-    /// accepted and closed immediately, so the client sees an end of stream
-    /// (or a reset) rather than waiting. Zero refuses every connection.
+    /// While a request frame is being read, or a response written, the
+    /// longest time no byte may move before the connection is closed
+    /// (default [`STALL_TIMEOUT`], 10 s). A frame takes as long as it needs
+    /// while bytes keep moving, so no frame size is capped by the link's
+    /// speed, while a client that stops sending (or reading) cannot pin a
+    /// connection for long. Checked lazily: a stall is noticed between one
+    /// and two times this after the last byte moved.
+    pub stall_timeout: Duration,
+    /// Maximum number of authenticated connections (every connection, when
+    /// the handler requires no authentication) served at once (default
+    /// 1024). A connection arriving, or authenticating, while this many
+    /// are open takes the place of the one whose request frame has been
+    /// half-sent for longer than [`auth_timeout`](Self::auth_timeout), else
+    /// of the one idle the longest, which is closed; if there is none, it
+    /// is closed at once, so the client sees an end of stream (or a reset)
+    /// rather than waiting. Zero refuses every connection.
     pub max_connections: usize,
-    /// Maximum number of connections from one IP address (default 64).
-    /// Beyond it, a new connection from that address replaces that
-    /// address's connection idle the longest, or is closed at once if none
-    /// is idle. (Every local client shares the loopback address.)
+    /// Maximum number of authenticated connections from one IP address
+    /// (default 64). Beyond it, a new one from that address replaces one
+    /// of that address's as for [`max_connections`](Self::max_connections).
+    /// (Every local client shares the loopback address.)
     pub max_connections_per_ip: usize,
-    /// Maximum number of idle connections (waiting for their next request)
-    /// from one IP address (default 32); when one more becomes idle, the
-    /// one idle the longest is closed.
+    /// Maximum number of idle authenticated connections (waiting for their
+    /// next request) from one IP address (default 32); when one more
+    /// becomes idle, the one idle the longest is closed.
     pub max_idle_per_ip: usize,
+    /// Maximum number of connections that have not authenticated yet, in
+    /// all (default 256; irrelevant when the handler requires no
+    /// authentication). They count apart from authenticated connections:
+    /// when this many are open, a new connection takes the place of the
+    /// oldest unauthenticated one (one whose task has begun serving it, if
+    /// any), never of an authenticated one.
+    pub max_unauthenticated: usize,
+    /// Maximum number of connections that have not authenticated yet from
+    /// one IP address (default 64), with the same rule as
+    /// [`max_unauthenticated`](Self::max_unauthenticated).
+    pub max_unauthenticated_per_ip: usize,
+    /// How long a connection may take to authenticate (default
+    /// [`AUTH_TIMEOUT`], 3 s): one that has not by then is closed, whatever
+    /// it is doing. The same duration marks a request frame as stalled for
+    /// shedding: an authenticated connection whose frame has been half-sent
+    /// for longer is the first closed to make room (see
+    /// [`max_connections`](Self::max_connections)).
+    pub auth_timeout: Duration,
     /// Largest request payload, in bytes, accepted on a connection that has
     /// not authenticated yet (default 64 KiB; see
     /// [`Handler::requires_authentication`]). A client declaring more gets
@@ -251,16 +304,20 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     /// 64 MiB frames (64 KiB before authentication), 60 s idle timeout,
-    /// 10 s read timeout, 1024 connections (64 per IP address, of which 32
-    /// idle), 5 s shutdown grace, no polling.
+    /// 10 s stall timeout, 1024 authenticated connections (64 per IP
+    /// address, of which 32 idle), 256 unauthenticated ones (64 per IP
+    /// address) with 3 s to authenticate, 5 s shutdown grace, no polling.
     fn default() -> Self {
         ServerConfig {
             max_frame: DEFAULT_MAX_FRAME,
             idle_timeout: Duration::from_secs(60),
-            read_timeout: Duration::from_secs(10),
+            stall_timeout: STALL_TIMEOUT,
             max_connections: 1024,
             max_connections_per_ip: 64,
             max_idle_per_ip: 32,
+            max_unauthenticated: 256,
+            max_unauthenticated_per_ip: 64,
+            auth_timeout: AUTH_TIMEOUT,
             max_unauthenticated_frame: DEFAULT_MAX_UNAUTHENTICATED_FRAME,
             shutdown_grace: SHUTDOWN_GRACE,
             spin: Duration::ZERO,
@@ -344,6 +401,7 @@ pub struct Server {
     config: ServerConfig,
     handler: Arc<dyn Handler>,
     shutdown: Arc<watch::Sender<bool>>,
+    peers: Arc<Peers>,
 }
 
 impl std::fmt::Debug for Server {
@@ -406,6 +464,55 @@ impl ShutdownHandle {
     }
 }
 
+/// A view of a [`Server`]'s connections, usable from any thread while it
+/// runs (and after).
+///
+/// ```
+/// use std::future::Future;
+/// use std::pin::Pin;
+/// use std::sync::Arc;
+/// use metabridge_tcp::{Handler, Server, ServerConfig};
+///
+/// struct Nothing;
+/// impl Handler for Nothing {
+///     fn call(&self, _: Vec<u8>) -> Pin<Box<dyn Future<Output = Vec<u8>> + Send + '_>> {
+///         Box::pin(async { Vec::new() })
+///     }
+///     fn frame_too_large(&self, _: u64, _: usize) -> Vec<u8> {
+///         Vec::new()
+///     }
+/// }
+///
+/// # tokio::runtime::Runtime::new()?.block_on(async {
+/// let server = Server::bind("127.0.0.1:0", ServerConfig::default(), Arc::new(Nothing)).await?;
+/// let monitor = server.monitor();
+/// assert_eq!(monitor.connections().authenticated, 0);
+/// # Ok::<(), std::io::Error>(())
+/// # })?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Monitor {
+    peers: Arc<Peers>,
+}
+
+impl std::fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Monitor")
+            .field("connections", &self.connections())
+            .finish()
+    }
+}
+
+impl Monitor {
+    /// The server's connections now, by state.
+    ///
+    /// See [`Monitor`] for an example.
+    pub fn connections(&self) -> Connections {
+        self.peers.counts()
+    }
+}
+
 impl Server {
     /// Binds a listener on `addr` (for example `"127.0.0.1:0"`, then see
     /// [`local_addr`](Self::local_addr)). Must be called inside a tokio
@@ -421,12 +528,21 @@ impl Server {
         let local_addr = listener.local_addr()?;
         let (tx, _) = watch::channel(false);
         debug!(%local_addr, "metabridge-tcp server bound");
+        let peers = Peers::new(Limits {
+            max_total: config.max_connections,
+            max_per_ip: config.max_connections_per_ip,
+            max_idle_per_ip: config.max_idle_per_ip,
+            max_pending_total: config.max_unauthenticated,
+            max_pending_per_ip: config.max_unauthenticated_per_ip,
+            stalled_after: config.auth_timeout,
+        });
         Ok(Server {
             listener,
             local_addr,
             config,
             handler,
             shutdown: Arc::new(tx),
+            peers,
         })
     }
 
@@ -444,6 +560,15 @@ impl Server {
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle {
             tx: Arc::clone(&self.shutdown),
+        }
+    }
+
+    /// A view of the server's connections.
+    ///
+    /// See [`Monitor`] for an example.
+    pub fn monitor(&self) -> Monitor {
+        Monitor {
+            peers: Arc::clone(&self.peers),
         }
     }
 
@@ -468,10 +593,9 @@ impl Server {
             config,
             handler,
             shutdown,
+            peers,
         } = self;
         let config = Arc::new(config);
-        let slots = Arc::new(Semaphore::new(config.max_connections));
-        let peers = Peers::new(config.max_connections_per_ip, config.max_idle_per_ip);
         let mut stop = shutdown.subscribe();
         let mut tasks = JoinSet::new();
 
@@ -484,35 +608,24 @@ impl Server {
                     let (stream, peer) = match accepted {
                         Ok(pair) => pair,
                         Err(e) => {
-                            // Out of file descriptors: an idle connection
-                            // gives one back, so that the next client (and
-                            // the one waiting now) can be served.
+                            // Out of file descriptors: a connection gives
+                            // one back, so that the next client (and the one
+                            // waiting now) can be served; never an
+                            // authenticated one for an unauthenticated
+                            // newcomer.
                             let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
-                            let shed = out_of_fds && peers.shed_oldest_idle();
-                            warn!(%local_addr, error = %e, shed_an_idle_connection = shed, "accept failed");
+                            let shed = out_of_fds
+                                && peers.shed_for_descriptor(handler.requires_authentication());
+                            warn!(%local_addr, error = %e, shed_a_connection = shed, "accept failed");
                             tokio::time::sleep(ACCEPT_BACKOFF).await;
                             continue;
                         }
                     };
-                    // A replacement task (below) may take the last slot
-                    // between this check and `try_acquire_owned`; the new
-                    // connection is then refused, as when nothing is idle.
-                    let server_full = (slots.available_permits() == 0).then_some(config.max_connections);
-                    let admitted = match peers.admit(peer.ip(), server_full) {
-                        Ok(admitted) => admitted,
+                    let authenticated = !handler.requires_authentication();
+                    let member = match peers.admit(peer.ip(), authenticated) {
+                        Ok(member) => member,
                         Err(refused) => {
-                            debug!(%peer, ?refused, "connection limit reached and nothing idle to close; closing new connection");
-                            drop(stream);
-                            continue;
-                        }
-                    };
-                    let permit = match Arc::clone(&slots).try_acquire_owned() {
-                        Ok(permit) => Some(permit),
-                        // The idle connection shed for this one is closing;
-                        // its slot is taken over in the task below.
-                        Err(_) if admitted.shed_one => None,
-                        Err(_) => {
-                            debug!(%peer, max = config.max_connections, "connection limit reached; closing new connection");
+                            debug!(%peer, ?refused, authenticated, "connection limit reached and nothing may make room; closing new connection");
                             drop(stream);
                             continue;
                         }
@@ -524,29 +637,22 @@ impl Server {
                     // Info: a connect is one of the events a service's
                     // log (`logger`) shows.
                     info!(%peer, "client connected (TCP)");
+                    let moved = Arc::new(AtomicU64::new(0));
                     let conn = Connection {
-                        stream: BufReader::new(stream),
+                        stream: BufReader::new(Metered {
+                            stream,
+                            moved: Arc::clone(&moved),
+                        }),
+                        moved,
                         peer,
+                        polls: !config.spin.is_zero() && peer.ip().is_loopback(),
                         config: Arc::clone(&config),
-                        authenticated: !handler.requires_authentication(),
                         handler: Arc::clone(&handler),
                         stop: shutdown.subscribe(),
-                        slots: Arc::clone(&slots),
-                        member: admitted.member,
+                        peers: Arc::clone(&peers),
+                        member,
                     };
-                    let slots = Arc::clone(&slots);
-                    let wait = config.read_timeout;
-                    tasks.spawn(async move {
-                        let permit = match permit {
-                            Some(permit) => permit,
-                            None => match timeout(wait, slots.acquire_owned()).await {
-                                Ok(Ok(permit)) => permit,
-                                _ => return,
-                            },
-                        };
-                        conn.serve().await;
-                        drop(permit);
-                    });
+                    tasks.spawn(conn.serve());
                 }
             }
         }
@@ -600,39 +706,203 @@ fn configure(stream: &TcpStream) -> io::Result<()> {
     SockRef::from(stream).set_tcp_keepalive(&TcpKeepalive::new().with_time(KEEPALIVE_TIME))
 }
 
+/// An accepted socket that counts the bytes it moves, so that a deadline
+/// can follow progress (see [`progressing`]).
+struct Metered {
+    stream: TcpStream,
+    moved: Arc<AtomicU64>,
+}
+
+impl Metered {
+    fn count(&self, n: usize) {
+        // Relaxed, and a load and a store rather than an atomic add: this
+        // connection's task is the only writer, and the only reader.
+        let moved = self.moved.load(Relaxed);
+        self.moved.store(moved.wrapping_add(n as u64), Relaxed);
+    }
+}
+
+impl AsyncRead for Metered {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            self.count(buf.filled().len() - before);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Metered {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.stream).poll_write(cx, data);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.count(n);
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Polls `f` once: its output if it is ready, `None` if it is not (its
+/// waker is then registered, as for any poll).
+fn poll_once<F: Future + ?Sized>(
+    mut f: Pin<&mut F>,
+) -> impl Future<Output = Option<F::Output>> + '_ {
+    std::future::poll_fn(move |cx| {
+        Poll::Ready(match f.as_mut().poll(cx) {
+            Poll::Ready(out) => Some(out),
+            Poll::Pending => None,
+        })
+    })
+}
+
+/// Why [`progressing`] gave up.
+enum Halted {
+    /// No byte moved for the stall timeout.
+    Stalled,
+    /// The connection was shed while its frame was awaited.
+    Shed,
+}
+
+/// Drives `io`, which reads or writes through a [`Metered`] stream
+/// counting into `moved`, to its end unless no byte moves for `stall`.
+///
+/// With a `member`, `io` reads a request frame: if the frame did not
+/// arrive at once, the member is told it is awaited (see
+/// [`Member::waiting_for_frame`]), and being shed meanwhile ends the wait.
+///
+/// An `io` that completes at once (a request already buffered, a response
+/// the socket takes whole) costs no timer and no clock read. The deadline
+/// is moved lazily: when it passes, it is moved on by `stall` if bytes
+/// moved since it was set, so a stall is noticed between one and two times
+/// `stall` after the last byte.
+async fn progressing<T>(
+    io: impl Future<Output = T>,
+    moved: &AtomicU64,
+    stall: Duration,
+    mut member: Option<&mut Member>,
+) -> Result<T, Halted> {
+    let mut io = pin!(io);
+    if let Some(done) = poll_once(io.as_mut()).await {
+        return Ok(done);
+    }
+    let since = Instant::now();
+    if let Some(member) = member.as_deref_mut() {
+        member.waiting_for_frame(since);
+    }
+    let mut deadline = since + stall;
+    // Relaxed: see `Metered::count`.
+    let mut seen = moved.load(Relaxed);
+    let outcome = loop {
+        let shed = async {
+            match member.as_deref() {
+                Some(member) => member.shed().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            done = io.as_mut() => break Ok(done),
+            () = shed => break Err(Halted::Shed),
+            () = tokio::time::sleep_until(deadline) => {
+                let now = moved.load(Relaxed);
+                if now == seen {
+                    break Err(Halted::Stalled);
+                }
+                seen = now;
+                deadline = Instant::now() + stall;
+            }
+        }
+    };
+    if let (Ok(_), Some(member)) = (&outcome, member) {
+        if !member.frame_arrived() {
+            return Err(Halted::Shed);
+        }
+    }
+    outcome
+}
+
+/// Completes when the peer of `socket` has closed the connection (or it
+/// was reset); never if data arrives instead (a request pipelined behind
+/// the one being handled, read once that one is answered). A client that
+/// only shuts down its sending side looks the same as one that closed, so
+/// a client must keep its connection open until it has its response.
+async fn peer_gone(socket: &TcpStream) {
+    let mut byte = [0u8; 1];
+    loop {
+        match socket.peek(&mut byte).await {
+            Ok(0) => return,
+            Ok(_) => return std::future::pending().await,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        }
+    }
+}
+
 /// One accepted connection and everything its task needs.
 struct Connection {
-    stream: BufReader<TcpStream>,
+    stream: BufReader<Metered>,
+    /// The bytes `stream` has moved (it holds the same counter).
+    moved: Arc<AtomicU64>,
     peer: SocketAddr,
+    /// Whether to poll for the next request (see [`ServerConfig::spin`]).
+    polls: bool,
     config: Arc<ServerConfig>,
     handler: Arc<dyn Handler>,
     stop: watch::Receiver<bool>,
-    /// The connection slots, to tell whether this is the only connection.
-    slots: Arc<Semaphore>,
-    /// Its place in the per-peer accounting (idle or busy).
+    /// The server's connection accounting, to tell whether this is its only
+    /// connection.
+    peers: Arc<Peers>,
+    /// Its place in that accounting (unauthenticated, idle, busy, reading),
+    /// and whether a request on it has authenticated (or the handler
+    /// requires no authentication): until then frames are limited to
+    /// [`ServerConfig::max_unauthenticated_frame`].
     member: Member,
-    /// Whether a request on this connection has authenticated (or the
-    /// handler requires no authentication): until then frames are limited
-    /// to [`ServerConfig::max_unauthenticated_frame`].
-    authenticated: bool,
 }
 
-/// Why a connection is being closed (for the debug log).
+/// Why a connection is being closed (for the log).
 #[derive(Debug)]
 enum Close {
     PeerClosed,
+    /// The client closed the connection while its request was handled;
+    /// the call was dropped.
+    PeerGoneMidCall,
     Shutdown,
     IdleTimeout,
-    ReadTimeout,
-    WriteTimeout,
+    /// No byte of a request frame arrived for the stall timeout.
+    ReadStalled,
+    /// No byte of a response could be written for the stall timeout.
+    WriteStalled,
     TooLarge,
     /// Closed to make room for a new connection (see [`crate::peers`]).
     Shed,
+    /// Not authenticated within [`ServerConfig::auth_timeout`].
+    AuthTimeout,
+    /// Authenticated while the authenticated quotas were full and nothing
+    /// could make room.
+    NoRoom,
     Io(io::Error),
 }
 
 impl Connection {
     async fn serve(mut self) {
+        self.member.start();
         let reason = self.serve_inner().await;
         match &reason {
             Close::Io(e) => {
@@ -643,120 +913,192 @@ impl Connection {
     }
 
     async fn serve_inner(&mut self) -> Close {
-        let config = Arc::clone(&self.config);
         let mut buf = Vec::new();
-        let polls = !config.spin.is_zero() && self.peer.ip().is_loopback();
-        loop {
-            // Waiting for the next request: idle, so it may be shed.
-            self.member.idle();
-            // Poll only while this is the server's one connection: with
-            // several, a runtime thread held by polling delays the others.
-            let alone = config.max_connections - self.slots.available_permits() <= 1;
-            let polled = if polls && alone && self.stream.buffer().is_empty() {
-                match crate::poll::Poller::take() {
-                    Some(_licence) => self.poll_request(config.spin, &mut buf),
-                    None => Polled::Nothing,
+        if !self.member.is_authenticated() {
+            // Until a request authenticates, the connection lives under its
+            // deadline, and being shed stops it wherever it is.
+            let guard = self.member.guard(Instant::now() + self.config.auth_timeout);
+            let mut guard = pin!(guard);
+            loop {
+                let served = tokio::select! {
+                    biased;
+                    served = self.cycle(&mut buf) => served,
+                    cut = guard.as_mut() => return match cut {
+                        Cut::Shed => Close::Shed,
+                        Cut::Deadline => Close::AuthTimeout,
+                    },
+                };
+                if let Err(close) = served {
+                    return close;
                 }
-            } else {
-                Polled::Nothing
-            };
-            let read = match polled {
-                Polled::Frame => Ok(Ok(())),
-                Polled::Closed => return Close::PeerClosed,
-                Polled::Failed(e) => return Close::Io(e),
-                Polled::Partial {
-                    head,
-                    got_head,
-                    body,
-                } => timeout(
-                    config.read_timeout,
-                    self.finish_request(head, got_head, body, &mut buf),
+                if self.member.is_authenticated() {
+                    break;
+                }
+            }
+        }
+        loop {
+            if let Err(close) = self.cycle(&mut buf).await {
+                return close;
+            }
+        }
+    }
+
+    /// Serves one request: waits for it, reads it, has it handled and
+    /// writes the response. An error: the connection must close, why.
+    async fn cycle(&mut self, buf: &mut Vec<u8>) -> Result<(), Close> {
+        // Copied, not borrowed: `self` is borrowed mutably below.
+        let (spin, idle_timeout, stall) = (
+            self.config.spin,
+            self.config.idle_timeout,
+            self.config.stall_timeout,
+        );
+        // Waiting for the next request: idle, so it may be shed.
+        self.member.idle();
+        // Poll only while this is the server's one connection: with
+        // several, a runtime thread held by polling delays the others.
+        let alone = self.peers.connections() <= 1;
+        let polled = if self.polls && alone && self.stream.buffer().is_empty() {
+            match crate::poll::Poller::take() {
+                Some(_licence) => self.poll_request(spin, buf),
+                None => Polled::Nothing,
+            }
+        } else {
+            Polled::Nothing
+        };
+        let read = match polled {
+            Polled::Frame => {
+                // Read while idle: it may have been shed meanwhile.
+                if !self.member.busy() {
+                    return Err(Close::Shed);
+                }
+                Ok(Ok(()))
+            }
+            Polled::Closed => return Err(Close::PeerClosed),
+            Polled::Failed(e) => return Err(Close::Io(e)),
+            Polled::Partial {
+                head,
+                got_head,
+                body,
+            } => {
+                if !self.member.busy() {
+                    return Err(Close::Shed);
+                }
+                let limit = self.frame_limit();
+                progressing(
+                    finish_request(&mut self.stream, limit, head, got_head, body, buf),
+                    &self.moved,
+                    stall,
+                    Some(&mut self.member),
                 )
                 .await
-                .map_err(|_| ()),
-                Polled::Nothing => {
-                    // Wait for the first byte of the next request (or a
-                    // buffered, pipelined one), bounded by the idle timeout,
-                    // unless a shutdown is requested first.
-                    let started = tokio::select! {
-                        biased;
-                        () = stopped(&mut self.stop) => return Close::Shutdown,
-                        () = self.member.shed() => return Close::Shed,
-                        r = timeout(config.idle_timeout, self.stream.fill_buf()) => match r {
-                            Err(_) => return Close::IdleTimeout,
-                            Ok(Err(e)) => return Close::Io(e),
-                            Ok(Ok(available)) => !available.is_empty(),
-                        },
-                    };
-                    if !started {
-                        return Close::PeerClosed;
-                    }
-                    if !self.member.busy() {
-                        return Close::Shed;
-                    }
-                    let limit = self.frame_limit();
-                    timeout(
-                        config.read_timeout,
-                        read_frame(&mut self.stream, limit, &mut buf),
-                    )
-                    .await
-                    .map_err(|_| ())
-                }
-            };
-            // A request began: no longer idle (polling got here without
-            // `busy` having been called; a second call costs little).
-            if !self.member.busy() {
-                return Close::Shed;
             }
-            // One outcome for both ways of reading the request.
-            match read {
-                Err(()) => return Close::ReadTimeout,
-                Ok(Ok(())) => {}
-                Ok(Err(FrameError::Closed)) => return Close::PeerClosed,
-                Ok(Err(FrameError::Io(e))) => return Close::Io(e),
-                Ok(Err(FrameError::TooLarge { declared, max })) => {
-                    debug!(peer = %self.peer, declared, max, authenticated = self.authenticated, "request frame too large");
-                    let response = if self.authenticated {
-                        self.handler.frame_too_large(declared, max)
-                    } else {
-                        self.handler.unauthenticated_frame_too_large(declared, max)
-                    };
-                    self.close_after_error_response(&response).await;
-                    return Close::TooLarge;
+            Polled::Nothing => {
+                // Wait for the first byte of the next request (or a
+                // buffered, pipelined one), bounded by the idle timeout,
+                // unless a shutdown is requested first.
+                let started = tokio::select! {
+                    biased;
+                    () = stopped(&mut self.stop) => return Err(Close::Shutdown),
+                    () = self.member.shed() => return Err(Close::Shed),
+                    r = timeout(idle_timeout, self.stream.fill_buf()) => match r {
+                        Err(_) => return Err(Close::IdleTimeout),
+                        Ok(Err(e)) => return Err(Close::Io(e)),
+                        Ok(Ok(available)) => !available.is_empty(),
+                    },
+                };
+                if !started {
+                    return Err(Close::PeerClosed);
                 }
+                // A request began: no longer idle.
+                if !self.member.busy() {
+                    return Err(Close::Shed);
+                }
+                let limit = self.frame_limit();
+                progressing(
+                    read_frame(&mut self.stream, limit, buf),
+                    &self.moved,
+                    stall,
+                    Some(&mut self.member),
+                )
+                .await
             }
+        };
+        // One outcome for both ways of reading the request.
+        match read {
+            Err(Halted::Stalled) => return Err(Close::ReadStalled),
+            Err(Halted::Shed) => return Err(Close::Shed),
+            Ok(Ok(())) => {}
+            Ok(Err(FrameError::Closed)) => return Err(Close::PeerClosed),
+            Ok(Err(FrameError::Io(e))) => return Err(Close::Io(e)),
+            Ok(Err(FrameError::TooLarge { declared, max })) => {
+                let authenticated = self.member.is_authenticated();
+                debug!(peer = %self.peer, declared, max, authenticated, "request frame too large");
+                let response = if authenticated {
+                    self.handler.frame_too_large(declared, max)
+                } else {
+                    self.handler.unauthenticated_frame_too_large(declared, max)
+                };
+                self.close_after_error_response(&response).await;
+                return Err(Close::TooLarge);
+            }
+        }
 
-            if !self.authenticated && self.handler.authenticates(&buf) {
-                self.authenticated = true;
-            }
-            let request = std::mem::take(&mut buf);
-            let response = self.handler.call(request).await;
-            // Handled: from here the connection only waits for its next
-            // request (the response is written even if it is shed now).
-            // Marked before the write so that a client holding the response
-            // knows its connection can be shed to make room.
-            self.member.idle();
-            match timeout(
-                config.read_timeout,
-                write_frame(&mut self.stream, &response),
-            )
-            .await
-            {
-                Err(_) => return Close::WriteTimeout,
-                Ok(Err(e)) => return Close::Io(e),
-                Ok(Ok(())) => {}
-            }
-            // Reuse the response's allocation for the next request, unless
-            // it is big enough to be worth giving back.
-            if response.capacity() <= RETAIN_BUFFER {
-                buf = response;
-            }
+        if !self.member.is_authenticated()
+            && self.handler.authenticates(buf)
+            && !self.member.authenticate()
+        {
+            return Err(Close::NoRoom);
+        }
+        let request = std::mem::take(buf);
+        let response = self.handle(request).await?;
+        // Handled: from here the connection only waits for its next
+        // request (the response is written even if it is shed now).
+        // Marked before the write so that a client holding the response
+        // knows its connection can be shed to make room.
+        self.member.idle();
+        match progressing(
+            write_frame(&mut self.stream, &response),
+            &self.moved,
+            stall,
+            None,
+        )
+        .await
+        {
+            Err(_) => return Err(Close::WriteStalled),
+            Ok(Err(e)) => return Err(Close::Io(e)),
+            Ok(Ok(())) => {}
+        }
+        // Reuse the response's allocation for the next request, unless
+        // it is big enough to be worth giving back.
+        if response.capacity() <= RETAIN_BUFFER {
+            *buf = response;
+        }
+        Ok(())
+    }
+
+    /// Has the handler answer `request`. A call that does not complete at
+    /// once is raced against the client going away: if the connection
+    /// closes first, the call's future is dropped (which cancels an async
+    /// handler at its next await) and the connection with it.
+    async fn handle(&self, request: Vec<u8>) -> Result<Vec<u8>, Close> {
+        let mut call = self.handler.call(request);
+        if let Some(response) = poll_once(call.as_mut()).await {
+            return Ok(response);
+        }
+        // Bytes already buffered are the next request: whether the client
+        // is still there cannot be told without reading past them, so the
+        // call is then left to finish.
+        let watch = self.stream.buffer().is_empty();
+        tokio::select! {
+            biased;
+            response = call.as_mut() => Ok(response),
+            () = peer_gone(&self.stream.get_ref().stream), if watch => Err(Close::PeerGoneMidCall),
         }
     }
 
     /// The largest request frame this connection may send now.
     fn frame_limit(&self) -> usize {
-        if self.authenticated {
+        if self.member.is_authenticated() {
             self.config.max_frame
         } else {
             self.config
@@ -769,7 +1111,7 @@ impl Connection {
     /// most `spin` (see [`ServerConfig::spin`]). Reads the socket directly,
     /// so it must only run when the reader's buffer is empty.
     fn poll_request(&self, spin: Duration, buf: &mut Vec<u8>) -> Polled {
-        let sock = SockRef::from(self.stream.get_ref());
+        let sock = SockRef::from(&self.stream.get_ref().stream);
         let start = std::time::Instant::now();
         let mut head = [0u8; 4];
         let mut got_head = 0;
@@ -820,42 +1162,12 @@ impl Connection {
         Polled::Frame
     }
 
-    /// Reads the rest of a request that polling began: the rest of its
-    /// length prefix, then the rest of its body (the first `body` bytes are
-    /// in `buf` already), growing the buffer only as bytes arrive.
-    async fn finish_request(
-        &mut self,
-        mut head: [u8; 4],
-        got_head: usize,
-        body: usize,
-        buf: &mut Vec<u8>,
-    ) -> Result<(), FrameError> {
-        if got_head < 4 {
-            self.stream.read_exact(&mut head[got_head..]).await?;
-        }
-        let len = u32::from_be_bytes(head) as u64;
-        let limit = self.frame_limit();
-        if len > limit as u64 {
-            return Err(FrameError::TooLarge {
-                declared: len,
-                max: limit,
-            });
-        }
-        buf.truncate(body);
-        let rest = len - body as u64;
-        let read = (&mut self.stream).take(rest).read_to_end(buf).await?;
-        if (read as u64) < rest {
-            return Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into()));
-        }
-        Ok(())
-    }
-
     /// Sends `response`, half-closes, then discards whatever the client still
     /// sends for a short while so that the close is not turned into a reset
     /// before the client has read the response.
     async fn close_after_error_response(&mut self, response: &[u8]) {
         let config = Arc::clone(&self.config);
-        let sent = timeout(config.read_timeout, async {
+        let sent = timeout(config.stall_timeout, async {
             write_frame(&mut self.stream, response).await?;
             self.stream.get_mut().shutdown().await
         })
@@ -863,7 +1175,7 @@ impl Connection {
         if !matches!(sent, Ok(Ok(()))) {
             return;
         }
-        let linger = config.read_timeout.min(LINGER);
+        let linger = config.stall_timeout.min(LINGER);
         let _ = timeout(linger, async {
             let mut scratch = [0u8; 8192];
             while let Ok(n) = self.stream.read(&mut scratch).await {
@@ -874,4 +1186,34 @@ impl Connection {
         })
         .await;
     }
+}
+
+/// Reads the rest of a request that polling began: the rest of its length
+/// prefix, then the rest of its body (the first `body` bytes are in `buf`
+/// already), growing the buffer only as bytes arrive.
+async fn finish_request(
+    stream: &mut BufReader<Metered>,
+    limit: usize,
+    mut head: [u8; 4],
+    got_head: usize,
+    body: usize,
+    buf: &mut Vec<u8>,
+) -> Result<(), FrameError> {
+    if got_head < 4 {
+        stream.read_exact(&mut head[got_head..]).await?;
+    }
+    let len = u32::from_be_bytes(head) as u64;
+    if len > limit as u64 {
+        return Err(FrameError::TooLarge {
+            declared: len,
+            max: limit,
+        });
+    }
+    buf.truncate(body);
+    let rest = len - body as u64;
+    let read = stream.take(rest).read_to_end(buf).await?;
+    if (read as u64) < rest {
+        return Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into()));
+    }
+    Ok(())
 }

@@ -14,7 +14,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{raw_client, too_large_body, wait_closed, TestServer};
+use common::{raw_client, too_large_body, wait_closed, wait_until, TestServer};
 use metabridge_tcp::frame::{read_frame_blocking, write_frame_blocking, DEFAULT_MAX_FRAME};
 use metabridge_tcp::{Handler, ServerConfig};
 
@@ -389,4 +389,208 @@ fn a_pool_greeting_authenticates_each_new_connection() {
     .unwrap();
     greeted.call(&big, &mut response).unwrap();
     assert_eq!(response, big);
+}
+
+/// A raw connection holding one byte of a length prefix (a half-sent
+/// frame), as another user of the machine can open by the dozen.
+fn half_sent(server: &TestServer) -> TcpStream {
+    let mut s = raw_client(server.addr);
+    s.write_all(&[0]).unwrap();
+    s
+}
+
+/// Issue 15: connections holding one byte of a length prefix filled the
+/// per-address quota, and the owner's authenticated idle connections were
+/// closed to make room for them.
+#[test]
+fn half_sent_unauthenticated_frames_never_close_authenticated_connections() {
+    let server = TestServer::start(ServerConfig::default(), Arc::new(Guarded));
+    let mut owners: Vec<TcpStream> = (0..4).map(|_| raw_client(server.addr)).collect();
+    for s in &mut owners {
+        assert!(echo_once(s, b"token: owner"));
+    }
+    // Three times the per-address quota of unauthenticated connections.
+    let attack: Vec<TcpStream> = (0..192).map(|_| half_sent(&server)).collect();
+    let big = vec![9u8; 1 << 20];
+    let served = owners
+        .iter_mut()
+        .map(|s| echo_once(s, &big))
+        .filter(|&ok| ok)
+        .count();
+    assert_eq!(served, 4, "authenticated connections were closed");
+    // A new client still gets in (in the place of the oldest
+    // unauthenticated connection) and authenticates.
+    let mut late = raw_client(server.addr);
+    assert!(echo_once(&mut late, b"token: late"));
+    assert!(echo_once(&mut late, &big));
+    drop(attack);
+}
+
+/// Issue 15: a connection that never authenticates is closed after the
+/// authentication deadline, even if it keeps sending small requests.
+#[test]
+fn an_unauthenticated_connection_is_closed_at_its_deadline() {
+    let server = TestServer::start(
+        ServerConfig {
+            auth_timeout: Duration::from_millis(200),
+            ..ServerConfig::default()
+        },
+        Arc::new(Guarded),
+    );
+    let mut silent = raw_client(server.addr);
+    let mut chatty = raw_client(server.addr);
+    let mut owner = raw_client(server.addr);
+    assert!(echo_once(&mut owner, b"token: owner"));
+    assert!(wait_closed(&mut silent), "a silent connection was kept");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while echo_once(&mut chatty, b"no token") {
+        assert!(
+            Instant::now() < deadline,
+            "a chatty unauthenticated connection was kept"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    // Past the deadline, the authenticated connection still serves.
+    assert!(echo_once(&mut owner, b"still here"));
+}
+
+/// Issue 15: when the unauthenticated quota of an address is full, the
+/// oldest unauthenticated connection makes room, never an authenticated one.
+#[test]
+fn the_oldest_unauthenticated_connection_makes_room() {
+    let server = TestServer::start(
+        ServerConfig {
+            max_unauthenticated_per_ip: 2,
+            ..ServerConfig::default()
+        },
+        Arc::new(Guarded),
+    );
+    let mut owner = raw_client(server.addr);
+    assert!(echo_once(&mut owner, b"token: owner"));
+    let mut first = raw_client(server.addr);
+    assert!(echo_once(&mut first, b"first"));
+    let mut second = raw_client(server.addr);
+    assert!(echo_once(&mut second, b"second"));
+    let mut third = raw_client(server.addr);
+    assert!(echo_once(&mut third, b"third"));
+    assert!(wait_closed(&mut first), "the oldest was kept");
+    assert!(echo_once(&mut second, b"token: second"));
+    assert!(echo_once(&mut third, b"token: third"));
+    assert!(echo_once(&mut owner, b"owner"));
+}
+
+/// Waits forever unless the client goes; counts the calls in progress
+/// (a call's future dropped counts as ended).
+#[derive(Default)]
+struct Forever {
+    live: AtomicUsize,
+}
+
+struct Live<'a>(&'a AtomicUsize);
+
+impl Drop for Live<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Handler for Forever {
+    fn call(&self, request: Vec<u8>) -> Pin<Box<dyn Future<Output = Vec<u8>> + Send + '_>> {
+        Box::pin(async move {
+            if request == b"forever" {
+                self.live.fetch_add(1, Ordering::SeqCst);
+                let _live = Live(&self.live);
+                std::future::pending::<()>().await;
+            }
+            request
+        })
+    }
+    fn frame_too_large(&self, declared: u64, max: usize) -> Vec<u8> {
+        too_large_body(declared, max)
+    }
+}
+
+/// Issue 15: a call that never completes, from a client that went away,
+/// kept its connection (CLOSE_WAIT) and its place in the per-address quota
+/// forever. Its future is dropped when the peer closes.
+#[test]
+fn a_client_gone_mid_call_ends_the_call_and_frees_its_connection() {
+    let handler = Arc::new(Forever::default());
+    let server = TestServer::start(
+        ServerConfig {
+            max_connections_per_ip: 4,
+            ..ServerConfig::default()
+        },
+        handler.clone(),
+    );
+    for _ in 0..12 {
+        let mut s = raw_client(server.addr);
+        write_frame_blocking(&mut s, b"forever").unwrap();
+        wait_until("the call to start", || {
+            handler.live.load(Ordering::SeqCst) == 1
+        });
+        drop(s);
+        wait_until("the call to end with its client", || {
+            handler.live.load(Ordering::SeqCst) == 0
+        });
+    }
+    wait_until("every connection to close", || {
+        server.monitor.connections().authenticated == 0
+    });
+    let mut s = raw_client(server.addr);
+    assert!(echo_once(&mut s, b"served"));
+}
+
+/// Issue 15: on a server that requires no authentication every connection
+/// counts as authenticated; there, a connection whose request frame has
+/// been half-sent for longer than the deadline is closed to make room
+/// before any idle one.
+#[test]
+fn a_frame_half_sent_too_long_makes_room_before_an_idle_connection() {
+    let server = TestServer::echo(ServerConfig {
+        max_connections_per_ip: 2,
+        // Any frame still being read counts as half-sent for too long.
+        auth_timeout: Duration::ZERO,
+        stall_timeout: Duration::from_secs(60),
+        ..ServerConfig::default()
+    });
+    let mut idle = raw_client(server.addr);
+    assert!(echo_once(&mut idle, b"idle from now on"));
+    let mut stalled = half_sent(&server);
+    wait_until("the half-sent frame to be read", || {
+        server.monitor.connections().reading == 1
+    });
+    let mut new = raw_client(server.addr);
+    assert!(echo_once(&mut new, b"new"));
+    assert!(wait_closed(&mut stalled), "the half-sent frame was kept");
+    assert!(echo_once(&mut idle, b"still served"));
+}
+
+/// The stall timeout applies to unauthenticated connections too, and an
+/// authenticated connection's half-sent frame is closed by it.
+#[test]
+fn a_stalled_frame_is_closed_by_the_stall_timeout() {
+    let server = TestServer::start(
+        ServerConfig {
+            stall_timeout: Duration::from_millis(100),
+            auth_timeout: Duration::from_secs(60),
+            ..ServerConfig::default()
+        },
+        Arc::new(Guarded),
+    );
+    let mut owner = raw_client(server.addr);
+    assert!(echo_once(&mut owner, b"token: owner"));
+    owner.write_all(&[0, 0]).unwrap();
+    let mut stranger = half_sent(&server);
+    assert!(
+        wait_closed(&mut owner),
+        "a stalled authenticated frame was kept"
+    );
+    assert!(
+        wait_closed(&mut stranger),
+        "a stalled unauthenticated frame was kept"
+    );
+    wait_until("every connection to close", || {
+        server.monitor.connections() == metabridge_tcp::Connections::default()
+    });
 }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -170,7 +170,7 @@ fn a_silent_client_does_not_block_others() {
     // A read timeout far longer than any of the calls below may take: if
     // the silent connection blocked them, they would time out first.
     let server = TestServer::echo(ServerConfig {
-        read_timeout: Duration::from_secs(120),
+        stall_timeout: Duration::from_secs(120),
         idle_timeout: Duration::from_secs(120),
         ..ServerConfig::default()
     });
@@ -195,7 +195,7 @@ fn a_silent_client_does_not_block_others() {
 fn a_silent_client_is_closed_after_its_read_timeout() {
     let read_timeout = Duration::from_millis(200);
     let server = TestServer::echo(ServerConfig {
-        read_timeout,
+        stall_timeout: read_timeout,
         idle_timeout: Duration::from_secs(30),
         ..ServerConfig::default()
     });
@@ -466,4 +466,40 @@ fn a_polling_server_reads_every_kind_of_frame_correctly() {
     read_frame_blocking(&mut s, DEFAULT_MAX_FRAME, &mut buf).unwrap();
     assert_eq!(buf, too_large_body(0xFFFF_FFFF, polling.max_frame));
     assert!(wait_closed(&mut s), "connection was not closed");
+}
+
+/// Issue 15: a fixed deadline for a whole frame capped a message by link
+/// speed. Bytes moving keep a frame going, in both directions.
+#[test]
+fn a_large_frame_over_a_slow_link_goes_through_while_bytes_keep_moving() {
+    let stall = Duration::from_millis(500);
+    let server = TestServer::echo(ServerConfig {
+        stall_timeout: stall,
+        ..ServerConfig::default()
+    });
+    let mut s = raw_client(server.addr);
+    // 2 MiB in 100 pieces, 20 ms apart: 2 s in all, four times the stall
+    // bound, with no gap near it.
+    let body: Vec<u8> = (0..2u32 << 20).map(|i| (i % 251) as u8).collect();
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    let t0 = Instant::now();
+    for piece in frame.chunks(frame.len().div_ceil(100)) {
+        s.write_all(piece).unwrap();
+        thread::sleep(Duration::from_millis(20));
+    }
+    // Read back slowly too: 64 KiB every 20 ms.
+    let mut prefix = [0u8; 4];
+    s.read_exact(&mut prefix).unwrap();
+    assert_eq!(u32::from_be_bytes(prefix) as usize, body.len());
+    let mut back = vec![0u8; body.len()];
+    for piece in back.chunks_mut(64 << 10) {
+        s.read_exact(piece).unwrap();
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(back == body, "the echo differs");
+    assert!(
+        t0.elapsed() > stall,
+        "the test was not slow enough to mean anything"
+    );
 }

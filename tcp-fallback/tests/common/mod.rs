@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metabridge_tcp::{Handler, Server, ServerConfig, ShutdownHandle, Stopped};
+use metabridge_tcp::{Handler, Monitor, Server, ServerConfig, ShutdownHandle, Stopped};
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 
@@ -71,6 +71,7 @@ impl Handler for Slow {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub stop: ShutdownHandle,
+    pub monitor: Monitor,
     rt: Option<Runtime>,
     running: Option<JoinHandle<io::Result<Stopped>>>,
 }
@@ -87,10 +88,12 @@ impl TestServer {
             .expect("bind");
         let addr = server.local_addr();
         let stop = server.shutdown_handle();
+        let monitor = server.monitor();
         let running = rt.spawn(server.run());
         TestServer {
             addr,
             stop,
+            monitor,
             rt: Some(rt),
             running: Some(running),
         }
@@ -135,6 +138,16 @@ impl Drop for TestServer {
         if let Some(rt) = self.rt.take() {
             rt.shutdown_timeout(Duration::from_secs(1));
         }
+    }
+}
+
+/// Waits (bounded, so that a bug fails the test rather than hanging it)
+/// until `done` holds.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
