@@ -12,9 +12,7 @@
 #[allow(dead_code)]
 mod service_daemon;
 
-#[path = "support/measure.rs"]
-mod measure;
-use measure::{percentile, pin_process};
+use metabridge::measure::{percentile, pin_process};
 
 use metabridge_shm::{Channel, ChannelConfig};
 use service_daemon::ServiceClient;
@@ -25,7 +23,7 @@ use std::time::{Duration, Instant};
 const ECHO_ENV: &str = "MB_BENCH_ECHO";
 
 /// The seed's benchmark against a real daemon (arguments parsed with clap,
-/// like the `metabridge` tool's, which shares `support/measure.rs`).
+/// like the `metabridge` tool's, which shares `metabridge::measure`).
 #[derive(clap::Parser)]
 #[command(about)]
 struct Settings {

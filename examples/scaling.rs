@@ -19,9 +19,7 @@
 #[allow(dead_code)]
 mod service_daemon;
 
-#[path = "support/measure.rs"]
-mod measure;
-use measure::{flag_value, percentile, pin_process};
+use metabridge::measure::{flag_value, percentile, pin_process};
 
 use plotters::element::DashedPathElement;
 use plotters::prelude::*;

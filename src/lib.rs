@@ -47,6 +47,10 @@ mod error;
 mod gc;
 mod instrument;
 mod logger;
+/// Measurement helpers of the `metabridge` tool and the benchmarks.
+#[cfg(feature = "cli")]
+#[doc(hidden)]
+pub mod measure;
 mod msgpack;
 mod platform;
 pub mod registry;

@@ -5,7 +5,7 @@
 //! non-string map keys their JSON text, extension values
 //! `{"ext": type, "data": base64}`.
 
-use super::{usage, Fail};
+use crate::fail::{usage, Fail};
 use rmpv::Value;
 
 /// Parses `text` (the value of `what` on the command line) as JSON.

@@ -1,8 +1,9 @@
-//! Helpers shared by the benchmarks and tools: the `bench` and `scaling`
-//! examples and the `metabridge` command-line tool (`metabridge bench`)
-//! include this one module, for CPU pinning, durations on the command line
-//! and HDR-histogram percentiles.
-#![allow(dead_code)]
+//! Measurement helpers the tools share: CPU pinning, durations on the
+//! command line, percentiles of sorted samples and of an HDR histogram,
+//! and latencies written for people. The `metabridge` tool
+//! (`metabridge bench`, `metabridge stats`) and the `bench` and `scaling`
+//! examples use this one module; it exists with the `cli` feature and is
+//! not part of the runtime's API (no stability promise).
 
 /// Pins every thread of `pid` (0: this process) to `cpu`.
 pub fn pin_process(pid: u32, cpu: usize) {
