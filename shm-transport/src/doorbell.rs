@@ -13,63 +13,37 @@
 //! A busy worker never sleeps, so its clients never ring: the bell costs a
 //! syscall only when a request finds the worker asleep.
 //!
-//! A doorbell set is a small segment of its own that a service creates:
-//! either anonymous, a sealed memfd handed to each client over the control
-//! socket ([`DoorbellSet::create_memfd`], [`DoorbellSet::from_fd`]; what the
-//! runtime uses, since a client can then never truncate it under the
-//! service), or a named file (`metabridge.<name>`, mode 0600) opened by
-//! name, for processes that trust each other.
+//! A doorbell set is a small sealed memfd of its own that a service
+//! creates ([`DoorbellSet::create_memfd`]) and hands to each client over the
+//! control socket ([`DoorbellSet::from_fd`]): sealed against any change of
+//! size, so a client can never truncate it under the service. Its layout is
+//! in the `header` module.
 
 use crate::error::{Error, Result};
+use crate::header::{
+    doorbells_len, BELLS_OFFSET, DOORBELL_MAGIC, DOORBELL_META_OFFSET, DOORBELL_VERSION, MAX_BELLS,
+    OWNER_PID_OFFSET, OWNER_START_OFFSET,
+};
 use crate::liveness::ProcessIdentity;
-use crate::segment::{segment_path, validate_name};
 use memmap2::{MmapOptions, MmapRaw};
-use std::fs::{self, OpenOptions};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// "MBDOOR01" as a little-endian u64.
-pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"MBDOOR01");
-const VERSION: u64 = 1;
-pub(crate) const OWNER_PID_OFFSET: usize = 16;
-pub(crate) const OWNER_START_OFFSET: usize = 24;
-pub(crate) const HEADER_BYTES: usize = 32;
-/// Offset of the first bell; each bell has a 128-byte line of its own.
-const BELLS_OFFSET: usize = 128;
-const BELL_STRIDE: usize = 128;
-/// Most bells one set may hold.
-pub const MAX_BELLS: usize = 1024;
-
 struct Mapping {
     map: MmapRaw,
-    /// The file of a named set, removed by its owner on drop.
-    path: Option<PathBuf>,
-    owner: bool,
-    /// The sealed memfd of an anonymous set, kept by its creator to hand
-    /// to each client.
+    /// The sealed memfd, kept by the set's creator to hand to each client
+    /// (`None` in a client, which needs it no more once mapped).
     fd: Option<OwnedFd>,
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        if let (true, Some(path)) = (self.owner, &self.path) {
-            let _ = fs::remove_file(path);
-        }
-    }
 }
 
 /// A set of doorbells in one shared segment.
 ///
 /// ```
 /// use metabridge_shm::DoorbellSet;
-/// let dir = std::env::temp_dir();
-/// let name = format!("doc-bells-{}", std::process::id());
-/// let bells = DoorbellSet::create(&dir, &name, 2).unwrap();
-/// let remote = DoorbellSet::open(&dir, &name).unwrap();
+/// let bells = DoorbellSet::create_memfd(2).unwrap();
+/// let remote = DoorbellSet::from_fd(bells.fd().unwrap()).unwrap(); // usually another process
 /// let bell = bells.bell(1).unwrap();
 /// let seen = bell.count();
 /// remote.bell(1).unwrap().ring();
@@ -87,57 +61,6 @@ unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
 impl DoorbellSet {
-    /// Creates a set of `count` doorbells named `name` in `dir`; the name is
-    /// removed when the set is dropped.
-    pub fn create(dir: &Path, name: &str, count: usize) -> Result<DoorbellSet> {
-        validate_name(name)?;
-        if count == 0 || count > MAX_BELLS {
-            return Err(Error::Config(format!(
-                "doorbell count {count} not in 1..={MAX_BELLS}"
-            )));
-        }
-        let path = segment_path(dir, name);
-        let open = || {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-        };
-        let file = match open() {
-            Ok(f) => f,
-            Err(e)
-                if e.kind() == std::io::ErrorKind::AlreadyExists
-                    && crate::segment::is_stale(&path) =>
-            {
-                let _ = fs::remove_file(&path);
-                open()?
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let len = BELLS_OFFSET + count * BELL_STRIDE;
-        let built = (|| -> Result<MmapRaw> {
-            file.set_len(len as u64)?;
-            crate::platform::reserve(&file, len, &path.display().to_string(), Some(dir))?;
-            Ok(MmapOptions::new().len(len).map_raw(&file)?)
-        })();
-        let map = match built {
-            Ok(map) => map,
-            Err(e) => {
-                let _ = fs::remove_file(&path);
-                return Err(e);
-            }
-        };
-        let inner = Arc::new(Mapping {
-            map,
-            path: Some(path),
-            owner: true,
-            fd: None,
-        });
-        Ok(Self::init(inner, count))
-    }
-
     /// Creates an anonymous set of `count` doorbells: a sealed memfd,
     /// handed to clients with [`fd`](Self::fd) over a Unix socket.
     ///
@@ -155,15 +78,10 @@ impl DoorbellSet {
                 "doorbell count {count} not in 1..={MAX_BELLS}"
             )));
         }
-        let len = BELLS_OFFSET + count * BELL_STRIDE;
+        let len = doorbells_len(count);
         let fd = crate::platform::sealed_memfd(c"metabridge-doorbells", len, "a doorbell set")?;
         let map = MmapOptions::new().len(len).map_raw(fd.as_raw_fd())?;
-        let inner = Arc::new(Mapping {
-            map,
-            path: None,
-            owner: true,
-            fd: Some(fd),
-        });
+        let inner = Arc::new(Mapping { map, fd: Some(fd) });
         Ok(Self::init(inner, count))
     }
 
@@ -178,15 +96,10 @@ impl DoorbellSet {
     pub fn from_fd(fd: BorrowedFd<'_>) -> Result<DoorbellSet> {
         let what = "the doorbell set";
         let len = crate::platform::check_sealed(fd, BELLS_OFFSET as u64, what)?;
-        let map_len = (len as usize).min(BELLS_OFFSET + MAX_BELLS * BELL_STRIDE);
+        let map_len = (len as usize).min(doorbells_len(MAX_BELLS));
         let map = MmapOptions::new().len(map_len).map_raw(fd.as_raw_fd())?;
         let set = DoorbellSet {
-            inner: Arc::new(Mapping {
-                map,
-                path: None,
-                owner: false,
-                fd: None,
-            }),
+            inner: Arc::new(Mapping { map, fd: None }),
             count: 0,
         };
         set.validate(what, map_len as u64)
@@ -196,55 +109,29 @@ impl DoorbellSet {
     fn init(inner: Arc<Mapping>, count: usize) -> DoorbellSet {
         let me = ProcessIdentity::current();
         let set = DoorbellSet { inner, count };
-        set.word_at(8)
-            .store(VERSION | (count as u64) << 32, Ordering::Relaxed);
+        set.word_at(DOORBELL_META_OFFSET)
+            .store(DOORBELL_VERSION | (count as u64) << 32, Ordering::Relaxed);
         set.word_at(OWNER_PID_OFFSET)
             .store(me.pid as u64, Ordering::Relaxed);
         set.word_at(OWNER_START_OFFSET)
             .store(me.start_time, Ordering::Relaxed);
         // Release: pairs with the Acquire load in `validate`.
-        set.word_at(0).store(MAGIC, Ordering::Release);
+        set.word_at(0).store(DOORBELL_MAGIC, Ordering::Release);
         set
-    }
-
-    /// Opens the doorbell set `name` in `dir`, validating its header.
-    pub fn open(dir: &Path, name: &str) -> Result<DoorbellSet> {
-        validate_name(name)?;
-        let path = segment_path(dir, name);
-        let file = OpenOptions::new().read(true).write(true).open(&path)?;
-        let len = file.metadata()?.len();
-        if len < BELLS_OFFSET as u64 {
-            return Err(Error::Truncated {
-                name: name.into(),
-                len,
-                needed: BELLS_OFFSET as u64,
-            });
-        }
-        let map = MmapOptions::new().len(len as usize).map_raw(&file)?;
-        let set = DoorbellSet {
-            inner: Arc::new(Mapping {
-                map,
-                path: Some(path),
-                owner: false,
-                fd: None,
-            }),
-            count: 0,
-        };
-        set.validate(name, len)
     }
 
     /// Checks the header of a set someone else wrote (`len` bytes mapped).
     fn validate(self, name: &str, len: u64) -> Result<DoorbellSet> {
         // Acquire: pairs with the Release store of the magic in `init`.
-        if self.word_at(0).load(Ordering::Acquire) != MAGIC {
+        if self.word_at(0).load(Ordering::Acquire) != DOORBELL_MAGIC {
             return Err(Error::BadMagic { name: name.into() });
         }
-        let meta = self.word_at(8).load(Ordering::Relaxed);
-        if meta & 0xffff_ffff != VERSION {
+        let meta = self.word_at(DOORBELL_META_OFFSET).load(Ordering::Relaxed);
+        if meta & 0xffff_ffff != DOORBELL_VERSION {
             return Err(Error::VersionMismatch {
                 name: name.into(),
                 found: meta as u32,
-                expected: VERSION as u32,
+                expected: DOORBELL_VERSION as u32,
             });
         }
         let count = (meta >> 32) as usize;
@@ -253,7 +140,7 @@ impl DoorbellSet {
                 "doorbell set {name:?} claims {count} bells"
             )));
         }
-        let needed = (BELLS_OFFSET + count * BELL_STRIDE) as u64;
+        let needed = doorbells_len(count) as u64;
         if len < needed {
             return Err(Error::Truncated {
                 name: name.into(),
@@ -276,7 +163,8 @@ impl DoorbellSet {
         self.count
     }
 
-    /// True if the set has no bells (never, for a set made by `create`).
+    /// True if the set has no bells (never, for a set that was created or
+    /// validated).
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
@@ -286,7 +174,7 @@ impl DoorbellSet {
         if i >= self.count {
             return None;
         }
-        let word = self.word_at(BELLS_OFFSET + i * BELL_STRIDE) as *const AtomicU64;
+        let word = self.word_at(doorbells_len(i)) as *const AtomicU64;
         Some(Doorbell {
             _keep: self.inner.clone(),
             word,

@@ -1,22 +1,37 @@
 //! # metabridge-shm
 //!
 //! MetaBridge's local data path: two processes exchange messages through a
-//! pair of lock-free single-producer single-consumer byte rings in one named
-//! shared-memory segment, and sleep on futex words in that segment when
-//! there is nothing to do. This crate knows bytes, segments, rings and
-//! waiting; it knows nothing of RPC.
+//! pair of lock-free single-producer single-consumer byte rings in one
+//! shared-memory segment, and sleep on futex words when there is nothing to
+//! do. This crate knows bytes, segments, rings and waiting; it knows
+//! nothing of RPC.
 //!
-//! - [`Channel`]: create a duplex channel as a sealed memfd handed to the
-//!   peer by descriptor (`create_memfd` / `from_fd`: the peer can never
-//!   resize it under us), or by name between trusting processes; `send`,
-//!   `send_with` (encode straight into the ring), `recv` (a [`Message`]
-//!   copied out of the ring: nothing we read points into memory the peer
-//!   can still write), `try_recv`, `recv_timeout`.
+//! The runtime's segments are sealed memfds passed by descriptor: the
+//! creator makes one with [`Channel::create_memfd`] and sends its
+//! descriptor over a Unix socket (`SCM_RIGHTS`); the peer maps it with
+//! [`Channel::from_fd`], which refuses memory that is not sealed against
+//! shrinking and growing, so the creator can never make our accesses fault
+//! (SIGBUS). It has no name, so nobody else can reach it, and the kernel
+//! frees it when both sides are gone, even if both were SIGKILLed.
+//!
+//! - [`Channel`]: a duplex channel; `send`, `send_with` (encode straight
+//!   into the ring), `try_send_from` (send what fits, be rung for the
+//!   rest), `recv` (a [`Message`] copied out of the ring: nothing we read
+//!   points into memory the peer can still write), `try_recv`,
+//!   `recv_timeout`.
 //! - [`WaitPolicy`]: from pure busy-poll to pure sleep; the default spins
 //!   only while the peer runs on another CPU.
-//! - [`DoorbellSet`]: one futex word on which a server sleeps for all its
-//!   channels at once.
-//! - [`gc`]: removes segments left behind by crashed processes.
+//! - [`DoorbellSet`]: futex words on which a server's workers sleep for
+//!   all their channels at once; a sealed memfd too
+//!   ([`DoorbellSet::create_memfd`], [`DoorbellSet::from_fd`]).
+//! - [`memfd`]: sealed memfds for other shared state (the runtime's live
+//!   counters).
+//!
+//! Between processes that trust each other, a segment can also be a named
+//! file (`metabridge.<name>`, mode 0600, in [`ChannelConfig::dir`]):
+//! [`Channel::create`] and [`Channel::open`]. Anyone who can open that file
+//! can truncate it under us, which is why the runtime does not use them;
+//! [`gc`] removes the ones left behind by crashed processes.
 //!
 //! A peer that dies (even by SIGKILL) gives [`Error::PeerGone`] within the
 //! liveness interval (20 ms by default); one that closes gives
@@ -24,10 +39,12 @@
 //!
 //! ```
 //! use metabridge_shm::{Channel, ChannelConfig};
-//! let config = ChannelConfig { capacity: 1 << 16, dir: std::env::temp_dir(), ..Default::default() };
-//! let name = format!("doc-lib-{}", std::process::id());
-//! let mut server = Channel::create(&name, &config)?;
-//! let mut client = Channel::open(&name, &config)?;
+//! use std::os::fd::AsFd;
+//! let config = ChannelConfig { capacity: 1 << 16, ..Default::default() };
+//! let (mut server, fd) = Channel::create_memfd(&config)?;
+//! // Usually another process, which received `fd` over a Unix socket.
+//! let mut client = Channel::from_fd(fd.as_fd(), &config)?;
+//! drop(fd);
 //! client.send(b"hello")?;
 //! let request = server.recv()?;
 //! assert_eq!(&*request, b"hello");
@@ -48,6 +65,8 @@ mod channel;
 #[cfg(not(loom))]
 mod doorbell;
 #[cfg(not(loom))]
+mod header;
+#[cfg(not(loom))]
 mod liveness;
 #[cfg(not(loom))]
 mod platform;
@@ -66,13 +85,13 @@ pub use channel::{
     default_dir, Channel, ChannelConfig, FrameWriter, Message, Receiver, Sender, KEEP_BUFFER,
 };
 #[cfg(not(loom))]
-pub use doorbell::{Doorbell, DoorbellSet, MAX_BELLS};
+pub use doorbell::{Doorbell, DoorbellSet};
+#[cfg(not(loom))]
+pub use header::{HEADER_LEN, LAYOUT_VERSION, MAX_BELLS, MAX_CAPACITY, MIN_CAPACITY};
 #[cfg(not(loom))]
 pub use liveness::ProcessIdentity;
 #[cfg(not(loom))]
-pub use segment::{
-    gc, segment_path, FILE_PREFIX, HEADER_LEN, LAYOUT_VERSION, MAX_CAPACITY, MIN_CAPACITY,
-};
+pub use segment::{gc, segment_path, FILE_PREFIX};
 
 /// Sealed memfds for other shared state than channels (the runtime's live
 /// counters): created with their pages reserved and sealed against any
@@ -130,7 +149,7 @@ pub mod memfd {
 pub mod layout {
     /// Offsets of the two ring control blocks (tail word first, head word
     /// 128 bytes later).
-    pub const CONTROL_OFFSET: [usize; 2] = crate::segment::CONTROL_OFFSET;
+    pub const CONTROL_OFFSET: [usize; 2] = crate::header::CONTROL_OFFSET;
     /// Offset of the head word inside a control block.
     pub const HEAD_OFFSET: usize = 128;
 }

@@ -1,87 +1,47 @@
-//! Named shared-memory segments: create, open, validate, clean up.
+//! Channel segments: create, open and validate them; clean up named ones.
 //!
-//! A channel segment is a file in a tmpfs directory (`/dev/shm` by default),
-//! created with `O_EXCL` and mode 0600, mapped by both processes:
-//!
-//! ```text
-//! 0     SegmentHeader: magic, version, capacities, one SideInfo per side
-//! 512   RingControl of ring 0 (creator -> opener)
-//! 768   RingControl of ring 1 (opener -> creator)
-//! 4096  data of ring 0 (capacity[0] bytes), then data of ring 1
-//! ```
+//! A segment holds a channel's header, two ring control blocks and two data
+//! areas (the layout is in the `header` module). The runtime's segments are
+//! sealed memfds ([`Segment::create_memfd`], [`Segment::open_fd`]): no name,
+//! reached only through the descriptor the creator passes over a Unix
+//! socket, and sealed against any change of size, so the peer can never
+//! make our accesses fault. A named segment is a file in a tmpfs directory
+//! (`/dev/shm` by default) created with `O_EXCL` and mode 0600, for
+//! processes that trust each other: anyone who can open it can truncate it.
 //!
 //! The creator writes the whole header before it stores the magic number
 //! (Release); an opener that loads the magic (Acquire) sees a complete
-//! header. Once the opener has attached it unlinks the name: both sides hold
-//! the mapping, nobody else needs the name, and the kernel frees the memory
-//! when the last mapping goes, even if both processes are SIGKILLed. Only a
-//! segment whose creator died before anyone opened it can be left behind;
-//! [`gc`] finds and removes those, and so does a `create` that trips over one.
+//! header. Once the opener of a named segment has attached it unlinks the
+//! name: both sides hold the mapping, nobody else needs the name, and the
+//! kernel frees the memory when the last mapping goes, even if both
+//! processes are SIGKILLed. Only a segment whose creator died before anyone
+//! opened it can be left behind; [`gc`] finds and removes those, and so does
+//! a `create` that trips over one.
 
 use crate::error::{Error, Result};
+use crate::header::{
+    SegmentHeader, SideInfo, CONTROL_OFFSET, HEADER_LEN, LAYOUT_VERSION, MAX_CAPACITY,
+    MIN_CAPACITY, SEGMENT_MAGIC,
+};
 use crate::liveness::ProcessIdentity;
 use crate::ring::RingControl;
-use crossbeam_utils::CachePadded;
 use memmap2::{MmapOptions, MmapRaw};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-/// "MBRIDGE1" read as a little-endian u64.
-pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"MBRIDGE1");
-/// Version of the segment layout this build reads and writes.
-pub const LAYOUT_VERSION: u32 = 1;
-/// Bytes before the first data area: header and ring controls.
-pub const HEADER_LEN: usize = 4096;
-/// Offsets of the two ring control blocks.
-pub(crate) const CONTROL_OFFSET: [usize; 2] = [512, 768];
-/// Smallest ring capacity accepted.
-pub const MIN_CAPACITY: usize = 64;
-/// Largest ring capacity accepted (1 GiB).
-pub const MAX_CAPACITY: usize = 1 << 30;
 /// Prefix of every segment file name.
 pub const FILE_PREFIX: &str = "metabridge.";
 /// A segment with no valid header is only removed by [`gc`] once it is this
 /// old: a younger one may be in the middle of its creation.
 const UNFINISHED_GRACE: Duration = Duration::from_secs(10);
 
-/// What one side publishes about itself.
-#[repr(C)]
-pub(crate) struct SideInfo {
-    /// 0 until the side has attached; then its pid.
-    pub(crate) pid: AtomicU64,
-    pub(crate) start_time: AtomicU64,
-    /// The CPU it last ran on, plus one (0: not known).
-    pub(crate) cpu: AtomicU64,
-    /// Set by compare-and-swap by the one process that takes the side.
-    pub(crate) claimed: AtomicU64,
-}
-
-/// The header at offset 0 of a segment.
-#[repr(C)]
-///
-/// Every field is an atomic: the peer process can write any of them at any
-/// time, and a plain field read while another process writes it would be a
-/// data race (undefined behaviour). Each is loaded once and validated.
-pub(crate) struct SegmentHeader {
-    pub(crate) magic: AtomicU64,
-    pub(crate) version: AtomicU32,
-    pub(crate) header_len: AtomicU32,
-    pub(crate) capacity: [AtomicU64; 2],
-    pub(crate) total_len: AtomicU64,
-    pub(crate) sides: [CachePadded<SideInfo>; 2],
-}
-
-const _: () = assert!(std::mem::size_of::<SegmentHeader>() <= CONTROL_OFFSET[0]);
-const _: () = assert!(std::mem::size_of::<RingControl>() <= CONTROL_OFFSET[1] - CONTROL_OFFSET[0]);
-const _: () = assert!(CONTROL_OFFSET[1] + std::mem::size_of::<RingControl>() <= HEADER_LEN);
-
 /// Checks that a name is safe as a file name component.
-pub(crate) fn validate_name(name: &str) -> Result<()> {
+fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 200
         && name
@@ -230,7 +190,7 @@ impl Segment {
         side.pid.store(me.pid as u64, Ordering::Relaxed);
         // Release: pairs with the Acquire load of the magic in `validate`;
         // the header fields above are visible to whoever sees it.
-        h.magic.store(MAGIC, Ordering::Release);
+        h.magic.store(SEGMENT_MAGIC, Ordering::Release);
     }
 
     /// Takes the second side of a validated segment.
@@ -291,7 +251,7 @@ impl Segment {
         let h = self.header();
         // Acquire: pairs with the Release store of the magic in `create`.
         let magic = h.magic.load(Ordering::Acquire);
-        if magic != MAGIC {
+        if magic != SEGMENT_MAGIC {
             return Err(Error::BadMagic { name: name.into() });
         }
         // Relaxed: ordered by the Acquire load of the magic above. Each field
@@ -413,7 +373,7 @@ fn create_exclusive(path: &Path) -> io::Result<File> {
 /// True if the segment file at `path` belongs to no live process: its
 /// creator died before anyone opened it, or it was never finished and is
 /// older than a grace period.
-pub(crate) fn is_stale(path: &Path) -> bool {
+fn is_stale(path: &Path) -> bool {
     // O_NOFOLLOW: a symlink planted in the directory is not followed.
     let Ok(file) = OpenOptions::new()
         .read(true)
@@ -432,8 +392,7 @@ pub(crate) fn is_stale(path: &Path) -> bool {
         .is_some_and(|age| age >= UNFINISHED_GRACE);
     // Read with pread, never a mapping: the file may be truncated by its
     // writer while we look (a short read, not a SIGBUS).
-    let need = std::mem::size_of::<SegmentHeader>().max(crate::doorbell::HEADER_BYTES);
-    let mut head = vec![0u8; need];
+    let mut head = vec![0u8; std::mem::size_of::<SegmentHeader>()];
     let got = crate::platform::read_at(&file, &mut head, 0).unwrap_or(0);
     if got < 8 {
         return old;
@@ -443,22 +402,15 @@ pub(crate) fn is_stale(path: &Path) -> bool {
             .filter(|_| off + 8 <= got)
             .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
     };
-    let magic = word(0).unwrap_or(0);
-    if magic != MAGIC && magic != crate::doorbell::MAGIC {
+    // Anything but a segment has no creator we can check: it goes once it
+    // is old.
+    if word(0) != Some(SEGMENT_MAGIC) {
         return old;
     }
-    let (pid_off, start_off) = if magic == MAGIC {
-        let base = std::mem::offset_of!(SegmentHeader, sides);
-        (
-            base + std::mem::offset_of!(SideInfo, pid),
-            base + std::mem::offset_of!(SideInfo, start_time),
-        )
-    } else {
-        (
-            crate::doorbell::OWNER_PID_OFFSET,
-            crate::doorbell::OWNER_START_OFFSET,
-        )
-    };
+    // The creator's side: side 0.
+    let side = std::mem::offset_of!(SegmentHeader, sides);
+    let pid_off = side + std::mem::offset_of!(SideInfo, pid);
+    let start_off = side + std::mem::offset_of!(SideInfo, start_time);
     match (word(pid_off), word(start_off)) {
         (Some(pid), Some(start)) if pid != 0 && pid <= u32::MAX as u64 => ProcessIdentity {
             pid: pid as u32,

@@ -1,7 +1,7 @@
 //! Atomics and futex words, swapped for loom's models under `cfg(loom)`.
 //!
 //! Everything lock-free in this crate names its atomics through this module,
-//! so that `RUSTFLAGS="--cfg loom" cargo test --release -p metabridge-shm --test loom`
+//! so that `RUSTFLAGS="--cfg loom" cargo test --release -p metabridge-shm --lib loom`
 //! model-checks the very code that ships.
 
 #[cfg(loom)]

@@ -2,11 +2,12 @@
 //!
 //! A waiter goes through at most two phases, like a small state machine:
 //!
-//! 1. **Spin.** Poll the ring with a `pause` between polls. On this kind of
-//!    VM a futex sleep costs about 20 µs to wake from, hundreds of times a
-//!    poll, so spinning wins whenever the answer comes soon *and* the peer
-//!    can run meanwhile. It cannot when both sides share one vCPU: then every
-//!    spin steals the time the peer needs to produce the answer. So the
+//! 1. **Spin.** Poll the ring with a `pause` between polls. Waking from a
+//!    futex sleep takes a system call on each side and a trip through the
+//!    scheduler, orders of magnitude more than a poll, so spinning wins
+//!    whenever the answer comes soon *and* the peer can run meanwhile. It
+//!    cannot when both sides share one CPU: then every spin steals the time
+//!    the peer needs to produce the answer. So the
 //!    default ([`WaitPolicy::Adaptive`]) spins only while the peer last
 //!    published a CPU other than ours; when it shares ours, it yields the
 //!    CPU instead (the peer, just handed work, is runnable and answers at
@@ -25,8 +26,7 @@
 //! deadline checks the peer first if a whole interval has passed since
 //! the side last did: a dead peer is [`Error::PeerGone`], not a timeout,
 //! whatever the slices. (A wait that gets its data checks nothing more:
-//! the clock is read only where it was read before, on the way to a
-//! timeout or a sleep.)
+//! the clock is read only on the way to a timeout or a sleep.)
 //!
 //! The clock is read only every [`CLOCK_EVERY`] polls: a poll is a few
 //! nanoseconds, a clock read tens.

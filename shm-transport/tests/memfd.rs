@@ -245,7 +245,14 @@ fn a_full_filesystem_is_a_clear_error_at_creation_not_a_sigbus_later() {
     a.send(b"ok").unwrap();
     assert_eq!(&*b.recv().unwrap(), b"ok");
     assert!(matches!(
-        DoorbellSet::create(&fs.0, "bells-too-big", metabridge_shm::MAX_BELLS).and_then(|_| {
+        Channel::create(
+            "filler",
+            &ChannelConfig {
+                capacity: 1 << 16,
+                ..small.clone()
+            },
+        )
+        .and_then(|_| {
             Channel::create(
                 "more",
                 &ChannelConfig {
