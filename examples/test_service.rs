@@ -211,10 +211,16 @@ impl Drop for Fixture {
 }
 
 fn main() {
-    PANIC_ON_DROP.store(
-        std::env::var_os("FIXTURE_PANIC_ON_DROP").is_some(),
-        Ordering::Relaxed,
-    );
+    if std::env::var_os("FIXTURE_PANIC_ON_DROP").is_some() {
+        PANIC_ON_DROP.store(true, Ordering::Relaxed);
+        // The runtime catches these; keep the test's output readable.
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !info.to_string().contains("panics on purpose") {
+                report(info)
+            }
+        }));
+    }
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("serve") => {
