@@ -4,6 +4,16 @@
 //! into the connection's buffer, the transport (a shared-memory channel
 //! from the pool, or a pooled TCP socket) carries it, and the response is
 //! decoded from the reply ring in place.
+//!
+//! A client may be copied into a child by `fork()` (a preloading server,
+//! `multiprocessing` with `fork`). Its channels and sockets then belong
+//! to the parent: two processes writing one ring or one socket would get
+//! each other's replies. Each connection records the fork generation it
+//! was opened under (see `platform::fork_generation`); a call that finds
+//! the connection of another generation opens a new one for this process
+//! first, and the inherited one is never used, closed or freed here
+//! (dropping it would mark its rings closed under the parent): it is
+//! leaked, a few kilobytes and the parent's mappings per client and fork.
 
 use crate::args::{encode_value, CallArgs, IntoArgs};
 use crate::envelope;
@@ -12,6 +22,7 @@ use crate::registry::{self, Entry, Registry};
 use crate::transport::{Limits, ShmPool, Transport};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -174,6 +185,7 @@ impl Connect {
                 message: self.max_message,
             },
         };
+        crate::platform::watch_forks();
         let first = target.connect()?;
         Ok(Client {
             inner: Arc::new(Inner {
@@ -181,9 +193,7 @@ impl Connect {
                 ctor_tail: envelope::ctor_tail(&ctor),
                 ctor,
                 current: AtomicPtr::new(Box::into_raw(Box::new(first))),
-                retired: Mutex::new(Vec::new()),
                 target,
-                reconnecting: Mutex::new(()),
                 closed: AtomicBool::new(false),
             }),
         })
@@ -206,6 +216,7 @@ impl Target {
     /// Looks the service up (unless it has a fixed address) and opens a
     /// transport to it.
     fn connect(&self) -> Result<Connection> {
+        let generation = crate::platform::fork_generation();
         let (transport, token) = match &self.address {
             Some(addr) => (
                 Transport::tcp(addr, &self.limits, self.token.as_deref())?,
@@ -226,6 +237,9 @@ impl Target {
             transport,
             token,
             gone: AtomicBool::new(false),
+            generation,
+            previous: AtomicPtr::new(ptr::null_mut()),
+            replacing: Mutex::new(()),
         })
     }
 
@@ -275,6 +289,25 @@ struct Connection {
     /// The service went away under this connection: the next call looks
     /// the name up again.
     gone: AtomicBool,
+    /// The fork generation of the process that opened it: only that
+    /// process may use it (or close or free it).
+    generation: u64,
+    /// The connection this one replaced, or null: kept (threads may still
+    /// use it) until the client drops. Set before this one is published.
+    previous: AtomicPtr<Connection>,
+    /// One thread of the owning process replaces this connection at a
+    /// time (a process that inherited it never takes this lock: a thread
+    /// of the parent may have held it at the fork, and never lets go in
+    /// the child).
+    replacing: Mutex<()>,
+}
+
+impl Connection {
+    /// Opened by this process (not inherited across `fork`).
+    #[inline]
+    fn ours(&self) -> bool {
+        self.generation == crate::platform::fork_generation()
+    }
 }
 
 struct Inner {
@@ -283,17 +316,14 @@ struct Inner {
     ctor: Vec<u8>,
     /// The same as the tail of a request map (keys included).
     ctor_tail: Vec<u8>,
-    /// The current connection; replaced when the service restarted. A
-    /// plain pointer, loaded with one atomic read per call: connections
-    /// replaced are kept in `retired` until the client drops, so a pointer
-    /// loaded by any thread stays valid.
+    /// The current connection; replaced when the service restarted or the
+    /// process is a forked child. A plain pointer, loaded with one atomic
+    /// read per call: a connection replaced stays reachable through
+    /// `previous` of its successor until the client drops, so a pointer
+    /// loaded by any thread stays valid. (No lock of the client guards
+    /// this: a forked child would inherit one a parent's thread held.)
     current: AtomicPtr<Connection>,
-    // Boxed on purpose: the connection must not move (pointers to it live).
-    #[allow(clippy::vec_box)]
-    retired: Mutex<Vec<Box<Connection>>>,
     target: Target,
-    /// One thread reconnects at a time.
-    reconnecting: Mutex<()>,
     closed: AtomicBool,
 }
 
@@ -317,8 +347,10 @@ impl Inner {
         interrupt: Option<&dyn Fn() -> bool>,
     ) -> Result<R> {
         let mut conn = self.connection();
-        if conn.gone.load(Ordering::Relaxed) {
-            self.reconnect()?;
+        // Two relaxed loads: the service went away, or this process is a
+        // fork of the one that opened the connection.
+        if conn.gone.load(Ordering::Relaxed) || !conn.ours() {
+            self.replace(conn)?;
             conn = self.connection();
         }
         let token = conn.token.as_deref();
@@ -334,33 +366,61 @@ impl Inner {
         }
     }
 
-    fn reconnect(&self) -> Result<()> {
+    /// Replaces `old`, the current connection whose service went away or
+    /// that this process inherited across `fork`, by a new one.
+    fn replace(&self, old: &Connection) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::PeerGone("the client was closed".into()));
         }
-        let _one = self.reconnecting.lock().unwrap_or_else(|p| p.into_inner());
-        if !self.connection().gone.load(Ordering::Relaxed) {
+        let old_ptr = old as *const Connection as *mut Connection;
+        if !old.ours() {
+            // Inherited: never lock, use or close it. Threads of this
+            // process that meet it at once each open a connection; the
+            // first installs its own, the others drop theirs (which are
+            // theirs to close).
+            let fresh = self.target.connect()?;
+            self.install(old_ptr, fresh);
+            return Ok(());
+        }
+        let _one = old.replacing.lock().unwrap_or_else(|p| p.into_inner());
+        if self.current.load(Ordering::Acquire) != old_ptr {
             return Ok(()); // another thread did it
         }
-        let fresh = Box::into_raw(Box::new(self.target.connect()?));
-        // Release: pairs with the Acquire load in `connection`, so a thread
-        // that sees the new pointer sees the connection it points to.
-        let old = self.current.swap(fresh, Ordering::AcqRel);
-        // SAFETY: `old` came from Box::into_raw and is no longer current;
-        // it moves to `retired` (threads may still use it) and is freed
-        // only when the client drops.
-        let old = unsafe { Box::from_raw(old) };
-        old.transport.close();
-        self.retired
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(old);
+        if self.install(old_ptr, self.target.connect()?) {
+            old.transport.close();
+        }
         Ok(())
+    }
+
+    /// Makes `fresh` current in place of `old`, unless another thread
+    /// replaced `old` first (then `fresh` is closed); true if it did.
+    fn install(&self, old: *mut Connection, fresh: Connection) -> bool {
+        // Relaxed: published by the AcqRel exchange below.
+        fresh.previous.store(old, Ordering::Relaxed);
+        let fresh = Box::into_raw(Box::new(fresh));
+        // AcqRel: the Release pairs with the Acquire load in `connection`,
+        // so a thread that sees the new pointer sees the connection it
+        // points to. Relaxed on failure: nothing is read through the
+        // pointer found.
+        match self
+            .current
+            .compare_exchange(old, fresh, Ordering::AcqRel, Ordering::Relaxed)
+        {
+            Ok(_) => true,
+            Err(_) => {
+                // SAFETY: `fresh` came from Box::into_raw just above and was
+                // never published; its `previous` is not its to free.
+                let fresh = unsafe { Box::from_raw(fresh) };
+                fresh.previous.store(ptr::null_mut(), Ordering::Relaxed);
+                drop(fresh);
+                false
+            }
+        }
     }
 
     /// The current connection.
     fn connection(&self) -> &Connection {
-        // Acquire: pairs with the AcqRel swap in `reconnect`.
+        // Acquire: pairs with the AcqRel exchange in `install`.
         let p = self.current.load(Ordering::Acquire);
         // SAFETY: `p` came from Box::into_raw; a connection is freed only
         // in Inner's Drop (current) or with `retired` (replaced ones), both
@@ -371,10 +431,19 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let p = *self.current.get_mut();
-        // SAFETY: from Box::into_raw, and no other reference remains: we
-        // have `&mut self`.
-        drop(unsafe { Box::from_raw(p) });
+        let mut p = *self.current.get_mut();
+        while !p.is_null() {
+            // SAFETY: every pointer in the chain came from Box::into_raw
+            // and is owned by the chain alone; no other reference remains:
+            // we have `&mut self`.
+            let mut conn = unsafe { Box::from_raw(p) };
+            p = *conn.previous.get_mut();
+            if !conn.ours() {
+                // The parent's (we are a forked child): dropping it would
+                // close its channels under the parent. Leaked on purpose.
+                std::mem::forget(conn);
+            }
+        }
     }
 }
 
@@ -557,16 +626,26 @@ impl Client {
         self.inner.connection().transport.name()
     }
 
-    /// Shared-memory channels (or TCP sockets) open now.
+    /// Shared-memory channels (or TCP sockets) open now (by this process:
+    /// none just after a `fork`).
     pub fn open_channels(&self) -> usize {
-        self.inner.connection().transport.open_channels()
+        let conn = self.inner.connection();
+        if conn.ours() {
+            conn.transport.open_channels()
+        } else {
+            0
+        }
     }
 
     /// Closes every idle channel now; later calls fail. Calls in flight
-    /// finish first.
+    /// finish first. In a forked child the channels inherited from the
+    /// parent stay open (they are the parent's).
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
-        self.inner.connection().transport.close();
+        let conn = self.inner.connection();
+        if conn.ours() {
+            conn.transport.close();
+        }
     }
 }
 
