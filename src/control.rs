@@ -35,10 +35,10 @@
 //! (`platform::recv_with_fds`), so no request can leave one open here.
 
 use crate::error::{Error, Result};
+use crate::platform::{self, Errno};
 use metabridge_shm::{Channel, ChannelConfig, DoorbellSet};
-use nix::sys::socket::{getsockopt, sendmsg, sockopt, ControlMessage, MsgFlags};
-use std::io::{IoSlice, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -188,8 +188,8 @@ pub(crate) fn request_stats(socket: &Path, deadline: Instant) -> Result<OwnedFd>
 fn connect_to_service(socket: &Path, deadline: Instant) -> Result<UnixStream> {
     check_socket_file(socket)?;
     let stream = connect_until(socket, deadline)?;
-    let me = nix::unistd::geteuid().as_raw();
-    let peer = peer_uid(&stream)?;
+    let me = platform::euid();
+    let peer = platform::peer_uid(&stream)?;
     if peer != me {
         return Err(Error::Protocol(format!(
             "the control socket {} is served by uid {peer}, not by this user (uid {me}); refusing to use it",
@@ -212,7 +212,7 @@ pub(crate) struct PeerPolicy {
 impl PeerPolicy {
     /// `Err(reason)` unless the process on `stream` may talk to us.
     pub(crate) fn admit(&self, stream: &UnixStream) -> std::result::Result<(), String> {
-        match peer_uid(stream) {
+        match platform::peer_uid(stream) {
             Ok(uid) if uid == self.uid || self.also.contains(&uid) => Ok(()),
             Ok(uid) => Err(format!(
                 "uid {uid} may not open channels on this service (it admits uid {} and {:?}; see ServiceConfig::allow_uids)",
@@ -312,7 +312,7 @@ fn check_socket_file(socket: &Path) -> Result<()> {
             format!("control socket {}: {e}", socket.display()),
         ))
     })?;
-    let me = nix::unistd::geteuid().as_raw();
+    let me = platform::euid();
     if !meta.file_type().is_socket() || meta.uid() != me {
         return Err(Error::InsecurePath {
             path: socket.to_owned(),
@@ -343,21 +343,14 @@ pub(crate) fn describe(t: &std::fs::FileType) -> &'static str {
 /// Connects without blocking past `deadline` (a full listen backlog makes
 /// a blocking connect wait indefinitely).
 fn connect_until(socket: &Path, deadline: Instant) -> Result<UnixStream> {
-    use nix::sys::socket::{connect, socket as new_socket, AddressFamily, SockFlag, SockType};
-    let addr = nix::sys::socket::UnixAddr::new(socket).map_err(std::io::Error::from)?;
-    let fd = new_socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(std::io::Error::from)?;
+    let addr = platform::UnixAddr::new(socket).map_err(std::io::Error::from)?;
+    let fd = platform::unix_stream_socket()?;
     loop {
-        match connect(fd.as_raw_fd(), &addr) {
+        match platform::connect(&fd, &addr) {
             Ok(()) => break,
             // A Unix socket's non-blocking connect fails with EAGAIN while
             // the listener's backlog is full: retry until the deadline.
-            Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => {
+            Err(Errno::EAGAIN) | Err(Errno::EINTR) => {
                 if Instant::now() >= deadline {
                     return Err(Error::Timeout(format!(
                         "connecting to the control socket {}",
@@ -377,11 +370,6 @@ fn connect_until(socket: &Path, deadline: Instant) -> Result<UnixStream> {
     let stream = UnixStream::from(fd);
     stream.set_nonblocking(false)?;
     Ok(stream)
-}
-
-fn peer_uid(stream: &UnixStream) -> std::io::Result<u32> {
-    let cred = getsockopt(stream, sockopt::PeerCredentials)?;
-    Ok(cred.uid())
 }
 
 fn remaining(deadline: Instant) -> Result<Duration> {
@@ -410,30 +398,16 @@ fn io_step(e: std::io::Error, what: &str) -> Error {
 }
 
 fn send_with_fd(stream: &UnixStream, bytes: &[u8], fd: BorrowedFd<'_>) -> Result<()> {
-    let fds = [fd.as_raw_fd()];
-    let cmsg = [ControlMessage::ScmRights(&fds)];
-    let iov = [IoSlice::new(bytes)];
-    loop {
-        match sendmsg::<()>(
-            stream.as_raw_fd(),
-            &iov,
-            &cmsg,
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        ) {
-            Ok(n) if n == bytes.len() => return Ok(()),
-            Ok(n) => {
-                // The descriptor went with the first byte; the rest is
-                // plain data.
-                let mut stream = stream;
-                return stream
-                    .write_all(&bytes[n..])
-                    .map_err(|e| io_step(e, "writing the handshake"));
-            }
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(io_step(e.into(), "writing the handshake")),
-        }
+    let n = platform::send_with_fd(stream, bytes, fd)
+        .map_err(|e| io_step(e, "writing the handshake"))?;
+    if n < bytes.len() {
+        // The descriptor went with the first byte; the rest is plain data.
+        let mut stream = stream;
+        return stream
+            .write_all(&bytes[n..])
+            .map_err(|e| io_step(e, "writing the handshake"));
     }
+    Ok(())
 }
 
 /// Reads exactly `buf.len()` bytes, and the one descriptor that may come

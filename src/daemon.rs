@@ -37,14 +37,12 @@
 
 use crate::error::{Error, Result};
 use crate::platform;
+use crate::platform::{send_signal as kill, wait_child, Pid, Signal, WaitStatus};
 use crate::registry::Entry;
 use crate::server::serve_with;
 use crate::service::Service;
-use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -163,11 +161,10 @@ pub fn run<S: Send + Sync + 'static>(service: Service<S>) -> Result<DaemonHandle
             service.name
         )));
     }
-    let (read_end, write_end) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
+    let (read_end, write_end) = platform::pipe_cloexec()?;
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
-    if single_threaded() {
+    if platform::single_threaded() {
         let (pid, read_end) = fork_child(service, read_end, write_end)?;
         wait_ready(pid, read_end, None, STARTUP_TIMEOUT)
     } else {
@@ -206,12 +203,6 @@ pub fn wait_forked_child(pid: u32, ready: OwnedFd, timeout: Duration) -> Result<
     wait_ready(Pid::from_raw(pid as i32), ready, None, timeout)
 }
 
-fn single_threaded() -> bool {
-    std::fs::read_dir("/proc/self/task")
-        .map(|d| d.count() == 1)
-        .unwrap_or(false)
-}
-
 /// A daemon reads nothing from the terminal and writes nothing on the
 /// parent's standard output (whoever reads that pipe would otherwise wait
 /// for the daemon too); standard error stays, for warnings and panics.
@@ -222,29 +213,19 @@ fn watch_parent(parent: Pid) -> std::io::Result<bool> {
     // Opened after the parent died (and its pid was reused), the pidfd
     // would name another process: while `getppid` still names the parent,
     // it has not died, and the pidfd is of our parent.
-    if nix::unistd::getppid() != parent {
+    if platform::parent_pid() != parent {
         return Ok(false);
     }
     std::thread::Builder::new()
         .name("metabridge-parent-watch".into())
         .spawn(move || {
             if let Some(fd) = pidfd {
-                loop {
-                    let mut fds = [nix::poll::PollFd::new(
-                        fd.as_fd(),
-                        nix::poll::PollFlags::POLLIN,
-                    )];
-                    match nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE) {
-                        Ok(n) if n > 0 => break,
-                        Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-                        Err(_) => break,
-                    }
-                }
+                platform::wait_readable_forever(&fd);
             }
             // The pidfd is readable once every thread of the parent has
             // exited; we are then a child of another process. Only that
             // is trusted (it is also the way without a pidfd).
-            while nix::unistd::getppid() == parent {
+            while platform::parent_pid() == parent {
                 std::thread::sleep(PARENT_POLL);
             }
             crate::server::notice_parent_gone();
@@ -361,12 +342,10 @@ fn serve_on_own_thread<S: Send + Sync + 'static>(
 
 fn serve_as_reexecuted_child<S: Send + Sync + 'static>(service: Service<S>) -> ! {
     let number = |var: &str| -> Option<i32> { std::env::var(var).ok()?.parse().ok() };
-    let ready = match number(READY_FD_ENV).filter(|fd| *fd >= 0) {
-        // SAFETY: the parent passed this fd, open and ours alone, to us; we
-        // take ownership of it exactly once (a second `run` of this
-        // service in this process never gets here: this one never
-        // returns).
-        Some(fd) => std::fs::File::from(unsafe { platform::adopt_fd(fd) }),
+    // The pipe to report on, if the parent passed one (it is taken exactly
+    // once: this function never returns).
+    let ready = match number(READY_FD_ENV).and_then(platform::adopt_inherited_fd) {
+        Some(fd) => std::fs::File::from(fd),
         None => match std::fs::OpenOptions::new().write(true).open("/dev/null") {
             Ok(f) => f,
             Err(_) => std::process::exit(1),
@@ -386,11 +365,9 @@ fn fork_child<S: Send + Sync + 'static>(
     read_end: OwnedFd,
     write_end: OwnedFd,
 ) -> Result<(Pid, OwnedFd)> {
-    let parent = nix::unistd::getpid();
-    // SAFETY: we checked the process is single-threaded, so the child is a
-    // complete copy with no lock held by a thread that does not exist in
-    // it; it may allocate and start threads of its own.
-    match unsafe { platform::fork() }? {
+    let parent = platform::pid();
+    // `run` checked the process is single-threaded; the fork checks again.
+    match platform::fork_single_threaded()? {
         platform::Forked::Child => {
             // Our copy of the read end goes, so that the parent sees EOF
             // if we die.
@@ -418,14 +395,10 @@ fn reexec_child(name: &str, write_end: &OwnedFd) -> Result<Pid> {
     cmd.args(args)
         .env(DAEMON_ENV, name)
         .env(READY_FD_ENV, fd.to_string())
-        .env(PARENT_ENV, nix::unistd::getpid().as_raw().to_string())
+        .env(PARENT_ENV, platform::pid().as_raw().to_string())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null());
-    // SAFETY: the closure runs between fork and exec and only makes one
-    // async-signal-safe system call (fcntl), allocating nothing.
-    unsafe {
-        cmd.pre_exec(move || platform::keep_across_exec(fd));
-    }
+    platform::keep_across_exec_of(&mut cmd, fd);
     let child = cmd.spawn().map_err(|e| {
         std::io::Error::other(format!(
             "run() from a multi-threaded process re-executes the program, which failed: {e}; \
@@ -440,13 +413,13 @@ fn reexec_child(name: &str, write_end: &OwnedFd) -> Result<Pid> {
 /// it either way.
 fn reap_by(pid: Pid, deadline: Instant) -> String {
     loop {
-        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+        match wait_child(pid, false) {
             Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(5));
             }
             Ok(WaitStatus::StillAlive) => {
                 let _ = kill(pid, Signal::SIGKILL);
-                let _ = waitpid(pid, None);
+                let _ = wait_child(pid, true);
                 return "killed".into();
             }
             Ok(WaitStatus::Exited(_, code)) => return format!("exit status {code}"),
@@ -596,12 +569,12 @@ impl DaemonHandle {
         &self.entry.tcp
     }
 
-    fn reap(&self, flags: Option<WaitPidFlag>) -> Result<Option<i32>> {
+    fn reap(&self, block: bool) -> Result<Option<i32>> {
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(code) = *status {
             return Ok(Some(code));
         }
-        let code = match waitpid(self.pid, flags).map_err(std::io::Error::from)? {
+        let code = match wait_child(self.pid, block)? {
             WaitStatus::Exited(_, code) => code,
             WaitStatus::Signaled(_, sig, _) => 128 + sig as i32,
             _ => return Ok(None),
@@ -612,14 +585,14 @@ impl DaemonHandle {
 
     /// True while the daemon runs.
     pub fn is_running(&self) -> bool {
-        matches!(self.reap(Some(WaitPidFlag::WNOHANG)), Ok(None))
+        matches!(self.reap(false), Ok(None))
     }
 
     /// Waits for the daemon to end; returns its exit code (128 + signal
     /// number if a signal ended it).
     pub fn join(&self) -> Result<i32> {
         loop {
-            if let Some(code) = self.reap(None)? {
+            if let Some(code) = self.reap(true)? {
                 return Ok(code);
             }
         }
@@ -666,7 +639,7 @@ impl DaemonHandle {
 
 /// True if SIGUSR1 is pending for `pid` (or its threads), per /proc.
 fn sigusr1_pending(pid: i32) -> bool {
-    let bit = 1u64 << (libc::SIGUSR1 - 1);
+    let bit = 1u64 << (Signal::SIGUSR1 as i32 - 1);
     let pending = |path: String| {
         std::fs::read_to_string(path).ok().is_some_and(|status| {
             status.lines().any(|l| {

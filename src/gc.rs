@@ -71,10 +71,8 @@ pub(crate) fn collect(registry: &Registry) -> Result<GcReport> {
             continue;
         };
         // Gone only if the kernel says so (ESRCH), never on a read error.
-        let owner_gone = pid == 0
-            || pid > i32::MAX as u32
-            || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None)
-                == Err(nix::errno::Errno::ESRCH);
+        let owner_gone =
+            pid == 0 || pid > i32::MAX as u32 || crate::platform::no_such_process(pid as i32);
         if !owner_gone {
             report.kept.push(format!(
                 "{}: its process {pid} lives (not registered yet, or starting)",

@@ -23,6 +23,7 @@
 //! reported and the log goes to standard error.
 
 use crate::error::{Error, Result};
+use crate::platform;
 use crate::service::ServiceConfig;
 use std::fs::{File, Metadata};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -84,7 +85,7 @@ pub(crate) fn open_log_file(path: &Path) -> Result<File> {
         .mode(0o600)
         // O_NONBLOCK: a FIFO put there meanwhile fails the open (ENXIO)
         // instead of blocking it; it has no effect on a regular file.
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK)
+        .custom_flags(platform::OPEN_NOFOLLOW_CLOEXEC | platform::OPEN_NOCTTY_NONBLOCK)
         .open(path)
         .map_err(|e| {
             // ELOOP (a link put there meanwhile), EACCES (a file of
@@ -144,7 +145,7 @@ fn check_log(path: &Path, meta: &Metadata) -> Result<()> {
 /// the sticky bit. Directories that do not exist are left to the open,
 /// which fails on them.
 fn check_directories(path: &Path) -> Result<()> {
-    let me = nix::unistd::geteuid().as_raw();
+    let me = platform::euid();
     let trusted = |uid: u32| uid == me || uid == 0;
     let refuse = |dir: &Path, what: &str, meta: &Metadata| Error::InsecurePath {
         path: path.to_owned(),

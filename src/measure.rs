@@ -15,10 +15,7 @@ pub fn pin_process(pid: u32, cpu: usize) {
         let Ok(tid) = t.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
-        let mut set = nix::sched::CpuSet::new();
-        if set.set(cpu).is_ok() {
-            let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(tid), &set);
-        }
+        crate::platform::pin_thread(tid, cpu);
     }
 }
 

@@ -89,6 +89,326 @@ pub(crate) fn detach_stdio() {
     }
 }
 
+// Process identities, signals and children. nix's wrappers are safe: each
+// is one system call on plain values (no pointer of ours crosses).
+
+pub(crate) use nix::errno::Errno;
+pub(crate) use nix::sys::signal::Signal;
+pub(crate) use nix::sys::wait::WaitStatus;
+pub(crate) use nix::unistd::Pid;
+
+/// This process's effective uid.
+pub(crate) fn euid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// This process's pid.
+pub(crate) fn pid() -> Pid {
+    nix::unistd::getpid()
+}
+
+/// The pid of this process's parent (a reaper's, once the parent died).
+pub(crate) fn parent_pid() -> Pid {
+    nix::unistd::getppid()
+}
+
+/// The calling thread's kernel id.
+pub(crate) fn thread_id() -> i32 {
+    nix::unistd::gettid().as_raw()
+}
+
+/// True if this process runs one thread (per /proc; false if unknown).
+pub(crate) fn single_threaded() -> bool {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count() == 1)
+        .unwrap_or(false)
+}
+
+/// Forks this process if it runs one thread ([`single_threaded`];
+/// `Unsupported` otherwise), the safe form of [`fork`].
+pub(crate) fn fork_single_threaded() -> std::io::Result<Forked> {
+    if !single_threaded() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "fork from a multi-threaded process",
+        ));
+    }
+    // SAFETY: one thread (checked just above, by that thread, which alone
+    // could have started another since): fork's contract.
+    unsafe { fork() }
+}
+
+/// Takes ownership of descriptor `fd`, which the parent handed this
+/// re-executed daemon across exec (its number in the environment). Only
+/// the first call of the process gets it; later ones get `None`, so it
+/// is owned, and closed, exactly once.
+pub(crate) fn adopt_inherited_fd(fd: RawFd) -> Option<OwnedFd> {
+    static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    // AcqRel: one swap decides the single winner; it pairs with itself.
+    if fd < 0 || TAKEN.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        return None;
+    }
+    // SAFETY: the parent passed this descriptor open, and nothing else
+    // in this process knows its number (it came through the environment
+    // for this one taker); the flag above makes this the only adoption.
+    Some(unsafe { adopt_fd(fd) })
+}
+
+/// Sends `signal` to process `pid`.
+pub(crate) fn send_signal(pid: Pid, signal: Signal) -> std::io::Result<()> {
+    nix::sys::signal::kill(pid, signal).map_err(std::io::Error::from)
+}
+
+/// True only if the kernel says process `pid` does not exist (ESRCH);
+/// any other answer (it exists, or it is another user's) is false.
+pub(crate) fn no_such_process(pid: i32) -> bool {
+    nix::sys::signal::kill(Pid::from_raw(pid), None) == Err(Errno::ESRCH)
+}
+
+/// `waitpid(2)` on child `pid`: blocks until it changes state, or with
+/// `block` false answers at once (`StillAlive` while it runs).
+pub(crate) fn wait_child(pid: Pid, block: bool) -> std::io::Result<WaitStatus> {
+    let flags = (!block).then_some(nix::sys::wait::WaitPidFlag::WNOHANG);
+    nix::sys::wait::waitpid(pid, flags).map_err(std::io::Error::from)
+}
+
+/// A pipe whose two ends are close-on-exec: (read end, write end).
+pub(crate) fn pipe_cloexec() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)
+}
+
+/// Makes `fd` survive the exec of `cmd`'s child (see
+/// [`keep_across_exec`]), leaving every other descriptor as it is.
+pub(crate) fn keep_across_exec_of(cmd: &mut std::process::Command, fd: RawFd) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec, where
+    // only async-signal-safe calls are allowed: it makes one system call
+    // (fcntl) on a plain integer and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || keep_across_exec(fd));
+    }
+}
+
+/// Waits without a timeout until `fd` is readable or hung up, or polling
+/// it fails (then there is nothing left to wait for). Interrupted waits
+/// wait again.
+pub(crate) fn wait_readable_forever(fd: &impl AsFd) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    loop {
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(n) if n > 0 => return,
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(_) => return,
+        }
+    }
+}
+
+/// Pins thread `tid` to `cpu`; false if that was refused (no such CPU,
+/// thread gone).
+pub(crate) fn pin_thread(tid: i32, cpu: usize) -> bool {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).is_ok() && nix::sched::sched_setaffinity(Pid::from_raw(tid), &set).is_ok()
+}
+
+// Files.
+
+/// Flags for opening a file that must not be a symbolic link (ELOOP if
+/// it is) and must not leak into an exec'd child.
+pub(crate) const OPEN_NOFOLLOW_CLOEXEC: i32 = libc::O_NOFOLLOW | libc::O_CLOEXEC;
+
+/// Extra flags for opening a log for appending: no controlling terminal,
+/// and a FIFO fails the open (ENXIO) instead of blocking it.
+pub(crate) const OPEN_NOCTTY_NONBLOCK: i32 = libc::O_NOCTTY | libc::O_NONBLOCK;
+
+/// Which `flock` lock [`try_lock`] takes.
+#[derive(Clone, Copy)]
+pub(crate) enum LockKind {
+    Shared,
+    Exclusive,
+}
+
+/// Takes `kind` of `flock` lock on `file` without waiting; false if it
+/// is held elsewhere (`errno` is then EWOULDBLOCK) or failed.
+pub(crate) fn try_lock(file: &File, kind: LockKind) -> bool {
+    let op = match kind {
+        LockKind::Shared => libc::LOCK_SH,
+        LockKind::Exclusive => libc::LOCK_EX,
+    };
+    flock(file, op | libc::LOCK_NB)
+}
+
+/// Releases this open file's `flock` lock.
+pub(crate) fn unlock(file: &File) {
+    flock(file, libc::LOCK_UN);
+}
+
+/// Reserves the first `len` bytes of `file` on disk (`posix_fallocate`).
+pub(crate) fn reserve_space(file: &File, len: u64) -> std::result::Result<(), Errno> {
+    nix::fcntl::posix_fallocate(file.as_raw_fd(), 0, len as libc::off_t)
+}
+
+/// Bytes an unprivileged writer may still use on the filesystem holding
+/// `path`, if it can be asked.
+pub(crate) fn space_left(path: &std::path::Path) -> Option<u64> {
+    let s = nix::sys::statvfs::statvfs(path).ok()?;
+    Some(s.blocks_available() as u64 * s.fragment_size() as u64)
+}
+
+// Unix sockets.
+
+pub(crate) use nix::sys::socket::UnixAddr;
+
+/// A new non-blocking, close-on-exec Unix stream socket, not connected.
+pub(crate) fn unix_stream_socket() -> std::io::Result<OwnedFd> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(std::io::Error::from)
+}
+
+/// `connect(2)` of socket `fd` to `addr`; the errno as is (a non-blocking
+/// Unix socket answers EAGAIN while the listener's backlog is full).
+pub(crate) fn connect(fd: &OwnedFd, addr: &UnixAddr) -> std::result::Result<(), Errno> {
+    nix::sys::socket::connect(fd.as_raw_fd(), addr)
+}
+
+/// The uid of the process at the other end of `stream` (`SO_PEERCRED`).
+pub(crate) fn peer_uid(stream: &impl AsFd) -> std::io::Result<u32> {
+    use nix::sys::socket::{getsockopt, sockopt};
+    Ok(getsockopt(stream, sockopt::PeerCredentials)?.uid())
+}
+
+/// `sendmsg(2)` of `bytes` on `stream` with descriptor `fd` attached
+/// (`SCM_RIGHTS`, with the first byte), without SIGPIPE, retried on
+/// EINTR. Returns how many bytes went (the caller writes the rest).
+pub(crate) fn send_with_fd(
+    stream: &impl AsFd,
+    bytes: &[u8],
+    fd: std::os::fd::BorrowedFd<'_>,
+) -> std::io::Result<usize> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let fds = [fd.as_raw_fd()];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    let iov = [std::io::IoSlice::new(bytes)];
+    loop {
+        match sendmsg::<()>(
+            stream.as_fd().as_raw_fd(),
+            &iov,
+            &cmsg,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Ok(n) => return Ok(n),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+// Shared words: the live-counters segment.
+
+/// A whole mapping of a memfd sealed against shrinking, seen as 64-bit
+/// words that are only ever accessed atomically (several processes map
+/// it). Its pages cannot fault: the seal is checked before mapping.
+pub(crate) struct SharedWords {
+    map: SharedMap,
+    words: usize,
+}
+
+enum SharedMap {
+    Writable(memmap2::MmapMut),
+    ReadOnly(memmap2::Mmap),
+}
+
+impl SharedWords {
+    /// Maps the first `len` bytes of `fd` read-write; `init` writes them
+    /// as bytes first, before anyone can see the words.
+    pub(crate) fn map_writable(
+        fd: std::os::fd::BorrowedFd<'_>,
+        len: usize,
+        init: impl FnOnce(&mut [u8]),
+    ) -> std::io::Result<SharedWords> {
+        check_unshrinkable(fd, len)?;
+        // SAFETY: the memfd is sealed against shrinking and holds at least
+        // `len` bytes (checked above), so no page of the mapping can fault
+        // (no SIGBUS); the mapping is only written through `init` (while
+        // we own it alone) and atomics afterwards.
+        let mut map = unsafe { memmap2::MmapOptions::new().len(len).map_mut(&fd)? };
+        init(&mut map);
+        Ok(SharedWords {
+            map: SharedMap::Writable(map),
+            words: len / 8,
+        })
+    }
+
+    /// Maps the first `len` bytes of `fd` read-only.
+    pub(crate) fn map_read_only(
+        fd: std::os::fd::BorrowedFd<'_>,
+        len: usize,
+    ) -> std::io::Result<SharedWords> {
+        check_unshrinkable(fd, len)?;
+        // SAFETY: as in `map_writable`: sealed against shrinking and long
+        // enough, so the mapping cannot fault; we only read it.
+        let map = unsafe { memmap2::MmapOptions::new().len(len).map(&fd)? };
+        Ok(SharedWords {
+            map: SharedMap::ReadOnly(map),
+            words: len / 8,
+        })
+    }
+
+    fn base(&self) -> *const u8 {
+        match &self.map {
+            SharedMap::Writable(m) => m.as_ptr(),
+            SharedMap::ReadOnly(m) => m.as_ptr(),
+        }
+    }
+
+    /// Every whole word of the mapping.
+    #[inline]
+    pub(crate) fn words(&self) -> &[std::sync::atomic::AtomicU64] {
+        // SAFETY: the mapping is page-aligned (so 8-aligned), holds
+        // `words * 8` bytes and lives as long as `self`; AtomicU64 has
+        // the size and alignment of u64, and every access through the
+        // slice is atomic, so other mappings of the same pages (other
+        // threads and processes) race with nothing non-atomic here.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.base().cast::<std::sync::atomic::AtomicU64>(),
+                self.words,
+            )
+        }
+    }
+
+    /// A copy of the bytes in `range` (which the writer no longer
+    /// changes: the caller's contract with it, not a soundness one).
+    pub(crate) fn copy_bytes(&self, range: std::ops::Range<usize>) -> Vec<u8> {
+        match &self.map {
+            SharedMap::Writable(m) => m[range].to_vec(),
+            SharedMap::ReadOnly(m) => m[range].to_vec(),
+        }
+    }
+}
+
+/// Refuses (`InvalidInput`) a descriptor that is not sealed against
+/// shrinking or holds fewer than `len` bytes: a mapping of it could fault.
+fn check_unshrinkable(fd: std::os::fd::BorrowedFd<'_>, len: usize) -> std::io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    let seals = SealFlag::from_bits_truncate(fcntl(fd.as_raw_fd(), FcntlArg::F_GET_SEALS)?);
+    let size = nix::sys::stat::fstat(fd.as_raw_fd())?.st_size;
+    if !seals.contains(SealFlag::F_SEAL_SHRINK) || size < len as i64 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a memfd sealed against shrinking of the expected size",
+        ));
+    }
+    Ok(())
+}
+
 /// Most descriptors [`recv_with_fds`] has room for in one message. The
 /// kernel installs no more than fit and sets `MSG_CTRUNC`; it drops the
 /// rest itself, so they never reach our descriptor table.

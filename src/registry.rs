@@ -19,11 +19,10 @@
 //!   dead. A live service whose entry vanished registers again.
 
 use crate::error::{Error, Result};
-use crate::platform::flock;
+use crate::platform::{self, Errno, LockKind};
 use metabridge_shm::ProcessIdentity;
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -81,7 +80,7 @@ impl Entry {
 pub fn home_dir() -> PathBuf {
     match std::env::var_os("METABRIDGE_HOME") {
         Some(h) if !h.is_empty() => PathBuf::from(h),
-        _ => PathBuf::from(format!("/dev/shm/metabridge-{}", nix::unistd::geteuid())),
+        _ => PathBuf::from(format!("/dev/shm/metabridge-{}", platform::euid())),
     }
 }
 
@@ -134,7 +133,7 @@ pub(crate) enum Kind {
 /// Refuses a home or registry file (or the daemon's log) that is not ours
 /// alone.
 pub(crate) fn check_private(path: &Path, meta: &std::fs::Metadata, kind: Kind) -> Result<()> {
-    let me = nix::unistd::geteuid().as_raw();
+    let me = platform::euid();
     let ft = meta.file_type();
     let insecure = |problem: String| Error::InsecurePath {
         path: path.to_owned(),
@@ -205,7 +204,7 @@ struct FileLock<'a> {
 
 impl Drop for FileLock<'_> {
     fn drop(&mut self) {
-        flock(self.file, libc::LOCK_UN);
+        platform::unlock(self.file);
     }
 }
 
@@ -266,10 +265,10 @@ impl Registry {
             .create(true)
             .truncate(false)
             .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .custom_flags(platform::OPEN_NOFOLLOW_CLOEXEC)
             .open(&path)
             .map_err(|e| {
-                if e.raw_os_error() == Some(libc::ELOOP) {
+                if e.raw_os_error() == Some(platform::Errno::ELOOP as i32) {
                     Error::InsecurePath {
                         path: path.clone(),
                         problem: "it is a symbolic link".into(),
@@ -295,12 +294,12 @@ impl Registry {
         &self.dir
     }
 
-    /// Takes the file lock (`LOCK_SH` or `LOCK_EX`) within [`LOCK_TIMEOUT`].
-    fn lock(&self, op: libc::c_int) -> Result<FileLock<'_>> {
+    /// Takes the file lock (shared or exclusive) within [`LOCK_TIMEOUT`].
+    fn lock(&self, kind: LockKind) -> Result<FileLock<'_>> {
         let local = self.local.lock().unwrap_or_else(|p| p.into_inner());
         let deadline = Instant::now() + LOCK_TIMEOUT;
         loop {
-            if flock(&self.file, op | libc::LOCK_NB) {
+            if platform::try_lock(&self.file, kind) {
                 return Ok(FileLock {
                     file: &self.file,
                     _local: local,
@@ -338,7 +337,7 @@ impl Registry {
     }
 
     fn read(&self) -> Result<Snapshot> {
-        let lock = self.lock(libc::LOCK_SH)?;
+        let lock = self.lock(LockKind::Shared)?;
         self.snapshot(&lock)
     }
 
@@ -364,7 +363,7 @@ impl Registry {
         self.file
             .write_all_at(&bytes, (slot * SLOT_BYTES) as u64)
             .map_err(|e| {
-                if e.raw_os_error() == Some(libc::ENOSPC) {
+                if e.raw_os_error() == Some(platform::Errno::ENOSPC as i32) {
                     Error::NoSpace(format!(
                         "no space left to write the registry {}",
                         self.path.display()
@@ -430,7 +429,7 @@ impl Registry {
     }
 
     fn reclaim(&self, slot: usize, seen: &Entry) -> Result<()> {
-        let lock = self.lock(libc::LOCK_EX)?;
+        let lock = self.lock(LockKind::Exclusive)?;
         if let Slot::Full(now) = self.snapshot(&lock)?.slot(slot) {
             if &now == seen && now.process().is_dead() {
                 self.write_slot(&lock, slot, None)?;
@@ -441,7 +440,7 @@ impl Registry {
 
     /// Removes the entries of dead processes; returns them.
     pub fn reclaim_stale(&self) -> Result<Vec<Entry>> {
-        let lock = self.lock(libc::LOCK_EX)?;
+        let lock = self.lock(LockKind::Exclusive)?;
         let table = self.snapshot(&lock)?;
         let mut removed = Vec::new();
         for slot in 0..SLOTS {
@@ -461,7 +460,7 @@ impl Registry {
     /// holds the name. Stale and unreadable slots are reused.
     pub fn register(&self, entry: &Entry) -> Result<()> {
         encode_entry(entry)?; // fail early if it cannot fit
-        let lock = self.lock(libc::LOCK_EX)?;
+        let lock = self.lock(LockKind::Exclusive)?;
         let table = self.snapshot(&lock)?;
         let mut free = None;
         for slot in 0..SLOTS {
@@ -499,7 +498,7 @@ impl Registry {
 
     /// Removes the entry of `name` if `pid` registered it.
     pub fn unregister(&self, name: &str, pid: u32) -> Result<()> {
-        let lock = self.lock(libc::LOCK_EX)?;
+        let lock = self.lock(LockKind::Exclusive)?;
         let table = self.snapshot(&lock)?;
         for slot in 0..SLOTS {
             if let Slot::Full(e) = table.slot(slot) {
@@ -514,11 +513,11 @@ impl Registry {
 
 /// Reserves the registry's pages (a full filesystem is a clear error).
 fn reserve(file: &File, path: &Path) -> Result<()> {
-    match nix::fcntl::posix_fallocate(file.as_raw_fd(), 0, FILE_LEN as libc::off_t) {
+    match platform::reserve_space(file, FILE_LEN as u64) {
         Ok(()) => Ok(()),
-        Err(nix::errno::Errno::ENOSPC) => {
-            let left = nix::sys::statvfs::statvfs(path)
-                .map(|s| format!(" ({} bytes left)", s.blocks_available() * s.fragment_size()))
+        Err(Errno::ENOSPC) => {
+            let left = platform::space_left(path)
+                .map(|n| format!(" ({n} bytes left)"))
                 .unwrap_or_default();
             Err(Error::NoSpace(format!(
                 "no space to reserve the {FILE_LEN} bytes of the registry {}{left}",
@@ -526,7 +525,7 @@ fn reserve(file: &File, path: &Path) -> Result<()> {
             )))
         }
         // Filesystems without fallocate: the writes themselves report ENOSPC.
-        Err(nix::errno::Errno::EOPNOTSUPP) => Ok(()),
+        Err(Errno::EOPNOTSUPP) => Ok(()),
         Err(e) => Err(path_error(path, "cannot reserve the registry", e.into())),
     }
 }

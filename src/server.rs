@@ -18,7 +18,6 @@ use crate::service::Service;
 use crate::worker::{ChannelCount, Counted, Inbox};
 use metabridge_shm::{Channel, ChannelConfig, DoorbellSet, ProcessIdentity};
 use std::io::Read;
-use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
@@ -29,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 /// Set by SIGTERM / SIGINT (or [`request_stop`]): finish and leave.
 static STOP: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_stop_signal(_: libc::c_int) {
+extern "C" fn on_stop_signal(_: std::ffi::c_int) {
     // Only an atomic store: async-signal-safe.
     STOP.store(true, Ordering::SeqCst);
 }
@@ -40,7 +39,7 @@ pub fn request_stop() {
 }
 
 fn install_signal_handlers() -> Result<()> {
-    use nix::sys::signal::Signal;
+    use crate::platform::Signal;
     for sig in [Signal::SIGTERM, Signal::SIGINT] {
         crate::platform::on_signal(sig, on_stop_signal)?;
     }
@@ -54,7 +53,7 @@ static DETACHED: AtomicBool = AtomicBool::new(false);
 /// (the daemon's parent watch, in daemon.rs, calls [`notice_parent_gone`]).
 static PARENT_GONE: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_detach_signal(_: libc::c_int) {
+extern "C" fn on_detach_signal(_: std::ffi::c_int) {
     DETACHED.store(true, Ordering::SeqCst);
 }
 
@@ -232,7 +231,7 @@ pub(crate) fn serve_with<S: Send + Sync + 'static>(
     };
     let acceptor = Arc::new(Acceptor {
         policy: PeerPolicy {
-            uid: nix::unistd::geteuid().as_raw(),
+            uid: crate::platform::euid(),
             also: config.allow_uids.clone(),
         },
         bells,
@@ -432,11 +431,7 @@ fn accept_loop(
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 let wait_ms = if orphaned_at.is_some() { 10 } else { 200 };
-                let mut fds = [nix::poll::PollFd::new(
-                    listener.as_fd(),
-                    nix::poll::PollFlags::POLLIN,
-                )];
-                let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(wait_ms as u16));
+                crate::platform::wait_readable(&listener, Duration::from_millis(wait_ms));
             }
             Err(e) => {
                 tracing::debug!("accept failed: {e}");

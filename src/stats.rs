@@ -119,9 +119,8 @@ thread_local! {
 
 /// The writing side: owned by a running service.
 pub(crate) struct Counters {
-    /// Keeps the mapping alive; the words are reached through `base`.
-    _map: memmap2::MmapMut,
-    base: *const AtomicU64,
+    /// The service's writable mapping of the segment.
+    map: crate::platform::SharedWords,
     /// The segment, opened read-only, for readers.
     read_only: OwnedFd,
     slots: usize,
@@ -131,12 +130,6 @@ pub(crate) struct Counters {
     next_slot: AtomicUsize,
     id: usize,
 }
-
-// SAFETY: `base` points into `_map`, which lives as long as `self` and is
-// only accessed through atomics.
-unsafe impl Send for Counters {}
-// SAFETY: as above: every access to the shared words is atomic.
-unsafe impl Sync for Counters {}
 
 /// An endpoint's words in the calling thread's block.
 #[derive(Clone, Copy)]
@@ -253,12 +246,6 @@ impl Counters {
         let fd =
             metabridge_shm::memfd::create_for_one_writer(c"metabridge-stats", len, "live counters")
                 .map_err(shm_error)?;
-        // SAFETY: a memfd of exactly `len` bytes sealed against shrinking,
-        // by anyone: the mapping cannot fault.
-        let mut map = unsafe { memmap2::MmapOptions::new().len(len).map_mut(&fd)? };
-        // From here on only `map` can change the counters (see the module
-        // docs); the writable descriptor itself is dropped below.
-        metabridge_shm::memfd::seal_writes(fd.as_fd()).map_err(shm_error)?;
         let words = [
             MAGIC,
             VERSION as u64 | (HEADER_BYTES as u64) << 32,
@@ -273,15 +260,20 @@ impl Counters {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
         ];
-        for (i, w) in words.iter().enumerate() {
-            map[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
-        }
-        map[names_offset..names_offset + names.len()].copy_from_slice(&names);
+        // A memfd of exactly `len` bytes sealed against shrinking, by
+        // anyone: the mapping cannot fault.
+        let map = crate::platform::SharedWords::map_writable(fd.as_fd(), len, |map| {
+            for (i, w) in words.iter().enumerate() {
+                map[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+            }
+            map[names_offset..names_offset + names.len()].copy_from_slice(&names);
+        })?;
+        // From here on only `map` can change the counters (see the module
+        // docs); the writable descriptor itself is dropped below.
+        metabridge_shm::memfd::seal_writes(fd.as_fd()).map_err(shm_error)?;
         let read_only = reopen_read_only(fd.as_fd())?;
-        let base = map.as_ptr() as *const AtomicU64;
         Ok(Counters {
-            _map: map,
-            base,
+            map,
             read_only,
             slots,
             endpoints: n,
@@ -317,11 +309,10 @@ impl Counters {
     fn words(&self, offset: usize, len: usize) -> Slot<'_> {
         let k = self.block();
         let at = self.blocks_word + k * self.block_words + offset;
-        // SAFETY: callers keep `offset + len` within a block (the service
-        // words, or one endpoint's with endpoint < endpoints), and k <
-        // slots, so the words are within the mapping; they are only ever
-        // accessed atomically.
-        let words = unsafe { std::slice::from_raw_parts(self.base.add(at), len) };
+        // Callers keep `offset + len` within a block (the service words,
+        // or one endpoint's with endpoint < endpoints), and k < slots, so
+        // the words are within the mapping (the slice checks it again).
+        let words = &self.map.words()[at..at + len];
         Slot {
             words,
             // Only the last block can have several writers.
@@ -485,16 +476,12 @@ pub fn read(fd: BorrowedFd<'_>) -> Result<Snapshot> {
     let bad = |what: String| Error::Protocol(format!("counters segment: {what}"));
     let len = metabridge_shm::memfd::check_write_sealed(fd, HEADER_BYTES as u64, "live counters")
         .map_err(|e| bad(e.to_string()))? as usize;
-    // SAFETY: the memfd is sealed against shrinking (checked above), so
-    // no page of a mapping of `len` bytes can fault; we only read it, and
-    // only through atomics.
-    let map = unsafe { memmap2::MmapOptions::new().len(len).map(&fd)? };
-    let base = map.as_ptr() as *const AtomicU64;
-    let word = |i: usize| -> u64 {
-        // SAFETY: callers pass i < len / 8 (checked below before use); the
-        // mapping is 8-aligned (page-aligned) and lives as long as `map`.
-        unsafe { (*base.add(i)).load(Ordering::Relaxed) }
-    };
+    // Sealed against shrinking (checked above, and by the mapping), so no
+    // page can fault; we only read it, and only through atomics.
+    let map = crate::platform::SharedWords::map_read_only(fd, len)?;
+    let all = map.words();
+    // Callers pass i < len / 8 (checked below before use).
+    let word = |i: usize| -> u64 { all[i].load(Ordering::Relaxed) };
     let words = len / 8;
     if words < HEADER_BYTES / 8 || word(0) != MAGIC {
         return Err(bad("bad magic".into()));
@@ -534,7 +521,7 @@ pub fn read(fd: BorrowedFd<'_>) -> Result<Snapshot> {
         return Err(bad("sizes do not fit the segment".into()));
     }
     // The service wrote the names once, before it handed out the segment.
-    let names_bytes: Vec<u8> = map[names_offset..names_offset + names_len].to_vec();
+    let names_bytes: Vec<u8> = map.copy_bytes(names_offset..names_offset + names_len);
     let names: Vec<(String, Option<Vec<String>>)> =
         rmp_serde::from_slice(&names_bytes).map_err(|e| bad(format!("names: {e}")))?;
     if names.len() != n {
@@ -693,19 +680,16 @@ mod tests {
     /// A memfd of `len` bytes as the service makes one: `fill` writes it
     /// through the creator's mapping, then it is sealed against writes
     /// (the mapping, returned with it, keeps writing).
-    fn write_sealed(len: usize, fill: impl FnOnce(&mut memmap2::MmapMut)) -> OwnedFd {
+    fn write_sealed(len: usize, fill: impl FnOnce(&mut [u8])) -> OwnedFd {
         write_sealed_mapped(len, fill).0
     }
 
     fn write_sealed_mapped(
         len: usize,
-        fill: impl FnOnce(&mut memmap2::MmapMut),
-    ) -> (OwnedFd, memmap2::MmapMut) {
+        fill: impl FnOnce(&mut [u8]),
+    ) -> (OwnedFd, crate::platform::SharedWords) {
         let fd = metabridge_shm::memfd::create_for_one_writer(c"x", len, "x").unwrap();
-        // SAFETY: a memfd of `len` bytes sealed against shrinking, mapped
-        // whole.
-        let mut map = unsafe { memmap2::MmapOptions::new().len(len).map_mut(&fd).unwrap() };
-        fill(&mut map);
+        let map = crate::platform::SharedWords::map_writable(fd.as_fd(), len, fill).unwrap();
         metabridge_shm::memfd::seal_writes(fd.as_fd()).unwrap();
         (fd, map)
     }
@@ -713,12 +697,7 @@ mod tests {
     #[test]
     fn readers_get_a_read_only_descriptor() {
         let c = Counters::create(&[("a".into(), None)], 2).unwrap();
-        // SAFETY: a sealed memfd; the mapping is expected to be refused.
-        let writable = unsafe {
-            memmap2::MmapOptions::new()
-                .len(4096)
-                .map_mut(&c.read_only_fd())
-        };
+        let writable = crate::platform::SharedWords::map_writable(c.read_only_fd(), 4096, |_| {});
         assert!(
             writable.is_err(),
             "a reader could map the counters writable"
@@ -728,24 +707,25 @@ mod tests {
     #[test]
     fn a_header_that_lies_about_sizes_is_refused() {
         // The creator's mapping still writes after the write seal.
-        let (fd, mut map) = write_sealed_mapped(4096, |_| {});
-        let put = |m: &mut memmap2::MmapMut, i: usize, v: u64| {
-            m[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes())
+        let (fd, map) = write_sealed_mapped(4096, |_| {});
+        // The bytes the service writes (little-endian), stored whole.
+        let put = |m: &crate::platform::SharedWords, i: usize, v: u64| {
+            m.words()[i].store(u64::from_ne_bytes(v.to_le_bytes()), Ordering::Relaxed)
         };
-        put(&mut map, 0, MAGIC);
-        put(&mut map, 1, VERSION as u64 | (HEADER_BYTES as u64) << 32);
-        put(&mut map, 2, 1 | 1 << 32); // 1 block, 1 endpoint
-        put(&mut map, 3, ((SERVICE_WORDS + EP_WORDS) * 8) as u64);
-        put(&mut map, 4, HEADER_BYTES as u64);
-        put(&mut map, 5, 0);
-        put(&mut map, 6, 1 << 40); // blocks far past the end
-        put(&mut map, 7, BUCKETS as u64);
+        put(&map, 0, MAGIC);
+        put(&map, 1, VERSION as u64 | (HEADER_BYTES as u64) << 32);
+        put(&map, 2, 1 | 1 << 32); // 1 block, 1 endpoint
+        put(&map, 3, ((SERVICE_WORDS + EP_WORDS) * 8) as u64);
+        put(&map, 4, HEADER_BYTES as u64);
+        put(&map, 5, 0);
+        put(&map, 6, 1 << 40); // blocks far past the end
+        put(&map, 7, BUCKETS as u64);
         let e = read(fd.as_fd()).unwrap_err();
         assert!(e.to_string().contains("do not fit"), "{e}");
-        put(&mut map, 2, 1 << 20 | 1 << 32); // too many blocks
+        put(&map, 2, 1 << 20 | 1 << 32); // too many blocks
         let e = read(fd.as_fd()).unwrap_err();
         assert!(e.to_string().contains("blocks"), "{e}");
-        put(&mut map, 1, 9 | (HEADER_BYTES as u64) << 32);
+        put(&map, 1, 9 | (HEADER_BYTES as u64) << 32);
         let e = read(fd.as_fd()).unwrap_err();
         assert!(e.to_string().contains("version 9"), "{e}");
     }

@@ -170,6 +170,10 @@ pub(crate) struct Core {
 // RUNNING again), the supervisor between its successful CAS to STEALING and
 // its Release store of STOLEN. The Acquire/Release pairs on `state` order
 // their accesses.
+// Exempt from the crate's `deny(unsafe_code)`, as are the three accesses
+// to `conns` below: the worker's channels sit in an `UnsafeCell` guarded by
+// the state protocol, so that a call takes no lock.
+#[allow(unsafe_code)]
 unsafe impl Sync for Core {}
 
 impl Core {
@@ -328,6 +332,9 @@ impl Pool {
     /// `catch_unwind`, so this is a last resort), with the channels it
     /// left. A service left with no worker at all stops, rather than stay
     /// registered and never answer.
+    // Exempt from the crate's `deny(unsafe_code)`: the worker's `UnsafeCell`
+    // core is a hot-path piece (no lock per call); see the SAFETY comments.
+    #[allow(unsafe_code)]
     fn replace_dead_workers(self: &Arc<Self>) {
         let dead: Vec<(Arc<Core>, std::thread::JoinHandle<()>)> = {
             let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
@@ -372,6 +379,9 @@ impl Pool {
     }
 
     /// Moves the channels of a stuck worker's core to a new worker.
+    // Exempt from the crate's `deny(unsafe_code)`: the worker's `UnsafeCell`
+    // core is a hot-path piece (no lock per call); see the SAFETY comments.
+    #[allow(unsafe_code)]
     fn rescue(self: &Arc<Self>, core: &Core) {
         if self.extra.load(Ordering::Relaxed) >= self.max_extra {
             return;
@@ -428,7 +438,7 @@ impl Worker {
     fn run(self) {
         self.core
             .tid
-            .store(nix::unistd::gettid().as_raw(), Ordering::Relaxed);
+            .store(crate::platform::thread_id(), Ordering::Relaxed);
         let mut req = Vec::with_capacity(4096);
         let mut out = Vec::with_capacity(4096);
         let mut idle_since: Option<Instant> = None;
@@ -550,7 +560,9 @@ impl Worker {
     }
 
     /// This worker's channels.
-    #[allow(clippy::mut_from_ref, clippy::vec_box)]
+    // Exempt from the crate's `deny(unsafe_code)`: the worker's `UnsafeCell`
+    // core is a hot-path piece (no lock per call); see the SAFETY comments.
+    #[allow(unsafe_code, clippy::mut_from_ref, clippy::vec_box)]
     fn conns(&self) -> &mut Conns {
         // SAFETY: the core is RUNNING whenever the worker is outside
         // `serve_at`'s call window (it restores RUNNING before returning),
