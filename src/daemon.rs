@@ -203,9 +203,6 @@ pub fn wait_forked_child(pid: u32, ready: OwnedFd, timeout: Duration) -> Result<
     wait_ready(Pid::from_raw(pid as i32), ready, None, timeout)
 }
 
-/// A daemon reads nothing from the terminal and writes nothing on the
-/// parent's standard output (whoever reads that pipe would otherwise wait
-/// for the daemon too); standard error stays, for warnings and panics.
 /// Starts the thread that stops this daemon when `parent`, the process
 /// that called `run`, has exited. `Ok(false)` if it already has.
 fn watch_parent(parent: Pid) -> std::io::Result<bool> {
@@ -372,6 +369,10 @@ fn fork_child<S: Send + Sync + 'static>(
             // Our copy of the read end goes, so that the parent sees EOF
             // if we die.
             drop(read_end);
+            // A daemon reads nothing from the terminal and writes nothing
+            // on the parent's standard output (whoever reads that pipe
+            // would otherwise wait for the daemon too); standard error
+            // stays, for warnings and panics.
             platform::detach_stdio();
             child_main(service, std::fs::File::from(write_end), Some(parent))
         }

@@ -98,6 +98,10 @@ fn random_token() -> Result<String> {
 /// Serves `service` in this process until SIGTERM, SIGINT or
 /// [`request_stop`]. `ready` is told once the service is registered and
 /// accepting.
+///
+/// Each step is a function below, in the order they run; a step that
+/// fails undoes what it started (its parts release on drop) and the error
+/// is returned as is.
 pub(crate) fn serve_with<S: Send + Sync + 'static>(
     mut service: Service<S>,
     ready: impl FnOnce(&Entry),
@@ -105,29 +109,93 @@ pub(crate) fn serve_with<S: Send + Sync + 'static>(
     install_signal_handlers()?;
     let name = service.name.clone();
     let home = registry::home_dir();
-    let registry = Registry::open(&home)?;
     let me = ProcessIdentity::current();
-    if let Ok(e) = registry.lookup(&name) {
+    let registry = open_registry_and_collect(&home, &name, &me)?;
+    let published_token = guard_default_tcp(&mut service.config)?;
+    let config = service.config.clone();
+    let counters = instrument(&mut service, &config);
+    let dispatch: Arc<dyn Dispatch> = Arc::new(Dispatcher::new(service));
+    let stem = format!("{}-{}", file_safe(&name), me.pid);
+    let runtime = build_runtime(&config)?;
+    let tcp = start_tcp(&runtime, &dispatch, &config, &counters, &name)?;
+
+    // Shared memory: doorbells (a sealed memfd handed to each client),
+    // the control socket (0600), workers.
+    let workers = config.workers.clamp(1, metabridge_shm::MAX_BELLS);
+    let bells = DoorbellSet::create_memfd(workers)?;
+    let control = bind_control_socket(&home, &stem)?;
+    let started = start_workers(&runtime, &dispatch, &config, &counters, &bells, workers)?;
+
+    let entry = registry_entry(&name, &me, &control.path, &tcp, &dispatch, published_token);
+    let acceptor = Arc::new(Acceptor::new(
+        &name,
+        &config,
+        bells,
+        started.inboxes,
+        counters,
+    ));
+    let registered = register_and_accept(
+        &registry,
+        &entry,
+        &control.listener,
+        &acceptor,
+        workers,
+        ready,
+    );
+    let unfinished = stop_gracefully(
+        &config,
+        &started.pool,
+        &acceptor,
+        tcp,
+        started.supervisor,
+        runtime,
+    );
+    registered?;
+    tracing::info!(target: "metabridge::service", service = %name, "stopped");
+    unfinished.into_result(name, config.shutdown_timeout)
+}
+
+/// Opens this user's registry, refuses a name another live process holds,
+/// and clears leftovers of services of this user that were killed.
+fn open_registry_and_collect(
+    home: &std::path::Path,
+    name: &str,
+    me: &ProcessIdentity,
+) -> Result<Registry> {
+    let registry = Registry::open(home)?;
+    if let Ok(e) = registry.lookup(name) {
         if e.pid != me.pid {
-            return Err(Error::ServiceAlreadyExists { name, pid: e.pid });
+            return Err(Error::ServiceAlreadyExists {
+                name: name.to_string(),
+                pid: e.pid,
+            });
         }
     }
-    // Leftovers of services of this user that were killed.
     let _ = crate::gc::collect(&registry);
+    Ok(registry)
+}
 
-    // Loopback TCP is reachable by every user of the machine: unless the
-    // operator chose the address (and then the token, or none), guard it
-    // with a token of our own, published to this user's clients only.
-    let published_token = if service.config.token.is_none() && service.config.tcp_is_default() {
+/// Loopback TCP is reachable by every user of the machine: unless the
+/// operator chose the address (and then the token, or none), guard it
+/// with a token of our own, published to this user's clients only.
+/// Returns the token to publish, if one was made.
+fn guard_default_tcp(config: &mut crate::service::ServiceConfig) -> Result<Option<String>> {
+    if config.token.is_none() && config.tcp_is_default() {
         let token = random_token()?;
-        service.config.token = Some(token.clone());
-        Some(token)
+        config.token = Some(token.clone());
+        Ok(Some(token))
     } else {
-        None // an operator's token is theirs to hand out
-    };
-    let config = service.config.clone();
-    // Live counters and the call log wrap the endpoints (instrument.rs).
-    // METABRIDGE_STATS=0 turns them off (to measure what they cost).
+        Ok(None) // an operator's token is theirs to hand out
+    }
+}
+
+/// Wraps the endpoints in the live counters and the call log
+/// (instrument.rs); returns the counters, if they could be created.
+/// METABRIDGE_STATS=0 turns them off (to measure what they cost).
+fn instrument<S: Send + Sync + 'static>(
+    service: &mut Service<S>,
+    config: &crate::service::ServiceConfig,
+) -> Option<Arc<crate::stats::Counters>> {
     let counters = if std::env::var_os("METABRIDGE_STATS").is_some_and(|v| v == "0") {
         None
     } else {
@@ -143,6 +211,7 @@ pub(crate) fn serve_with<S: Send + Sync + 'static>(
         match crate::stats::Counters::create(&described, threads) {
             Ok(c) => Some(Arc::new(c)),
             Err(e) => {
+                let name = &service.name;
                 tracing::warn!("service {name:?} runs without live counters: {e}");
                 None
             }
@@ -150,21 +219,40 @@ pub(crate) fn serve_with<S: Send + Sync + 'static>(
     };
     let log_calls =
         config.logger || tracing::enabled!(target: "metabridge::call", tracing::Level::INFO);
-    crate::instrument::instrument(&mut service, counters.clone(), log_calls);
-    let dispatch: Arc<dyn Dispatch> = Arc::new(Dispatcher::new(service));
-    let stem = format!("{}-{}", file_safe(&name), me.pid);
+    crate::instrument::instrument(service, counters.clone(), log_calls);
+    counters
+}
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+/// The tokio runtime that runs the TCP server and async endpoints.
+fn build_runtime(config: &crate::service::ServiceConfig) -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.workers.max(1))
         .thread_name("metabridge-rt")
         .enable_all()
-        .build()?;
+        .build()?)
+}
 
+/// The TCP side once running: where it listens, how to stop it, its task.
+struct TcpSide {
+    addr: std::net::SocketAddr,
+    stop: metabridge_tcp::ShutdownHandle,
+    task: tokio::task::JoinHandle<std::io::Result<metabridge_tcp::Stopped>>,
+}
+
+/// Binds the TCP listener and starts serving on it; warns when it is
+/// reachable from other machines without a token.
+fn start_tcp(
+    runtime: &tokio::runtime::Runtime,
+    dispatch: &Arc<dyn Dispatch>,
+    config: &crate::service::ServiceConfig,
+    counters: &Option<Arc<crate::stats::Counters>>,
+    name: &str,
+) -> Result<TcpSide> {
     let addr = format!("{}:{}", config.host, config.port);
     let tcp = runtime.block_on(crate::tcp::bind(
         &addr,
         dispatch.clone(),
-        &config,
+        config,
         counters.clone(),
     ))?;
     let tcp_addr = tcp.local_addr();
@@ -174,20 +262,57 @@ pub(crate) fn serve_with<S: Send + Sync + 'static>(
              this address can call it. Set METABRIDGE_TOKEN or ServiceConfig::token."
         );
     }
-    let tcp_stop = tcp.shutdown_handle();
-    let tcp_task = runtime.spawn(tcp.run());
+    let stop = tcp.shutdown_handle();
+    let task = runtime.spawn(tcp.run());
+    Ok(TcpSide {
+        addr: tcp_addr,
+        stop,
+        task,
+    })
+}
 
-    // Shared memory: doorbells (a sealed memfd handed to each client),
-    // the control socket (0600), workers.
-    let workers = config.workers.clamp(1, metabridge_shm::MAX_BELLS);
-    let bells = DoorbellSet::create_memfd(workers)?;
+/// The control socket, bound; its file is removed when this is dropped.
+struct ControlSocket {
+    // Dropped first: the file goes before the listener closes.
+    _remove: RemoveOnDrop,
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+/// Binds the control socket `<stem>.sock` in `home`, readable and
+/// writable by this user only, non-blocking for the accept loop.
+fn bind_control_socket(home: &std::path::Path, stem: &str) -> Result<ControlSocket> {
     let socket_path = home.join(format!("{stem}.sock"));
     let _ = std::fs::remove_file(&socket_path);
     let listener = UnixListener::bind(&socket_path)?;
-    let _socket_guard = RemoveOnDrop(socket_path.clone());
+    let remove = RemoveOnDrop(socket_path.clone());
     std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))?;
     listener.set_nonblocking(true)?;
+    Ok(ControlSocket {
+        _remove: remove,
+        listener,
+        path: socket_path,
+    })
+}
 
+/// The shared-memory workers once started.
+struct Workers {
+    pool: Arc<crate::worker::Pool>,
+    /// One per worker, in doorbell order.
+    inboxes: Vec<Arc<Inbox>>,
+    supervisor: std::thread::JoinHandle<()>,
+}
+
+/// Starts one worker per doorbell, each on an inbox of its own, and the
+/// supervisor that replaces workers that die.
+fn start_workers(
+    runtime: &tokio::runtime::Runtime,
+    dispatch: &Arc<dyn Dispatch>,
+    config: &crate::service::ServiceConfig,
+    counters: &Option<Arc<crate::stats::Counters>>,
+    bells: &DoorbellSet,
+    workers: usize,
+) -> Result<Workers> {
     let pool = crate::worker::Pool::new(
         dispatch.clone(),
         runtime.handle().clone(),
@@ -214,9 +339,24 @@ pub(crate) fn serve_with<S: Send + Sync + 'static>(
             .name("metabridge-supervisor".into())
             .spawn(move || pool.supervise())?
     };
+    Ok(Workers {
+        pool,
+        inboxes,
+        supervisor,
+    })
+}
 
-    let entry = Entry {
-        name: name.clone(),
+/// What the registry publishes about this service.
+fn registry_entry(
+    name: &str,
+    me: &ProcessIdentity,
+    socket_path: &std::path::Path,
+    tcp: &TcpSide,
+    dispatch: &Arc<dyn Dispatch>,
+    published_token: Option<String>,
+) -> Entry {
+    Entry {
+        name: name.to_string(),
         pid: me.pid,
         start_time: me.start_time,
         registered_at: SystemTime::now()
@@ -224,54 +364,69 @@ pub(crate) fn serve_with<S: Send + Sync + 'static>(
             .map(|d| d.as_secs())
             .unwrap_or(0),
         control_socket: socket_path.to_string_lossy().into_owned(),
-        tcp: tcp_addr.to_string(),
+        tcp: tcp.addr.to_string(),
         endpoints: dispatch.endpoint_names().to_vec(),
         token_required: dispatch.requires_token(),
         token: published_token,
-    };
-    let acceptor = Arc::new(Acceptor {
-        policy: PeerPolicy {
-            uid: crate::platform::euid(),
-            also: config.allow_uids.clone(),
-        },
-        bells,
-        inboxes,
-        next: AtomicUsize::new(0),
-        count: Arc::new(ChannelCount {
-            open: AtomicUsize::new(0),
-            max: config.max_channels,
-        }),
-        pending: AtomicUsize::new(0),
-        name: name.clone(),
-        max_message: config.max_message,
-        counters,
-    });
-    let registered = registry.register(&entry);
+    }
+}
+
+/// Registers the service; once registered, tells `ready`, accepts channels
+/// until told to stop, and unregisters. Returns how registering went.
+fn register_and_accept(
+    registry: &Registry,
+    entry: &Entry,
+    listener: &UnixListener,
+    acceptor: &Arc<Acceptor>,
+    workers: usize,
+    ready: impl FnOnce(&Entry),
+) -> Result<()> {
+    let registered = registry.register(entry);
     if registered.is_ok() {
         tracing::info!(
             target: "metabridge::service",
-            service = %name,
+            service = %entry.name,
             "started: pid {}, tcp {}, control socket {}, {workers} worker(s), endpoints {:?}",
-            me.pid,
+            entry.pid,
             entry.tcp,
             entry.control_socket,
             entry.endpoints
         );
-        ready(&entry);
-        accept_loop(&listener, &acceptor, &registry, &entry);
-        let _ = registry.unregister(&name, me.pid);
-        tracing::info!(target: "metabridge::service", service = %name, "stopping");
+        ready(entry);
+        accept_loop(listener, acceptor, registry, entry);
+        let _ = registry.unregister(&entry.name, entry.pid);
+        tracing::info!(target: "metabridge::service", service = %entry.name, "stopping");
     }
+    registered
+}
 
-    // Graceful stop: no new channels; workers answer what is already in
-    // their rings, then close; TCP finishes in-flight requests. All of it
-    // within the shutdown deadline: an endpoint that never returns must
-    // not keep the process alive.
+/// What a graceful stop left running when its deadline came.
+struct Unfinished {
+    /// Workers whose shared-memory call was still running.
+    stuck: Vec<usize>,
+    /// The TCP server did not return within the deadline.
+    tcp_timed_out: bool,
+    /// TCP calls the server reported abandoning.
+    tcp_abandoned: usize,
+}
+
+/// Graceful stop: no new channels; workers answer what is already in
+/// their rings, then close; TCP finishes in-flight requests. All of it
+/// within the shutdown deadline: an endpoint that never returns must
+/// not keep the process alive.
+fn stop_gracefully(
+    config: &crate::service::ServiceConfig,
+    pool: &Arc<crate::worker::Pool>,
+    acceptor: &Acceptor,
+    tcp: TcpSide,
+    supervisor: std::thread::JoinHandle<()>,
+    runtime: tokio::runtime::Runtime,
+) -> Unfinished {
     let deadline = Instant::now() + config.shutdown_timeout;
     pool.request_stop(&acceptor.inboxes);
-    tcp_stop.shutdown();
+    tcp.stop.shutdown();
     let tcp_done = runtime.block_on(async {
-        tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), tcp_task).await
+        tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), tcp.task).await
     });
     let stuck = pool.join_until(deadline);
     // The TCP server returns within its grace (the same deadline), saying
@@ -282,29 +437,40 @@ pub(crate) fn serve_with<S: Send + Sync + 'static>(
     };
     let _ = supervisor.join();
     runtime.shutdown_timeout(Duration::from_millis(100));
-    registered?;
-    tracing::info!(target: "metabridge::service", service = %name, "stopped");
-    if !stuck.is_empty() || tcp_done.is_err() || tcp_abandoned > 0 {
+    Unfinished {
+        stuck,
+        tcp_timed_out: tcp_done.is_err(),
+        tcp_abandoned,
+    }
+}
+
+impl Unfinished {
+    /// `Ok` if the stop finished everything; otherwise the
+    /// [`Error::ShutdownTimeout`] naming what was abandoned, also logged.
+    fn into_result(self, name: String, timeout: Duration) -> Result<()> {
+        if self.stuck.is_empty() && !self.tcp_timed_out && self.tcp_abandoned == 0 {
+            return Ok(());
+        }
         let mut abandoned = Vec::new();
-        if !stuck.is_empty() {
+        if !self.stuck.is_empty() {
             abandoned.push(format!(
-                "the shared-memory call running on worker(s) {stuck:?}"
+                "the shared-memory call running on worker(s) {:?}",
+                self.stuck
             ));
         }
-        if tcp_abandoned > 0 {
-            abandoned.push(format!("{tcp_abandoned} TCP call(s)"));
-        } else if tcp_done.is_err() {
+        if self.tcp_abandoned > 0 {
+            abandoned.push(format!("{} TCP call(s)", self.tcp_abandoned));
+        } else if self.tcp_timed_out {
             abandoned.push("the TCP calls still in progress".to_string());
         }
         let e = Error::ShutdownTimeout {
             name,
-            timeout: config.shutdown_timeout,
+            timeout,
             abandoned: abandoned.join(" and "),
         };
         tracing::warn!("{e}");
-        return Err(e);
+        Err(e)
     }
-    Ok(())
 }
 
 struct RemoveOnDrop(PathBuf);
@@ -330,6 +496,34 @@ struct Acceptor {
 }
 
 impl Acceptor {
+    /// Accepts channels for peers this user trusts (`allow_uids`), up to
+    /// `max_channels`, spread over `inboxes` in turn.
+    fn new(
+        name: &str,
+        config: &crate::service::ServiceConfig,
+        bells: DoorbellSet,
+        inboxes: Vec<Arc<Inbox>>,
+        counters: Option<Arc<crate::stats::Counters>>,
+    ) -> Acceptor {
+        Acceptor {
+            policy: PeerPolicy {
+                uid: crate::platform::euid(),
+                also: config.allow_uids.clone(),
+            },
+            bells,
+            inboxes,
+            next: AtomicUsize::new(0),
+            count: Arc::new(ChannelCount {
+                open: AtomicUsize::new(0),
+                max: config.max_channels,
+            }),
+            pending: AtomicUsize::new(0),
+            name: name.to_string(),
+            max_message: config.max_message,
+            counters,
+        }
+    }
+
     /// Takes a new channel if the service has room, and hands it to the
     /// next worker in turn.
     fn place(&self, channel: Channel) -> std::result::Result<u16, String> {

@@ -5,12 +5,12 @@
 //! thread's other work (accepting, every other connection) moves to another
 //! thread while the call keeps the thread it is on, which costs no thread
 //! wakeup on the way to the endpoint (a `spawn_blocking` handoff would cost
-//! two, about 20 µs each on a VM). The handoff wakes a blocking-pool thread
-//! per call, which costs throughput under load, but running a call inline
-//! even while another runtime thread is free is not safe: that thread may
-//! be asleep on a condition variable rather than on the I/O driver, and
-//! then no one polls the sockets until the call ends (a test with two
-//! runtime threads and two slow calls caught exactly that). At most
+//! two, each more than a small call itself). The handoff wakes a
+//! blocking-pool thread per call, which costs throughput under load, but
+//! running a call inline even while another runtime thread is free is not
+//! safe: that thread may be asleep on a condition variable rather than on
+//! the I/O driver, and then no one polls the sockets until the call ends.
+//! At most
 //! [`MAX_BLOCKING_CALLS`] run at once; further calls wait without holding
 //! a thread.
 //!

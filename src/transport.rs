@@ -30,8 +30,8 @@ impl Transport {
                 "{addr} resolves to no address"
             )))
         })?;
-        // On loopback an answer comes sooner than a blocked thread is woken
-        // (about 20 µs on a VM): poll a little before blocking.
+        // On loopback an answer comes sooner than a blocked thread is woken:
+        // poll a little before blocking.
         let spin = if sock.ip().is_loopback() {
             Duration::from_micros(50)
         } else {
