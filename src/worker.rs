@@ -15,8 +15,9 @@
 //!
 //! **Slow sync endpoints** run on the worker's thread (a thread handoff per
 //! call would cost a thread wakeup, more than a small call itself). So
-//! that one does not stall the other channels of its worker, a worker keeps its channels in a [`Core`] that
-//! the supervisor may take while the worker is inside a call, as Go's
+//! that one does not stall the other channels of its worker, a worker
+//! keeps its channels in a [`Core`] that the supervisor may take while the
+//! worker is inside a call, as Go's
 //! runtime takes the P of a thread blocked in a system call: before a call
 //! the worker moves the channel it serves out of the core and marks the
 //! core `IN_CALL`; after it, it marks it `RUNNING` again with a CAS. A
