@@ -349,7 +349,12 @@ pub trait IntoArgs {
 pub(crate) fn encode_value<T: Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) -> Result<()> {
     value
         .serialize(&mut rmp_serde::Serializer::new(buf).with_struct_map())
-        .map_err(|e| Error::Protocol(format!("argument does not encode: {e}")))
+        .map_err(|source| {
+            Error::Protocol(crate::ProtocolError::Encode {
+                what: "argument",
+                source,
+            })
+        })
 }
 
 impl IntoArgs for () {
@@ -363,7 +368,8 @@ impl IntoArgs for Vec<rmpv::Value> {
     fn encode_args(&self, buf: &mut Vec<u8>) -> Result<()> {
         let _ = rmp::encode::write_array_len(buf, self.len() as u32);
         for v in self {
-            rmpv::encode::write_value(buf, v).map_err(|e| Error::Protocol(e.to_string()))?;
+            rmpv::encode::write_value(buf, v)
+                .map_err(|e| Error::Protocol(crate::ProtocolError::EncodeValue(e)))?;
         }
         Ok(())
     }

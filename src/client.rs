@@ -17,7 +17,7 @@
 
 use crate::args::{encode_value, CallArgs, IntoArgs};
 use crate::envelope;
-use crate::error::{Error, Result};
+use crate::error::{Error, PeerGone, Result};
 use crate::registry::{self, Entry, Registry};
 use crate::transport::{Limits, ShmPool, Transport};
 use serde::de::DeserializeOwned;
@@ -61,7 +61,7 @@ pub struct Connect {
     token_given: bool,
     max_channels: usize,
     max_message: usize,
-    error: Option<String>,
+    error: Option<Arc<Error>>,
     home: Option<std::path::PathBuf>,
 }
 
@@ -96,7 +96,7 @@ impl Connect {
     pub fn arg<T: Serialize>(mut self, value: T) -> Connect {
         match self.ctor.clone().arg(value) {
             Ok(c) => self.ctor = c,
-            Err(e) => self.error = self.error.or(Some(e.to_string())),
+            Err(e) => self.error = self.error.or(Some(Arc::new(e))),
         }
         self
     }
@@ -105,7 +105,7 @@ impl Connect {
     pub fn kwarg<T: Serialize>(mut self, name: &str, value: T) -> Connect {
         match self.ctor.clone().kwarg(name, value) {
             Ok(c) => self.ctor = c,
-            Err(e) => self.error = self.error.or(Some(e.to_string())),
+            Err(e) => self.error = self.error.or(Some(Arc::new(e))),
         }
         self
     }
@@ -169,7 +169,7 @@ impl Connect {
     /// the first call needs one.
     pub fn open(self) -> Result<Client> {
         if let Some(e) = self.error {
-            return Err(Error::Protocol(format!("constructor argument: {e}")));
+            return Err(crate::ProtocolError::ConstructorArgument(e).into());
         }
         let ctor = envelope::encode_ctor(&self.ctor.encoded_args(), &self.ctor.encoded_kwargs());
         let target = Target {
@@ -276,7 +276,10 @@ impl Target {
                     reason: format!("its registered address does not answer ({io})"),
                 }
             }
-            Error::PeerGone(why) => Error::PeerGone(format!("service {:?}: {why}", self.name)),
+            Error::PeerGone(cause) => Error::PeerGone(PeerGone::Service {
+                name: self.name.clone(),
+                cause: Box::new(cause),
+            }),
             other => other,
         }
     }
@@ -370,7 +373,7 @@ impl Inner {
     /// that this process inherited across `fork`, by a new one.
     fn replace(&self, old: &Connection) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
-            return Err(Error::PeerGone("the client was closed".into()));
+            return Err(PeerGone::ClientClosed.into());
         }
         let old_ptr = old as *const Connection as *mut Connection;
         if !old.ours() {

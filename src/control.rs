@@ -34,7 +34,7 @@
 //! (closed when dropped) before anything is checked, on every path
 //! (`platform::recv_with_fds`), so no request can leave one open here.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, HandshakeError, PeerGone, Refusal, Result, TimedOut};
 use crate::platform::{self, Errno};
 use metabridge_shm::{Channel, ChannelConfig, DoorbellSet};
 use std::io::{Read, Write};
@@ -102,9 +102,7 @@ pub(crate) fn request_channel(
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(Error::Timeout(format!(
-                "setting up a shared-memory channel: the service answered \"{BUSY}\" to all {tries} tries"
-            )));
+            return Err(TimedOut::ChannelSetupBusy { busy: BUSY, tries }.into());
         }
         std::thread::sleep(pause.min(left));
         pause = (pause * 2).min(BUSY_PAUSE_MAX);
@@ -128,9 +126,7 @@ fn request_channel_once(
     };
     match head[0] {
         STATUS_OK => {
-            let doorbells = fd.ok_or_else(|| {
-                Error::Protocol("the service accepted the channel without doorbells".into())
-            })?;
+            let doorbells = fd.ok_or(HandshakeError::NoDoorbells)?;
             Ok(Answer::Granted(Granted {
                 worker: u16::from_le_bytes([head[1], head[2]]),
                 doorbells,
@@ -146,11 +142,9 @@ fn request_channel_once(
             if why == BUSY.as_bytes() {
                 return Ok(Answer::Busy);
             }
-            Err(Error::Refused(String::from_utf8_lossy(&why).into_owned()))
+            Err(Error::Refused(Refusal::new(String::from_utf8_lossy(&why))))
         }
-        other => Err(Error::Protocol(format!(
-            "control socket answered with unknown status {other}"
-        ))),
+        other => Err(HandshakeError::UnknownStatus(other).into()),
     }
 }
 
@@ -164,20 +158,16 @@ pub(crate) fn request_stats(socket: &Path, deadline: Instant) -> Result<OwnedFd>
     let mut head = [0u8; 3];
     let fd = recv_with_fd(&stream, &mut head, remaining(deadline)?)?;
     match head[0] {
-        STATUS_OK => fd.ok_or_else(|| {
-            Error::Protocol("the service sent no descriptor for its counters".into())
-        }),
+        STATUS_OK => fd.ok_or(HandshakeError::NoCounters.into()),
         STATUS_REFUSED => {
             let len = u16::from_le_bytes([head[1], head[2]]) as usize;
             let mut why = vec![0u8; len];
             (&stream)
                 .read_exact(&mut why)
                 .map_err(|e| io_step(e, "reading the refusal"))?;
-            Err(Error::Refused(String::from_utf8_lossy(&why).into_owned()))
+            Err(Error::Refused(Refusal::new(String::from_utf8_lossy(&why))))
         }
-        other => Err(Error::Protocol(format!(
-            "control socket answered with unknown status {other}"
-        ))),
+        other => Err(HandshakeError::UnknownStatus(other).into()),
     }
 }
 
@@ -191,10 +181,12 @@ fn connect_to_service(socket: &Path, deadline: Instant) -> Result<UnixStream> {
     let me = platform::euid();
     let peer = platform::peer_uid(&stream)?;
     if peer != me {
-        return Err(Error::Protocol(format!(
-            "the control socket {} is served by uid {peer}, not by this user (uid {me}); refusing to use it",
-            socket.display()
-        )));
+        return Err(HandshakeError::ForeignPeer {
+            socket: socket.to_path_buf(),
+            peer,
+            me,
+        }
+        .into());
     }
     set_timeouts(&stream, remaining(deadline)?)?;
     Ok(stream)
@@ -240,9 +232,11 @@ pub(crate) fn serve_request(
         Ok(fd) => fd,
         // A malformed request (too many descriptors) is told why; a
         // silent or vanished peer has no one to tell.
-        Err(Error::Protocol(why)) => {
-            refuse(&stream, &why);
-            return Err(Error::Protocol(why));
+        Err(e @ Error::Protocol(_)) => {
+            if let Error::Protocol(why) = &e {
+                refuse(&stream, &why.to_string());
+            }
+            return Err(e);
         }
         Err(e) => return Err(e),
     };
@@ -251,7 +245,7 @@ pub(crate) fn serve_request(
             Some(counters) => send_with_fd(&stream, &[STATUS_OK, 0, 0], counters),
             None => {
                 refuse(&stream, "this service keeps no live counters");
-                Err(Error::Refused("no live counters".into()))
+                Err(Error::Refused(Refusal::new("no live counters")))
             }
         };
     }
@@ -274,14 +268,12 @@ pub(crate) fn serve_request(
     match placed {
         Ok(worker) => {
             let [a, b] = worker.to_le_bytes();
-            let bells = doorbells
-                .fd()
-                .ok_or_else(|| Error::Protocol("the doorbell set has no descriptor".into()))?;
+            let bells = doorbells.fd().ok_or(HandshakeError::DoorbellSetNoFd)?;
             send_with_fd(&stream, &[STATUS_OK, a, b], bells)
         }
         Err(why) => {
             refuse(&stream, &why);
-            Err(Error::Refused(why))
+            Err(Error::Refused(Refusal::new(why)))
         }
     }
 }
@@ -352,10 +344,10 @@ fn connect_until(socket: &Path, deadline: Instant) -> Result<UnixStream> {
             // the listener's backlog is full: retry until the deadline.
             Err(Errno::EAGAIN) | Err(Errno::EINTR) => {
                 if Instant::now() >= deadline {
-                    return Err(Error::Timeout(format!(
-                        "connecting to the control socket {}",
-                        socket.display()
-                    )));
+                    return Err(TimedOut::ControlConnect {
+                        socket: socket.to_path_buf(),
+                    }
+                    .into());
                 }
                 std::thread::sleep(Duration::from_millis(1));
             }
@@ -375,7 +367,7 @@ fn connect_until(socket: &Path, deadline: Instant) -> Result<UnixStream> {
 fn remaining(deadline: Instant) -> Result<Duration> {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
-        return Err(Error::Timeout("setting up a shared-memory channel".into()));
+        return Err(TimedOut::ChannelSetup.into());
     }
     Ok(left)
 }
@@ -388,10 +380,10 @@ fn set_timeouts(stream: &UnixStream, timeout: Duration) -> Result<()> {
 }
 
 /// A socket read or write that failed: a timeout is [`Error::Timeout`].
-fn io_step(e: std::io::Error, what: &str) -> Error {
+fn io_step(e: std::io::Error, what: &'static str) -> Error {
     match e.kind() {
         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-            Error::Timeout(format!("{what} on the control socket"))
+            TimedOut::ControlStep { step: what }.into()
         }
         _ => Error::Io(std::io::Error::new(e.kind(), format!("{what}: {e}"))),
     }
@@ -420,9 +412,7 @@ fn recv_with_fd(stream: &UnixStream, buf: &mut [u8], timeout: Duration) -> Resul
     let mut got = crate::platform::recv_with_fds(stream.as_fd(), buf)
         .map_err(|e| io_step(e, "reading the handshake"))?;
     if got.bytes == 0 {
-        return Err(Error::PeerGone(
-            "the other side closed the control socket".into(),
-        ));
+        return Err(PeerGone::ControlClosed.into());
     }
     if got.truncated || got.fds.len() > 1 {
         let count = if got.truncated {
@@ -430,9 +420,7 @@ fn recv_with_fd(stream: &UnixStream, buf: &mut [u8], timeout: Duration) -> Resul
         } else {
             got.fds.len().to_string()
         };
-        return Err(Error::Protocol(format!(
-            "{count} descriptors came with a handshake, which takes at most one; all were closed"
-        )));
+        return Err(HandshakeError::TooManyDescriptors { count }.into());
     }
     if got.bytes < buf.len() {
         // Descriptors attached to these later bytes are discarded by the

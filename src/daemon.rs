@@ -35,7 +35,7 @@
 //! pidfds (Linux < 5.3) it checks `getppid` every 100 ms. A
 //! [`DaemonHandle`] that is dropped stops it, unless detached.
 
-use crate::error::{Error, Result};
+use crate::error::{reexec_message, Error, ProtocolError, Result, TimedOut};
 use crate::platform;
 use crate::platform::{send_signal as kill, wait_child, Pid, Signal, WaitStatus};
 use crate::registry::Entry;
@@ -156,10 +156,10 @@ pub fn run<S: Send + Sync + 'static>(service: Service<S>) -> Result<DaemonHandle
         if target == service.name {
             serve_as_reexecuted_child(service);
         }
-        return Err(Error::Protocol(format!(
-            "this process is the daemon of {target:?}; it does not start {:?}",
-            service.name
-        )));
+        return Err(Error::WrongDaemon {
+            serving: target,
+            asked: service.name.clone(),
+        });
     }
     let (read_end, write_end) = platform::pipe_cloexec()?;
     let _ = std::io::stdout().flush();
@@ -469,30 +469,26 @@ fn wait_ready(
                 // The new copy of the program never reached `run` for this
                 // service: it exited, or does something else.
                 let status = reap_by(pid, if timed_out { Instant::now() } else { deadline });
-                let how = if status == "killed" {
-                    format!("did not reach run() for it within {timeout:?} (killed)")
-                } else {
-                    format!("exited ({status}) and did not reach run() for it")
-                };
-                let message = format!(
-                    "run() in a multi-threaded process executes the program again to serve \
-                     {name:?}, and the new copy (pid {pid}) {how}: its main must reach the same \
-                     run() call. Call run() before the program starts threads (it then forks), \
-                     or serve the service from a daemon binary of its own with metabridge::serve"
-                );
                 return Err(if status == "killed" {
-                    Error::Timeout(message)
+                    Error::Timeout(TimedOut::DaemonReexec {
+                        service: name.to_string(),
+                        pid: pid.as_raw() as u32,
+                        timeout,
+                    })
                 } else {
-                    Error::Io(std::io::Error::other(message))
+                    let how = format!("exited ({status}) and did not reach run() for it");
+                    Error::Io(std::io::Error::other(reexec_message(
+                        name,
+                        pid.as_raw() as u32,
+                        &how,
+                    )))
                 });
             }
         }
     }
     if timed_out {
         reap_by(pid, Instant::now());
-        return Err(Error::Timeout(format!(
-            "the daemon did not start within {timeout:?} (killed)"
-        )));
+        return Err(Error::Timeout(TimedOut::DaemonStart { timeout }));
     }
     match report.split_first() {
         Some((&READY, rest)) => {
@@ -500,7 +496,7 @@ fn wait_ready(
                 Ok(entry) => entry,
                 Err(e) => {
                     reap_by(pid, Instant::now());
-                    return Err(Error::Protocol(e.to_string()));
+                    return Err(ProtocolError::StartupReport(e).into());
                 }
             };
             Ok(DaemonHandle {

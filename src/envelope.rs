@@ -16,7 +16,7 @@
 //! assert_eq!(req.endpoint, "get");
 //! ```
 
-use crate::error::{CallError, Error, Result};
+use crate::error::{CallError, Error, ProtocolError, Result};
 use crate::msgpack::{array_header, map_header, read_str, read_str_bytes, split_value};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -280,7 +280,7 @@ pub enum Response<'a> {
 
 /// Decodes a response map.
 pub fn decode_response(buf: &[u8]) -> Result<Response<'_>> {
-    let bad = |what: &str| Error::Protocol(format!("malformed response: {what}"));
+    let bad = |what: &'static str| Error::Protocol(ProtocolError::MalformedResponse(what));
     let (n, mut rest) = map_header(buf).ok_or_else(|| bad("not a map"))?;
     let (mut status, mut result, mut error) = (None, None, None);
     for _ in 0..n {
@@ -348,11 +348,11 @@ pub fn decode_result<R: DeserializeOwned>(buf: &[u8]) -> Result<R> {
         }
     }
     match decode_response(buf)? {
-        Response::Ok(raw) => rmp_serde::from_slice(raw).map_err(|e| {
-            Error::Protocol(format!(
-                "result does not decode as {}: {e}",
-                crate::args::user_type_name::<R>()
-            ))
+        Response::Ok(raw) => rmp_serde::from_slice(raw).map_err(|source| {
+            Error::Protocol(ProtocolError::ResultType {
+                expected: crate::args::user_type_name::<R>(),
+                source,
+            })
         }),
         Response::Err { kind, message } => Err(Error::Remote { kind, message }),
     }

@@ -1,15 +1,29 @@
-//! The one error enum of MetaBridge, and the error an endpoint raises.
+//! The errors of MetaBridge: one [`Error`] for every call and set-up, whose
+//! variants carry typed causes (small enums per kind of failure, with the
+//! operating-system, transport and decoding errors kept as `source`), and
+//! [`CallError`], the error an endpoint raises.
+//!
+//! Messages are written once, on the cause types: `Error`'s message is a
+//! kind ("timed out: ", "peer gone: ", ...) followed by its cause's.
 
 use std::borrow::Cow;
 use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
 
 /// Everything a MetaBridge call or setup can fail with.
+///
+/// New variants may be added (typed remote errors among them), so a
+/// `match` needs a catch-all arm.
 ///
 /// ```
 /// let e = metabridge::Error::Remote { kind: "TypeError".into(), message: "bad".into() };
 /// assert_eq!(e.to_string(), "remote error TypeError: bad");
+/// let t = metabridge::Error::Timeout(metabridge::TimedOut::FreeChannel);
+/// assert_eq!(t.to_string(), "timed out: waiting for a free channel");
 /// ```
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// No live service of that name is registered.
     #[error("service {name:?} not found: {reason}")]
@@ -36,29 +50,32 @@ pub enum Error {
         /// Its message.
         message: String,
     },
-    /// The operation did not finish in time.
+    /// The operation did not finish in time: which one, in the cause.
     #[error("timed out: {0}")]
-    Timeout(String),
-    /// The peer process died mid-call, or closed the connection.
+    Timeout(#[source] TimedOut),
+    /// The peer (the service, or for a service its client) is gone: it
+    /// died, stopped or closed the connection. One error for both
+    /// transports; the cause says how it was noticed.
     #[error("peer gone: {0}")]
-    PeerGone(String),
-    /// Bytes that do not follow the protocol.
+    PeerGone(#[source] PeerGone),
+    /// Bytes that do not follow the protocol, or values that do not
+    /// encode or decode.
     #[error("protocol error: {0}")]
-    Protocol(String),
+    Protocol(#[source] ProtocolError),
     /// A file or directory MetaBridge relies on could be controlled by
     /// someone else (another owner, group/other access, a symbolic link):
     /// refused rather than trusted.
     #[error("refusing {}: {problem}", path.display())]
     InsecurePath {
         /// The path.
-        path: std::path::PathBuf,
+        path: PathBuf,
         /// What is wrong with it, and how to fix it.
         problem: String,
     },
     /// The service refused to open a channel, with its reason (a limit, a
     /// credential check, a segment it could not accept).
     #[error("the service refused the channel: {0}")]
-    Refused(String),
+    Refused(#[source] Refusal),
     /// A stopping service passed its shutdown deadline with calls still
     /// running; it stopped anyway, abandoning them.
     #[error(
@@ -68,7 +85,7 @@ pub enum Error {
         /// Service name.
         name: String,
         /// The deadline.
-        timeout: std::time::Duration,
+        timeout: Duration,
         /// The calls abandoned, described.
         abandoned: String,
     },
@@ -90,12 +107,326 @@ pub enum Error {
         /// What is wrong with it.
         problem: String,
     },
+    /// `run` was asked, in the daemon process of one service, to start
+    /// another: a program's daemon serves the service it was started for.
+    #[error("this process is the daemon of {serving:?}; it does not start {asked:?}")]
+    WrongDaemon {
+        /// The service this daemon serves.
+        serving: String,
+        /// The service `run` was asked for.
+        asked: String,
+    },
     /// No room in memory or in the filesystem for what was needed.
-    #[error("{0}")]
-    NoSpace(String),
+    #[error(transparent)]
+    NoSpace(NoSpace),
     /// An operating-system or transport failure.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// What did not finish in time (the cause of [`Error::Timeout`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TimedOut {
+    /// A call had no reply within the client's timeout.
+    #[error("no reply within {after:?} on a shared-memory channel")]
+    ShmReply {
+        /// The client's call timeout.
+        after: Duration,
+    },
+    /// A call over TCP had no reply within the client's timeout.
+    #[error("TCP call")]
+    TcpReply,
+    /// A shared-memory channel's send or receive passed its deadline.
+    #[error("shared-memory channel")]
+    ShmChannel,
+    /// Every channel of the client stayed busy until the deadline.
+    #[error("waiting for a free channel")]
+    FreeChannel,
+    /// Setting up a shared-memory channel with the service passed its
+    /// deadline.
+    #[error("setting up a shared-memory channel")]
+    ChannelSetup,
+    /// The service answered "busy" to every request for a channel until
+    /// the deadline.
+    #[error(
+        "setting up a shared-memory channel: the service answered \"{busy}\" to all {tries} tries"
+    )]
+    ChannelSetupBusy {
+        /// The service's answer.
+        busy: &'static str,
+        /// How many requests were made.
+        tries: u32,
+    },
+    /// Connecting to the service's control socket.
+    #[error("connecting to the control socket {}", socket.display())]
+    ControlConnect {
+        /// The socket.
+        socket: PathBuf,
+    },
+    /// A read or write on the control socket.
+    #[error("{step} on the control socket")]
+    ControlStep {
+        /// The step: "reading the handshake", ...
+        step: &'static str,
+    },
+    /// Another process held the registry's lock too long.
+    #[error("the registry {} stayed locked by another process for {waited:?}", path.display())]
+    RegistryLocked {
+        /// The registry file.
+        path: PathBuf,
+        /// How long this process waited.
+        waited: Duration,
+    },
+    /// The daemon did not report that it started in time (it was killed).
+    #[error("the daemon did not start within {timeout:?} (killed)")]
+    DaemonStart {
+        /// The start-up deadline.
+        timeout: Duration,
+    },
+    /// A program executed again to serve a service (`run` in a
+    /// multi-threaded process) did not reach `run` in time (killed).
+    #[error("{}", reexec_message(service, *pid, &format!("did not reach run() for it within {timeout:?} (killed)")))]
+    DaemonReexec {
+        /// The service.
+        service: String,
+        /// The new copy's process id.
+        pid: u32,
+        /// The start-up deadline.
+        timeout: Duration,
+    },
+}
+
+/// The message of a re-executed program that did not reach `run`, with how
+/// it failed.
+pub(crate) fn reexec_message(service: &str, pid: u32, how: &str) -> String {
+    format!(
+        "run() in a multi-threaded process executes the program again to serve \
+         {service:?}, and the new copy (pid {pid}) {how}: its main must reach the same \
+         run() call. Call run() before the program starts threads (it then forks), \
+         or serve the service from a daemon binary of its own with metabridge::serve"
+    )
+}
+
+/// How the peer was found gone (the cause of [`Error::PeerGone`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerGone {
+    /// The client was closed ([`Client::close`](crate::Client::close)).
+    #[error("the client was closed")]
+    ClientClosed,
+    /// The peer of a shared-memory channel died or closed its side.
+    #[error(transparent)]
+    Shm(metabridge_shm::Error),
+    /// The TCP connection broke (reset, broken pipe, aborted).
+    #[error("the TCP connection to the service was lost ({0})")]
+    TcpLost(#[source] std::io::Error),
+    /// The service closed the TCP connection before it answered.
+    #[error("the service closed the TCP connection without answering (it stopped or died)")]
+    TcpClosed,
+    /// The thread that made a TCP call for an interruptible caller ended
+    /// without handing over a reply.
+    #[error("the TCP call's thread ended without a reply")]
+    TcpCallThread,
+    /// The other side closed the control socket mid-handshake.
+    #[error("the other side closed the control socket")]
+    ControlClosed,
+    /// A named service's peer is gone, for one of the reasons above.
+    #[error("service {name:?}: {cause}")]
+    Service {
+        /// The service.
+        name: String,
+        /// How it was found gone.
+        #[source]
+        cause: Box<PeerGone>,
+    },
+}
+
+/// What broke the protocol (the cause of [`Error::Protocol`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// A MessagePack value ends before its declared length.
+    #[error("truncated MessagePack value")]
+    TruncatedValue,
+    /// A byte that is no MessagePack marker.
+    #[error("invalid MessagePack marker {0:#04x}")]
+    InvalidMarker(u8),
+    /// A response that is not the protocol's `{"status", ...}` map.
+    #[error("malformed response: {0}")]
+    MalformedResponse(&'static str),
+    /// A result that does not decode as the type the caller asked for.
+    #[error("result does not decode as {expected}: {source}")]
+    ResultType {
+        /// The caller's type.
+        expected: String,
+        /// The decoder's error.
+        source: rmp_serde::decode::Error,
+    },
+    /// A value that does not encode as MessagePack.
+    #[error("{what} does not encode: {source}")]
+    Encode {
+        /// What it was: "argument", "constructor argument", ...
+        what: &'static str,
+        /// The encoder's error.
+        source: rmp_serde::encode::Error,
+    },
+    /// A constructor argument given to [`Connect`](crate::Connect) that
+    /// did not encode.
+    #[error("constructor argument: {0}")]
+    ConstructorArgument(#[source] std::sync::Arc<Error>),
+    /// A dynamic value that does not encode as MessagePack.
+    #[error("{0}")]
+    EncodeValue(#[source] rmpv::encode::Error),
+    /// The service's start-up report does not decode.
+    #[error("the daemon's start-up report: {0}")]
+    StartupReport(#[source] rmp_serde::decode::Error),
+    /// A control-socket handshake that breaks its protocol.
+    #[error(transparent)]
+    Handshake(HandshakeError),
+    /// The live counters' segment is not one this reader accepts.
+    #[error("counters segment: {0}")]
+    Counters(String),
+    /// A registry entry too large for its slot even without endpoints.
+    #[error("registry entry for {0:?} is too large")]
+    RegistryEntryTooLarge(String),
+    /// A shared-memory segment or ring with contents no correct peer
+    /// writes.
+    #[error(transparent)]
+    Shm(metabridge_shm::Error),
+    /// A TCP frame that breaks the framing.
+    #[error(transparent)]
+    Frame(metabridge_tcp::FrameError),
+}
+
+/// A control-socket handshake that breaks its protocol (see
+/// [`ProtocolError::Handshake`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandshakeError {
+    /// The service said yes but sent no doorbell descriptor.
+    #[error("the service accepted the channel without doorbells")]
+    NoDoorbells,
+    /// The service said yes but sent no counters descriptor.
+    #[error("the service sent no descriptor for its counters")]
+    NoCounters,
+    /// A status byte this build does not know.
+    #[error("control socket answered with unknown status {0}")]
+    UnknownStatus(u8),
+    /// The process behind the socket is another user's.
+    #[error("the control socket {} is served by uid {peer}, not by this user (uid {me}); refusing to use it", socket.display())]
+    ForeignPeer {
+        /// The socket.
+        socket: PathBuf,
+        /// The uid serving it.
+        peer: u32,
+        /// Ours.
+        me: u32,
+    },
+    /// More than one descriptor came with a handshake (all were closed).
+    #[error("{count} descriptors came with a handshake, which takes at most one; all were closed")]
+    TooManyDescriptors {
+        /// How many: a number, or "more than N".
+        count: String,
+    },
+    /// The service named a worker's doorbell it did not send.
+    #[error("the service named doorbell {0}, which does not exist")]
+    NoSuchDoorbell(u16),
+    /// The doorbell set has fewer bells than workers.
+    #[error("doorbell set too small")]
+    DoorbellSetTooSmall,
+    /// The doorbell set has no descriptor to send.
+    #[error("the doorbell set has no descriptor")]
+    DoorbellSetNoFd,
+}
+
+/// A service's refusal (the cause of [`Error::Refused`]): its reason, as
+/// it wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct Refusal {
+    /// The service's words.
+    pub reason: String,
+}
+
+impl Refusal {
+    /// A refusal with this reason.
+    pub fn new(reason: impl Into<String>) -> Refusal {
+        Refusal {
+            reason: reason.into(),
+        }
+    }
+
+    /// Whether the reason contains `pat`.
+    pub fn contains(&self, pat: &str) -> bool {
+        self.reason.contains(pat)
+    }
+}
+
+/// No room for what was needed (the cause of [`Error::NoSpace`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NoSpace {
+    /// A shared-memory segment's pages could not be reserved.
+    #[error(transparent)]
+    Shm(metabridge_shm::Error),
+    /// The registry file could not be written (ENOSPC).
+    #[error("no space left to write the registry {}", path.display())]
+    RegistryWrite {
+        /// The registry file.
+        path: PathBuf,
+        /// The write's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Every slot of the registry holds a live service.
+    #[error("the registry {} is full ({slots} live services)", path.display())]
+    RegistryFull {
+        /// The registry file.
+        path: PathBuf,
+        /// Its number of slots.
+        slots: usize,
+    },
+    /// The registry's bytes could not be reserved on its filesystem.
+    #[error("no space to reserve the {bytes} bytes of the registry {}{}", path.display(), left.map(|n| format!(" ({n} bytes left)")).unwrap_or_default())]
+    RegistryReserve {
+        /// The registry file.
+        path: PathBuf,
+        /// Its size.
+        bytes: u64,
+        /// The space left on its filesystem, when known.
+        left: Option<u64>,
+    },
+}
+
+impl From<TimedOut> for Error {
+    fn from(t: TimedOut) -> Error {
+        Error::Timeout(t)
+    }
+}
+
+impl From<PeerGone> for Error {
+    fn from(p: PeerGone) -> Error {
+        Error::PeerGone(p)
+    }
+}
+
+impl From<ProtocolError> for Error {
+    fn from(p: ProtocolError) -> Error {
+        Error::Protocol(p)
+    }
+}
+
+impl From<HandshakeError> for Error {
+    fn from(h: HandshakeError) -> Error {
+        Error::Protocol(ProtocolError::Handshake(h))
+    }
+}
+
+impl From<NoSpace> for Error {
+    fn from(n: NoSpace) -> Error {
+        Error::NoSpace(n)
+    }
 }
 
 /// The largest message, request or result, on either transport: 256 MiB,
@@ -115,12 +446,12 @@ impl From<metabridge_shm::Error> for Error {
     fn from(e: metabridge_shm::Error) -> Self {
         use metabridge_shm::Error as S;
         match e {
-            S::PeerGone { .. } | S::Closed => Error::PeerGone(e.to_string()),
-            S::Timeout => Error::Timeout("shared-memory channel".into()),
+            S::PeerGone { .. } | S::Closed => Error::PeerGone(PeerGone::Shm(e)),
+            S::Timeout => Error::Timeout(TimedOut::ShmChannel),
             S::Io(io) => Error::Io(io),
-            S::NoSpace { .. } => Error::NoSpace(e.to_string()),
+            S::NoSpace { .. } => Error::NoSpace(NoSpace::Shm(e)),
             S::MessageTooLarge { len, max } => Error::MessageTooLarge { len, max },
-            other => Error::Protocol(other.to_string()),
+            other => Error::Protocol(ProtocolError::Shm(other)),
         }
     }
 }

@@ -77,7 +77,9 @@ pub use daemon::{
     run, serve, serve_forked_child, wait_forked_child, DaemonHandle, DAEMON_ENV,
     SHUTDOWN_TIMEOUT_EXIT, STARTUP_TIMEOUT, STOP_TIMEOUT,
 };
-pub use error::{CallError, Error, Result};
+pub use error::{
+    CallError, Error, HandshakeError, NoSpace, PeerGone, ProtocolError, Refusal, Result, TimedOut,
+};
 pub use gc::{gc, GcReport};
 pub use metabridge_macros::{endpoint, function, service};
 pub use server::request_stop;

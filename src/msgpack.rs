@@ -1,10 +1,10 @@
 //! The few MessagePack facts the envelope needs that rmp does not give:
 //! the byte extent of one encoded value, found without decoding it.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ProtocolError, Result};
 
 fn truncated() -> Error {
-    Error::Protocol("truncated MessagePack value".into())
+    Error::Protocol(ProtocolError::TruncatedValue)
 }
 
 /// Reads a big-endian unsigned integer of `n` bytes at `pos`.
@@ -76,7 +76,7 @@ pub fn value_len(buf: &[u8]) -> Result<usize> {
             0xdd => (4, be(buf, pos, 4)?),
             0xde => (2, 2 * be(buf, pos, 2)?),
             0xdf => (4, 2 * be(buf, pos, 4)?),
-            0xc1 => return Err(Error::Protocol("invalid MessagePack marker 0xc1".into())),
+            0xc1 => return Err(Error::Protocol(ProtocolError::InvalidMarker(0xc1))),
         };
         let rest = (buf.len() - pos) as u64;
         if skip > rest {

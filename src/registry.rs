@@ -18,7 +18,7 @@
 //!   process we cannot check (no descriptors left, say) is never called
 //!   dead. A live service whose entry vanished registers again.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, NoSpace, ProtocolError, Result, TimedOut};
 use crate::platform::{self, Errno, LockKind};
 use metabridge_shm::ProcessIdentity;
 use serde::{Deserialize, Serialize};
@@ -310,10 +310,11 @@ impl Registry {
                 return Err(path_error(&self.path, "cannot lock the registry", err));
             }
             if Instant::now() >= deadline {
-                return Err(Error::Timeout(format!(
-                    "the registry {} stayed locked by another process for {LOCK_TIMEOUT:?}",
-                    self.path.display()
-                )));
+                return Err(TimedOut::RegistryLocked {
+                    path: self.path.clone(),
+                    waited: LOCK_TIMEOUT,
+                }
+                .into());
             }
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -364,10 +365,10 @@ impl Registry {
             .write_all_at(&bytes, (slot * SLOT_BYTES) as u64)
             .map_err(|e| {
                 if e.raw_os_error() == Some(platform::Errno::ENOSPC as i32) {
-                    Error::NoSpace(format!(
-                        "no space left to write the registry {}",
-                        self.path.display()
-                    ))
+                    Error::NoSpace(NoSpace::RegistryWrite {
+                        path: self.path.clone(),
+                        source: e,
+                    })
                 } else {
                     path_error(&self.path, "cannot write the registry", e)
                 }
@@ -481,10 +482,10 @@ impl Registry {
             }
         }
         let slot = free.ok_or_else(|| {
-            Error::NoSpace(format!(
-                "the registry {} is full ({SLOTS} live services)",
-                self.path.display()
-            ))
+            Error::NoSpace(NoSpace::RegistryFull {
+                path: self.path.clone(),
+                slots: SLOTS,
+            })
         })?;
         self.write_slot(&lock, slot, Some(entry))
     }
@@ -515,15 +516,11 @@ impl Registry {
 fn reserve(file: &File, path: &Path) -> Result<()> {
     match platform::reserve_space(file, FILE_LEN as u64) {
         Ok(()) => Ok(()),
-        Err(Errno::ENOSPC) => {
-            let left = platform::space_left(path)
-                .map(|n| format!(" ({n} bytes left)"))
-                .unwrap_or_default();
-            Err(Error::NoSpace(format!(
-                "no space to reserve the {FILE_LEN} bytes of the registry {}{left}",
-                path.display()
-            )))
-        }
+        Err(Errno::ENOSPC) => Err(Error::NoSpace(crate::NoSpace::RegistryReserve {
+            path: path.to_path_buf(),
+            bytes: FILE_LEN as u64,
+            left: platform::space_left(path),
+        })),
         // Filesystems without fallocate: the writes themselves report ENOSPC.
         Err(Errno::EOPNOTSUPP) => Ok(()),
         Err(e) => Err(path_error(path, "cannot reserve the registry", e.into())),
@@ -535,15 +532,15 @@ fn encode_entry(entry: &Entry) -> Result<Vec<u8>> {
     let mut e = entry.clone();
     loop {
         // Named fields (a map): readable by clients in other languages.
-        let bytes = rmp_serde::to_vec_named(&e).map_err(|x| Error::Protocol(x.to_string()))?;
+        let bytes = rmp_serde::to_vec_named(&e).map_err(|source| ProtocolError::Encode {
+            what: "a registry entry",
+            source,
+        })?;
         if bytes.len() <= PAYLOAD_BYTES {
             return Ok(bytes);
         }
         if e.endpoints.pop().is_none() {
-            return Err(Error::Protocol(format!(
-                "registry entry for {:?} is too large",
-                entry.name
-            )));
+            return Err(ProtocolError::RegistryEntryTooLarge(entry.name.clone()).into());
         }
     }
 }

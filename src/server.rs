@@ -324,7 +324,7 @@ fn start_workers(
     for k in 0..workers {
         let bell = bells
             .bell(k)
-            .ok_or_else(|| Error::Protocol("doorbell set too small".into()))?;
+            .ok_or(crate::HandshakeError::DoorbellSetTooSmall)?;
         let inbox = Arc::new(Inbox {
             pending: AtomicBool::new(false),
             channels: Mutex::new(Vec::new()),

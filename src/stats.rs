@@ -236,8 +236,11 @@ impl Counters {
     ) -> Result<Counters> {
         let slots = slots.clamp(2, MAX_SLOTS);
         let n = endpoints.len().min(MAX_ENDPOINTS);
-        let names = rmp_serde::to_vec(&endpoints[..n])
-            .map_err(|e| Error::Protocol(format!("encoding endpoint names: {e}")))?;
+        let names =
+            rmp_serde::to_vec(&endpoints[..n]).map_err(|source| crate::ProtocolError::Encode {
+                what: "the endpoint names",
+                source,
+            })?;
         let names_offset = HEADER_BYTES;
         let blocks_offset = (names_offset + names.len()).next_multiple_of(128);
         let block_bytes = ((SERVICE_WORDS + n * EP_WORDS) * 8).next_multiple_of(128);
@@ -473,7 +476,7 @@ pub fn fetch(entry: &crate::registry::Entry, timeout: Duration) -> Result<Snapsh
 /// read-only, validates the header against the mapping, and sums the
 /// blocks.
 pub fn read(fd: BorrowedFd<'_>) -> Result<Snapshot> {
-    let bad = |what: String| Error::Protocol(format!("counters segment: {what}"));
+    let bad = |what: String| Error::Protocol(crate::ProtocolError::Counters(what));
     let len = metabridge_shm::memfd::check_write_sealed(fd, HEADER_BYTES as u64, "live counters")
         .map_err(|e| bad(e.to_string()))? as usize;
     // Sealed against shrinking (checked above, and by the mapping), so no
@@ -671,7 +674,7 @@ mod tests {
         assert!(read(c.read_only_fd()).is_ok());
         match read(copy.as_fd()) {
             Err(Error::Protocol(why)) => {
-                assert!(why.contains("F_SEAL_FUTURE_WRITE"), "{why}")
+                assert!(why.to_string().contains("F_SEAL_FUTURE_WRITE"), "{why}")
             }
             other => panic!("accepted a writable counters segment: {other:?}"),
         }

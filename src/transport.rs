@@ -2,7 +2,7 @@
 //! request envelope, whichever carries it.
 
 use crate::envelope;
-use crate::error::{Error, Result};
+use crate::error::{Error, PeerGone, ProtocolError, Result, TimedOut};
 use crate::registry::Entry;
 use crossbeam_utils::atomic::AtomicCell;
 use metabridge_shm::{Channel, ChannelConfig, DoorbellSet};
@@ -135,21 +135,21 @@ fn pool_error(e: PoolError) -> Error {
                 ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
             ) =>
         {
-            Error::PeerGone(format!("the TCP connection to the service was lost ({io})"))
+            Error::PeerGone(PeerGone::TcpLost(io))
         }
-        PoolError::Frame(metabridge_tcp::FrameError::Closed) => Error::PeerGone(
-            "the service closed the TCP connection without answering (it stopped or died)".into(),
-        ),
+        PoolError::Frame(metabridge_tcp::FrameError::Closed) => {
+            Error::PeerGone(PeerGone::TcpClosed)
+        }
         PoolError::Io(io) => Error::Io(io),
-        PoolError::Timeout => Error::Timeout("TCP call".into()),
-        PoolError::Closed => Error::PeerGone("the client was closed".into()),
+        PoolError::Timeout => Error::Timeout(TimedOut::TcpReply),
+        PoolError::Closed => Error::PeerGone(PeerGone::ClientClosed),
         PoolError::Frame(metabridge_tcp::FrameError::TooLarge { declared, max }) => {
             Error::MessageTooLarge {
                 len: declared,
                 max: max as u64,
             }
         }
-        PoolError::Frame(f) => Error::Protocol(f.to_string()),
+        PoolError::Frame(f) => Error::Protocol(ProtocolError::Frame(f)),
     }
 }
 
@@ -190,9 +190,7 @@ fn tcp_call_interruptibly(
                 }
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                return Err(Error::PeerGone(
-                    "the TCP call's thread ended without a reply".into(),
-                ))
+                return Err(Error::PeerGone(PeerGone::TcpCallThread))
             }
         }
     }
@@ -340,10 +338,9 @@ impl ShmPool {
                 self.wake_waiter(self.idle.lock().unwrap_or_else(|p| p.into_inner()));
                 Err(match e {
                     _ if interrupted => interrupted_wait(),
-                    metabridge_shm::Error::Timeout => Error::Timeout(format!(
-                        "no reply within {:?} on a shared-memory channel",
-                        self.timeout
-                    )),
+                    metabridge_shm::Error::Timeout => Error::Timeout(TimedOut::ShmReply {
+                        after: self.timeout,
+                    }),
                     other => other.into(),
                 })
             }
@@ -358,7 +355,7 @@ impl ShmPool {
         let deadline = Instant::now() + self.timeout;
         loop {
             if self.closed.load(Ordering::Acquire) {
-                return Err(Error::PeerGone("the client was closed".into()));
+                return Err(Error::PeerGone(PeerGone::ClientClosed));
             }
             if let Some(conn) = idle.conns.pop().or_else(|| self.hot.take()) {
                 return Ok(conn);
@@ -373,7 +370,7 @@ impl ShmPool {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(Error::Timeout("waiting for a free channel".into()));
+                return Err(Error::Timeout(TimedOut::FreeChannel));
             }
             // SeqCst: a release either sees us waiting (and goes through
             // the lock, which notifies) or put its channel in `hot` before
@@ -438,12 +435,9 @@ impl ShmPool {
                 self.doorbells.get_or_init(|| bells)
             }
         };
-        let bell = bells.bell(granted.worker as usize).ok_or_else(|| {
-            Error::Protocol(format!(
-                "the service named doorbell {}, which does not exist",
-                granted.worker
-            ))
-        })?;
+        let bell = bells
+            .bell(granted.worker as usize)
+            .ok_or_else(|| Error::from(crate::HandshakeError::NoSuchDoorbell(granted.worker)))?;
         // The worker's doorbell: rung for each request it may be asleep
         // for, and when we free room for a reply it could not send whole.
         channel.halves().1.set_doorbell(bell.clone());

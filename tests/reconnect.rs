@@ -11,7 +11,7 @@ use std::time::Duration;
 fn gone_names(e: &Error, name: &str) -> bool {
     match e {
         Error::ServiceNotFound { name: n, .. } => n == name,
-        Error::PeerGone(why) => why.contains(&format!("{name:?}")),
+        Error::PeerGone(why) => why.to_string().contains(&format!("{name:?}")),
         _ => false,
     }
 }
