@@ -68,23 +68,16 @@ pub struct Connect {
 /// Starts connecting to the service `name`; finish with
 /// [`Connect::open`].
 pub fn connect(name: &str) -> Connect {
-    let transport = match std::env::var("METABRIDGE_TRANSPORT").as_deref() {
-        Ok("tcp") => TransportKind::Tcp,
-        Ok("shm") => TransportKind::Shm,
-        _ => TransportKind::Auto,
-    };
     Connect {
         name: name.to_owned(),
         ctor: CallArgs::new(),
         timeout: Duration::from_secs(30),
-        transport,
+        transport: crate::config::client_transport(),
         address: None,
-        token: std::env::var("METABRIDGE_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty()),
+        token: crate::config::token(),
         token_given: false,
         max_channels: 16,
-        max_message: crate::error::default_max_message(),
+        max_message: crate::config::max_message(),
         error: None,
         home: None,
     }

@@ -429,16 +429,6 @@ impl From<NoSpace> for Error {
     }
 }
 
-/// The largest message, request or result, on either transport: 256 MiB,
-/// or `$METABRIDGE_MAX_MESSAGE` (bytes; the older `METABRIDGE_MAX_FRAME`
-/// is read too).
-pub fn default_max_message() -> usize {
-    ["METABRIDGE_MAX_MESSAGE", "METABRIDGE_MAX_FRAME"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok().and_then(|s| s.parse().ok()))
-        .unwrap_or(256 << 20)
-}
-
 /// Shorthand for MetaBridge results.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -47,6 +47,7 @@ mod args;
 // no lock) holds `unsafe` blocks, each with its SAFETY comment.
 #[allow(unsafe_code)]
 mod client;
+mod config;
 mod control;
 mod daemon;
 mod dispatch;
@@ -73,6 +74,7 @@ mod worker;
 
 pub use args::{Args, Bin, CallArgs, IntoArgs};
 pub use client::{connect, lookup, to_msgpack, Client, Connect, TransportKind};
+pub use config::ServiceConfig;
 pub use daemon::{
     run, serve, serve_forked_child, wait_forked_child, DaemonHandle, DAEMON_ENV,
     SHUTDOWN_TIMEOUT_EXIT, STARTUP_TIMEOUT, STOP_TIMEOUT,
@@ -83,9 +85,7 @@ pub use error::{
 pub use gc::{gc, GcReport};
 pub use metabridge_macros::{endpoint, function, service};
 pub use server::request_stop;
-pub use service::{
-    validate_service_name, EndpointFuture, Reply, Service, ServiceConfig, MAX_SERVICE_NAME_LEN,
-};
+pub use service::{validate_service_name, EndpointFuture, Reply, Service, MAX_SERVICE_NAME_LEN};
 
 /// Re-exported for generated code and dynamic calls.
 pub use rmpv;

@@ -22,9 +22,9 @@
 //! trap. A file that merely cannot be opened (a missing directory) is
 //! reported and the log goes to standard error.
 
+use crate::config::ServiceConfig;
 use crate::error::{Error, Result};
 use crate::platform;
-use crate::service::ServiceConfig;
 use std::fs::{File, Metadata};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 /// start); one that cannot be opened is reported on standard error and
 /// the daemon goes on without a file.
 pub(crate) fn init_daemon(config: &ServiceConfig) -> Result<()> {
-    let env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+    let env = crate::config::log_filter();
     if !config.logger && env.is_none() {
         return Ok(());
     }

@@ -78,10 +78,8 @@ impl Entry {
 
 /// `$METABRIDGE_HOME`, or `/dev/shm/metabridge-<uid>`.
 pub fn home_dir() -> PathBuf {
-    match std::env::var_os("METABRIDGE_HOME") {
-        Some(h) if !h.is_empty() => PathBuf::from(h),
-        _ => PathBuf::from(format!("/dev/shm/metabridge-{}", platform::euid())),
-    }
+    crate::config::home()
+        .unwrap_or_else(|| PathBuf::from(format!("/dev/shm/metabridge-{}", platform::euid())))
 }
 
 /// Creates the home directory (mode 0700) if needed, and refuses one that

@@ -179,7 +179,7 @@ fn open_registry_and_collect(
 /// operator chose the address (and then the token, or none), guard it
 /// with a token of our own, published to this user's clients only.
 /// Returns the token to publish, if one was made.
-fn guard_default_tcp(config: &mut crate::service::ServiceConfig) -> Result<Option<String>> {
+fn guard_default_tcp(config: &mut crate::config::ServiceConfig) -> Result<Option<String>> {
     if config.token.is_none() && config.tcp_is_default() {
         let token = random_token()?;
         config.token = Some(token.clone());
@@ -194,9 +194,9 @@ fn guard_default_tcp(config: &mut crate::service::ServiceConfig) -> Result<Optio
 /// METABRIDGE_STATS=0 turns them off (to measure what they cost).
 fn instrument<S: Send + Sync + 'static>(
     service: &mut Service<S>,
-    config: &crate::service::ServiceConfig,
+    config: &crate::config::ServiceConfig,
 ) -> Option<Arc<crate::stats::Counters>> {
-    let counters = if std::env::var_os("METABRIDGE_STATS").is_some_and(|v| v == "0") {
+    let counters = if !crate::config::stats_enabled() {
         None
     } else {
         let names = service.endpoint_names();
@@ -224,7 +224,7 @@ fn instrument<S: Send + Sync + 'static>(
 }
 
 /// The tokio runtime that runs the TCP server and async endpoints.
-fn build_runtime(config: &crate::service::ServiceConfig) -> Result<tokio::runtime::Runtime> {
+fn build_runtime(config: &crate::config::ServiceConfig) -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.workers.max(1))
         .thread_name("metabridge-rt")
@@ -244,7 +244,7 @@ struct TcpSide {
 fn start_tcp(
     runtime: &tokio::runtime::Runtime,
     dispatch: &Arc<dyn Dispatch>,
-    config: &crate::service::ServiceConfig,
+    config: &crate::config::ServiceConfig,
     counters: &Option<Arc<crate::stats::Counters>>,
     name: &str,
 ) -> Result<TcpSide> {
@@ -308,7 +308,7 @@ struct Workers {
 fn start_workers(
     runtime: &tokio::runtime::Runtime,
     dispatch: &Arc<dyn Dispatch>,
-    config: &crate::service::ServiceConfig,
+    config: &crate::config::ServiceConfig,
     counters: &Option<Arc<crate::stats::Counters>>,
     bells: &DoorbellSet,
     workers: usize,
@@ -415,7 +415,7 @@ struct Unfinished {
 /// within the shutdown deadline: an endpoint that never returns must
 /// not keep the process alive.
 fn stop_gracefully(
-    config: &crate::service::ServiceConfig,
+    config: &crate::config::ServiceConfig,
     pool: &Arc<crate::worker::Pool>,
     acceptor: &Acceptor,
     tcp: TcpSide,
@@ -500,7 +500,7 @@ impl Acceptor {
     /// `max_channels`, spread over `inboxes` in turn.
     fn new(
         name: &str,
-        config: &crate::service::ServiceConfig,
+        config: &crate::config::ServiceConfig,
         bells: DoorbellSet,
         inboxes: Vec<Arc<Inbox>>,
         counters: Option<Arc<crate::stats::Counters>>,

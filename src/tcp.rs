@@ -22,11 +22,10 @@
 
 use crate::dispatch::{finish_async, Dispatch, Outcome};
 use crate::envelope;
-use metabridge_tcp::{Handler, Server, ServerConfig};
+use metabridge_tcp::{Handler, Server};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::Semaphore;
 
@@ -136,62 +135,16 @@ impl Handler for TcpHandler {
     }
 }
 
-/// `$name` parsed, if set and parsable.
-fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
-
-/// `$name` parsed, or `default` if unset or unparsable.
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    env(name).unwrap_or(default)
-}
-
 /// Binds the TCP listener of a service.
 ///
-/// The deadlines to authenticate and for a stalled frame are the
-/// service's (`ServiceConfig::tcp_auth_timeout`, `tcp_stall_timeout`).
-/// Other limits come from the environment until the service configuration
-/// has them: `METABRIDGE_TCP_MAX_UNAUTHENTICATED_FRAME`,
-/// `METABRIDGE_TCP_MAX_CONNECTIONS`, `METABRIDGE_TCP_MAX_CONNECTIONS_PER_IP`,
-/// `METABRIDGE_TCP_MAX_IDLE_PER_IP`, `METABRIDGE_TCP_MAX_UNAUTHENTICATED`,
-/// `METABRIDGE_TCP_MAX_UNAUTHENTICATED_PER_IP` and
-/// `METABRIDGE_TCP_SHUTDOWN_GRACE_MS` (defaults: those of [`ServerConfig`]).
+/// Its settings: [`crate::config::tcp_server`].
 pub(crate) async fn bind(
     addr: &str,
     dispatch: Arc<dyn Dispatch>,
-    service: &crate::service::ServiceConfig,
+    service: &crate::config::ServiceConfig,
     counters: Option<Arc<crate::stats::Counters>>,
 ) -> std::io::Result<Server> {
-    let defaults = ServerConfig::default();
-    let config = ServerConfig {
-        // One message limit for both transports.
-        max_frame: service.max_message,
-        max_unauthenticated_frame: env_or(
-            "METABRIDGE_TCP_MAX_UNAUTHENTICATED_FRAME",
-            defaults.max_unauthenticated_frame,
-        ),
-        max_connections: env_or("METABRIDGE_TCP_MAX_CONNECTIONS", defaults.max_connections),
-        max_connections_per_ip: env_or(
-            "METABRIDGE_TCP_MAX_CONNECTIONS_PER_IP",
-            defaults.max_connections_per_ip,
-        ),
-        max_idle_per_ip: env_or("METABRIDGE_TCP_MAX_IDLE_PER_IP", defaults.max_idle_per_ip),
-        max_unauthenticated: env_or(
-            "METABRIDGE_TCP_MAX_UNAUTHENTICATED",
-            defaults.max_unauthenticated,
-        ),
-        max_unauthenticated_per_ip: env_or(
-            "METABRIDGE_TCP_MAX_UNAUTHENTICATED_PER_IP",
-            defaults.max_unauthenticated_per_ip,
-        ),
-        auth_timeout: service.tcp_auth_timeout,
-        stall_timeout: service.tcp_stall_timeout,
-        // Within the service's own shutdown deadline.
-        shutdown_grace: env("METABRIDGE_TCP_SHUTDOWN_GRACE_MS")
-            .map_or(service.shutdown_timeout, Duration::from_millis),
-        spin: Duration::from_micros(50),
-        ..defaults
-    };
+    let config = crate::config::tcp_server(service);
     let handler = TcpHandler {
         dispatch,
         max_message: service.max_message,
