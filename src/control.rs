@@ -39,7 +39,6 @@ use crate::platform::{self, Errno};
 use metabridge_shm::{Channel, ChannelConfig, DoorbellSet};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -176,47 +175,15 @@ pub(crate) fn request_stats(socket: &Path, deadline: Instant) -> Result<OwnedFd>
 /// be a socket of ours, and `SO_PEERCRED` must name our uid. The stream's
 /// reads and writes then time out at the deadline.
 fn connect_to_service(socket: &Path, deadline: Instant) -> Result<UnixStream> {
-    check_socket_file(socket)?;
+    crate::trust::check_socket_file(socket)?;
     let stream = connect_until(socket, deadline)?;
-    let me = platform::euid();
-    let peer = platform::peer_uid(&stream)?;
-    if peer != me {
-        return Err(HandshakeError::ForeignPeer {
-            socket: socket.to_path_buf(),
-            peer,
-            me,
-        }
-        .into());
-    }
+    crate::trust::check_service_peer(&stream, socket)?;
     set_timeouts(&stream, remaining(deadline)?)?;
     Ok(stream)
 }
 
-/// Who may open channels on a service.
-#[derive(Clone, Debug)]
-pub(crate) struct PeerPolicy {
-    /// The service's own uid, always admitted.
-    pub(crate) uid: u32,
-    /// Other uids admitted (`ServiceConfig::allow_uids`).
-    pub(crate) also: Vec<u32>,
-}
-
-impl PeerPolicy {
-    /// `Err(reason)` unless the process on `stream` may talk to us.
-    pub(crate) fn admit(&self, stream: &UnixStream) -> std::result::Result<(), String> {
-        match platform::peer_uid(stream) {
-            Ok(uid) if uid == self.uid || self.also.contains(&uid) => Ok(()),
-            Ok(uid) => Err(format!(
-                "uid {uid} may not open channels on this service (it admits uid {} and {:?}; see ServiceConfig::allow_uids)",
-                self.uid, self.also
-            )),
-            Err(e) => Err(format!("cannot read the peer's credentials: {e}")),
-        }
-    }
-}
-
 /// Service side: reads one request from `stream` (already admitted by
-/// [`PeerPolicy::admit`]), maps the segment it carries, lets `place` hand
+/// [`PeerPolicy::admit`](crate::trust::PeerPolicy::admit)), maps the segment it carries, lets `place` hand
 /// the channel to a worker (or refuse it, saying why), and answers. Reads
 /// obey [`SERVICE_HANDSHAKE_TIMEOUT`].
 pub(crate) fn serve_request(
@@ -293,43 +260,6 @@ pub(crate) fn refuse(stream: &UnixStream, why: &str) {
     let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
     let mut stream = stream;
     let _ = stream.write_all(&reply);
-}
-
-/// The control socket must be a socket (not a symlink to one elsewhere)
-/// owned by us: otherwise another user could be listening there.
-fn check_socket_file(socket: &Path) -> Result<()> {
-    let meta = std::fs::symlink_metadata(socket).map_err(|e| {
-        Error::Io(std::io::Error::new(
-            e.kind(),
-            format!("control socket {}: {e}", socket.display()),
-        ))
-    })?;
-    let me = platform::euid();
-    if !meta.file_type().is_socket() || meta.uid() != me {
-        return Err(Error::InsecurePath {
-            path: socket.to_owned(),
-            problem: format!(
-                "is a {} owned by uid {} (expected a socket owned by uid {me})",
-                describe(&meta.file_type()),
-                meta.uid()
-            ),
-        });
-    }
-    Ok(())
-}
-
-pub(crate) fn describe(t: &std::fs::FileType) -> &'static str {
-    if t.is_symlink() {
-        "symbolic link"
-    } else if t.is_dir() {
-        "directory"
-    } else if t.is_file() {
-        "regular file"
-    } else if t.is_socket() {
-        "socket"
-    } else {
-        "special file"
-    }
 }
 
 /// Connects without blocking past `deadline` (a full listen backlog makes

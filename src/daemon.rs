@@ -225,7 +225,7 @@ fn watch_parent(parent: Pid) -> std::io::Result<bool> {
             while platform::parent_pid() == parent {
                 std::thread::sleep(PARENT_POLL);
             }
-            crate::server::notice_parent_gone();
+            crate::lifecycle::notice_parent_gone();
         })?;
     Ok(true)
 }

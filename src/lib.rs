@@ -55,6 +55,7 @@ pub mod envelope;
 mod error;
 mod gc;
 mod instrument;
+mod lifecycle;
 mod logger;
 /// Measurement helpers of the `metabridge` tool and the benchmarks.
 #[cfg(feature = "cli")]
@@ -70,6 +71,7 @@ mod service;
 pub mod stats;
 mod tcp;
 mod transport;
+mod trust;
 mod worker;
 
 pub use args::{Args, Bin, CallArgs, IntoArgs};
@@ -83,8 +85,8 @@ pub use error::{
     CallError, Error, HandshakeError, NoSpace, PeerGone, ProtocolError, Refusal, Result, TimedOut,
 };
 pub use gc::{gc, GcReport};
+pub use lifecycle::request_stop;
 pub use metabridge_macros::{endpoint, function, service};
-pub use server::request_stop;
 pub use service::{validate_service_name, EndpointFuture, Reply, Service, MAX_SERVICE_NAME_LEN};
 
 /// Re-exported for generated code and dynamic calls.
@@ -94,130 +96,14 @@ pub use serde;
 
 /// Support of the code `#[metabridge::service]` generates; not an API.
 #[doc(hidden)]
-pub mod __private {
-    pub use crate::args::Bin;
-    use crate::{Args, CallError};
+#[path = "macro_support.rs"]
+pub mod __private;
 
-    /// How the macro builds a service without `fn new`: `Default`, with a
-    /// message that says what to add when there is none.
-    #[diagnostic::on_unimplemented(
-        message = "`{Self}` has no constructor for `#[metabridge::service]`",
-        label = "add `pub fn new(..) -> Self` to the `#[metabridge::service]` impl block, or implement `Default` for `{Self}`"
-    )]
-    pub trait DefaultConstructor: Sized {
-        /// `Default::default()`.
-        fn construct() -> Self;
-    }
-
-    impl<T: Default> DefaultConstructor for T {
-        fn construct() -> Self {
-            T::default()
-        }
-    }
-
-    /// A type an endpoint or constructor parameter can have: one that
-    /// deserializes, with a message that says so when it does not.
-    #[diagnostic::on_unimplemented(
-        message = "`{Self}` cannot be a parameter of a `#[metabridge::service]`: arguments are deserialized from MessagePack",
-        label = "`{Self}` does not implement `serde::Deserialize`",
-        note = "derive it: `#[derive(serde::Deserialize)]` on `{Self}` (with serde's `derive` feature), or take a type that implements it"
-    )]
-    pub trait Param: Sized {
-        /// Binds the next parameter, named `name`.
-        fn next(args: &mut Args<'_>, name: &str) -> Result<Self, CallError>;
-    }
-
-    impl<T: serde::de::DeserializeOwned> Param for T {
-        #[inline]
-        fn next(args: &mut Args<'_>, name: &str) -> Result<Self, CallError> {
-            args.next(name)
-        }
-    }
-
-    /// Asks the service to build the instance of `client`'s constructor
-    /// arguments now, so that a failing constructor fails `connect`. A
-    /// service that does not know the request (the original Python one)
-    /// answers `NotFound`: then the first call will tell.
-    pub fn construct(client: &crate::Client) -> crate::Result<()> {
-        match client.call::<crate::rmpv::Value>(crate::dispatch::CONSTRUCT_ENDPOINT, ()) {
-            Err(crate::Error::Remote { kind, .. }) if kind == "NotFound" => Ok(()),
-            other => other.map(drop),
-        }
-    }
-}
-
-/// In-process access to the dispatcher, for micro benchmarks and tests:
-/// the exact code a worker runs on a request, without a transport.
+/// In-process access to the dispatcher, for micro benchmarks and tests.
 #[doc(hidden)]
-pub mod local {
-    use crate::dispatch::{finish_async, CallCache, Dispatch, Dispatcher, Outcome};
-    use crate::service::Service;
-    use std::cell::RefCell;
+pub mod local;
 
-    /// A service's dispatcher, called directly, as one connection.
-    pub struct LocalDispatcher(
-        Box<dyn Dispatch>,
-        tokio::runtime::Runtime,
-        RefCell<CallCache>,
-    );
-
-    impl LocalDispatcher {
-        /// Builds the dispatcher of `service`.
-        pub fn new<S: Send + Sync + 'static>(service: Service<S>) -> LocalDispatcher {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            LocalDispatcher(Box::new(Dispatcher::new(service)), rt, RefCell::default())
-        }
-
-        /// Handles one encoded request as the next call of this connection
-        /// (so a request shaped like the last one takes the fast path); the
-        /// encoded response is in `out`.
-        pub fn handle(&self, request: &[u8], out: &mut Vec<u8>) {
-            let outcome = self.0.begin_cached(request, out, &mut self.2.borrow_mut());
-            self.finish(outcome, out);
-        }
-
-        /// Handles one encoded request with nothing remembered of earlier
-        /// calls (the full path: decode, endpoint table, instance LRU).
-        pub fn handle_fresh(&self, request: &[u8], out: &mut Vec<u8>) {
-            let outcome = self.0.begin(request, out);
-            self.finish(outcome, out);
-        }
-
-        fn finish(&self, outcome: Outcome, out: &mut Vec<u8>) {
-            if let Outcome::Pending(f) = outcome {
-                let joined = self.1.block_on(self.1.spawn(f));
-                finish_async(joined, out);
-            }
-        }
-    }
-}
-
-/// Thin wrappers over crate-private decoders, for the cargo-fuzz targets in
-/// `fuzz/` (which can only reach public items). Not a stable API: names and
-/// signatures follow the internals and may change in any release.
+/// Wrappers over crate-private decoders, for the fuzz targets.
 #[doc(hidden)]
-pub mod __fuzz {
-    /// The byte length of the one MessagePack value at the start of `buf`
-    /// (`msgpack::value_len`, the skipper every request decode relies on).
-    pub fn value_len(buf: &[u8]) -> crate::Result<usize> {
-        crate::msgpack::value_len(buf)
-    }
-
-    /// `msgpack::array_header`: element count and the bytes after the header.
-    pub fn array_header(buf: &[u8]) -> Option<(u32, &[u8])> {
-        crate::msgpack::array_header(buf)
-    }
-
-    /// `msgpack::map_header`: entry count and the bytes after the header.
-    pub fn map_header(buf: &[u8]) -> Option<(u32, &[u8])> {
-        crate::msgpack::map_header(buf)
-    }
-
-    /// `msgpack::read_str`: a UTF-8 string and the bytes after it.
-    pub fn read_str(buf: &[u8]) -> Option<(&str, &[u8])> {
-        crate::msgpack::read_str(buf)
-    }
-}
+#[path = "fuzz_support.rs"]
+pub mod __fuzz;

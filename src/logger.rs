@@ -25,9 +25,9 @@
 use crate::config::ServiceConfig;
 use crate::error::{Error, Result};
 use crate::platform;
-use std::fs::{File, Metadata};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 
 /// Installs the daemon's subscriber if the log is wanted (see the module
 /// docs). A log file that is refused is an error (the daemon must not
@@ -72,12 +72,12 @@ pub(crate) fn init_daemon(config: &ServiceConfig) -> Result<()> {
 /// after the checks of the module docs. [`Error::InsecurePath`] when it
 /// is refused; [`Error::Io`] naming the path when it cannot be opened.
 pub(crate) fn open_log_file(path: &Path) -> Result<File> {
-    check_directories(path)?;
+    crate::trust::check_directories(path)?;
     // Checked before opening too, so that nothing of another user's (a
     // device, a FIFO) is even opened; the check after opening is the one
     // that counts, on what was really opened.
     if let Ok(meta) = std::fs::symlink_metadata(path) {
-        check_log(path, &meta)?;
+        crate::trust::check_log(path, &meta)?;
     }
     let file = std::fs::OpenOptions::new()
         .append(true)
@@ -92,7 +92,7 @@ pub(crate) fn open_log_file(path: &Path) -> Result<File> {
             // another user's): say what is there, if that is the reason.
             let refused = std::fs::symlink_metadata(path)
                 .ok()
-                .and_then(|meta| check_log(path, &meta).err());
+                .and_then(|meta| crate::trust::check_log(path, &meta).err());
             refused.unwrap_or_else(|| {
                 Error::Io(std::io::Error::new(
                     e.kind(),
@@ -101,107 +101,6 @@ pub(crate) fn open_log_file(path: &Path) -> Result<File> {
             })
         })?;
     let meta = file.metadata()?;
-    check_log(path, &meta)?;
+    crate::trust::check_log(path, &meta)?;
     Ok(file)
-}
-
-/// Refuses a log file (as `lstat` or `fstat` describe it) that is not a
-/// regular file of this user's alone.
-fn check_log(path: &Path, meta: &Metadata) -> Result<()> {
-    let mode = meta.mode() & 0o7777;
-    if meta.file_type().is_symlink() {
-        let target = std::fs::read_link(path)
-            .map(|t| format!(" to {}", t.display()))
-            .unwrap_or_default();
-        return Err(Error::InsecurePath {
-            path: path.to_owned(),
-            problem: format!(
-                "it is a symbolic link{target} (owned by uid {}, mode {mode:04o}): the log is \
-                 never written through a link, which another user may have made to send it \
-                 into a file of theirs or of this user's; name the file itself",
-                meta.uid()
-            ),
-        });
-    }
-    crate::registry::check_private(path, meta, crate::registry::Kind::File)?;
-    if meta.nlink() > 1 {
-        return Err(Error::InsecurePath {
-            path: path.to_owned(),
-            problem: format!(
-                "it has {} hard links (owned by uid {}, mode {mode:04o}): another name of the \
-                 same file may be in a place another user controls; use a file of its own",
-                meta.nlink(),
-                meta.uid()
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// Refuses a path to the log on which another user could put something
-/// else in its place: a directory or symbolic link of another user's
-/// (root's are trusted) on the way as written, or a directory on the way
-/// as resolved that is another user's or that anyone may write without
-/// the sticky bit. Directories that do not exist are left to the open,
-/// which fails on them.
-fn check_directories(path: &Path) -> Result<()> {
-    let me = platform::euid();
-    let trusted = |uid: u32| uid == me || uid == 0;
-    let refuse = |dir: &Path, what: &str, meta: &Metadata| Error::InsecurePath {
-        path: path.to_owned(),
-        problem: format!(
-            "{what} {} on the way to it is owned by uid {} (mode {:04o}), not by this user \
-             (uid {me}) or root: another user could put another file in its place; keep the \
-             log in directories of this user's",
-            dir.display(),
-            meta.uid(),
-            meta.mode() & 0o7777
-        ),
-    };
-    let absolute = match path.is_absolute() {
-        true => path.to_owned(),
-        false => std::env::current_dir()?.join(path),
-    };
-    let Some(parent) = absolute.parent() else {
-        return Ok(());
-    };
-    // As written: every link and directory on the way.
-    let mut prefix = PathBuf::new();
-    for part in parent.components() {
-        prefix.push(part);
-        let Ok(meta) = std::fs::symlink_metadata(&prefix) else {
-            return Ok(());
-        };
-        if !trusted(meta.uid()) {
-            let what = match meta.file_type().is_symlink() {
-                true => "the symbolic link",
-                false => "the directory",
-            };
-            return Err(refuse(&prefix, what, &meta));
-        }
-    }
-    // As resolved: every directory the kernel will go through.
-    let Ok(real) = std::fs::canonicalize(parent) else {
-        return Ok(());
-    };
-    for dir in real.ancestors() {
-        let meta = std::fs::metadata(dir)?;
-        if !trusted(meta.uid()) {
-            return Err(refuse(dir, "the directory", &meta));
-        }
-        let mode = meta.mode();
-        if mode & 0o002 != 0 && mode & 0o1000 == 0 {
-            return Err(Error::InsecurePath {
-                path: path.to_owned(),
-                problem: format!(
-                    "the directory {} on the way to it has mode {:04o}: anyone may replace \
-                     what is in it (it lacks the sticky bit of /tmp); keep the log in \
-                     directories of this user's",
-                    dir.display(),
-                    mode & 0o7777
-                ),
-            });
-        }
-    }
-    Ok(())
 }

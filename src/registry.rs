@@ -23,7 +23,7 @@ use crate::platform::{self, Errno, LockKind};
 use metabridge_shm::ProcessIdentity;
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -119,55 +119,7 @@ pub fn ensure_home(dir: &Path) -> Result<()> {
     }
     let meta = std::fs::symlink_metadata(dir)
         .map_err(|e| path_error(dir, "cannot inspect the MetaBridge home", e))?;
-    check_private(dir, &meta, Kind::Dir)
-}
-
-#[derive(Clone, Copy, PartialEq)]
-pub(crate) enum Kind {
-    Dir,
-    File,
-}
-
-/// Refuses a home or registry file (or the daemon's log) that is not ours
-/// alone.
-pub(crate) fn check_private(path: &Path, meta: &std::fs::Metadata, kind: Kind) -> Result<()> {
-    let me = platform::euid();
-    let ft = meta.file_type();
-    let insecure = |problem: String| Error::InsecurePath {
-        path: path.to_owned(),
-        problem,
-    };
-    let right_kind = match kind {
-        Kind::Dir => ft.is_dir(),
-        Kind::File => ft.is_file(),
-    };
-    if !right_kind {
-        return Err(insecure(format!(
-            "it is a {}, expected a {}",
-            crate::control::describe(&ft),
-            if kind == Kind::Dir {
-                "directory"
-            } else {
-                "regular file"
-            }
-        )));
-    }
-    let mode = meta.mode() & 0o7777;
-    if meta.uid() != me {
-        return Err(insecure(format!(
-            "it is owned by uid {} (mode {mode:04o}), not by this user (uid {me}): another user may \
-             have created it to intercept this user's services; remove it",
-            meta.uid()
-        )));
-    }
-    if mode & 0o077 != 0 {
-        return Err(insecure(format!(
-            "it has mode {mode:04o}: group and others must have no access (chmod {} {})",
-            if kind == Kind::Dir { "700" } else { "600" },
-            path.display()
-        )));
-    }
-    Ok(())
+    crate::trust::check_private(dir, &meta, crate::trust::Kind::Dir)
 }
 
 fn path_error(path: &Path, what: &str, e: std::io::Error) -> Error {
@@ -278,7 +230,7 @@ impl Registry {
         let meta = file
             .metadata()
             .map_err(|e| path_error(&path, "cannot inspect the registry", e))?;
-        check_private(&path, &meta, Kind::File)?;
+        crate::trust::check_private(&path, &meta, crate::trust::Kind::File)?;
         Ok(Registry {
             file,
             path,

@@ -10,11 +10,11 @@
 //! The workers, and how slow calls are kept from stalling others, are in
 //! `worker.rs`; the control-socket handshake in `control.rs`.
 
-use crate::control::PeerPolicy;
 use crate::dispatch::{Dispatch, Dispatcher};
 use crate::error::{Error, Result};
 use crate::registry::{self, Entry, Registry};
 use crate::service::Service;
+use crate::trust::PeerPolicy;
 use crate::worker::{ChannelCount, Counted, Inbox};
 use metabridge_shm::{Channel, ChannelConfig, DoorbellSet, ProcessIdentity};
 use std::io::Read;
@@ -24,48 +24,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-
-/// Set by SIGTERM / SIGINT (or [`request_stop`]): finish and leave.
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_stop_signal(_: std::ffi::c_int) {
-    // Only an atomic store: async-signal-safe.
-    STOP.store(true, Ordering::SeqCst);
-}
-
-/// Asks a service running in this process (`serve`) to stop gracefully.
-pub fn request_stop() {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-fn install_signal_handlers() -> Result<()> {
-    use crate::platform::Signal;
-    for sig in [Signal::SIGTERM, Signal::SIGINT] {
-        crate::platform::on_signal(sig, on_stop_signal)?;
-    }
-    crate::platform::on_signal(Signal::SIGUSR1, on_detach_signal)?;
-    Ok(())
-}
-
-/// Set by SIGUSR1, which `DaemonHandle::detach` sends: outlive the parent.
-static DETACHED: AtomicBool = AtomicBool::new(false);
-/// Set when the process that started this daemon with `run` has exited
-/// (the daemon's parent watch, in daemon.rs, calls [`notice_parent_gone`]).
-static PARENT_GONE: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_detach_signal(_: std::ffi::c_int) {
-    DETACHED.store(true, Ordering::SeqCst);
-}
-
-/// The parent process of this daemon has exited: stop, unless detached.
-pub(crate) fn notice_parent_gone() {
-    PARENT_GONE.store(true, Ordering::SeqCst);
-}
-
-/// How long an orphaned daemon waits for a detach it may have been sent
-/// just before its parent exited (the parent watch and the SIGUSR1
-/// handler run on two threads, and the first to start may finish second).
-const ORPHAN_GRACE: Duration = Duration::from_millis(100);
 
 /// How often the accept loop checks that the service is still registered.
 const REGISTRATION_CHECK: Duration = Duration::from_secs(1);
@@ -96,7 +54,7 @@ fn random_token() -> Result<String> {
 }
 
 /// Serves `service` in this process until SIGTERM, SIGINT or
-/// [`request_stop`]. `ready` is told once the service is registered and
+/// [`request_stop`](crate::request_stop). `ready` is told once the service is registered and
 /// accepting.
 ///
 /// Each step is a function below, in the order they run; a step that
@@ -106,7 +64,7 @@ pub(crate) fn serve_with<S: Send + Sync + 'static>(
     mut service: Service<S>,
     ready: impl FnOnce(&Entry),
 ) -> Result<()> {
-    install_signal_handlers()?;
+    crate::lifecycle::install_signal_handlers()?;
     let name = service.name.clone();
     let home = registry::home_dir();
     let me = ProcessIdentity::current();
@@ -572,20 +530,13 @@ fn accept_loop(
     registry: &Registry,
     entry: &Entry,
 ) {
-    let mut orphaned_at: Option<Instant> = None;
+    let mut lifecycle = crate::lifecycle::Watch::default();
     let mut checked = Instant::now();
     let channel_config = ChannelConfig {
         max_message: acceptor.max_message as u64,
         ..ChannelConfig::default()
     };
-    while !STOP.load(Ordering::SeqCst) {
-        // A daemon ends with its parent, unless it was detached.
-        if PARENT_GONE.load(Ordering::SeqCst) && !DETACHED.load(Ordering::SeqCst) {
-            let since = *orphaned_at.get_or_insert_with(Instant::now);
-            if since.elapsed() >= ORPHAN_GRACE {
-                break;
-            }
-        }
+    while !lifecycle.should_stop() {
         if checked.elapsed() >= REGISTRATION_CHECK {
             checked = Instant::now();
             keep_registered(registry, entry);
@@ -624,7 +575,7 @@ fn accept_loop(
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                let wait_ms = if orphaned_at.is_some() { 10 } else { 200 };
+                let wait_ms = if lifecycle.orphaned() { 10 } else { 200 };
                 crate::platform::wait_readable(&listener, Duration::from_millis(wait_ms));
             }
             Err(e) => {

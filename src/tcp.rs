@@ -94,7 +94,7 @@ impl Handler for TcpHandler {
                 let joined = (&mut task.0).await;
                 finish_async(joined, &mut out);
             }
-            crate::worker::outgoing_reply(&mut out, self.max_message, self.counters.as_deref());
+            crate::dispatch::outgoing_reply(&mut out, self.max_message, self.counters.as_deref());
             out
         })
     }

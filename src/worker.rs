@@ -31,7 +31,7 @@
 //! wait for their worker as before. The cost on the call path is one store
 //! and one uncontended CAS on a line the worker owns.
 
-use crate::dispatch::{finish_async, CallCache, Dispatch, Outcome};
+use crate::dispatch::{finish_async, outgoing_reply, CallCache, Dispatch, Outcome};
 use crate::envelope;
 use crate::error::Result;
 use metabridge_shm::{Channel, Doorbell};
@@ -373,7 +373,7 @@ impl Pool {
                     .is_empty()
                 {
                     tracing::error!(target: "metabridge::service", "no worker left: stopping");
-                    crate::server::request_stop();
+                    crate::lifecycle::request_stop();
                 }
             }
         }
@@ -726,28 +726,6 @@ enum Served {
     Awaiting,
     /// Answered, and meanwhile the other channels were moved away.
     Stolen,
-}
-
-/// What every reply of a service goes through on its way out, on either
-/// transport: a result larger than the service's message limit becomes an
-/// error naming the limit (the client would refuse it anyway), and an
-/// error reply is counted in the live counters.
-pub(crate) fn outgoing_reply(
-    reply: &mut Vec<u8>,
-    max: usize,
-    counters: Option<&crate::stats::Counters>,
-) {
-    if reply.len() > max {
-        let e = crate::Error::MessageTooLarge {
-            len: reply.len() as u64,
-            max: max as u64,
-        };
-        reply.clear();
-        envelope::encode_error(reply, "ProtocolError", &format!("the result: {e}"));
-    }
-    if let Some(c) = counters {
-        c.note_reply(reply);
-    }
 }
 
 /// Sends a reply as far as the client's ring has room, never waiting: a

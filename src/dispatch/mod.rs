@@ -10,7 +10,9 @@
 //! - [`instances`]: the sharded instance LRU and the instance handle;
 //! - [`call_shape`]: what a connection's last call resolved to (the fast
 //!   path);
-//! - [`dispatcher`]: the endpoint table, the token check and the calls.
+//! - [`dispatcher`]: the endpoint table, the token check and the calls;
+//! - [`reply`]: the policy every outgoing reply obeys (size limit,
+//!   counters), on both transports.
 
 mod call_shape;
 mod canonical;
@@ -19,8 +21,10 @@ mod dispatcher;
 mod hash;
 mod instances;
 mod panic;
+mod reply;
 mod token;
 
 pub(crate) use call_shape::CallCache;
 pub(crate) use dispatcher::{finish_async, Dispatch, Dispatcher, Outcome, CONSTRUCT_ENDPOINT};
 pub(crate) use panic::panic_message;
+pub(crate) use reply::outgoing_reply;
