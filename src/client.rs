@@ -19,7 +19,8 @@ use crate::args::{encode_value, CallArgs, IntoArgs};
 use crate::envelope;
 use crate::error::{Error, PeerGone, Result};
 use crate::registry::{self, Entry, Registry};
-use crate::transport::{Limits, ShmPool, Transport};
+use crate::resolve::{FixedAddress, LocalRegistry, Resolver};
+use crate::transport::{Limits, Transport};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::ptr;
@@ -165,11 +166,16 @@ impl Connect {
             return Err(crate::ProtocolError::ConstructorArgument(e).into());
         }
         let ctor = envelope::encode_ctor(&self.ctor.encoded_args(), &self.ctor.encoded_kwargs());
+        let resolver: Box<dyn Resolver> = match self.address {
+            Some(tcp) => Box::new(FixedAddress { tcp }),
+            None => Box::new(LocalRegistry {
+                home: self.home.unwrap_or_else(registry::home_dir),
+            }),
+        };
         let target = Target {
             name: self.name.clone(),
-            address: self.address,
+            resolver,
             kind: self.transport,
-            home: self.home.unwrap_or_else(registry::home_dir),
             token: self.token,
             token_given: self.token_given,
             limits: Limits {
@@ -197,34 +203,31 @@ impl Connect {
 /// after a restart.
 struct Target {
     name: String,
-    address: Option<String>,
+    /// Finds the service each time the client (re)connects.
+    resolver: Box<dyn Resolver>,
     kind: TransportKind,
-    home: std::path::PathBuf,
     token: Option<String>,
     token_given: bool,
     limits: Limits,
 }
 
 impl Target {
-    /// Looks the service up (unless it has a fixed address) and opens a
-    /// transport to it.
+    /// Resolves the service and opens a transport to it.
     fn connect(&self) -> Result<Connection> {
         let generation = crate::platform::fork_generation();
-        let (transport, token) = match &self.address {
-            Some(addr) => (
-                Transport::tcp(addr, &self.limits, self.token.as_deref())?,
-                self.token.clone(),
-            ),
-            None => {
-                let entry = Registry::open(&self.home)?.lookup(&self.name)?;
-                // The service published its token to this user: use it,
-                // unless the caller gave one explicitly.
-                let token = match (&entry.token, self.token_given) {
-                    (Some(t), false) => Some(t.clone()),
-                    _ => self.token.clone(),
-                };
-                (self.transport_for(&entry, token.as_deref())?, token)
-            }
+        let address = self.resolver.resolve(&self.name)?;
+        // A service that published its token to this user: use it, unless
+        // the caller gave one explicitly.
+        let token = match (&address.token, self.token_given) {
+            (Some(t), false) => Some(t.clone()),
+            _ => self.token.clone(),
+        };
+        let transport = Transport::open(self.kind, &address, &self.limits, token.as_deref());
+        // A registered service whose address does not answer is gone; a
+        // fixed address reports its own error.
+        let transport = match address.local {
+            Some(_) => transport.map_err(|e| self.gone(e))?,
+            None => transport?,
         };
         Ok(Connection {
             transport,
@@ -233,24 +236,6 @@ impl Target {
             generation,
             previous: AtomicPtr::new(ptr::null_mut()),
             replacing: Mutex::new(()),
-        })
-    }
-
-    fn transport_for(&self, entry: &Entry, token: Option<&str>) -> Result<Transport> {
-        let gone = |e: Error| self.gone(e);
-        Ok(match self.kind {
-            TransportKind::Tcp => Transport::tcp(&entry.tcp, &self.limits, token).map_err(gone)?,
-            TransportKind::Shm => Transport::Shm(ShmPool::new(entry, &self.limits).map_err(gone)?),
-            TransportKind::Auto => match ShmPool::new(entry, &self.limits) {
-                Ok(pool) => Transport::Shm(pool),
-                Err(e) => {
-                    tracing::debug!(
-                        "shared memory of {:?} unavailable ({e}); falling back to TCP",
-                        self.name
-                    );
-                    Transport::tcp(&entry.tcp, &self.limits, token).map_err(gone)?
-                }
-            },
         })
     }
 

@@ -66,6 +66,7 @@ mod msgpack;
 #[allow(unsafe_code)]
 mod platform;
 pub mod registry;
+mod resolve;
 mod server;
 mod service;
 pub mod stats;
