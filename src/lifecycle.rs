@@ -7,6 +7,7 @@
 
 use crate::error::Result;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Set by SIGTERM / SIGINT (or [`request_stop`]): finish and leave.
@@ -17,9 +18,17 @@ extern "C" fn on_stop_signal(_: std::ffi::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
+/// The thread that serves a service in this process, while it does: a
+/// stop requested from this process wakes it at once (a signal's is seen
+/// at its next look, the handler may only store an atomic).
+static SERVING: Mutex<Option<std::thread::Thread>> = Mutex::new(None);
+
 /// Asks a service running in this process (`serve`) to stop gracefully.
 pub fn request_stop() {
     STOP.store(true, Ordering::SeqCst);
+    if let Some(t) = SERVING.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        t.unpark();
+    }
 }
 
 /// SIGTERM and SIGINT request a stop; SIGUSR1 detaches.
@@ -52,14 +61,26 @@ pub(crate) fn notice_parent_gone() {
 /// handler run on two threads, and the first to start may finish second).
 const ORPHAN_GRACE: Duration = Duration::from_millis(100);
 
-/// One loop's view of the lifecycle: it remembers since when the parent
-/// has been gone, for the orphan grace.
-#[derive(Default)]
+/// The serving thread's view of the lifecycle: it remembers since when
+/// the parent has been gone, for the orphan grace.
 pub(crate) struct Watch {
     orphaned_at: Option<Instant>,
 }
 
 impl Watch {
+    /// Watches from the current thread, which [`request_stop`] wakes.
+    pub(crate) fn from_this_thread() -> Watch {
+        *SERVING.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::thread::current());
+        Watch { orphaned_at: None }
+    }
+
+    /// Waits up to `wait`, or until [`request_stop`] is called.
+    pub(crate) fn wait(&self, wait: Duration) {
+        if !STOP.load(Ordering::SeqCst) {
+            std::thread::park_timeout(wait);
+        }
+    }
+
     /// True once a stop was requested, or the parent has been gone for
     /// [`ORPHAN_GRACE`] without a detach: a daemon ends with its parent
     /// unless it was detached.
@@ -78,5 +99,11 @@ impl Watch {
     /// shorter steps, to notice a stop or a detach soon.
     pub(crate) fn orphaned(&self) -> bool {
         self.orphaned_at.is_some()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        *SERVING.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }

@@ -1,36 +1,67 @@
-//! The service side at run time: control socket, workers, TCP listener.
+//! The service side at run time: [`serve_with`] runs a service in this
+//! process, in named steps, over every registered transport.
 //!
 //! ```text
-//! client ── Unix socket: sealed segment fd (control.rs) ──► acceptor ── assigns ──► worker k
-//! client ══ shared-memory channel (request ring / reply ring) ══► worker k
-//!           (client rings doorbell k only when worker k sleeps)
-//! client ── TCP frames ──► tokio server ──► the same dispatcher
+//! client ── shared memory (shm_side.rs: control socket, workers) ──► the dispatcher
+//! client ── TCP frames (tcp_side.rs: tokio server)               ──► the same dispatcher
 //! ```
 //!
-//! The workers, and how slow calls are kept from stalling others, are in
-//! `worker.rs`; the control-socket handshake in `control.rs`.
+//! The transport seam on this side: each transport's service side is a
+//! module of its own implementing [`Listening`], started from the same
+//! [`Serving`] context; the one line that registers them is
+//! [`TRANSPORTS`]. The workers, and how slow calls are kept from stalling
+//! others, are in `worker.rs`; the control-socket handshake in
+//! `control.rs`; stop requests and the parent watch in `lifecycle.rs`.
+
+mod shm_side;
+mod tcp_side;
 
 use crate::dispatch::{Dispatch, Dispatcher};
 use crate::error::{Error, Result};
 use crate::registry::{self, Entry, Registry};
 use crate::service::Service;
-use crate::trust::PeerPolicy;
-use crate::worker::{ChannelCount, Counted, Inbox};
-use metabridge_shm::{Channel, ChannelConfig, DoorbellSet, ProcessIdentity};
+use metabridge_shm::ProcessIdentity;
 use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-/// How often the accept loop checks that the service is still registered.
+/// How often a running service checks that it is still registered.
 const REGISTRATION_CHECK: Duration = Duration::from_secs(1);
 
-/// Most channel handshakes in progress at once; more are refused at once
-/// (each runs on a thread of its own, off the accept loop).
-const MAX_PENDING_HANDSHAKES: usize = 64;
+/// How long the serving thread sleeps between looks at the lifecycle
+/// (shorter once the parent is gone, to notice a late detach or a stop).
+const LIFECYCLE_WAIT: Duration = Duration::from_millis(200);
+const ORPHANED_WAIT: Duration = Duration::from_millis(10);
+
+/// What every transport's service side starts from.
+pub(crate) struct Serving<'a> {
+    name: &'a str,
+    home: &'a Path,
+    /// `<name>-<pid>`: the stem of files this service creates.
+    stem: &'a str,
+    config: &'a crate::config::ServiceConfig,
+    dispatch: &'a Arc<dyn Dispatch>,
+    counters: &'a Option<Arc<crate::stats::Counters>>,
+    runtime: &'a tokio::runtime::Runtime,
+}
+
+/// One transport's service side, started.
+pub(crate) trait Listening: Send {
+    /// Writes where clients reach it into the registry entry.
+    fn publish(&self, entry: &mut Entry);
+    /// Stops taking new connections and calls; returns at once.
+    fn begin_stop(&self);
+    /// Waits until `deadline` for the calls in flight; describes what it
+    /// abandoned, if anything.
+    fn finish_stop(self: Box<Self>, deadline: Instant) -> Option<String>;
+}
+
+/// How a transport's service side starts.
+type Start = fn(&Serving<'_>) -> Result<Box<dyn Listening>>;
+
+/// The registration: a new transport is a module above and a line here.
+const TRANSPORTS: &[Start] = &[shm_side::start, tcp_side::start];
 
 /// Name usable in file names: the service name with other bytes replaced.
 pub(crate) fn file_safe(name: &str) -> String {
@@ -54,8 +85,8 @@ fn random_token() -> Result<String> {
 }
 
 /// Serves `service` in this process until SIGTERM, SIGINT or
-/// [`request_stop`](crate::request_stop). `ready` is told once the service is registered and
-/// accepting.
+/// [`request_stop`](crate::request_stop). `ready` is told once the
+/// service is registered and accepting.
 ///
 /// Each step is a function below, in the order they run; a step that
 /// fails undoes what it started (its parts release on drop) and the error
@@ -75,42 +106,35 @@ pub(crate) fn serve_with<S: Send + Sync + 'static>(
     let dispatch: Arc<dyn Dispatch> = Arc::new(Dispatcher::new(service));
     let stem = format!("{}-{}", file_safe(&name), me.pid);
     let runtime = build_runtime(&config)?;
-    let tcp = start_tcp(&runtime, &dispatch, &config, &counters, &name)?;
-
-    // Shared memory: doorbells (a sealed memfd handed to each client),
-    // the control socket (0600), workers.
-    let workers = config.workers.clamp(1, metabridge_shm::MAX_BELLS);
-    let bells = DoorbellSet::create_memfd(workers)?;
-    let control = bind_control_socket(&home, &stem)?;
-    let started = start_workers(&runtime, &dispatch, &config, &counters, &bells, workers)?;
-
-    let entry = registry_entry(&name, &me, &control.path, &tcp, &dispatch, published_token);
-    let acceptor = Arc::new(Acceptor::new(
-        &name,
-        &config,
-        bells,
-        started.inboxes,
-        counters,
-    ));
-    let registered = register_and_accept(
-        &registry,
-        &entry,
-        &control.listener,
-        &acceptor,
-        workers,
-        ready,
-    );
-    let unfinished = stop_gracefully(
-        &config,
-        &started.pool,
-        &acceptor,
-        tcp,
-        started.supervisor,
-        runtime,
-    );
+    let serving = Serving {
+        name: &name,
+        home: &home,
+        stem: &stem,
+        config: &config,
+        dispatch: &dispatch,
+        counters: &counters,
+        runtime: &runtime,
+    };
+    let sides = start_transports(&serving)?;
+    let entry = registry_entry(&name, &me, &sides, &dispatch, published_token);
+    let workers = shm_side::worker_count(&config);
+    let registered = register_and_serve(&registry, &entry, workers, ready);
+    let abandoned = stop_gracefully(&config, sides);
+    runtime.shutdown_timeout(Duration::from_millis(100));
     registered?;
     tracing::info!(target: "metabridge::service", service = %name, "stopped");
-    unfinished.into_result(name, config.shutdown_timeout)
+    match abandoned.is_empty() {
+        true => Ok(()),
+        false => {
+            let e = Error::ShutdownTimeout {
+                name,
+                timeout: config.shutdown_timeout,
+                abandoned: abandoned.join(" and "),
+            };
+            tracing::warn!("{e}");
+            Err(e)
+        }
+    }
 }
 
 /// Opens this user's registry, refuses a name another live process holds,
@@ -190,130 +214,21 @@ fn build_runtime(config: &crate::config::ServiceConfig) -> Result<tokio::runtime
         .build()?)
 }
 
-/// The TCP side once running: where it listens, how to stop it, its task.
-struct TcpSide {
-    addr: std::net::SocketAddr,
-    stop: metabridge_tcp::ShutdownHandle,
-    task: tokio::task::JoinHandle<std::io::Result<metabridge_tcp::Stopped>>,
-}
-
-/// Binds the TCP listener and starts serving on it; warns when it is
-/// reachable from other machines without a token.
-fn start_tcp(
-    runtime: &tokio::runtime::Runtime,
-    dispatch: &Arc<dyn Dispatch>,
-    config: &crate::config::ServiceConfig,
-    counters: &Option<Arc<crate::stats::Counters>>,
-    name: &str,
-) -> Result<TcpSide> {
-    let addr = format!("{}:{}", config.host, config.port);
-    let tcp = runtime.block_on(crate::tcp::bind(
-        &addr,
-        dispatch.clone(),
-        config,
-        counters.clone(),
-    ))?;
-    let tcp_addr = tcp.local_addr();
-    if !tcp_addr.ip().is_loopback() && config.token.is_none() {
-        eprintln!(
-            "metabridge: WARNING: service {name:?} is exposed on {tcp_addr} without a token; anyone who can reach \
-             this address can call it. Set METABRIDGE_TOKEN or ServiceConfig::token."
-        );
-    }
-    let stop = tcp.shutdown_handle();
-    let task = runtime.spawn(tcp.run());
-    Ok(TcpSide {
-        addr: tcp_addr,
-        stop,
-        task,
-    })
-}
-
-/// The control socket, bound; its file is removed when this is dropped.
-struct ControlSocket {
-    // Dropped first: the file goes before the listener closes.
-    _remove: RemoveOnDrop,
-    listener: UnixListener,
-    path: PathBuf,
-}
-
-/// Binds the control socket `<stem>.sock` in `home`, readable and
-/// writable by this user only, non-blocking for the accept loop.
-fn bind_control_socket(home: &std::path::Path, stem: &str) -> Result<ControlSocket> {
-    let socket_path = home.join(format!("{stem}.sock"));
-    let _ = std::fs::remove_file(&socket_path);
-    let listener = UnixListener::bind(&socket_path)?;
-    let remove = RemoveOnDrop(socket_path.clone());
-    std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))?;
-    listener.set_nonblocking(true)?;
-    Ok(ControlSocket {
-        _remove: remove,
-        listener,
-        path: socket_path,
-    })
-}
-
-/// The shared-memory workers once started.
-struct Workers {
-    pool: Arc<crate::worker::Pool>,
-    /// One per worker, in doorbell order.
-    inboxes: Vec<Arc<Inbox>>,
-    supervisor: std::thread::JoinHandle<()>,
-}
-
-/// Starts one worker per doorbell, each on an inbox of its own, and the
-/// supervisor that replaces workers that die.
-fn start_workers(
-    runtime: &tokio::runtime::Runtime,
-    dispatch: &Arc<dyn Dispatch>,
-    config: &crate::config::ServiceConfig,
-    counters: &Option<Arc<crate::stats::Counters>>,
-    bells: &DoorbellSet,
-    workers: usize,
-) -> Result<Workers> {
-    let pool = crate::worker::Pool::new(
-        dispatch.clone(),
-        runtime.handle().clone(),
-        config.max_extra_workers,
-        config.max_message,
-        counters.clone(),
-    );
-    let mut inboxes = Vec::new();
-    for k in 0..workers {
-        let bell = bells
-            .bell(k)
-            .ok_or(crate::HandshakeError::DoorbellSetTooSmall)?;
-        let inbox = Arc::new(Inbox {
-            pending: AtomicBool::new(false),
-            channels: Mutex::new(Vec::new()),
-            bell,
-        });
-        inboxes.push(inbox.clone());
-        pool.start(inbox, Vec::new(), &k.to_string())?;
-    }
-    let supervisor = {
-        let pool = pool.clone();
-        std::thread::Builder::new()
-            .name("metabridge-supervisor".into())
-            .spawn(move || pool.supervise())?
-    };
-    Ok(Workers {
-        pool,
-        inboxes,
-        supervisor,
-    })
+/// Starts every registered transport's service side; one that fails
+/// stops those already started (they release on drop).
+fn start_transports(serving: &Serving<'_>) -> Result<Vec<Box<dyn Listening>>> {
+    TRANSPORTS.iter().map(|start| start(serving)).collect()
 }
 
 /// What the registry publishes about this service.
 fn registry_entry(
     name: &str,
     me: &ProcessIdentity,
-    socket_path: &std::path::Path,
-    tcp: &TcpSide,
+    sides: &[Box<dyn Listening>],
     dispatch: &Arc<dyn Dispatch>,
     published_token: Option<String>,
 ) -> Entry {
-    Entry {
+    let mut entry = Entry {
         name: name.to_string(),
         pid: me.pid,
         start_time: me.start_time,
@@ -321,21 +236,24 @@ fn registry_entry(
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
-        control_socket: socket_path.to_string_lossy().into_owned(),
-        tcp: tcp.addr.to_string(),
+        control_socket: String::new(),
+        tcp: String::new(),
         endpoints: dispatch.endpoint_names().to_vec(),
         token_required: dispatch.requires_token(),
         token: published_token,
+    };
+    for side in sides {
+        side.publish(&mut entry);
     }
+    entry
 }
 
-/// Registers the service; once registered, tells `ready`, accepts channels
-/// until told to stop, and unregisters. Returns how registering went.
-fn register_and_accept(
+/// Registers the service; once registered, tells `ready`, serves until
+/// the lifecycle says stop (keeping the entry registered), and
+/// unregisters. Returns how registering went.
+fn register_and_serve(
     registry: &Registry,
     entry: &Entry,
-    listener: &UnixListener,
-    acceptor: &Arc<Acceptor>,
     workers: usize,
     ready: impl FnOnce(&Entry),
 ) -> Result<()> {
@@ -351,239 +269,41 @@ fn register_and_accept(
             entry.endpoints
         );
         ready(entry);
-        accept_loop(listener, acceptor, registry, entry);
+        let mut lifecycle = crate::lifecycle::Watch::from_this_thread();
+        let mut checked = Instant::now();
+        while !lifecycle.should_stop() {
+            if checked.elapsed() >= REGISTRATION_CHECK {
+                checked = Instant::now();
+                keep_registered(registry, entry);
+            }
+            let wait = match lifecycle.orphaned() {
+                true => ORPHANED_WAIT,
+                false => LIFECYCLE_WAIT,
+            };
+            lifecycle.wait(wait);
+        }
         let _ = registry.unregister(&entry.name, entry.pid);
         tracing::info!(target: "metabridge::service", service = %entry.name, "stopping");
     }
     registered
 }
 
-/// What a graceful stop left running when its deadline came.
-struct Unfinished {
-    /// Workers whose shared-memory call was still running.
-    stuck: Vec<usize>,
-    /// The TCP server did not return within the deadline.
-    tcp_timed_out: bool,
-    /// TCP calls the server reported abandoning.
-    tcp_abandoned: usize,
-}
-
-/// Graceful stop: no new channels; workers answer what is already in
-/// their rings, then close; TCP finishes in-flight requests. All of it
-/// within the shutdown deadline: an endpoint that never returns must
-/// not keep the process alive.
+/// Graceful stop: every transport stops taking work, then each finishes
+/// what is in flight, all within the shutdown deadline (an endpoint that
+/// never returns must not keep the process alive). Returns what was
+/// abandoned, described.
 fn stop_gracefully(
     config: &crate::config::ServiceConfig,
-    pool: &Arc<crate::worker::Pool>,
-    acceptor: &Acceptor,
-    tcp: TcpSide,
-    supervisor: std::thread::JoinHandle<()>,
-    runtime: tokio::runtime::Runtime,
-) -> Unfinished {
+    sides: Vec<Box<dyn Listening>>,
+) -> Vec<String> {
     let deadline = Instant::now() + config.shutdown_timeout;
-    pool.request_stop(&acceptor.inboxes);
-    tcp.stop.shutdown();
-    let tcp_done = runtime.block_on(async {
-        tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), tcp.task).await
-    });
-    let stuck = pool.join_until(deadline);
-    // The TCP server returns within its grace (the same deadline), saying
-    // how many requests it abandoned.
-    let tcp_abandoned = match &tcp_done {
-        Ok(Ok(Ok(stopped))) => stopped.abandoned,
-        _ => 0,
-    };
-    let _ = supervisor.join();
-    runtime.shutdown_timeout(Duration::from_millis(100));
-    Unfinished {
-        stuck,
-        tcp_timed_out: tcp_done.is_err(),
-        tcp_abandoned,
+    for side in &sides {
+        side.begin_stop();
     }
-}
-
-impl Unfinished {
-    /// `Ok` if the stop finished everything; otherwise the
-    /// [`Error::ShutdownTimeout`] naming what was abandoned, also logged.
-    fn into_result(self, name: String, timeout: Duration) -> Result<()> {
-        if self.stuck.is_empty() && !self.tcp_timed_out && self.tcp_abandoned == 0 {
-            return Ok(());
-        }
-        let mut abandoned = Vec::new();
-        if !self.stuck.is_empty() {
-            abandoned.push(format!(
-                "the shared-memory call running on worker(s) {:?}",
-                self.stuck
-            ));
-        }
-        if self.tcp_abandoned > 0 {
-            abandoned.push(format!("{} TCP call(s)", self.tcp_abandoned));
-        } else if self.tcp_timed_out {
-            abandoned.push("the TCP calls still in progress".to_string());
-        }
-        let e = Error::ShutdownTimeout {
-            name,
-            timeout,
-            abandoned: abandoned.join(" and "),
-        };
-        tracing::warn!("{e}");
-        Err(e)
-    }
-}
-
-struct RemoveOnDrop(PathBuf);
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// What the accept loop and its handshake threads share.
-struct Acceptor {
-    policy: PeerPolicy,
-    bells: DoorbellSet,
-    inboxes: Vec<Arc<Inbox>>,
-    next: AtomicUsize,
-    count: Arc<ChannelCount>,
-    /// Handshakes in progress.
-    pending: AtomicUsize,
-    name: String,
-    max_message: usize,
-    /// The live counters, handed read-only to whoever asks (`OP_STATS`).
-    counters: Option<Arc<crate::stats::Counters>>,
-}
-
-impl Acceptor {
-    /// Accepts channels for peers this user trusts (`allow_uids`), up to
-    /// `max_channels`, spread over `inboxes` in turn.
-    fn new(
-        name: &str,
-        config: &crate::config::ServiceConfig,
-        bells: DoorbellSet,
-        inboxes: Vec<Arc<Inbox>>,
-        counters: Option<Arc<crate::stats::Counters>>,
-    ) -> Acceptor {
-        Acceptor {
-            policy: PeerPolicy {
-                uid: crate::platform::euid(),
-                also: config.allow_uids.clone(),
-            },
-            bells,
-            inboxes,
-            next: AtomicUsize::new(0),
-            count: Arc::new(ChannelCount {
-                open: AtomicUsize::new(0),
-                max: config.max_channels,
-            }),
-            pending: AtomicUsize::new(0),
-            name: name.to_string(),
-            max_message: config.max_message,
-            counters,
-        }
-    }
-
-    /// Takes a new channel if the service has room, and hands it to the
-    /// next worker in turn.
-    fn place(&self, channel: Channel) -> std::result::Result<u16, String> {
-        let open = self.count.open.fetch_add(1, Ordering::Relaxed);
-        let counted = Counted {
-            channel,
-            count: self.count.clone(),
-        };
-        if open >= self.count.max {
-            return Err(format!(
-                "service {:?} has reached its limit of {} shared-memory channels \
-                 (ServiceConfig::max_channels)",
-                self.name, self.count.max
-            ));
-        }
-        let k = self.next.fetch_add(1, Ordering::Relaxed) % self.inboxes.len();
-        let inbox = &self.inboxes[k];
-        inbox
-            .channels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(counted);
-        inbox.pending.store(true, Ordering::Release);
-        inbox.bell.ring();
-        tracing::info!(
-            target: "metabridge::service",
-            service = %self.name,
-            "client connected: shared-memory channel on worker {k} ({} open)",
-            open + 1
-        );
-        Ok(k as u16)
-    }
-}
-
-/// Counts a handshake thread in [`Acceptor::pending`] while it lives.
-struct PendingGuard(Arc<Acceptor>);
-impl Drop for PendingGuard {
-    fn drop(&mut self) {
-        self.0.pending.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-fn accept_loop(
-    listener: &UnixListener,
-    acceptor: &Arc<Acceptor>,
-    registry: &Registry,
-    entry: &Entry,
-) {
-    let mut lifecycle = crate::lifecycle::Watch::default();
-    let mut checked = Instant::now();
-    let channel_config = ChannelConfig {
-        max_message: acceptor.max_message as u64,
-        ..ChannelConfig::default()
-    };
-    while !lifecycle.should_stop() {
-        if checked.elapsed() >= REGISTRATION_CHECK {
-            checked = Instant::now();
-            keep_registered(registry, entry);
-        }
-        match listener.accept() {
-            Ok((stream, _)) => {
-                // Credentials first, before reading a byte.
-                if let Err(why) = acceptor.policy.admit(&stream) {
-                    tracing::warn!("control socket: {why}");
-                    crate::control::refuse(&stream, &why);
-                    continue;
-                }
-                if acceptor.pending.fetch_add(1, Ordering::Relaxed) >= MAX_PENDING_HANDSHAKES {
-                    acceptor.pending.fetch_sub(1, Ordering::Relaxed);
-                    crate::control::refuse_busy(&stream);
-                    continue;
-                }
-                let guard = PendingGuard(acceptor.clone());
-                let config = channel_config.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("metabridge-handshake".into())
-                    .spawn(move || {
-                        let a = &guard.0;
-                        if let Err(e) = crate::control::serve_request(
-                            stream,
-                            &config,
-                            &a.bells,
-                            a.counters.as_deref().map(|c| c.read_only_fd()),
-                            |ch| a.place(ch),
-                        ) {
-                            tracing::debug!("channel setup failed: {e}");
-                        }
-                    });
-                if let Err(e) = spawned {
-                    tracing::warn!("cannot start a handshake thread: {e}");
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                let wait_ms = if lifecycle.orphaned() { 10 } else { 200 };
-                crate::platform::wait_readable(&listener, Duration::from_millis(wait_ms));
-            }
-            Err(e) => {
-                tracing::debug!("accept failed: {e}");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-    }
+    sides
+        .into_iter()
+        .filter_map(|side| side.finish_stop(deadline))
+        .collect()
 }
 
 /// Registers `entry` again if it vanished from the registry (someone

@@ -1,0 +1,76 @@
+//! The TCP transport's service side: the tokio server of
+//! `metabridge_tcp`, on the service's runtime, over the same dispatcher.
+
+use super::{Listening, Serving};
+use crate::error::Result;
+use crate::registry::Entry;
+use std::time::Instant;
+
+/// The TCP side once running: where it listens, how to stop it, its task.
+pub(super) struct TcpSide {
+    addr: std::net::SocketAddr,
+    stop: metabridge_tcp::ShutdownHandle,
+    task: tokio::task::JoinHandle<std::io::Result<metabridge_tcp::Stopped>>,
+    runtime: tokio::runtime::Handle,
+}
+
+/// Binds the TCP listener and starts serving on it; warns when it is
+/// reachable from other machines without a token.
+pub(super) fn start(ctx: &Serving<'_>) -> Result<Box<dyn Listening>> {
+    let Serving {
+        runtime,
+        dispatch,
+        config,
+        counters,
+        name,
+        ..
+    } = *ctx;
+    let addr = format!("{}:{}", config.host, config.port);
+    let tcp = runtime.block_on(crate::tcp::bind(
+        &addr,
+        dispatch.clone(),
+        config,
+        counters.clone(),
+    ))?;
+    let tcp_addr = tcp.local_addr();
+    if !tcp_addr.ip().is_loopback() && config.token.is_none() {
+        eprintln!(
+            "metabridge: WARNING: service {name:?} is exposed on {tcp_addr} without a token; anyone who can reach \
+             this address can call it. Set METABRIDGE_TOKEN or ServiceConfig::token."
+        );
+    }
+    let stop = tcp.shutdown_handle();
+    let task = runtime.spawn(tcp.run());
+    Ok(Box::new(TcpSide {
+        addr: tcp_addr,
+        stop,
+        task,
+        runtime: runtime.handle().clone(),
+    }))
+}
+
+impl Listening for TcpSide {
+    fn publish(&self, entry: &mut Entry) {
+        entry.tcp = self.addr.to_string();
+    }
+
+    fn begin_stop(&self) {
+        self.stop.shutdown();
+    }
+
+    /// The server finishes in-flight requests within its grace (the same
+    /// deadline), saying how many it abandoned.
+    fn finish_stop(self: Box<Self>, deadline: Instant) -> Option<String> {
+        let TcpSide { task, runtime, .. } = *self;
+        let done = runtime.block_on(async {
+            tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), task).await
+        });
+        match done {
+            Ok(Ok(Ok(stopped))) if stopped.abandoned > 0 => {
+                Some(format!("{} TCP call(s)", stopped.abandoned))
+            }
+            Ok(_) => None,
+            Err(_) => Some("the TCP calls still in progress".to_string()),
+        }
+    }
+}
