@@ -16,6 +16,7 @@
 //! leaked, a few kilobytes and the parent's mappings per client and fork.
 
 use crate::args::{encode_value, CallArgs, IntoArgs};
+use crate::config::TransportKind;
 use crate::envelope;
 use crate::error::{Error, PeerGone, Result};
 use crate::registry::{self, Entry, Registry};
@@ -27,18 +28,6 @@ use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// Which transport a client uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TransportKind {
-    /// Shared memory when the service's segments can be mapped, else TCP
-    /// (the default; `METABRIDGE_TRANSPORT=tcp` forces TCP).
-    Auto,
-    /// Shared memory only.
-    Shm,
-    /// TCP only.
-    Tcp,
-}
 
 /// Options of a connection; made by [`connect`].
 ///

@@ -57,11 +57,11 @@ pub(crate) fn home() -> Option<PathBuf> {
 
 /// The transport `$METABRIDGE_TRANSPORT` asks clients for (`Auto` when
 /// unset or unknown).
-pub(crate) fn client_transport() -> crate::TransportKind {
+pub(crate) fn client_transport() -> TransportKind {
     match std::env::var(TRANSPORT).as_deref() {
-        Ok("tcp") => crate::TransportKind::Tcp,
-        Ok("shm") => crate::TransportKind::Shm,
-        _ => crate::TransportKind::Auto,
+        Ok("tcp") => TransportKind::Tcp,
+        Ok("shm") => TransportKind::Shm,
+        _ => TransportKind::Auto,
     }
 }
 
@@ -128,6 +128,18 @@ pub(crate) fn tcp_server(service: &ServiceConfig) -> ServerConfig {
         spin: Duration::from_micros(50),
         ..defaults
     }
+}
+
+/// Which transport a client uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransportKind {
+    /// Shared memory when the service's segments can be mapped, else TCP
+    /// (the default; `METABRIDGE_TRANSPORT=tcp` forces TCP).
+    Auto,
+    /// Shared memory only.
+    Shm,
+    /// TCP only.
+    Tcp,
 }
 
 /// Tuning of a service's runtime.

@@ -70,14 +70,13 @@ mod resolve;
 mod server;
 mod service;
 pub mod stats;
-mod tcp;
 mod transport;
 mod trust;
 mod worker;
 
 pub use args::{Args, Bin, CallArgs, IntoArgs};
-pub use client::{connect, lookup, to_msgpack, Client, Connect, TransportKind};
-pub use config::ServiceConfig;
+pub use client::{connect, lookup, to_msgpack, Client, Connect};
+pub use config::{ServiceConfig, TransportKind};
 pub use daemon::{
     run, serve, serve_forked_child, wait_forked_child, DaemonHandle, DAEMON_ENV,
     SHUTDOWN_TIMEOUT_EXIT, STARTUP_TIMEOUT, STOP_TIMEOUT,

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! client ── shared memory (shm_side.rs: control socket, workers) ──► the dispatcher
-//! client ── TCP frames (tcp_side.rs: tokio server)               ──► the same dispatcher
+//! client ── TCP frames (tcp_side.rs, tcp_handler.rs: tokio server) ──► the same dispatcher
 //! ```
 //!
 //! The transport seam on this side: each transport's service side is a
@@ -14,6 +14,7 @@
 //! `control.rs`; stop requests and the parent watch in `lifecycle.rs`.
 
 mod shm_side;
+mod tcp_handler;
 mod tcp_side;
 
 use crate::dispatch::{Dispatch, Dispatcher};

@@ -11,9 +11,9 @@
 mod shm;
 mod tcp;
 
+use crate::config::TransportKind;
 use crate::error::{Error, Result};
 use crate::resolve::ServiceAddress;
-use crate::TransportKind;
 use std::time::Duration;
 
 /// One transport's client side: connections to one service that carry a

@@ -26,7 +26,7 @@ pub(super) fn start(ctx: &Serving<'_>) -> Result<Box<dyn Listening>> {
         ..
     } = *ctx;
     let addr = format!("{}:{}", config.host, config.port);
-    let tcp = runtime.block_on(crate::tcp::bind(
+    let tcp = runtime.block_on(super::tcp_handler::bind(
         &addr,
         dispatch.clone(),
         config,

@@ -33,7 +33,7 @@ use tokio::sync::Semaphore;
 /// of the runtime's blocking pool (512 by default), which also supplies the
 /// threads that take over the runtime's work meanwhile; staying well below
 /// its size keeps the runtime itself serving when many calls are slow.
-pub(crate) const MAX_BLOCKING_CALLS: usize = 256;
+pub(super) const MAX_BLOCKING_CALLS: usize = 256;
 
 struct TcpHandler {
     dispatch: Arc<dyn Dispatch>,
@@ -138,7 +138,7 @@ impl Handler for TcpHandler {
 /// Binds the TCP listener of a service.
 ///
 /// Its settings: [`crate::config::tcp_server`].
-pub(crate) async fn bind(
+pub(super) async fn bind(
     addr: &str,
     dispatch: Arc<dyn Dispatch>,
     service: &crate::config::ServiceConfig,
