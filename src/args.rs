@@ -458,6 +458,13 @@ impl CallArgs {
     }
 }
 
+/// Encodes one value as MessagePack (for building raw arguments).
+pub fn to_msgpack<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    encode_value(&mut buf, value)?;
+    Ok(buf)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

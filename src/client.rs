@@ -15,7 +15,7 @@
 //! (dropping it would mark its rings closed under the parent): it is
 //! leaked, a few kilobytes and the parent's mappings per client and fork.
 
-use crate::args::{encode_value, CallArgs, IntoArgs};
+use crate::args::{CallArgs, IntoArgs};
 use crate::config::TransportKind;
 use crate::envelope;
 use crate::error::{Error, PeerGone, Result};
@@ -624,9 +624,3 @@ pub fn lookup(name: &str) -> Result<Entry> {
     Registry::open(&registry::home_dir())?.lookup(name)
 }
 
-/// Encodes one value as MessagePack (for building raw arguments).
-pub fn to_msgpack<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    encode_value(&mut buf, value)?;
-    Ok(buf)
-}

@@ -74,8 +74,8 @@ mod transport;
 mod trust;
 mod worker;
 
-pub use args::{Args, Bin, CallArgs, IntoArgs};
-pub use client::{connect, lookup, to_msgpack, Client, Connect};
+pub use args::{to_msgpack, Args, Bin, CallArgs, IntoArgs};
+pub use client::{connect, lookup, Client, Connect};
 pub use config::{ServiceConfig, TransportKind};
 pub use daemon::{
     run, serve, serve_forked_child, wait_forked_child, DaemonHandle, DAEMON_ENV,
