@@ -623,4 +623,3 @@ impl Client {
 pub fn lookup(name: &str) -> Result<Entry> {
     Registry::open(&registry::home_dir())?.lookup(name)
 }
-

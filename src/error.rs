@@ -116,6 +116,17 @@ pub enum Error {
         /// The service `run` was asked for.
         asked: String,
     },
+    /// The transport asked for cannot reach the service where it was found
+    /// (shared memory to a service given by address, say).
+    #[error("service {name:?} cannot be reached over {transport}: {why}")]
+    Unreachable {
+        /// The service.
+        name: String,
+        /// The transport: `shm`, `tcp`.
+        transport: &'static str,
+        /// Why not.
+        why: &'static str,
+    },
     /// No room in memory or in the filesystem for what was needed.
     #[error(transparent)]
     NoSpace(NoSpace),

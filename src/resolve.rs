@@ -7,7 +7,7 @@
 //! [`ServiceAddress`], is what the transports open from
 //! (`transport.rs`).
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::registry::{Entry, Registry};
 use std::path::PathBuf;
 
@@ -23,6 +23,27 @@ pub(crate) struct ServiceAddress {
     pub(crate) tcp: Option<String>,
     /// The token the service published to this user, if any.
     pub(crate) token: Option<String>,
+}
+
+impl ServiceAddress {
+    /// The registry entry, for a `transport` that reaches only services
+    /// on this machine.
+    pub(crate) fn local_entry(&self, transport: &'static str) -> Result<&Entry> {
+        self.local.as_ref().ok_or_else(|| Error::Unreachable {
+            name: self.name.clone(),
+            transport,
+            why: "it reaches only services in this machine's registry, and this one was given by address",
+        })
+    }
+
+    /// The TCP address, for a `transport` over TCP.
+    pub(crate) fn tcp_address(&self, transport: &'static str) -> Result<&str> {
+        self.tcp.as_deref().ok_or_else(|| Error::Unreachable {
+            name: self.name.clone(),
+            transport,
+            why: "the service has no TCP address",
+        })
+    }
 }
 
 /// Finds where a service is.

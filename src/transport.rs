@@ -19,11 +19,6 @@ use std::time::Duration;
 /// One transport's client side: connections to one service that carry a
 /// request envelope and bring its response back.
 pub(crate) trait CallTransport: Sized {
-    /// Its name, as `Client::transport_name` reports it.
-    const NAME: &'static str;
-    /// The [`TransportKind`] that asks for it.
-    const KIND: TransportKind;
-
     /// Opens it to the service at `address` (an error if the address
     /// gives it no way there), with the client's `limits` and the token it
     /// presents.
@@ -55,8 +50,10 @@ pub(crate) trait CallTransport: Sized {
 
 /// Declares [`Transport`], one variant per transport, in the order
 /// `TransportKind::Auto` tries them, with methods that forward to each.
+/// Each line: the variant, its type, the [`TransportKind`] that asks for
+/// it, and its name (as `Client::transport_name` reports it).
 macro_rules! transports {
-    ($($variant:ident($ty:ty)),+ $(,)?) => {
+    ($($variant:ident($ty:ty) = $kind:expr, $name:literal;)+) => {
         /// A client's transport: one of the registered ones. (One per
         /// client connection, so a large variant inline is no concern.)
         #[allow(clippy::large_enum_variant)]
@@ -79,13 +76,13 @@ macro_rules! transports {
             ) -> Result<Transport> {
                 let mut last = None;
                 $(
-                    if kind == TransportKind::Auto || kind == <$ty>::KIND {
+                    if kind == TransportKind::Auto || kind == $kind {
                         match <$ty>::open(address, limits, token) {
                             Ok(t) => return Ok(Transport::$variant(t)),
                             Err(e) => {
                                 tracing::debug!(
                                     "{} to {:?} unavailable ({e})",
-                                    <$ty>::NAME,
+                                    $name,
                                     address.name
                                 );
                                 last = Some(e);
@@ -111,7 +108,7 @@ macro_rules! transports {
 
             pub(crate) fn name(&self) -> &'static str {
                 match self {
-                    $(Transport::$variant(_) => <$ty>::NAME,)+
+                    $(Transport::$variant(_) => $name,)+
                 }
             }
 
@@ -132,8 +129,8 @@ macro_rules! transports {
 
 // The registration: a new transport is a module above and a line here.
 transports! {
-    Shm(shm::ShmPool),
-    Tcp(tcp::TcpPool),
+    Shm(shm::ShmPool) = TransportKind::Shm, "shm";
+    Tcp(tcp::TcpPool) = TransportKind::Tcp, "tcp";
 }
 
 /// What a client allows itself: channels, time, message size.

@@ -48,20 +48,11 @@ struct Idle {
 }
 
 impl CallTransport for ShmPool {
-    const NAME: &'static str = "shm";
-    const KIND: crate::TransportKind = crate::TransportKind::Shm;
-
     /// Opens the first channel to the service at once, so that a service
     /// whose shared memory we cannot use is known now (and the client can
     /// fall back to TCP); more channels come when calls overlap.
     fn open(address: &ServiceAddress, limits: &Limits, _token: Option<&str>) -> Result<ShmPool> {
-        let entry = address.local.as_ref().ok_or_else(|| {
-            Error::Io(std::io::Error::other(format!(
-                "service {:?} was not found in this machine's registry: shared memory reaches \
-                 only local services (give TransportKind::Auto or Tcp for an address)",
-                address.name
-            )))
-        })?;
+        let entry = address.local_entry("shm")?;
         let (max, timeout) = (limits.channels, limits.timeout);
         let pool = ShmPool {
             config: ChannelConfig {

@@ -17,16 +17,8 @@ pub(crate) struct TcpPool {
 }
 
 impl CallTransport for TcpPool {
-    const NAME: &'static str = "tcp";
-    const KIND: crate::TransportKind = crate::TransportKind::Tcp;
-
     fn open(address: &ServiceAddress, limits: &Limits, token: Option<&str>) -> Result<TcpPool> {
-        let addr = address.tcp.as_deref().ok_or_else(|| {
-            Error::Io(std::io::Error::other(format!(
-                "service {:?} has no TCP address",
-                address.name
-            )))
-        })?;
+        let addr = address.tcp_address("tcp")?;
         let sock = addr.to_socket_addrs()?.next().ok_or_else(|| {
             Error::Io(std::io::Error::other(format!(
                 "{addr} resolves to no address"
