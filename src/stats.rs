@@ -44,6 +44,7 @@
 //! counters off (to measure what they cost: `examples/bench.rs`).
 
 use crate::error::{Error, Result};
+use metabridge_shm::mapping::{Access, SharedMapping};
 use std::cell::Cell;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -120,7 +121,7 @@ thread_local! {
 /// The writing side: owned by a running service.
 pub(crate) struct Counters {
     /// The service's writable mapping of the segment.
-    map: crate::platform::SharedWords,
+    map: SharedMapping,
     /// The segment, opened read-only, for readers.
     read_only: OwnedFd,
     slots: usize,
@@ -265,12 +266,11 @@ impl Counters {
         ];
         // A memfd of exactly `len` bytes sealed against shrinking, by
         // anyone: the mapping cannot fault.
-        let map = crate::platform::SharedWords::map_writable(fd.as_fd(), len, |map| {
-            for (i, w) in words.iter().enumerate() {
-                map[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
-            }
-            map[names_offset..names_offset + names.len()].copy_from_slice(&names);
-        })?;
+        let map = SharedMapping::sealed(fd.as_fd(), len, Access::ReadWrite)?;
+        for (i, w) in words.iter().enumerate() {
+            map.write_bytes(i * 8, &w.to_le_bytes());
+        }
+        map.write_bytes(names_offset, &names);
         // From here on only `map` can change the counters (see the module
         // docs); the writable descriptor itself is dropped below.
         metabridge_shm::memfd::seal_writes(fd.as_fd()).map_err(shm_error)?;
@@ -315,7 +315,7 @@ impl Counters {
         // Callers keep `offset + len` within a block (the service words,
         // or one endpoint's with endpoint < endpoints), and k < slots, so
         // the words are within the mapping (the slice checks it again).
-        let words = &self.map.words()[at..at + len];
+        let words = self.map.view_slice::<AtomicU64>(at * 8, len);
         Slot {
             words,
             // Only the last block can have several writers.
@@ -481,8 +481,8 @@ pub fn read(fd: BorrowedFd<'_>) -> Result<Snapshot> {
         .map_err(|e| bad(e.to_string()))? as usize;
     // Sealed against shrinking (checked above, and by the mapping), so no
     // page can fault; we only read it, and only through atomics.
-    let map = crate::platform::SharedWords::map_read_only(fd, len)?;
-    let all = map.words();
+    let map = SharedMapping::sealed(fd, len, Access::ReadOnly)?;
+    let all = map.view_slice::<AtomicU64>(0, len / 8);
     // Callers pass i < len / 8 (checked below before use).
     let word = |i: usize| -> u64 { all[i].load(Ordering::Relaxed) };
     let words = len / 8;
@@ -524,7 +524,7 @@ pub fn read(fd: BorrowedFd<'_>) -> Result<Snapshot> {
         return Err(bad("sizes do not fit the segment".into()));
     }
     // The service wrote the names once, before it handed out the segment.
-    let names_bytes: Vec<u8> = map.copy_bytes(names_offset..names_offset + names_len);
+    let names_bytes: Vec<u8> = map.copy_out(names_offset..names_offset + names_len);
     let names: Vec<(String, Option<Vec<String>>)> =
         rmp_serde::from_slice(&names_bytes).map_err(|e| bad(format!("names: {e}")))?;
     if names.len() != n {
@@ -687,12 +687,12 @@ mod tests {
         write_sealed_mapped(len, fill).0
     }
 
-    fn write_sealed_mapped(
-        len: usize,
-        fill: impl FnOnce(&mut [u8]),
-    ) -> (OwnedFd, crate::platform::SharedWords) {
+    fn write_sealed_mapped(len: usize, fill: impl FnOnce(&mut [u8])) -> (OwnedFd, SharedMapping) {
         let fd = metabridge_shm::memfd::create_for_one_writer(c"x", len, "x").unwrap();
-        let map = crate::platform::SharedWords::map_writable(fd.as_fd(), len, fill).unwrap();
+        let mut bytes = vec![0u8; len];
+        fill(&mut bytes);
+        let map = SharedMapping::sealed(fd.as_fd(), len, Access::ReadWrite).unwrap();
+        map.write_bytes(0, &bytes);
         metabridge_shm::memfd::seal_writes(fd.as_fd()).unwrap();
         (fd, map)
     }
@@ -700,7 +700,7 @@ mod tests {
     #[test]
     fn readers_get_a_read_only_descriptor() {
         let c = Counters::create(&[("a".into(), None)], 2).unwrap();
-        let writable = crate::platform::SharedWords::map_writable(c.read_only_fd(), 4096, |_| {});
+        let writable = SharedMapping::sealed(c.read_only_fd(), 4096, Access::ReadWrite);
         assert!(
             writable.is_err(),
             "a reader could map the counters writable"
@@ -712,8 +712,9 @@ mod tests {
         // The creator's mapping still writes after the write seal.
         let (fd, map) = write_sealed_mapped(4096, |_| {});
         // The bytes the service writes (little-endian), stored whole.
-        let put = |m: &crate::platform::SharedWords, i: usize, v: u64| {
-            m.words()[i].store(u64::from_ne_bytes(v.to_le_bytes()), Ordering::Relaxed)
+        let put = |m: &SharedMapping, i: usize, v: u64| {
+            m.view::<AtomicU64>(i * 8)
+                .store(u64::from_ne_bytes(v.to_le_bytes()), Ordering::Relaxed)
         };
         put(&map, 0, MAGIC);
         put(&map, 1, VERSION as u64 | (HEADER_BYTES as u64) << 32);

@@ -203,6 +203,10 @@ impl Channel {
         Ok(Self::from_segment(segment, "memfd", config))
     }
 
+    // The one `unsafe` outside the mapping and the ring: binding each ring
+    // to its control block and data area in the segment, whose lifetime
+    // the rings cannot see (they hold it only as a type-erased keep-alive).
+    #[allow(unsafe_code)]
     fn from_segment(segment: Segment, name: &str, config: &ChannelConfig) -> Channel {
         let side = segment.side;
         let (tx_ring, rx_ring) = (side, 1 - side);
@@ -496,18 +500,18 @@ impl Sender {
         };
         let mut writer = match &reserved {
             Some(r) => FrameWriter {
-                room: self.ring.mem.pointer(r.offset + FRAME_HEADER, max),
+                region: Some(&self.ring.mem),
+                room_offset: r.offset + FRAME_HEADER,
                 room_len: max,
                 len: 0,
                 spill: None,
-                _ring: std::marker::PhantomData,
             },
             None => FrameWriter {
-                room: std::ptr::NonNull::dangling(),
+                region: None,
+                room_offset: 0,
                 room_len: 0,
                 len: 0,
                 spill: Some(Vec::new()),
-                _ring: std::marker::PhantomData,
             },
         };
         let out = encode(&mut writer);
@@ -527,7 +531,9 @@ impl Sender {
         if let Reserve::Ready(r) = self.ring.try_reserve(len)? {
             return Ok(r);
         }
-        let word = &self.ring.ctrl().head as &crate::sync::AtomicU64 as *const _;
+        // The producer's ring is the one of our side (see `from_segment`).
+        let seg = &self.shared.segment;
+        let word: &crate::sync::AtomicU64 = &seg.control(seg.side).head;
         let ring = &mut self.ring;
         wait::block(
             &self.shared.settings,
@@ -575,22 +581,24 @@ impl Drop for Sender {
 /// that a misbehaving peer could write at any time, and a Rust reference
 /// would promise that nobody does. Bytes are only ever copied in.
 pub struct FrameWriter<'a> {
-    room: std::ptr::NonNull<u8>,
+    /// The ring's data area, and where the reserved room starts in it
+    /// (`None`: no room, everything spills).
+    region: Option<&'a Region>,
+    room_offset: usize,
     room_len: usize,
     len: usize,
     spill: Option<Vec<u8>>,
-    _ring: std::marker::PhantomData<&'a mut Sender>,
 }
 
 impl FrameWriter<'_> {
     /// Moves what was written so far into a heap buffer that takes the rest.
     fn spill(&mut self, extra: usize) -> &mut Vec<u8> {
         let mut spill = Vec::with_capacity((self.len + extra) * 2);
-        spill.resize(self.len, 0);
-        // SAFETY: `room..room+len` is inside the reserved free space (we
-        // wrote it), owned by this producer until published; the copy goes
-        // into our own buffer.
-        unsafe { std::ptr::copy_nonoverlapping(self.room.as_ptr(), spill.as_mut_ptr(), self.len) };
+        if let Some(region) = self.region {
+            // What we wrote so far, in the room this producer owns until
+            // it publishes.
+            region.append_to(self.room_offset, self.len, &mut spill);
+        }
         self.spill.insert(spill)
     }
 }
@@ -603,17 +611,10 @@ impl io::Write for FrameWriter<'_> {
             return Ok(buf.len());
         }
         let end = self.len + buf.len();
-        if end <= self.room_len {
-            // SAFETY: `room + len .. room + end` lies in the reservation
-            // (end <= room_len, checked), which only this producer writes
-            // until it is published; `buf` is our own memory.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    buf.as_ptr(),
-                    self.room.as_ptr().add(self.len),
-                    buf.len(),
-                )
-            };
+        if let (Some(region), true) = (self.region, end <= self.room_len) {
+            // Into the reservation (end <= room_len), which only this
+            // producer writes until it is published.
+            region.write(self.room_offset + self.len, buf);
             self.len = end;
         } else {
             self.spill(buf.len()).extend_from_slice(buf);
@@ -709,7 +710,9 @@ impl Receiver {
         if let Peek::Frame(f) = self.ring.try_peek()? {
             return Ok(f);
         }
-        let word = &self.ring.ctrl().tail as &crate::sync::AtomicU64 as *const _;
+        // The consumer's ring is the peer's (see `from_segment`).
+        let seg = &self.shared.segment;
+        let word: &crate::sync::AtomicU64 = &seg.control(1 - seg.side).tail;
         let ring = &mut self.ring;
         wait::block(
             &self.shared.settings,

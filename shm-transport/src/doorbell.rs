@@ -25,14 +25,14 @@ use crate::header::{
     OWNER_PID_OFFSET, OWNER_START_OFFSET,
 };
 use crate::liveness::ProcessIdentity;
-use memmap2::{MmapOptions, MmapRaw};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use crate::mapping::{Access, SharedMapping};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 struct Mapping {
-    map: MmapRaw,
+    map: SharedMapping,
     /// The sealed memfd, kept by the set's creator to hand to each client
     /// (`None` in a client, which needs it no more once mapped).
     fd: Option<OwnedFd>,
@@ -55,11 +55,6 @@ pub struct DoorbellSet {
     count: usize,
 }
 
-// SAFETY: the mapping is shared memory touched only through atomics.
-unsafe impl Send for Mapping {}
-// SAFETY: as above.
-unsafe impl Sync for Mapping {}
-
 impl DoorbellSet {
     /// Creates an anonymous set of `count` doorbells: a sealed memfd,
     /// handed to clients with [`fd`](Self::fd) over a Unix socket.
@@ -80,7 +75,7 @@ impl DoorbellSet {
         }
         let len = doorbells_len(count);
         let fd = crate::platform::sealed_memfd(c"metabridge-doorbells", len, "a doorbell set")?;
-        let map = MmapOptions::new().len(len).map_raw(fd.as_raw_fd())?;
+        let map = SharedMapping::sealed(fd.as_fd(), len, Access::ReadWrite)?;
         let inner = Arc::new(Mapping { map, fd: Some(fd) });
         Ok(Self::init(inner, count))
     }
@@ -97,7 +92,7 @@ impl DoorbellSet {
         let what = "the doorbell set";
         let len = crate::platform::check_sealed(fd, BELLS_OFFSET as u64, what)?;
         let map_len = (len as usize).min(doorbells_len(MAX_BELLS));
-        let map = MmapOptions::new().len(map_len).map_raw(fd.as_raw_fd())?;
+        let map = SharedMapping::sealed(fd, map_len, Access::ReadWrite)?;
         let set = DoorbellSet {
             inner: Arc::new(Mapping { map, fd: None }),
             count: 0,
@@ -152,10 +147,7 @@ impl DoorbellSet {
     }
 
     fn word_at(&self, offset: usize) -> &AtomicU64 {
-        assert!(offset + 8 <= self.inner.map.len() && offset % 8 == 0);
-        // SAFETY: in bounds and aligned (asserted; the mapping is
-        // page-aligned); shared memory read and written only atomically.
-        unsafe { &*(self.inner.map.as_ptr().add(offset) as *const AtomicU64) }
+        self.inner.map.view(offset)
     }
 
     /// Number of bells in the set.
@@ -174,10 +166,9 @@ impl DoorbellSet {
         if i >= self.count {
             return None;
         }
-        let word = self.word_at(doorbells_len(i)) as *const AtomicU64;
         Some(Doorbell {
-            _keep: self.inner.clone(),
-            word,
+            set: self.inner.clone(),
+            offset: doorbells_len(i),
         })
     }
 
@@ -193,20 +184,15 @@ impl DoorbellSet {
 /// One doorbell: a futex word a sleeper waits on and producers ring.
 #[derive(Clone)]
 pub struct Doorbell {
-    _keep: Arc<Mapping>,
-    word: *const AtomicU64,
+    set: Arc<Mapping>,
+    /// Where its word is in the set's mapping (in bounds: checked when the
+    /// bell was handed out, and by the mapping on each access).
+    offset: usize,
 }
-
-// SAFETY: `word` points into the mapping kept alive by `_keep`; it is only
-// accessed atomically.
-unsafe impl Send for Doorbell {}
-// SAFETY: as above.
-unsafe impl Sync for Doorbell {}
 
 impl Doorbell {
     fn word(&self) -> &AtomicU64 {
-        // SAFETY: see the Send impl: valid and aligned while `_keep` lives.
-        unsafe { &*self.word }
+        self.set.map.view(self.offset)
     }
 
     /// How many times the bell was rung: read it before arming rings, and

@@ -52,10 +52,20 @@
 //! ```
 #![deny(missing_docs, unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
+// `unsafe` is allowed, module by module, only where it is the point: the
+// shared mapping (`mapping`: the one type that maps shared memory and
+// reaches it), the ring's view of its bytes (`memory`, `ring`), the futex
+// system call (`futex`), and one function of
+// `channel` (binding the rings to their segment). Anywhere else it fails
+// to compile.
+#![deny(unsafe_code)]
 
 mod error;
+#[allow(unsafe_code)]
 mod futex;
+#[allow(unsafe_code)]
 mod memory;
+#[allow(unsafe_code)]
 mod ring;
 mod sync;
 mod wait;
@@ -69,11 +79,15 @@ mod header;
 #[cfg(not(loom))]
 mod liveness;
 #[cfg(not(loom))]
+#[allow(unsafe_code)]
+pub mod mapping;
+#[cfg(not(loom))]
 mod platform;
 #[cfg(not(loom))]
 mod segment;
 
 #[cfg(all(test, loom))]
+#[allow(unsafe_code)]
 mod loom_tests;
 
 pub use error::{Error, Result};

@@ -57,7 +57,10 @@ fn ring_at(start: u64) -> (Producer, Consumer) {
 }
 
 fn send(p: &mut Producer, bytes: &[u8]) -> Result<()> {
-    let word = &p.ctrl().head as &crate::sync::AtomicU64 as *const _;
+    // SAFETY: the control block outlives the call (the producer keeps it
+    // alive), and the reference is used only for atomic loads.
+    let word =
+        unsafe { &*(&p.ctrl().head as &crate::sync::AtomicU64 as *const crate::sync::AtomicU64) };
     let r = block(
         &SETTINGS,
         &NoPeer,
@@ -77,7 +80,9 @@ fn send(p: &mut Producer, bytes: &[u8]) -> Result<()> {
 }
 
 fn recv(c: &mut Consumer) -> Result<Vec<u8>> {
-    let word = &c.ctrl().tail as &crate::sync::AtomicU64 as *const _;
+    // SAFETY: as in `send`: kept alive by the consumer, atomics only.
+    let word =
+        unsafe { &*(&c.ctrl().tail as &crate::sync::AtomicU64 as *const crate::sync::AtomicU64) };
     let f = block(
         &SETTINGS,
         &NoPeer,

@@ -113,17 +113,6 @@ mod raw {
                 dst.set_len(start + len);
             }
         }
-
-        /// A pointer to `len` bytes of free space at `offset`, for a
-        /// producer to copy a frame into (never a reference: the peer
-        /// process can write this memory too).
-        #[inline]
-        pub(crate) fn pointer(&self, offset: usize, len: usize) -> NonNull<u8> {
-            self.check(offset, len);
-            // SAFETY: `offset` is in bounds (checked), so the result points
-            // inside the area and is not null.
-            unsafe { NonNull::new_unchecked(self.base.as_ptr().add(offset)) }
-        }
     }
 }
 

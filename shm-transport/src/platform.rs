@@ -171,3 +171,17 @@ pub(crate) fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Resu
     }
     Ok(done)
 }
+
+/// Refuses (`InvalidInput`) a descriptor that is not sealed against
+/// shrinking or holds fewer than `len` bytes: a mapping of it could fault.
+pub(crate) fn check_unshrinkable(fd: BorrowedFd<'_>, len: usize) -> std::io::Result<()> {
+    let seals = SealFlag::from_bits_truncate(fcntl(fd.as_raw_fd(), FcntlArg::F_GET_SEALS)?);
+    let size = nix::sys::stat::fstat(fd.as_raw_fd())?.st_size;
+    if !seals.contains(SealFlag::F_SEAL_SHRINK) || size < len as i64 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a memfd sealed against shrinking of the expected size",
+        ));
+    }
+    Ok(())
+}

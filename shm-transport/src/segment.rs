@@ -24,11 +24,11 @@ use crate::header::{
     MIN_CAPACITY, SEGMENT_MAGIC,
 };
 use crate::liveness::ProcessIdentity;
+use crate::mapping::{Access, SharedMapping};
 use crate::ring::RingControl;
-use memmap2::{MmapOptions, MmapRaw};
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -75,7 +75,7 @@ pub fn segment_path(dir: &Path, name: &str) -> PathBuf {
 
 /// A mapped channel segment.
 pub(crate) struct Segment {
-    map: MmapRaw,
+    map: SharedMapping,
     /// Which side we are: 0 created it, 1 opened it.
     pub(crate) side: usize,
     /// The file of a named segment (`None` for a memfd, which has no name).
@@ -84,13 +84,6 @@ pub(crate) struct Segment {
     /// re-read from the shared header, where the peer could change them.
     capacity: [usize; 2],
 }
-
-// SAFETY: the mapping is plain shared memory; every access to it goes
-// through atomics or through the SPSC protocol of the rings, whose halves
-// are each owned by one thread at a time.
-unsafe impl Send for Segment {}
-// SAFETY: as above; `&Segment` hands out only atomics and raw pointers.
-unsafe impl Sync for Segment {}
 
 impl Segment {
     /// Creates segment `name` with the given ring capacities.
@@ -111,7 +104,7 @@ impl Segment {
         let built = (|| -> Result<Segment> {
             file.set_len(total as u64)?;
             crate::platform::reserve(&file, total, &path.display().to_string(), Some(dir))?;
-            let map = MmapOptions::new().len(total).map_raw(&file)?;
+            let map = SharedMapping::trusted_file(file.as_fd(), total, Access::ReadWrite)?;
             let seg = Segment {
                 map,
                 side: 0,
@@ -134,7 +127,7 @@ impl Segment {
         check_capacities(capacity)?;
         let total = HEADER_LEN + capacity[0] + capacity[1];
         let fd = crate::platform::sealed_memfd(c"metabridge-channel", total, "a channel segment")?;
-        let map = MmapOptions::new().len(total).map_raw(fd.as_raw_fd())?;
+        let map = SharedMapping::sealed(fd.as_fd(), total, Access::ReadWrite)?;
         let seg = Segment {
             map,
             side: 0,
@@ -153,7 +146,7 @@ impl Segment {
         // Sealed: the length can no longer change, so the checks below
         // hold for the life of the mapping.
         let mut seg = Segment {
-            map: MmapOptions::new().len(HEADER_LEN).map_raw(fd.as_raw_fd())?,
+            map: SharedMapping::sealed(fd, HEADER_LEN, Access::ReadWrite)?,
             side: 1,
             path: None,
             capacity: [0; 2],
@@ -166,9 +159,7 @@ impl Segment {
                 needed: total,
             });
         }
-        seg.map = MmapOptions::new()
-            .len(total as usize)
-            .map_raw(fd.as_raw_fd())?;
+        seg.map = SharedMapping::sealed(fd, total as usize, Access::ReadWrite)?;
         seg.capacity = capacity;
         seg.claim(what)?;
         Ok(seg)
@@ -224,7 +215,7 @@ impl Segment {
                 needed: HEADER_LEN as u64,
             });
         }
-        let map = MmapOptions::new().len(len as usize).map_raw(&file)?;
+        let map = SharedMapping::trusted_file(file.as_fd(), len as usize, Access::ReadWrite)?;
         let mut seg = Segment {
             map,
             side: 1,
@@ -287,9 +278,7 @@ impl Segment {
         // The rings' starting positions, which the opener adopts: within
         // range and consistent (no sum of ours may ever overflow).
         for (i, c) in cap.iter().enumerate() {
-            // SAFETY: CONTROL_OFFSET[i] + size_of RingControl <= HEADER_LEN,
-            // inside the mapping (checked by the callers); atomics only.
-            let ctrl = unsafe { &*self.control(i) };
+            let ctrl = self.control(i);
             let tail = ctrl.tail.load(Ordering::Acquire) & !crate::ring::SIGNALS;
             let head = ctrl.head.load(Ordering::Acquire) & !crate::ring::SIGNALS;
             if tail > crate::ring::MAX_START_POSITION || head > tail || tail - head > *c {
@@ -302,11 +291,7 @@ impl Segment {
     }
 
     pub(crate) fn header(&self) -> &SegmentHeader {
-        // SAFETY: the mapping is at least HEADER_LEN bytes (checked at
-        // create and open), page-aligned, and lives as long as `self`; the
-        // header is all atomics, which another process may write
-        // concurrently without a data race.
-        unsafe { &*(self.map.as_mut_ptr() as *const SegmentHeader) }
+        self.map.view(0)
     }
 
     /// Capacity of ring `i`, as validated.
@@ -314,19 +299,16 @@ impl Segment {
         self.capacity[i]
     }
 
-    /// Pointer to the control block of ring `i`.
-    pub(crate) fn control(&self, i: usize) -> *const RingControl {
-        // SAFETY: CONTROL_OFFSET[i] + size_of RingControl <= HEADER_LEN <=
-        // mapping length (const-asserted and checked at open).
-        unsafe { self.map.as_ptr().add(CONTROL_OFFSET[i]) as *const RingControl }
+    /// The control block of ring `i`.
+    pub(crate) fn control(&self, i: usize) -> &RingControl {
+        self.map.view(CONTROL_OFFSET[i])
     }
 
-    /// Pointer to the data area of ring `i`.
+    /// Pointer to the data area of ring `i` (its capacity's bytes, inside
+    /// the mapping: the mapping checks it).
     pub(crate) fn data(&self, i: usize) -> std::ptr::NonNull<u8> {
         let offset = HEADER_LEN + if i == 0 { 0 } else { self.capacity(0) };
-        // SAFETY: offset + capacity(i) <= total_len <= mapping length
-        // (validated); the base of a mapping is never null.
-        unsafe { std::ptr::NonNull::new_unchecked(self.map.as_mut_ptr().add(offset)) }
+        self.map.range_ptr(offset, self.capacity(i))
     }
 
     /// The identity a side published, once it has attached.

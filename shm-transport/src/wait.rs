@@ -134,15 +134,12 @@ impl Limit {
 }
 
 /// What one attempt of a blocking operation found.
-pub(crate) enum Step<T> {
+pub(crate) enum Step<'w, T> {
     /// Done: the value.
     Done(T),
     /// Not yet: sleep on `word` while it still equals `observed`, after
     /// setting `bit` on it (the announcement the waker looks for).
-    Pending {
-        word: *const AtomicU64,
-        observed: u64,
-    },
+    Pending { word: &'w AtomicU64, observed: u64 },
 }
 
 /// The CPUs and liveness of the two sides of a channel, as the wait loop
@@ -162,13 +159,7 @@ pub(crate) trait Peer {
 /// assert!(metabridge_shm::current_cpu() < 4096);
 /// ```
 pub fn current_cpu() -> u32 {
-    // SAFETY: sched_getcpu has no preconditions; it returns -1 on error.
-    let cpu = unsafe { libc::sched_getcpu() };
-    if cpu < 0 {
-        u32::MAX
-    } else {
-        cpu as u32
-    }
+    nix::sched::sched_getcpu().map_or(u32::MAX, |cpu| cpu as u32)
 }
 
 /// When one side of a channel last checked that its peer lives, kept
@@ -199,13 +190,13 @@ pub(crate) struct WaitSettings {
 ///
 /// `bit` is the signal bit a pending attempt's word must carry before we
 /// sleep on it (WAITING). `clock` is the waiting side's liveness clock.
-pub(crate) fn block<T>(
+pub(crate) fn block<'w, T>(
     settings: &WaitSettings,
     peer: &dyn Peer,
     clock: &mut LivenessClock,
     limit: Limit,
     bit: u64,
-    mut attempt: impl FnMut() -> Result<Step<T>>,
+    mut attempt: impl FnMut() -> Result<Step<'w, T>>,
 ) -> Result<T> {
     // Fast path: no clock, no CPU lookup when the data is already there.
     if let Step::Done(v) = attempt()? {
@@ -303,9 +294,6 @@ pub(crate) fn block<T>(
             Step::Done(v) => return Ok(v),
             Step::Pending { word, observed } => (word, observed),
         };
-        // SAFETY: the attempt returned a word of the ring it just read; the
-        // ring's memory is kept alive by the caller for this whole call.
-        let word = unsafe { &*word };
         if !crate::ring::announce(word, observed, bit) {
             continue; // the word moved: data or a close arrived; look again
         }
@@ -332,12 +320,12 @@ pub(crate) fn block<T>(
 /// liveness check is due on `clock` and finds the peer gone (then as
 /// [`last_attempt`]). A caller waiting in slices shorter than the liveness
 /// interval gets its peer checked here, once per interval.
-fn timed_out<T>(
+fn timed_out<'w, T>(
     settings: &WaitSettings,
     peer: &dyn Peer,
     clock: &mut LivenessClock,
     now: Instant,
-    attempt: &mut impl FnMut() -> Result<Step<T>>,
+    attempt: &mut impl FnMut() -> Result<Step<'w, T>>,
 ) -> Result<T> {
     if clock.due(now, settings.liveness_interval) {
         clock.0 = Some(now);
@@ -351,7 +339,10 @@ fn timed_out<T>(
 /// The peer is gone, but what it published before it died (frames, room,
 /// a clean close) may have landed after our last look: one more attempt, so
 /// that those win over `gone`.
-fn last_attempt<T>(gone: Error, attempt: &mut impl FnMut() -> Result<Step<T>>) -> Result<T> {
+fn last_attempt<'w, T>(
+    gone: Error,
+    attempt: &mut impl FnMut() -> Result<Step<'w, T>>,
+) -> Result<T> {
     match attempt()? {
         Step::Done(v) => Ok(v),
         Step::Pending { .. } => Err(gone),

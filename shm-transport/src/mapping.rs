@@ -1,0 +1,207 @@
+//! [`SharedMapping`]: the one type through which memory shared with other
+//! processes is mapped and reached, for segments, doorbells and the
+//! runtime's live counters (and the payload pool to come).
+//!
+//! Invariants, which every accessor relies on:
+//! - the mapping covers `len` bytes from a page-aligned base, and stays
+//!   mapped for the life of the value (it is unmapped on drop);
+//! - the pages cannot fault: the descriptor was checked to be sealed
+//!   against shrinking and long enough ([`SharedMapping::sealed`]), or its
+//!   file belongs to processes that trust each other
+//!   ([`SharedMapping::trusted_file`]: named segments);
+//! - other processes may write any byte at any time, so no `&[u8]`, `&str`
+//!   or `&mut` is ever formed over the mapping: bytes are copied in and
+//!   out through raw pointers, and the only references handed out are to
+//!   types made only of atomics ([`AtomicView`]), whose every access is
+//!   atomic.
+
+use memmap2::{MmapOptions, MmapRaw};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
+/// Whether a mapping may be written through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Read and written (rings, doorbells, a writer's counters).
+    ReadWrite,
+    /// Only read (a reader's view of the counters).
+    ReadOnly,
+}
+
+/// Types that may be viewed in place in shared memory.
+///
+/// # Safety
+/// Implement only for `#[repr(C)]` types made only of atomic integers (and
+/// arrays or structs of them): every bit pattern is valid, and every
+/// access through a shared reference is atomic, so the writes of other
+/// processes race with nothing non-atomic.
+pub unsafe trait AtomicView {}
+
+// SAFETY: an atomic integer, valid for every bit pattern.
+unsafe impl AtomicView for AtomicU64 {}
+// SAFETY: an atomic integer, valid for every bit pattern.
+unsafe impl AtomicView for AtomicU32 {}
+// SAFETY: `#[repr(C)]`, made only of AtomicU64, AtomicU32 and arrays and
+// cache-padded structs of them (header.rs says why every field is one).
+unsafe impl AtomicView for crate::header::SegmentHeader {}
+// SAFETY: `#[repr(C)]`, two cache-padded AtomicU64 counters.
+unsafe impl AtomicView for crate::ring::RingControl {}
+
+/// One shared mapping of a memfd (or of a file, between trusting
+/// processes); see the module docs for its invariants.
+///
+/// ```
+/// use metabridge_shm::{mapping::{Access, SharedMapping}, memfd};
+/// use std::os::fd::AsFd;
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// let fd = memfd::create_for_one_writer(c"doc", 4096, "a doc segment").unwrap();
+/// let a = SharedMapping::sealed(fd.as_fd(), 4096, Access::ReadWrite).unwrap();
+/// let b = SharedMapping::sealed(fd.as_fd(), 4096, Access::ReadOnly).unwrap();
+/// a.view::<AtomicU64>(8).store(7, Ordering::Relaxed);
+/// assert_eq!(b.view::<AtomicU64>(8).load(Ordering::Relaxed), 7);
+/// a.write_bytes(16, b"hi");
+/// assert_eq!(b.copy_out(16..18), b"hi");
+/// ```
+pub struct SharedMapping {
+    map: MmapRaw,
+    len: usize,
+    access: Access,
+}
+
+impl SharedMapping {
+    /// Maps the first `len` bytes of `fd`, after checking that it is
+    /// sealed against shrinking and holds at least `len` bytes (so no page
+    /// of the mapping can ever fault, whatever the other holders of the
+    /// descriptor do). `InvalidInput` otherwise.
+    pub fn sealed(fd: BorrowedFd<'_>, len: usize, access: Access) -> std::io::Result<Self> {
+        crate::platform::check_unshrinkable(fd, len)?;
+        Self::map(fd, len, access)
+    }
+
+    /// Maps the first `len` bytes of a file that is not sealed: a process
+    /// that can open the file can truncate it under the mapping and make
+    /// our next access fault (SIGBUS). For named segments only, between
+    /// processes that trust each other (tests, benchmarks, fuzz targets).
+    pub fn trusted_file(fd: BorrowedFd<'_>, len: usize, access: Access) -> std::io::Result<Self> {
+        Self::map(fd, len, access)
+    }
+
+    fn map(fd: BorrowedFd<'_>, len: usize, access: Access) -> std::io::Result<Self> {
+        if len == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a shared mapping of 0 bytes",
+            ));
+        }
+        let mut options = MmapOptions::new();
+        options.len(len);
+        let map = match access {
+            Access::ReadWrite => options.map_raw(fd.as_raw_fd())?,
+            Access::ReadOnly => options.map_raw_read_only(fd.as_raw_fd())?,
+        };
+        Ok(SharedMapping { map, len, access })
+    }
+
+    /// Bytes mapped.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Never: a mapping has at least one byte.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Panics unless `offset..offset + len` lies in the mapping and
+    /// `offset` is a multiple of `align`: a bug of ours, never a peer's
+    /// value (callers validate those first).
+    #[inline(always)]
+    fn check(&self, offset: usize, len: usize, align: usize) {
+        assert!(
+            offset <= self.len && len <= self.len - offset && offset % align == 0,
+            "shared mapping access {offset}+{len} (align {align}) outside {} bytes",
+            self.len
+        );
+    }
+
+    /// The value of type `T` at `offset`, in place.
+    #[inline]
+    pub fn view<T: AtomicView>(&self, offset: usize) -> &T {
+        self.check(offset, size_of::<T>(), align_of::<T>());
+        // SAFETY: in bounds and aligned (checked; the base is page-aligned),
+        // mapped while `self` lives (the borrow ties the reference to it),
+        // and `T` is made only of atomics (AtomicView), so every access
+        // through the reference is atomic whatever other processes write.
+        unsafe { &*self.map.as_ptr().add(offset).cast::<T>() }
+    }
+
+    /// `count` consecutive values of type `T` from `offset` on, in place.
+    #[inline]
+    pub fn view_slice<T: AtomicView>(&self, offset: usize, count: usize) -> &[T] {
+        let bytes = count
+            .checked_mul(size_of::<T>())
+            .expect("shared mapping slice length overflows");
+        self.check(offset, bytes, align_of::<T>());
+        // SAFETY: as in `view`, for `count` values in bounds.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(offset).cast::<T>(), count) }
+    }
+
+    /// A copy of the bytes in `range`, read through a raw pointer (another
+    /// process may be writing them: the copy may then mix old and new
+    /// bytes, which callers validate, but no reference is formed).
+    pub fn copy_out(&self, range: std::ops::Range<usize>) -> Vec<u8> {
+        let len = range.end.saturating_sub(range.start);
+        self.check(range.start, len, 1);
+        let mut out = Vec::with_capacity(len);
+        // SAFETY: the source is in bounds (checked) and mapped while `self`
+        // lives; the destination has capacity `len` and does not overlap
+        // the mapping; `u8` is valid for any bytes; `set_len` follows the
+        // copy of exactly `len` bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.map.as_ptr().add(range.start),
+                out.as_mut_ptr(),
+                len,
+            );
+            out.set_len(len);
+        }
+        out
+    }
+
+    /// Copies `bytes` into the mapping at `offset` through a raw pointer.
+    /// Panics on a read-only mapping (whose pages would fault).
+    pub fn write_bytes(&self, offset: usize, bytes: &[u8]) {
+        assert_eq!(
+            self.access,
+            Access::ReadWrite,
+            "write to a read-only mapping"
+        );
+        self.check(offset, bytes.len(), 1);
+        // SAFETY: the destination is in bounds (checked) and mapped while
+        // `self` lives; the source is our own slice, outside the mapping;
+        // writing through a raw pointer forms no reference that other
+        // processes' writes could invalidate.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.map.as_mut_ptr().add(offset),
+                bytes.len(),
+            )
+        }
+    }
+
+    /// The address of byte `offset` of `len` in-bounds bytes, for the
+    /// ring, which reaches its data area through raw pointers (and writes
+    /// it: a read-write mapping only).
+    pub(crate) fn range_ptr(&self, offset: usize, len: usize) -> NonNull<u8> {
+        assert_eq!(
+            self.access,
+            Access::ReadWrite,
+            "ring over a read-only mapping"
+        );
+        self.check(offset, len, 1);
+        // SAFETY: in bounds (checked) of a mapping whose base is not null.
+        unsafe { NonNull::new_unchecked(self.map.as_mut_ptr().add(offset)) }
+    }
+}
