@@ -71,36 +71,6 @@ pub(crate) const CLOCK_EVERY: u32 = 64;
 /// Yields between two reads of the clock (a yield is a system call).
 pub(crate) const YIELD_CLOCK_EVERY: u32 = 4;
 
-/// Threads of this process spinning in `block` now.
-static SPINNERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// A licence to spin: at most one thread per CPU but one spins at a time
-/// (so at least one CPU stays with the threads that do the work).
-struct SpinSlot;
-
-impl SpinSlot {
-    fn take() -> Option<SpinSlot> {
-        use std::sync::atomic::Ordering::Relaxed;
-        static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-        let max = *MAX.get_or_init(|| {
-            std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
-        });
-        // Relaxed: a counter of a heuristic; nothing is published through it.
-        if SPINNERS.fetch_add(1, Relaxed) < max {
-            Some(SpinSlot)
-        } else {
-            SPINNERS.fetch_sub(1, Relaxed);
-            None
-        }
-    }
-}
-
-impl Drop for SpinSlot {
-    fn drop(&mut self) {
-        SPINNERS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
 /// Gives the CPU to another runnable thread, if any (a model yield under
 /// loom).
 fn yield_cpu() {
@@ -205,7 +175,7 @@ pub(crate) fn block<'w, T>(
     let start = Instant::now();
     // Resolved from the clock read we need anyway.
     let deadline = limit.resolve(start);
-    let mut spin_slot: Option<SpinSlot> = None;
+    let mut spin_slot: Option<metabridge_spin::SpinLicence> = None;
     // How long to keep trying before sleeping, and how: with `pause`
     // between polls when the peer has a CPU of its own, or by giving our
     // CPU to the peer (sched_yield) when it shares ours. After a send, the
@@ -224,7 +194,7 @@ pub(crate) fn block<'w, T>(
                 // the threads doing the work: with more waiters than CPUs
                 // (32 client threads on 2 vCPUs, say), the extra ones give
                 // their CPU away instead of burning it.
-                _ => match SpinSlot::take() {
+                _ => match metabridge_spin::SpinLicence::take() {
                     Some(slot) => {
                         spin_slot = Some(slot);
                         (d, false)

@@ -501,7 +501,7 @@ impl Conn {
         if !self.reader.buffer().is_empty() {
             return;
         }
-        let Some(_licence) = crate::poll::Poller::take() else {
+        let Some(_licence) = metabridge_spin::SpinLicence::take() else {
             return;
         };
         let start = Instant::now();

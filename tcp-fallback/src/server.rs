@@ -958,7 +958,7 @@ impl Connection {
         // several, a runtime thread held by polling delays the others.
         let alone = self.peers.connections() <= 1;
         let polled = if self.polls && alone && self.stream.buffer().is_empty() {
-            match crate::poll::Poller::take() {
+            match metabridge_spin::SpinLicence::take() {
                 Some(_licence) => self.poll_request(spin, buf),
                 None => Polled::Nothing,
             }
