@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{example, rss_kib, sigkill, sigterm, TestEnv};
+use common::{rss_kib, sigkill, sigterm, TestEnv};
 use metabridge::{Error, TransportKind};
 use metabridge_shm::{Channel, ChannelConfig};
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
@@ -216,7 +216,7 @@ fn handshake_with_a_service_of_another_user(tag: &str, allow: Option<&str>) -> (
     )
     .unwrap();
     std::fs::set_permissions(&env.home, std::fs::Permissions::from_mode(0o711)).unwrap();
-    let mut cmd = Command::new(example("test_service"));
+    let mut cmd = Command::new(common::TEST_SERVICE);
     std::os::unix::process::CommandExt::uid(&mut cmd, 65534);
     std::os::unix::process::CommandExt::gid(&mut cmd, 65534);
     cmd.args(["serve", "theirs"])
@@ -494,7 +494,7 @@ fn channels_per_service_are_capped_with_a_clear_error() {
 fn shutdown_has_a_deadline_even_with_a_call_that_never_returns() {
     use std::io::BufRead;
     let mut env = TestEnv::new("shutdown");
-    let mut cmd = env.command("test_service");
+    let mut cmd = env.command(common::TEST_SERVICE);
     cmd.args(["serve", "svc"])
         .env("FIXTURE_SHUTDOWN_MS", "300")
         .env("FIXTURE_ANNOUNCE", "1")
@@ -581,7 +581,7 @@ fn a_full_home_is_a_clear_error_not_a_crash() {
         }
     }
     let _unmount = Unmount(home.clone());
-    let mut cmd = env.command("test_service");
+    let mut cmd = env.command(common::TEST_SERVICE);
     cmd.args(["serve", "svc"])
         .env("METABRIDGE_HOME", &home)
         .stdout(Stdio::null())

@@ -19,7 +19,7 @@ fn remote_kind(r: metabridge::Result<impl std::fmt::Debug>) -> (String, String) 
 fn seed_client_example_prints_the_expected_output_and_leaves_nothing() {
     let env = TestEnv::new("seed");
     let out = env
-        .command("client")
+        .command(common::demo_example("client"))
         .stderr(Stdio::inherit())
         .output()
         .unwrap();
@@ -45,7 +45,7 @@ fn unrelated_processes_find_each_other_through_the_registry() {
     let service_pid = env.start_service("svc", &[]);
     // A second, separate process (not the service's parent or child) calls it.
     let out = env
-        .command("test_service")
+        .command(common::TEST_SERVICE)
         .args(["call", "svc", "echo", "olá"])
         .output()
         .unwrap();
@@ -59,7 +59,7 @@ fn unrelated_processes_find_each_other_through_the_registry() {
         "\"p:olá\" via shm"
     );
     let out = env
-        .command("test_service")
+        .command(common::TEST_SERVICE)
         .args(["call", "svc", "pid"])
         .output()
         .unwrap();
@@ -198,7 +198,7 @@ fn sixteen_threads_share_one_client() {
 fn a_second_service_with_a_live_name_gets_service_already_exists() {
     let mut env = TestEnv::new("dup");
     env.start_service("svc", &[]);
-    let mut cmd = env.command("test_service");
+    let mut cmd = env.command(common::TEST_SERVICE);
     cmd.args(["serve", "svc"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -345,7 +345,7 @@ fn a_daemon_ends_with_its_parent_unless_detached() {
 /// returns the daemon's pid, which it printed.
 fn fixture_daemon(env: &TestEnv, mode: &str, name: &str) -> u32 {
     let out = env
-        .command("test_service")
+        .command(common::TEST_SERVICE)
         .args([mode, name])
         .stderr(Stdio::inherit())
         .output()
@@ -367,7 +367,7 @@ fn wait_dead(pid: u32) -> bool {
 fn run_in_a_multithreaded_program_re_executes_the_binary() {
     let env = TestEnv::new("reexec");
     let out = env
-        .command("test_service")
+        .command(common::TEST_SERVICE)
         .args(["reexec", "rx"])
         .stderr(Stdio::inherit())
         .output()

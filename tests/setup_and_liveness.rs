@@ -51,7 +51,7 @@ fn settle_fds(pid: u32, want: usize) -> usize {
 /// default soft limit would give it.
 fn start_with_1024_fds(env: &mut TestEnv, name: &str) -> u32 {
     use std::os::unix::process::CommandExt;
-    let mut cmd = env.command("test_service");
+    let mut cmd = env.command(common::TEST_SERVICE);
     cmd.args(["serve", name]).stdout(Stdio::null());
     // SAFETY: setrlimit is async-signal-safe and touches only the limit
     // struct on this closure's stack; nothing else runs in the child.
@@ -275,7 +275,7 @@ fn channel_setup_retries_while_the_handshake_slots_are_held() {
 /// Starts the fixture service `name` announcing each `sleep_ms` on its
 /// standard error; returns its pid and a reader of that stream.
 fn start_announcing(env: &mut TestEnv, name: &str) -> (u32, BufReader<std::process::ChildStderr>) {
-    let mut cmd = env.command("test_service");
+    let mut cmd = env.command(common::TEST_SERVICE);
     cmd.args(["serve", name])
         .env("FIXTURE_ANNOUNCE", "1")
         .env("FIXTURE_EXPOSE", "1")
