@@ -73,9 +73,7 @@ impl TestEnv {
         for (k, v) in envs {
             cmd.env(k, v);
         }
-        let child = cmd
-            .spawn()
-            .expect("spawn the test_service fixture");
+        let child = cmd.spawn().expect("spawn the test_service fixture");
         let pid = child.id();
         self.children.push(child);
         self.wait_registered(name, pid);
