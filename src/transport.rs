@@ -464,3 +464,6 @@ impl ShmPool {
         self.returned.notify_all();
     }
 }
+
+#[cfg(test)]
+mod tests;
