@@ -477,3 +477,6 @@ pub fn validate_service_name(name: &str) -> Result<()> {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests;
