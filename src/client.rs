@@ -660,3 +660,6 @@ pub fn to_msgpack<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
     encode_value(&mut buf, value)?;
     Ok(buf)
 }
+
+#[cfg(test)]
+mod tests;

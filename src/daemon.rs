@@ -676,3 +676,6 @@ impl std::fmt::Debug for DaemonHandle {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests;
