@@ -111,6 +111,8 @@ fn other_failures_come_back_as_their_text() {
 
 #[test]
 fn a_daemon_that_exits_without_a_report_is_an_error_naming_how() {
+    // Reaped by `wait_ready` (waitpid on its pid), not through `Child`.
+    #[allow(clippy::zombie_processes)]
     let child = Command::new("true").spawn().unwrap();
     let pid = Pid::from_raw(child.id() as i32);
     let (read_end, write_end) = platform::pipe_cloexec().unwrap();
@@ -143,6 +145,8 @@ fn a_silent_daemon_is_killed_at_the_startup_timeout() {
 
 #[test]
 fn a_reexecuted_copy_that_never_reaches_run_is_explained() {
+    // Reaped by `wait_ready` (waitpid on its pid), not through `Child`.
+    #[allow(clippy::zombie_processes)]
     let child = Command::new("true").spawn().unwrap();
     let pid = Pid::from_raw(child.id() as i32);
     let (read_end, write_end) = platform::pipe_cloexec().unwrap();

@@ -182,10 +182,7 @@ fn a_waiting_caller_gets_the_channel_another_releases() {
     let held = pool.acquire().unwrap();
     let waiter = {
         let pool = pool.clone();
-        std::thread::spawn(move || {
-            let conn = pool.acquire().map(|_c| ()).map_err(|e| e.to_string());
-            conn
-        })
+        std::thread::spawn(move || pool.acquire().map(|_c| ()).map_err(|e| e.to_string()))
     };
     // The waiter registers before the release or finds the channel in
     // `hot` after it: either way it gets the one channel.
