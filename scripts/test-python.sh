@@ -21,10 +21,10 @@ fi
 "$VENV/bin/python" -m pip install -q maturin pytest msgpack
 # The package itself, as a user installs it (release build of the crate).
 "$VENV/bin/python" -m pip install -q --force-reinstall --no-deps ./python
-# The Rust fixture service of the interop tests (a debug build: the one
-# `cargo test` already made, when this runs after it).
-cargo build -q --example test_service
-export METABRIDGE_TEST_SERVICE=$CARGO_TARGET_DIR/debug/examples/test_service
+# The Rust fixture service of the interop tests (tests/fixtures/; a debug
+# build: the one `cargo test` already made, when this runs after it).
+cargo build -q --features test-fixtures --bin mb-fixture-test-service
+export METABRIDGE_TEST_SERVICE=$CARGO_TARGET_DIR/debug/mb-fixture-test-service
 
 # Tests import the installed package, not the source tree.
 cd "$ROOT/python/tests"

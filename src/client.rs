@@ -623,3 +623,6 @@ impl Client {
 pub fn lookup(name: &str) -> Result<Entry> {
     Registry::open(&registry::home_dir())?.lookup(name)
 }
+
+#[cfg(test)]
+mod tests;

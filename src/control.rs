@@ -367,3 +367,6 @@ fn recv_with_fd(stream: &UnixStream, buf: &mut [u8], timeout: Duration) -> Resul
     }
     Ok(got.fds.pop())
 }
+
+#[cfg(test)]
+mod tests;

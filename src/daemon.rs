@@ -672,3 +672,6 @@ impl std::fmt::Debug for DaemonHandle {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -322,3 +322,6 @@ fn keep_registered(registry: &Registry, entry: &Entry) {
         Err(e) => tracing::debug!("cannot read the registry: {e}"),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -331,3 +331,6 @@ pub fn validate_service_name(name: &str) -> Result<()> {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests;

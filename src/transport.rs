@@ -152,3 +152,6 @@ fn interrupted_wait() -> Error {
         "the wait for the reply was interrupted; the call was not replayed",
     ))
 }
+
+#[cfg(test)]
+mod tests;

@@ -756,3 +756,6 @@ fn send_reply(conn: &mut Conn, reply: &mut Vec<u8>) -> Result<Served> {
     });
     Ok(Served::Answered) // the call was served; its reply is on its way
 }
+
+#[cfg(test)]
+mod tests;

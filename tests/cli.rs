@@ -447,7 +447,7 @@ fn bench_reports_percentiles_and_throughput() {
 fn the_logger_logs_start_calls_and_stop_on_the_parents_stderr_or_a_file() {
     let env = TestEnv::new("cli-log");
     let out = env
-        .command("test_service")
+        .command(common::TEST_SERVICE)
         .args(["logged", "cli-logged"])
         .env_remove("RUST_LOG")
         .env_remove("METABRIDGE_LOG_FILE")
@@ -470,7 +470,7 @@ fn the_logger_logs_start_calls_and_stop_on_the_parents_stderr_or_a_file() {
 
     let file = env.home.join("service.log");
     let out = env
-        .command("test_service")
+        .command(common::TEST_SERVICE)
         .args(["logged", "cli-logged-file"])
         .env("FIXTURE_LOG_FILE", &file)
         .env_remove("RUST_LOG")

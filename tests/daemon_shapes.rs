@@ -1,4 +1,4 @@
-//! `metabridge::run` from programs of every shape (examples/shapes.rs):
+//! `metabridge::run` from programs of every shape (tests/fixtures/shapes.rs):
 //! a plain `main`, `#[tokio::main]` of both flavours, a thread that exits
 //! after starting the daemon, and a library whose host's `main` does not
 //! reach `run` again. Real processes; deadlines only bound how long a
@@ -25,7 +25,7 @@ struct Fixture {
 impl Fixture {
     fn start(env: &mut TestEnv, mode: &str, name: &str) -> Fixture {
         let mut child = env
-            .command("shapes")
+            .command(common::SHAPES)
             .args([mode, name])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -145,7 +145,7 @@ fn run_from_tokio_main_current_thread() {
 #[test]
 fn serve_from_tokio_main() {
     let mut env = TestEnv::new("serve-tokio");
-    let mut cmd = env.command("shapes");
+    let mut cmd = env.command(common::SHAPES);
     cmd.args(["serve-tokio", "st-svc"])
         .stdin(Stdio::null())
         .stdout(Stdio::null());

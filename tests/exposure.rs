@@ -188,7 +188,7 @@ impl SharedDir {
     fn run_logged(&self, name: &str, log: &std::path::Path) -> (Option<i32>, String) {
         let out = self
             .env
-            .command("test_service")
+            .command(common::TEST_SERVICE)
             .args(["logged", name])
             .env("METABRIDGE_HOME", &self.home)
             .env("FIXTURE_LOG_FILE", log)

@@ -1,7 +1,7 @@
 //! A client made before `fork()`: every process gets its own replies, and
 //! the children leave the parent's channels and sockets alone.
 //!
-//! The forking happens in the fixture examples/fork_client.rs, a
+//! The forking happens in the fixture tests/fixtures/fork_client.rs, a
 //! single-threaded program (forking this multi-threaded test harness would
 //! not be sound): it connects, calls, forks 4 children, and all five
 //! processes then call at once, each checking every reply against its own
@@ -57,7 +57,7 @@ fn parent_and_four_children(transport: &str) {
     let mut env = TestEnv::new(&format!("fork-{transport}"));
     let name = format!("fork-{transport}");
     env.start_service(&name, &[]);
-    let mut cmd = env.command("fork_client");
+    let mut cmd = env.command(common::FORK_CLIENT);
     cmd.env("METABRIDGE_TRANSPORT", transport)
         .args(["calls", &name, "4", "3000", "60"]);
     let out = run_bounded(cmd, Duration::from_secs(180));
@@ -103,7 +103,7 @@ fn fork_parent_and_four_children_each_get_their_own_replies_over_tcp() {
 #[test]
 fn fork_child_dropping_a_daemon_handle_leaves_the_parents_daemon() {
     let env = TestEnv::new("fork-daemon");
-    let mut cmd = env.command("fork_client");
+    let mut cmd = env.command(common::FORK_CLIENT);
     cmd.args(["daemon", "fork-own-daemon"]);
     let out = run_bounded(cmd, Duration::from_secs(120));
     let text = summary(&out);

@@ -7,6 +7,30 @@ mod common;
 use common::{rss_kib, TestEnv};
 use metabridge::TransportKind;
 
+#[test]
+fn instances_are_cached_per_constructor_arguments_and_evicted_past_capacity() {
+    let mut env = TestEnv::new("lru");
+    env.start_service("svc", &[("FIXTURE_CACHE", "2")]);
+    let id = |prefix: &str| {
+        env.connect("svc")
+            .arg(prefix)
+            .arg(1)
+            .open()
+            .unwrap()
+            .call::<u64>("instance_id", ())
+            .unwrap()
+    };
+    let a = id("a");
+    assert_eq!(id("a"), a, "equal constructor arguments reuse the instance");
+    let b = id("b");
+    assert_ne!(a, b);
+    assert_eq!(id("a"), a);
+    let c = id("c"); // capacity 2: evicts b, the least recently used
+    assert_ne!(c, a);
+    assert_eq!(id("a"), a);
+    assert_ne!(id("b"), b, "b was evicted and rebuilt");
+}
+
 /// 120 distinct 4 MiB constructor arguments used to keep every key: the
 /// canonical key of each cached instance plus two raw aliases, kept even
 /// after eviction, bounded by count only (400 such keys took a service to

@@ -207,7 +207,7 @@ fn idle_connections_do_not_lock_other_clients_out() {
 fn out_of_file_descriptors_an_idle_connection_makes_room() {
     use std::os::unix::process::CommandExt;
     let mut env = TestEnv::new("tcp-nofile");
-    let mut cmd = env.command("test_service");
+    let mut cmd = env.command(common::TEST_SERVICE);
     cmd.args(["serve", "nofile"])
         .stdout(std::process::Stdio::null())
         // Only the descriptor limit can stop the idle connections.

@@ -18,7 +18,7 @@ fn remote(r: metabridge::Result<impl std::fmt::Debug>) -> (String, String) {
 
 /// Starts `values_service serve <name>` and waits until it is registered.
 fn start_values(env: &mut TestEnv, name: &str, envs: &[(&str, &str)]) -> u32 {
-    let mut cmd = env.command("values_service");
+    let mut cmd = env.command(common::VALUES_SERVICE);
     cmd.args(["serve", name]).stdout(Stdio::null());
     for (k, v) in envs {
         cmd.env(k, v);
@@ -158,7 +158,7 @@ fn the_typed_client_sends_and_receives_bytes_and_builds_its_instance_at_connect(
     start_values(&mut env, "values", &[]);
     let run = |fail: &str| {
         let out = env
-            .command("values_service")
+            .command(common::VALUES_SERVICE)
             .args(["connect", "t", fail])
             .output()
             .unwrap();

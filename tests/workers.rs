@@ -126,7 +126,7 @@ fn calls_given_up_by_their_client_are_cancelled_and_their_channels_reclaimed() {
 fn calls_of_a_killed_client_are_cancelled_and_its_channels_reclaimed() {
     let mut env = TestEnv::new("killed-client");
     env.start_service("svc", &[]);
-    let mut child = env.command("test_service");
+    let mut child = env.command(common::TEST_SERVICE);
     child
         .args(["call", "svc", "forever"])
         .env("METABRIDGE_TRANSPORT", "shm")
@@ -232,7 +232,7 @@ fn a_client_that_stops_reading_stalls_nobody_and_still_gets_its_reply() {
     drop(slow);
     // A process of the slow client's kind, stopped mid-reply for real:
     // SIGSTOP, the others are served, SIGCONT, it gets its reply.
-    let mut child = env.command("test_service");
+    let mut child = env.command(common::TEST_SERVICE);
     child
         .args(["zeros", "svc", "4194304"])
         .env("METABRIDGE_TRANSPORT", "shm")

@@ -8,8 +8,9 @@
 3. bottleneck: 32 threads sharing one client for 5 s: calls/s, p50, p95.
 
 Each against a Python service of this package (``demo-service``, as in the
-seed) and, if the Rust example ``test_service`` is given (or found under
-``target/release/examples``), a Rust service (its ``echo`` endpoint, the
+seed) and, if the Rust fixture service ``mb-fixture-test-service`` is given
+(or found under ``target/release``; ``cargo build --release --features
+test-fixtures --bins`` builds it), a Rust service (its ``echo`` endpoint, the
 same work: prefix + argument), printed side by side with the original's
 figures (``shared/baseline.md``, logger off).
 """
@@ -117,8 +118,8 @@ def find_rust_service(given):
     if given:
         return given
     here = os.path.dirname(os.path.abspath(__file__))
-    for cand in ("../../target/release/examples/test_service",
-                 "../../target/debug/examples/test_service"):
+    for cand in ("../../target/release/mb-fixture-test-service",
+                 "../../target/debug/mb-fixture-test-service"):
         p = os.path.normpath(os.path.join(here, cand))
         if os.access(p, os.X_OK):
             return p
@@ -131,7 +132,7 @@ def us(x):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rust-service", help="path of the test_service example binary")
+    ap.add_argument("--rust-service", help="path of the Rust fixture service (mb-fixture-test-service)")
     ap.add_argument("--quick", action="store_true", help="half-length runs")
     opts = ap.parse_args()
 

@@ -13,10 +13,7 @@ use std::time::Duration;
 thread_local! {
     /// This is the process's main thread (the one Python runs signal
     /// handlers on): its tid is the pid.
-    static MAIN_THREAD: bool = {
-        // SAFETY: getpid and gettid take no arguments and cannot fail.
-        unsafe { libc::gettid() == libc::getpid() }
-    };
+    static MAIN_THREAD: bool = crate::platform::is_main_thread();
 }
 
 /// One Python value as the dynamic value the runtime's constructor

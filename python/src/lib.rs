@@ -7,12 +7,20 @@
 //! ([`NativeDaemon`]). Values are converted between Python objects and
 //! MessagePack here, in Rust ([`values`]).
 
+#![deny(missing_docs, unsafe_op_in_unsafe_fn)]
+#![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple};
 
 mod client;
+// The only module allowed unsafe code: raw OS and interpreter calls, each
+// behind a safe function with its `// SAFETY:` reasoning.
+#[allow(unsafe_code)]
+mod platform;
 mod service;
 mod values;
 

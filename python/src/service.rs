@@ -14,7 +14,6 @@ use crate::{to_pyerr, values};
 use metabridge::{Args, CallError, EndpointFuture, Reply, Service};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
@@ -30,16 +29,7 @@ thread_local! {
     /// and destroy one (`PyGILState_Ensure` on a thread without a thread
     /// state): microseconds per call. With it, taking the GIL is a plain
     /// `PyEval_RestoreThread`.
-    static THREAD_STATE: () = {
-        // SAFETY: called on a runtime thread that does not hold the GIL
-        // (the endpoint closures call `attach_fast` before `attach`). The
-        // GILState count stays at 1, so the thread state is never freed;
-        // SaveThread releases the GIL it took.
-        unsafe {
-            let _ = pyo3::ffi::PyGILState_Ensure();
-            let _ = pyo3::ffi::PyEval_SaveThread();
-        }
-    };
+    static THREAD_STATE: () = crate::platform::keep_thread_state();
 }
 
 /// `Python::attach` for a runtime thread, keeping its thread state.
@@ -235,9 +225,8 @@ pub fn serve_forked(
     // `logger=True`: the runtime logs start, stop, connects and every call
     // (endpoint, arguments, result, duration) on the daemon's stderr.
     let service = build(py, name, cls, endpoints, submit, host, port, prebuilt).logger(logger);
-    // SAFETY: the Python layer passes the write end of a pipe it created
-    // for this and gives up; we own it from here on.
-    let ready = unsafe { OwnedFd::from_raw_fd(ready_fd) };
+    // The write end of a pipe the Python layer created for this and gave up.
+    let ready = crate::platform::adopt_handed_over_fd(ready_fd).ok_or_else(|| bad_fd(ready_fd))?;
     py.detach(move || metabridge::serve_forked_child(service, ready, parent))
 }
 
@@ -250,8 +239,8 @@ pub fn wait_forked(
     ready_fd: i32,
     startup_timeout: f64,
 ) -> PyResult<NativeDaemon> {
-    // SAFETY: the read end of the pipe, ours alone, handed over for good.
-    let ready = unsafe { OwnedFd::from_raw_fd(ready_fd) };
+    // The read end of the pipe, ours alone, handed over for good.
+    let ready = crate::platform::adopt_handed_over_fd(ready_fd).ok_or_else(|| bad_fd(ready_fd))?;
     let timeout = std::time::Duration::try_from_secs_f64(startup_timeout.max(0.0))
         .unwrap_or(metabridge::STARTUP_TIMEOUT);
     let handle = py
@@ -298,10 +287,7 @@ impl NativeDaemon {
     /// Sends signal `sig` to the daemon if it still runs.
     fn signal(&self, sig: i32) {
         if self.is_running() {
-            // SAFETY: kill takes a pid and a signal number.
-            unsafe {
-                libc::kill(self.pid as i32, sig);
-            }
+            crate::platform::send_signal(self.pid, sig);
         }
     }
 
@@ -311,4 +297,9 @@ impl NativeDaemon {
             h.detach();
         }
     }
+}
+
+/// The error for a descriptor number that is not an open descriptor.
+fn bad_fd(fd: i32) -> PyErr {
+    pyo3::exceptions::PyOSError::new_err(format!("descriptor {fd} is not open"))
 }

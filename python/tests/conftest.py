@@ -27,13 +27,14 @@ def home(monkeypatch):
 
 
 def rust_service_binary():
-    """The Rust fixture service (examples/test_service.rs), built by
-    scripts/test-python.sh."""
+    """The Rust fixture service (tests/fixtures/test_service.rs, the binary
+    mb-fixture-test-service), built by scripts/test-python.sh."""
     given = os.environ.get("METABRIDGE_TEST_SERVICE")
     if given:
         return given
     for profile in ("release", "debug"):
-        p = os.path.join(ROOT, "target", profile, "examples", "test_service")
+        p = os.path.join(ROOT, "target", profile, "mb-fixture-test-service")
         if os.access(p, os.X_OK):
             return p
-    pytest.fail("examples/test_service is not built: cargo build --example test_service")
+    pytest.fail("the fixture service is not built: "
+                "cargo build --features test-fixtures --bin mb-fixture-test-service")

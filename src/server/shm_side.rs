@@ -104,13 +104,13 @@ impl Listening for ShmSide {
 pub(super) struct ControlSocket {
     // Dropped first: the file goes before the listener closes.
     _remove: RemoveOnDrop,
-    listener: UnixListener,
-    path: PathBuf,
+    pub(super) listener: UnixListener,
+    pub(super) path: PathBuf,
 }
 
 /// Binds the control socket `<stem>.sock` in `home`, readable and
 /// writable by this user only, non-blocking for the accept loop.
-fn bind_control_socket(home: &std::path::Path, stem: &str) -> Result<ControlSocket> {
+pub(super) fn bind_control_socket(home: &std::path::Path, stem: &str) -> Result<ControlSocket> {
     let socket_path = home.join(format!("{stem}.sock"));
     let _ = std::fs::remove_file(&socket_path);
     let listener = UnixListener::bind(&socket_path)?;

@@ -14,7 +14,7 @@ use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// One shared-memory channel with its request buffer.
-struct ShmConn {
+pub(super) struct ShmConn {
     channel: Channel,
     buf: Vec<u8>,
 }
@@ -29,10 +29,10 @@ pub(crate) struct ShmPool {
     /// common case of one caller at a time). Others wait in `idle`.
     hot: AtomicCell<Option<Box<ShmConn>>>,
     /// Callers waiting for a channel (releases then go through `idle`).
-    waiting: AtomicUsize,
+    pub(super) waiting: AtomicUsize,
     idle: Mutex<Idle>,
     returned: Condvar,
-    open: AtomicUsize,
+    pub(super) open: AtomicUsize,
     max: usize,
     timeout: Duration,
     closed: AtomicBool,
@@ -173,7 +173,7 @@ impl CallTransport for ShmPool {
 }
 
 impl ShmPool {
-    fn acquire(&self) -> Result<Box<ShmConn>> {
+    pub(super) fn acquire(&self) -> Result<Box<ShmConn>> {
         if let Some(conn) = self.hot.take() {
             return Ok(conn); // the common case: no lock, no clock read
         }
@@ -220,7 +220,7 @@ impl ShmPool {
         }
     }
 
-    fn release(&self, conn: Box<ShmConn>) {
+    pub(super) fn release(&self, conn: Box<ShmConn>) {
         if self.closed.load(Ordering::Acquire) {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return;

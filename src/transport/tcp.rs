@@ -98,7 +98,7 @@ impl CallTransport for TcpPool {
 /// under a call (the service stopped or died) is `PeerGone`, as over
 /// shared memory; a refused connect stays `Io` (the service is not there:
 /// the client reports it not found).
-fn pool_error(e: PoolError) -> Error {
+pub(super) fn pool_error(e: PoolError) -> Error {
     use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
     match e {
         PoolError::Io(io)

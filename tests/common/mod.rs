@@ -11,8 +11,21 @@ use std::time::{Duration, Instant};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// The directory of the example binaries cargo built for these tests.
-pub fn example(name: &str) -> PathBuf {
+/// The fixture service (tests/fixtures/test_service.rs): endpoints for
+/// every behaviour the tests need, `FIXTURE_*` variables to configure it.
+pub const TEST_SERVICE: &str = env!("CARGO_BIN_EXE_mb-fixture-test-service");
+/// The service of the values and errors tests (tests/fixtures/values_service.rs).
+pub const VALUES_SERVICE: &str = env!("CARGO_BIN_EXE_mb-fixture-values-service");
+/// A client used across `fork()` (tests/fixtures/fork_client.rs).
+pub const FORK_CLIENT: &str = env!("CARGO_BIN_EXE_mb-fixture-fork-client");
+/// `metabridge::run` from programs of every shape (tests/fixtures/shapes.rs).
+pub const SHAPES: &str = env!("CARGO_BIN_EXE_mb-fixture-shapes");
+
+/// A user-facing example that a test runs as a user would
+/// (`cargo run --example <name>`). Cargo names no example's path in the
+/// environment, so it is found beside the test binary, where `cargo test`
+/// builds the examples; fixtures are `mb-fixture-*` binaries instead.
+pub fn demo_example(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     exe.parent()
         .unwrap()
@@ -42,8 +55,11 @@ impl TestEnv {
         }
     }
 
-    pub fn command(&self, example_name: &str) -> Command {
-        let mut cmd = Command::new(example(example_name));
+    /// A command running `program` (one of the fixture paths above, or a
+    /// [`demo_example`]) in this test's home, with no transport or token
+    /// inherited from the environment.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(program);
         cmd.env("METABRIDGE_HOME", &self.home)
             .env_remove("METABRIDGE_TRANSPORT")
             .env_remove("METABRIDGE_TOKEN");
@@ -52,14 +68,12 @@ impl TestEnv {
 
     /// Starts the fixture service `name` and waits until it is registered.
     pub fn start_service(&mut self, name: &str, envs: &[(&str, &str)]) -> u32 {
-        let mut cmd = self.command("test_service");
+        let mut cmd = self.command(TEST_SERVICE);
         cmd.args(["serve", name]).stdout(Stdio::null());
         for (k, v) in envs {
             cmd.env(k, v);
         }
-        let child = cmd
-            .spawn()
-            .expect("spawn test_service (is it built? cargo test builds examples)");
+        let child = cmd.spawn().expect("spawn the test_service fixture");
         let pid = child.id();
         self.children.push(child);
         self.wait_registered(name, pid);

@@ -1,7 +1,7 @@
-//! Channel set-up and waits under pressure from a same-user peer, with real
-//! processes: descriptors pushed at the control socket, its handshake slots
-//! held by silent connections, and a service killed while a caller waits
-//! in interruptible slices.
+//! The control socket (src/control.rs) with real processes: who may open a
+//! channel (the service's own uid, or a uid it allows), how many channels a
+//! service grants, descriptors pushed at it, and its handshake slots held
+//! by silent connections, all from a same-user or hostile peer.
 //!
 //! Each test has its own `METABRIDGE_HOME` and services (killed, reaped
 //! and removed by its `TestEnv`, even on failure). Deadlines here only
@@ -11,11 +11,13 @@ mod common;
 
 use common::{sigkill, TestEnv};
 use metabridge::{Error, TransportKind};
+use metabridge_shm::{Channel, ChannelConfig};
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixCredentials};
-use std::io::{BufRead, BufReader, IoSlice, Read};
+use std::io::{IoSlice, Read};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,7 +53,7 @@ fn settle_fds(pid: u32, want: usize) -> usize {
 /// default soft limit would give it.
 fn start_with_1024_fds(env: &mut TestEnv, name: &str) -> u32 {
     use std::os::unix::process::CommandExt;
-    let mut cmd = env.command("test_service");
+    let mut cmd = env.command(common::TEST_SERVICE);
     cmd.args(["serve", name]).stdout(Stdio::null());
     // SAFETY: setrlimit is async-signal-safe and touches only the limit
     // struct on this closure's stack; nothing else runs in the child.
@@ -272,79 +274,215 @@ fn channel_setup_retries_while_the_handshake_slots_are_held() {
     }
 }
 
-/// Starts the fixture service `name` announcing each `sleep_ms` on its
-/// standard error; returns its pid and a reader of that stream.
-fn start_announcing(env: &mut TestEnv, name: &str) -> (u32, BufReader<std::process::ChildStderr>) {
-    let mut cmd = env.command("test_service");
-    cmd.args(["serve", name])
-        .env("FIXTURE_ANNOUNCE", "1")
-        .env("FIXTURE_EXPOSE", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let pid = child.id();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    env.adopt(child);
-    env.wait_registered(name, pid);
-    (pid, stderr)
-}
-
-/// Kills `pid` once its stderr says a `sleep_ms` call started.
-fn kill_when_called(
-    pid: u32,
-    mut stderr: BufReader<std::process::ChildStderr>,
-) -> std::thread::JoinHandle<Instant> {
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        while stderr.read_line(&mut line).unwrap_or(0) > 0 {
-            if line.contains("sleep_ms started") {
-                break;
+/// The control handshake written by hand (see ARCHITECTURE.md, "Services
+/// at run time", and src/control.rs), so a test
+/// can send what a hostile or buggy client would.
+fn handshake(socket: &str, version: u8, fd: Option<std::os::fd::BorrowedFd<'_>>) -> (u8, String) {
+    // The socket file exists from bind(), a moment before listen().
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let stream = loop {
+        match UnixStream::connect(socket) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(5));
             }
-            line.clear();
+            Err(e) => panic!("cannot connect to {socket}: {e}"),
         }
-        sigkill(pid);
-        Instant::now()
-    })
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let bytes = [version, 1];
+    let iov = [IoSlice::new(&bytes)];
+    let raw;
+    let cmsg: Vec<ControlMessage<'_>> = match fd {
+        Some(fd) => {
+            raw = [fd.as_raw_fd()];
+            vec![ControlMessage::ScmRights(&raw)]
+        }
+        None => Vec::new(),
+    };
+    // A service that refuses before reading may have closed already
+    // (EPIPE here); its answer is still there to read.
+    let _ = sendmsg::<()>(
+        stream.as_raw_fd(),
+        &iov,
+        &cmsg,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    );
+    let mut head = [0u8; 3];
+    (&stream).read_exact(&mut head).unwrap();
+    let mut why = vec![0u8; u16::from_le_bytes([head[1], head[2]]) as usize];
+    if head[0] != 0 {
+        (&stream).read_exact(&mut why).unwrap();
+    }
+    (head[0], String::from_utf8_lossy(&why).into_owned())
 }
 
-/// The interruptible wait (what the Python package uses on its main
-/// thread) waits in slices as short as the liveness interval, and each
-/// slice's own deadline came before its liveness check: a service killed
-/// mid-call was noticed only at the call's timeout. Every wait now checks
-/// the peer once the liveness interval has passed since the last check,
-/// whatever its slice: the call fails with `PeerGone`, not `Timeout`.
+fn alive(pid: u32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.contains(") Z "))
+            .unwrap_or(true)
+}
+
+/// The socket is 0600, and a connection that says nothing no longer holds
+/// the accept loop: many silent connections (each used to stall every new
+/// channel for 2 s) do not keep a client from connecting within its
+/// timeout.
 #[test]
-fn an_interruptible_call_notices_a_killed_service() {
-    let mut outcomes = Vec::new();
-    for kind in [TransportKind::Shm, TransportKind::Tcp] {
-        let mut env = TestEnv::new("interruptible");
-        let (pid, stderr) = start_announcing(&mut env, "svc");
-        let c = env
+fn silent_connections_do_not_stall_channel_setup() {
+    let mut env = TestEnv::new("silent");
+    env.start_service("svc", &[]);
+    let e = entry(&env, "svc");
+    let mode = std::fs::metadata(&e.control_socket)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "control socket mode {mode:o}");
+    let silent: Vec<UnixStream> = (0..20)
+        .map(|_| UnixStream::connect(&e.control_socket).unwrap())
+        .collect();
+    // 20 silent connections held the old accept loop for 40 s; the client
+    // below gives up after 10.
+    let c = metabridge::connect("svc")
+        .home(&env.home)
+        .timeout(Duration::from_secs(10))
+        .transport(TransportKind::Shm)
+        .arg("a")
+        .arg(1)
+        .open()
+        .unwrap();
+    assert_eq!(c.call::<String>("echo", ("b",)).unwrap(), "ab");
+    drop(silent);
+}
+
+/// `SO_PEERCRED`: a service admits only its own uid. Here the service runs
+/// as uid 65534 in a home of that user, and root (whom file modes do not
+/// stop) connects to its socket: refused before anything is read.
+#[test]
+fn the_control_socket_admits_only_the_services_own_uid() {
+    let (status, why) = handshake_with_a_service_of_another_user("peercred", None);
+    assert_eq!(status, 1);
+    assert!(why.contains("uid 0 may not open channels"), "{why}");
+}
+
+/// `ServiceConfig::allow_uids` admits the uids it lists: the same service
+/// of uid 65534, allowing uid 0, takes root's channel.
+#[test]
+fn an_allowed_uid_may_open_channels() {
+    let (status, why) = handshake_with_a_service_of_another_user("allowed", Some("0"));
+    assert_eq!(status, 0, "{why}");
+}
+
+/// Starts a service as uid 65534 in a home of that user (allowing
+/// `allow` uids), hands its control socket a good segment as root, and
+/// returns the answer.
+fn handshake_with_a_service_of_another_user(tag: &str, allow: Option<&str>) -> (u8, String) {
+    let mut env = TestEnv::new(tag);
+    // The service's home belongs to its user.
+    let home = env.home.join("other-user");
+    std::fs::create_dir(&home).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+    nix::unistd::chown(
+        &home,
+        Some(nix::unistd::Uid::from_raw(65534)),
+        Some(nix::unistd::Gid::from_raw(65534)),
+    )
+    .unwrap();
+    std::fs::set_permissions(&env.home, std::fs::Permissions::from_mode(0o711)).unwrap();
+    let mut cmd = Command::new(common::TEST_SERVICE);
+    std::os::unix::process::CommandExt::uid(&mut cmd, 65534);
+    std::os::unix::process::CommandExt::gid(&mut cmd, 65534);
+    cmd.args(["serve", "theirs"])
+        .env("METABRIDGE_HOME", &home)
+        .stdout(Stdio::null());
+    if let Some(uids) = allow {
+        cmd.env("FIXTURE_ALLOW_UIDS", uids);
+    }
+    let pid = env.spawn(&mut cmd);
+    // Root may read their registry (it refuses to *use* a home that is not
+    // root's, which is the point of the home checks): find the socket.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let socket = loop {
+        let found = std::fs::read_dir(&home).ok().and_then(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|x| x == "sock"))
+        });
+        if let Some(s) = found {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the service never bound its socket"
+        );
+        assert!(alive(pid), "the service died");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let (_, fd) = Channel::create_memfd(&ChannelConfig::default()).unwrap();
+    let answer = handshake(socket.to_str().unwrap(), 2, Some(fd.as_fd()));
+    // And our client refuses their home outright.
+    let refused = metabridge::connect("theirs").home(&home).open().err();
+    assert!(
+        matches!(refused, Some(Error::InsecurePath { .. })),
+        "{refused:?}"
+    );
+    sigkill(pid);
+    let _ = env.wait_exit(pid, Duration::from_secs(20));
+    std::fs::set_permissions(&env.home, std::fs::Permissions::from_mode(0o700)).unwrap();
+    answer
+}
+
+/// A service has a cap on its shared-memory channels: past it, a client
+/// asking for shared memory gets an error naming the limit, and one that
+/// does not care falls back to TCP.
+#[test]
+fn channels_per_service_are_capped_with_a_clear_error() {
+    let mut env = TestEnv::new("cap");
+    env.start_service("svc", &[("FIXTURE_MAX_CHANNELS", "2")]);
+    let a = env.connect("svc").arg("a").arg(1).open().unwrap();
+    let b = env.connect("svc").arg("b").arg(1).open().unwrap();
+    assert_eq!((a.transport_name(), b.transport_name()), ("shm", "shm"));
+    match env
+        .connect("svc")
+        .transport(TransportKind::Shm)
+        .arg("c")
+        .arg(1)
+        .open()
+    {
+        Err(Error::Refused(why)) => {
+            assert!(why.contains("limit of 2"), "{why}");
+            assert!(why.contains("max_channels"), "{why}");
+        }
+        Err(e) => panic!("expected Refused, got {e}"),
+        Ok(_) => panic!("a third channel was opened past the cap of 2"),
+    }
+    let c = env.connect("svc").arg("c").arg(1).open().unwrap();
+    assert_eq!(c.transport_name(), "tcp");
+    assert_eq!(c.call::<String>("echo", ("x",)).unwrap(), "cx");
+    // Closing a client gives its channel back.
+    a.close();
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match env
             .connect("svc")
-            .timeout(Duration::from_secs(60))
-            .transport(kind)
-            .arg("a")
+            .transport(TransportKind::Shm)
+            .arg("d")
             .arg(1)
             .open()
-            .unwrap();
-        let killer = kill_when_called(pid, stderr);
-        let args = metabridge::to_msgpack(&(30_000u64,)).unwrap();
-        let never = || false;
-        let r = c.call_encoded("sleep_ms", &args, &[0x80], Some(&never));
-        let returned = Instant::now();
-        let killed = killer.join().unwrap();
-        println!(
-            "{}: {:?} {:?} after SIGKILL",
-            c.transport_name(),
-            r.as_ref().map(|_| ()),
-            returned.saturating_duration_since(killed)
-        );
-        outcomes.push((kind, r));
-    }
-    for (kind, r) in outcomes {
-        match kind {
-            TransportKind::Shm => assert!(matches!(r, Err(Error::PeerGone(_))), "{r:?}"),
-            _ => assert!(r.is_err() && !matches!(r, Err(Error::Timeout(_))), "{r:?}"),
+        {
+            Ok(d) => {
+                assert_eq!(d.call::<String>("echo", ("x",)).unwrap(), "dx");
+                break;
+            }
+            Err(Error::Refused(_)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("the freed channel never came back: {e}"),
         }
     }
 }

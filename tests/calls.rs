@@ -1,12 +1,16 @@
-//! The runtime end to end: real service processes, real clients, through
-//! the registry, over shared memory and TCP.
+//! Calls end to end, with real service processes and real clients: constructor
+//! arguments, keyword arguments, remote errors, many threads on one client,
+//! large arguments, and the same answers over shared memory and TCP (and
+//! the fall back to TCP when the segments cannot be mapped).
+//!
+//! Each test has its own `METABRIDGE_HOME`; its `TestEnv` kills and reaps
+//! every process it started and removes the home, even on failure.
 
 mod common;
 
-use common::{sigkill, sigterm, TestEnv};
+use common::TestEnv;
 use metabridge::{CallArgs, Error, TransportKind};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 fn remote_kind(r: metabridge::Result<impl std::fmt::Debug>) -> (String, String) {
     match r {
@@ -19,7 +23,7 @@ fn remote_kind(r: metabridge::Result<impl std::fmt::Debug>) -> (String, String) 
 fn seed_client_example_prints_the_expected_output_and_leaves_nothing() {
     let env = TestEnv::new("seed");
     let out = env
-        .command("client")
+        .command(common::demo_example("client"))
         .stderr(Stdio::inherit())
         .output()
         .unwrap();
@@ -37,36 +41,6 @@ fn seed_client_example_prints_the_expected_output_and_leaves_nothing() {
     );
     let reg = metabridge::registry::Registry::open(&env.home).unwrap();
     assert!(reg.list().is_empty(), "the daemon unregistered");
-}
-
-#[test]
-fn unrelated_processes_find_each_other_through_the_registry() {
-    let mut env = TestEnv::new("unrelated");
-    let service_pid = env.start_service("svc", &[]);
-    // A second, separate process (not the service's parent or child) calls it.
-    let out = env
-        .command("test_service")
-        .args(["call", "svc", "echo", "olá"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "\"p:olá\" via shm"
-    );
-    let out = env
-        .command("test_service")
-        .args(["call", "svc", "pid"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("{service_pid} via shm")
-    );
 }
 
 #[test]
@@ -143,30 +117,6 @@ fn errors_panics_wrong_types_and_unknown_endpoints_are_remote_errors() {
 }
 
 #[test]
-fn instances_are_cached_per_constructor_arguments_and_evicted_past_capacity() {
-    let mut env = TestEnv::new("lru");
-    env.start_service("svc", &[("FIXTURE_CACHE", "2")]);
-    let id = |prefix: &str| {
-        env.connect("svc")
-            .arg(prefix)
-            .arg(1)
-            .open()
-            .unwrap()
-            .call::<u64>("instance_id", ())
-            .unwrap()
-    };
-    let a = id("a");
-    assert_eq!(id("a"), a, "equal constructor arguments reuse the instance");
-    let b = id("b");
-    assert_ne!(a, b);
-    assert_eq!(id("a"), a);
-    let c = id("c"); // capacity 2: evicts b, the least recently used
-    assert_ne!(c, a);
-    assert_eq!(id("a"), a);
-    assert_ne!(id("b"), b, "b was evicted and rebuilt");
-}
-
-#[test]
 fn sixteen_threads_share_one_client() {
     let mut env = TestEnv::new("threads");
     env.start_service("svc", &[]);
@@ -192,77 +142,6 @@ fn sixteen_threads_share_one_client() {
         client.call::<String>("echo", ("x",)).is_err(),
         "a closed client refuses calls"
     );
-}
-
-#[test]
-fn a_second_service_with_a_live_name_gets_service_already_exists() {
-    let mut env = TestEnv::new("dup");
-    env.start_service("svc", &[]);
-    let mut cmd = env.command("test_service");
-    cmd.args(["serve", "svc"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let out = cmd.output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
-}
-
-#[test]
-fn a_killed_service_leaves_a_stale_entry_that_is_reported_and_reclaimed() {
-    let mut env = TestEnv::new("stale");
-    let pid = env.start_service("svc", &[]);
-    sigkill(pid);
-    env.wait_exit(pid, Duration::from_secs(5))
-        .unwrap_or_default();
-    match env.connect("svc").open() {
-        Err(Error::ServiceNotFound { reason, .. }) => assert!(reason.contains("died"), "{reason}"),
-        Err(e) => panic!("{e}"),
-        Ok(_) => panic!("connected to a dead service"),
-    }
-    // The name is free again.
-    env.start_service("svc", &[]);
-    let c = env.connect("svc").arg("n").arg(1).open().unwrap();
-    assert_eq!(c.call::<String>("echo", ("x",)).unwrap(), "nx");
-}
-
-#[test]
-fn a_service_killed_mid_call_gives_peer_gone_not_a_hang() {
-    let mut env = TestEnv::new("midcall");
-    let pid = env.start_service("svc", &[]);
-    let c = env.connect("svc").arg("n").arg(1).open().unwrap();
-    assert_eq!(c.call::<u64>("sleep_ms", (1,)).unwrap(), 1);
-    let killer = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(100));
-        sigkill(pid);
-    });
-    let r = c.call::<u64>("sleep_ms", (10_000,));
-    killer.join().unwrap();
-    // PeerGone (not the 20 s call timeout, nor the 10 s reply that never
-    // comes) shows the death was noticed; how fast is measured elsewhere.
-    assert!(matches!(r, Err(Error::PeerGone(_))), "{r:?}");
-}
-
-#[test]
-fn sigterm_stops_gracefully_unregisters_and_removes_segments() {
-    let mut env = TestEnv::new("term");
-    let pid = env.start_service("svc", &[]);
-    let c = env.connect("svc").arg("n").arg(1).open().unwrap();
-    // An in-flight call is drained, not cut.
-    let slow = std::thread::spawn(move || c.call::<u64>("sleep_ms", (300,)));
-    std::thread::sleep(Duration::from_millis(100));
-    sigterm(pid);
-    assert_eq!(slow.join().unwrap().unwrap(), 300);
-    assert_eq!(env.wait_exit(pid, Duration::from_secs(10)), Some(0));
-    assert_eq!(env.leftovers(), Vec::<String>::new());
-    assert!(matches!(
-        env.connect("svc").open(),
-        Err(Error::ServiceNotFound { .. })
-    ));
 }
 
 #[test]
@@ -304,89 +183,6 @@ fn large_arguments_stream_through_the_rings() {
     let c = env.connect("svc").arg("l").arg(1).open().unwrap();
     let blob = serde_bytes::ByteBuf::from(vec![7u8; 8 << 20]);
     assert_eq!(c.call::<usize>("blob", (&blob,)).unwrap(), 8 << 20);
-}
-
-fn alive(pid: u32) -> bool {
-    metabridge_shm::ProcessIdentity::of_pid(pid).is_some_and(|p| p.is_alive())
-}
-
-#[test]
-fn a_daemon_ends_with_its_parent_unless_detached() {
-    let env = TestEnv::new("detach");
-    // Not detached: the parent exits, the kernel sends the daemon SIGTERM,
-    // it stops gracefully and unregisters.
-    let orphan = fixture_daemon(&env, "orphan", "orphan");
-    assert!(wait_dead(orphan), "the daemon outlived its parent");
-    assert!(matches!(
-        env.connect("orphan").open(),
-        Err(Error::ServiceNotFound { .. })
-    ));
-
-    // Detached: it outlives its parent and keeps serving.
-    let free = fixture_daemon(&env, "detach", "free");
-    struct Reap(u32);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            sigkill(self.0);
-        }
-    }
-    let _reap = Reap(free);
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(alive(free));
-    let c = env.connect("free").arg("d:").arg(1).open().unwrap();
-    assert_eq!(c.call::<String>("echo", ("x",)).unwrap(), "d:x");
-    assert_eq!(c.call::<u32>("pid", ()).unwrap(), free);
-    drop(c);
-    sigterm(free);
-    assert!(wait_dead(free), "SIGTERM stops a detached daemon");
-}
-
-/// Runs `test_service <mode> <name>`, which starts a daemon and exits;
-/// returns the daemon's pid, which it printed.
-fn fixture_daemon(env: &TestEnv, mode: &str, name: &str) -> u32 {
-    let out = env
-        .command("test_service")
-        .args([mode, name])
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "test_service {mode} failed");
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-}
-
-/// Waits up to 10 s for `pid` to end; true if it did.
-fn wait_dead(pid: u32) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while alive(pid) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    !alive(pid)
-}
-
-#[test]
-fn run_in_a_multithreaded_program_re_executes_the_binary() {
-    let env = TestEnv::new("reexec");
-    let out = env
-        .command("test_service")
-        .args(["reexec", "rx"])
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
-    let pids: Vec<u32> = text
-        .split_whitespace()
-        .map(|p| p.parse().unwrap())
-        .collect();
-    assert_eq!(pids.len(), 3, "{text}");
-    let (parent, daemon, served_by) = (pids[0], pids[1], pids[2]);
-    assert_ne!(parent, daemon);
-    assert_eq!(
-        daemon, served_by,
-        "the call was served by the re-executed daemon"
-    );
-    assert!(!alive(daemon), "stop() ended it");
-    assert_eq!(env.leftovers(), Vec::<String>::new());
 }
 
 #[test]

@@ -1,0 +1,51 @@
+//! Every raw OS and interpreter call of the extension module, each behind
+//! a safe function: the rest of the crate is `deny(unsafe_code)`.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+
+/// True on the process's main thread (the one Python runs signal
+/// handlers on): its thread id is the pid.
+pub(crate) fn is_main_thread() -> bool {
+    // SAFETY: getpid and gettid take no arguments and cannot fail.
+    unsafe { libc::gettid() == libc::getpid() }
+}
+
+/// Takes ownership of descriptor `fd`, handed over for good by the
+/// Python layer (`metabridge/__init__.py` creates a pipe for a forked
+/// daemon's report and passes one end to `serve_forked` or `wait_forked`,
+/// never using or closing it again). `None` if `fd` is not an open
+/// descriptor, so a wrong number is an error rather than a descriptor
+/// owned twice.
+pub(crate) fn adopt_handed_over_fd(fd: i32) -> Option<OwnedFd> {
+    // SAFETY: F_GETFD only reads the descriptor's flags; it fails with
+    // EBADF for a number that is not an open descriptor.
+    if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is open (checked above) and the Python layer gave up
+    // its only other reference to it (see above): nothing else closes it.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends signal `sig` to process `pid` (best effort: it may have ended).
+pub(crate) fn send_signal(pid: u32, sig: i32) {
+    // SAFETY: kill takes a pid and a signal number, and touches no memory
+    // of ours.
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}
+
+/// Gives the current thread (a runtime thread, not holding the GIL) a
+/// Python thread state that lives as long as the thread, and releases
+/// the GIL taken to create it. Call once per thread.
+pub(crate) fn keep_thread_state() {
+    // SAFETY: called on a runtime thread that does not hold the GIL (the
+    // endpoint closures call `attach` before `Python::attach`). The
+    // GILState count stays at 1, so the thread state is never freed;
+    // SaveThread releases the GIL it took.
+    unsafe {
+        let _ = pyo3::ffi::PyGILState_Ensure();
+        let _ = pyo3::ffi::PyEval_SaveThread();
+    }
+}
