@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{sigkill, TestEnv};
+use common::{handshake, sigkill, TestEnv};
 use metabridge::{Error, TransportKind};
 use metabridge_shm::{Channel, ChannelConfig};
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixCredentials};
@@ -272,53 +272,6 @@ fn channel_setup_retries_while_the_handshake_slots_are_held() {
     for (i, (r, _)) in results.into_iter().enumerate() {
         assert_eq!(r.unwrap(), format!("c{i}:x"));
     }
-}
-
-/// The control handshake written by hand (see ARCHITECTURE.md, "Services
-/// at run time", and src/control.rs), so a test
-/// can send what a hostile or buggy client would.
-fn handshake(socket: &str, version: u8, fd: Option<std::os::fd::BorrowedFd<'_>>) -> (u8, String) {
-    // The socket file exists from bind(), a moment before listen().
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let stream = loop {
-        match UnixStream::connect(socket) {
-            Ok(s) => break s,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => panic!("cannot connect to {socket}: {e}"),
-        }
-    };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let bytes = [version, 1];
-    let iov = [IoSlice::new(&bytes)];
-    let raw;
-    let cmsg: Vec<ControlMessage<'_>> = match fd {
-        Some(fd) => {
-            raw = [fd.as_raw_fd()];
-            vec![ControlMessage::ScmRights(&raw)]
-        }
-        None => Vec::new(),
-    };
-    // A service that refuses before reading may have closed already
-    // (EPIPE here); its answer is still there to read.
-    let _ = sendmsg::<()>(
-        stream.as_raw_fd(),
-        &iov,
-        &cmsg,
-        MsgFlags::MSG_NOSIGNAL,
-        None,
-    );
-    let mut head = [0u8; 3];
-    (&stream).read_exact(&mut head).unwrap();
-    let mut why = vec![0u8; u16::from_le_bytes([head[1], head[2]]) as usize];
-    if head[0] != 0 {
-        (&stream).read_exact(&mut why).unwrap();
-    }
-    (head[0], String::from_utf8_lossy(&why).into_owned())
 }
 
 fn alive(pid: u32) -> bool {

@@ -210,3 +210,54 @@ impl Drop for TestEnv {
 fn remove(p: &Path) {
     let _ = std::fs::remove_dir_all(p);
 }
+
+/// The control handshake written by hand (see ARCHITECTURE.md, "Services
+/// at run time", and src/control.rs), so a test
+/// can send what a hostile or buggy client would.
+pub fn handshake(
+    socket: &str,
+    version: u8,
+    fd: Option<std::os::fd::BorrowedFd<'_>>,
+) -> (u8, String) {
+    // The socket file exists from bind(), a moment before listen().
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let stream = loop {
+        match std::os::unix::net::UnixStream::connect(socket) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("cannot connect to {socket}: {e}"),
+        }
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let bytes = [version, 1];
+    let iov = [std::io::IoSlice::new(&bytes)];
+    let raw;
+    let cmsg: Vec<nix::sys::socket::ControlMessage<'_>> = match fd {
+        Some(fd) => {
+            raw = [std::os::fd::AsRawFd::as_raw_fd(&fd)];
+            vec![nix::sys::socket::ControlMessage::ScmRights(&raw)]
+        }
+        None => Vec::new(),
+    };
+    // A service that refuses before reading may have closed already
+    // (EPIPE here); its answer is still there to read.
+    let _ = nix::sys::socket::sendmsg::<()>(
+        std::os::fd::AsRawFd::as_raw_fd(&stream),
+        &iov,
+        &cmsg,
+        nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+        None,
+    );
+    let mut head = [0u8; 3];
+    std::io::Read::read_exact(&mut &stream, &mut head).unwrap();
+    let mut why = vec![0u8; u16::from_le_bytes([head[1], head[2]]) as usize];
+    if head[0] != 0 {
+        std::io::Read::read_exact(&mut &stream, &mut why).unwrap();
+    }
+    (head[0], String::from_utf8_lossy(&why).into_owned())
+}
