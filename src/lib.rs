@@ -70,6 +70,8 @@ mod resolve;
 mod server;
 mod service;
 pub mod stats;
+#[cfg(test)]
+mod test_home;
 mod transport;
 mod trust;
 mod worker;

@@ -4,36 +4,21 @@
 //! silent peer given up on at its deadline.
 
 use super::*;
+use crate::test_home::TestHome;
 use crate::trust::{describe, PeerPolicy};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A private directory under /dev/shm holding one control socket; removed
-/// on drop.
-struct Home(PathBuf);
+/// A private directory holding one control socket; removed on drop.
+struct Home(TestHome);
 
 impl Home {
     fn new(tag: &str) -> Home {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let dir = PathBuf::from(format!(
-            "/dev/shm/mbu-control-{tag}-{}-{n}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir(&dir).unwrap();
-        Home(dir)
+        Home(TestHome::new("control", tag))
     }
     fn socket(&self) -> PathBuf {
-        self.0.join("control")
-    }
-}
-
-impl Drop for Home {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.0 .0.join("control")
     }
 }
 
@@ -297,15 +282,15 @@ fn a_service_without_counters_refuses_a_stats_request() {
 #[test]
 fn describe_names_each_kind_of_file() {
     let home = Home::new("describe");
-    let file = home.0.join("f");
+    let file = home.0 .0.join("f");
     std::fs::write(&file, b"").unwrap();
-    let link = home.0.join("l");
+    let link = home.0 .0.join("l");
     std::os::unix::fs::symlink(&file, &link).unwrap();
     let _listener = UnixListener::bind(home.socket()).unwrap();
     let kind = |p: &Path| describe(&std::fs::symlink_metadata(p).unwrap().file_type());
     assert_eq!(kind(&file), "regular file");
     assert_eq!(kind(&link), "symbolic link");
-    assert_eq!(kind(&home.0), "directory");
+    assert_eq!(kind(&home.0 .0), "directory");
     assert_eq!(kind(&home.socket()), "socket");
     assert_eq!(kind(Path::new("/dev/null")), "special file");
 }

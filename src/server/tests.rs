@@ -6,37 +6,9 @@
 use super::shm_side::bind_control_socket;
 use super::*;
 use crate::config::ServiceConfig;
+use crate::test_home::TestHome;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
-use std::sync::atomic::AtomicU32;
-use std::sync::atomic::Ordering;
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A private home under /dev/shm, removed on drop.
-struct Home(PathBuf);
-
-impl Home {
-    fn new(tag: &str) -> Home {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let dir = PathBuf::from(format!(
-            "/dev/shm/mbu-server-{tag}-{}-{n}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
-            .create(&dir)
-            .unwrap();
-        Home(dir)
-    }
-}
-
-impl Drop for Home {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 #[test]
 fn file_safe_keeps_ascii_letters_digits_dashes_and_underscores_only() {
@@ -107,7 +79,7 @@ fn an_operators_token_or_address_is_left_alone() {
 
 #[test]
 fn the_control_socket_is_a_socket_readable_by_its_owner_only() {
-    let home = Home::new("sock");
+    let home = TestHome::new("server", "sock");
     let control = bind_control_socket(&home.0, "svc").unwrap();
     assert_eq!(control.path, home.0.join("svc.sock"));
     let meta = std::fs::symlink_metadata(&control.path).unwrap();
@@ -124,7 +96,7 @@ fn the_control_socket_is_a_socket_readable_by_its_owner_only() {
 
 #[test]
 fn the_control_socket_replaces_a_stale_file_and_is_removed_when_dropped() {
-    let home = Home::new("stale");
+    let home = TestHome::new("server", "stale");
     let path = home.0.join("svc.sock");
     std::fs::write(&path, b"left by a killed service").unwrap();
     let control = bind_control_socket(&home.0, "svc").unwrap();
