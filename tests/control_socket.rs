@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{handshake, sigkill, TestEnv};
+use common::{entry, handshake, sigkill, TestEnv};
 use metabridge::{Error, TransportKind};
 use metabridge_shm::{Channel, ChannelConfig};
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixCredentials};
@@ -21,13 +21,6 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn entry(env: &TestEnv, name: &str) -> metabridge::registry::Entry {
-    metabridge::registry::Registry::open(&env.home)
-        .unwrap()
-        .lookup(name)
-        .unwrap()
-}
 
 /// Descriptors open in process `pid` now.
 fn open_fds(pid: u32) -> usize {

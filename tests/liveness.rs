@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{sigkill, TestEnv};
+use common::{entry, sigkill, TestEnv};
 use metabridge::{Error, TransportKind};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -30,13 +30,6 @@ fn a_service_killed_mid_call_gives_peer_gone_not_a_hang() {
     // PeerGone (not the 20 s call timeout, nor the 10 s reply that never
     // comes) shows the death was noticed; how fast is measured elsewhere.
     assert!(matches!(r, Err(Error::PeerGone(_))), "{r:?}");
-}
-
-fn entry(env: &TestEnv, name: &str) -> metabridge::registry::Entry {
-    metabridge::registry::Registry::open(&env.home)
-        .unwrap()
-        .lookup(name)
-        .unwrap()
 }
 
 /// Starts the fixture service `name` announcing each `sleep_ms` on its

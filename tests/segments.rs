@@ -8,19 +8,12 @@
 
 mod common;
 
-use common::{handshake, rss_kib, TestEnv};
+use common::{entry, handshake, rss_kib, TestEnv};
 use metabridge::TransportKind;
 use metabridge_shm::{Channel, ChannelConfig};
 
 use std::os::fd::AsFd;
 use std::time::Duration;
-
-fn entry(env: &TestEnv, name: &str) -> metabridge::registry::Entry {
-    metabridge::registry::Registry::open(&env.home)
-        .unwrap()
-        .lookup(name)
-        .unwrap()
-}
 
 fn alive(pid: u32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()

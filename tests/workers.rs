@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{sigkill, TestEnv};
+use common::{entry, sigkill, TestEnv};
 use metabridge::{Error, TransportKind};
 use metabridge_shm::{Channel, ChannelConfig};
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
@@ -19,13 +19,6 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-fn entry(env: &TestEnv, name: &str) -> metabridge::registry::Entry {
-    metabridge::registry::Registry::open(&env.home)
-        .unwrap()
-        .lookup(name)
-        .unwrap()
-}
 
 /// Waits (at most 30 s) until the service's live counters show `n` calls
 /// in flight; false if they never did.

@@ -261,3 +261,11 @@ pub fn handshake(
     }
     (head[0], String::from_utf8_lossy(&why).into_owned())
 }
+
+/// The registry entry of the live service `name` in `env`.
+pub fn entry(env: &TestEnv, name: &str) -> metabridge::registry::Entry {
+    metabridge::registry::Registry::open(&env.home)
+        .unwrap()
+        .lookup(name)
+        .unwrap()
+}
