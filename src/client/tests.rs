@@ -7,39 +7,21 @@
 
 use super::*;
 use crate::platform::{self, WaitStatus};
-use std::process::Command;
 
-/// Runs test `name` of this binary alone in a child process (one thread:
-/// `--test-threads 1` runs it on the main thread) with `envs` and without
-/// the client's `METABRIDGE_*` variables unless given; panics with the
-/// child's output if it failed.
+/// The `METABRIDGE_*` variables a child starts without, unless given.
+const CLIENT_VARS: &[&str] = &[
+    "METABRIDGE_TRANSPORT",
+    "METABRIDGE_TOKEN",
+    "METABRIDGE_MAX_MESSAGE",
+    "METABRIDGE_MAX_FRAME",
+];
+
 fn in_child(name: &str, envs: &[(&str, &str)]) {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", name, "--test-threads", "1", "--nocapture"])
-        .env("MB_UNIT_CHILD", "1");
-    for var in [
-        "METABRIDGE_TRANSPORT",
-        "METABRIDGE_TOKEN",
-        "METABRIDGE_MAX_MESSAGE",
-        "METABRIDGE_MAX_FRAME",
-    ] {
-        cmd.env_remove(var);
-    }
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("1 passed"), "{stdout}");
+    crate::test_home::in_child(name, CLIENT_VARS, envs)
 }
 
 fn is_child() -> bool {
-    std::env::var_os("MB_UNIT_CHILD").is_some()
+    crate::test_home::is_child()
 }
 
 #[test]

@@ -4,43 +4,24 @@
 //! what `host`/`port` mean for the token guard, and the name rule.
 
 use super::*;
-use std::process::Command;
 
-/// Runs the test `name` of this binary in a child process with `envs`
-/// (and the `METABRIDGE_*` variables of `ServiceConfig` removed, unless
-/// given), `MB_UNIT_CHILD=1` telling it that it is the child; panics with
-/// the child's output if it failed.
+/// The `METABRIDGE_*` variables a child starts without, unless given.
+const SERVICE_VARS: &[&str] = &[
+    "METABRIDGE_WORKERS",
+    "METABRIDGE_TOKEN",
+    "METABRIDGE_TCP_AUTH_TIMEOUT_MS",
+    "METABRIDGE_TCP_STALL_TIMEOUT_MS",
+    "METABRIDGE_LOG_FILE",
+    "METABRIDGE_MAX_MESSAGE",
+    "METABRIDGE_MAX_FRAME",
+];
+
 fn in_child(name: &str, envs: &[(&str, &str)]) {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", name, "--test-threads", "1", "--nocapture"])
-        .env("MB_UNIT_CHILD", "1");
-    for var in [
-        "METABRIDGE_WORKERS",
-        "METABRIDGE_TOKEN",
-        "METABRIDGE_TCP_AUTH_TIMEOUT_MS",
-        "METABRIDGE_TCP_STALL_TIMEOUT_MS",
-        "METABRIDGE_LOG_FILE",
-        "METABRIDGE_MAX_MESSAGE",
-        "METABRIDGE_MAX_FRAME",
-    ] {
-        cmd.env_remove(var);
-    }
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // The child ran the test (and did not filter it out).
-    assert!(stdout.contains("1 passed"), "{stdout}");
+    crate::test_home::in_child(name, SERVICE_VARS, envs)
 }
 
 fn is_child() -> bool {
-    std::env::var_os("MB_UNIT_CHILD").is_some()
+    crate::test_home::is_child()
 }
 
 fn cpus() -> usize {
