@@ -71,7 +71,7 @@ mod server;
 mod service;
 pub mod stats;
 #[cfg(test)]
-mod test_home;
+mod test_support;
 mod transport;
 mod trust;
 mod worker;

@@ -17,11 +17,11 @@ const CLIENT_VARS: &[&str] = &[
 ];
 
 fn in_child(name: &str, envs: &[(&str, &str)]) {
-    crate::test_home::in_child(name, CLIENT_VARS, envs)
+    crate::test_support::in_child(name, CLIENT_VARS, envs)
 }
 
 fn is_child() -> bool {
-    crate::test_home::is_child()
+    crate::test_support::is_child()
 }
 
 #[test]

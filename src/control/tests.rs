@@ -4,7 +4,7 @@
 //! silent peer given up on at its deadline.
 
 use super::*;
-use crate::test_home::TestHome;
+use crate::test_support::TestHome;
 use crate::trust::{describe, PeerPolicy};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;

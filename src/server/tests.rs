@@ -6,7 +6,7 @@
 use super::shm_side::bind_control_socket;
 use super::*;
 use crate::config::ServiceConfig;
-use crate::test_home::TestHome;
+use crate::test_support::TestHome;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::fs::PermissionsExt;
 

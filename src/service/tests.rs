@@ -17,11 +17,11 @@ const SERVICE_VARS: &[&str] = &[
 ];
 
 fn in_child(name: &str, envs: &[(&str, &str)]) {
-    crate::test_home::in_child(name, SERVICE_VARS, envs)
+    crate::test_support::in_child(name, SERVICE_VARS, envs)
 }
 
 fn is_child() -> bool {
-    crate::test_home::is_child()
+    crate::test_support::is_child()
 }
 
 fn cpus() -> usize {
