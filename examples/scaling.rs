@@ -11,15 +11,23 @@
 //! ```
 //!
 //! Writes `docs/scaling.md` (the tables, also printed) and four SVG plots
-//! in `docs/plots/`. The payload is `get(s)` with `s` a string of N ASCII
-//! bytes; the service answers `"Olá, " + s`, so every call carries the
-//! payload both ways, and throughput counts 2·N bytes per call.
+//! in `docs/plots/`. The payload series is a bytes echo (`echo(data:
+//! Vec<u8>) -> Vec<u8>` of the `payload-echo` service defined here), so
+//! every call carries the payload both ways; it reports GB/s of payload
+//! (N bytes each way per call time) and the page faults per call of both
+//! processes, next to this machine's single-thread memcpy measured in the
+//! same run. The image series sends a 4 MiB image in a user's struct, with
+//! its pixels as bytes (`metabridge::Bin` or `serde_bytes`) and as serde's
+//! default array of integers. The clients series calls the demo daemon's
+//! `get(s)` with 64 bytes.
 
 #[path = "service_daemon.rs"]
 #[allow(dead_code)]
 mod service_daemon;
 
 use metabridge::measure::{flag_value, percentile, pin_process};
+use metabridge::Bin;
+use serde::{Deserialize, Serialize};
 
 use plotters::element::DashedPathElement;
 use plotters::prelude::*;
@@ -30,11 +38,64 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-const PAYLOADS: [usize; 7] = [64, 1 << 10, 16 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20];
+const PAYLOADS: [usize; 9] = [
+    64,
+    1 << 10,
+    16 << 10,
+    64 << 10,
+    256 << 10,
+    1 << 20,
+    4 << 20,
+    16 << 20,
+    64 << 20,
+];
+/// Side of the image series' square RGBA image: 4 MiB of pixels.
+const IMAGE_SIDE: u32 = 1024;
 const CLIENTS: [usize; 7] = [1, 2, 4, 8, 16, 32, 64];
 const TRANSPORTS: [&str; 2] = ["shm", "tcp"];
-/// What the demo's `get` puts before its argument.
-const REPLY_PREFIX: &str = "Olá, ";
+
+/// An image as a user writes it, with its pixels as bytes.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Image {
+    pub width: u32,
+    pub height: u32,
+    pub pixels: Bin<Vec<u8>>,
+}
+
+/// The same image with serde's default encoding of `Vec<u8>`: an array
+/// of integers, one MessagePack byte or two each (what a user writes
+/// first, and the slow case this series shows).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct PlainImage {
+    pub width: u32,
+    pub height: u32,
+    pub pixels: Vec<u8>,
+}
+
+/// The service of the payload and image series: it hands back what it got.
+pub struct PayloadEcho;
+
+#[metabridge::service(name = "payload-echo")]
+impl PayloadEcho {
+    pub fn new() -> Self {
+        PayloadEcho
+    }
+
+    #[metabridge::function]
+    pub fn echo(&self, data: Vec<u8>) -> Vec<u8> {
+        data
+    }
+
+    #[metabridge::function]
+    pub fn image(&self, image: Image) -> Image {
+        image
+    }
+
+    #[metabridge::function]
+    pub fn plain_image(&self, image: PlainImage) -> PlainImage {
+        image
+    }
+}
 
 struct Settings {
     quick: bool,
@@ -103,6 +164,38 @@ fn connect(transport: &str) -> ServiceClient {
     ServiceClient::from_client(client)
 }
 
+fn connect_echo(transport: &str) -> metabridge::Client {
+    let kind = match transport {
+        "tcp" => metabridge::TransportKind::Tcp,
+        _ => metabridge::TransportKind::Shm,
+    };
+    metabridge::connect("payload-echo")
+        .transport(kind)
+        .open()
+        .expect("connect to payload-echo")
+}
+
+/// Minor page faults of this process so far (all threads).
+fn own_minor_faults() -> u64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes one `rusage` into the pointer it is given,
+    // which points at a zeroed one of ours.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
+    assert_eq!(rc, 0, "getrusage");
+    // SAFETY: initialised (zeroed, then filled by getrusage).
+    unsafe { usage.assume_init() }.ru_minflt as u64
+}
+
+/// Minor page faults of process `pid` so far (field 10 of its stat).
+fn minor_faults_of(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may hold spaces: count after its ')'.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(7))
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(0)
+}
+
 /// One point of the payload series.
 struct PayloadPoint {
     transport: &'static str,
@@ -110,48 +203,131 @@ struct PayloadPoint {
     calls: usize,
     p50_ns: u64,
     p99_ns: u64,
-    /// Payload bytes moved per second, both ways (2·N per call), in MB/s.
-    mb_per_s: f64,
+    /// Payload bytes per second of call time at the median (N / p50), in
+    /// GB/s (10^9 B/s).
+    gb_per_s: f64,
+    /// Minor page faults per measured call, in this process and the daemon.
+    client_faults: f64,
+    daemon_faults: f64,
 }
 
-fn payload_point(
+/// Calls `call` for the budget after a warm-up (at least the minimum
+/// number of calls), and measures latency and page faults per call.
+fn measure_point(
     s: &Settings,
-    client: &ServiceClient,
+    daemon_pid: u32,
     transport: &'static str,
     size: usize,
+    mut call: impl FnMut(),
 ) -> PayloadPoint {
-    let payload = "x".repeat(size);
-    let want = REPLY_PREFIX.len() + size;
-    let reply = client.get(&payload).expect("get");
-    assert_eq!(reply.len(), want, "reply of a {size} B payload");
-    // Warm up for a tenth of the budget (at least two calls).
+    // Warm up for a tenth of the budget (at least three calls): the first
+    // calls of a size pay for buffers that later ones reuse.
     let budget = s.payload_budget();
     let t = Instant::now();
     let mut warm = 0;
-    while warm < 2 || t.elapsed() < budget / 10 {
-        std::hint::black_box(client.get(&payload).expect("get"));
+    while warm < 3 || t.elapsed() < budget / 10 {
+        call();
         warm += 1;
     }
     let mut samples = Vec::with_capacity(1 << 16);
+    let (own0, daemon0) = (own_minor_faults(), minor_faults_of(daemon_pid));
     let start = Instant::now();
     while samples.len() < s.payload_min_calls() || start.elapsed() < budget {
         let t = Instant::now();
-        let r = client.get(&payload).expect("get");
+        call();
         samples.push(t.elapsed().as_nanos() as u64);
-        debug_assert_eq!(r.len(), want);
-        std::hint::black_box(r);
     }
-    let elapsed = start.elapsed().as_secs_f64();
+    let (own1, daemon1) = (own_minor_faults(), minor_faults_of(daemon_pid));
     let calls = samples.len();
     samples.sort_unstable();
+    let p50_ns = percentile(&samples, 0.5);
     PayloadPoint {
         transport,
         size,
         calls,
-        p50_ns: percentile(&samples, 0.5),
+        p50_ns,
         p99_ns: percentile(&samples, 0.99),
-        mb_per_s: (2 * size * calls) as f64 / elapsed / 1e6,
+        gb_per_s: size as f64 / p50_ns.max(1) as f64,
+        client_faults: (own1 - own0) as f64 / calls as f64,
+        daemon_faults: daemon1.saturating_sub(daemon0) as f64 / calls as f64,
     }
+}
+
+fn payload_point(
+    s: &Settings,
+    daemon_pid: u32,
+    client: &metabridge::Client,
+    transport: &'static str,
+    size: usize,
+) -> PayloadPoint {
+    let payload: Vec<u8> = (0..size).map(|i| (i * 7) as u8).collect();
+    let reply: Bin<Vec<u8>> = client.call("echo", (Bin(&payload[..]),)).expect("echo");
+    assert!(reply.0 == payload, "echo of a {size} B payload");
+    measure_point(s, daemon_pid, transport, size, || {
+        let r: Bin<Vec<u8>> = client.call("echo", (Bin(&payload[..]),)).expect("echo");
+        debug_assert_eq!(r.0.len(), size);
+        std::hint::black_box(r);
+    })
+}
+
+/// The image series: (struct, transport) points of a 4 MiB RGBA image.
+fn image_points(
+    s: &Settings,
+    daemon_pid: u32,
+    client: &metabridge::Client,
+    transport: &'static str,
+) -> Vec<(&'static str, PayloadPoint)> {
+    let side = IMAGE_SIDE;
+    let pixels: Vec<u8> = (0..side * side * 4).map(|i| (i * 13) as u8).collect();
+    let size = pixels.len();
+    let image = Image {
+        width: side,
+        height: side,
+        pixels: Bin(pixels.clone()),
+    };
+    let plain = PlainImage {
+        width: side,
+        height: side,
+        pixels,
+    };
+    let back: Image = client.call("image", (&image,)).expect("image");
+    assert!(back.pixels == image.pixels, "image echo");
+    let back: PlainImage = client.call("plain_image", (&plain,)).expect("plain_image");
+    assert!(back.pixels == plain.pixels, "plain image echo");
+    vec![
+        (
+            "`Bin<Vec<u8>>` field",
+            measure_point(s, daemon_pid, transport, size, || {
+                let r: Image = client.call("image", (&image,)).expect("image");
+                std::hint::black_box(r);
+            }),
+        ),
+        (
+            "plain `Vec<u8>` field",
+            measure_point(s, daemon_pid, transport, size, || {
+                let r: PlainImage = client.call("plain_image", (&plain,)).expect("plain_image");
+                std::hint::black_box(r);
+            }),
+        ),
+    ]
+}
+
+/// This machine's single-thread memcpy of 16 MiB between two warm
+/// buffers, in GB/s (the median of 21 copies).
+fn memcpy_gb_per_s() -> f64 {
+    let len = 16 << 20;
+    let src: Vec<u8> = (0..len).map(|i| i as u8).collect();
+    let mut dst = vec![1u8; len];
+    let mut ns: Vec<u64> = (0..21)
+        .map(|_| {
+            let t = Instant::now();
+            dst.copy_from_slice(std::hint::black_box(&src));
+            std::hint::black_box(&mut dst);
+            t.elapsed().as_nanos() as u64
+        })
+        .collect();
+    ns.sort_unstable();
+    len as f64 / ns[ns.len() / 2] as f64
 }
 
 /// One point of the concurrency series.
@@ -493,14 +669,14 @@ fn plots(dir: &Path, payload: &[PayloadPoint], clients: &[ClientsPoint]) -> Draw
             label: t.to_string(),
             color: color(t),
             dashed: false,
-            points: per_transport(t, &|p| p.mb_per_s),
+            points: per_transport(t, &|p| p.gb_per_s),
         })
         .collect();
     chart_log_y(&ChartSpec {
         path: dir.join("payload_throughput.svg"),
-        title: "Throughput vs payload (one client; 2·N bytes per call)",
+        title: "Payload bandwidth vs payload (one client; N bytes / p50)",
         x_desc: "payload (bytes each way)",
-        y_desc: "MB/s (10^6 B/s, log scale)",
+        y_desc: "GB/s (10^9 B/s, log scale)",
         x_keys: sizes,
         x_fmt: &bytes,
         y_fmt: &plain,
@@ -560,19 +736,41 @@ fn plots(dir: &Path, payload: &[PayloadPoint], clients: &[ClientsPoint]) -> Draw
 
 fn payload_table(points: &[PayloadPoint]) -> String {
     let mut t = String::from(
-        "| payload | transport | calls | p50 | p99 | MB/s (2·N per call) |\n\
-         | ---: | --- | ---: | ---: | ---: | ---: |\n",
+        "| payload | transport | calls | p50 | p99 | GB/s (N / p50) | faults/call client | faults/call daemon |\n\
+         | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for p in points {
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} | {} | {:.1} |",
+            "| {} | {} | {} | {} | {} | {:.2} | {:.1} | {:.1} |",
             fmt_bytes(p.size as f64),
             p.transport,
             p.calls,
             fmt_ns(p.p50_ns),
             fmt_ns(p.p99_ns),
-            p.mb_per_s
+            p.gb_per_s,
+            p.client_faults,
+            p.daemon_faults,
+        );
+    }
+    t
+}
+
+fn image_table(points: &[(&str, PayloadPoint)]) -> String {
+    let mut t = String::from(
+        "| pixels as | transport | calls | p50 | p99 | faults/call client | faults/call daemon |\n\
+         | --- | --- | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for (kind, p) in points {
+        let _ = writeln!(
+            t,
+            "| {kind} | {} | {} | {} | {} | {:.1} | {:.1} |",
+            p.transport,
+            p.calls,
+            fmt_ns(p.p50_ns),
+            fmt_ns(p.p99_ns),
+            p.client_faults,
+            p.daemon_faults,
         );
     }
     t
@@ -615,12 +813,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let machine = machine();
 
-    // The daemon first: a single-threaded caller is forked.
+    // The daemons first: a single-threaded caller is forked.
     let daemon = service_daemon::Service::run()?;
+    let echo_daemon = PayloadEcho::run()?;
     if let Some((client_cpu, service_cpu)) = s.cpus() {
         pin_process(0, client_cpu);
         pin_process(daemon.pid(), service_cpu);
+        pin_process(echo_daemon.pid(), service_cpu);
     }
+    let memcpy = memcpy_gb_per_s();
     eprintln!(
         "scaling: demo-service daemon pid {}, placement {}{}",
         daemon.pid(),
@@ -628,23 +829,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if s.quick { ", quick" } else { "" }
     );
 
+    let echo_pid = echo_daemon.pid();
     let mut payload = Vec::new();
+    let mut images = Vec::new();
     for transport in TRANSPORTS {
-        let client = connect(transport);
-        // The first point should not pay for cold caches, page faults and
-        // a sleeping worker: call for a while first.
+        let client = connect_echo(transport);
+        // The first point should not pay for cold caches and a sleeping
+        // worker: call for a while first.
         let t = Instant::now();
         while t.elapsed() < s.payload_budget() / 2 {
-            client.get("aquecer").expect("warm-up call");
+            let _: Bin<Vec<u8>> = client.call("echo", (Bin(&b"warm"[..]),))?;
         }
         for size in PAYLOADS {
             eprintln!("  .. {transport}: payload {}", fmt_bytes(size as f64));
-            payload.push(payload_point(&s, &client, transport, size));
+            payload.push(payload_point(&s, echo_pid, &client, transport, size));
         }
+        eprintln!("  .. {transport}: 4 MiB image in a struct");
+        images.extend(image_points(&s, echo_pid, &client, transport));
         client.close();
     }
+    echo_daemon.stop()?;
     // Both transports of one size next to each other.
     payload.sort_by_key(|p| (p.size, p.transport));
+    images.sort_by_key(|(kind, p)| (*kind, p.transport));
 
     let mut clients = Vec::new();
     for n in CLIENTS {
@@ -670,8 +877,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
          - date: {}\n\
          - machine: `nproc` {}, Linux `{}` (`uname -r`), {}\n\
          - placement: {}\n\
-         - service: the demo daemon (`examples/service_daemon.rs`) with its default workers \
-         (`$METABRIDGE_WORKERS`, else one per CPU); `get(s)` answers `\"Olá, \" + s`\n\
+         - services: `payload-echo` (defined in `examples/scaling.rs`) for the payload and image \
+         series, the demo daemon (`examples/service_daemon.rs`) for the clients series, both with \
+         their default workers (`$METABRIDGE_WORKERS`, else one per CPU)\n\
+         - memcpy: {memcpy:.2} GB/s (one thread, 16 MiB between warm buffers, this run)\n\
          - time per point: {} (payload series, at least {} calls), {} window (clients series)\n\
          - caveat: one run each; on a shared VM small-payload latencies can differ 2x between \
          runs, and the p99 of a point with few calls is close to its maximum\n\n",
@@ -687,9 +896,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _ = write!(
         md,
         "## Payload size (one client)\n\n\
-         The argument is a string of N ASCII bytes and comes back with a 6-byte prefix, so a \
-         round trip carries the payload both ways; MB/s counts 2·N bytes per call \
-         (10^6 bytes per MB). Latency is of one whole call, encode to decoded `String`.\n\n\
+         `echo(data: Vec<u8>) -> Vec<u8>` through the dynamic client: the payload goes both \
+         ways; GB/s is N bytes over the median call time (10^9 bytes per GB). Latency is of one \
+         whole call, encode to decoded `Vec<u8>`. Faults are minor page faults per measured \
+         call (`getrusage` here, `/proc/<pid>/stat` of the daemon), after a warm-up.\n\n\
+         {}\n\
+         ## A 4 MiB image in a user's struct (one client)\n\n\
+         `image(Image) -> Image` with `pixels: Bin<Vec<u8>>` (or `#[serde(with = \
+         \"metabridge::serde_bytes\")]`), and the same struct with a plain `Vec<u8>`, which \
+         serde writes as an array of integers.\n\n\
          {}\n\
          ![latency vs payload](plots/payload_latency.svg)\n\n\
          ![throughput vs payload](plots/payload_throughput.svg)\n\n\
@@ -700,6 +915,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
          ![calls per second vs clients](plots/clients_rate.svg)\n\n\
          ![latency vs clients](plots/clients_latency.svg)\n",
         payload_table(&payload),
+        image_table(&images),
         clients_table(&clients),
     );
     println!("{md}");

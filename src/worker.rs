@@ -34,7 +34,7 @@
 use crate::dispatch::{finish_async, outgoing_reply, CallCache, Dispatch, Outcome};
 use crate::envelope;
 use crate::error::Result;
-use metabridge_shm::{Channel, Doorbell};
+use metabridge_shm::{Channel, Doorbell, ReusedBuffer};
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -50,10 +50,11 @@ const WORKER_TICK: Duration = Duration::from_millis(100);
 /// channel is closed.
 const REPLY_PATIENCE: Duration = Duration::from_secs(60);
 const REPLY_PATIENCE_PER_16_MIB: Duration = Duration::from_secs(1);
-/// A worker keeps a reply buffer up to this size between calls; a larger
-/// one (after a large reply) is freed, so one big call does not pin its
-/// memory until restart.
-const KEEP_REPLY_BUFFER: usize = 1 << 20;
+/// A worker keeps its request and reply buffers up to this size between
+/// calls (within the process's `RETAINED_CAP`), so that back-to-back large
+/// calls do not fault on fresh pages every time; a larger one is freed
+/// after its call, and all are given back after a tick with no call.
+const KEEP_BUFFER: usize = metabridge_shm::CHANNEL_BUDGET;
 /// A call running this long (at least; up to twice) makes the supervisor
 /// move the other channels of its worker to a new worker.
 pub(crate) const STUCK_AFTER: Duration = Duration::from_millis(20);
@@ -110,7 +111,7 @@ struct Awaiting {
 /// the client reads (its reads ring our doorbell), while the worker serves
 /// its other channels.
 struct Outgoing {
-    reply: Vec<u8>,
+    reply: ReusedBuffer,
     /// Bytes of `reply` already in the ring.
     sent: usize,
     /// Past this the channel is closed (see [`REPLY_PATIENCE`]).
@@ -440,8 +441,10 @@ impl Worker {
         self.core
             .tid
             .store(crate::platform::thread_id(), Ordering::Relaxed);
-        let mut req = Vec::with_capacity(4096);
-        let mut out = Vec::with_capacity(4096);
+        let mut req = ReusedBuffer::new();
+        let mut out = ReusedBuffer::new();
+        // Whether a call was served since the last tick's check.
+        let mut busy_since_check = true;
         let mut idle_since: Option<Instant> = None;
         let mut polls = 0u32;
         let mut last_check = Instant::now();
@@ -493,6 +496,7 @@ impl Worker {
             }
             if worked {
                 idle_since = None;
+                busy_since_check = true;
                 continue;
             }
             if self.pool.stop.load(Ordering::SeqCst) && !awaiting {
@@ -549,6 +553,14 @@ impl Worker {
             self.inbox.bell.wait(seen, WORKER_TICK);
             if last_check.elapsed() >= WORKER_TICK {
                 last_check = Instant::now();
+                if !std::mem::take(&mut busy_since_check) {
+                    // A tick without a call: large buffers go back.
+                    req.give_back();
+                    out.give_back();
+                    for c in self.conns().iter_mut() {
+                        c.counted.channel.halves().1.give_back_buffer();
+                    }
+                }
                 // A channel whose client died is reclaimed whatever its
                 // call is doing (an async one is cancelled on drop), and
                 // one whose reply waited past its patience is closed.
@@ -573,10 +585,10 @@ impl Worker {
 
     /// Serves channel `i`: its async reply if it came, else one request
     /// (received into `req`, answered from `out`).
-    fn serve_at(&self, i: usize, req: &mut Vec<u8>, out: &mut Vec<u8>) -> Result<Served> {
+    fn serve_at(&self, i: usize, req: &mut ReusedBuffer, out: &mut ReusedBuffer) -> Result<Served> {
         let conn = &mut self.conns()[i];
         if conn.busy() {
-            return self.serve_busy(conn);
+            return self.serve_busy(conn, out);
         }
         let outcome = match conn.counted.channel.halves().1.try_recv_into(req) {
             Ok(true) => {
@@ -596,9 +608,7 @@ impl Worker {
                 let last = conns.len() - 1;
                 let at = i.min(last);
                 conns.swap(at, last);
-                if req.capacity() > KEEP_REPLY_BUFFER {
-                    *req = Vec::with_capacity(4096); // after a large request
-                }
+                req.settle(KEEP_BUFFER);
                 let served = self.finish(at, outcome, out);
                 return match (served, stolen) {
                     (Err(e), _) => Err(e),
@@ -623,7 +633,7 @@ impl Worker {
 
     /// A channel waiting for its async reply or for room to send one:
     /// moves it on if it can, never waiting.
-    fn serve_busy(&self, conn: &mut Conn) -> Result<Served> {
+    fn serve_busy(&self, conn: &mut Conn, out: &mut ReusedBuffer) -> Result<Served> {
         if let Some(call) = &conn.awaiting {
             let reply = call.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
             let Some(mut reply) = reply else {
@@ -640,7 +650,7 @@ impl Worker {
                 self.pool.max_message,
                 self.pool.counters.as_deref(),
             );
-            return send_reply(conn, &mut reply);
+            return send_reply(conn, &mut ReusedBuffer::from(reply));
         }
         let Some(o) = &mut conn.outgoing else {
             return Ok(Served::Nothing);
@@ -648,7 +658,14 @@ impl Worker {
         let (tx, _) = conn.counted.channel.halves();
         let before = o.sent;
         if tx.try_send_from(&o.reply, &mut o.sent)? {
-            conn.outgoing = None;
+            if let Some(done) = conn.outgoing.take() {
+                // The worker keeps the larger of the two buffers.
+                if done.reply.capacity() > out.capacity() {
+                    *out = done.reply;
+                    out.clear();
+                    out.settle(KEEP_BUFFER);
+                }
+            }
             conn.counted
                 .channel
                 .publish_cpu(metabridge_shm::current_cpu());
@@ -686,15 +703,13 @@ impl Worker {
     }
 
     /// Writes the reply of a finished sync call, or starts an async one.
-    fn finish(&self, i: usize, outcome: Outcome, out: &mut Vec<u8>) -> Result<Served> {
+    fn finish(&self, i: usize, outcome: Outcome, out: &mut ReusedBuffer) -> Result<Served> {
         let conn = &mut self.conns()[i];
         match outcome {
             Outcome::Done => {
                 outgoing_reply(out, self.pool.max_message, self.pool.counters.as_deref());
                 let served = send_reply(conn, out);
-                if out.capacity() > KEEP_REPLY_BUFFER {
-                    *out = Vec::with_capacity(4096);
-                }
+                out.settle(KEEP_BUFFER);
                 served
             }
             Outcome::Pending(future) => {
@@ -733,7 +748,7 @@ enum Served {
 /// worker and every other channel it serves. The rest stays with the
 /// channel (taken from `reply`, which is left empty) and goes out as the
 /// client frees room; it waits at most [`REPLY_PATIENCE`] (+1 s per 16 MiB).
-fn send_reply(conn: &mut Conn, reply: &mut Vec<u8>) -> Result<Served> {
+fn send_reply(conn: &mut Conn, reply: &mut ReusedBuffer) -> Result<Served> {
     let mut sent = 0;
     if conn
         .counted

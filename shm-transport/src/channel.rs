@@ -2,17 +2,22 @@
 //!
 //! The creator sends on ring 0 and receives on ring 1; the opener the other
 //! way round. A message is one frame when it fits (a quarter of the ring),
-//! read in place by the receiver; a larger one streams through the ring as
-//! a run of frames flagged `MORE`, with backpressure, and is reassembled on
-//! the receiving side into a buffer that grows only as bytes arrive.
+//! copied out at once by the receiver; a larger one streams through the
+//! ring as a run of frames flagged `MORE`, with backpressure. Its first
+//! frame is also flagged `TOTAL` and starts with the message's length (a
+//! little-endian `u64`), which the receiver checks against `max_message`
+//! before it sizes its buffer once, exactly; the frames that follow must
+//! add up to it. Receive buffers are [`ReusedBuffer`]s: kept between
+//! messages within the channel's budget.
 
 use crate::doorbell::Doorbell;
 use crate::error::{Error, Result};
 use crate::liveness::ProcessIdentity;
 use crate::memory::Region;
+use crate::reuse::{ReusedBuffer, CHANNEL_BUDGET};
 use crate::ring::{
     self, max_frame_payload, Consumer, FrameRef, Peek, Producer, Reservation, Reserve, DOORBELL,
-    FLAG_MORE, FRAME_HEADER, WAITING,
+    FLAG_MORE, FLAG_TOTAL, FRAME_HEADER, WAITING,
 };
 use crate::segment::Segment;
 use crate::wait::{self, Limit, LivenessClock, Peer, Step, WaitPolicy, WaitSettings};
@@ -43,6 +48,10 @@ pub struct ChannelConfig {
     pub liveness_interval: Duration,
     /// Largest message accepted, sent or received (default 1 GiB).
     pub max_message: u64,
+    /// Largest receive buffer this channel keeps between messages (default
+    /// [`CHANNEL_BUDGET`], 64 MiB), within the process's
+    /// [`RETAINED_CAP`](crate::RETAINED_CAP); see [`ReusedBuffer`].
+    pub keep_buffer: usize,
     /// Directory of the segment files (default `$METABRIDGE_SHM_DIR`, or
     /// `/dev/shm`).
     pub dir: PathBuf,
@@ -55,6 +64,7 @@ impl Default for ChannelConfig {
             wait: WaitPolicy::default(),
             liveness_interval: Duration::from_millis(20),
             max_message: 1 << 30,
+            keep_buffer: CHANNEL_BUDGET,
             dir: default_dir(),
         }
     }
@@ -72,6 +82,7 @@ struct Shared {
     segment: Segment,
     settings: WaitSettings,
     max_message: u64,
+    keep_buffer: usize,
     name: String,
 }
 
@@ -139,14 +150,16 @@ pub struct Receiver {
     shared: Arc<Shared>,
     /// When this side's waits for frames last checked the peer.
     liveness: LivenessClock,
-    /// Reassembly buffer for messages of several frames, reused.
-    assembly: Vec<u8>,
+    /// Where each message is copied out to, kept between messages.
+    assembly: ReusedBuffer,
     /// A multi-frame message is half received (a deadline cut it short).
     partial: bool,
     /// The message being received is over `max_message` and is skipped.
     discarding: bool,
     /// Bytes of the multi-frame message being received, so far.
     received: u64,
+    /// Its length, as its first frame declared.
+    declared: u64,
     /// Rung when we free room and the producer sleeps on a doorbell
     /// (a service worker waiting to send the rest of a reply).
     doorbell: Option<Doorbell>,
@@ -217,6 +230,7 @@ impl Channel {
                 liveness_interval: config.liveness_interval,
             },
             max_message: config.max_message,
+            keep_buffer: config.keep_buffer,
             name: name.to_owned(),
         });
         let keep: ring::KeepAlive = shared.clone();
@@ -254,10 +268,11 @@ impl Channel {
                 ring: consumer,
                 shared,
                 liveness: LivenessClock::default(),
-                assembly: Vec::new(),
+                assembly: ReusedBuffer::new(),
                 partial: false,
                 discarding: false,
                 received: 0,
+                declared: 0,
                 doorbell: None,
             },
         }
@@ -408,16 +423,18 @@ impl Sender {
             if start >= message.len() && !message.is_empty() {
                 return Ok(true);
             }
-            let end = if message.len() <= max {
-                message.len() // one frame, possibly empty
-            } else {
-                (start + max).min(message.len())
-            };
+            let end = frame_end(start, message.len(), max);
             let chunk = &message[start..end];
-            match self.ring.try_reserve(chunk.len())? {
+            let first_of_several = start == 0 && message.len() > max;
+            let room = chunk.len() + if first_of_several { TOTAL_PREFIX } else { 0 };
+            match self.ring.try_reserve(room)? {
                 Reserve::Ready(r) => {
-                    let flags = if end < message.len() { FLAG_MORE } else { 0 };
-                    self.publish(&r, chunk, flags);
+                    if first_of_several {
+                        self.publish_first(&r, message.len(), chunk);
+                    } else {
+                        let flags = if end < message.len() { FLAG_MORE } else { 0 };
+                        self.publish(&r, chunk, flags);
+                    }
                     *sent = end;
                     if end == message.len() {
                         return Ok(true);
@@ -457,19 +474,20 @@ impl Sender {
             self.publish(&r, message, 0);
             return Ok(());
         }
-        let mut chunks = message.chunks(max).peekable();
-        while let Some(chunk) = chunks.next() {
-            let flags = if chunks.peek().is_some() {
-                FLAG_MORE
-            } else {
-                0
-            };
-            // One deadline for the whole message, fixed at its first frame.
-            if let Limit::After(d) = deadline {
-                deadline = Limit::At(Instant::now() + d);
-            }
-            let r = self.reserve(chunk.len(), deadline)?;
-            self.publish(&r, chunk, flags);
+        // One deadline for the whole message, fixed at its first frame.
+        if let Limit::After(d) = deadline {
+            deadline = Limit::At(Instant::now() + d);
+        }
+        let first_end = frame_end(0, message.len(), max);
+        let r = self.reserve(first_end + TOTAL_PREFIX, deadline)?;
+        self.publish_first(&r, message.len(), &message[..first_end]);
+        let mut start = first_end;
+        while start < message.len() {
+            let end = frame_end(start, message.len(), max);
+            let flags = if end < message.len() { FLAG_MORE } else { 0 };
+            let r = self.reserve(end - start, deadline)?;
+            self.publish(&r, &message[start..end], flags);
+            start = end;
         }
         Ok(())
     }
@@ -557,6 +575,18 @@ impl Sender {
         self.ring_bell_if_armed(old);
     }
 
+    /// Publishes the first frame of a message of several: its total
+    /// length, then its first bytes.
+    fn publish_first(&mut self, r: &Reservation, total: usize, bytes: &[u8]) {
+        let at = r.offset + FRAME_HEADER;
+        self.ring.mem.write_u64(at, total as u64);
+        self.ring.mem.write(at + TOTAL_PREFIX, bytes);
+        let old = self
+            .ring
+            .commit(r, TOTAL_PREFIX + bytes.len(), FLAG_MORE | FLAG_TOTAL);
+        self.ring_bell_if_armed(old);
+    }
+
     #[inline]
     fn ring_bell_if_armed(&self, old: u64) {
         if old & DOORBELL != 0 {
@@ -565,6 +595,24 @@ impl Sender {
                 None => crate::futex::wake(&self.ring.ctrl().tail),
             }
         }
+    }
+}
+
+/// Bytes of the length that starts the first frame of a message of several.
+const TOTAL_PREFIX: usize = 8;
+
+/// Where the frame that starts at byte `start` of a message of `len` bytes
+/// ends, with frames of at most `max` payload bytes: a message over `max`
+/// is cut in frames of `max`, the first of which also carries the total
+/// length (so `max - TOTAL_PREFIX` of its bytes). `send` and
+/// `try_send_from` cut at the same offsets.
+fn frame_end(start: usize, len: usize, max: usize) -> usize {
+    if len <= max {
+        len // one frame, possibly empty
+    } else if start == 0 {
+        max - TOTAL_PREFIX
+    } else {
+        (start + max).min(len)
     }
 }
 
@@ -683,6 +731,12 @@ impl Receiver {
         self.doorbell = Some(doorbell);
     }
 
+    /// Frees the receive buffer's memory above [`KEEP_BUFFER`](crate::KEEP_BUFFER),
+    /// for an owner that has been idle for a while.
+    pub fn give_back_buffer(&mut self) {
+        self.assembly.give_back();
+    }
+
     /// Whether the producer has closed its side: it will send nothing more
     /// (for a consumer that stopped reading, e.g. while a call of the
     /// channel runs elsewhere, and wants to know if anyone still waits).
@@ -738,7 +792,7 @@ impl Receiver {
     /// `buf` (swapping buffers, not copying): the caller may then keep the
     /// bytes while it moves or lends the receiver. `Ok(false)` if no whole
     /// message is there yet.
-    pub fn try_recv_into(&mut self, buf: &mut Vec<u8>) -> Result<bool> {
+    pub fn try_recv_into(&mut self, buf: &mut ReusedBuffer) -> Result<bool> {
         if !self.receive_raw(Limit::Never, false)? {
             return Ok(false);
         }
@@ -767,19 +821,22 @@ impl Receiver {
                     Peek::Empty { .. } => return Ok(false),
                 }
             };
-            if !self.partial
-                && frame.flags & FLAG_MORE == 0
-                && frame.len as u64 > self.shared.max_message
-            {
-                // One frame over the limit (the limit may be below a
-                // quarter ring): skipped like a longer message would be.
-                self.released(frame.end);
-                return Err(Error::MessageTooLarge {
-                    len: frame.len as u64,
-                    max: self.shared.max_message,
-                });
-            }
             if !self.partial && frame.flags & FLAG_MORE == 0 {
+                if frame.flags & FLAG_TOTAL != 0 {
+                    self.released(frame.end);
+                    return Err(Error::Corrupt(
+                        "a message of one frame flagged TOTAL".into(),
+                    ));
+                }
+                if frame.len as u64 > self.shared.max_message {
+                    // One frame over the limit (the limit may be below a
+                    // quarter ring): skipped like a longer message would be.
+                    self.released(frame.end);
+                    return Err(Error::MessageTooLarge {
+                        len: frame.len as u64,
+                        max: self.shared.max_message,
+                    });
+                }
                 // A private copy, and the frame released at once: the peer
                 // can write the ring at any time, so nothing we decode may
                 // point into it (a UTF-8-checked string could change under
@@ -796,26 +853,54 @@ impl Receiver {
             if let Limit::After(d) = deadline {
                 deadline = Limit::At(Instant::now() + d);
             }
+            let mut payload = (frame.offset, frame.len);
             if !self.partial {
+                if frame.flags & FLAG_TOTAL == 0 || frame.len < TOTAL_PREFIX {
+                    self.released(frame.end);
+                    return Err(Error::Corrupt(format!(
+                        "the first frame of a message of several ({} bytes) does not start with its length",
+                        frame.len
+                    )));
+                }
+                // Read once, then only our copy is used.
+                let declared = self.ring.mem.read_u64(frame.offset);
+                payload = (frame.offset + TOTAL_PREFIX, frame.len - TOTAL_PREFIX);
                 self.partial = true;
-                self.discarding = false;
-                self.assembly.clear();
                 self.received = 0;
+                self.declared = declared;
+                self.assembly.clear();
+                // Checked before anything is allocated: a message over the
+                // limit is skipped as it streams by, never buffered.
+                self.discarding = declared > self.shared.max_message;
+                if !self.discarding {
+                    self.assembly.reserve_exact(declared as usize);
+                }
+            } else if frame.flags & FLAG_TOTAL != 0 {
+                self.released(frame.end);
+                self.abandon();
+                return Err(Error::Corrupt(
+                    "a frame flagged TOTAL inside a message".into(),
+                ));
             }
-            // Not `assembly.len()`: that is emptied once we start discarding.
-            let total = self.received + frame.len as u64;
+            let total = self.received + payload.1 as u64;
+            let last = frame.flags & FLAG_MORE == 0;
+            if total > self.declared || (last && total != self.declared) {
+                self.released(frame.end);
+                let declared = self.declared;
+                self.abandon();
+                return Err(Error::Corrupt(format!(
+                    "a message declared {declared} bytes long carries {total}{}",
+                    if last { "" } else { " or more" }
+                )));
+            }
             self.received = total;
-            if total > self.shared.max_message {
-                self.discarding = true;
-                self.assembly = Vec::new();
-            }
             if !self.discarding {
                 self.ring
                     .mem
-                    .append_to(frame.offset, frame.len, &mut self.assembly);
+                    .append_to(payload.0, payload.1, &mut self.assembly);
             }
             self.released(frame.end);
-            if frame.flags & FLAG_MORE == 0 {
+            if last {
                 self.partial = false;
                 if self.discarding {
                     self.discarding = false;
@@ -828,6 +913,13 @@ impl Receiver {
             }
         }
     }
+
+    /// Drops a message cut short by a corrupt frame.
+    fn abandon(&mut self) {
+        self.partial = false;
+        self.discarding = false;
+        self.assembly.clear();
+    }
 }
 
 impl Drop for Receiver {
@@ -839,15 +931,11 @@ impl Drop for Receiver {
 
 /// A received message, in the receiver's private buffer (never in the
 /// shared ring, which the peer could rewrite while we read). The buffer is
-/// reused for the next message; one over [`KEEP_BUFFER`] bytes is freed
-/// when the message drops.
+/// kept for the next message within the channel's budget (see
+/// [`ReusedBuffer`]).
 pub struct Message<'a> {
     rx: &'a mut Receiver,
 }
-
-/// Largest receive buffer a channel keeps between messages (1 MiB): a
-/// large message does not pin its memory for the channel's life.
-pub const KEEP_BUFFER: usize = 1 << 20;
 
 impl Deref for Message<'_> {
     type Target = [u8];
@@ -861,9 +949,7 @@ impl Deref for Message<'_> {
 impl Drop for Message<'_> {
     #[inline]
     fn drop(&mut self) {
-        if self.rx.assembly.capacity() > KEEP_BUFFER {
-            self.rx.assembly = Vec::new();
-        }
+        self.rx.assembly.settle(self.rx.shared.keep_buffer);
     }
 }
 

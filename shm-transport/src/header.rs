@@ -28,8 +28,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 
 /// "MBRIDGE1" read as a little-endian u64: the first word of a segment.
 pub(crate) const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"MBRIDGE1");
-/// Version of the segment layout this build reads and writes.
-pub const LAYOUT_VERSION: u32 = 1;
+/// Version of the segment layout this build reads and writes. Version 2:
+/// the first frame of a message of several carries its total length.
+pub const LAYOUT_VERSION: u32 = 2;
 /// Bytes before the first data area: header and ring controls.
 pub const HEADER_LEN: usize = 4096;
 /// Offsets of the two ring control blocks.

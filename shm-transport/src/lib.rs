@@ -84,6 +84,8 @@ pub mod mapping;
 #[cfg(not(loom))]
 mod platform;
 #[cfg(not(loom))]
+mod reuse;
+#[cfg(not(loom))]
 mod segment;
 
 #[cfg(all(test, loom))]
@@ -96,8 +98,10 @@ pub use wait::{current_cpu, WaitPolicy};
 
 #[cfg(not(loom))]
 pub use channel::{
-    default_dir, Channel, ChannelConfig, FrameWriter, Message, Receiver, Sender, KEEP_BUFFER,
+    default_dir, Channel, ChannelConfig, FrameWriter, Message, Receiver, Sender,
 };
+#[cfg(not(loom))]
+pub use reuse::{ReusedBuffer, CHANNEL_BUDGET, KEEP_BUFFER, RETAINED_CAP};
 #[cfg(not(loom))]
 pub use doorbell::{Doorbell, DoorbellSet};
 #[cfg(not(loom))]

@@ -95,7 +95,11 @@ impl SharedMapping {
             ));
         }
         let mut options = MmapOptions::new();
-        options.len(len);
+        // Every page is mapped now (MAP_POPULATE), in each process that
+        // maps it: a fault on the call path costs a microsecond or more
+        // per page, and the first pass of a ring would take one on every
+        // page of it.
+        options.len(len).populate();
         let map = match access {
             Access::ReadWrite => options.map_raw(fd.as_raw_fd())?,
             Access::ReadOnly => options.map_raw_read_only(fd.as_raw_fd())?,

@@ -69,6 +69,9 @@ pub const FRAME_HEADER: usize = 8;
 pub(crate) const FLAG_MORE: u32 = 1;
 /// Frame flag: padding up to the end of the area; skip it.
 pub(crate) const FLAG_PAD: u32 = 2;
+/// Frame flag: the first frame of a message of several (with `FLAG_MORE`);
+/// its payload starts with the message's total length, a `u64`.
+pub(crate) const FLAG_TOTAL: u32 = 8;
 
 /// The shared part of a ring: two counters on separate cache lines.
 ///
@@ -375,7 +378,7 @@ impl Consumer {
                 self.head += skip as u64;
                 continue;
             }
-            if flags & !FLAG_MORE != 0 {
+            if flags & !(FLAG_MORE | FLAG_TOTAL) != 0 {
                 return Err(Error::Corrupt(format!("unknown frame flags {flags:#x}")));
             }
             let total = frame_len(len);

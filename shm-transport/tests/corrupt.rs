@@ -352,6 +352,97 @@ fn a_corrupt_continuation_frame_is_corrupt() {
     );
 }
 
+/// The first frame of a message of several declares its length: a first
+/// frame without it, a length the frames do not add up to (short or
+/// long), or a second declaration inside a message is corrupt.
+#[test]
+fn a_declared_message_length_the_frames_break_is_corrupt() {
+    let max = max_frame_payload(4096);
+    const MORE: u64 = 1;
+    const TOTAL: u64 = 8;
+    // The first frame: header word at 0, declared length at 8.
+    let message = vec![3u8; 8 * max + 100]; // more than the ring holds
+    let cases: [(&str, fn(&Hostile, usize)); 4] = [
+        ("declared shorter than sent", |h, len| {
+            h.data0(8).store(len as u64 - 50, Ordering::SeqCst)
+        }),
+        ("declared longer than sent", |h, len| {
+            h.data0(8).store(len as u64 + 8, Ordering::SeqCst)
+        }),
+        ("a first frame without its length", |h, _| {
+            let max = max_frame_payload(4096) as u64;
+            h.data0(0).store(max | MORE << 32, Ordering::SeqCst)
+        }),
+        ("a second frame flagged TOTAL", |h, _| {
+            let max = max_frame_payload(4096);
+            let second = metabridge_shm::frame_len(max);
+            h.data0(second)
+                .store(max as u64 | (MORE | TOTAL) << 32, Ordering::SeqCst)
+        }),
+    ];
+    for (what, corrupt) in cases {
+        let mut h = Hostile::new(4096);
+        // Two frames fit the ring before the receiver reads: corrupt them
+        // before it does (the third waits for room).
+        let sender = {
+            let (tx, _) = h.a.halves();
+            let mut sent = 0;
+            assert!(!tx.try_send_from(&message, &mut sent).unwrap());
+            assert!(sent >= 2 * max - 8, "{what}: {sent}");
+            sent
+        };
+        assert_eq!(
+            h.data0(0).load(Ordering::SeqCst) >> 32,
+            MORE | TOTAL,
+            "{what}: the first frame is flagged MORE | TOTAL"
+        );
+        assert_eq!(h.data0(8).load(Ordering::SeqCst), message.len() as u64);
+        corrupt(&h, message.len());
+        let receiver = std::thread::scope(|s| {
+            let rx = s.spawn(|| h.b.recv_timeout(Duration::from_secs(5)).map(|m| m.len()));
+            let mut sent = sender;
+            let tx = h.a.halves().0;
+            // The rest goes out as the receiver frees room, until it stops
+            // reading (at the corrupt frame).
+            while let Ok(false) = tx.try_send_from(&message, &mut sent) {
+                if rx.is_finished() {
+                    break;
+                }
+                std::thread::yield_now();
+            }
+            rx.join().unwrap()
+        });
+        expect_corrupt(what, receiver);
+    }
+}
+
+/// A message whose declared length is over the receiver's limit is
+/// refused from its first frame and skipped as it streams by; the next
+/// message arrives whole.
+#[test]
+fn a_message_declared_over_the_limit_is_skipped_not_buffered() {
+    let dir = TestDir::new("declared");
+    let name = unique("declared");
+    let mut a = Channel::create(&name, &dir.config(4096)).unwrap();
+    let small = metabridge_shm::ChannelConfig {
+        max_message: 1000,
+        ..dir.config(4096)
+    };
+    let mut b = Channel::open(&name, &small).unwrap();
+    std::thread::scope(|s| {
+        let tx = s.spawn(|| {
+            a.send(&vec![9u8; 5000]).unwrap();
+            a.send(b"next").unwrap();
+        });
+        match b.recv_timeout(Duration::from_secs(10)) {
+            Err(Error::MessageTooLarge { len, max }) => assert_eq!((len, max), (5000, 1000)),
+            other => panic!("expected MessageTooLarge, got {:?}", other.map(|m| m.len())),
+        }
+        assert_eq!(&*b.recv_timeout(Duration::from_secs(10)).unwrap(), b"next");
+        tx.join().unwrap();
+    });
+}
+
 #[test]
 fn head_moved_past_the_tail_is_corrupt_for_the_producer() {
     let mut h = Hostile::new(4096);

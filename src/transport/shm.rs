@@ -6,17 +6,18 @@ use super::{interrupted_wait, CallTransport, Limits, INTERRUPT_SLICE};
 use crate::error::{Error, PeerGone, Result, TimedOut};
 use crate::resolve::ServiceAddress;
 use crossbeam_utils::atomic::AtomicCell;
-use metabridge_shm::{Channel, ChannelConfig, DoorbellSet};
+use metabridge_shm::{Channel, ChannelConfig, DoorbellSet, ReusedBuffer};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// One shared-memory channel with its request buffer.
+/// One shared-memory channel with its request buffer (kept between calls
+/// within the channel's budget, like its receive buffer).
 pub(super) struct ShmConn {
     channel: Channel,
-    buf: Vec<u8>,
+    buf: ReusedBuffer,
 }
 
 /// Channels to one service, opened only when that many calls run at once.
@@ -134,9 +135,7 @@ impl CallTransport for ShmPool {
         };
         match carried {
             Ok(result) => {
-                if conn.buf.capacity() > metabridge_shm::KEEP_BUFFER {
-                    conn.buf = Vec::with_capacity(256); // after a large request
-                }
+                conn.buf.settle(self.config.keep_buffer);
                 self.release(conn);
                 result
             }
@@ -270,7 +269,7 @@ impl ShmPool {
         channel.halves().0.set_doorbell(bell);
         Ok(Box::new(ShmConn {
             channel,
-            buf: Vec::with_capacity(256),
+            buf: ReusedBuffer::new(),
         }))
     }
 }
