@@ -8,7 +8,11 @@
 //! cargo run --release --example scaling -- --pin split     # client on vCPU 0, daemon on vCPU 1
 //! cargo run --release --example scaling -- --pin same      # both on vCPU 0
 //! cargo run --release --example scaling -- --out /tmp/x   # write the docs under /tmp/x
+//! cargo run --release --example scaling -- --sizes 16777216 --transport shm  # one point only
 //! ```
+//!
+//! `--sizes` (bytes, comma-separated) and `--transport` narrow the payload
+//! series, and skip the image and clients series (for profiling one point).
 //!
 //! Writes `docs/scaling.md` (the tables, also printed) and four SVG plots
 //! in `docs/plots/`. The payload series is a bytes echo (`echo(data:
@@ -99,6 +103,9 @@ impl PayloadEcho {
 
 struct Settings {
     quick: bool,
+    /// Only these payload sizes (and no image or clients series).
+    sizes: Option<Vec<usize>>,
+    transport: Option<String>,
     pin: Option<String>,
     out: PathBuf,
 }
@@ -801,6 +808,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let value = |flag: &str| flag_value(&args, flag);
     let s = Settings {
         quick: args.iter().any(|a| a == "--quick"),
+        sizes: value("--sizes")
+            .map(|v| v.split(',').map(str::parse).collect::<Result<Vec<usize>, _>>())
+            .transpose()?,
+        transport: value("--transport"),
         pin: value("--pin"),
         out: value("--out")
             .map(PathBuf::from)
@@ -832,7 +843,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let echo_pid = echo_daemon.pid();
     let mut payload = Vec::new();
     let mut images = Vec::new();
+    let narrowed = s.sizes.is_some() || s.transport.is_some();
     for transport in TRANSPORTS {
+        if s.transport.as_deref().is_some_and(|t| t != transport) {
+            continue;
+        }
         let client = connect_echo(transport);
         // The first point should not pay for cold caches and a sleeping
         // worker: call for a while first.
@@ -840,12 +855,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         while t.elapsed() < s.payload_budget() / 2 {
             let _: Bin<Vec<u8>> = client.call("echo", (Bin(&b"warm"[..]),))?;
         }
-        for size in PAYLOADS {
+        for &size in s.sizes.as_deref().unwrap_or(&PAYLOADS) {
             eprintln!("  .. {transport}: payload {}", fmt_bytes(size as f64));
             payload.push(payload_point(&s, echo_pid, &client, transport, size));
         }
-        eprintln!("  .. {transport}: 4 MiB image in a struct");
-        images.extend(image_points(&s, echo_pid, &client, transport));
+        if !narrowed {
+            eprintln!("  .. {transport}: 4 MiB image in a struct");
+            images.extend(image_points(&s, echo_pid, &client, transport));
+        }
         client.close();
     }
     echo_daemon.stop()?;
@@ -854,7 +871,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     images.sort_by_key(|(kind, p)| (*kind, p.transport));
 
     let mut clients = Vec::new();
-    for n in CLIENTS {
+    for n in CLIENTS.iter().copied().filter(|_| !narrowed) {
         eprintln!("  .. shm: {n} concurrent clients");
         clients.push(clients_point(&s, n));
     }
@@ -903,7 +920,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
          {}\n\
          ## A 4 MiB image in a user's struct (one client)\n\n\
          `image(Image) -> Image` with `pixels: Bin<Vec<u8>>` (or `#[serde(with = \
-         \"metabridge::serde_bytes\")]`), and the same struct with a plain `Vec<u8>`, which \
+         \"metabridge::bytes\")]`), and the same struct with a plain `Vec<u8>`, which \
          serde writes as an array of integers.\n\n\
          {}\n\
          ![latency vs payload](plots/payload_latency.svg)\n\n\
@@ -919,6 +936,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         clients_table(&clients),
     );
     println!("{md}");
+    if narrowed && value("--out").is_none() {
+        return Ok(()); // a narrowed run does not replace the docs
+    }
     std::fs::create_dir_all(&s.out)?;
     std::fs::write(s.out.join("scaling.md"), &md)?;
     plots(&s.out.join("plots"), &payload, &clients)?;

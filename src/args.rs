@@ -332,6 +332,42 @@ impl<'de, T: From<Vec<u8>>> serde::Deserialize<'de> for Bin<T> {
     }
 }
 
+/// `#[serde(with = "metabridge::bytes")]` for a bytes field of your own
+/// struct: it travels as MessagePack bin (Python's `bytes`), like
+/// [`Bin`], instead of serde's default for `Vec<u8>`, an array of
+/// integers that is several times larger and ten times slower to encode
+/// and decode. Works for any field type that is `AsRef<[u8]>` and
+/// `From<Vec<u8>>` (`Vec<u8>`, `Box<[u8]>`, `bytes::Bytes`).
+///
+/// ```
+/// #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+/// struct Image {
+///     width: u32,
+///     #[serde(with = "metabridge::bytes")]
+///     pixels: Vec<u8>,
+/// }
+/// let image = Image { width: 2, pixels: vec![1, 2, 3, 4] };
+/// let encoded = metabridge::to_msgpack(&image).unwrap();
+/// assert!(encoded.ends_with(&[0xc4, 4, 1, 2, 3, 4])); // bin 8, length 4
+/// let back: Image = rmp_serde::from_slice(&encoded).unwrap();
+/// assert_eq!(back, image);
+/// ```
+pub mod bytes {
+    use super::Bin;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes the field as bin.
+    pub fn serialize<T: AsRef<[u8]>, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(value.as_ref())
+    }
+
+    /// Reads the field from a bin (or a str's bytes, or an array of
+    /// integers, as [`Bin`] does).
+    pub fn deserialize<'de, T: From<Vec<u8>>, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
+        Bin::<T>::deserialize(d).map(|b| b.0)
+    }
+}
+
 /// Positional arguments a client can pass: tuples of serializable values
 /// (up to 12), `()` for none, or a `Vec` of dynamic [`rmpv::Value`]s.
 ///

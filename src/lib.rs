@@ -76,7 +76,7 @@ mod transport;
 mod trust;
 mod worker;
 
-pub use args::{to_msgpack, Args, Bin, CallArgs, IntoArgs};
+pub use args::{bytes, to_msgpack, Args, Bin, CallArgs, IntoArgs};
 pub use client::{connect, lookup, Client, Connect};
 pub use config::{ServiceConfig, TransportKind};
 pub use daemon::{

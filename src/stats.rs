@@ -267,6 +267,7 @@ impl Counters {
         // A memfd of exactly `len` bytes sealed against shrinking, by
         // anyone: the mapping cannot fault.
         let map = SharedMapping::sealed(fd.as_fd(), len, Access::ReadWrite)?;
+        map.populate(0, len)?; // counted on every call: no fault on the way
         for (i, w) in words.iter().enumerate() {
             map.write_bytes(i * 8, &w.to_le_bytes());
         }

@@ -93,7 +93,10 @@ fn the_service_refuses_segments_that_could_be_resized() {
 }
 
 /// A worker used to keep its largest reply buffer until restart (300 MiB
-/// after one big reply). It now frees buffers over 1 MiB after use.
+/// after one big reply). Now a message over the channel budget
+/// (`metabridge_shm::CHANNEL_BUDGET`, 64 MiB) frees its buffers after its
+/// call, and buffers within it, kept for the next call, are given back
+/// once the worker has been idle for a tick.
 #[test]
 fn a_large_reply_does_not_pin_its_memory() {
     let mut env = TestEnv::new("shrink");
@@ -113,4 +116,23 @@ fn a_large_reply_does_not_pin_its_memory() {
         "a 96 MiB reply left the service {} MiB larger",
         (after.saturating_sub(before)) / 1024
     );
+    // Within the budget: kept while calls come, given back when they stop.
+    let within = "z".repeat(40 << 20);
+    assert_eq!(
+        c.call::<String>("echo", (within,)).unwrap().len(),
+        (40 << 20) + 1
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let now = rss_kib(pid);
+        if now < before + 24 * 1024 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "an idle service still holds {} MiB after a 40 MiB echo",
+            (now.saturating_sub(before)) / 1024
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

@@ -25,10 +25,14 @@ fn is_string(ty: &Type) -> bool {
     }
 }
 
-/// How a parameter appears in the client: `String` becomes `&str`, the rest is as declared.
+/// How a parameter appears in the client: `String` becomes `&str`, bytes (`Vec<u8>`,
+/// `Bytes`, `Box<[u8]>`, `&Vec<u8>`) become `&[u8]` (a caller lends its buffer rather than
+/// giving it away), the rest is as declared.
 fn param_type(ty: &Type) -> TokenStream {
     if is_string(ty) {
         quote!(&str)
+    } else if is_bytes(ty) {
+        quote!(&[u8])
     } else {
         quote!(#ty)
     }
@@ -38,7 +42,8 @@ fn param_type(ty: &Type) -> TokenStream {
 /// (bytes wrapped in `Bin`, to travel as MessagePack bin).
 fn owned_arg(p: &Param) -> TokenStream {
     let id = &p.ident;
-    let owned = if is_string(&p.ty) || matches!(peel(&p.ty), Type::Reference(_)) {
+    let owned = if is_string(&p.ty) || is_bytes(&p.ty) || matches!(peel(&p.ty), Type::Reference(_))
+    {
         quote!(::std::borrow::ToOwned::to_owned(#id))
     } else {
         quote!(#id)

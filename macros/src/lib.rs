@@ -31,8 +31,9 @@ mod parse;
 /// `Type::run()` (start in a background daemon process) and `Type::serve()` (serve in
 /// this process), and a typed client `TypeClient` with `connect(<new's arguments>)` and,
 /// for each endpoint name that is a Rust identifier, a blocking method and an
-/// `<name>_async` twin. In the client, `String` parameters are taken as `&str`, and
-/// `Result<T, E>` returns become `metabridge::Result<T>`.
+/// `<name>_async` twin. In the client, `String` parameters are taken as `&str`, bytes
+/// parameters (`Vec<u8>`, `Bytes`, `Box<[u8]>`) as `&[u8]`, and `Result<T, E>` returns
+/// become `metabridge::Result<T>`.
 ///
 /// # Example
 ///

@@ -14,10 +14,11 @@ use crate::doorbell::Doorbell;
 use crate::error::{Error, Result};
 use crate::liveness::ProcessIdentity;
 use crate::memory::Region;
+use crate::pool::{PoolReader, PoolWriter};
 use crate::reuse::{ReusedBuffer, CHANNEL_BUDGET};
 use crate::ring::{
     self, max_frame_payload, Consumer, FrameRef, Peek, Producer, Reservation, Reserve, DOORBELL,
-    FLAG_MORE, FLAG_TOTAL, FRAME_HEADER, WAITING,
+    FLAG_MORE, FLAG_POOL, FLAG_TOTAL, FRAME_HEADER, WAITING,
 };
 use crate::segment::Segment;
 use crate::wait::{self, Limit, LivenessClock, Peer, Step, WaitPolicy, WaitSettings};
@@ -25,7 +26,7 @@ use std::io;
 use std::ops::Deref;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,11 @@ pub struct ChannelConfig {
     pub liveness_interval: Duration,
     /// Largest message accepted, sent or received (default 1 GiB).
     pub max_message: u64,
+    /// Bytes of each side's payload pool in an anonymous channel
+    /// ([`create_memfd`](Channel::create_memfd); named ones have none):
+    /// address space reserved at creation, memory only as it is used
+    /// (default [`DEFAULT_POOL`], 256 MiB). See [`PoolWriter`].
+    pub pool: usize,
     /// Largest receive buffer this channel keeps between messages (default
     /// [`CHANNEL_BUDGET`], 64 MiB), within the process's
     /// [`RETAINED_CAP`](crate::RETAINED_CAP); see [`ReusedBuffer`].
@@ -65,10 +71,14 @@ impl Default for ChannelConfig {
             liveness_interval: Duration::from_millis(20),
             max_message: 1 << 30,
             keep_buffer: CHANNEL_BUDGET,
+            pool: DEFAULT_POOL,
             dir: default_dir(),
         }
     }
 }
+
+/// Default size of each side's payload pool (256 MiB of address space).
+pub const DEFAULT_POOL: usize = 256 << 20;
 
 /// `$METABRIDGE_SHM_DIR`, or `/dev/shm`.
 pub fn default_dir() -> PathBuf {
@@ -78,16 +88,22 @@ pub fn default_dir() -> PathBuf {
 }
 
 /// What both halves of a channel share.
-struct Shared {
-    segment: Segment,
+pub(crate) struct Shared {
+    pub(crate) segment: Segment,
     settings: WaitSettings,
-    max_message: u64,
+    pub(crate) max_message: u64,
     keep_buffer: usize,
     name: String,
+    /// Bytes of our own pool reserved and mapped so far (only our sender
+    /// moves it), and charged to the process's retained total.
+    pub(crate) pool_reserved: AtomicUsize,
+    /// Bytes of the peer's pool we have mapped so far (only our receiver
+    /// moves it).
+    pub(crate) peer_pool_mapped: AtomicUsize,
 }
 
 impl Shared {
-    fn peer_side(&self) -> usize {
+    pub(crate) fn peer_side(&self) -> usize {
         1 - self.segment.side
     }
 }
@@ -142,6 +158,9 @@ pub struct Sender {
     doorbell: Option<Doorbell>,
     /// When this side's waits for room last checked the peer.
     liveness: LivenessClock,
+    /// The next message refers to our payload pool (flagged on its first
+    /// frame).
+    pool_flag: bool,
 }
 
 /// The receiving half of a channel.
@@ -160,6 +179,8 @@ pub struct Receiver {
     received: u64,
     /// Its length, as its first frame declared.
     declared: u64,
+    /// The message being (or last) received refers to the peer's pool.
+    refers_to_pool: bool,
     /// Rung when we free room and the producer sleeps on a doorbell
     /// (a service worker waiting to send the rest of a reply).
     doorbell: Option<Doorbell>,
@@ -202,7 +223,7 @@ impl Channel {
     /// assert_eq!(&*b.recv().unwrap(), b"ping");
     /// ```
     pub fn create_memfd(config: &ChannelConfig) -> Result<(Channel, OwnedFd)> {
-        let (segment, fd) = Segment::create_memfd([config.capacity, config.capacity])?;
+        let (segment, fd) = Segment::create_memfd([config.capacity, config.capacity], config.pool)?;
         Ok((Self::from_segment(segment, "memfd", config), fd))
     }
 
@@ -232,6 +253,8 @@ impl Channel {
             max_message: config.max_message,
             keep_buffer: config.keep_buffer,
             name: name.to_owned(),
+            pool_reserved: AtomicUsize::new(0),
+            peer_pool_mapped: AtomicUsize::new(0),
         });
         let keep: ring::KeepAlive = shared.clone();
         let seg = &shared.segment;
@@ -263,6 +286,7 @@ impl Channel {
                 shared: shared.clone(),
                 doorbell: None,
                 liveness: LivenessClock::default(),
+                pool_flag: false,
             },
             rx: Receiver {
                 ring: consumer,
@@ -273,6 +297,7 @@ impl Channel {
                 discarding: false,
                 received: 0,
                 declared: 0,
+                refers_to_pool: false,
                 doorbell: None,
             },
         }
@@ -311,6 +336,16 @@ impl Channel {
     /// Splits into halves that can move to different threads.
     pub fn split(self) -> (Sender, Receiver) {
         (self.tx, self.rx)
+    }
+
+    /// A writer into this side's payload pool; see [`Sender::pool_writer`].
+    pub fn pool_writer(&self) -> Option<PoolWriter> {
+        self.tx.pool_writer()
+    }
+
+    /// A reader of the peer's payload pool; see [`Receiver::pool_reader`].
+    pub fn pool_reader(&self) -> Option<PoolReader> {
+        self.rx.pool_reader()
     }
 
     /// The segment's name.
@@ -373,7 +408,8 @@ impl Sender {
         }
         match self.ring.try_reserve(message.len())? {
             Reserve::Ready(r) => {
-                self.publish(&r, message, 0);
+                let flags = self.first_flags();
+                self.publish(&r, message, flags);
                 Ok(())
             }
             Reserve::Full { .. } => Err(Error::Full),
@@ -432,8 +468,9 @@ impl Sender {
                     if first_of_several {
                         self.publish_first(&r, message.len(), chunk);
                     } else {
-                        let flags = if end < message.len() { FLAG_MORE } else { 0 };
-                        self.publish(&r, chunk, flags);
+                        let more = if end < message.len() { FLAG_MORE } else { 0 };
+                        let first = if start == 0 { self.first_flags() } else { 0 };
+                        self.publish(&r, chunk, more | first);
                     }
                     *sent = end;
                     if end == message.len() {
@@ -471,7 +508,8 @@ impl Sender {
         let max = self.max_frame();
         if message.len() <= max {
             let r = self.reserve(message.len(), deadline)?;
-            self.publish(&r, message, 0);
+            let flags = self.first_flags();
+            self.publish(&r, message, flags);
             return Ok(());
         }
         // One deadline for the whole message, fixed at its first frame.
@@ -536,7 +574,8 @@ impl Sender {
         let FrameWriter { len, spill, .. } = writer;
         match (spill, reserved) {
             (None, Some(r)) => {
-                let old = self.ring.commit(&r, len, 0);
+                let flags = self.first_flags();
+                let old = self.ring.commit(&r, len, flags);
                 self.ring_bell_if_armed(old);
             }
             (Some(bytes), _) => self.send_deadline(&bytes, Limit::Never)?,
@@ -581,10 +620,41 @@ impl Sender {
         let at = r.offset + FRAME_HEADER;
         self.ring.mem.write_u64(at, total as u64);
         self.ring.mem.write(at + TOTAL_PREFIX, bytes);
-        let old = self
-            .ring
-            .commit(r, TOTAL_PREFIX + bytes.len(), FLAG_MORE | FLAG_TOTAL);
+        let flags = FLAG_MORE | FLAG_TOTAL | self.first_flags();
+        let old = self.ring.commit(r, TOTAL_PREFIX + bytes.len(), flags);
         self.ring_bell_if_armed(old);
+    }
+
+    /// The flags of a message's first frame beyond its framing.
+    #[inline]
+    fn first_flags(&mut self) -> u32 {
+        if std::mem::take(&mut self.pool_flag) {
+            FLAG_POOL
+        } else {
+            0
+        }
+    }
+
+    /// A writer into this side's payload pool, for the next message
+    /// (`None` if the channel has no pool: a named one, or `pool: 0`).
+    /// Bytes it placed stay valid until the peer has answered that
+    /// message: send the message with
+    /// [`refer_to_pool`](Self::refer_to_pool) first.
+    pub fn pool_writer(&self) -> Option<PoolWriter> {
+        PoolWriter::new(&self.shared)
+    }
+
+    /// Flags the next message as referring to this side's pool (a
+    /// [`PoolWriter`] placed bytes for it), so that the receiver looks
+    /// there: see [`Receiver::pool_reader`].
+    pub fn refer_to_pool(&mut self) {
+        self.pool_flag = true;
+    }
+
+    /// Gives this side's pool pages back to the kernel (for an owner that
+    /// has been idle for a while); the next message reserves them again.
+    pub fn give_back_pool(&self) {
+        crate::pool::give_back(&self.shared);
     }
 
     #[inline]
@@ -731,6 +801,18 @@ impl Receiver {
         self.doorbell = Some(doorbell);
     }
 
+    /// Whether the message last received (the one a [`Message`] or
+    /// [`try_recv_into`](Self::try_recv_into) handed over) refers to the
+    /// peer's payload pool: then decode it with a [`pool_reader`](Self::pool_reader).
+    pub fn refers_to_pool(&self) -> bool {
+        self.refers_to_pool
+    }
+
+    /// A reader of the peer's payload pool (`None` if there is none).
+    pub fn pool_reader(&self) -> Option<PoolReader> {
+        PoolReader::new(&self.shared)
+    }
+
     /// Frees the receive buffer's memory above [`KEEP_BUFFER`](crate::KEEP_BUFFER),
     /// for an owner that has been idle for a while.
     pub fn give_back_buffer(&mut self) {
@@ -841,6 +923,7 @@ impl Receiver {
                 // can write the ring at any time, so nothing we decode may
                 // point into it (a UTF-8-checked string could change under
                 // us). The copy of a small request costs a few nanoseconds.
+                self.refers_to_pool = frame.flags & FLAG_POOL != 0;
                 self.assembly.clear();
                 self.ring
                     .mem
@@ -865,6 +948,7 @@ impl Receiver {
                 // Read once, then only our copy is used.
                 let declared = self.ring.mem.read_u64(frame.offset);
                 payload = (frame.offset + TOTAL_PREFIX, frame.len - TOTAL_PREFIX);
+                self.refers_to_pool = frame.flags & FLAG_POOL != 0;
                 self.partial = true;
                 self.received = 0;
                 self.declared = declared;
@@ -875,12 +959,13 @@ impl Receiver {
                 if !self.discarding {
                     self.assembly.reserve_exact(declared as usize);
                 }
-            } else if frame.flags & FLAG_TOTAL != 0 {
+            } else if frame.flags & (FLAG_TOTAL | FLAG_POOL) != 0 {
                 self.released(frame.end);
                 self.abandon();
-                return Err(Error::Corrupt(
-                    "a frame flagged TOTAL inside a message".into(),
-                ));
+                return Err(Error::Corrupt(format!(
+                    "a frame flagged {:#x} inside a message",
+                    frame.flags
+                )));
             }
             let total = self.received + payload.1 as u64;
             let last = frame.flags & FLAG_MORE == 0;

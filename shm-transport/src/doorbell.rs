@@ -76,6 +76,7 @@ impl DoorbellSet {
         let len = doorbells_len(count);
         let fd = crate::platform::sealed_memfd(c"metabridge-doorbells", len, "a doorbell set")?;
         let map = SharedMapping::sealed(fd.as_fd(), len, Access::ReadWrite)?;
+        map.populate(0, len)?; // rung on every call: no fault on the way
         let inner = Arc::new(Mapping { map, fd: Some(fd) });
         Ok(Self::init(inner, count))
     }
@@ -93,6 +94,7 @@ impl DoorbellSet {
         let len = crate::platform::check_sealed(fd, BELLS_OFFSET as u64, what)?;
         let map_len = (len as usize).min(doorbells_len(MAX_BELLS));
         let map = SharedMapping::sealed(fd, map_len, Access::ReadWrite)?;
+        map.populate(0, map_len)?;
         let set = DoorbellSet {
             inner: Arc::new(Mapping { map, fd: None }),
             count: 0,

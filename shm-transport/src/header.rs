@@ -18,7 +18,14 @@
 //! 512   RingControl of ring 0          128  bell 0, then one bell every
 //! 768   RingControl of ring 1               128 bytes
 //! 4096  data of ring 0, then ring 1
+//! P     payload pool of side 0, then of
+//!       side 1 (P: the end of ring 1
+//!       rounded up to a page; no pool
+//!       in a named segment)
 //! ```
+//!
+//! A side's payload pool holds the out-of-line bytes of the messages that
+//! side sends (see `channel`): only it writes there, only its peer reads.
 //!
 //! [`ProcessIdentity`]: crate::ProcessIdentity
 
@@ -29,7 +36,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 /// "MBRIDGE1" read as a little-endian u64: the first word of a segment.
 pub(crate) const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"MBRIDGE1");
 /// Version of the segment layout this build reads and writes. Version 2:
-/// the first frame of a message of several carries its total length.
+/// the first frame of a message of several carries its total length, and
+/// each side has a payload pool after the rings.
 pub const LAYOUT_VERSION: u32 = 2;
 /// Bytes before the first data area: header and ring controls.
 pub const HEADER_LEN: usize = 4096;
@@ -39,6 +47,25 @@ pub(crate) const CONTROL_OFFSET: [usize; 2] = [512, 768];
 pub const MIN_CAPACITY: usize = 64;
 /// Largest ring capacity accepted (1 GiB).
 pub const MAX_CAPACITY: usize = 1 << 30;
+/// Largest payload pool of one side accepted (1 GiB).
+pub const MAX_POOL: usize = 1 << 30;
+/// Pools start and end on page boundaries (their pages are reserved,
+/// populated and given back page by page).
+pub(crate) const PAGE: usize = 4096;
+
+/// Where the pools of a segment with these ring capacities start.
+pub(crate) const fn pool_offset(capacity: [usize; 2]) -> usize {
+    (HEADER_LEN + capacity[0] + capacity[1]).next_multiple_of(PAGE)
+}
+
+/// Bytes of a segment with these ring capacities and pools.
+pub(crate) const fn segment_len(capacity: [usize; 2], pool: [usize; 2]) -> usize {
+    if pool[0] == 0 && pool[1] == 0 {
+        HEADER_LEN + capacity[0] + capacity[1]
+    } else {
+        pool_offset(capacity) + pool[0] + pool[1]
+    }
+}
 
 /// What one side of a segment publishes about itself.
 #[repr(C)]
@@ -64,6 +91,8 @@ pub(crate) struct SegmentHeader {
     pub(crate) header_len: AtomicU32,
     pub(crate) capacity: [AtomicU64; 2],
     pub(crate) total_len: AtomicU64,
+    /// Bytes of each side's payload pool (0: none).
+    pub(crate) pool_len: [AtomicU64; 2],
     pub(crate) sides: [CachePadded<SideInfo>; 2],
 }
 

@@ -84,6 +84,8 @@ pub mod mapping;
 #[cfg(not(loom))]
 mod platform;
 #[cfg(not(loom))]
+mod pool;
+#[cfg(not(loom))]
 mod reuse;
 #[cfg(not(loom))]
 mod segment;
@@ -98,14 +100,16 @@ pub use wait::{current_cpu, WaitPolicy};
 
 #[cfg(not(loom))]
 pub use channel::{
-    default_dir, Channel, ChannelConfig, FrameWriter, Message, Receiver, Sender,
+    default_dir, Channel, ChannelConfig, FrameWriter, Message, Receiver, Sender, DEFAULT_POOL,
 };
+#[cfg(not(loom))]
+pub use pool::{PoolReader, PoolWriter, POOL_ALIGN};
 #[cfg(not(loom))]
 pub use reuse::{ReusedBuffer, CHANNEL_BUDGET, KEEP_BUFFER, RETAINED_CAP};
 #[cfg(not(loom))]
 pub use doorbell::{Doorbell, DoorbellSet};
 #[cfg(not(loom))]
-pub use header::{HEADER_LEN, LAYOUT_VERSION, MAX_BELLS, MAX_CAPACITY, MIN_CAPACITY};
+pub use header::{HEADER_LEN, LAYOUT_VERSION, MAX_BELLS, MAX_CAPACITY, MAX_POOL, MIN_CAPACITY};
 #[cfg(not(loom))]
 pub use liveness::ProcessIdentity;
 #[cfg(not(loom))]

@@ -95,11 +95,7 @@ impl SharedMapping {
             ));
         }
         let mut options = MmapOptions::new();
-        // Every page is mapped now (MAP_POPULATE), in each process that
-        // maps it: a fault on the call path costs a microsecond or more
-        // per page, and the first pass of a ring would take one on every
-        // page of it.
-        options.len(len).populate();
+        options.len(len);
         let map = match access {
             Access::ReadWrite => options.map_raw(fd.as_raw_fd())?,
             Access::ReadOnly => options.map_raw_read_only(fd.as_raw_fd())?,
@@ -110,6 +106,24 @@ impl SharedMapping {
     /// Bytes mapped.
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// Maps every page of `len` bytes at `offset` now (`MADV_POPULATE_WRITE`,
+    /// or `_READ` on a read-only mapping), so that touching them later
+    /// takes no page fault: a fault costs a microsecond or more per page,
+    /// on the call path. The pages must exist (reserved): populating is
+    /// not how they are allocated. A kernel without these advices (before
+    /// Linux 5.14) is told nothing, and the pages fault on first touch.
+    pub fn populate(&self, offset: usize, len: usize) -> std::io::Result<()> {
+        self.check(offset, len, 1);
+        let advice = match self.access {
+            Access::ReadWrite => memmap2::Advice::PopulateWrite,
+            Access::ReadOnly => memmap2::Advice::PopulateRead,
+        };
+        match self.map.advise_range(advice, offset, len) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+            other => other,
+        }
     }
 
     /// Never: a mapping has at least one byte.
@@ -171,6 +185,22 @@ impl SharedMapping {
             out.set_len(len);
         }
         out
+    }
+
+    /// Copies the `dst.len()` bytes at `offset` into `dst` through a raw
+    /// pointer (as [`copy_out`](Self::copy_out), into a caller's buffer).
+    pub fn copy_into(&self, offset: usize, dst: &mut [u8]) {
+        self.check(offset, dst.len(), 1);
+        // SAFETY: the source is in bounds (checked) and mapped while `self`
+        // lives; `dst` is the caller's own memory, outside the mapping, of
+        // exactly the length copied; `u8` is valid for any bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.map.as_ptr().add(offset),
+                dst.as_mut_ptr(),
+                dst.len(),
+            )
+        }
     }
 
     /// Copies `bytes` into the mapping at `offset` through a raw pointer.

@@ -49,9 +49,62 @@ pub(crate) fn write_seals() -> SealFlag {
 /// Creates a memfd of exactly `len` bytes, its pages reserved, sealed
 /// against any change of size. `what` names it in errors.
 pub(crate) fn sealed_memfd(name: &CStr, len: usize, what: &str) -> Result<OwnedFd> {
-    let fd = size_sealed_memfd(name, len, what)?;
-    fcntl(fd.as_raw_fd(), FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SEAL))?;
+    sealed_memfd_reserving(name, len, len, what)
+}
+
+/// Like [`sealed_memfd`], with only the first `reserved` of its `len`
+/// bytes reserved now: the rest (a channel's payload pools) is reserved
+/// range by range as it comes into use ([`reserve_range`]).
+pub(crate) fn sealed_memfd_reserving(
+    name: &CStr,
+    len: usize,
+    reserved: usize,
+    what: &str,
+) -> Result<OwnedFd> {
+    let fd = memfd_create(
+        name,
+        MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
+    )?;
+    let file = File::from(fd);
+    file.set_len(len as u64)?;
+    reserve(&file, reserved, what, None)?;
+    let fd = OwnedFd::from(file);
+    fcntl(fd.as_raw_fd(), FcntlArg::F_ADD_SEALS(required_seals()))?;
     Ok(fd)
+}
+
+/// Reserves the pages of `len` bytes at `offset` of a memfd (already sized
+/// and sealed: reserving inside its size changes no size). ENOSPC or
+/// ENOMEM (a full memory cgroup) is [`Error::NoSpace`].
+pub(crate) fn reserve_range(fd: BorrowedFd<'_>, offset: usize, len: usize, what: &str) -> Result<()> {
+    loop {
+        match nix::fcntl::posix_fallocate(fd.as_raw_fd(), offset as libc::off_t, len as libc::off_t)
+        {
+            Ok(()) => return Ok(()),
+            Err(Errno::EINTR) => continue,
+            Err(Errno::ENOSPC) | Err(Errno::ENOMEM) => {
+                return Err(Error::NoSpace {
+                    what: what.to_owned(),
+                    needed: len as u64,
+                    available: None,
+                })
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Gives the pages of `len` bytes at `offset` of a memfd back to the
+/// kernel (a hole reads as zeros; the size stays).
+pub(crate) fn release_range(fd: BorrowedFd<'_>, offset: usize, len: usize) -> Result<()> {
+    use nix::fcntl::FallocateFlags;
+    nix::fcntl::fallocate(
+        fd.as_raw_fd(),
+        FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        offset as libc::off_t,
+        len as libc::off_t,
+    )?;
+    Ok(())
 }
 
 /// Like [`sealed_memfd`], but without `F_SEAL_SEAL` yet: its creator maps

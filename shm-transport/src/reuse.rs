@@ -121,7 +121,8 @@ impl ReusedBuffer {
         std::mem::replace(&mut self.buf, Vec::with_capacity(SMALL))
     }
 
-    /// Bytes above [`KEEP_BUFFER`] that the process's buffers keep now.
+    /// Bytes above [`KEEP_BUFFER`] that the process's buffers (and payload
+    /// pools) keep now.
     pub fn retained_total() -> usize {
         RETAINED.load(Ordering::Relaxed)
     }
@@ -131,6 +132,24 @@ impl ReusedBuffer {
         self.charged = 0;
         self.buf = Vec::with_capacity(SMALL);
     }
+}
+
+/// Counts `n` more retained bytes (a payload pool growing) if the process
+/// cap allows; false (and nothing counted) if not.
+pub(crate) fn try_charge(n: usize) -> bool {
+    // Relaxed: a counter, as in `settle`.
+    let total = RETAINED.fetch_add(n, Ordering::Relaxed) + n;
+    if total <= RETAINED_CAP {
+        true
+    } else {
+        RETAINED.fetch_sub(n, Ordering::Relaxed);
+        false
+    }
+}
+
+/// Takes back `n` bytes counted by [`try_charge`].
+pub(crate) fn uncharge(n: usize) {
+    RETAINED.fetch_sub(n, Ordering::Relaxed);
 }
 
 impl From<Vec<u8>> for ReusedBuffer {

@@ -72,6 +72,9 @@ pub(crate) const FLAG_PAD: u32 = 2;
 /// Frame flag: the first frame of a message of several (with `FLAG_MORE`);
 /// its payload starts with the message's total length, a `u64`.
 pub(crate) const FLAG_TOTAL: u32 = 8;
+/// Frame flag, on the first frame of a message: the message refers to
+/// bytes in its sender's payload pool.
+pub(crate) const FLAG_POOL: u32 = 16;
 
 /// The shared part of a ring: two counters on separate cache lines.
 ///
@@ -378,7 +381,7 @@ impl Consumer {
                 self.head += skip as u64;
                 continue;
             }
-            if flags & !(FLAG_MORE | FLAG_TOTAL) != 0 {
+            if flags & !(FLAG_MORE | FLAG_TOTAL | FLAG_POOL) != 0 {
                 return Err(Error::Corrupt(format!("unknown frame flags {flags:#x}")));
             }
             let total = frame_len(len);

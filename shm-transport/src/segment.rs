@@ -20,8 +20,8 @@
 
 use crate::error::{Error, Result};
 use crate::header::{
-    SegmentHeader, SideInfo, CONTROL_OFFSET, HEADER_LEN, LAYOUT_VERSION, MAX_CAPACITY,
-    MIN_CAPACITY, SEGMENT_MAGIC,
+    pool_offset, segment_len, SegmentHeader, SideInfo, CONTROL_OFFSET, HEADER_LEN,
+    LAYOUT_VERSION, MAX_CAPACITY, MAX_POOL, MIN_CAPACITY, PAGE, SEGMENT_MAGIC,
 };
 use crate::liveness::ProcessIdentity;
 use crate::mapping::{Access, SharedMapping};
@@ -83,6 +83,11 @@ pub(crate) struct Segment {
     /// Ring capacities as written (creator) or validated (opener); never
     /// re-read from the shared header, where the peer could change them.
     capacity: [usize; 2],
+    /// Pool sizes, the same way (0: no pool).
+    pool: [usize; 2],
+    /// Our own descriptor of a memfd segment, to reserve and give back
+    /// pool pages with (`None` for a named segment, which has no pool).
+    fd: Option<OwnedFd>,
 }
 
 impl Segment {
@@ -105,13 +110,16 @@ impl Segment {
             file.set_len(total as u64)?;
             crate::platform::reserve(&file, total, &path.display().to_string(), Some(dir))?;
             let map = SharedMapping::trusted_file(file.as_fd(), total, Access::ReadWrite)?;
+            map.populate(0, total)?;
             let seg = Segment {
                 map,
                 side: 0,
                 path: Some(path.clone()),
                 capacity,
+                pool: [0; 2],
+                fd: None,
             };
-            seg.write_header(capacity, total);
+            seg.write_header(capacity, [0; 2], total);
             Ok(seg)
         })();
         if built.is_err() {
@@ -123,18 +131,36 @@ impl Segment {
     /// Creates an anonymous segment: a sealed memfd (see
     /// [`platform`](crate::platform)), returned with its descriptor, which
     /// the caller hands to the peer (over a Unix socket) and then closes.
-    pub(crate) fn create_memfd(capacity: [usize; 2]) -> Result<(Segment, OwnedFd)> {
+    /// Each side gets a payload pool of `pool` bytes (rounded up to a
+    /// page; 0 for none), whose pages are reserved only as they come into
+    /// use (the rings' are reserved and mapped now).
+    pub(crate) fn create_memfd(capacity: [usize; 2], pool: usize) -> Result<(Segment, OwnedFd)> {
         check_capacities(capacity)?;
-        let total = HEADER_LEN + capacity[0] + capacity[1];
-        let fd = crate::platform::sealed_memfd(c"metabridge-channel", total, "a channel segment")?;
+        if pool > MAX_POOL {
+            return Err(Error::Config(format!(
+                "payload pool of {pool} bytes is over the {MAX_POOL} accepted"
+            )));
+        }
+        let pool = [pool.next_multiple_of(PAGE); 2];
+        let rings = HEADER_LEN + capacity[0] + capacity[1];
+        let total = segment_len(capacity, pool);
+        let fd = crate::platform::sealed_memfd_reserving(
+            c"metabridge-channel",
+            total,
+            rings,
+            "a channel segment",
+        )?;
         let map = SharedMapping::sealed(fd.as_fd(), total, Access::ReadWrite)?;
+        map.populate(0, rings)?;
         let seg = Segment {
             map,
             side: 0,
             path: None,
             capacity,
+            pool,
+            fd: Some(fd.try_clone()?),
         };
-        seg.write_header(capacity, total);
+        seg.write_header(capacity, pool, total);
         Ok((seg, fd))
     }
 
@@ -150,8 +176,10 @@ impl Segment {
             side: 1,
             path: None,
             capacity: [0; 2],
+            pool: [0; 2],
+            fd: None,
         };
-        let (capacity, total) = seg.validate(what)?;
+        let (capacity, pool, total) = seg.validate(what)?;
         if len < total {
             return Err(Error::Truncated {
                 name: what.into(),
@@ -160,13 +188,17 @@ impl Segment {
             });
         }
         seg.map = SharedMapping::sealed(fd, total as usize, Access::ReadWrite)?;
+        // The rings only: the pools' pages are mapped as they come into use.
+        seg.map.populate(0, HEADER_LEN + capacity[0] + capacity[1])?;
         seg.capacity = capacity;
+        seg.pool = pool;
+        seg.fd = Some(fd.try_clone_to_owned()?);
         seg.claim(what)?;
         Ok(seg)
     }
 
     /// Writes a new segment's header, the magic last.
-    fn write_header(&self, capacity: [usize; 2], total: usize) {
+    fn write_header(&self, capacity: [usize; 2], pool: [usize; 2], total: usize) {
         let me = ProcessIdentity::current();
         let h = self.header();
         // Relaxed: published by the Release store of the magic below.
@@ -175,6 +207,8 @@ impl Segment {
         h.capacity[0].store(capacity[0] as u64, Ordering::Relaxed);
         h.capacity[1].store(capacity[1] as u64, Ordering::Relaxed);
         h.total_len.store(total as u64, Ordering::Relaxed);
+        h.pool_len[0].store(pool[0] as u64, Ordering::Relaxed);
+        h.pool_len[1].store(pool[1] as u64, Ordering::Relaxed);
         let side = &h.sides[0];
         side.claimed.store(1, Ordering::Relaxed);
         side.start_time.store(me.start_time, Ordering::Relaxed);
@@ -221,8 +255,10 @@ impl Segment {
             side: 1,
             path: Some(path.clone()),
             capacity: [0; 2],
+            pool: [0; 2],
+            fd: None,
         };
-        let (capacity, total) = seg.validate(name)?;
+        let (capacity, pool, total) = seg.validate(name)?;
         if len < total {
             return Err(Error::Truncated {
                 name: name.into(),
@@ -230,6 +266,12 @@ impl Segment {
                 needed: total,
             });
         }
+        if pool != [0; 2] {
+            return Err(Error::Corrupt(format!(
+                "segment {name:?}: a named segment with payload pools {pool:?}"
+            )));
+        }
+        seg.map.populate(0, total as usize)?;
         seg.capacity = capacity;
         seg.claim(name)?;
         // Both sides hold the mapping now: the name has done its job.
@@ -238,7 +280,7 @@ impl Segment {
     }
 
     /// Checks the header of a segment someone else wrote.
-    fn validate(&self, name: &str) -> Result<([usize; 2], u64)> {
+    fn validate(&self, name: &str) -> Result<([usize; 2], [usize; 2], u64)> {
         let h = self.header();
         // Acquire: pairs with the Release store of the magic in `create`.
         let magic = h.magic.load(Ordering::Acquire);
@@ -254,6 +296,10 @@ impl Segment {
             h.capacity[1].load(Ordering::Relaxed),
         ];
         let total = h.total_len.load(Ordering::Relaxed);
+        let pool = [
+            h.pool_len[0].load(Ordering::Relaxed),
+            h.pool_len[1].load(Ordering::Relaxed),
+        ];
         if version != LAYOUT_VERSION {
             return Err(Error::VersionMismatch {
                 name: name.into(),
@@ -269,7 +315,19 @@ impl Segment {
                 "segment {name:?}: header length {header_len}, capacities {cap:?}"
             )));
         }
-        let expected = HEADER_LEN as u64 + cap[0] + cap[1];
+        if pool
+            .iter()
+            .any(|&p| p > MAX_POOL as u64 || p % PAGE as u64 != 0)
+        {
+            return Err(Error::Corrupt(format!(
+                "segment {name:?}: payload pools of {pool:?} bytes"
+            )));
+        }
+        let (cap, pool) = (
+            [cap[0] as usize, cap[1] as usize],
+            [pool[0] as usize, pool[1] as usize],
+        );
+        let expected = segment_len(cap, pool) as u64;
         if total != expected {
             return Err(Error::Corrupt(format!(
                 "segment {name:?}: total length {total}, expected {expected}"
@@ -281,13 +339,13 @@ impl Segment {
             let ctrl = self.control(i);
             let tail = ctrl.tail.load(Ordering::Acquire) & !crate::ring::SIGNALS;
             let head = ctrl.head.load(Ordering::Acquire) & !crate::ring::SIGNALS;
-            if tail > crate::ring::MAX_START_POSITION || head > tail || tail - head > *c {
+            if tail > crate::ring::MAX_START_POSITION || head > tail || tail - head > *c as u64 {
                 return Err(Error::Corrupt(format!(
                     "segment {name:?}: ring {i} starts at head {head}, tail {tail}"
                 )));
             }
         }
-        Ok(([cap[0] as usize, cap[1] as usize], total))
+        Ok((cap, pool, total))
     }
 
     pub(crate) fn header(&self) -> &SegmentHeader {
@@ -309,6 +367,49 @@ impl Segment {
     pub(crate) fn data(&self, i: usize) -> std::ptr::NonNull<u8> {
         let offset = HEADER_LEN + if i == 0 { 0 } else { self.capacity(0) };
         self.map.range_ptr(offset, self.capacity(i))
+    }
+
+    /// Bytes of side `i`'s payload pool (0: none).
+    pub(crate) fn pool_len(&self, i: usize) -> usize {
+        self.pool[i]
+    }
+
+    /// Offset of side `i`'s payload pool in the segment.
+    pub(crate) fn pool_start(&self, i: usize) -> usize {
+        pool_offset(self.capacity) + if i == 0 { 0 } else { self.pool[0] }
+    }
+
+    /// The mapping, for the pools' copies in and out.
+    pub(crate) fn mapping(&self) -> &SharedMapping {
+        &self.map
+    }
+
+    /// Reserves and maps the pages of `len` bytes at `offset` of side
+    /// `i`'s pool, so that writing them takes no fault and a lack of memory
+    /// is [`Error::NoSpace`] now rather than a SIGBUS later.
+    pub(crate) fn reserve_pool(&self, i: usize, offset: usize, len: usize) -> Result<()> {
+        let fd = self.fd.as_ref().ok_or_else(|| {
+            Error::Config("a named segment has no payload pool".into())
+        })?;
+        let at = self.pool_start(i) + offset;
+        crate::platform::reserve_range(fd.as_fd(), at, len, "a channel's payload pool")?;
+        self.map.populate(at, len)?;
+        Ok(())
+    }
+
+    /// Maps the pages of `len` bytes at `offset` of side `i`'s pool now,
+    /// for a reader (pages the writer reserved; the rest read as zeros).
+    pub(crate) fn populate_pool(&self, i: usize, offset: usize, len: usize) -> Result<()> {
+        self.map.populate(self.pool_start(i) + offset, len)?;
+        Ok(())
+    }
+
+    /// Gives the pages of `len` bytes at `offset` of side `i`'s pool back.
+    pub(crate) fn release_pool(&self, i: usize, offset: usize, len: usize) -> Result<()> {
+        if let Some(fd) = &self.fd {
+            crate::platform::release_range(fd.as_fd(), self.pool_start(i) + offset, len)?;
+        }
+        Ok(())
     }
 
     /// The identity a side published, once it has attached.

@@ -91,7 +91,7 @@ fn uses_the_client(c: &DemoServiceClient) -> metabridge::Result<()> {
     c.hit()?;
     c.hit_later()?;
     let _: String = c.name()?;
-    let _: Vec<u8> = c.bytes(vec![1], Some(2), true)?;
+    let _: Vec<u8> = c.bytes(&[1], Some(2), true)?;
     let _: u64 = c.dashed()?;
     let _: &metabridge::Client = c.client();
     c.clone().close();
@@ -104,7 +104,7 @@ async fn uses_the_async_client(c: &DemoServiceClient) -> metabridge::Result<()> 
     let _: String = c.soma_async(1, 2).await?;
     let _: i64 = c.parse_async("3").await?;
     c.hit_async().await?;
-    let _: Vec<u8> = c.bytes_async(vec![1], None, false).await?;
+    let _: Vec<u8> = c.bytes_async(&[1], None, false).await?;
     Ok(())
 }
 

@@ -1,0 +1,177 @@
+//! Payload pools: where a channel's large byte strings travel out of line.
+//!
+//! Each side of an anonymous channel has a pool after the rings of its
+//! segment (see `header`): the bytes of a message it sends that are too
+//! large to be worth streaming through the ring go there, written once by
+//! the sender ([`PoolWriter::place`]), and the message carries only where
+//! they lie; the receiver copies them out once, straight into the value it
+//! decodes ([`PoolReader::read`]). A 16 MiB payload is then copied twice
+//! end to end, not four times (into a send buffer, into the ring, out of
+//! the ring, into the value).
+//!
+//! Invariants:
+//! - **One message at a time.** A side places the bytes of its next
+//!   message from the pool's start again: a channel carries a request,
+//!   then its reply, then the next request, so the peer has finished
+//!   reading a message before its sender writes the next one. A peer that
+//!   breaks this (a buggy one) only changes which bytes the reader copies.
+//! - **Copy out, never a reference.** The peer maps the whole segment
+//!   read-write and can write its pool at any time, so the reader never
+//!   forms a `&[u8]` over it: [`PoolReader::read`] copies through a raw
+//!   pointer (via [`SharedMapping`](crate::mapping::SharedMapping)), and
+//!   the copy is the value the decoder returns.
+//! - **No fault on the call path, no SIGBUS ever.** Pool pages are
+//!   reserved (`posix_fallocate`) and mapped (`MADV_POPULATE_WRITE`) by
+//!   the sender before it first writes them, counted in the process's
+//!   retained total ([`RETAINED_CAP`](crate::RETAINED_CAP)): a pool that
+//!   would pass it, or a full memory quota, leaves the bytes in line (the
+//!   ring's streamed path) instead of failing the call. The reader maps
+//!   pages as they first come into use (`MADV_POPULATE_READ`). The
+//!   segment is sealed against shrinking, so no page can vanish.
+//! - **Peer values are checked.** A location must be 8-byte aligned and
+//!   lie inside the pool, its length at most the channel's `max_message`:
+//!   anything else is [`Error::Corrupt`], before any copy or allocation.
+
+use crate::channel::Shared;
+use crate::error::{Error, Result};
+use crate::reuse;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Alignment of every placement in a pool.
+pub const POOL_ALIGN: usize = 64;
+/// The pool's reservation grows in steps of this much (fewer system calls
+/// for a run of growing messages).
+const RESERVE_STEP: usize = 1 << 20;
+
+/// Places a message's large byte strings in its sender's pool; see the
+/// module docs. Got from [`Sender::pool_writer`](crate::Sender::pool_writer),
+/// one per message.
+pub struct PoolWriter {
+    shared: Arc<Shared>,
+    /// Where the next placement goes.
+    cursor: usize,
+    placed: bool,
+}
+
+impl PoolWriter {
+    pub(crate) fn new(shared: &Arc<Shared>) -> Option<PoolWriter> {
+        (shared.segment.pool_len(shared.segment.side) > 0).then(|| PoolWriter {
+            shared: shared.clone(),
+            cursor: 0,
+            placed: false,
+        })
+    }
+
+    /// Copies `bytes` into the pool and returns where they lie (offset,
+    /// length), or `None` if they do not fit what is left of it, or its
+    /// pages could not be reserved (the process's retained cap, or no
+    /// memory): then send them in line.
+    pub fn place(&mut self, bytes: &[u8]) -> Option<(u64, u64)> {
+        let seg = &self.shared.segment;
+        let side = seg.side;
+        let start = self.cursor.next_multiple_of(POOL_ALIGN);
+        let end = start.checked_add(bytes.len())?;
+        if end > seg.pool_len(side) {
+            return None;
+        }
+        let reserved = self.shared.pool_reserved.load(Ordering::Relaxed);
+        if end > reserved {
+            let grown = end.next_multiple_of(RESERVE_STEP).min(seg.pool_len(side));
+            let extra = grown - reserved;
+            if !reuse::try_charge(extra) {
+                return None;
+            }
+            if let Err(e) = seg.reserve_pool(side, reserved, extra) {
+                reuse::uncharge(extra);
+                tracing::debug!(error = %e, "payload pool not grown: bytes go in line");
+                return None;
+            }
+            // Relaxed: only this side's sender reads or writes it.
+            self.shared.pool_reserved.store(grown, Ordering::Relaxed);
+        }
+        seg.mapping()
+            .write_bytes(seg.pool_start(side) + start, bytes);
+        self.cursor = end;
+        self.placed = true;
+        Some((start as u64, bytes.len() as u64))
+    }
+
+    /// Whether anything was placed: then flag the message with
+    /// [`Sender::refer_to_pool`](crate::Sender::refer_to_pool).
+    pub fn placed(&self) -> bool {
+        self.placed
+    }
+}
+
+/// Gives a side's pool pages back and uncharges them.
+pub(crate) fn give_back(shared: &Shared) {
+    let reserved = shared.pool_reserved.swap(0, Ordering::Relaxed);
+    if reserved > 0 {
+        let seg = &shared.segment;
+        if let Err(e) = seg.release_pool(seg.side, 0, reserved) {
+            tracing::debug!(error = %e, "payload pool pages not given back");
+        }
+        reuse::uncharge(reserved);
+    }
+}
+
+/// Copies byte strings out of the peer's pool; see the module docs. Got
+/// from [`Receiver::pool_reader`](crate::Receiver::pool_reader).
+#[derive(Clone)]
+pub struct PoolReader {
+    shared: Arc<Shared>,
+}
+
+impl PoolReader {
+    pub(crate) fn new(shared: &Arc<Shared>) -> Option<PoolReader> {
+        (shared.segment.pool_len(shared.peer_side()) > 0).then(|| PoolReader {
+            shared: shared.clone(),
+        })
+    }
+
+    /// Checks a location the peer sent and maps its pages if they are new
+    /// to us; returns its start in the segment.
+    fn locate(&self, offset: u64, len: u64) -> Result<usize> {
+        let seg = &self.shared.segment;
+        let side = self.shared.peer_side();
+        let pool = seg.pool_len(side) as u64;
+        let end = offset.checked_add(len);
+        if offset % 8 != 0 || end.is_none_or(|e| e > pool) || len > self.shared.max_message {
+            return Err(Error::Corrupt(format!(
+                "a pool location of {len} bytes at offset {offset}, in a pool of {pool} bytes \
+                 (8-byte aligned, inside the pool, at most {} bytes)",
+                self.shared.max_message
+            )));
+        }
+        let end = end.unwrap_or(0) as usize;
+        let mapped = self.shared.peer_pool_mapped.load(Ordering::Relaxed);
+        if end > mapped {
+            let grown = end.next_multiple_of(RESERVE_STEP).min(pool as usize);
+            seg.populate_pool(side, mapped, grown - mapped)?;
+            // Relaxed: only this side's receiver reads or writes it.
+            self.shared.peer_pool_mapped.store(grown, Ordering::Relaxed);
+        }
+        Ok(seg.pool_start(side) + offset as usize)
+    }
+
+    /// A copy of the `len` bytes at `offset` of the peer's pool (one copy,
+    /// straight into the returned vector).
+    pub fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let at = self.locate(offset, len)?;
+        Ok(self
+            .shared
+            .segment
+            .mapping()
+            .copy_out(at..at + len as usize))
+    }
+
+    /// Copies the `dst.len()` bytes at `offset` of the peer's pool into
+    /// `dst` (for a caller that owns the destination, such as a Python
+    /// `bytes` object being built).
+    pub fn read_into(&self, offset: u64, dst: &mut [u8]) -> Result<()> {
+        let at = self.locate(offset, dst.len() as u64)?;
+        self.shared.segment.mapping().copy_into(at, dst);
+        Ok(())
+    }
+}
