@@ -171,7 +171,7 @@ impl<'a> Args<'a> {
                 self.endpoint
             )));
         };
-        rmp_serde::from_slice(raw).map_err(|e| self.invalid::<T>(param, e))
+        crate::out_of_line::decode(raw).map_err(|e| self.invalid::<T>(param, e))
     }
 
     /// Binds the next parameter, named `param`, as bytes: a MessagePack
@@ -293,7 +293,55 @@ pub struct Bin<T>(pub T);
 
 impl<T: AsRef<[u8]>> Serialize for Bin<T> {
     fn serialize<Z: serde::Serializer>(&self, s: Z) -> std::result::Result<Z::Ok, Z::Error> {
-        s.serialize_bytes(self.0.as_ref())
+        serialize_bytes(self.0.as_ref(), s)
+    }
+}
+
+/// Bytes as bin, or out of line in a shared-memory call's payload pool
+/// (see `out_of_line`) when they are large and a pool is lent.
+fn serialize_bytes<Z: serde::Serializer>(
+    bytes: &[u8],
+    s: Z,
+) -> std::result::Result<Z::Ok, Z::Error> {
+    match crate::out_of_line::place(bytes) {
+        Some(location) => s.serialize_newtype_struct(
+            rmp_serde::MSGPACK_EXT_STRUCT_NAME,
+            &(crate::out_of_line::EXT_TYPE, PlainBin(&location)),
+        ),
+        None => s.serialize_bytes(bytes),
+    }
+}
+
+/// Bytes as bin, always (an ext value's payload).
+struct PlainBin<'a>(&'a [u8]);
+
+impl Serialize for PlainBin<'_> {
+    fn serialize<Z: serde::Serializer>(&self, s: Z) -> std::result::Result<Z::Ok, Z::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
+
+/// The parts of a MessagePack ext value (type, payload), as rmp_serde
+/// hands them to a newtype visitor.
+struct ExtParts;
+
+impl<'de> serde::de::Visitor<'de> for ExtParts {
+    type Value = (i8, Vec<u8>);
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a MessagePack ext value")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<(i8, Vec<u8>), A::Error> {
+        use serde::de::Error;
+        let tag: i8 = seq
+            .next_element()?
+            .ok_or_else(|| A::Error::custom("an ext value without its type"))?;
+        let data: Bin<Vec<u8>> = seq
+            .next_element()?
+            .ok_or_else(|| A::Error::custom("an ext value without its payload"))?;
+        Ok((tag, data.0))
     }
 }
 
@@ -327,6 +375,15 @@ impl<'de, T: From<Vec<u8>>> serde::Deserialize<'de> for Bin<T> {
                 }
                 Ok(v)
             }
+            /// An ext value: rmp_serde's form of an out-of-line byte string.
+            fn visit_newtype_struct<D: serde::Deserializer<'de>>(
+                self,
+                d: D,
+            ) -> std::result::Result<Vec<u8>, D::Error> {
+                use serde::de::Error;
+                let (tag, data) = d.deserialize_tuple(2, ExtParts)?;
+                crate::out_of_line::resolve(tag, &data).map_err(D::Error::custom)
+            }
         }
         d.deserialize_byte_buf(Visitor).map(|v| Bin(T::from(v)))
     }
@@ -356,9 +413,10 @@ pub mod bytes {
     use super::Bin;
     use serde::{Deserialize, Deserializer, Serializer};
 
-    /// Writes the field as bin.
+    /// Writes the field as bin (out of line in a shared-memory call when
+    /// large, as [`Bin`] does).
     pub fn serialize<T: AsRef<[u8]>, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(value.as_ref())
+        super::serialize_bytes(value.as_ref(), s)
     }
 
     /// Reads the field from a bin (or a str's bytes, or an array of

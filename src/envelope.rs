@@ -329,13 +329,19 @@ pub fn decode_result_raw(buf: &[u8]) -> Result<Vec<u8>> {
     // A two-key map, status first: the rest is the result.
     if let Some(raw) = buf.strip_prefix(OK_PREFIX) {
         if crate::msgpack::split_value(raw).is_ok_and(|(_, rest)| rest.is_empty()) {
-            return Ok(raw.to_vec());
+            return in_line(raw);
         }
     }
     match decode_response(buf)? {
-        Response::Ok(raw) => Ok(raw.to_vec()),
+        Response::Ok(raw) => in_line(raw),
         Response::Err { kind, message } => Err(Error::Remote { kind, message }),
     }
+}
+
+/// A copy of an encoded result with its out-of-line byte strings in line
+/// (for a caller that decodes it later, away from the channel's pool).
+fn in_line(raw: &[u8]) -> Result<Vec<u8>> {
+    crate::out_of_line::inline(raw).map_err(|e| Error::Protocol(ProtocolError::OutOfLine(e)))
 }
 
 /// Decodes a response into the caller's result type.
@@ -343,12 +349,12 @@ pub fn decode_result<R: DeserializeOwned>(buf: &[u8]) -> Result<R> {
     // Fast path: a success in the usual key order is decoded straight
     // from the bytes after the prefix, with no pass over the map.
     if let Some(raw) = buf.strip_prefix(OK_PREFIX) {
-        if let Ok(v) = rmp_serde::from_slice(raw) {
+        if let Ok(v) = crate::out_of_line::decode(raw) {
             return Ok(v);
         }
     }
     match decode_response(buf)? {
-        Response::Ok(raw) => rmp_serde::from_slice(raw).map_err(|source| {
+        Response::Ok(raw) => crate::out_of_line::decode(raw).map_err(|source| {
             Error::Protocol(ProtocolError::ResultType {
                 expected: crate::args::user_type_name::<R>(),
                 source,

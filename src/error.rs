@@ -295,6 +295,10 @@ pub enum ProtocolError {
     /// A control-socket handshake that breaks its protocol.
     #[error(transparent)]
     Handshake(HandshakeError),
+    /// An out-of-line byte string (in a shared-memory message) whose
+    /// location breaks the pool's rules.
+    #[error("out-of-line bytes: {0}")]
+    OutOfLine(String),
     /// The live counters' segment is not one this reader accepts.
     #[error("counters segment: {0}")]
     Counters(String),

@@ -62,6 +62,7 @@ mod logger;
 #[doc(hidden)]
 pub mod measure;
 mod msgpack;
+mod out_of_line;
 // The platform layer: the one module whose purpose is `unsafe` OS calls.
 #[allow(unsafe_code)]
 mod platform;

@@ -4,6 +4,31 @@
 pub use crate::args::Bin;
 use crate::{Args, CallError};
 
+/// For the Python package's own MessagePack codec: copies large `bytes`
+/// into the payload pool lent to this thread (a shared-memory reply being
+/// encoded), returning the 16-byte location to write as a `fixext 16` of
+/// type [`OUT_OF_LINE_EXT`]; `None`: write them as bin.
+pub fn place_out_of_line(bytes: &[u8]) -> Option<[u8; 16]> {
+    crate::out_of_line::place(bytes)
+}
+
+/// The ext type of an out-of-line byte string.
+pub const OUT_OF_LINE_EXT: i8 = crate::out_of_line::EXT_TYPE;
+
+/// For the Python package's codec: the length of the out-of-line byte
+/// string an ext value of type `tag` with payload `data` stands for,
+/// checked against the pool lent to this thread (inside it, at most the
+/// channel's `max_message`), so that the caller may allocate it.
+pub fn out_of_line_len(tag: i8, data: &[u8]) -> Result<u64, String> {
+    crate::out_of_line::checked_len(tag, data)
+}
+
+/// Copies the out-of-line byte string of `data` (an ext value of type
+/// `tag`) into `dst`, whose length [`out_of_line_len`] gave.
+pub fn read_out_of_line(tag: i8, data: &[u8], dst: &mut [u8]) -> Result<(), String> {
+    crate::out_of_line::read_into(tag, data, dst)
+}
+
 /// How the macro builds a service without `fn new`: `Default`, with a
 /// message that says what to add when there is none.
 #[diagnostic::on_unimplemented(

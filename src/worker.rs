@@ -34,7 +34,8 @@
 use crate::dispatch::{finish_async, outgoing_reply, CallCache, Dispatch, Outcome};
 use crate::envelope;
 use crate::error::Result;
-use metabridge_shm::{Channel, Doorbell, ReusedBuffer};
+use crate::out_of_line::{with_inbound, with_outbound};
+use metabridge_shm::{Channel, Doorbell, PoolReader, PoolWriter, ReusedBuffer};
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -129,6 +130,14 @@ pub(crate) struct Conn {
     awaiting: Option<Awaiting>,
     /// A reply still being sent.
     outgoing: Option<Outgoing>,
+    /// Where this channel's replies place large byte strings, and where
+    /// its requests' are read from (see `out_of_line`).
+    writer: Option<PoolWriter>,
+    reader: Option<PoolReader>,
+    /// The last reply referred to our pool and the client has not sent a
+    /// request since, so it may still be reading it: the pool's pages are
+    /// not given back meanwhile.
+    pool_lent: bool,
 }
 
 impl Conn {
@@ -463,11 +472,14 @@ impl Worker {
                 let bell = self.inbox.bell.clone();
                 self.conns().extend(list.drain(..).map(|counted| {
                     Box::new(Conn {
+                        writer: counted.channel.pool_writer(),
+                        reader: counted.channel.pool_reader(),
                         counted,
                         cache: CallCache::default(),
                         bell: bell.clone(),
                         awaiting: None,
                         outgoing: None,
+                        pool_lent: false,
                     })
                 }));
             }
@@ -558,7 +570,11 @@ impl Worker {
                     req.give_back();
                     out.give_back();
                     for c in self.conns().iter_mut() {
-                        c.counted.channel.halves().1.give_back_buffer();
+                        let (tx, rx) = c.counted.channel.halves();
+                        rx.give_back_buffer();
+                        if !c.pool_lent {
+                            tx.give_back_pool();
+                        }
                     }
                 }
                 // A channel whose client died is reclaimed whatever its
@@ -601,7 +617,20 @@ impl Worker {
                 // Release: pairs with the supervisor's Acquire CAS; our
                 // last access to `conns` (swap_remove) happens before.
                 self.core.state.store(IN_CALL, Ordering::Release);
-                let outcome = self.pool.dispatch.begin_cached(req, out, &mut mine.cache);
+                // The request's large byte strings are read from the
+                // client's pool, the reply's placed in ours.
+                mine.pool_lent = false;
+                let refers = mine.counted.channel.refers_to_pool();
+                let reader = mine.reader.as_ref().filter(|_| refers);
+                let (outcome, placed) = with_outbound(&mut mine.writer, || {
+                    with_inbound(reader, || {
+                        self.pool.dispatch.begin_cached(req, out, &mut mine.cache)
+                    })
+                });
+                if placed {
+                    mine.counted.channel.halves().0.refer_to_pool();
+                    mine.pool_lent = true;
+                }
                 let stolen = self.leave_call();
                 let conns = self.conns();
                 conns.push(mine);

@@ -32,7 +32,7 @@ fn encode_at(obj: &Bound<'_, PyAny>, buf: &mut Vec<u8>, depth: u32) -> PyResult<
     } else if let Ok(f) = obj.cast_exact::<PyFloat>() {
         let _ = rmp::encode::write_f64(buf, f.value());
     } else if let Ok(b) = obj.cast_exact::<PyBytes>() {
-        let _ = rmp::encode::write_bin(buf, b.as_bytes());
+        write_bytes(buf, b.as_bytes());
     } else if let Ok(l) = obj.cast_exact::<PyList>() {
         let _ = rmp::encode::write_array_len(buf, len32(l.len())?);
         for item in l.iter() {
@@ -56,10 +56,9 @@ fn encode_at(obj: &Bound<'_, PyAny>, buf: &mut Vec<u8>, depth: u32) -> PyResult<
     } else if let Ok(f) = obj.cast::<PyFloat>() {
         let _ = rmp::encode::write_f64(buf, f.value());
     } else if let Ok(b) = obj.cast::<PyBytes>() {
-        let _ = rmp::encode::write_bin(buf, b.as_bytes());
+        write_bytes(buf, b.as_bytes());
     } else if let Ok(b) = obj.cast::<PyByteArray>() {
-        let bytes = b.to_vec();
-        let _ = rmp::encode::write_bin(buf, &bytes);
+        write_bytes(buf, &b.to_vec());
     } else if let Ok(l) = obj.cast::<PyList>() {
         let _ = rmp::encode::write_array_len(buf, len32(l.len())?);
         for item in l.iter() {
@@ -75,6 +74,21 @@ fn encode_at(obj: &Bound<'_, PyAny>, buf: &mut Vec<u8>, depth: u32) -> PyResult<
         )));
     }
     Ok(())
+}
+
+/// Bytes as bin, or out of line (a `fixext 16` locating them in the
+/// payload pool of the shared-memory reply being encoded) when large.
+fn write_bytes(buf: &mut Vec<u8>, bytes: &[u8]) {
+    match metabridge::__private::place_out_of_line(bytes) {
+        Some(location) => {
+            buf.push(0xd8);
+            buf.push(metabridge::__private::OUT_OF_LINE_EXT as u8);
+            buf.extend_from_slice(&location);
+        }
+        None => {
+            let _ = rmp::encode::write_bin(buf, bytes);
+        }
+    }
 }
 
 fn len32(n: usize) -> PyResult<u32> {
@@ -182,6 +196,21 @@ impl<'b> Decoder<'b> {
             0xd9..=0xdb => {
                 let n = self.len(1 << (m - 0xd9))?;
                 self.str(py, n)?
+            }
+            0xd8 => {
+                // An out-of-line byte string of a shared-memory message:
+                // copied once, from the pool into the new `bytes`.
+                let ext = self.take(17)?;
+                let (tag, location) = (ext[0] as i8, &ext[1..]);
+                let len = metabridge::__private::out_of_line_len(tag, location)
+                    .map_err(PyValueError::new_err)?;
+                let len = usize::try_from(len)
+                    .map_err(|_| PyValueError::new_err("out-of-line bytes too long"))?;
+                PyBytes::new_with(py, len, |dst| {
+                    metabridge::__private::read_out_of_line(tag, location, dst)
+                        .map_err(PyValueError::new_err)
+                })?
+                .into_any()
             }
             0xdc | 0xdd => {
                 let n = self.len(if m == 0xdc { 2 } else { 4 })?;

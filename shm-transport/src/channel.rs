@@ -348,6 +348,12 @@ impl Channel {
         self.rx.pool_reader()
     }
 
+    /// Whether the message last received refers to the peer's pool; see
+    /// [`Receiver::refers_to_pool`].
+    pub fn refers_to_pool(&self) -> bool {
+        self.rx.refers_to_pool
+    }
+
     /// The segment's name.
     pub fn name(&self) -> &str {
         &self.tx.shared.name
@@ -1020,6 +1026,14 @@ impl Drop for Receiver {
 /// [`ReusedBuffer`]).
 pub struct Message<'a> {
     rx: &'a mut Receiver,
+}
+
+impl Message<'_> {
+    /// Whether this message refers to the peer's payload pool (see
+    /// [`Receiver::refers_to_pool`]).
+    pub fn refers_to_pool(&self) -> bool {
+        self.rx.refers_to_pool
+    }
 }
 
 impl Deref for Message<'_> {

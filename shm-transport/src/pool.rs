@@ -102,6 +102,14 @@ impl PoolWriter {
     pub fn placed(&self) -> bool {
         self.placed
     }
+
+    /// Ends a message: returns whether anything was placed for it, and
+    /// starts the next one from the pool's start again (a writer kept for
+    /// the channel's life serves one message after another).
+    pub fn finish_message(&mut self) -> bool {
+        self.cursor = 0;
+        std::mem::take(&mut self.placed)
+    }
 }
 
 /// Gives a side's pool pages back and uncharges them.
@@ -153,6 +161,13 @@ impl PoolReader {
             self.shared.peer_pool_mapped.store(grown, Ordering::Relaxed);
         }
         Ok(seg.pool_start(side) + offset as usize)
+    }
+
+    /// Checks a location the peer sent (8-byte aligned, inside the pool,
+    /// at most the channel's `max_message` long), before a caller
+    /// allocates for it.
+    pub fn check(&self, offset: u64, len: u64) -> Result<()> {
+        self.locate(offset, len).map(|_| ())
     }
 
     /// A copy of the `len` bytes at `offset` of the peer's pool (one copy,

@@ -6,7 +6,8 @@ use super::{interrupted_wait, CallTransport, Limits, INTERRUPT_SLICE};
 use crate::error::{Error, PeerGone, Result, TimedOut};
 use crate::resolve::ServiceAddress;
 use crossbeam_utils::atomic::AtomicCell;
-use metabridge_shm::{Channel, ChannelConfig, DoorbellSet, ReusedBuffer};
+use crate::out_of_line::{with_inbound, with_outbound};
+use metabridge_shm::{Channel, ChannelConfig, DoorbellSet, PoolReader, PoolWriter, ReusedBuffer};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -14,10 +15,13 @@ use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// One shared-memory channel with its request buffer (kept between calls
-/// within the channel's budget, like its receive buffer).
+/// within the channel's budget, like its receive buffer), and the writer
+/// and reader of its payload pools (see `out_of_line`).
 pub(super) struct ShmConn {
     channel: Channel,
     buf: ReusedBuffer,
+    writer: Option<PoolWriter>,
+    reader: Option<PoolReader>,
 }
 
 /// Channels to one service, opened only when that many calls run at once.
@@ -89,38 +93,55 @@ impl CallTransport for ShmPool {
         interrupt: Option<&dyn Fn() -> bool>,
     ) -> Result<R> {
         let mut conn = self.acquire()?;
-        conn.buf.clear();
-        if let Err(e) = encode(&mut conn.buf) {
+        let ShmConn {
+            channel,
+            buf,
+            writer,
+            reader,
+        } = &mut *conn;
+        buf.clear();
+        let (encoded, placed) = with_outbound(writer, || encode(buf));
+        if let Err(e) = encoded {
             self.release(conn);
             return Err(e);
         }
-        let (tx, rx) = conn.channel.halves();
+        let (tx, rx) = channel.halves();
+        if placed {
+            tx.refer_to_pool();
+        }
+        // The reply is decoded with the service's pool lent if it refers
+        // to it.
+        let reader = reader.as_ref();
+        let decode = |reply: metabridge_shm::Message<'_>| {
+            with_inbound(reader.filter(|_| reply.refers_to_pool()), || decode(&reply))
+        };
+        let buf = &**buf;
         // The common case, a request that fits one frame and a ring with
         // room, sends without reading the clock; otherwise the deadline is
         // fixed now and bounds the send and the wait for the reply.
-        let sent = if conn.buf.len() <= tx.max_frame() {
-            match tx.try_send(&conn.buf) {
+        let sent = if buf.len() <= tx.max_frame() {
+            match tx.try_send(buf) {
                 Ok(()) => Ok(None),
                 Err(metabridge_shm::Error::Full) => {
                     let deadline = Instant::now() + self.timeout;
-                    tx.send_until(&conn.buf, deadline).map(|()| Some(deadline))
+                    tx.send_until(buf, deadline).map(|()| Some(deadline))
                 }
                 Err(e) => Err(e),
             }
         } else {
             let deadline = Instant::now() + self.timeout;
-            tx.send_until(&conn.buf, deadline).map(|()| Some(deadline))
+            tx.send_until(buf, deadline).map(|()| Some(deadline))
         };
         let mut interrupted = false;
         let carried = match (sent, interrupt) {
-            (Ok(None), None) => rx.recv_timeout(self.timeout).map(|reply| decode(&reply)),
-            (Ok(Some(deadline)), None) => rx.recv_until(deadline).map(|reply| decode(&reply)),
+            (Ok(None), None) => rx.recv_timeout(self.timeout).map(decode),
+            (Ok(Some(deadline)), None) => rx.recv_until(deadline).map(decode),
             (Ok(deadline), Some(interrupt)) => {
                 let deadline = deadline.unwrap_or_else(|| Instant::now() + self.timeout);
                 loop {
                     let slice = deadline.min(Instant::now() + INTERRUPT_SLICE);
                     match rx.recv_until(slice) {
-                        Ok(reply) => break Ok(decode(&reply)),
+                        Ok(reply) => break Ok(decode(reply)),
                         Err(metabridge_shm::Error::Timeout) if Instant::now() < deadline => {
                             if interrupt() {
                                 interrupted = true;
@@ -268,6 +289,8 @@ impl ShmPool {
         channel.halves().1.set_doorbell(bell.clone());
         channel.halves().0.set_doorbell(bell);
         Ok(Box::new(ShmConn {
+            writer: channel.pool_writer(),
+            reader: channel.pool_reader(),
             channel,
             buf: ReusedBuffer::new(),
         }))

@@ -1,0 +1,287 @@
+//! Out-of-line bytes: large byte strings of a shared-memory call travel in
+//! the sender's payload pool (see `metabridge_shm::PoolWriter`), the
+//! message carrying only where they lie.
+//!
+//! While the shared-memory transport encodes a message it lends this
+//! thread its channel's [`PoolWriter`] ([`with_outbound`]); a [`Bin`]
+//! (what the service macro wraps every bytes parameter and result in, and
+//! what [`bytes`](crate::bytes) fields serialize through) of at least
+//! [`THRESHOLD`] bytes is then copied once into the pool and written as a
+//! MessagePack ext value of type [`EXT_TYPE`]: `fixext 16`, the pool
+//! offset and the length as little-endian `u64`s (docs/PROTOCOL.md). TCP
+//! never lends a writer, so it carries plain bin, as the original does.
+//!
+//! While it decodes a message that refers to the pool, the receiver lends
+//! this thread the peer's [`PoolReader`] ([`with_inbound`]): a `Bin`
+//! decoding such an ext value copies the bytes out of the pool straight
+//! into its vector. Any other type meeting one (an `rmpv::Value`, a
+//! `serde_bytes::ByteBuf`, a user's `Vec<u8>` without the attribute)
+//! would misread it, so [`decode`] counts the ext values in the message
+//! first, and unless every one of them was resolved by a `Bin`, decodes
+//! again from a copy with them put back in line ([`inline`]): a type that
+//! does not know the pool gets exactly the bytes it would have got over
+//! TCP, at the cost of one more copy.
+//!
+//! [`Bin`]: crate::Bin
+
+use metabridge_shm::{PoolReader, PoolWriter};
+use serde::de::DeserializeOwned;
+use std::cell::{Cell, RefCell};
+
+/// MessagePack ext type of an out-of-line byte string ('M').
+pub const EXT_TYPE: i8 = 77;
+/// Byte strings at least this long go out of line when they can: below
+/// it, streaming them through the ring costs no more than the pool's
+/// bookkeeping.
+pub const THRESHOLD: usize = 64 << 10;
+/// Bytes of an out-of-line location: offset and length.
+const LOCATION_LEN: usize = 16;
+
+thread_local! {
+    static OUTBOUND: RefCell<Option<PoolWriter>> = const { RefCell::new(None) };
+    static INBOUND: RefCell<Option<PoolReader>> = const { RefCell::new(None) };
+    /// Ext values a `Bin` resolved during the current [`decode`].
+    static RESOLVED: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Runs `encode` with `writer` lent to this thread (if any), and gives it
+/// back with whether anything was placed in the pool.
+pub(crate) fn with_outbound<R>(
+    writer: &mut Option<PoolWriter>,
+    encode: impl FnOnce() -> R,
+) -> (R, bool) {
+    if writer.is_none() {
+        return (encode(), false);
+    }
+    OUTBOUND.with(|c| *c.borrow_mut() = writer.take());
+    let out = encode();
+    *writer = OUTBOUND.with(|c| c.borrow_mut().take());
+    let placed = writer.as_mut().is_some_and(|w| w.finish_message());
+    (out, placed)
+}
+
+/// Runs `decode` with `reader` lent to this thread (`None`: the message
+/// refers to no pool).
+pub(crate) fn with_inbound<R>(reader: Option<&PoolReader>, decode: impl FnOnce() -> R) -> R {
+    let Some(reader) = reader else {
+        return decode();
+    };
+    let before = INBOUND.with(|c| c.borrow_mut().replace(reader.clone()));
+    let out = decode();
+    INBOUND.with(|c| *c.borrow_mut() = before);
+    out
+}
+
+/// Copies `bytes` into the lent pool if there is one and they are worth
+/// it; returns the ext payload to write in their place.
+pub(crate) fn place(bytes: &[u8]) -> Option<[u8; LOCATION_LEN]> {
+    if bytes.len() < THRESHOLD {
+        return None;
+    }
+    OUTBOUND.with(|c| {
+        let mut w = c.borrow_mut();
+        let (offset, len) = w.as_mut()?.place(bytes)?;
+        let mut location = [0u8; LOCATION_LEN];
+        location[..8].copy_from_slice(&offset.to_le_bytes());
+        location[8..].copy_from_slice(&len.to_le_bytes());
+        Some(location)
+    })
+}
+
+/// The bytes an ext value of type `tag` with payload `data` stands for,
+/// copied out of the lent pool.
+pub(crate) fn resolve(tag: i8, data: &[u8]) -> Result<Vec<u8>, String> {
+    let (offset, len) = location(tag, data)?;
+    let bytes = INBOUND.with(|c| match c.borrow().as_ref() {
+        Some(reader) => reader.read(offset, len).map_err(|e| e.to_string()),
+        None => Err(
+            "an out-of-line byte string outside a shared-memory message that refers to a pool"
+                .to_string(),
+        ),
+    })?;
+    RESOLVED.with(|r| r.set(r.get() + 1));
+    Ok(bytes)
+}
+
+/// The length of the bytes an ext value stands for, checked against the
+/// lent pool (so that a caller may allocate that much).
+pub(crate) fn checked_len(tag: i8, data: &[u8]) -> Result<u64, String> {
+    let (offset, len) = location(tag, data)?;
+    INBOUND.with(|c| match c.borrow().as_ref() {
+        Some(reader) => reader.check(offset, len).map_err(|e| e.to_string()),
+        None => Err(
+            "an out-of-line byte string outside a shared-memory message that refers to a pool"
+                .to_string(),
+        ),
+    })?;
+    Ok(len)
+}
+
+/// Copies the bytes an ext value stands for into `dst` (of their length).
+pub(crate) fn read_into(tag: i8, data: &[u8], dst: &mut [u8]) -> Result<(), String> {
+    let (offset, len) = location(tag, data)?;
+    if len != dst.len() as u64 {
+        return Err(format!("{len} out-of-line bytes into a buffer of {}", dst.len()));
+    }
+    INBOUND.with(|c| match c.borrow().as_ref() {
+        Some(reader) => reader.read_into(offset, dst).map_err(|e| e.to_string()),
+        None => Err(
+            "an out-of-line byte string outside a shared-memory message that refers to a pool"
+                .to_string(),
+        ),
+    })
+}
+
+/// The location (offset, length) an ext value of type `tag` holds.
+pub(crate) fn location(tag: i8, data: &[u8]) -> Result<(u64, u64), String> {
+    if tag != EXT_TYPE || data.len() != LOCATION_LEN {
+        return Err(format!(
+            "a MessagePack ext value of type {tag} and {} bytes where bytes were expected \
+             (an out-of-line byte string is type {EXT_TYPE}, {LOCATION_LEN} bytes)",
+            data.len()
+        ));
+    }
+    let word = |at: usize| u64::from_le_bytes(data[at..at + 8].try_into().unwrap_or([0; 8]));
+    Ok((word(0), word(8)))
+}
+
+/// Decodes `raw` as `T`, resolving out-of-line byte strings (see the
+/// module docs): straight from the pool when `T` reads them through
+/// [`Bin`](crate::Bin), else from a copy with them in line.
+pub(crate) fn decode<T: DeserializeOwned>(raw: &[u8]) -> Result<T, rmp_serde::decode::Error> {
+    let lent = INBOUND.with(|c| c.borrow().is_some());
+    if !lent {
+        return rmp_serde::from_slice(raw);
+    }
+    let expected = match scan(raw, &mut |_, _| Ok(())) {
+        Ok(0) | Err(_) => return rmp_serde::from_slice(raw),
+        Ok(n) => n,
+    };
+    let before = RESOLVED.with(|r| r.replace(0));
+    let direct = rmp_serde::from_slice::<T>(raw);
+    let resolved = RESOLVED.with(|r| r.replace(before));
+    if direct.is_ok() && resolved == expected {
+        return direct;
+    }
+    match inline(raw) {
+        Ok(copy) => rmp_serde::from_slice(&copy),
+        Err(e) => Err(rmp_serde::decode::Error::Syntax(e)),
+    }
+}
+
+/// `raw` with every out-of-line byte string put back in line as bin, read
+/// from the lent pool (a plain copy if it has none).
+pub(crate) fn inline(raw: &[u8]) -> Result<Vec<u8>, String> {
+    if INBOUND.with(|c| c.borrow().is_none()) {
+        return Ok(raw.to_vec()); // no pool: nothing can be out of line
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut copied = 0;
+    scan(raw, &mut |start, end| {
+        out.extend_from_slice(&raw[copied..start]);
+        // fixext 16: marker, type, 16 bytes of location.
+        let bytes = resolve(raw[start + 1] as i8, &raw[start + 2..end])?;
+        let _ = rmp::encode::write_bin_len(&mut out, bytes.len() as u32);
+        out.extend_from_slice(&bytes);
+        copied = end;
+        Ok(())
+    })?;
+    out.extend_from_slice(&raw[copied..]);
+    Ok(out)
+}
+
+/// Walks one MessagePack value, calling `found(start, end)` for each
+/// out-of-line byte string (a `fixext 16` of type [`EXT_TYPE`]), in order;
+/// returns how many it found. Malformed input is an error (the caller then
+/// leaves decoding, and its error, to rmp_serde).
+fn scan(
+    raw: &[u8],
+    found: &mut dyn FnMut(usize, usize) -> Result<(), String>,
+) -> Result<usize, String> {
+    let mut pos = 0;
+    let mut count = 0;
+    // Values still to walk; arrays and maps add their items.
+    let mut pending: u64 = 1;
+    while pending > 0 {
+        pending -= 1;
+        let start = pos;
+        let marker = *raw.get(pos).ok_or("truncated")?;
+        pos += 1;
+        let take = |pos: &mut usize, n: usize| -> Result<u64, String> {
+            let b = raw.get(*pos..*pos + n).ok_or("truncated")?;
+            *pos += n;
+            Ok(b.iter().fold(0u64, |acc, &x| acc << 8 | x as u64))
+        };
+        let skip = |pos: &mut usize, n: u64| -> Result<(), String> {
+            let end = (*pos as u64).checked_add(n).ok_or("overflow")?;
+            if end > raw.len() as u64 {
+                return Err("truncated".into());
+            }
+            *pos = end as usize;
+            Ok(())
+        };
+        let items = |n: u64| -> Result<u64, String> {
+            // Every item takes at least one byte: more than the bytes left
+            // is malformed (and would not fit a counter's sums).
+            if n > raw.len() as u64 {
+                return Err("too many items".into());
+            }
+            Ok(n)
+        };
+        match marker {
+            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => {}
+            0x80..=0x8f => pending += items(2 * (marker & 0x0f) as u64)?,
+            0x90..=0x9f => pending += items((marker & 0x0f) as u64)?,
+            0xa0..=0xbf => skip(&mut pos, (marker & 0x1f) as u64)?,
+            0xc4 | 0xd9 => {
+                let n = take(&mut pos, 1)?;
+                skip(&mut pos, n)?
+            }
+            0xc5 | 0xda => {
+                let n = take(&mut pos, 2)?;
+                skip(&mut pos, n)?
+            }
+            0xc6 | 0xdb => {
+                let n = take(&mut pos, 4)?;
+                skip(&mut pos, n)?
+            }
+            0xc7 => {
+                let n = take(&mut pos, 1)?;
+                skip(&mut pos, n + 1)?
+            }
+            0xc8 => {
+                let n = take(&mut pos, 2)?;
+                skip(&mut pos, n + 1)?
+            }
+            0xc9 => {
+                let n = take(&mut pos, 4)?;
+                skip(&mut pos, n + 1)?
+            }
+            0xcc | 0xd0 => skip(&mut pos, 1)?,
+            0xcd | 0xd1 => skip(&mut pos, 2)?,
+            0xca | 0xce | 0xd2 => skip(&mut pos, 4)?,
+            0xcb | 0xcf | 0xd3 => skip(&mut pos, 8)?,
+            0xd4 => skip(&mut pos, 2)?,
+            0xd5 => skip(&mut pos, 3)?,
+            0xd6 => skip(&mut pos, 5)?,
+            0xd7 => skip(&mut pos, 9)?,
+            0xd8 => {
+                let tag = *raw.get(pos).ok_or("truncated")? as i8;
+                skip(&mut pos, 17)?;
+                if tag == EXT_TYPE {
+                    found(start, pos)?;
+                    count += 1;
+                }
+            }
+            0xdc => pending += items(take(&mut pos, 2)?)?,
+            0xdd => pending += items(take(&mut pos, 4)?)?,
+            0xde => pending += items(2 * take(&mut pos, 2)?)?,
+            0xdf => pending += items(2 * take(&mut pos, 4)?)?,
+            0xc1 => return Err("reserved marker 0xc1".into()),
+        }
+    }
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests;
