@@ -49,3 +49,40 @@ pub(crate) fn keep_thread_state() {
         let _ = pyo3::ffi::PyEval_SaveThread();
     }
 }
+
+/// Calls `f` with the bytes of `obj` if it exports a C-contiguous buffer
+/// (the buffer protocol: `memoryview`, `array.array`, numpy arrays, `mmap`),
+/// `None` if it does not (the error it raised is cleared). One borrow of
+/// the buffer, released before returning; no copy.
+pub(crate) fn with_contiguous_bytes<R>(
+    obj: &pyo3::Bound<'_, pyo3::PyAny>,
+    f: impl FnOnce(&[u8]) -> R,
+) -> Option<R> {
+    use pyo3::ffi;
+    let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::zeroed();
+    // SAFETY: `obj` is a live object (the Bound holds a reference and the
+    // GIL); PyObject_GetBuffer fills `view` or fails, and PyBUF_SIMPLE asks
+    // for a C-contiguous run of bytes (refused by exporters that cannot).
+    let rc = unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), view.as_mut_ptr(), ffi::PyBUF_SIMPLE) };
+    if rc != 0 {
+        // SAFETY: the GIL is held; this clears the error GetBuffer raised.
+        unsafe { ffi::PyErr_Clear() };
+        return None;
+    }
+    // SAFETY: GetBuffer succeeded, so `view` is initialised.
+    let mut view = unsafe { view.assume_init() };
+    let len = usize::try_from(view.len).unwrap_or(0);
+    let bytes = if len == 0 || view.buf.is_null() {
+        &[][..]
+    } else {
+        // SAFETY: a successful PyBUF_SIMPLE request gives `len` contiguous
+        // readable bytes at `buf`, valid until PyBuffer_Release; we hold
+        // the GIL and run no Python code meanwhile, so nothing resizes or
+        // frees the exporter's memory while the slice lives.
+        unsafe { std::slice::from_raw_parts(view.buf as *const u8, len) }
+    };
+    let out = f(bytes);
+    // SAFETY: releases the buffer GetBuffer gave us, once.
+    unsafe { ffi::PyBuffer_Release(&mut view) };
+    Some(out)
+}

@@ -1,7 +1,9 @@
 //! Python values <-> MessagePack, directly (no `msgpack` package on the
 //! hot path), mapped as the original maps them: `packb(use_bin_type=True)`
 //! and `unpackb(raw=False)` — str, bytes, int, float, bool, None,
-//! list/tuple (arrays, decoded as lists), dict (maps).
+//! list/tuple (arrays, decoded as lists), dict (maps); and, as bin, any
+//! object exporting a contiguous buffer (`bytearray`, `memoryview`, numpy
+//! arrays).
 
 use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -64,9 +66,11 @@ fn encode_at(obj: &Bound<'_, PyAny>, buf: &mut Vec<u8>, depth: u32) -> PyResult<
         for item in l.iter() {
             encode_at(&item, buf, depth + 1)?;
         }
-    } else if obj.get_type().name()?.to_str()? == "memoryview" {
-        let bytes: Vec<u8> = obj.call_method0("tobytes")?.extract()?;
-        let _ = rmp::encode::write_bin(buf, &bytes);
+    } else if crate::platform::with_contiguous_bytes(obj, |bytes| write_bytes(buf, bytes)).is_some()
+    {
+        // memoryview, array.array, a numpy array...: their bytes, borrowed
+        // through the buffer protocol and copied once, as bin (or out of
+        // line).
     } else {
         return Err(PyTypeError::new_err(format!(
             "can not serialize {:?} object",

@@ -1,6 +1,9 @@
 //! Round trips and streaming between two real processes: a MetaBridge
 //! channel (busy-poll and default wait policy) against a Unix domain socket,
-//! with both processes on different vCPUs, on the same vCPU, and unpinned.
+//! with both processes on different vCPUs, on the same vCPU, and unpinned;
+//! and the floor of any shared-memory round trip on this machine: two
+//! processes busy-polling a one-slot mailbox (one word each way), across
+//! vCPUs, with the ratio of the busy-poll ring's p50 to it.
 //!
 //! The bench process re-executes itself as the echo peer (`MB_BENCH_ROLE`
 //! set in the environment, checked before criterion sees the arguments).
@@ -63,6 +66,7 @@ fn peer_main(role: &str) -> Result<(), String> {
         "shm" => shm_peer(),
         "uds-lat" => uds_latency_peer(),
         "uds-stream" => uds_stream_peer(),
+        "floor" => floor_peer(),
         _ => Err(format!("unknown role {role}")),
     }
 }
@@ -97,6 +101,65 @@ fn shm_peer() -> Result<(), String> {
             Ok(())
         };
         r.map_err(|e| e.to_string())?;
+    }
+}
+
+/// The mailbox of the one-slot floor: a page of a file both processes map,
+/// one word each way on its own cache line.
+struct Mailbox {
+    map: memmap2::MmapMut,
+}
+
+impl Mailbox {
+    const PING: usize = 0;
+    const PONG: usize = 128;
+    /// Written to PING when the bench is done.
+    const DONE: u64 = u64::MAX;
+
+    fn open(path: &Path) -> Result<Mailbox, String> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| e.to_string())?;
+        file.set_len(4096).map_err(|e| e.to_string())?;
+        // SAFETY: a shared mapping of a bench-private file that nobody
+        // truncates while both processes map it; accessed only through
+        // the atomics below.
+        let map = unsafe { memmap2::MmapMut::map_mut(&file) }.map_err(|e| e.to_string())?;
+        Ok(Mailbox { map })
+    }
+
+    fn word(&self, at: usize) -> &std::sync::atomic::AtomicU64 {
+        assert!(at % 8 == 0 && at + 8 <= self.map.len());
+        // SAFETY: in bounds and aligned (asserted; the mapping is page
+        // aligned); shared memory reached only atomically.
+        unsafe { &*(self.map.as_ptr().add(at) as *const std::sync::atomic::AtomicU64) }
+    }
+}
+
+/// Answers each new PING with the same PONG, busy-polling, until DONE.
+fn floor_peer() -> Result<(), String> {
+    use std::sync::atomic::Ordering;
+    let mailbox = Mailbox::open(Path::new(&var("MB_BENCH_FLOOR")?))?;
+    let (ping, pong) = (mailbox.word(Mailbox::PING), mailbox.word(Mailbox::PONG));
+    println!("READY");
+    let mut last = ping.load(Ordering::Acquire);
+    loop {
+        // Acquire/Release: a message in a real mailbox would be published
+        // with the word; the floor pays for the same orderings.
+        let v = ping.load(Ordering::Acquire);
+        if v == last {
+            std::hint::spin_loop();
+            continue;
+        }
+        if v == Mailbox::DONE {
+            return Ok(());
+        }
+        pong.store(v, Ordering::Release);
+        last = v;
     }
 }
 
@@ -252,6 +315,8 @@ enum System {
     ShmBusy,
     ShmDefault,
     Uds,
+    /// The one-slot mailbox: the floor of a shared-memory round trip.
+    Floor,
 }
 
 impl System {
@@ -260,6 +325,7 @@ impl System {
             System::ShmBusy => "metabridge busy-poll",
             System::ShmDefault => "metabridge default",
             System::Uds => "unix socket",
+            System::Floor => "one-slot floor",
         }
     }
 
@@ -268,6 +334,7 @@ impl System {
             System::ShmBusy => "mb-busy",
             System::ShmDefault => "mb-default",
             System::Uds => "uds",
+            System::Floor => "floor",
         }
     }
 }
@@ -378,6 +445,59 @@ impl Transport for Shm {
             let m = self.ch.recv().expect("recv ack");
             assert_eq!(&*m, &[1]);
         }
+    }
+}
+
+/// The bench's end of the one-slot mailbox.
+struct Floor {
+    mailbox: Mailbox,
+    _peer: Peer,
+    seq: u64,
+}
+
+impl Floor {
+    fn connect(dir: &Path, cpu: Option<usize>) -> Floor {
+        let path = dir.join("floor");
+        let mailbox = Mailbox::open(&path).expect("mailbox");
+        let mut peer = Peer::spawn(
+            "floor",
+            cpu,
+            &[("MB_BENCH_FLOOR", path.display().to_string())],
+        );
+        peer.wait_ready();
+        Floor {
+            mailbox,
+            _peer: peer,
+            seq: 0,
+        }
+    }
+}
+
+impl Transport for Floor {
+    #[inline]
+    fn round_trip(&mut self) {
+        use std::sync::atomic::Ordering;
+        self.seq += 1;
+        let (ping, pong) = (
+            self.mailbox.word(Mailbox::PING),
+            self.mailbox.word(Mailbox::PONG),
+        );
+        ping.store(self.seq, Ordering::Release);
+        while pong.load(Ordering::Acquire) != self.seq {
+            std::hint::spin_loop();
+        }
+    }
+
+    fn stream(&mut self, _ack: bool) {
+        unreachable!("the floor has no stream")
+    }
+}
+
+impl Drop for Floor {
+    fn drop(&mut self) {
+        self.mailbox
+            .word(Mailbox::PING)
+            .store(Mailbox::DONE, std::sync::atomic::Ordering::Release);
     }
 }
 
@@ -534,6 +654,7 @@ fn run_one(
     pin(mine).expect("pin the bench process");
     let mut t: Box<dyn Transport> = match system {
         System::Uds => Box::new(Uds::connect(dir, peer)),
+        System::Floor => Box::new(Floor::connect(dir, peer)),
         _ => Box::new(Shm::connect(dir, system, peer)),
     };
     let id = format!("{}/{}", system.id(), placement.id());
@@ -542,7 +663,11 @@ fn run_one(
 
     let samples = latency_samples(&mut *t, s);
     let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
-    let stream_mib_s = stream_rate(&mut *t, s);
+    let stream_mib_s = if system == System::Floor {
+        0.0
+    } else {
+        stream_rate(&mut *t, s)
+    };
     let row = Row {
         system,
         placement,
@@ -569,6 +694,11 @@ fn run_one(
     }
     g.bench_function(&id, |b| b.iter(|| t.round_trip()));
     g.finish();
+    if system == System::Floor {
+        drop(t);
+        pin(None).expect("unpin");
+        return row;
+    }
 
     let mut g = c.benchmark_group("stream_1MiB");
     g.throughput(Throughput::Bytes(BIG as u64));
@@ -622,8 +752,12 @@ fn bench_main() {
     let can_cross = cpus.contains(&0) && cpus.contains(&1);
     let can_same = cpus.contains(&0);
     let mut runs = Vec::new();
-    for system in [System::ShmBusy, System::ShmDefault, System::Uds] {
+    for system in [System::Floor, System::ShmBusy, System::ShmDefault, System::Uds] {
         for placement in [Placement::Cross, Placement::Same, Placement::Unpinned] {
+            // The floor busy-polls: only across vCPUs does it mean anything.
+            if system == System::Floor && placement != Placement::Cross {
+                continue;
+            }
             let possible = match placement {
                 Placement::Cross => can_cross,
                 Placement::Same => can_same,
@@ -679,6 +813,19 @@ fn print_table(rows: &[Row], s: &Settings) {
             r.stream_mib_s
         );
     }
+    let at = |system: System| {
+        rows.iter()
+            .find(|r| r.system == system && r.placement == Placement::Cross)
+    };
+    if let (Some(floor), Some(busy)) = (at(System::Floor), at(System::ShmBusy)) {
+        println!();
+        println!(
+            "busy-poll ring p50 / one-slot floor p50 (cpu0 / cpu1): {:.1}x ({:.3} us / {:.3} us)",
+            us(busy.p50) / us(floor.p50),
+            us(busy.p50),
+            us(floor.p50)
+        );
+    }
     println!();
     println!("UDS p50 / MetaBridge p50 (higher: MetaBridge faster)");
     for placement in [Placement::Cross, Placement::Same, Placement::Unpinned] {
@@ -688,9 +835,9 @@ fn print_table(rows: &[Row], s: &Settings) {
         else {
             continue;
         };
-        for mb in rows
-            .iter()
-            .filter(|r| r.system != System::Uds && r.placement == placement)
+        for mb in rows.iter().filter(|r| {
+            !matches!(r.system, System::Uds | System::Floor) && r.placement == placement
+        })
         {
             println!(
                 "  {:<12} {:<22} {:>9.3}x   (stream: {:.2}x UDS)",

@@ -821,8 +821,11 @@ impl Receiver {
 
     /// Frees the receive buffer's memory above [`KEEP_BUFFER`](crate::KEEP_BUFFER),
     /// for an owner that has been idle for a while.
+    /// A message half taken in keeps its buffer.
     pub fn give_back_buffer(&mut self) {
-        self.assembly.give_back();
+        if !self.partial {
+            self.assembly.give_back();
+        }
     }
 
     /// Whether the producer has closed its side: it will send nothing more

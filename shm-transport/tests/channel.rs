@@ -739,3 +739,34 @@ fn try_recv_returns_while_a_message_is_cut_short() {
     drop(receiver.join().unwrap());
     drop(a);
 }
+
+/// An owner that gives its buffers back while idle (a service worker
+/// between ticks) must not lose a message half taken in: the rest of a
+/// large request may still be on its way.
+#[test]
+fn giving_buffers_back_keeps_a_message_half_received() {
+    use std::os::fd::AsFd;
+    let config = ChannelConfig {
+        capacity: 64 * 1024,
+        ..Default::default()
+    };
+    let (mut a, fd) = Channel::create_memfd(&config).unwrap();
+    let mut b = Channel::from_fd(fd.as_fd(), &config).unwrap();
+    let message: Vec<u8> = (0..3 << 20).map(|i| (i * 7) as u8).collect();
+    let mut sent = 0;
+    let mut buf = metabridge_shm::ReusedBuffer::new();
+    let mut rounds = 0;
+    loop {
+        let done = a.halves().0.try_send_from(&message, &mut sent).unwrap();
+        let (_, rx) = b.halves();
+        if rx.try_recv_into(&mut buf).unwrap() {
+            assert!(done);
+            break;
+        }
+        rx.give_back_buffer(); // idle between frames
+        rounds += 1;
+        assert!(rounds < 10_000, "the message never completed");
+    }
+    assert!(rounds > 1, "the message went through in parts");
+    assert!(buf[..] == message[..], "the message came through whole");
+}

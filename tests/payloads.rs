@@ -1,0 +1,106 @@
+//! Large byte strings over shared memory, out of line in the payload
+//! pools: the right bytes whatever type decodes them, many at once past
+//! the process cap, and their memory back once the calls are over.
+
+mod common;
+
+use common::{rss_kib, TestEnv};
+use metabridge::{Bin, TransportKind};
+use std::time::{Duration, Instant};
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+fn bumped(data: &[u8]) -> Vec<u8> {
+    data.iter().map(|b| b.wrapping_add(1)).collect()
+}
+
+#[test]
+fn large_bytes_come_back_whole_whatever_decodes_them() {
+    let mut env = TestEnv::new("payloads");
+    env.start_service("svc", &[]);
+    let c = env.client("svc", TransportKind::Shm, "a");
+    assert_eq!(c.transport_name(), "shm");
+    for len in [64 << 10, (1 << 20) + 3, 8 << 20] {
+        let data = pattern(len, len as u8);
+        // Bin resolves the pool's bytes itself...
+        let back: Bin<Vec<u8>> = c.call("bump", (Bin(&data[..]),)).unwrap();
+        assert!(back.0 == bumped(&data), "{len} bytes through Bin");
+        // ...a dynamic value gets them put back in line...
+        let value: rmpv::Value = c.call("bump", (Bin(&data[..]),)).unwrap();
+        assert!(
+            value == rmpv::Value::Binary(bumped(&data)),
+            "{len} bytes as rmpv::Value"
+        );
+        // ...and so does a caller that decodes the result itself later,
+        // away from the channel (the Python package, the CLI).
+        let args = metabridge::to_msgpack(&(Bin(&data[..]),)).unwrap();
+        let raw = c
+            .call_encoded("bump", &args, &[0x80], None)
+            .unwrap_or_else(|e| panic!("{len}: {e}"));
+        let later: Bin<Vec<u8>> = rmp_serde::from_slice(&raw).unwrap();
+        assert!(later.0 == bumped(&data), "{len} bytes decoded later");
+    }
+    // Small calls on the same channel after large ones are unaffected.
+    assert_eq!(c.call::<String>("echo", ("x",)).unwrap(), "ax");
+}
+
+/// One round: 32 clients, each two 8 MiB calls at once, then closed.
+fn thirty_two_clients(env: &TestEnv) {
+    let clients: Vec<_> = (0..32)
+        .map(|_| env.client("svc", TransportKind::Shm, "a"))
+        .collect();
+    std::thread::scope(|s| {
+        for (i, c) in clients.iter().enumerate() {
+            s.spawn(move || {
+                let data = pattern(8 << 20, i as u8);
+                for _ in 0..2 {
+                    let back: Bin<Vec<u8>> = c.call("bump", (Bin(&data[..]),)).unwrap();
+                    assert!(back.0 == bumped(&data), "client {i}");
+                }
+            });
+        }
+    });
+    for c in clients {
+        c.close();
+    }
+}
+
+/// 32 × 8 MiB each way is past the process cap on retained memory
+/// (256 MiB): some strings go out of line, the rest stream through the
+/// rings, and every call gets its own bytes back. A second round must not
+/// leave the service larger than the first did: closed channels take
+/// their pools and buffers with them (what stays is the allocator's own).
+#[test]
+fn thirty_two_concurrent_8_mib_calls_all_come_back_and_their_memory_goes() {
+    let mut env = TestEnv::new("pool-cap");
+    let pid = env.start_service("svc", &[]);
+    let warm = env.client("svc", TransportKind::Shm, "a");
+    assert_eq!(warm.call::<String>("echo", ("w",)).unwrap(), "aw");
+    thirty_two_clients(&env);
+    let first = settled_rss(pid);
+    thirty_two_clients(&env);
+    let second = settled_rss(pid);
+    assert!(
+        second < first + 48 * 1024,
+        "a second round of 32 clients left the service {} MiB larger than the first",
+        second.saturating_sub(first) / 1024
+    );
+    assert_eq!(warm.call::<String>("echo", ("z",)).unwrap(), "az");
+}
+
+/// The service's RSS once it stops shrinking (its idle tick has given
+/// buffers back and closed channels have been dropped).
+fn settled_rss(pid: u32) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = rss_kib(pid);
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = rss_kib(pid);
+        if now >= last || Instant::now() > deadline {
+            return now.min(last);
+        }
+        last = now;
+    }
+}
