@@ -33,10 +33,7 @@ fn main() -> metabridge::Result<()> {
         other => println!("unexpected: {other:?}"),
     }
     let label = vec![0x89, b'P', b'N', b'G', 0, 1, 2, 3];
-    println!(
-        "label stored: {} bytes",
-        lisbon.set_label("B-8", &label)?
-    );
+    println!("label stored: {} bytes", lisbon.set_label("B-8", &label)?);
     assert_eq!(lisbon.label("B-8")?, label);
     println!("stock value: {} cents", lisbon.value_cents()?);
     // Another warehouse is another instance, with its own state.

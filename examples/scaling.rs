@@ -809,7 +809,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let s = Settings {
         quick: args.iter().any(|a| a == "--quick"),
         sizes: value("--sizes")
-            .map(|v| v.split(',').map(str::parse).collect::<Result<Vec<usize>, _>>())
+            .map(|v| {
+                v.split(',')
+                    .map(str::parse)
+                    .collect::<Result<Vec<usize>, _>>()
+            })
             .transpose()?,
         transport: value("--transport"),
         pin: value("--pin"),

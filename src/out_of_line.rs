@@ -121,7 +121,10 @@ pub(crate) fn checked_len(tag: i8, data: &[u8]) -> Result<u64, String> {
 pub(crate) fn read_into(tag: i8, data: &[u8], dst: &mut [u8]) -> Result<(), String> {
     let (offset, len) = location(tag, data)?;
     if len != dst.len() as u64 {
-        return Err(format!("{len} out-of-line bytes into a buffer of {}", dst.len()));
+        return Err(format!(
+            "{len} out-of-line bytes into a buffer of {}",
+            dst.len()
+        ));
     }
     INBOUND.with(|c| match c.borrow().as_ref() {
         Some(reader) => reader.read_into(offset, dst).map_err(|e| e.to_string()),

@@ -9,7 +9,9 @@ use metabridge::{Bin, TransportKind};
 use std::time::{Duration, Instant};
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 fn bumped(data: &[u8]) -> Vec<u8> {

@@ -752,7 +752,12 @@ fn bench_main() {
     let can_cross = cpus.contains(&0) && cpus.contains(&1);
     let can_same = cpus.contains(&0);
     let mut runs = Vec::new();
-    for system in [System::Floor, System::ShmBusy, System::ShmDefault, System::Uds] {
+    for system in [
+        System::Floor,
+        System::ShmBusy,
+        System::ShmDefault,
+        System::Uds,
+    ] {
         for placement in [Placement::Cross, Placement::Same, Placement::Unpinned] {
             // The floor busy-polls: only across vCPUs does it mean anything.
             if system == System::Floor && placement != Placement::Cross {
@@ -837,8 +842,7 @@ fn print_table(rows: &[Row], s: &Settings) {
         };
         for mb in rows.iter().filter(|r| {
             !matches!(r.system, System::Uds | System::Floor) && r.placement == placement
-        })
-        {
+        }) {
             println!(
                 "  {:<12} {:<22} {:>9.3}x   (stream: {:.2}x UDS)",
                 placement.label(),

@@ -103,15 +103,15 @@ pub use channel::{
     default_dir, Channel, ChannelConfig, FrameWriter, Message, Receiver, Sender, DEFAULT_POOL,
 };
 #[cfg(not(loom))]
-pub use pool::{PoolReader, PoolWriter, POOL_ALIGN};
-#[cfg(not(loom))]
-pub use reuse::{ReusedBuffer, CHANNEL_BUDGET, KEEP_BUFFER, RETAINED_CAP};
-#[cfg(not(loom))]
 pub use doorbell::{Doorbell, DoorbellSet};
 #[cfg(not(loom))]
 pub use header::{HEADER_LEN, LAYOUT_VERSION, MAX_BELLS, MAX_CAPACITY, MAX_POOL, MIN_CAPACITY};
 #[cfg(not(loom))]
 pub use liveness::ProcessIdentity;
+#[cfg(not(loom))]
+pub use pool::{PoolReader, PoolWriter, POOL_ALIGN};
+#[cfg(not(loom))]
+pub use reuse::{ReusedBuffer, CHANNEL_BUDGET, KEEP_BUFFER, RETAINED_CAP};
 #[cfg(not(loom))]
 pub use segment::{gc, segment_path, FILE_PREFIX};
 

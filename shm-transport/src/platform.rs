@@ -76,7 +76,12 @@ pub(crate) fn sealed_memfd_reserving(
 /// Reserves the pages of `len` bytes at `offset` of a memfd (already sized
 /// and sealed: reserving inside its size changes no size). ENOSPC or
 /// ENOMEM (a full memory cgroup) is [`Error::NoSpace`].
-pub(crate) fn reserve_range(fd: BorrowedFd<'_>, offset: usize, len: usize, what: &str) -> Result<()> {
+pub(crate) fn reserve_range(
+    fd: BorrowedFd<'_>,
+    offset: usize,
+    len: usize,
+    what: &str,
+) -> Result<()> {
     loop {
         match nix::fcntl::posix_fallocate(fd.as_raw_fd(), offset as libc::off_t, len as libc::off_t)
         {

@@ -208,10 +208,7 @@ mod tests {
         a.reserve_exact(8 << 20);
         a.settle(CHANNEL_BUDGET);
         assert!(a.capacity() >= 8 << 20, "kept within budget");
-        assert_eq!(
-            total(),
-            before + a.capacity() - KEEP_BUFFER
-        );
+        assert_eq!(total(), before + a.capacity() - KEEP_BUFFER);
         // Over the budget: freed at once.
         let mut b = buffer();
         b.reserve_exact(CHANNEL_BUDGET + 1);

@@ -20,8 +20,8 @@
 
 use crate::error::{Error, Result};
 use crate::header::{
-    pool_offset, segment_len, SegmentHeader, SideInfo, CONTROL_OFFSET, HEADER_LEN,
-    LAYOUT_VERSION, MAX_CAPACITY, MAX_POOL, MIN_CAPACITY, PAGE, SEGMENT_MAGIC,
+    pool_offset, segment_len, SegmentHeader, SideInfo, CONTROL_OFFSET, HEADER_LEN, LAYOUT_VERSION,
+    MAX_CAPACITY, MAX_POOL, MIN_CAPACITY, PAGE, SEGMENT_MAGIC,
 };
 use crate::liveness::ProcessIdentity;
 use crate::mapping::{Access, SharedMapping};
@@ -189,7 +189,8 @@ impl Segment {
         }
         seg.map = SharedMapping::sealed(fd, total as usize, Access::ReadWrite)?;
         // The rings only: the pools' pages are mapped as they come into use.
-        seg.map.populate(0, HEADER_LEN + capacity[0] + capacity[1])?;
+        seg.map
+            .populate(0, HEADER_LEN + capacity[0] + capacity[1])?;
         seg.capacity = capacity;
         seg.pool = pool;
         seg.fd = Some(fd.try_clone_to_owned()?);
@@ -388,9 +389,10 @@ impl Segment {
     /// `i`'s pool, so that writing them takes no fault and a lack of memory
     /// is [`Error::NoSpace`] now rather than a SIGBUS later.
     pub(crate) fn reserve_pool(&self, i: usize, offset: usize, len: usize) -> Result<()> {
-        let fd = self.fd.as_ref().ok_or_else(|| {
-            Error::Config("a named segment has no payload pool".into())
-        })?;
+        let fd = self
+            .fd
+            .as_ref()
+            .ok_or_else(|| Error::Config("a named segment has no payload pool".into()))?;
         let at = self.pool_start(i) + offset;
         crate::platform::reserve_range(fd.as_fd(), at, len, "a channel's payload pool")?;
         self.map.populate(at, len)?;

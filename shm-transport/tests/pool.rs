@@ -97,7 +97,10 @@ fn a_full_pool_says_so_and_bytes_stay_in_line() {
     assert!(!w.placed());
     assert!(w.place(&vec![1u8; (1 << 19) + 1]).is_some());
     // The next placement starts on the next 64-byte boundary.
-    assert!(w.place(&vec![1u8; (1 << 19) - 1]).is_none(), "aligned past the end");
+    assert!(
+        w.place(&vec![1u8; (1 << 19) - 1]).is_none(),
+        "aligned past the end"
+    );
     assert!(w.place(&vec![1u8; (1 << 19) - POOL_ALIGN]).is_some());
 }
 
@@ -125,4 +128,3 @@ fn channels_without_a_pool_have_no_writer_or_reader() {
     assert!(a.pool_writer().is_none());
     assert!(b.pool_reader().is_none());
 }
-

@@ -44,7 +44,11 @@ fn large_bytes_go_out_of_line_and_come_back_straight_from_the_pool() {
     };
     let (bytes, placed) = encode(&a, &image);
     assert!(placed);
-    assert!(bytes.len() < 100, "only the location travels: {} bytes", bytes.len());
+    assert!(
+        bytes.len() < 100,
+        "only the location travels: {} bytes",
+        bytes.len()
+    );
     let reader = b.pool_reader().unwrap();
     let back: Image = with_inbound(Some(&reader), || decode(&bytes)).unwrap();
     assert_eq!(back, image);
@@ -78,7 +82,10 @@ fn an_out_of_line_value_without_a_pool_is_an_error_not_a_misread() {
     let (bytes, placed) = encode(&a, &Bin(vec![1u8; THRESHOLD]));
     assert!(placed);
     let err = rmp_serde::from_slice::<Bin<Vec<u8>>>(&bytes).unwrap_err();
-    assert!(err.to_string().contains("outside a shared-memory message"), "{err}");
+    assert!(
+        err.to_string().contains("outside a shared-memory message"),
+        "{err}"
+    );
 }
 
 #[test]

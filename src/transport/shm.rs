@@ -4,9 +4,9 @@
 
 use super::{interrupted_wait, CallTransport, Limits, INTERRUPT_SLICE};
 use crate::error::{Error, PeerGone, Result, TimedOut};
+use crate::out_of_line::{with_inbound, with_outbound};
 use crate::resolve::ServiceAddress;
 use crossbeam_utils::atomic::AtomicCell;
-use crate::out_of_line::{with_inbound, with_outbound};
 use metabridge_shm::{Channel, ChannelConfig, DoorbellSet, PoolReader, PoolWriter, ReusedBuffer};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
