@@ -77,14 +77,11 @@ pub struct PlainImage {
 }
 
 /// The service of the payload and image series: it hands back what it got.
+#[derive(Default)]
 pub struct PayloadEcho;
 
 #[metabridge::service(name = "payload-echo")]
 impl PayloadEcho {
-    pub fn new() -> Self {
-        PayloadEcho
-    }
-
     #[metabridge::function]
     pub fn echo(&self, data: Vec<u8>) -> Vec<u8> {
         data

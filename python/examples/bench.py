@@ -5,7 +5,8 @@
 1. latency: one client, 200 calls of ``get("mundo!")`` after a warm-up:
    p50, p95, min;
 2. throughput: 16 threads sharing one client for 2 s: calls/s;
-3. bottleneck: 32 threads sharing one client for 5 s: calls/s, p50, p95.
+3. bottleneck: 32 threads sharing one client for 5 s: calls/s, p50, p95;
+4. payload: an 8 MiB ``bytes`` echo, one client: p50 and min of 20 calls.
 
 Each against a Python service of this package (``demo-service``, as in the
 seed) and, if the Rust fixture service ``mb-fixture-test-service`` is given
@@ -46,6 +47,10 @@ class Demo:
     @meta.function
     def get(self, outro_argumento):
         return f"{self.argumento} {outro_argumento}"
+
+    @meta.function
+    def echo_bytes(self, data):
+        return data
 
 
 def pct(xs, q):
@@ -105,12 +110,17 @@ def throughput(call, threads, seconds, timed=False):
     return out
 
 
-def measure(call, quick):
+PAYLOAD = bytes(range(256)) * (8 << 12)  # 8 MiB
+
+
+def measure(call, echo_bytes, quick):
     s = 0.5 if quick else 1.0
+    assert echo_bytes(PAYLOAD) == PAYLOAD
     return {
         "lat": latency(call),
         "t16": throughput(call, 16, 2 * s),
         "t32": throughput(call, 32, 5 * s, timed=True),
+        "big": latency(lambda: echo_bytes(PAYLOAD), n=20, warmup=3),
     }
 
 
@@ -164,12 +174,12 @@ def main():
             assert client.get("mundo!") == "Olá, mundo!"
             assert client._transport == "shm"
             get = client.get
-            results["Python service"] = measure(lambda: get("mundo!"), opts.quick)
+            results["Python service"] = measure(lambda: get("mundo!"), client.echo_bytes, opts.quick)
         if rust:
             with meta.connect("bench-rust", "Olá, ", 1) as client:
                 assert client.echo("mundo!") == "Olá, mundo!"
                 echo = client.echo
-                results["Rust service"] = measure(lambda: echo("mundo!"), opts.quick)
+                results["Rust service"] = measure(lambda: echo("mundo!"), client.echo_bytes, opts.quick)
     finally:
         py_handle.stop()
         if rust:
@@ -187,6 +197,8 @@ def main():
         ("bottleneck, 32 threads, 5 s", lambda r: f"{r['t32']['rate']:,.0f}/s", f"{ORIGINAL['tput32']:,}/s"),
         ("bottleneck p50", lambda r: us(r["t32"]["p50"]), us(ORIGINAL["p50_32"])),
         ("bottleneck p95", lambda r: us(r["t32"]["p95"]), us(ORIGINAL["p95_32"])),
+        ("8 MiB bytes echo p50 (20 calls)", lambda r: f"{r['big']['p50'] * 1e3:.2f} ms", "-"),
+        ("8 MiB bytes echo min", lambda r: f"{r['big']['min'] * 1e3:.2f} ms", "-"),
     ]
     width = 36
     print(f"{'':{width}}" + "".join(f"{c:>30}" for c in cols))

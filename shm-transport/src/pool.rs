@@ -145,7 +145,7 @@ impl PoolReader {
         let side = self.shared.peer_side();
         let pool = seg.pool_len(side) as u64;
         let end = offset.checked_add(len);
-        if offset % 8 != 0 || end.is_none_or(|e| e > pool) || len > self.shared.max_message {
+        if offset % 8 != 0 || !end.is_some_and(|e| e <= pool) || len > self.shared.max_message {
             return Err(Error::Corrupt(format!(
                 "a pool location of {len} bytes at offset {offset}, in a pool of {pool} bytes \
                  (8-byte aligned, inside the pool, at most {} bytes)",

@@ -352,6 +352,9 @@ fn a_corrupt_continuation_frame_is_corrupt() {
     );
 }
 
+/// A way to corrupt a message in flight, given its length.
+type Corruption = fn(&Hostile, usize);
+
 /// The first frame of a message of several declares its length: a first
 /// frame without it, a length the frames do not add up to (short or
 /// long), or a second declaration inside a message is corrupt.
@@ -362,7 +365,7 @@ fn a_declared_message_length_the_frames_break_is_corrupt() {
     const TOTAL: u64 = 8;
     // The first frame: header word at 0, declared length at 8.
     let message = vec![3u8; 8 * max + 100]; // more than the ring holds
-    let cases: [(&str, fn(&Hostile, usize)); 4] = [
+    let cases: [(&str, Corruption); 4] = [
         ("declared shorter than sent", |h, len| {
             h.data0(8).store(len as u64 - 50, Ordering::SeqCst)
         }),

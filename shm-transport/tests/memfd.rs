@@ -144,7 +144,14 @@ fn sealed_but_short_or_garbage_segments_are_typed_errors() {
         .unwrap();
     fcntl(fd.as_raw_fd(), FcntlArg::F_ADD_SEALS(all)).unwrap();
     match Channel::from_fd(fd.as_fd(), &config()) {
-        Err(Error::Truncated { needed, .. }) => assert_eq!(needed, 4096 + 2 * 4096),
+        // Header, two rings, then the two payload pools.
+        Err(Error::Truncated { needed, .. }) => {
+            assert_eq!(needed, good.metadata().unwrap().len());
+            assert_eq!(
+                needed,
+                4096 + 2 * 4096 + 2 * metabridge_shm::DEFAULT_POOL as u64
+            );
+        }
         Err(e) => panic!("expected Truncated, got {e}"),
         Ok(_) => panic!("a short segment was accepted"),
     }
