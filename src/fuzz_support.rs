@@ -23,3 +23,24 @@ pub fn map_header(buf: &[u8]) -> Option<(u32, &[u8])> {
 pub fn read_str(buf: &[u8]) -> Option<(&str, &[u8])> {
     crate::msgpack::read_str(buf)
 }
+
+/// Runs `f` with `reader` lent as the pool of the message being decoded
+/// (`out_of_line::with_inbound`).
+pub fn with_pool<R>(reader: &metabridge_shm::PoolReader, f: impl FnOnce() -> R) -> R {
+    crate::out_of_line::with_inbound(Some(reader), f)
+}
+
+/// `out_of_line::decode`: `raw` as `T`, out-of-line byte strings resolved.
+pub fn decode_resolving<T: serde::de::DeserializeOwned>(
+    raw: &[u8],
+) -> Result<T, rmp_serde::decode::Error> {
+    crate::out_of_line::decode(raw)
+}
+
+/// `out_of_line::inline`: `raw` with its out-of-line byte strings in line.
+pub fn inline_out_of_line(raw: &[u8]) -> Result<Vec<u8>, String> {
+    crate::out_of_line::inline(raw)
+}
+
+/// The ext type of an out-of-line byte string.
+pub const OUT_OF_LINE_EXT: i8 = crate::out_of_line::EXT_TYPE;

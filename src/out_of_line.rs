@@ -156,7 +156,7 @@ pub(crate) fn decode<T: DeserializeOwned>(raw: &[u8]) -> Result<T, rmp_serde::de
     if !lent {
         return rmp_serde::from_slice(raw);
     }
-    let expected = match scan(raw, &mut |_, _| Ok(())) {
+    let expected = match scan(raw, &mut |_, _, _| Ok(())) {
         Ok(0) | Err(_) => return rmp_serde::from_slice(raw),
         Ok(n) => n,
     };
@@ -180,10 +180,9 @@ pub(crate) fn inline(raw: &[u8]) -> Result<Vec<u8>, String> {
     }
     let mut out = Vec::with_capacity(raw.len());
     let mut copied = 0;
-    scan(raw, &mut |start, end| {
+    scan(raw, &mut |start, data, end| {
         out.extend_from_slice(&raw[copied..start]);
-        // fixext 16: marker, type, 16 bytes of location.
-        let bytes = resolve(raw[start + 1] as i8, &raw[start + 2..end])?;
+        let bytes = resolve(EXT_TYPE, &raw[data..end])?;
         let _ = rmp::encode::write_bin_len(&mut out, bytes.len() as u32);
         out.extend_from_slice(&bytes);
         copied = end;
@@ -193,13 +192,15 @@ pub(crate) fn inline(raw: &[u8]) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// Walks one MessagePack value, calling `found(start, end)` for each
-/// out-of-line byte string (a `fixext 16` of type [`EXT_TYPE`]), in order;
-/// returns how many it found. Malformed input is an error (the caller then
-/// leaves decoding, and its error, to rmp_serde).
+/// Walks one MessagePack value, calling `found(start, data, end)` for each
+/// ext value of type [`EXT_TYPE`] (whatever its encoding: a well-formed one
+/// is a `fixext 16`, any other is refused when resolved, as a `Bin` refuses
+/// it), with where it starts, where its payload starts and where it ends,
+/// in order; returns how many it found. Malformed input is an error (the
+/// caller then leaves decoding, and its error, to rmp_serde).
 fn scan(
     raw: &[u8],
-    found: &mut dyn FnMut(usize, usize) -> Result<(), String>,
+    found: &mut dyn FnMut(usize, usize, usize) -> Result<(), String>,
 ) -> Result<usize, String> {
     let mut pos = 0;
     let mut count = 0;
@@ -248,34 +249,24 @@ fn scan(
                 let n = take(&mut pos, 4)?;
                 skip(&mut pos, n)?
             }
-            0xc7 => {
-                let n = take(&mut pos, 1)?;
-                skip(&mut pos, n + 1)?
-            }
-            0xc8 => {
-                let n = take(&mut pos, 2)?;
-                skip(&mut pos, n + 1)?
-            }
-            0xc9 => {
-                let n = take(&mut pos, 4)?;
-                skip(&mut pos, n + 1)?
+            0xc7..=0xc9 | 0xd4..=0xd8 => {
+                let n = match marker {
+                    0xc7 => take(&mut pos, 1)?,
+                    0xc8 => take(&mut pos, 2)?,
+                    0xc9 => take(&mut pos, 4)?,
+                    fixed => 1 << (fixed - 0xd4),
+                };
+                let tag = *raw.get(pos).ok_or("truncated")? as i8;
+                skip(&mut pos, n + 1)?;
+                if tag == EXT_TYPE {
+                    found(start, pos - n as usize, pos)?;
+                    count += 1;
+                }
             }
             0xcc | 0xd0 => skip(&mut pos, 1)?,
             0xcd | 0xd1 => skip(&mut pos, 2)?,
             0xca | 0xce | 0xd2 => skip(&mut pos, 4)?,
             0xcb | 0xcf | 0xd3 => skip(&mut pos, 8)?,
-            0xd4 => skip(&mut pos, 2)?,
-            0xd5 => skip(&mut pos, 3)?,
-            0xd6 => skip(&mut pos, 5)?,
-            0xd7 => skip(&mut pos, 9)?,
-            0xd8 => {
-                let tag = *raw.get(pos).ok_or("truncated")? as i8;
-                skip(&mut pos, 17)?;
-                if tag == EXT_TYPE {
-                    found(start, pos)?;
-                    count += 1;
-                }
-            }
             0xdc => pending += items(take(&mut pos, 2)?)?,
             0xdd => pending += items(take(&mut pos, 4)?)?,
             0xde => pending += items(2 * take(&mut pos, 2)?)?,

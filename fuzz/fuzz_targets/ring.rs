@@ -120,6 +120,9 @@ fuzz_target!(|data: &[u8]| {
         liveness_interval: Duration::from_millis(20),
         max_message: 1 << 20,
         dir: scratch_dir().to_path_buf(),
+        // Named segments: no payload pool.
+        pool: 0,
+        keep_buffer: metabridge_shm::CHANNEL_BUDGET,
     };
     let creator = Channel::create(NAME, &config).expect("create");
     // Our hostile view, opened before `Channel::open` unlinks the name.

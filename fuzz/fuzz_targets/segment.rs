@@ -57,6 +57,9 @@ fn config(max_message: u64) -> ChannelConfig {
         liveness_interval: Duration::from_millis(20),
         max_message,
         dir: scratch_dir().to_path_buf(),
+        // Named segments: no payload pool.
+        pool: 0,
+        keep_buffer: metabridge_shm::CHANNEL_BUDGET,
     }
 }
 

@@ -111,10 +111,22 @@ fn hostile_locations_are_errors() {
             assert!(raw.is_err(), "{what}: inlined");
         }
     }
+    // Type 77 in another ext encoding is a location all the same, and a
+    // malformed one: never data for a type that does not resolve it.
+    let mut other = vec![0xc7, 16, 77];
+    other.extend_from_slice(&[0; 16]);
+    let short = [0xd5, 77, 0, 0];
+    for bytes in [&other[..], &short[..]] {
+        let value = with_inbound(Some(&reader), || decode::<rmpv::Value>(bytes));
+        assert!(
+            !matches!(value, Ok(rmpv::Value::Ext(77, _))),
+            "{bytes:?} read as data: {value:?}"
+        );
+    }
     // A truncated ext, and nesting deeper than the input could hold.
     let mut short = ext(0, 8, 77);
     short.truncate(10);
     assert!(with_inbound(Some(&reader), || decode::<Bin<Vec<u8>>>(&short)).is_err());
     let lying = [0xdd, 0xff, 0xff, 0xff, 0xff];
-    assert!(scan(&lying, &mut |_, _| Ok(())).is_err());
+    assert!(scan(&lying, &mut |_, _, _| Ok(())).is_err());
 }
