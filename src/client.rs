@@ -526,6 +526,39 @@ impl Client {
         )
     }
 
+    /// Calls with the positional arguments written by `write_args` (one
+    /// MessagePack array) straight into the request, where a shared-memory
+    /// call may place large byte strings out of line, and keyword
+    /// arguments already encoded; `decode` gets the response while the
+    /// reply's pool is still lent (see `metabridge::__private`), and
+    /// `interrupt` is as for [`call_encoded`](Self::call_encoded). For
+    /// hosts with their own codec (the Python package).
+    #[doc(hidden)]
+    pub fn call_writing<R>(
+        &self,
+        endpoint: &str,
+        write_args: impl FnOnce(&mut Vec<u8>) -> Result<()>,
+        kwargs: &[u8],
+        decode: impl FnOnce(&[u8]) -> Result<R>,
+        interrupt: Option<&dyn Fn() -> bool>,
+    ) -> Result<R> {
+        let inner = &*self.inner;
+        inner.round_trip_interruptible(
+            |buf, token| {
+                envelope::encode_call_with(
+                    buf,
+                    endpoint,
+                    write_args,
+                    kwargs,
+                    &inner.ctor_tail,
+                    token,
+                )
+            },
+            decode,
+            interrupt,
+        )
+    }
+
     /// Calls with arguments already encoded and returns the result still
     /// encoded (one MessagePack value), for hosts that convert values
     /// themselves (the Python package). While a shared-memory call waits

@@ -326,14 +326,20 @@ const OK_PREFIX: &[u8] = b"\x82\xa6status\xa2ok\xa6result";
 /// The result of a response, still encoded (a copy of its MessagePack
 /// bytes), or its error as [`Error::Remote`].
 pub fn decode_result_raw(buf: &[u8]) -> Result<Vec<u8>> {
+    in_line(result_bytes(buf)?)
+}
+
+/// The encoded result of a response (in place), or its error as
+/// [`Error::Remote`].
+pub fn result_bytes(buf: &[u8]) -> Result<&[u8]> {
     // A two-key map, status first: the rest is the result.
     if let Some(raw) = buf.strip_prefix(OK_PREFIX) {
         if crate::msgpack::split_value(raw).is_ok_and(|(_, rest)| rest.is_empty()) {
-            return in_line(raw);
+            return Ok(raw);
         }
     }
     match decode_response(buf)? {
-        Response::Ok(raw) => in_line(raw),
+        Response::Ok(raw) => Ok(raw),
         Response::Err { kind, message } => Err(Error::Remote { kind, message }),
     }
 }

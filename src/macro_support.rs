@@ -15,6 +15,15 @@ pub fn place_out_of_line(bytes: &[u8]) -> Option<[u8; 16]> {
 /// The ext type of an out-of-line byte string.
 pub const OUT_OF_LINE_EXT: i8 = crate::out_of_line::EXT_TYPE;
 
+/// Byte strings at least this long go out of line (when a pool is lent).
+pub const OUT_OF_LINE_THRESHOLD: usize = crate::out_of_line::THRESHOLD;
+
+/// Whether the encoded value `raw` holds out-of-line byte strings of a
+/// pool lent to this thread (then decode it now, not after the call).
+pub fn holds_out_of_line(raw: &[u8]) -> bool {
+    crate::out_of_line::holds(raw)
+}
+
 /// For the Python package's codec: the length of the out-of-line byte
 /// string an ext value of type `tag` with payload `data` stands for,
 /// checked against the pool lent to this thread (inside it, at most the

@@ -172,6 +172,11 @@ pub(crate) fn decode<T: DeserializeOwned>(raw: &[u8]) -> Result<T, rmp_serde::de
     }
 }
 
+/// Whether `raw` holds ext values of [`EXT_TYPE`] and a pool is lent.
+pub(crate) fn holds(raw: &[u8]) -> bool {
+    INBOUND.with(|c| c.borrow().is_some()) && scan(raw, &mut |_, _, _| Ok(())).is_ok_and(|n| n > 0)
+}
+
 /// `raw` with every out-of-line byte string put back in line as bin, read
 /// from the lent pool (a plain copy if it has none).
 pub(crate) fn inline(raw: &[u8]) -> Result<Vec<u8>, String> {

@@ -2,7 +2,7 @@
 //! they wait, and whose waits on the main thread can be interrupted by a
 //! signal (Ctrl+C) without replaying or misdelivering the call.
 
-use crate::{encode_call_args, to_pyerr, values};
+use crate::{to_pyerr, values};
 use metabridge::rmpv;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
@@ -76,17 +76,97 @@ pub struct NativeClient {
     inner: metabridge::Client,
 }
 
+/// What a call's decode produced: the result still encoded (decoded
+/// after the call, with the GIL), or already a Python object (a result
+/// holding out-of-line byte strings, decoded while their pool was lent).
+enum Decoded {
+    Raw(Vec<u8>),
+    Object(Py<PyAny>),
+}
+
+/// Whether `obj` is a byte string large enough to go out of line (a
+/// `bytes`, `bytearray` or contiguous buffer of `OUT_OF_LINE_THRESHOLD`
+/// bytes or more). Values of the common scalar and container types are
+/// answered without asking for a buffer.
+fn is_large_bytes(obj: &Bound<'_, PyAny>) -> bool {
+    use pyo3::types::{PyByteArray, PyBytes, PyFloat, PyInt, PyList, PyString};
+    let threshold = metabridge::__private::OUT_OF_LINE_THRESHOLD;
+    if let Ok(b) = obj.cast::<PyBytes>() {
+        return b.as_bytes().len() >= threshold;
+    }
+    if let Ok(b) = obj.cast::<PyByteArray>() {
+        return b.len() >= threshold;
+    }
+    if obj.is_none()
+        || obj.is_instance_of::<PyString>()
+        || obj.is_instance_of::<PyInt>()
+        || obj.is_instance_of::<PyFloat>()
+        || obj.is_instance_of::<PyList>()
+        || obj.is_instance_of::<PyTuple>()
+        || obj.is_instance_of::<PyDict>()
+    {
+        return false;
+    }
+    crate::platform::with_contiguous_bytes(obj, |b| b.len() >= threshold).unwrap_or(false)
+}
+
 impl NativeClient {
-    fn call_encoded(
+    /// Calls `endpoint(*args, **kwargs)`. Arguments are encoded before the
+    /// GIL is released, except when one is a large byte string: then they
+    /// are written inside the call, straight into the request, where a
+    /// shared-memory channel places the bytes in its pool (one copy). A
+    /// result holding out-of-line bytes is decoded inside the call too,
+    /// straight from the service's pool into the `bytes` object.
+    fn call_py(
         &self,
         py: Python<'_>,
         endpoint: &str,
-        a: &[u8],
-        k: &[u8],
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Py<PyAny>> {
+        let mut k = Vec::with_capacity(8);
+        values::encode_kwargs(kwargs, &mut k)?;
+        let pre = if args.iter().any(|a| is_large_bytes(&a)) {
+            None
+        } else {
+            let mut a = Vec::with_capacity(32);
+            values::encode_args(args, &mut a)?;
+            Some(a)
+        };
+        // The arguments, for writing them inside the call (large ones only).
+        let owned: Option<Py<PyTuple>> = pre.is_none().then(|| args.clone().unbind());
         let client = &self.inner;
-        let (result, pending) = py.detach(|| {
-            if MAIN_THREAD.with(|m| *m) {
+        let (result, pending, failed) = py.detach(|| {
+            // A Python error raised while encoding or decoding inside the
+            // call; the call then fails with a placeholder, replaced by it.
+            let failed: RefCell<Option<PyErr>> = RefCell::new(None);
+            let keep = |e: PyErr| {
+                *failed.borrow_mut() = Some(e);
+                metabridge::Error::Io(std::io::Error::other("a Python error inside the call"))
+            };
+            let write = |b: &mut Vec<u8>| -> metabridge::Result<()> {
+                match (&pre, &owned) {
+                    (Some(a), _) => {
+                        b.extend_from_slice(a);
+                        Ok(())
+                    }
+                    (None, Some(args)) => {
+                        Python::attach(|py| values::encode_args(args.bind(py), b)).map_err(keep)
+                    }
+                    (None, None) => unreachable!("arguments are either encoded or kept"),
+                }
+            };
+            let decode = |buf: &[u8]| -> metabridge::Result<Decoded> {
+                let raw = metabridge::envelope::result_bytes(buf)?;
+                if metabridge::__private::holds_out_of_line(raw) {
+                    Python::attach(|py| values::decode(py, raw).map(|o| o.unbind()))
+                        .map(Decoded::Object)
+                        .map_err(keep)
+                } else {
+                    Ok(Decoded::Raw(raw.to_vec()))
+                }
+            };
+            let (r, pending) = if MAIN_THREAD.with(|m| *m) {
                 // Ctrl+C: Python's handler only sets a flag; every 20 ms
                 // of waiting, run the handlers. If one raises, the wait
                 // ends (the call is not replayed; its channel is retired,
@@ -101,17 +181,19 @@ impl NativeClient {
                         }
                     })
                 };
-                let r = client.call_encoded(endpoint, a, k, Some(&check));
+                let r = client.call_writing(endpoint, write, &k, decode, Some(&check));
                 (r, pending.into_inner())
             } else {
-                (client.call_encoded(endpoint, a, k, None), None)
-            }
+                (client.call_writing(endpoint, write, &k, decode, None), None)
+            };
+            (r, pending, failed.into_inner())
         });
-        if let Some(e) = pending {
+        if let Some(e) = pending.or(failed) {
             return Err(e);
         }
         match result {
-            Ok(bytes) => Ok(values::decode(py, &bytes)?.unbind()),
+            Ok(Decoded::Raw(bytes)) => Ok(values::decode(py, &bytes)?.unbind()),
+            Ok(Decoded::Object(obj)) => Ok(obj),
             Err(e) => Err(to_pyerr(py, e)),
         }
     }
@@ -129,8 +211,7 @@ impl NativeClient {
         args: &Bound<'_, PyTuple>,
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Py<PyAny>> {
-        let (a, k) = encode_call_args(args, kwargs)?;
-        self.call_encoded(py, endpoint, &a, &k)
+        self.call_py(py, endpoint, args, kwargs)
     }
 
     /// The service's endpoint names, sorted.
@@ -187,8 +268,7 @@ impl Endpoint {
         args: &Bound<'_, PyTuple>,
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Py<PyAny>> {
-        let (a, k) = encode_call_args(args, kwargs)?;
-        self.client.get().call_encoded(py, &self.name, &a, &k)
+        self.client.get().call_py(py, &self.name, args, kwargs)
     }
 
     fn __repr__(&self) -> String {

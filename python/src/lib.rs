@@ -14,7 +14,7 @@
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::PyDict;
 
 mod client;
 // The only module allowed unsafe code: raw OS and interpreter calls, each
@@ -110,18 +110,6 @@ fn packb(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
 #[pyfunction]
 fn unpackb<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
     values::decode(py, data)
-}
-
-/// Positional + keyword arguments encoded as the wire's `args`, `kwargs`.
-fn encode_call_args(
-    args: &Bound<'_, PyTuple>,
-    kwargs: Option<&Bound<'_, PyDict>>,
-) -> PyResult<(Vec<u8>, Vec<u8>)> {
-    let mut a = Vec::with_capacity(32);
-    values::encode_args(args, &mut a)?;
-    let mut k = Vec::with_capacity(8);
-    values::encode_kwargs(kwargs, &mut k)?;
-    Ok((a, k))
 }
 
 #[pymodule(gil_used = false)]
