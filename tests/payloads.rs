@@ -102,3 +102,54 @@ fn thirty_two_concurrent_8_mib_calls_all_come_back_and_their_memory_goes() {
     }
     assert_eq!(warm.call::<String>("echo", ("z",)).unwrap(), "az");
 }
+
+/// A client SIGKILLed while its calls keep both payload pools in use: the
+/// service notices the peer gone, drops the channel, and the pools' memory
+/// (shared by both processes) goes with its last mapping.
+#[test]
+fn a_client_killed_with_its_pools_in_use_leaves_nothing_behind() {
+    use std::io::BufRead;
+    let mut env = TestEnv::new("pool-kill");
+    let pid = env.start_service("svc", &[("MALLOC_MMAP_THRESHOLD_", "1048576")]);
+    let warm = env.client("svc", TransportKind::Shm, "a");
+    assert_eq!(warm.call::<String>("echo", ("w",)).unwrap(), "aw");
+    let before = rss_kib(pid);
+    let mut child = env
+        .command(common::TEST_SERVICE)
+        .args(["bump-forever", "svc", "32"])
+        .env("METABRIDGE_TRANSPORT", "shm")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let client = child.id();
+    env.adopt(child);
+    // The service maps the client's pool and fills its own: it grows.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rss_kib(pid) < before + 48 * 1024 {
+        assert!(
+            Instant::now() < deadline,
+            "the service never took in the client's 32 MiB calls"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    common::sigkill(client);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = rss_kib(pid);
+        if now < before + 24 * 1024 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a killed client's channel still holds {} MiB of the service",
+            now.saturating_sub(before) / 1024
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(warm.call::<String>("echo", ("z",)).unwrap(), "az");
+}
