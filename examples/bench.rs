@@ -237,17 +237,19 @@ fn main() -> metabridge::Result<()> {
         }
         progress(&s, &format!("{transport}: latency, 1 client"));
         let l = latency(&s, transport);
-        let (p50, p95, p99, min) = (
+        let (p50, p95, p99, p999, min, max) = (
             percentile(&l, 0.5),
             percentile(&l, 0.95),
             percentile(&l, 0.99),
+            percentile(&l, 0.999),
             l[0],
+            l[l.len() - 1],
         );
         rows.push(format!(
-            r#"{{"transport":"{transport}","benchmark":"latency","p50_ns":{p50},"p95_ns":{p95},"p99_ns":{p99},"min_ns":{min}}}"#
+            r#"{{"transport":"{transport}","benchmark":"latency","p50_ns":{p50},"p95_ns":{p95},"p99_ns":{p99},"p999_ns":{p999},"min_ns":{min},"max_ns":{max}}}"#
         ));
         if !s.json {
-            println!("{transport:>4} latency     1 client : p50 {p50:>8} ns  p95 {p95:>8} ns  p99 {p99:>8} ns  min {min:>7} ns");
+            println!("{transport:>4} latency     1 client : p50 {p50:>8} ns  p95 {p95:>8} ns  p99 {p99:>8} ns  p99.9 {p999:>8} ns  min {min:>7} ns  max {max:>9} ns");
         }
         if only_latency {
             continue;
