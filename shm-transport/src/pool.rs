@@ -34,6 +34,7 @@
 
 use crate::channel::Shared;
 use crate::error::{Error, Result};
+use crate::header::PAGE;
 use crate::reuse;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -155,10 +156,14 @@ impl PoolReader {
         let end = end.unwrap_or(0) as usize;
         let mapped = self.shared.peer_pool_mapped.load(Ordering::Relaxed);
         if end > mapped {
-            let grown = end.next_multiple_of(RESERVE_STEP).min(pool as usize);
-            seg.populate_pool(side, mapped, grown - mapped)?;
+            // The location's own pages only, never the gap before them: a
+            // location far into the pool must not make us map (and so
+            // allocate) everything below it.
+            let from = (offset as usize / PAGE) * PAGE;
+            let to = end.next_multiple_of(PAGE).min(pool as usize);
+            seg.populate_pool(side, from, to - from)?;
             // Relaxed: only this side's receiver reads or writes it.
-            self.shared.peer_pool_mapped.store(grown, Ordering::Relaxed);
+            self.shared.peer_pool_mapped.store(to, Ordering::Relaxed);
         }
         Ok(seg.pool_start(side) + offset as usize)
     }

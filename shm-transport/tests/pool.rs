@@ -128,3 +128,27 @@ fn channels_without_a_pool_have_no_writer_or_reader() {
     assert!(a.pool_writer().is_none());
     assert!(b.pool_reader().is_none());
 }
+
+/// This process's resident shared memory, in KiB.
+fn rss_shmem_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("RssShmem:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// A location far into the pool maps its own pages, not everything below
+/// it: a peer's small read at the end of a 256 MiB pool must not make us
+/// allocate the pool.
+#[test]
+fn a_far_location_maps_only_its_own_pages() {
+    let (_a, b) = pair(256 << 20);
+    let r = b.pool_reader().unwrap();
+    let before = rss_shmem_kib();
+    assert_eq!(r.read((256 << 20) - 64, 64).unwrap(), [0; 64]);
+    let grown = rss_shmem_kib().saturating_sub(before);
+    assert!(grown < 64 * 1024, "one small read mapped {grown} KiB");
+}
