@@ -506,24 +506,11 @@ impl Client {
         decode: impl FnOnce(&[u8]) -> Result<R>,
         interrupt: Option<&dyn Fn() -> bool>,
     ) -> Result<R> {
-        let inner = &*self.inner;
-        inner.round_trip_interruptible(
-            |buf, token| {
-                envelope::encode_call_with(
-                    buf,
-                    endpoint,
-                    |b| {
-                        b.extend_from_slice(args);
-                        Ok(())
-                    },
-                    kwargs,
-                    &inner.ctor_tail,
-                    token,
-                )
-            },
-            decode,
-            interrupt,
-        )
+        let write_args = |b: &mut Vec<u8>| {
+            b.extend_from_slice(args);
+            Ok(())
+        };
+        self.call_writing(endpoint, write_args, kwargs, decode, interrupt)
     }
 
     /// Calls with the positional arguments written by `write_args` (one

@@ -21,6 +21,21 @@ fn be(buf: &[u8], pos: usize, n: usize) -> Result<u64> {
 /// against the bytes present, so a lying header costs no time or memory.
 #[inline]
 pub fn value_len(buf: &[u8]) -> Result<usize> {
+    walk(buf, |_| Ok(()))
+}
+
+/// An ext value met by [`walk`]: its type, where its marker starts, and
+/// the range of its payload.
+pub(crate) struct ExtValue {
+    pub(crate) tag: i8,
+    pub(crate) start: usize,
+    pub(crate) data: std::ops::Range<usize>,
+}
+
+/// [`value_len`], calling `on_ext` for every ext value inside the value,
+/// in order (for the out-of-line byte strings of a shared-memory message).
+#[inline]
+pub(crate) fn walk(buf: &[u8], mut on_ext: impl FnMut(ExtValue) -> Result<()>) -> Result<usize> {
     // Fast paths: a one-byte value, or a short string, needs no loop.
     match buf.first() {
         Some(&m)
@@ -50,6 +65,14 @@ pub fn value_len(buf: &[u8]) -> Result<usize> {
         pending -= 1;
         let m = *buf.get(pos).ok_or_else(truncated)?;
         pos += 1;
+        // Bytes of an ext value's length field (before its type byte).
+        let ext_len_bytes = match m {
+            0xc7 => Some(1),
+            0xc8 => Some(2),
+            0xc9 => Some(4),
+            0xd4..=0xd8 => Some(0),
+            _ => None,
+        };
         let (skip, more): (u64, u64) = match m {
             0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
             0x80..=0x8f => (0, 2 * (m & 0x0f) as u64),
@@ -81,6 +104,15 @@ pub fn value_len(buf: &[u8]) -> Result<usize> {
         let rest = (buf.len() - pos) as u64;
         if skip > rest {
             return Err(truncated());
+        }
+        if let Some(n) = ext_len_bytes {
+            // In bounds: `skip` covers the length field, the type and the
+            // payload, and was checked against the bytes present.
+            on_ext(ExtValue {
+                tag: buf[pos + n] as i8,
+                start: pos - 1,
+                data: pos + n + 1..pos + skip as usize,
+            })?;
         }
         pos += skip as usize;
         pending += more;

@@ -92,28 +92,27 @@ pub(crate) fn place(bytes: &[u8]) -> Option<[u8; LOCATION_LEN]> {
 /// copied out of the lent pool.
 pub(crate) fn resolve(tag: i8, data: &[u8]) -> Result<Vec<u8>, String> {
     let (offset, len) = location(tag, data)?;
-    let bytes = INBOUND.with(|c| match c.borrow().as_ref() {
-        Some(reader) => reader.read(offset, len).map_err(|e| e.to_string()),
+    let bytes = with_lent(|reader| reader.read(offset, len))?;
+    RESOLVED.with(|r| r.set(r.get() + 1));
+    Ok(bytes)
+}
+
+/// Runs `f` on the pool reader lent to this thread; an error if none is.
+fn with_lent<R>(f: impl FnOnce(&PoolReader) -> metabridge_shm::Result<R>) -> Result<R, String> {
+    INBOUND.with(|c| match c.borrow().as_ref() {
+        Some(reader) => f(reader).map_err(|e| e.to_string()),
         None => Err(
             "an out-of-line byte string outside a shared-memory message that refers to a pool"
                 .to_string(),
         ),
-    })?;
-    RESOLVED.with(|r| r.set(r.get() + 1));
-    Ok(bytes)
+    })
 }
 
 /// The length of the bytes an ext value stands for, checked against the
 /// lent pool (so that a caller may allocate that much).
 pub(crate) fn checked_len(tag: i8, data: &[u8]) -> Result<u64, String> {
     let (offset, len) = location(tag, data)?;
-    INBOUND.with(|c| match c.borrow().as_ref() {
-        Some(reader) => reader.check(offset, len).map_err(|e| e.to_string()),
-        None => Err(
-            "an out-of-line byte string outside a shared-memory message that refers to a pool"
-                .to_string(),
-        ),
-    })?;
+    with_lent(|reader| reader.check(offset, len))?;
     Ok(len)
 }
 
@@ -126,13 +125,7 @@ pub(crate) fn read_into(tag: i8, data: &[u8], dst: &mut [u8]) -> Result<(), Stri
             dst.len()
         ));
     }
-    INBOUND.with(|c| match c.borrow().as_ref() {
-        Some(reader) => reader.read_into(offset, dst).map_err(|e| e.to_string()),
-        None => Err(
-            "an out-of-line byte string outside a shared-memory message that refers to a pool"
-                .to_string(),
-        ),
-    })
+    with_lent(|reader| reader.read_into(offset, dst))
 }
 
 /// The location (offset, length) an ext value of type `tag` holds.
@@ -197,89 +190,34 @@ pub(crate) fn inline(raw: &[u8]) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// Walks one MessagePack value, calling `found(start, data, end)` for each
-/// ext value of type [`EXT_TYPE`] (whatever its encoding: a well-formed one
-/// is a `fixext 16`, any other is refused when resolved, as a `Bin` refuses
-/// it), with where it starts, where its payload starts and where it ends,
-/// in order; returns how many it found. Malformed input is an error (the
-/// caller then leaves decoding, and its error, to rmp_serde).
+/// Walks one MessagePack value (`msgpack::walk`), calling `found(start,
+/// data, end)` for each ext value of type [`EXT_TYPE`] (whatever its
+/// encoding: a well-formed one is a `fixext 16`, any other is refused when
+/// resolved, as a `Bin` refuses it), with where it starts, where its
+/// payload starts and where it ends, in order; returns how many it found.
+/// Malformed input is an error (the caller then leaves decoding, and its
+/// error, to rmp_serde).
 fn scan(
     raw: &[u8],
     found: &mut dyn FnMut(usize, usize, usize) -> Result<(), String>,
 ) -> Result<usize, String> {
-    let mut pos = 0;
     let mut count = 0;
-    // Values still to walk; arrays and maps add their items.
-    let mut pending: u64 = 1;
-    while pending > 0 {
-        pending -= 1;
-        let start = pos;
-        let marker = *raw.get(pos).ok_or("truncated")?;
-        pos += 1;
-        let take = |pos: &mut usize, n: usize| -> Result<u64, String> {
-            let b = raw.get(*pos..*pos + n).ok_or("truncated")?;
-            *pos += n;
-            Ok(b.iter().fold(0u64, |acc, &x| acc << 8 | x as u64))
-        };
-        let skip = |pos: &mut usize, n: u64| -> Result<(), String> {
-            let end = (*pos as u64).checked_add(n).ok_or("overflow")?;
-            if end > raw.len() as u64 {
-                return Err("truncated".into());
-            }
-            *pos = end as usize;
-            Ok(())
-        };
-        let items = |n: u64| -> Result<u64, String> {
-            // Every item takes at least one byte: more than the bytes left
-            // is malformed (and would not fit a counter's sums).
-            if n > raw.len() as u64 {
-                return Err("too many items".into());
-            }
-            Ok(n)
-        };
-        match marker {
-            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => {}
-            0x80..=0x8f => pending += items(2 * (marker & 0x0f) as u64)?,
-            0x90..=0x9f => pending += items((marker & 0x0f) as u64)?,
-            0xa0..=0xbf => skip(&mut pos, (marker & 0x1f) as u64)?,
-            0xc4 | 0xd9 => {
-                let n = take(&mut pos, 1)?;
-                skip(&mut pos, n)?
-            }
-            0xc5 | 0xda => {
-                let n = take(&mut pos, 2)?;
-                skip(&mut pos, n)?
-            }
-            0xc6 | 0xdb => {
-                let n = take(&mut pos, 4)?;
-                skip(&mut pos, n)?
-            }
-            0xc7..=0xc9 | 0xd4..=0xd8 => {
-                let n = match marker {
-                    0xc7 => take(&mut pos, 1)?,
-                    0xc8 => take(&mut pos, 2)?,
-                    0xc9 => take(&mut pos, 4)?,
-                    fixed => 1 << (fixed - 0xd4),
-                };
-                let tag = *raw.get(pos).ok_or("truncated")? as i8;
-                skip(&mut pos, n + 1)?;
-                if tag == EXT_TYPE {
-                    found(start, pos - n as usize, pos)?;
-                    count += 1;
-                }
-            }
-            0xcc | 0xd0 => skip(&mut pos, 1)?,
-            0xcd | 0xd1 => skip(&mut pos, 2)?,
-            0xca | 0xce | 0xd2 => skip(&mut pos, 4)?,
-            0xcb | 0xcf | 0xd3 => skip(&mut pos, 8)?,
-            0xdc => pending += items(take(&mut pos, 2)?)?,
-            0xdd => pending += items(take(&mut pos, 4)?)?,
-            0xde => pending += items(2 * take(&mut pos, 2)?)?,
-            0xdf => pending += items(2 * take(&mut pos, 4)?)?,
-            0xc1 => return Err("reserved marker 0xc1".into()),
+    let mut refused = None;
+    let walked = crate::msgpack::walk(raw, |ext| {
+        if ext.tag != EXT_TYPE {
+            return Ok(());
         }
+        count += 1;
+        found(ext.start, ext.data.start, ext.data.end).map_err(|e| {
+            refused = Some(e);
+            crate::Error::Protocol(crate::error::ProtocolError::OutOfLine(String::new()))
+        })
+    });
+    match (walked, refused) {
+        (Ok(_), _) => Ok(count),
+        (Err(_), Some(why)) => Err(why),
+        (Err(e), None) => Err(e.to_string()),
     }
-    Ok(count)
 }
 
 #[cfg(test)]

@@ -55,7 +55,7 @@ const REPLY_PATIENCE_PER_16_MIB: Duration = Duration::from_secs(1);
 /// calls (within the process's `RETAINED_CAP`), so that back-to-back large
 /// calls do not fault on fresh pages every time; a larger one is freed
 /// after its call, and all are given back after a tick with no call.
-const KEEP_BUFFER: usize = metabridge_shm::CHANNEL_BUDGET;
+const BUFFER_BUDGET: usize = metabridge_shm::CHANNEL_BUDGET;
 /// A call running this long (at least; up to twice) makes the supervisor
 /// move the other channels of its worker to a new worker.
 pub(crate) const STUCK_AFTER: Duration = Duration::from_millis(20);
@@ -637,7 +637,7 @@ impl Worker {
                 let last = conns.len() - 1;
                 let at = i.min(last);
                 conns.swap(at, last);
-                req.settle(KEEP_BUFFER);
+                req.settle(BUFFER_BUDGET);
                 let served = self.finish(at, outcome, out);
                 return match (served, stolen) {
                     (Err(e), _) => Err(e),
@@ -692,7 +692,7 @@ impl Worker {
                 if done.reply.capacity() > out.capacity() {
                     *out = done.reply;
                     out.clear();
-                    out.settle(KEEP_BUFFER);
+                    out.settle(BUFFER_BUDGET);
                 }
             }
             conn.counted
@@ -738,7 +738,7 @@ impl Worker {
             Outcome::Done => {
                 outgoing_reply(out, self.pool.max_message, self.pool.counters.as_deref());
                 let served = send_reply(conn, out);
-                out.settle(KEEP_BUFFER);
+                out.settle(BUFFER_BUDGET);
                 served
             }
             Outcome::Pending(future) => {

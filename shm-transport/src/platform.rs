@@ -61,6 +61,14 @@ pub(crate) fn sealed_memfd_reserving(
     reserved: usize,
     what: &str,
 ) -> Result<OwnedFd> {
+    let fd = sized_memfd(name, len, reserved, what)?;
+    fcntl(fd.as_raw_fd(), FcntlArg::F_ADD_SEALS(required_seals()))?;
+    Ok(fd)
+}
+
+/// A memfd of `len` bytes whose first `reserved` are reserved, open to
+/// every seal.
+fn sized_memfd(name: &CStr, len: usize, reserved: usize, what: &str) -> Result<OwnedFd> {
     let fd = memfd_create(
         name,
         MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
@@ -68,9 +76,7 @@ pub(crate) fn sealed_memfd_reserving(
     let file = File::from(fd);
     file.set_len(len as u64)?;
     reserve(&file, reserved, what, None)?;
-    let fd = OwnedFd::from(file);
-    fcntl(fd.as_raw_fd(), FcntlArg::F_ADD_SEALS(required_seals()))?;
-    Ok(fd)
+    Ok(OwnedFd::from(file))
 }
 
 /// Reserves the pages of `len` bytes at `offset` of a memfd (already sized
@@ -116,14 +122,7 @@ pub(crate) fn release_range(fd: BorrowedFd<'_>, offset: usize, len: usize) -> Re
 /// it, then calls [`seal_future_writes`], which adds the final seals.
 /// (Once `F_SEAL_SEAL` is set, no seal can be added: `EPERM`.)
 pub(crate) fn size_sealed_memfd(name: &CStr, len: usize, what: &str) -> Result<OwnedFd> {
-    let fd = memfd_create(
-        name,
-        MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
-    )?;
-    let file = File::from(fd);
-    file.set_len(len as u64)?;
-    reserve(&file, len, what, None)?;
-    let fd = OwnedFd::from(file);
+    let fd = sized_memfd(name, len, len, what)?;
     fcntl(
         fd.as_raw_fd(),
         FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW),
@@ -156,20 +155,15 @@ fn seals(fd: BorrowedFd<'_>) -> Result<SealFlag> {
 /// a mapping of it can fail for lack of memory. ENOSPC becomes
 /// [`Error::NoSpace`] with the size and, for a file in `dir`, the space left.
 pub(crate) fn reserve(file: &File, len: usize, what: &str, dir: Option<&Path>) -> Result<()> {
-    loop {
-        match nix::fcntl::posix_fallocate(file.as_raw_fd(), 0, len as libc::off_t) {
-            Ok(()) => return Ok(()),
-            Err(Errno::EINTR) => continue,
-            Err(Errno::ENOSPC) | Err(Errno::ENOMEM) => {
-                return Err(Error::NoSpace {
-                    what: what.to_owned(),
-                    needed: len as u64,
-                    available: dir.and_then(space_left),
-                })
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    use std::os::fd::AsFd;
+    reserve_range(file.as_fd(), 0, len, what).map_err(|e| match e {
+        Error::NoSpace { what, needed, .. } => Error::NoSpace {
+            what,
+            needed,
+            available: dir.and_then(space_left),
+        },
+        other => other,
+    })
 }
 
 /// Bytes free for an unprivileged writer in the filesystem of `dir`.

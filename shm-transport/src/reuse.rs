@@ -94,14 +94,9 @@ impl ReusedBuffer {
             return;
         }
         let extra = over - self.charged;
-        // Relaxed: a counter, ordered with nothing; two buffers settling
-        // at once may both see room and overshoot by one buffer at most
-        // once each, never without bound.
-        let total = self.total.fetch_add(extra, Ordering::Relaxed) + extra;
-        if self.buf.capacity() <= budget && total <= RETAINED_CAP {
+        if self.buf.capacity() <= budget && charge(self.total, extra) {
             self.charged = over;
         } else {
-            self.total.fetch_sub(extra, Ordering::Relaxed);
             self.free();
         }
     }
@@ -137,12 +132,19 @@ impl ReusedBuffer {
 /// Counts `n` more retained bytes (a payload pool growing) if the process
 /// cap allows; false (and nothing counted) if not.
 pub(crate) fn try_charge(n: usize) -> bool {
-    // Relaxed: a counter, as in `settle`.
-    let total = RETAINED.fetch_add(n, Ordering::Relaxed) + n;
-    if total <= RETAINED_CAP {
+    charge(&RETAINED, n)
+}
+
+/// Adds `n` to `total` if it stays at most [`RETAINED_CAP`]; else leaves
+/// it as it was and says no.
+fn charge(total: &AtomicUsize, n: usize) -> bool {
+    // Relaxed: a counter, ordered with nothing. Two chargers at once both
+    // see the other's bytes (fetch_add), so they can only fail together,
+    // never overshoot.
+    if total.fetch_add(n, Ordering::Relaxed) + n <= RETAINED_CAP {
         true
     } else {
-        RETAINED.fetch_sub(n, Ordering::Relaxed);
+        total.fetch_sub(n, Ordering::Relaxed);
         false
     }
 }
