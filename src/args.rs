@@ -299,7 +299,7 @@ impl<T: AsRef<[u8]>> Serialize for Bin<T> {
 
 /// Bytes as bin, or out of line in a shared-memory call's payload pool
 /// (see `out_of_line`) when they are large and a pool is lent.
-fn serialize_bytes<Z: serde::Serializer>(
+pub(crate) fn serialize_bytes<Z: serde::Serializer>(
     bytes: &[u8],
     s: Z,
 ) -> std::result::Result<Z::Ok, Z::Error> {
@@ -347,46 +347,56 @@ impl<'de> serde::de::Visitor<'de> for ExtParts {
 
 impl<'de, T: From<Vec<u8>>> serde::Deserialize<'de> for Bin<T> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = Vec<u8>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("bytes (a bin, or an array of integers 0-255)")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> std::result::Result<Vec<u8>, E> {
-                Ok(v.to_vec())
-            }
-            fn visit_byte_buf<E: serde::de::Error>(
-                self,
-                v: Vec<u8>,
-            ) -> std::result::Result<Vec<u8>, E> {
-                Ok(v)
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Vec<u8>, E> {
-                Ok(v.as_bytes().to_vec())
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> std::result::Result<Vec<u8>, A::Error> {
-                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
-                while let Some(b) = seq.next_element::<u8>()? {
-                    v.push(b);
-                }
-                Ok(v)
-            }
-            /// An ext value: rmp_serde's form of an out-of-line byte string.
-            fn visit_newtype_struct<D: serde::Deserializer<'de>>(
-                self,
-                d: D,
-            ) -> std::result::Result<Vec<u8>, D::Error> {
-                use serde::de::Error;
-                let (tag, data) = d.deserialize_tuple(2, ExtParts)?;
-                crate::out_of_line::resolve(tag, &data).map_err(D::Error::custom)
-            }
-        }
-        d.deserialize_byte_buf(Visitor).map(|v| Bin(T::from(v)))
+        deserialize_bytes(d, crate::out_of_line::resolve).map(|v: Vec<u8>| Bin(T::from(v)))
     }
+}
+
+/// Bytes from a bin, a str's bytes, an array of integers, or an
+/// out-of-line byte string, which `resolve_ext(type, payload)` reads.
+pub(crate) fn deserialize_bytes<'de, D, T>(
+    d: D,
+    resolve_ext: fn(i8, &[u8]) -> std::result::Result<T, String>,
+) -> std::result::Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: From<Vec<u8>>,
+{
+    struct Visitor<T>(fn(i8, &[u8]) -> std::result::Result<T, String>);
+    impl<'de, T: From<Vec<u8>>> serde::de::Visitor<'de> for Visitor<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("bytes (a bin, or an array of integers 0-255)")
+        }
+        fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> std::result::Result<T, E> {
+            Ok(T::from(v.to_vec()))
+        }
+        fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> std::result::Result<T, E> {
+            Ok(T::from(v))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<T, E> {
+            Ok(T::from(v.as_bytes().to_vec()))
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> std::result::Result<T, A::Error> {
+            let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+            while let Some(b) = seq.next_element::<u8>()? {
+                v.push(b);
+            }
+            Ok(T::from(v))
+        }
+        /// An ext value: rmp_serde's form of an out-of-line byte string.
+        fn visit_newtype_struct<D: serde::Deserializer<'de>>(
+            self,
+            d: D,
+        ) -> std::result::Result<T, D::Error> {
+            use serde::de::Error;
+            let (tag, data) = d.deserialize_tuple(2, ExtParts)?;
+            (self.0)(tag, &data).map_err(D::Error::custom)
+        }
+    }
+    d.deserialize_byte_buf(Visitor(resolve_ext))
 }
 
 /// `#[serde(with = "metabridge::bytes")]` for a bytes field of your own

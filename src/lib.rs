@@ -43,6 +43,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod args;
+mod blob;
 // Exempt: the client's `AtomicPtr` connection swap (one load per call,
 // no lock) holds `unsafe` blocks, each with its SAFETY comment.
 #[allow(unsafe_code)]
@@ -78,6 +79,7 @@ mod trust;
 mod worker;
 
 pub use args::{bytes, to_msgpack, Args, Bin, CallArgs, IntoArgs};
+pub use blob::Blob;
 pub use client::{connect, lookup, Client, Connect};
 pub use config::{ServiceConfig, TransportKind};
 pub use daemon::{

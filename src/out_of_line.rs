@@ -97,6 +97,19 @@ pub(crate) fn resolve(tag: i8, data: &[u8]) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
+/// The bytes an ext value of type `tag` with payload `data` stands for,
+/// held lent in the peer's pool and read in place (see
+/// `metabridge_shm::LentBlock`), or copied out when they cannot be lent.
+pub(crate) fn resolve_lent(tag: i8, data: &[u8]) -> Result<crate::Blob, String> {
+    let (offset, len) = location(tag, data)?;
+    let blob = with_lent(|reader| match reader.lend(offset, len)? {
+        Some(block) => Ok(crate::Blob::lent(block)),
+        None => reader.read(offset, len).map(crate::Blob::from),
+    })?;
+    RESOLVED.with(|r| r.set(r.get() + 1));
+    Ok(blob)
+}
+
 /// Runs `f` on the pool reader lent to this thread; an error if none is.
 fn with_lent<R>(f: impl FnOnce(&PoolReader) -> metabridge_shm::Result<R>) -> Result<R, String> {
     INBOUND.with(|c| match c.borrow().as_ref() {

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{rss_kib, TestEnv};
-use metabridge::{Bin, TransportKind};
+use metabridge::{Bin, Blob, TransportKind};
 use std::time::{Duration, Instant};
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -131,6 +131,102 @@ fn a_client_killed_with_its_pools_in_use_leaves_nothing_behind() {
     }
     common::sigkill(client);
     wait_rss_below(pid, before + 24 * 1024, "a killed client's channel");
+    assert_eq!(warm.call::<String>("echo", ("z",)).unwrap(), "az");
+}
+
+/// The fixture's `checksum`.
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().enumerate().fold(0u64, |acc, (i, &b)| {
+        acc.wrapping_add((i as u64 + 1).wrapping_mul(b as u64))
+    })
+}
+
+/// `Blob`s read in place on both sides: the service keeps blocks of the
+/// client's pool across later calls, the client keeps blocks of the
+/// service's; neither side's later messages ever write over a block the
+/// other still holds, and released blocks come back.
+#[test]
+fn blobs_kept_lent_are_never_written_over() {
+    let mut env = TestEnv::new("blobs");
+    let pid = env.start_service("svc", &[]);
+    let _ = pid;
+    let c = env.client("svc", TransportKind::Shm, "a");
+    let kept: Vec<Vec<u8>> = (0..3).map(|i| pattern(3 << 20, 10 + i)).collect();
+    for data in &kept {
+        assert!(
+            c.call::<bool>("keep", (Bin(&data[..]),)).unwrap(),
+            "not lent"
+        );
+    }
+    let mut mine = Vec::new();
+    for round in 0..6u8 {
+        let data = pattern((2 << 20) + round as usize * 4099, round);
+        let back: Blob = c.call("bump_blob", (Bin(&data[..]),)).unwrap();
+        assert!(back.is_lent(), "round {round}: the result was copied");
+        assert!(back == bumped(&data), "round {round}: wrong bytes");
+        mine.push((back, bumped(&data)));
+        // Every block held so far, on either side, is still what it was.
+        for (i, (b, want)) in mine.iter().enumerate() {
+            assert!(
+                *b == *want,
+                "round {round}: kept result {i} was written over"
+            );
+        }
+        let sums: Vec<u64> = c.call("kept_sums", ()).unwrap();
+        let want: Vec<u64> = kept.iter().map(|d| checksum(d)).collect();
+        assert_eq!(
+            sums, want,
+            "round {round}: the service's kept blocks changed"
+        );
+    }
+    assert!(c.call::<u64>("lent_bytes", ()).unwrap() >= 9 << 20);
+    assert_eq!(c.call::<usize>("release_kept", ()).unwrap(), 3);
+    assert_eq!(c.call::<u64>("lent_bytes", ()).unwrap(), 0);
+    assert!(metabridge_shm::lent_bytes() >= 12 << 20);
+    drop(mine);
+    // Released, the pools' starts serve again, with the same bytes out.
+    let data = pattern(4 << 20, 99);
+    let back: Blob = c.call("bump_blob", (Bin(&data[..]),)).unwrap();
+    assert!(back == bumped(&data));
+    // Over TCP the same endpoints own their bytes.
+    let t = env.client("svc", TransportKind::Tcp, "a");
+    let back: Blob = t.call("bump_blob", (Bin(&data[..]),)).unwrap();
+    assert!(!back.is_lent() && back == bumped(&data));
+}
+
+/// A client SIGKILLed while it holds blocks of the service's pool lent:
+/// the service's pool goes with the channel, as if nothing were lent.
+#[test]
+fn a_client_killed_holding_lent_blocks_leaves_nothing_behind() {
+    use std::io::BufRead;
+    let mut env = TestEnv::new("lent-kill");
+    let pid = env.start_service("svc", &[("MALLOC_MMAP_THRESHOLD_", "1048576")]);
+    let warm = env.client("svc", TransportKind::Shm, "a");
+    assert_eq!(warm.call::<String>("echo", ("w",)).unwrap(), "aw");
+    let before = rss_kib(pid);
+    let mut child = env
+        .command(common::TEST_SERVICE)
+        .args(["hold-forever", "svc", "16"])
+        .env("METABRIDGE_TRANSPORT", "shm")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let client = child.id();
+    env.adopt(child);
+    // 48 MiB of the service's pool are lent to the client: the idle tick
+    // cannot give them back.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        rss_kib(pid) > before + 40 * 1024,
+        "the lent blocks were given back"
+    );
+    common::sigkill(client);
+    wait_rss_below(pid, before + 24 * 1024, "a killed client's lent blocks");
     assert_eq!(warm.call::<String>("echo", ("z",)).unwrap(), "az");
 }
 

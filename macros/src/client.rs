@@ -8,7 +8,9 @@ use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{Ident, LitStr, Type};
 
-use crate::parse::{is_bytes, peel, Constructor, Endpoint, Errors, Output, Param, ServiceDef};
+use crate::parse::{
+    is_blob, is_bytes, peel, Constructor, Endpoint, Errors, Output, Param, ServiceDef,
+};
 
 /// Methods every generated client has; endpoints cannot take these names.
 const RESERVED: [&str; 4] = ["connect", "from_client", "client", "close"];
@@ -26,12 +28,12 @@ fn is_string(ty: &Type) -> bool {
 }
 
 /// How a parameter appears in the client: `String` becomes `&str`, bytes (`Vec<u8>`,
-/// `Bytes`, `Box<[u8]>`, `&Vec<u8>`) become `&[u8]` (a caller lends its buffer rather than
-/// giving it away), the rest is as declared.
+/// `Bytes`, `Box<[u8]>`, `&Vec<u8>`, `Blob`) become `&[u8]` (a caller lends its buffer
+/// rather than giving it away), the rest is as declared.
 fn param_type(ty: &Type) -> TokenStream {
     if is_string(ty) {
         quote!(&str)
-    } else if is_bytes(ty) {
+    } else if is_bytes(ty) || is_blob(ty) {
         quote!(&[u8])
     } else {
         quote!(#ty)
@@ -42,13 +44,13 @@ fn param_type(ty: &Type) -> TokenStream {
 /// (bytes wrapped in `Bin`, to travel as MessagePack bin).
 fn owned_arg(p: &Param) -> TokenStream {
     let id = &p.ident;
-    let owned = if is_string(&p.ty) || is_bytes(&p.ty) || matches!(peel(&p.ty), Type::Reference(_))
-    {
+    let bytes = is_bytes(&p.ty) || is_blob(&p.ty);
+    let owned = if is_string(&p.ty) || bytes || matches!(peel(&p.ty), Type::Reference(_)) {
         quote!(::std::borrow::ToOwned::to_owned(#id))
     } else {
         quote!(#id)
     };
-    if is_bytes(&p.ty) {
+    if bytes {
         quote!(::metabridge::Bin(#owned))
     } else {
         owned
@@ -58,7 +60,7 @@ fn owned_arg(p: &Param) -> TokenStream {
 /// The expression that passes a parameter to `call` (bytes wrapped in `Bin`).
 fn arg(p: &Param) -> TokenStream {
     let id = &p.ident;
-    if is_bytes(&p.ty) {
+    if is_bytes(&p.ty) || is_blob(&p.ty) {
         quote!(::metabridge::Bin(#id))
     } else {
         quote!(#id)

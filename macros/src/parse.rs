@@ -116,6 +116,13 @@ impl ServiceArgs {
 /// `metabridge::validate_service_name`, from the crate both share.
 pub use metabridge_names::service_name_problem;
 
+/// Whether `ty` is `Blob` (`metabridge::Blob`): bytes read in place, which
+/// a typed client takes as `&[u8]`.
+pub fn is_blob(ty: &Type) -> bool {
+    matches!(peel(ty), Type::Path(p) if p.qself.is_none()
+        && p.path.segments.last().is_some_and(|s| s.ident == "Blob" && s.arguments.is_none()))
+}
+
 /// Whether a parameter or result of type `ty` travels as MessagePack bin:
 /// `Vec<u8>`, `Box<[u8]>`, `Bytes` (e.g. `bytes::Bytes`), `&[u8]`, `&Vec<u8>`.
 pub fn is_bytes(ty: &Type) -> bool {

@@ -17,6 +17,8 @@
 //!        per side)                     24   owner start time
 //! 512   RingControl of ring 0          128  bell 0, then one bell every
 //! 768   RingControl of ring 1               128 bytes
+//! 2048  hold table of side 0
+//! 3072  hold table of side 1
 //! 4096  data of ring 0, then ring 1
 //! P     payload pool of side 0, then of
 //!       side 1 (P: the end of ring 1
@@ -26,6 +28,9 @@
 //!
 //! A side's payload pool holds the out-of-line bytes of the messages that
 //! side sends (see `channel`): only it writes there, only its peer reads.
+//! A side's hold table lists the blocks of the *peer's* pool it still
+//! reads in place after their message (see `lend`): only that side writes
+//! it, and the pool's writer reads it to leave those blocks alone.
 //!
 //! [`ProcessIdentity`]: crate::ProcessIdentity
 
@@ -37,12 +42,19 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 pub(crate) const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"MBRIDGE1");
 /// Version of the segment layout this build reads and writes. Version 2:
 /// the first frame of a message of several carries its total length, and
-/// each side has a payload pool after the rings.
-pub const LAYOUT_VERSION: u32 = 2;
+/// each side has a payload pool after the rings. Version 3: pool
+/// placements are page-aligned, and each side has a hold table.
+pub const LAYOUT_VERSION: u32 = 3;
 /// Bytes before the first data area: header and ring controls.
 pub const HEADER_LEN: usize = 4096;
 /// Offsets of the two ring control blocks.
 pub(crate) const CONTROL_OFFSET: [usize; 2] = [512, 768];
+/// Offsets of the two sides' hold tables (in the header page, so that
+/// they are reserved and mapped with it).
+pub(crate) const HOLDS_OFFSET: [usize; 2] = [2048, 3072];
+/// Slots of a hold table: one `u64` each, 0 for free, else a held block
+/// of the peer's pool as `first page << 32 | pages` (see `lend`).
+pub const HOLD_SLOTS: usize = 128;
 /// Smallest ring capacity accepted.
 pub const MIN_CAPACITY: usize = 64;
 /// Largest ring capacity accepted (1 GiB).
@@ -98,7 +110,9 @@ pub(crate) struct SegmentHeader {
 
 const _: () = assert!(std::mem::size_of::<SegmentHeader>() <= CONTROL_OFFSET[0]);
 const _: () = assert!(std::mem::size_of::<RingControl>() <= CONTROL_OFFSET[1] - CONTROL_OFFSET[0]);
-const _: () = assert!(CONTROL_OFFSET[1] + std::mem::size_of::<RingControl>() <= HEADER_LEN);
+const _: () = assert!(CONTROL_OFFSET[1] + std::mem::size_of::<RingControl>() <= HOLDS_OFFSET[0]);
+const _: () = assert!(HOLDS_OFFSET[0] + HOLD_SLOTS * 8 <= HOLDS_OFFSET[1]);
+const _: () = assert!(HOLDS_OFFSET[1] + HOLD_SLOTS * 8 <= HEADER_LEN);
 
 /// "MBDOOR01" as a little-endian u64: the first word of a doorbell set.
 pub(crate) const DOORBELL_MAGIC: u64 = u64::from_le_bytes(*b"MBDOOR01");

@@ -77,6 +77,9 @@ mod doorbell;
 #[cfg(not(loom))]
 mod header;
 #[cfg(not(loom))]
+#[allow(unsafe_code)]
+mod lend;
+#[cfg(not(loom))]
 mod liveness;
 #[cfg(not(loom))]
 #[allow(unsafe_code)]
@@ -105,7 +108,11 @@ pub use channel::{
 #[cfg(not(loom))]
 pub use doorbell::{Doorbell, DoorbellSet};
 #[cfg(not(loom))]
-pub use header::{HEADER_LEN, LAYOUT_VERSION, MAX_BELLS, MAX_CAPACITY, MAX_POOL, MIN_CAPACITY};
+pub use header::{
+    HEADER_LEN, HOLD_SLOTS, LAYOUT_VERSION, MAX_BELLS, MAX_CAPACITY, MAX_POOL, MIN_CAPACITY,
+};
+#[cfg(not(loom))]
+pub use lend::{lent_bytes, LentBlock, LENT_CAP};
 #[cfg(not(loom))]
 pub use liveness::ProcessIdentity;
 #[cfg(not(loom))]

@@ -13,9 +13,13 @@
 //!   or `&mut` is ever formed over the mapping: bytes are copied in and
 //!   out through raw pointers, and the only references handed out are to
 //!   types made only of atomics ([`AtomicView`]), whose every access is
-//!   atomic.
+//!   atomic. The one exception is [`lent_bytes`](SharedMapping::lent_bytes),
+//!   whose caller proves that no mapping of those bytes is writable (a
+//!   lent pool block: see `lend`).
 
+use crate::header::PAGE;
 use memmap2::{MmapOptions, MmapRaw};
+use nix::sys::mman::ProtFlags;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64};
@@ -124,6 +128,67 @@ impl SharedMapping {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
             other => other,
         }
+    }
+
+    /// Maps every page of `len` bytes at `offset` now for reading
+    /// (`MADV_POPULATE_READ`): for a range this side only reads, which may
+    /// be [protected](Self::protect) read-only.
+    pub fn populate_read(&self, offset: usize, len: usize) -> std::io::Result<()> {
+        self.check(offset, len, 1);
+        match self
+            .map
+            .advise_range(memmap2::Advice::PopulateRead, offset, len)
+        {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Makes the pages of `len` bytes at `offset` (page-aligned) writable
+    /// or read-only in this process's mapping (`mprotect`): the pool
+    /// pages a side only reads, and those of its own pool between its
+    /// writes, so that a stray write of this process faults here instead
+    /// of changing bytes a peer reads in place. Protecting a read-only
+    /// mapping writable is refused.
+    pub fn protect(&self, offset: usize, len: usize, access: Access) -> std::io::Result<()> {
+        self.check(offset, len, PAGE);
+        if access == Access::ReadWrite && self.access == Access::ReadOnly {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "a read-only mapping made writable",
+            ));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let prot = match access {
+            Access::ReadWrite => ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+            Access::ReadOnly => ProtFlags::PROT_READ,
+        };
+        // SAFETY: the range is page-aligned and inside this mapping
+        // (checked), which this value owns: no other code's memory changes
+        // protection. No reference to these bytes exists that a fault could
+        // surprise: the crate reaches them through raw pointers, and a
+        // write only ever follows `protect(.., ReadWrite)` of its range.
+        let base = unsafe { NonNull::new_unchecked(self.map.as_mut_ptr().add(offset).cast()) };
+        // SAFETY: see above; `mprotect` changes no memory contents.
+        unsafe { nix::sys::mman::mprotect(base, len, prot) }.map_err(std::io::Error::from)
+    }
+
+    /// The `len` bytes at `offset` in place, for a lent pool block.
+    ///
+    /// # Safety
+    /// No process may write these bytes while the returned slice lives:
+    /// the caller holds them lent (`lend`): its own mapping of them is
+    /// read-only, and the peer that wrote them keeps its mapping of them
+    /// read-only and writes nowhere in them until they are released.
+    pub(crate) unsafe fn lent_bytes(&self, offset: usize, len: usize) -> &[u8] {
+        self.check(offset, len, 1);
+        // SAFETY: in bounds (checked), mapped while `self` lives (the
+        // borrow ties the slice to it), `u8` is valid for any bytes, and no
+        // process writes them while the slice lives (the caller's
+        // contract).
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(offset), len) }
     }
 
     /// Never: a mapping has at least one byte.

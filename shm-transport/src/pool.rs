@@ -34,13 +34,17 @@
 
 use crate::channel::Shared;
 use crate::error::{Error, Result};
-use crate::header::PAGE;
+use crate::header::{HOLD_SLOTS, PAGE};
+use crate::lend::{self, LentBlock};
+use crate::mapping::Access;
 use crate::reuse;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-/// Alignment of every placement in a pool.
-pub const POOL_ALIGN: usize = 64;
+/// Alignment of every placement in a pool: a page, so that a block lent
+/// to the peer and the window of a later placement never share a page
+/// (see `lend`).
+pub const POOL_ALIGN: usize = PAGE;
 /// The pool's reservation grows in steps of this much (fewer system calls
 /// for a run of growing messages).
 const RESERVE_STEP: usize = 1 << 20;
@@ -65,20 +69,33 @@ impl PoolWriter {
     }
 
     /// Copies `bytes` into the pool and returns where they lie (offset,
-    /// length), or `None` if they do not fit what is left of it, or its
-    /// pages could not be reserved (the process's retained cap, or no
-    /// memory): then send them in line.
+    /// length), or `None` if they do not fit what is left of it around the
+    /// blocks the peer holds lent, or its pages could not be reserved (the
+    /// process's retained cap, or no memory): then send them in line.
     pub fn place(&mut self, bytes: &[u8]) -> Option<(u64, u64)> {
         let seg = &self.shared.segment;
         let side = seg.side;
-        let start = self.cursor.next_multiple_of(POOL_ALIGN);
-        let end = start.checked_add(bytes.len())?;
-        if end > seg.pool_len(side) {
-            return None;
-        }
+        let pool = seg.pool_len(side);
+        let mut lent = [(0, 0); HOLD_SLOTS];
+        let n = lend::held(&self.shared, pool, &mut lent);
+        let mut start = self.cursor.next_multiple_of(POOL_ALIGN);
+        let end = loop {
+            let end = start.checked_add(bytes.len())?;
+            if end > pool {
+                return None;
+            }
+            let pages_end = end.next_multiple_of(PAGE);
+            match lent[..n].iter().find(|&&(s, e)| s < pages_end && start < e) {
+                Some(&(_, e)) => start = e,
+                None => break end,
+            }
+        };
+        // The pages this placement writes: made writable for the copy only.
+        let mut window = start..end.next_multiple_of(PAGE).min(pool);
         let reserved = self.shared.pool_reserved.load(Ordering::Relaxed);
+        let mut grown = reserved;
         if end > reserved {
-            let grown = end.next_multiple_of(RESERVE_STEP).min(seg.pool_len(side));
+            grown = end.next_multiple_of(RESERVE_STEP).min(pool);
             let extra = grown - reserved;
             if !reuse::try_charge(extra) {
                 return None;
@@ -90,9 +107,21 @@ impl PoolWriter {
             }
             // Relaxed: only this side's sender reads or writes it.
             self.shared.pool_reserved.store(grown, Ordering::Relaxed);
+            window.end = window.end.max(grown);
+        }
+        if let Err(e) = seg.protect_pool(side, window.clone(), Access::ReadWrite) {
+            tracing::debug!(error = %e, "payload pool not writable: bytes go in line");
+            return None;
+        }
+        if grown > reserved {
+            // Map the new pages now, so that the copy takes no fault.
+            let _ = seg.populate_pool_for_write(side, reserved, grown - reserved);
         }
         seg.mapping()
             .write_bytes(seg.pool_start(side) + start, bytes);
+        if let Err(e) = seg.protect_pool(side, window, Access::ReadOnly) {
+            tracing::warn!(error = %e, "payload pool pages left writable");
+        }
         self.cursor = end;
         self.placed = true;
         Some((start as u64, bytes.len() as u64))
@@ -113,11 +142,16 @@ impl PoolWriter {
     }
 }
 
-/// Gives a side's pool pages back and uncharges them.
+/// Gives a side's pool pages back and uncharges them, unless the peer
+/// holds some of them lent (then they are kept until a later idle moment).
 pub(crate) fn give_back(shared: &Shared) {
+    let seg = &shared.segment;
+    let mut lent = [(0, 0); HOLD_SLOTS];
+    if lend::held(shared, seg.pool_len(seg.side), &mut lent) > 0 {
+        return;
+    }
     let reserved = shared.pool_reserved.swap(0, Ordering::Relaxed);
     if reserved > 0 {
-        let seg = &shared.segment;
         if let Err(e) = seg.release_pool(seg.side, 0, reserved) {
             tracing::debug!(error = %e, "payload pool pages not given back");
         }
@@ -146,10 +180,13 @@ impl PoolReader {
         let side = self.shared.peer_side();
         let pool = seg.pool_len(side) as u64;
         let end = offset.checked_add(len);
-        if offset % 8 != 0 || !end.is_some_and(|e| e <= pool) || len > self.shared.max_message {
+        if offset % POOL_ALIGN as u64 != 0
+            || !end.is_some_and(|e| e <= pool)
+            || len > self.shared.max_message
+        {
             return Err(Error::Corrupt(format!(
                 "a pool location of {len} bytes at offset {offset}, in a pool of {pool} bytes \
-                 (8-byte aligned, inside the pool, at most {} bytes)",
+                 ({POOL_ALIGN}-byte aligned, inside the pool, at most {} bytes)",
                 self.shared.max_message
             )));
         }
@@ -168,7 +205,7 @@ impl PoolReader {
         Ok(seg.pool_start(side) + offset as usize)
     }
 
-    /// Checks a location the peer sent (8-byte aligned, inside the pool,
+    /// Checks a location the peer sent (page-aligned, inside the pool,
     /// at most the channel's `max_message` long), before a caller
     /// allocates for it.
     pub fn check(&self, offset: u64, len: u64) -> Result<()> {
@@ -193,5 +230,18 @@ impl PoolReader {
         let at = self.locate(offset, dst.len() as u64)?;
         self.shared.segment.mapping().copy_into(at, dst);
         Ok(())
+    }
+}
+
+impl PoolReader {
+    /// Holds the `len` bytes at `offset` of the peer's pool lent, to be
+    /// read in place (see `lend`): `Ok(None)` when this channel's hold
+    /// table is full or the process holds [`LENT_CAP`](crate::LENT_CAP)
+    /// bytes already (copy them out with [`read`](Self::read) then); an
+    /// error for a location that is not the peer's to send. Call it while
+    /// decoding the message, before answering it.
+    pub fn lend(&self, offset: u64, len: u64) -> Result<Option<LentBlock>> {
+        let at = self.locate(offset, len)?;
+        Ok(lend::lend(&self.shared, offset as usize, at, len as usize))
     }
 }

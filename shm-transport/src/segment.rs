@@ -161,6 +161,7 @@ impl Segment {
             fd: Some(fd.try_clone()?),
         };
         seg.write_header(capacity, pool, total);
+        seg.protect_pools()?;
         Ok((seg, fd))
     }
 
@@ -193,6 +194,7 @@ impl Segment {
             .populate(0, HEADER_LEN + capacity[0] + capacity[1])?;
         seg.capacity = capacity;
         seg.pool = pool;
+        seg.protect_pools()?;
         seg.fd = Some(fd.try_clone_to_owned()?);
         seg.claim(what)?;
         Ok(seg)
@@ -385,9 +387,10 @@ impl Segment {
         &self.map
     }
 
-    /// Reserves and maps the pages of `len` bytes at `offset` of side
-    /// `i`'s pool, so that writing them takes no fault and a lack of memory
-    /// is [`Error::NoSpace`] now rather than a SIGBUS later.
+    /// Reserves the pages of `len` bytes at `offset` of side `i`'s pool,
+    /// so that a lack of memory is [`Error::NoSpace`] now rather than a
+    /// SIGBUS later (map them with [`populate_pool_for_write`](Self::populate_pool_for_write)
+    /// once they are writable).
     pub(crate) fn reserve_pool(&self, i: usize, offset: usize, len: usize) -> Result<()> {
         let fd = self
             .fd
@@ -395,14 +398,51 @@ impl Segment {
             .ok_or_else(|| Error::Config("a named segment has no payload pool".into()))?;
         let at = self.pool_start(i) + offset;
         crate::platform::reserve_range(fd.as_fd(), at, len, "a channel's payload pool")?;
-        self.map.populate(at, len)?;
+        Ok(())
+    }
+
+    /// Maps the pages of `len` bytes at `offset` of our own pool for
+    /// writing (they must be [protected](Self::protect_pool) writable).
+    pub(crate) fn populate_pool_for_write(
+        &self,
+        i: usize,
+        offset: usize,
+        len: usize,
+    ) -> Result<()> {
+        self.map.populate(self.pool_start(i) + offset, len)?;
         Ok(())
     }
 
     /// Maps the pages of `len` bytes at `offset` of side `i`'s pool now,
     /// for a reader (pages the writer reserved; the rest read as zeros).
     pub(crate) fn populate_pool(&self, i: usize, offset: usize, len: usize) -> Result<()> {
-        self.map.populate(self.pool_start(i) + offset, len)?;
+        self.map.populate_read(self.pool_start(i) + offset, len)?;
+        Ok(())
+    }
+
+    /// Makes the page range `range` of side `i`'s pool writable or
+    /// read-only in our mapping (see `lend`).
+    pub(crate) fn protect_pool(
+        &self,
+        i: usize,
+        range: std::ops::Range<usize>,
+        access: Access,
+    ) -> Result<()> {
+        let len = range.end.saturating_sub(range.start);
+        self.map
+            .protect(self.pool_start(i) + range.start, len, access)?;
+        Ok(())
+    }
+
+    /// Makes both pools read-only in our mapping: the peer's for good, our
+    /// own until a placement makes its pages writable for its copy (see
+    /// `lend`).
+    fn protect_pools(&self) -> Result<()> {
+        let len = self.pool[0] + self.pool[1];
+        if len > 0 {
+            self.map
+                .protect(self.pool_start(0), len, Access::ReadOnly)?;
+        }
         Ok(())
     }
 

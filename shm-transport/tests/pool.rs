@@ -96,7 +96,7 @@ fn a_full_pool_says_so_and_bytes_stay_in_line() {
     assert!(w.place(&vec![1u8; (1 << 20) + 1]).is_none());
     assert!(!w.placed());
     assert!(w.place(&vec![1u8; (1 << 19) + 1]).is_some());
-    // The next placement starts on the next 64-byte boundary.
+    // The next placement starts on the next page.
     assert!(
         w.place(&vec![1u8; (1 << 19) - 1]).is_none(),
         "aligned past the end"
@@ -148,7 +148,7 @@ fn a_far_location_maps_only_its_own_pages() {
     let (_a, b) = pair(256 << 20);
     let r = b.pool_reader().unwrap();
     let before = rss_shmem_kib();
-    assert_eq!(r.read((256 << 20) - 64, 64).unwrap(), [0; 64]);
+    assert_eq!(r.read((256 << 20) - 4096, 64).unwrap(), [0; 64]);
     let grown = rss_shmem_kib().saturating_sub(before);
     assert!(grown < 64 * 1024, "one small read mapped {grown} KiB");
 }
