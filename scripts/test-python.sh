@@ -18,7 +18,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-"$VENV/bin/python" -m pip install -q maturin pytest msgpack
+"$VENV/bin/python" -m pip install -q maturin pytest msgpack numpy
 # The package itself, as a user installs it (release build of the crate).
 "$VENV/bin/python" -m pip install -q --force-reinstall --no-deps ./python
 # The Rust fixture service of the interop tests (tests/fixtures/; a debug

@@ -38,6 +38,13 @@ pub fn read_out_of_line(tag: i8, data: &[u8], dst: &mut [u8]) -> Result<(), Stri
     crate::out_of_line::read_into(tag, data, dst)
 }
 
+/// For the Python package's codec: the out-of-line byte string of `data`
+/// (an ext value of type `tag`) as a [`Blob`](crate::Blob), read in place
+/// from the pool lent to this thread when it can be held, else copied.
+pub fn lend_out_of_line(tag: i8, data: &[u8]) -> Result<crate::Blob, String> {
+    crate::out_of_line::resolve_lent(tag, data)
+}
+
 /// How the macro builds a service without `fn new`: `Default`, with a
 /// message that says what to add when there is none.
 #[diagnostic::on_unimplemented(

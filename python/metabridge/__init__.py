@@ -42,6 +42,7 @@ import time
 import traceback
 
 from . import _native
+from ._native import Buffer
 
 __version__ = "0.1.0"
 
@@ -54,6 +55,7 @@ __all__ = [
     "gc",
     "ServiceBuilder",
     "ServiceClient",
+    "Buffer",
     "DaemonHandle",
     "MetaBridgeError",
     "ServiceNotFound",
@@ -496,12 +498,19 @@ class ServiceClient:
         return f"<ServiceClient {self._native.name!r} over {self._native.transport}>"
 
 
-def connect(name, *ctor_args, timeout=5.0, **ctor_kwargs):
+def connect(name, *ctor_args, timeout=5.0, buffers=False, **ctor_kwargs):
     """Connects to the live service ``name``; ``ctor_args`` and
     ``ctor_kwargs`` are its constructor's arguments (the service keeps one
     instance per distinct set, in an LRU). ``timeout`` bounds each call, in
-    seconds. Raises :class:`ServiceNotFound` if no such service runs."""
-    native = _native.connect(name, ctor_args, ctor_kwargs or None, float(timeout))
+    seconds. With ``buffers=True``, bytes results are :class:`Buffer`
+    objects instead of ``bytes``: large ones arriving through shared
+    memory are read in place, with no copy (``memoryview(b)``,
+    ``numpy.frombuffer(b, dtype)``), and keep their block of the service's
+    memory until released or collected. Raises :class:`ServiceNotFound`
+    if no such service runs."""
+    native = _native.connect(
+        name, ctor_args, ctor_kwargs or None, float(timeout), buffers=bool(buffers)
+    )
     return ServiceClient(native)
 
 

@@ -29,7 +29,7 @@ fn to_rmpv(obj: &Bound<'_, PyAny>) -> PyResult<rmpv::Value> {
 /// None (shared memory, else TCP), "shm" or "tcp"; `address` ("host:port")
 /// connects by TCP without the registry.
 #[pyfunction]
-#[pyo3(signature = (name, ctor_args, ctor_kwargs, timeout, transport=None, address=None, token=None))]
+#[pyo3(signature = (name, ctor_args, ctor_kwargs, timeout, transport=None, address=None, token=None, buffers=false))]
 #[allow(clippy::too_many_arguments)]
 pub fn connect(
     py: Python<'_>,
@@ -40,6 +40,7 @@ pub fn connect(
     transport: Option<&str>,
     address: Option<&str>,
     token: Option<&str>,
+    buffers: bool,
 ) -> PyResult<NativeClient> {
     let mut c = metabridge::connect(name);
     for a in ctor_args.iter() {
@@ -66,7 +67,10 @@ pub fn connect(
         c = c.token(t);
     }
     let client = py.detach(|| c.open()).map_err(|e| to_pyerr(py, e))?;
-    Ok(NativeClient { inner: client })
+    Ok(NativeClient {
+        inner: client,
+        buffers,
+    })
 }
 
 /// A connection to one service for one set of constructor arguments;
@@ -74,6 +78,8 @@ pub fn connect(
 #[pyclass(frozen, module = "metabridge._native")]
 pub struct NativeClient {
     inner: metabridge::Client,
+    /// Bytes results as `metabridge.Buffer`s (see `buffer`).
+    buffers: bool,
 }
 
 /// What a call's decode produced: the result still encoded (decoded
@@ -136,6 +142,7 @@ impl NativeClient {
         // The arguments, for writing them inside the call (large ones only).
         let owned: Option<Py<PyTuple>> = pre.is_none().then(|| args.clone().unbind());
         let client = &self.inner;
+        let buffers = self.buffers;
         let (result, pending, failed) = py.detach(|| {
             // A Python error raised while encoding or decoding inside the
             // call; the call then fails with a placeholder, replaced by it.
@@ -159,9 +166,11 @@ impl NativeClient {
             let decode = |buf: &[u8]| -> metabridge::Result<Decoded> {
                 let raw = metabridge::envelope::result_bytes(buf)?;
                 if metabridge::__private::holds_out_of_line(raw) {
-                    Python::attach(|py| values::decode(py, raw).map(|o| o.unbind()))
-                        .map(Decoded::Object)
-                        .map_err(keep)
+                    Python::attach(|py| {
+                        values::decode_buffers(py, raw, buffers).map(|o| o.unbind())
+                    })
+                    .map(Decoded::Object)
+                    .map_err(keep)
                 } else {
                     Ok(Decoded::Raw(raw.to_vec()))
                 }
@@ -192,7 +201,7 @@ impl NativeClient {
             return Err(e);
         }
         match result {
-            Ok(Decoded::Raw(bytes)) => Ok(values::decode(py, &bytes)?.unbind()),
+            Ok(Decoded::Raw(bytes)) => Ok(values::decode_buffers(py, &bytes, buffers)?.unbind()),
             Ok(Decoded::Object(obj)) => Ok(obj),
             Err(e) => Err(to_pyerr(py, e)),
         }

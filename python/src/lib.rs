@@ -16,8 +16,12 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
 
+// The buffer protocol's two slots, `unsafe fn`s by PyO3's definition;
+// their raw call is in `platform`.
+#[allow(unsafe_code)]
+mod buffer;
 mod client;
-// The only module allowed unsafe code: raw OS and interpreter calls, each
+// The only module allowed raw unsafe calls: raw OS and interpreter calls, each
 // behind a safe function with its `// SAFETY:` reasoning.
 #[allow(unsafe_code)]
 mod platform;
@@ -123,6 +127,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(service::serve_forked, m)?)?;
     m.add_function(wrap_pyfunction!(service::wait_forked, m)?)?;
     m.add_class::<client::NativeClient>()?;
+    m.add_class::<buffer::Buffer>()?;
     m.add_class::<client::Endpoint>()?;
     m.add_class::<service::NativeDaemon>()?;
     m.add_class::<service::AsyncDone>()?;

@@ -86,3 +86,41 @@ pub(crate) fn with_contiguous_bytes<R>(
     unsafe { ffi::PyBuffer_Release(&mut view) };
     Some(out)
 }
+
+/// Fills `view` with the read-only bytes `bytes`, exported by `obj` (the
+/// buffer protocol's `bf_getbuffer` of a `metabridge.Buffer`): the view
+/// takes a reference to `obj`, so the exporter outlives every view.
+///
+/// # Safety
+/// `view` is the pointer Python handed to `bf_getbuffer`; `bytes` stays
+/// valid and unchanged until `obj`'s `bf_releasebuffer` is called for
+/// this view.
+pub(crate) unsafe fn export_read_only(
+    view: *mut pyo3::ffi::Py_buffer,
+    obj: &pyo3::Bound<'_, pyo3::PyAny>,
+    bytes: &[u8],
+    flags: std::os::raw::c_int,
+) -> pyo3::PyResult<()> {
+    use pyo3::ffi;
+    let len = isize::try_from(bytes.len())
+        .map_err(|_| pyo3::exceptions::PyBufferError::new_err("a buffer too long to export"))?;
+    // SAFETY: `view` is Python's (the caller's contract); `obj` is live
+    // (the Bound holds it and the GIL); PyBuffer_FillInfo stores the
+    // pointer, length and `readonly = 1`, takes a new reference to `obj`,
+    // and fails (with an exception set) if `flags` ask for writing. The
+    // bytes stay valid for the view's life (the caller's contract).
+    let rc = unsafe {
+        ffi::PyBuffer_FillInfo(
+            view,
+            obj.as_ptr(),
+            bytes.as_ptr() as *mut std::os::raw::c_void,
+            len,
+            1,
+            flags,
+        )
+    };
+    if rc != 0 {
+        return Err(pyo3::PyErr::fetch(obj.py()));
+    }
+    Ok(())
+}

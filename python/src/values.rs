@@ -114,6 +114,9 @@ fn encode_int(obj: &Bound<'_, PyAny>, buf: &mut Vec<u8>) -> PyResult<()> {
 pub struct Decoder<'b> {
     buf: &'b [u8],
     pos: usize,
+    /// Byte strings become `metabridge.Buffer`s (read in place when out
+    /// of line and lendable), not `bytes`.
+    buffers: bool,
 }
 
 fn truncated() -> PyErr {
@@ -122,7 +125,17 @@ fn truncated() -> PyErr {
 
 impl<'b> Decoder<'b> {
     pub fn new(buf: &'b [u8]) -> Decoder<'b> {
-        Decoder { buf, pos: 0 }
+        Decoder {
+            buf,
+            pos: 0,
+            buffers: false,
+        }
+    }
+
+    /// Byte strings as `metabridge.Buffer`s (see [`decode_buffers`]).
+    pub fn buffers(mut self, on: bool) -> Decoder<'b> {
+        self.buffers = on;
+        self
     }
 
     pub fn at_end(&self) -> bool {
@@ -175,7 +188,13 @@ impl<'b> Decoder<'b> {
             0xc3 => PyBool::new(py, true).to_owned().into_any(),
             0xc4..=0xc6 => {
                 let n = self.len(1 << (m - 0xc4))?;
-                PyBytes::new(py, self.take(n)?).into_any()
+                let bytes = self.take(n)?;
+                if self.buffers {
+                    let blob = metabridge::Blob::from(bytes);
+                    Bound::new(py, crate::buffer::Buffer::new(blob))?.into_any()
+                } else {
+                    PyBytes::new(py, bytes).into_any()
+                }
             }
             0xca => (f32::from_be_bytes(self.be()?) as f64)
                 .into_pyobject(py)?
@@ -206,6 +225,13 @@ impl<'b> Decoder<'b> {
                 // copied once, from the pool into the new `bytes`.
                 let ext = self.take(17)?;
                 let (tag, location) = (ext[0] as i8, &ext[1..]);
+                if self.buffers {
+                    // Held lent in the pool and read in place (or copied
+                    // past the process's cap).
+                    let blob = metabridge::__private::lend_out_of_line(tag, location)
+                        .map_err(PyValueError::new_err)?;
+                    return Ok(Bound::new(py, crate::buffer::Buffer::new(blob))?.into_any());
+                }
                 let len = metabridge::__private::out_of_line_len(tag, location)
                     .map_err(PyValueError::new_err)?;
                 let len = usize::try_from(len)
@@ -303,7 +329,17 @@ impl<'b> Decoder<'b> {
 
 /// Decodes exactly one value.
 pub fn decode<'py>(py: Python<'py>, buf: &[u8]) -> PyResult<Bound<'py, PyAny>> {
-    let mut d = Decoder::new(buf);
+    decode_buffers(py, buf, false)
+}
+
+/// Decodes one value, its byte strings as `metabridge.Buffer`s if
+/// `buffers` (see `buffer`).
+pub fn decode_buffers<'py>(
+    py: Python<'py>,
+    buf: &[u8],
+    buffers: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let mut d = Decoder::new(buf).buffers(buffers);
     let v = d.value(py)?;
     if !d.at_end() {
         return Err(PyValueError::new_err(
