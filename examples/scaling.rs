@@ -16,13 +16,14 @@
 //!
 //! Writes `docs/scaling.md` (the tables, also printed) and four SVG plots
 //! in `docs/plots/`. The payload series is a bytes echo (`echo(data:
-//! Vec<u8>) -> Vec<u8>` of the `payload-echo` service defined here), so
-//! every call carries the payload both ways; it reports GB/s of payload
+//! Vec<u8>) -> Vec<u8>` of the `payload-echo` service defined here; the
+//! `blob` rows echo through `metabridge::Blob`, read in place on both
+//! sides), so every call carries the payload both ways; it reports GB/s of payload
 //! (N bytes each way per call time) and the page faults per call of both
 //! processes, next to this machine's single-thread memcpy measured in the
 //! same run. The image series sends a 4 MiB image in a user's struct, with
-//! its pixels as bytes (`metabridge::Bin` or `serde_bytes`) and as serde's
-//! default array of integers. The clients series calls the demo daemon's
+//! its pixels as bytes (`metabridge::Bin`, a `metabridge::Blob`) and as
+//! serde's default array of integers. The clients series calls the demo daemon's
 //! `get(s)` with 64 bytes.
 
 #[path = "service_daemon.rs"]
@@ -56,7 +57,9 @@ const PAYLOADS: [usize; 9] = [
 /// Side of the image series' square RGBA image: 4 MiB of pixels.
 const IMAGE_SIDE: u32 = 1024;
 const CLIENTS: [usize; 7] = [1, 2, 4, 8, 16, 32, 64];
-const TRANSPORTS: [&str; 2] = ["shm", "tcp"];
+/// `blob`: shared memory, echoing through `metabridge::Blob` (read in
+/// place on both sides) instead of `Vec<u8>`.
+const TRANSPORTS: [&str; 3] = ["shm", "blob", "tcp"];
 
 /// An image as a user writes it, with its pixels as bytes.
 #[derive(Clone, Serialize, Deserialize)]
@@ -76,6 +79,15 @@ pub struct PlainImage {
     pub pixels: Vec<u8>,
 }
 
+/// The same image with its pixels as a `metabridge::Blob`: read in place
+/// from the sender's pool when it arrives through shared memory.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct BlobImage {
+    pub width: u32,
+    pub height: u32,
+    pub pixels: metabridge::Blob,
+}
+
 /// The service of the payload and image series: it hands back what it got.
 #[derive(Default)]
 pub struct PayloadEcho;
@@ -87,6 +99,13 @@ impl PayloadEcho {
         data
     }
 
+    /// The bytes back, read in place from the caller's pool and written
+    /// once into the service's.
+    #[metabridge::function]
+    pub fn echo_blob(&self, data: metabridge::Blob) -> metabridge::Blob {
+        data
+    }
+
     #[metabridge::function]
     pub fn image(&self, image: Image) -> Image {
         image
@@ -94,6 +113,11 @@ impl PayloadEcho {
 
     #[metabridge::function]
     pub fn plain_image(&self, image: PlainImage) -> PlainImage {
+        image
+    }
+
+    #[metabridge::function]
+    pub fn blob_image(&self, image: BlobImage) -> BlobImage {
         image
     }
 }
@@ -265,6 +289,19 @@ fn payload_point(
     size: usize,
 ) -> PayloadPoint {
     let payload: Vec<u8> = (0..size).map(|i| (i * 7) as u8).collect();
+    if transport == "blob" {
+        let reply: metabridge::Blob = client
+            .call("echo_blob", (Bin(&payload[..]),))
+            .expect("echo_blob");
+        assert!(reply == payload, "echo_blob of a {size} B payload");
+        return measure_point(s, daemon_pid, transport, size, || {
+            let r: metabridge::Blob = client
+                .call("echo_blob", (Bin(&payload[..]),))
+                .expect("echo_blob");
+            debug_assert_eq!(r.len(), size);
+            std::hint::black_box(r);
+        });
+    }
     let reply: Bin<Vec<u8>> = client.call("echo", (Bin(&payload[..]),)).expect("echo");
     assert!(reply.0 == payload, "echo of a {size} B payload");
     measure_point(s, daemon_pid, transport, size, || {
@@ -289,11 +326,18 @@ fn image_points(
         height: side,
         pixels: Bin(pixels.clone()),
     };
+    let blob = BlobImage {
+        width: side,
+        height: side,
+        pixels: metabridge::Blob::from(pixels.clone()),
+    };
     let plain = PlainImage {
         width: side,
         height: side,
         pixels,
     };
+    let back: BlobImage = client.call("blob_image", (&blob,)).expect("blob_image");
+    assert!(back.pixels == blob.pixels, "blob image echo");
     let back: Image = client.call("image", (&image,)).expect("image");
     assert!(back.pixels == image.pixels, "image echo");
     let back: PlainImage = client.call("plain_image", (&plain,)).expect("plain_image");
@@ -303,6 +347,13 @@ fn image_points(
             "`Bin<Vec<u8>>` field",
             measure_point(s, daemon_pid, transport, size, || {
                 let r: Image = client.call("image", (&image,)).expect("image");
+                std::hint::black_box(r);
+            }),
+        ),
+        (
+            "`Blob` field",
+            measure_point(s, daemon_pid, transport, size, || {
+                let r: BlobImage = client.call("blob_image", (&blob,)).expect("blob_image");
                 std::hint::black_box(r);
             }),
         ),
@@ -622,6 +673,7 @@ where
 
 const SHM_COLOR: RGBColor = RGBColor(31, 119, 180);
 const TCP_COLOR: RGBColor = RGBColor(214, 39, 40);
+const BLOB_COLOR: RGBColor = RGBColor(44, 160, 44);
 
 fn plots(dir: &Path, payload: &[PayloadPoint], clients: &[ClientsPoint]) -> DrawResult {
     std::fs::create_dir_all(dir)?;
@@ -638,7 +690,11 @@ fn plots(dir: &Path, payload: &[PayloadPoint], clients: &[ClientsPoint]) -> Draw
             .map(|p| (p.size as f64, f(p)))
             .collect()
     };
-    let color = |t: &str| if t == "tcp" { TCP_COLOR } else { SHM_COLOR };
+    let color = |t: &str| match t {
+        "tcp" => TCP_COLOR,
+        "blob" => BLOB_COLOR,
+        _ => SHM_COLOR,
+    };
 
     let mut series = Vec::new();
     for t in TRANSPORTS {
@@ -860,7 +916,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             eprintln!("  .. {transport}: payload {}", fmt_bytes(size as f64));
             payload.push(payload_point(&s, echo_pid, &client, transport, size));
         }
-        if !narrowed {
+        if !narrowed && transport != "blob" {
             eprintln!("  .. {transport}: 4 MiB image in a struct");
             images.extend(image_points(&s, echo_pid, &client, transport));
         }

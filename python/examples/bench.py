@@ -6,7 +6,10 @@
    p50, p95, min;
 2. throughput: 16 threads sharing one client for 2 s: calls/s;
 3. bottleneck: 32 threads sharing one client for 5 s: calls/s, p50, p95;
-4. payload: an 8 MiB ``bytes`` echo, one client: p50 and min of 20 calls.
+4. payload: an 8 MiB ``bytes`` echo, one client: p50 and min of 20 calls;
+   then the same with ``connect(..., buffers=True)`` (the result read in
+   place as a ``metabridge.Buffer``; the Rust service's ``echo_blob``
+   reads its argument in place too).
 
 Each against a Python service of this package (``demo-service``, as in the
 seed) and, if the Rust fixture service ``mb-fixture-test-service`` is given
@@ -113,15 +116,51 @@ def throughput(call, threads, seconds, timed=False):
 PAYLOAD = bytes(range(256)) * (8 << 12)  # 8 MiB
 
 
-def measure(call, echo_bytes, quick):
+def measure(call, echo_bytes, echo_buffer, quick):
     s = 0.5 if quick else 1.0
     assert echo_bytes(PAYLOAD) == PAYLOAD
+    back = echo_buffer(PAYLOAD)
+    assert back.lent and memoryview(back) == PAYLOAD
+    del back
     return {
         "lat": latency(call),
         "t16": throughput(call, 16, 2 * s),
         "t32": throughput(call, 32, 5 * s, timed=True),
         "big": latency(lambda: echo_bytes(PAYLOAD), n=20, warmup=3),
+        "buf": latency(lambda: echo_buffer(PAYLOAD), n=20, warmup=3),
     }
+
+
+def rss_anon_kib():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    return 0
+
+
+def numpy_copies(client, buffers):
+    """A 64 MiB numpy array echoed by the Python service: the private
+    memory this process gains holding the result, as bytes (the result
+    copied into a bytes object) and as a Buffer viewed by numpy (read in
+    place in the service's pool: shared memory, not private). Returns
+    (MiB as bytes, MiB as a Buffer) or None without numpy."""
+    try:
+        import numpy as np
+    except ImportError:
+        return None
+    arr = np.arange((64 << 20) // 8, dtype=np.float64)
+    out = []
+    for c, view in ((client, lambda r: np.frombuffer(r, dtype=np.uint8)),
+                    (buffers, lambda r: np.frombuffer(r, dtype=np.float64))):
+        c.echo_bytes(arr)  # warm: buffers and pools sized
+        before = rss_anon_kib()
+        r = c.echo_bytes(arr)
+        v = view(r)
+        assert v.nbytes == arr.nbytes
+        out.append((rss_anon_kib() - before) / 1024)
+        del v, r
+    return tuple(out)
 
 
 def find_rust_service(given):
@@ -169,17 +208,23 @@ def main():
                 time.sleep(0.05)
 
     results = {}
+    copies = None
     try:
-        with meta.connect("bench-py", argumento="Olá,") as client:
+        with meta.connect("bench-py", argumento="Olá,") as client, \
+                meta.connect("bench-py", argumento="Olá,", buffers=True) as buffers:
             assert client.get("mundo!") == "Olá, mundo!"
             assert client._transport == "shm"
             get = client.get
-            results["Python service"] = measure(lambda: get("mundo!"), client.echo_bytes, opts.quick)
+            results["Python service"] = measure(lambda: get("mundo!"), client.echo_bytes,
+                                                buffers.echo_bytes, opts.quick)
+            copies = numpy_copies(client, buffers)
         if rust:
-            with meta.connect("bench-rust", "Olá, ", 1) as client:
+            with meta.connect("bench-rust", "Olá, ", 1) as client, \
+                    meta.connect("bench-rust", "Olá, ", 1, buffers=True) as buffers:
                 assert client.echo("mundo!") == "Olá, mundo!"
                 echo = client.echo
-                results["Rust service"] = measure(lambda: echo("mundo!"), client.echo_bytes, opts.quick)
+                results["Rust service"] = measure(lambda: echo("mundo!"), client.echo_bytes,
+                                                  buffers.echo_blob, opts.quick)
     finally:
         py_handle.stop()
         if rust:
@@ -199,6 +244,8 @@ def main():
         ("bottleneck p95", lambda r: us(r["t32"]["p95"]), us(ORIGINAL["p95_32"])),
         ("8 MiB bytes echo p50 (20 calls)", lambda r: f"{r['big']['p50'] * 1e3:.2f} ms", "-"),
         ("8 MiB bytes echo min", lambda r: f"{r['big']['min'] * 1e3:.2f} ms", "-"),
+        ("8 MiB echo, buffers=True, p50", lambda r: f"{r['buf']['p50'] * 1e3:.2f} ms", "-"),
+        ("8 MiB echo, buffers=True, min", lambda r: f"{r['buf']['min'] * 1e3:.2f} ms", "-"),
     ]
     width = 36
     print(f"{'':{width}}" + "".join(f"{c:>30}" for c in cols))
@@ -210,6 +257,9 @@ def main():
           f"16-thread throughput {py['t16']['rate'] / ORIGINAL['tput16']:.1f}x the original's")
     if "Rust service" in results:
         print(f"Python→Rust p50 {us(results['Rust service']['lat']['p50'])}")
+    if copies:
+        print(f"64 MiB numpy array echoed: the client's private memory grows {copies[0]:.0f} MiB "
+              f"holding it as bytes (one copy), {copies[1]:.0f} MiB as a Buffer (read in place)")
     print(f"({os.cpu_count()} CPUs; Python {sys.version.split()[0]})")
 
 

@@ -24,6 +24,11 @@
 //! - [`DoorbellSet`]: futex words on which a server's workers sleep for
 //!   all their channels at once; a sealed memfd too
 //!   ([`DoorbellSet::create_memfd`], [`DoorbellSet::from_fd`]).
+//! - [`PoolWriter`], [`PoolReader`]: each side of an anonymous channel has
+//!   a payload pool after the rings, where large byte strings travel out
+//!   of line; the receiver copies them out ([`PoolReader::read`]) or holds
+//!   them lent and reads them in place ([`PoolReader::lend`], a
+//!   [`LentBlock`]) until it drops them.
 //! - [`memfd`]: sealed memfds for other shared state (the runtime's live
 //!   counters).
 //!
@@ -55,8 +60,8 @@
 // `unsafe` is allowed, module by module, only where it is the point: the
 // shared mapping (`mapping`: the one type that maps shared memory and
 // reaches it), the ring's view of its bytes (`memory`, `ring`), the futex
-// system call (`futex`), and one function of
-// `channel` (binding the rings to their segment). Anywhere else it fails
+// system call (`futex`), one function of `channel` (binding the rings to
+// their segment), and `lend` (the in-place view of a lent block). Anywhere else it fails
 // to compile.
 #![deny(unsafe_code)]
 

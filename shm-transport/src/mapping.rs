@@ -13,7 +13,7 @@
 //!   or `&mut` is ever formed over the mapping: bytes are copied in and
 //!   out through raw pointers, and the only references handed out are to
 //!   types made only of atomics ([`AtomicView`]), whose every access is
-//!   atomic. The one exception is [`lent_bytes`](SharedMapping::lent_bytes),
+//!   atomic. The one exception is `lent_bytes` (crate-private),
 //!   whose caller proves that no mapping of those bytes is writable (a
 //!   lent pool block: see `lend`).
 
