@@ -130,3 +130,45 @@ fn hostile_locations_are_errors() {
     let lying = [0xdd, 0xff, 0xff, 0xff, 0xff];
     assert!(scan(&lying, &mut |_, _, _| Ok(())).is_err());
 }
+
+#[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+struct BlobImage {
+    width: u32,
+    pixels: crate::Blob,
+}
+
+/// A `Blob` field resolves to a lent block, read in place; a small one, or
+/// one decoded without a pool, owns its bytes; a `Blob` placed again from a
+/// lent block travels out of line like any bytes.
+#[test]
+fn a_blob_reads_its_bytes_in_place() {
+    let (a, b) = pair();
+    let pixels: Vec<u8> = (0..1 << 20).map(|i| (i * 7) as u8).collect();
+    let image = BlobImage {
+        width: 2,
+        pixels: crate::Blob::from(pixels.clone()),
+    };
+    let (bytes, placed) = encode(&a, &image);
+    assert!(placed);
+    let reader = b.pool_reader().unwrap();
+    let back: BlobImage = with_inbound(Some(&reader), || decode(&bytes)).unwrap();
+    assert!(back.pixels.is_lent());
+    assert!(back.pixels == pixels);
+    // Sent on from where it lies: copied once into b's own pool.
+    let (again, placed) = encode(&b, &back);
+    assert!(placed && again.len() < 100);
+    let there: BlobImage = with_inbound(a.pool_reader().as_ref(), || decode(&again)).unwrap();
+    assert!(there.pixels.is_lent() && there.pixels == pixels);
+    // Without a pool (TCP), or small: owned.
+    let plain = rmp_serde::to_vec(&image).unwrap();
+    let owned: BlobImage = decode(&plain).unwrap();
+    assert!(!owned.pixels.is_lent() && owned.pixels == pixels);
+    let small = BlobImage {
+        width: 1,
+        pixels: crate::Blob::from(&b"tiny"[..]),
+    };
+    let (bytes, placed) = encode(&a, &small);
+    assert!(!placed);
+    let back: BlobImage = with_inbound(Some(&reader), || decode(&bytes)).unwrap();
+    assert!(!back.pixels.is_lent() && back.pixels == b"tiny".to_vec());
+}
