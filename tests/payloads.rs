@@ -148,8 +148,7 @@ fn checksum(bytes: &[u8]) -> u64 {
 #[test]
 fn blobs_kept_lent_are_never_written_over() {
     let mut env = TestEnv::new("blobs");
-    let pid = env.start_service("svc", &[]);
-    let _ = pid;
+    env.start_service("svc", &[]);
     let c = env.client("svc", TransportKind::Shm, "a");
     let kept: Vec<Vec<u8>> = (0..3).map(|i| pattern(3 << 20, 10 + i)).collect();
     for data in &kept {
