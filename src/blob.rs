@@ -19,8 +19,9 @@ use std::sync::Arc;
 /// back: keep bytes for long with [`into_vec`](Blob::into_vec). Typed
 /// clients take a `Blob` parameter as `&[u8]`.
 ///
-/// Nothing can change the bytes under a `Blob`: a lent block is read-only
-/// in every mapping of it while it is lent (ARCHITECTURE.md, trust).
+/// Nothing can change the bytes under a `Blob`: a lent block is
+/// unwritable in every mapping of it while it is lent (ARCHITECTURE.md,
+/// trust).
 ///
 /// ```
 /// use metabridge::Blob;

@@ -11,10 +11,11 @@
 //! Invariants:
 //! - **Nothing writes a lent block.** Its pages are read-only in the
 //!   receiver's mapping (a side's view of the peer's pool always is), and
-//!   read-only in the writer's mapping too: a side's own pool is made
-//!   writable only for the pages of one placement, which never covers a
-//!   lent page (placements are page-aligned, and lent pages are skipped),
-//!   and read-only again before the message is sent. So a stray write of a
+//!   unwritable in the writer's too: a side's own pool is writable only
+//!   for the pages of one placement, in the thread copying into them,
+//!   during the copy (`write_guard`), and that window never covers a lent
+//!   page (placements are page-aligned, and lent pages are skipped). So a
+//!   stray write of a
 //!   buggy process faults in that process instead of changing bytes a peer
 //!   reads in place; this is what makes [`LentBlock::as_slice`] sound (the
 //!   argument is in ARCHITECTURE.md's trust section).
@@ -85,7 +86,7 @@ impl LentBlock {
         // SAFETY: the block is lent for as long as `self` lives (its slot
         // is cleared only on drop), so no process writes it: our mapping of
         // the peer's pool is read-only, and the peer's own mapping of a lent
-        // page is read-only and never in a placement's window (module
+        // page is unwritable and never in a placement's window (module
         // docs). `at..at + len` was checked to lie in the peer's pool when
         // the block was lent.
         unsafe { self.shared.segment.mapping().lent_bytes(self.at, self.len) }

@@ -97,6 +97,9 @@ mod pool;
 mod reuse;
 #[cfg(not(loom))]
 mod segment;
+#[cfg(not(loom))]
+#[allow(unsafe_code)]
+mod write_guard;
 
 #[cfg(all(test, loom))]
 #[allow(unsafe_code)]
@@ -126,6 +129,8 @@ pub use pool::{PoolReader, PoolWriter, POOL_ALIGN};
 pub use reuse::{ReusedBuffer, CHANNEL_BUDGET, KEEP_BUFFER, RETAINED_CAP};
 #[cfg(not(loom))]
 pub use segment::{gc, segment_path, FILE_PREFIX};
+#[cfg(not(loom))]
+pub use write_guard::{WriteGuard, POOL_GUARD_ENV};
 
 /// Sealed memfds for other shared state than channels (the runtime's live
 /// counters): created with their pages reserved and sealed against any

@@ -175,13 +175,54 @@ impl SharedMapping {
         unsafe { nix::sys::mman::mprotect(base, len, prot) }.map_err(std::io::Error::from)
     }
 
+    /// Tags the pages of `len` bytes at `offset` (page-aligned) with
+    /// protection key `key`, readable and writable as far as the page
+    /// tables go (`pkey_mprotect`): each thread's rights for the key then
+    /// decide (see `write_guard`).
+    pub(crate) fn protect_with_key(
+        &self,
+        offset: usize,
+        len: usize,
+        key: u32,
+    ) -> std::io::Result<()> {
+        self.check(offset, len, PAGE);
+        if self.access == Access::ReadOnly {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "a read-only mapping tagged writable",
+            ));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let prot = libc::PROT_READ | libc::PROT_WRITE;
+        // SAFETY: as in `protect`: the range is page-aligned and inside
+        // this read-write mapping, which this value owns; `pkey_mprotect`
+        // changes no memory contents, only which threads may write it, and
+        // the crate reaches these bytes through raw pointers only.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pkey_mprotect,
+                self.map.as_mut_ptr().add(offset),
+                len,
+                prot as libc::c_long,
+                key as libc::c_long,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+
     /// The `len` bytes at `offset` in place, for a lent pool block.
     ///
     /// # Safety
     /// No process may write these bytes while the returned slice lives:
     /// the caller holds them lent (`lend`): its own mapping of them is
     /// read-only, and the peer that wrote them keeps its mapping of them
-    /// read-only and writes nowhere in them until they are released.
+    /// unwritable and writes nowhere in them until they are released.
     pub(crate) unsafe fn lent_bytes(&self, offset: usize, len: usize) -> &[u8] {
         self.check(offset, len, 1);
         // SAFETY: in bounds (checked), mapped while `self` lives (the

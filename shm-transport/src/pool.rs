@@ -36,7 +36,6 @@ use crate::channel::Shared;
 use crate::error::{Error, Result};
 use crate::header::{HOLD_SLOTS, PAGE};
 use crate::lend::{self, LentBlock};
-use crate::mapping::Access;
 use crate::reuse;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -109,18 +108,10 @@ impl PoolWriter {
             self.shared.pool_reserved.store(grown, Ordering::Relaxed);
             window.end = window.end.max(grown);
         }
-        if let Err(e) = seg.protect_pool(side, window.clone(), Access::ReadWrite) {
+        let fresh = (grown > reserved).then_some(reserved..grown);
+        if let Err(e) = seg.write_own_pool(window, start, bytes, fresh) {
             tracing::debug!(error = %e, "payload pool not writable: bytes go in line");
             return None;
-        }
-        if grown > reserved {
-            // Map the new pages now, so that the copy takes no fault.
-            let _ = seg.populate_pool_for_write(side, reserved, grown - reserved);
-        }
-        seg.mapping()
-            .write_bytes(seg.pool_start(side) + start, bytes);
-        if let Err(e) = seg.protect_pool(side, window, Access::ReadOnly) {
-            tracing::warn!(error = %e, "payload pool pages left writable");
         }
         self.cursor = end;
         self.placed = true;

@@ -26,6 +26,7 @@ use crate::header::{
 use crate::liveness::ProcessIdentity;
 use crate::mapping::{Access, SharedMapping};
 use crate::ring::RingControl;
+use crate::write_guard::WriteGuard;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -88,6 +89,8 @@ pub(crate) struct Segment {
     /// Our own descriptor of a memfd segment, to reserve and give back
     /// pool pages with (`None` for a named segment, which has no pool).
     fd: Option<OwnedFd>,
+    /// How our own pool stays unwritable outside a placement.
+    guard: WriteGuard,
 }
 
 impl Segment {
@@ -118,6 +121,7 @@ impl Segment {
                 capacity,
                 pool: [0; 2],
                 fd: None,
+                guard: WriteGuard::Protect, // a named segment has no pool
             };
             seg.write_header(capacity, [0; 2], total);
             Ok(seg)
@@ -159,6 +163,7 @@ impl Segment {
             capacity,
             pool,
             fd: Some(fd.try_clone()?),
+            guard: WriteGuard::of_process(),
         };
         seg.write_header(capacity, pool, total);
         seg.protect_pools()?;
@@ -179,6 +184,7 @@ impl Segment {
             capacity: [0; 2],
             pool: [0; 2],
             fd: None,
+            guard: WriteGuard::of_process(),
         };
         let (capacity, pool, total) = seg.validate(what)?;
         if len < total {
@@ -260,6 +266,7 @@ impl Segment {
             capacity: [0; 2],
             pool: [0; 2],
             fd: None,
+            guard: WriteGuard::Protect, // a named segment has no pool
         };
         let (capacity, pool, total) = seg.validate(name)?;
         if len < total {
@@ -389,8 +396,8 @@ impl Segment {
 
     /// Reserves the pages of `len` bytes at `offset` of side `i`'s pool,
     /// so that a lack of memory is [`Error::NoSpace`] now rather than a
-    /// SIGBUS later (map them with [`populate_pool_for_write`](Self::populate_pool_for_write)
-    /// once they are writable).
+    /// SIGBUS later (map them in [`write_own_pool`](Self::write_own_pool),
+    /// where they are writable).
     pub(crate) fn reserve_pool(&self, i: usize, offset: usize, len: usize) -> Result<()> {
         let fd = self
             .fd
@@ -401,18 +408,6 @@ impl Segment {
         Ok(())
     }
 
-    /// Maps the pages of `len` bytes at `offset` of our own pool for
-    /// writing (they must be [protected](Self::protect_pool) writable).
-    pub(crate) fn populate_pool_for_write(
-        &self,
-        i: usize,
-        offset: usize,
-        len: usize,
-    ) -> Result<()> {
-        self.map.populate(self.pool_start(i) + offset, len)?;
-        Ok(())
-    }
-
     /// Maps the pages of `len` bytes at `offset` of side `i`'s pool now,
     /// for a reader (pages the writer reserved; the rest read as zeros).
     pub(crate) fn populate_pool(&self, i: usize, offset: usize, len: usize) -> Result<()> {
@@ -420,28 +415,40 @@ impl Segment {
         Ok(())
     }
 
-    /// Makes the page range `range` of side `i`'s pool writable or
-    /// read-only in our mapping (see `lend`).
-    pub(crate) fn protect_pool(
+    /// Copies `bytes` to `offset` of our own pool, whose page range
+    /// `window` (containing them) is opened for writing for the copy only
+    /// (see `write_guard`); `populate` first maps that many fresh bytes
+    /// from `offset` on, so that the copy takes no fault.
+    pub(crate) fn write_own_pool(
         &self,
-        i: usize,
-        range: std::ops::Range<usize>,
-        access: Access,
+        window: std::ops::Range<usize>,
+        offset: usize,
+        bytes: &[u8],
+        populate: Option<std::ops::Range<usize>>,
     ) -> Result<()> {
-        let len = range.end.saturating_sub(range.start);
-        self.map
-            .protect(self.pool_start(i) + range.start, len, access)?;
+        let start = self.pool_start(self.side);
+        let window = start + window.start..start + window.end;
+        self.guard.write(&self.map, window, || {
+            if let Some(fresh) = populate {
+                // A failure only leaves the pages to fault on first touch.
+                let _ = self.map.populate(start + fresh.start, fresh.len());
+            }
+            self.map.write_bytes(start + offset, bytes);
+        })?;
         Ok(())
     }
 
-    /// Makes both pools read-only in our mapping: the peer's for good, our
-    /// own until a placement makes its pages writable for its copy (see
-    /// `lend`).
+    /// Makes the peer's pool read-only in our mapping for good, and our
+    /// own unwritable outside a placement's copy (see `write_guard`).
     fn protect_pools(&self) -> Result<()> {
-        let len = self.pool[0] + self.pool[1];
-        if len > 0 {
+        let (own, peer) = (self.side, 1 - self.side);
+        if self.pool[peer] > 0 {
             self.map
-                .protect(self.pool_start(0), len, Access::ReadOnly)?;
+                .protect(self.pool_start(peer), self.pool[peer], Access::ReadOnly)?;
+        }
+        if self.pool[own] > 0 {
+            self.guard
+                .seal(&self.map, self.pool_start(own), self.pool[own])?;
         }
         Ok(())
     }

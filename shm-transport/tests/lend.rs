@@ -1,11 +1,13 @@
 //! Lent blocks: a receiver that keeps a block of the peer's pool reads it
 //! in place, the writer leaves it alone until it is dropped, and every
-//! mapping of a pool is read-only outside a placement's copy.
+//! pool is unwritable outside a placement's copy.
 
 // The channel API is not built under `--cfg loom` (only the ring is).
 #![cfg(not(loom))]
 
-use metabridge_shm::{Channel, ChannelConfig, ReusedBuffer, HOLD_SLOTS, POOL_ALIGN};
+use metabridge_shm::{
+    Channel, ChannelConfig, ReusedBuffer, WriteGuard, HOLD_SLOTS, POOL_ALIGN, POOL_GUARD_ENV,
+};
 use std::os::fd::AsFd;
 
 fn pair(pool: usize) -> (Channel, Channel) {
@@ -124,31 +126,90 @@ fn lending_a_location_outside_the_rules_is_corrupt() {
     }
 }
 
-/// Both pools are read-only in both mappings outside a placement's copy:
-/// each mapping of a channel's memfd is its writable rings, then its
-/// read-only pools.
+/// A write into either pool of a channel outside a placement's copy
+/// faults its writer (the peer's pool is read-only, our own guarded by a
+/// protection key or read-only pages), and placements still work. Run
+/// under both guards: this process uses a protection key where the CPU
+/// has them; a child runs this whole binary again with `mprotect` forced.
 #[test]
-fn pools_are_read_only_outside_a_placement() {
-    let pool = 4 << 20;
+fn pools_cannot_be_written_outside_a_placement() {
+    let forced = std::env::var(POOL_GUARD_ENV).is_ok();
+    if forced {
+        assert_eq!(WriteGuard::of_process(), WriteGuard::Protect);
+    }
+    // A pool size no other test of this binary uses, to find ours.
+    let pool = (3 << 20) + 5 * 4096;
     let (mut a, mut b) = pair(pool);
     send_placed(&mut a, &mut b, &vec![1u8; 2 << 20]).unwrap();
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-    let ours: Vec<(u64, String)> = maps
+    let starts: Vec<usize> = maps
         .lines()
         .filter(|l| l.contains("metabridge-channel"))
         .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (range, perms) = (f.next()?, f.next()?);
-            let (lo, hi) = range.split_once('-')?;
-            let len = u64::from_str_radix(hi, 16).ok()? - u64::from_str_radix(lo, 16).ok()?;
-            Some((len, perms.to_owned()))
+            let (lo, hi) = l.split_whitespace().next()?.split_once('-')?;
+            let (lo, hi) = (
+                usize::from_str_radix(lo, 16).ok()?,
+                usize::from_str_radix(hi, 16).ok()?,
+            );
+            match hi - lo {
+                len if len == pool => Some(vec![lo]),
+                len if len == 2 * pool => Some(vec![lo, lo + pool]),
+                _ => None,
+            }
         })
+        .flatten()
         .collect();
-    // Other tests of this binary map channels too: look for ours by size.
-    let read_only = ours
-        .iter()
-        .filter(|(len, perms)| *len == 2 * pool as u64 && perms == "r--s")
-        .count();
-    assert!(read_only >= 2, "pools of both mappings read-only: {ours:?}");
+    // Two mappings (one a side) of two pools each.
+    assert_eq!(
+        starts.len(),
+        4,
+        "four pools in this process's maps:\n{maps}"
+    );
+    for at in starts {
+        assert_eq!(
+            write_in_a_child(at),
+            Some(libc::SIGSEGV),
+            "a write at {at:#x}"
+        );
+    }
+    // The guard is put back after every placement: place again and check
+    // one more write faults, then that the bytes arrived.
+    let at = send_placed(&mut a, &mut b, &vec![2u8; 1 << 20]).unwrap();
+    let reader = b.pool_reader().unwrap();
+    assert_eq!(reader.read(at.0, at.1).unwrap(), vec![2u8; 1 << 20]);
     drop((a, b));
+    if !forced {
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .env(POOL_GUARD_ENV, "mprotect")
+            .args(["--test-threads", "2"])
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "this binary's tests under mprotect: {status}"
+        );
+    }
+}
+
+/// Forks a child that writes one byte at address `at` of this process's
+/// memory; returns the signal that killed it (`None`: it wrote and
+/// exited).
+fn write_in_a_child(at: usize) -> Option<i32> {
+    // SAFETY: the child only writes one byte and exits with `_exit`
+    // (no allocation, no lock, no destructor: safe after `fork` in a
+    // threaded process); the parent waits for it.
+    unsafe {
+        match libc::fork() {
+            0 => {
+                std::ptr::write_volatile(at as *mut u8, 7);
+                libc::_exit(0);
+            }
+            pid => {
+                assert!(pid > 0, "fork: {}", std::io::Error::last_os_error());
+                let mut status = 0;
+                assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
+                libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status))
+            }
+        }
+    }
 }
