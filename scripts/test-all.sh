@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: unit, integration (real processes,
 # shared memory, sockets), doc tests, the Python interop tests, the Python
-# package's tests, and the loom model checks of the lock-free ring (a
+# package's tests, and the loom model checks of the lock-free ring and hold table (a
 # separate build with --cfg loom).
 set -euo pipefail
 cd "$(dirname "$0")/.."

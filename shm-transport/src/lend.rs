@@ -36,6 +36,7 @@
 
 use crate::channel::Shared;
 use crate::header::{HOLDS_OFFSET, HOLD_SLOTS, PAGE};
+use crate::hold_table;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -104,10 +105,9 @@ impl std::fmt::Debug for LentBlock {
 
 impl Drop for LentBlock {
     fn drop(&mut self) {
-        // Release: pairs with the writer's Acquire load in `held`, so that
-        // every read through this block happens before the writer reuses
-        // its pages.
-        own_table(&self.shared)[self.slot].store(0, Ordering::Release);
+        // After every read through this block: `clear` releases it to the
+        // writer (Release, paired with its Acquire in `held`).
+        hold_table::clear(own_table(&self.shared), self.slot);
         LENT.fetch_sub(self.charged, Ordering::Relaxed);
     }
 }
@@ -146,17 +146,7 @@ pub(crate) fn lend(
             Err(seen) => now = seen,
         }
     }
-    let value = ((offset / PAGE) as u64) << 32 | pages as u64;
-    let table = own_table(shared);
-    // AcqRel: the slot must be taken by one block only (a block dropped on
-    // another thread frees slots concurrently); the writer sees the entry
-    // through the ring publish of our reply, which follows this in program
-    // order.
-    let slot = (0..HOLD_SLOTS).find(|&i| {
-        table[i]
-            .compare_exchange(0, value, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
-    });
+    let slot = hold_table::enter(own_table(shared), hold_table::entry(offset / PAGE, pages));
     match slot {
         Some(slot) => Some(LentBlock {
             shared: shared.clone(),
@@ -180,22 +170,5 @@ pub(crate) fn held(shared: &Shared, pool: usize, out: &mut [(usize, usize); HOLD
         .segment
         .mapping()
         .view_slice::<AtomicU64>(HOLDS_OFFSET[peer], HOLD_SLOTS);
-    let mut n = 0;
-    for slot in table {
-        // Acquire: pairs with the Release store of `LentBlock::drop` (a
-        // slot seen free was released after its last read).
-        let v = slot.load(Ordering::Acquire);
-        if v == 0 {
-            continue;
-        }
-        // A peer's value: clamped to the pool, never trusted to be sane.
-        let first = ((v >> 32) as usize).saturating_mul(PAGE).min(pool);
-        let pages = (v & 0xffff_ffff) as usize;
-        let end = first.saturating_add(pages.saturating_mul(PAGE)).min(pool);
-        if first < end {
-            out[n] = (first, end);
-            n += 1;
-        }
-    }
-    n
+    hold_table::held(table, pool, PAGE, out)
 }

@@ -81,6 +81,7 @@ mod channel;
 mod doorbell;
 #[cfg(not(loom))]
 mod header;
+mod hold_table;
 #[cfg(not(loom))]
 #[allow(unsafe_code)]
 mod lend;

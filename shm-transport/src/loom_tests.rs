@@ -1,4 +1,4 @@
-//! Loom models of the ring and of its wake protocol.
+//! Loom models of the ring, of its wake protocol, and of the hold table.
 //!
 //! Run with `RUSTFLAGS="--cfg loom" cargo test -p metabridge-shm --release --lib loom`.
 //! The ring is tiny (64 bytes: frames of 8 payload bytes, a wrap every
@@ -230,5 +230,92 @@ fn loom_a_release_rings_the_doorbell_of_a_producer_waiting_for_room() {
             }
         }
         t.join().unwrap();
+    });
+}
+
+/// The hold table (`hold_table`) against a writer reusing its pool: the
+/// receiver enters a block in the table before it answers, reads it after,
+/// and clears its slot; the writer, once it has the answer, writes only
+/// pages the table shows free. Pool pages are loom cells, so a write that
+/// can overlap the receiver's read (a Relaxed clear or load, the entry made
+/// after the answer) fails the model as a data race.
+#[test]
+fn loom_a_held_page_is_never_written_under_its_reader() {
+    use crate::hold_table::{clear, enter, entry, held};
+    use crate::sync::{AtomicU64, Ordering};
+    use loom::cell::UnsafeCell;
+    const PAGE: usize = 1;
+    model(|| {
+        // Two pages of the writer's pool, the receiver's two-slot table,
+        // and the ring as two flags (request, answer).
+        let pages = Arc::new([UnsafeCell::new(0u8), UnsafeCell::new(0u8)]);
+        let table = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        let request = Arc::new(AtomicU64::new(0));
+        let answer = Arc::new(AtomicU64::new(0));
+        let (r_pages, r_table, r_request, r_answer) = (
+            pages.clone(),
+            table.clone(),
+            request.clone(),
+            answer.clone(),
+        );
+        let receiver = loom::thread::spawn(move || {
+            while r_request.load(Ordering::Acquire) == 0 {
+                loom::thread::yield_now();
+            }
+            let slot = enter(&r_table[..], entry(0, 1)).expect("a free slot");
+            r_answer.store(1, Ordering::Release);
+            // Read in place, after answering: the writer is free to place
+            // its next message now, around this page.
+            // SAFETY: a loom cell, whose every access loom checks for races.
+            let seen = r_pages[0].with(|p| unsafe { *p });
+            assert_eq!(seen, 1, "the bytes of the message, unchanged");
+            clear(&r_table[..], slot);
+        });
+        // SAFETY: a loom cell, whose every access loom checks for races.
+        pages[0].with_mut(|p| unsafe { *p = 1 });
+        request.store(1, Ordering::Release);
+        while answer.load(Ordering::Acquire) == 0 {
+            loom::thread::yield_now();
+        }
+        // The next message: to the first page the table leaves free.
+        let mut out = [(0, 0); 2];
+        let n = held(&table[..], 2 * PAGE, PAGE, &mut out);
+        let free = (0..2).find(|&p| !out[..n].iter().any(|&(s, e)| s <= p && p < e));
+        let page = free.expect("one page at most is held");
+        // SAFETY: a loom cell, as above.
+        pages[page].with_mut(|p| unsafe { *p = 2 });
+        receiver.join().unwrap();
+    });
+}
+
+/// Slots are taken by one block each while blocks are dropped on other
+/// threads: two entries made while a third block's slot is cleared
+/// concurrently all land, in distinct slots, and a full table refuses.
+#[test]
+fn loom_hold_slots_are_taken_once_while_others_are_cleared() {
+    use crate::hold_table::{clear, enter, entry, held};
+    use crate::sync::AtomicU64;
+    model(|| {
+        let table = Arc::new([AtomicU64::new(entry(7, 1)), AtomicU64::new(0)]);
+        let dropper = {
+            let table = table.clone();
+            loom::thread::spawn(move || clear(&table[..], 0))
+        };
+        let first = enter(&table[..], entry(1, 1));
+        let second = enter(&table[..], entry(2, 1));
+        dropper.join().unwrap();
+        // The dropper has cleared slot 0: room for both, whatever the order.
+        let (a, b) = match (first, second) {
+            (Some(a), Some(b)) => (a, b),
+            (Some(a), None) => (a, enter(&table[..], entry(2, 1)).expect("slot 0, cleared")),
+            other => panic!("an entry lost: {other:?}"),
+        };
+        assert_ne!(a, b);
+        let mut out = [(0, 0); 2];
+        assert_eq!(held(&table[..], 16, 1, &mut out), 2);
+        let mut got = out.to_vec();
+        got.sort();
+        assert_eq!(got, [(1, 2), (2, 3)]);
+        assert_eq!(enter(&table[..], entry(3, 1)), None, "a full table");
     });
 }
