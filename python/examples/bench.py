@@ -16,10 +16,16 @@ seed) and, if the Rust fixture service ``mb-fixture-test-service`` is given
 (or found under ``target/release``; ``cargo build --release --features
 test-fixtures --bins`` builds it), a Rust service (its ``echo`` endpoint, the
 same work: prefix + argument), printed side by side with the original's
-figures (``shared/baseline.md``, logger off).
+figures. With ``--original DIR`` (the original library unpacked, its package
+installed in ``DIR/venv``, its ``examples/service_daemon.py`` with
+``logger=False``: the commands are in ``shared/original/README.md``), the
+original's own ``examples/bench.py`` is run first, in the same run, and its
+figures are the ones compared; without it, the figures recorded in
+``shared/baseline.md`` (logger off) stand in, and the output says so.
 """
 
 import argparse
+import ast
 import os
 import shutil
 import signal
@@ -31,7 +37,9 @@ import time
 
 import metabridge as meta
 
-ORIGINAL = {
+# The original's figures from shared/baseline.md (logger off), used when
+# --original is not given.
+RECORDED = {
     "p50": 23.2e-6,
     "p95": 24.9e-6,
     "min": 22.9e-6,
@@ -163,6 +171,32 @@ def numpy_copies(client, buffers):
     return tuple(out)
 
 
+def run_original(root):
+    """Runs the original library's own bench.py (in ``root/examples``, with
+    ``root/venv``'s interpreter) and returns its figures in seconds."""
+    py = os.path.join(root, "venv", "bin", "python")
+    out = subprocess.run([py, "bench.py"], cwd=os.path.join(root, "examples"),
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    found = {}
+    for line in out.splitlines():
+        label, _, rest = line.partition(": ")
+        if rest.startswith("{"):
+            found[label.strip()] = ast.literal_eval(rest)
+    try:
+        lat, t16, t32 = found["Latência (ms)"], found["Vazão"], found["Gargalo"]
+    except KeyError as e:
+        raise SystemExit(f"the original's bench.py printed no {e} line:\n{out}")
+    return {
+        "p50": lat["p50_ms"] / 1e3,
+        "p95": lat["p95_ms"] / 1e3,
+        "min": lat["min_ms"] / 1e3,
+        "tput16": t16["ops_per_sec"],
+        "tput32": t32["ops_per_sec"],
+        "p50_32": t32["p50_ms"] / 1e3,
+        "p95_32": t32["p95_ms"] / 1e3,
+    }
+
+
 def find_rust_service(given):
     if given:
         return given
@@ -183,7 +217,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rust-service", help="path of the Rust fixture service (mb-fixture-test-service)")
     ap.add_argument("--quick", action="store_true", help="half-length runs")
+    ap.add_argument("--original", metavar="DIR",
+                    help="the original library unpacked with its venv: run its bench.py in this run")
     opts = ap.parse_args()
+    if opts.original:
+        ORIGINAL, source = run_original(opts.original), "measured in this run"
+    else:
+        ORIGINAL, source = RECORDED, "recorded in shared/baseline.md, not this run"
 
     made_home = None
     if "METABRIDGE_HOME" not in os.environ:
@@ -233,13 +273,13 @@ def main():
         if made_home:
             shutil.rmtree(made_home, ignore_errors=True)
 
-    cols = ["original (Python, TCP)"] + [f"this package → {k}" for k in results]
+    cols = ["original (TCP)"] + [f"this package → {k}" for k in results]
     rows = [
         ("latency p50 (1 client, 200 calls)", lambda r: us(r["lat"]["p50"]), us(ORIGINAL["p50"])),
         ("latency p95", lambda r: us(r["lat"]["p95"]), us(ORIGINAL["p95"])),
         ("latency min", lambda r: us(r["lat"]["min"]), us(ORIGINAL["min"])),
-        ("throughput, 16 threads, 2 s", lambda r: f"{r['t16']['rate']:,.0f}/s", f"{ORIGINAL['tput16']:,}/s"),
-        ("bottleneck, 32 threads, 5 s", lambda r: f"{r['t32']['rate']:,.0f}/s", f"{ORIGINAL['tput32']:,}/s"),
+        ("throughput, 16 threads, 2 s", lambda r: f"{r['t16']['rate']:,.0f}/s", f"{ORIGINAL['tput16']:,.0f}/s"),
+        ("bottleneck, 32 threads, 5 s", lambda r: f"{r['t32']['rate']:,.0f}/s", f"{ORIGINAL['tput32']:,.0f}/s"),
         ("bottleneck p50", lambda r: us(r["t32"]["p50"]), us(ORIGINAL["p50_32"])),
         ("bottleneck p95", lambda r: us(r["t32"]["p95"]), us(ORIGINAL["p95_32"])),
         ("8 MiB bytes echo p50 (20 calls)", lambda r: f"{r['big']['p50'] * 1e3:.2f} ms", "-"),
@@ -253,6 +293,7 @@ def main():
         print(f"{label:{width}}" + f"{orig:>30}" + "".join(f"{f(r):>30}" for r in results.values()))
     py = results["Python service"]
     print()
+    print(f"the original's figures: {source}")
     print(f"Python→Python p50 {us(py['lat']['p50'])}: {ORIGINAL['p50'] / py['lat']['p50']:.1f}x lower than the original; "
           f"16-thread throughput {py['t16']['rate'] / ORIGINAL['tput16']:.1f}x the original's")
     if "Rust service" in results:
