@@ -8,8 +8,9 @@
 3. bottleneck: 32 threads sharing one client for 5 s: calls/s, p50, p95;
 4. payload: an 8 MiB ``bytes`` echo, one client: p50 and min of 20 calls;
    then the same with ``connect(..., buffers=True)`` (the result read in
-   place as a ``metabridge.Buffer``; the Rust service's ``echo_blob``
-   reads its argument in place too).
+   place as a ``metabridge.Buffer``; the services read their argument in
+   place too: the Python one through ``@meta.function(buffers=True)``, the
+   Rust one as a ``Blob``).
 
 Each against a Python service of this package (``demo-service``, as in the
 seed) and, if the Rust fixture service ``mb-fixture-test-service`` is given
@@ -61,6 +62,10 @@ class Demo:
 
     @meta.function
     def echo_bytes(self, data):
+        return data
+
+    @meta.function(buffers=True)
+    def echo_buffer(self, data):
         return data
 
 
@@ -256,7 +261,7 @@ def main():
             assert client._transport == "shm"
             get = client.get
             results["Python service"] = measure(lambda: get("mundo!"), client.echo_bytes,
-                                                buffers.echo_bytes, opts.quick)
+                                                buffers.echo_buffer, opts.quick)
             copies = numpy_copies(client, buffers)
         if rust:
             with meta.connect("bench-rust", "Olá, ", 1) as client, \

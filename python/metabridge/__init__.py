@@ -122,18 +122,22 @@ _native._register_errors(
 # ------------------------------------------------------------ decorators
 
 _MARK = "__metabridge_endpoints__"
+_BUFFERS = "__metabridge_buffers__"
 
 
 def _target(obj):
     return obj.__func__ if isinstance(obj, (staticmethod, classmethod)) else obj
 
 
-def _mark(obj, name=None):
+def _mark(obj, name=None, buffers=False):
     """Marks a method (function, staticmethod or classmethod) as an
-    endpoint, reachable as ``name`` (if given) and under its own name."""
+    endpoint, reachable as ``name`` (if given) and under its own name;
+    ``buffers``: its bytes arguments arrive as :class:`Buffer`."""
     target = _target(obj)
     if not callable(target):
         raise TypeError(f"metabridge: cannot expose {obj!r} as an endpoint")
+    if buffers:
+        setattr(target, _BUFFERS, True)
     names = target.__dict__.get(_MARK)
     if names is None:
         names = []
@@ -143,23 +147,33 @@ def _mark(obj, name=None):
     return obj
 
 
-def function(func):
-    """Exposes a method under its own name: ``@meta.function``."""
-    return _mark(func)
+def function(func=None, *, buffers=False):
+    """Exposes a method under its own name: ``@meta.function``.
+
+    ``@meta.function(buffers=True)``: the endpoint's bytes arguments arrive
+    as read-only :class:`Buffer` objects read in place from shared memory
+    (no copy; ``numpy.frombuffer`` works on them), instead of ``bytes``. A
+    buffer the endpoint keeps pins the caller's memory until released or
+    collected; past the process's cap on such bytes (256 MiB) they arrive
+    as copies. Over TCP they are always copies, in a Buffer all the same.
+    """
+    if func is None:
+        return lambda f: _mark(f, buffers=buffers)
+    return _mark(func, buffers=buffers)
 
 
-def endpoint(name=None, *, alias=None):
+def endpoint(name=None, *, alias=None, buffers=False):
     """Exposes a method under an endpoint name and under its own name.
 
     ``@meta.endpoint`` (its own name only), ``@meta.endpoint("x")`` or
-    ``@meta.endpoint(name="x")``.
+    ``@meta.endpoint(name="x")``; ``buffers=True`` as for :func:`function`.
     """
     if name is not None and not isinstance(name, str):
         return _mark(name)  # used bare: @meta.endpoint
     name = name or alias
 
     def decorate(func):
-        return _mark(func, name)
+        return _mark(func, name, buffers)
 
     return decorate
 
@@ -194,8 +208,8 @@ _lock = threading.Lock()
 
 
 def _collect_endpoints(cls):
-    """``[(names, attribute, is_async)]`` of the marked methods of ``cls``
-    and its bases (a subclass's definition wins)."""
+    """``[(names, attribute, is_async, buffers)]`` of the marked methods of
+    ``cls`` and its bases (a subclass's definition wins)."""
     found = {}
     for klass in reversed(cls.__mro__):
         for attr, obj in vars(klass).items():
@@ -205,7 +219,8 @@ def _collect_endpoints(cls):
                 found.pop(attr, None)  # overridden by a plain attribute
                 continue
             all_names = list(dict.fromkeys(list(names) + [attr]))
-            found[attr] = (all_names, attr, inspect.iscoroutinefunction(target))
+            found[attr] = (all_names, attr, inspect.iscoroutinefunction(target),
+                           bool(target.__dict__.get(_BUFFERS, False)))
     return list(found.values())
 
 

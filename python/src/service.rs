@@ -51,15 +51,20 @@ fn call_error(py: Python<'_>, e: PyErr) -> CallError {
 }
 
 /// The raw arguments of a call as Python `args`, `kwargs`.
+/// With `buffers`, byte strings arrive as `metabridge.Buffer`s (read in
+/// place where they are out of line).
 fn py_args<'py>(
     py: Python<'py>,
     a: &mut Args<'_>,
+    buffers: bool,
 ) -> Result<(Bound<'py, PyTuple>, Option<Bound<'py, PyDict>>), CallError> {
     let (np, pos, nk, kw) = a.take_raw();
     let args = values::Decoder::new(pos)
+        .buffers(buffers)
         .tuple(py, np as usize)
         .map_err(|e| call_error(py, e))?;
     let kwargs = values::Decoder::new(kw)
+        .buffers(buffers)
         .kwargs(py, nk as usize)
         .map_err(|e| call_error(py, e))?;
     Ok((args, kwargs))
@@ -96,7 +101,7 @@ impl AsyncDone {
 
 /// Builds the runtime's service from the Python description: `cls` is
 /// called with the constructor arguments; `endpoints` lists
-/// `(names, attribute, is_async)`; `submit(coroutine, done)` runs a
+/// `(names, attribute, is_async, buffers)`; `submit(coroutine, done)` runs a
 /// coroutine on the service's event loop; `prebuilt`, an instance made at
 /// startup, serves the first client without constructor arguments.
 #[allow(clippy::too_many_arguments)]
@@ -104,7 +109,7 @@ fn build(
     py: Python<'_>,
     name: &str,
     cls: Py<PyAny>,
-    endpoints: Vec<(Vec<String>, String, bool)>,
+    endpoints: Vec<(Vec<String>, String, bool, bool)>,
     submit: Py<PyAny>,
     host: Option<String>,
     port: Option<u16>,
@@ -113,14 +118,14 @@ fn build(
     let attrs: Arc<Vec<Py<pyo3::types::PyString>>> = Arc::new(
         endpoints
             .iter()
-            .map(|(_, attr, _)| pyo3::types::PyString::new(py, attr).unbind())
+            .map(|(_, attr, _, _)| pyo3::types::PyString::new(py, attr).unbind())
             .collect(),
     );
     let ctor_attrs = attrs.clone();
     let prebuilt = Mutex::new(prebuilt);
     let mut service = Service::<Instance>::new(name).constructor(move |a: &mut Args<'_>| {
         attach(|py| {
-            let (args, kwargs) = py_args(py, a)?;
+            let (args, kwargs) = py_args(py, a, false)?;
             let ready = if args.is_empty() && kwargs.is_none() {
                 prebuilt.lock().unwrap_or_else(|p| p.into_inner()).take()
             } else {
@@ -142,7 +147,7 @@ fn build(
         })
     });
     let submit = Arc::new(submit);
-    for (i, (names, _, is_async)) in endpoints.into_iter().enumerate() {
+    for (i, (names, _, is_async, buffers)) in endpoints.into_iter().enumerate() {
         for ep in &names {
             if is_async {
                 let submit = submit.clone();
@@ -153,7 +158,7 @@ fn build(
                           -> Result<EndpointFuture, CallError> {
                         let (tx, rx) = oneshot::channel();
                         attach(|py| {
-                            let (args, kwargs) = py_args(py, a)?;
+                            let (args, kwargs) = py_args(py, a, buffers)?;
                             let coro = inst.methods[i]
                                 .bind(py)
                                 .call(args, kwargs.as_ref())
@@ -182,7 +187,7 @@ fn build(
                     ep,
                     move |inst: &Instance, a: &mut Args<'_>, out: &mut Reply<'_>| {
                         attach(|py| {
-                            let (args, kwargs) = py_args(py, a)?;
+                            let (args, kwargs) = py_args(py, a, buffers)?;
                             let v = inst.methods[i]
                                 .bind(py)
                                 .call(args, kwargs.as_ref())
@@ -213,7 +218,7 @@ pub fn serve_forked(
     py: Python<'_>,
     name: &str,
     cls: Py<PyAny>,
-    endpoints: Vec<(Vec<String>, String, bool)>,
+    endpoints: Vec<(Vec<String>, String, bool, bool)>,
     submit: Py<PyAny>,
     ready_fd: i32,
     parent: Option<u32>,

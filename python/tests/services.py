@@ -27,6 +27,7 @@ class Forms:
         self.base = base
         self.label = label
         self.id = next(_ids)
+        self.kept = []
 
     @meta.function
     def plain(self, x):
@@ -80,6 +81,22 @@ class Forms:
     @meta.function
     def echo(self, value):
         return value
+
+    @meta.function(buffers=True)
+    def keep(self, data):
+        """Keeps a bytes argument as it arrived: what it is, whether it was
+        read in place, its length."""
+        self.kept.append(data)
+        return [type(data).__name__, data.lent, len(data)]
+
+    @meta.endpoint("keep_later", buffers=True)
+    async def keep_async(self, data):
+        self.kept.append(data)
+        return [type(data).__name__, data.lent, len(data)]
+
+    @meta.function
+    def kept_bytes(self):
+        return [bytes(b) for b in self.kept]
 
     @meta.function
     def fails(self, text):

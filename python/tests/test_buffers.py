@@ -76,6 +76,22 @@ def test_numpy_views_the_pool_block_without_a_copy(forms):
             bytes(b)
 
 
+def test_an_endpoint_can_take_its_bytes_arguments_as_buffers(forms):
+    with meta.connect("forms") as c:
+        assert c._transport == "shm"
+        sent = [pattern(3 * MIB + i * 4099, i) for i in range(4)]
+        for i, data in enumerate(sent):
+            keep = c.keep if i % 2 == 0 else c.keep_later
+            assert keep(data) == ["Buffer", True, len(data)], f"argument {i}"
+        # The client placed each later argument around the blocks the
+        # service keeps: all four arrived, and are still, intact.
+        assert c.kept_bytes() == sent
+        # Small ones are Buffers owning their bytes; other endpoints still
+        # get bytes.
+        assert c.keep(b"small") == ["Buffer", False, 5]
+        assert c.echo(b"y" * MIB) == b"y" * MIB
+
+
 def test_a_rust_service_lends_too_and_a_dropped_buffer_gives_its_block_back(home):
     p = rust_service(home, "rusty-buffers")
     try:
