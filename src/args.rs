@@ -77,10 +77,11 @@ impl<'a> Args<'a> {
     }
 
     /// The error to report for `error`, an error of [`next`](Args::next),
-    /// given the names of all the parameters: a keyword argument that
-    /// names none of them (or one given twice) is reported first, by its
-    /// name (`got an unexpected keyword argument 'nmae'`), as Python does,
-    /// rather than the parameter it failed to fill. Generated code calls it
+    /// given the names of all the parameters: more positional arguments
+    /// than parameters, or a keyword argument that names none of them (or
+    /// one given twice), is reported first (`takes 1 positional argument
+    /// but 2 were given`, `got an unexpected keyword argument 'nmae'`), as
+    /// Python does, rather than the parameter it failed to fill. Generated code calls it
     /// on the error path only, so binding costs nothing more.
     ///
     /// ```
@@ -93,10 +94,24 @@ impl<'a> Args<'a> {
     /// assert_eq!(e.message, "greet() got an unexpected keyword argument 'nmae'");
     /// ```
     pub fn explain(&self, error: CallError, params: &[&str]) -> CallError {
+        if self.given as usize > params.len() {
+            return self.too_many_positional(params);
+        }
         if self.kwargs_count == 0 {
             return error;
         }
         self.stray_kwarg(params).unwrap_or(error)
+    }
+
+    /// `f() takes 1 positional argument but 2 were given`, as Python says.
+    fn too_many_positional(&self, params: &[&str]) -> CallError {
+        CallError::type_error(format!(
+            "{}() takes {} positional argument{} but {} were given",
+            self.endpoint,
+            params.len(),
+            if params.len() == 1 { "" } else { "s" },
+            self.given
+        ))
     }
 
     /// The first keyword argument that names no parameter in `params`, if
@@ -171,7 +186,33 @@ impl<'a> Args<'a> {
                 self.endpoint
             )));
         };
-        crate::out_of_line::decode(raw).map_err(|e| self.invalid::<T>(param, e))
+        crate::out_of_line::decode(raw).map_err(|e| self.invalid::<T>(param, raw, e))
+    }
+
+    /// Binds the next parameter, named `param`, an optional one: `None`
+    /// when the caller left it out (no positional argument left for it and
+    /// no keyword argument of its name), as when it passed nil. What
+    /// `#[metabridge::service]` binds an `Option<T>` parameter with.
+    ///
+    /// ```
+    /// use metabridge::{Args, CallArgs};
+    /// let a = CallArgs::new().arg(7).unwrap();
+    /// let (args, kwargs) = (a.encoded_args(), a.encoded_kwargs());
+    /// let mut bound = Args::new("resize", &args, &kwargs).unwrap();
+    /// assert_eq!(bound.next::<u32>("side").unwrap(), 7);
+    /// assert_eq!(bound.next_optional::<u32>("max_side").unwrap(), None);
+    /// bound.finish(&["side", "max_side"]).unwrap();
+    /// ```
+    pub fn next_optional<T: DeserializeOwned>(
+        &mut self,
+        param: &str,
+    ) -> Result<Option<T>, CallError> {
+        if self.positional_left == 0
+            && (self.kwargs_count == 0 || self.find_kwarg(param)?.is_none())
+        {
+            return Ok(None);
+        }
+        self.next::<Option<T>>(param)
     }
 
     /// Binds the next parameter, named `param`, as bytes: a MessagePack
@@ -181,16 +222,36 @@ impl<'a> Args<'a> {
         self.next::<Bin<Vec<u8>>>(param)
             .map(|b| T::from(b.0))
             .map_err(|mut e| {
-                e.message = e.message.replace("Bin<Vec<u8>>", "bytes");
+                e.message = e.message.replace("a Bin<Vec<u8>>", "bytes");
                 e
             })
     }
 
-    fn invalid<T>(&self, param: &str, e: impl std::fmt::Display) -> CallError {
+    /// The error of argument `param`, whose bytes `raw` did not decode as
+    /// a `T`: what was expected, what came, and the decoder's detail
+    /// (rmp's "wrong msgpack marker" put in words).
+    fn invalid<T>(&self, param: &str, raw: &[u8], e: rmp_serde::decode::Error) -> CallError {
+        use rmp_serde::decode::Error as E;
+        let detail = match e {
+            E::TypeMismatch(marker) => {
+                let mut found = [0u8; 1];
+                found[0] = marker.to_u8();
+                match raw.first() == Some(&found[0]) {
+                    true => String::new(),
+                    // The mismatch is inside the value (a field, an element).
+                    false => format!(
+                        " (inside it, {} where another type was expected)",
+                        crate::msgpack::describe(&found)
+                    ),
+                }
+            }
+            other => format!(": {other}"),
+        };
         CallError::type_error(format!(
-            "{}(): argument '{param}' is not a valid {}: {e}",
+            "{}(): argument '{param}' must be {}, got {}{detail}",
             self.endpoint,
-            user_type_name::<T>()
+            with_article(&user_type_name::<T>()),
+            crate::msgpack::describe(raw),
         ))
     }
 
@@ -210,13 +271,7 @@ impl<'a> Args<'a> {
     /// all the parameters, for the message.
     pub fn finish(&self, params: &[&str]) -> Result<(), CallError> {
         if self.positional_left > 0 {
-            return Err(CallError::type_error(format!(
-                "{}() takes {} positional argument{} but {} were given",
-                self.endpoint,
-                params.len(),
-                if params.len() == 1 { "" } else { "s" },
-                self.given
-            )));
+            return Err(self.too_many_positional(params));
         }
         if self.kwargs_used < self.kwargs_count {
             let mut rest = self.kwargs;
@@ -242,6 +297,12 @@ impl<'a> Args<'a> {
         }
         Ok(())
     }
+}
+
+/// `a Thumb`, `an i64`: a type name with its indefinite article.
+fn with_article(name: &str) -> String {
+    let vowel = name.chars().next().is_some_and(|c| "aeioAEIO".contains(c));
+    format!("{} {name}", if vowel { "an" } else { "a" })
 }
 
 /// A type's name as its user writes it: every path shortened to its last
@@ -688,12 +749,80 @@ mod tests {
             .unwrap()
             .next::<Vec<String>>("v")
             .unwrap_err();
-        assert!(e.message.contains("not a valid Vec<String>"), "{e}");
+        assert!(
+            e.message
+                .starts_with("f(): argument 'v' must be a Vec<String>, got an integer"),
+            "{e}"
+        );
         let e = Args::new("f", &a, &k)
             .unwrap()
             .next_bytes::<Vec<u8>>("v")
             .unwrap_err();
-        assert!(e.message.contains("not a valid bytes"), "{e}");
+        assert!(
+            e.message
+                .starts_with("f(): argument 'v' must be bytes, got an integer"),
+            "{e}"
+        );
+    }
+
+    /// A value of the wrong shape is named as what came, in words, beside
+    /// what was expected: never rmp's bare "wrong msgpack marker".
+    #[test]
+    fn a_mistyped_argument_says_what_was_expected_and_what_came() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Thumb {
+            side: u32,
+        }
+        let text = |args: CallArgs, f: &dyn Fn(&mut Args<'_>) -> CallError| {
+            let (a, k) = bind(&args);
+            f(&mut Args::new("describe", &a, &k).unwrap()).message
+        };
+        let m = text(CallArgs::new().arg("abcd").unwrap(), &|a| {
+            a.next::<Thumb>("thumb").unwrap_err()
+        });
+        assert!(
+            m.starts_with("describe(): argument 'thumb' must be a Thumb, got a string of 4 bytes"),
+            "{m}"
+        );
+        assert!(!m.contains("marker"), "{m}");
+        let mut map = std::collections::HashMap::new();
+        map.insert("a", "oops");
+        let m = text(CallArgs::new().arg(map).unwrap(), &|a| {
+            a.next::<std::collections::HashMap<String, u32>>("sizes")
+                .unwrap_err()
+        });
+        assert!(
+            m.starts_with(
+                "describe(): argument 'sizes' must be a HashMap<String, u32>, got a map of 1 entry"
+            ),
+            "{m}"
+        );
+        assert!(!m.contains("marker"), "{m}");
+        let m = text(CallArgs::new().arg(vec![1, 2, 3]).unwrap(), &|a| {
+            a.next::<Thumb>("thumb").unwrap_err()
+        });
+        assert!(m.contains("got an array of 3 elements"), "{m}");
+        // Too many positional arguments are named as such, even when an
+        // extra one is also of the wrong type for the parameter it lands on.
+        let (a, k) = bind(
+            &CallArgs::new()
+                .arg(1)
+                .unwrap()
+                .arg("x")
+                .unwrap()
+                .arg(3)
+                .unwrap(),
+        );
+        let mut bound = Args::new("pair", &a, &k).unwrap();
+        let first: u32 = bound.next("a").unwrap();
+        assert_eq!(first, 1);
+        let e = bound.next::<u32>("b").unwrap_err();
+        let e = bound.explain(e, &["a", "b"]);
+        assert_eq!(
+            e.message,
+            "pair() takes 2 positional arguments but 3 were given"
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@
 use crate::args::{CallArgs, IntoArgs};
 use crate::config::TransportKind;
 use crate::envelope;
-use crate::error::{Error, PeerGone, Result};
+use crate::error::{Error, PeerGone, Result, TimedOut};
 use crate::registry::{self, Entry, Registry};
 use crate::resolve::{FixedAddress, LocalRegistry, Resolver};
 use crate::transport::{Limits, Transport};
@@ -62,7 +62,7 @@ pub fn connect(name: &str) -> Connect {
         name: name.to_owned(),
         ctor: CallArgs::new(),
         timeout: Duration::from_secs(30),
-        transport: crate::config::client_transport(),
+        transport: TransportKind::Auto,
         address: None,
         token: crate::config::token(),
         token_given: false,
@@ -105,7 +105,8 @@ impl Connect {
         self
     }
 
-    /// Chooses the transport.
+    /// Chooses the transport (default `Auto`). `$METABRIDGE_TRANSPORT`,
+    /// the operator's override, wins over it.
     pub fn transport(mut self, kind: TransportKind) -> Connect {
         self.transport = kind;
         self
@@ -148,12 +149,21 @@ impl Connect {
         self
     }
 
+    /// The transport this connection uses: `$METABRIDGE_TRANSPORT` if set
+    /// (the operator's override), else the one chosen in code (a service
+    /// given by address cannot be reached over shared memory: forcing it
+    /// is an `Unreachable` error when the client opens).
+    fn effective_transport(&self) -> Result<TransportKind> {
+        Ok(crate::config::client_transport()?.unwrap_or(self.transport))
+    }
+
     /// Finds the service and returns a client. No channel is opened until
     /// the first call needs one.
     pub fn open(self) -> Result<Client> {
         if let Some(e) = self.error {
             return Err(crate::ProtocolError::ConstructorArgument(e).into());
         }
+        let kind = self.effective_transport()?;
         let ctor = envelope::encode_ctor(&self.ctor.encoded_args(), &self.ctor.encoded_kwargs());
         let resolver: Box<dyn Resolver> = match self.address {
             Some(tcp) => Box::new(FixedAddress { tcp }),
@@ -164,7 +174,7 @@ impl Connect {
         let target = Target {
             name: self.name.clone(),
             resolver,
-            kind: self.transport,
+            kind,
             token: self.token,
             token_given: self.token_given,
             limits: Limits {
@@ -304,14 +314,19 @@ impl Inner {
     /// with `PeerGone` and is never replayed (it may have run).
     fn round_trip<R>(
         &self,
+        endpoint: &str,
         encode: impl FnOnce(&mut Vec<u8>, Option<&str>) -> Result<()>,
         decode: impl FnOnce(&[u8]) -> Result<R>,
     ) -> Result<R> {
-        self.round_trip_interruptible(encode, decode, None)
+        self.round_trip_interruptible(endpoint, encode, decode, None)
     }
 
+    /// As [`round_trip`](Self::round_trip), asking `interrupt` while it
+    /// waits (see `Client::call_encoded`). `endpoint` names the call in
+    /// a timeout.
     fn round_trip_interruptible<R>(
         &self,
+        endpoint: &str,
         encode: impl FnOnce(&mut Vec<u8>, Option<&str>) -> Result<()>,
         decode: impl FnOnce(&[u8]) -> Result<R>,
         interrupt: Option<&dyn Fn() -> bool>,
@@ -331,6 +346,14 @@ impl Inner {
             Err(e) if is_gone(&e) => {
                 conn.gone.store(true, Ordering::Relaxed);
                 Err(self.target.gone(e))
+            }
+            Err(Error::Timeout(TimedOut::ShmReply { .. } | TimedOut::TcpReply)) => {
+                Err(Error::Timeout(TimedOut::Call {
+                    service: self.name.clone(),
+                    endpoint: endpoint.to_owned(),
+                    transport: conn.transport.name(),
+                    after: self.target.limits.timeout,
+                }))
             }
             other => other,
         }
@@ -468,6 +491,7 @@ impl Client {
     pub fn call<R: DeserializeOwned>(&self, endpoint: &str, args: impl IntoArgs) -> Result<R> {
         let inner = &*self.inner;
         inner.round_trip(
+            endpoint,
             |buf, token| {
                 envelope::encode_call_with(
                     buf,
@@ -531,6 +555,7 @@ impl Client {
     ) -> Result<R> {
         let inner = &*self.inner;
         inner.round_trip_interruptible(
+            endpoint,
             |buf, token| {
                 envelope::encode_call_with(
                     buf,
@@ -598,6 +623,7 @@ impl Client {
     pub fn endpoints(&self) -> Result<Vec<String>> {
         let inner = &*self.inner;
         inner.round_trip(
+            "list_endpoints",
             |buf, token| {
                 envelope::encode_list(buf, &inner.ctor, token);
                 Ok(())

@@ -5,7 +5,7 @@
 //! | variable | what it sets | read by |
 //! | --- | --- | --- |
 //! | `METABRIDGE_HOME` | the registry's directory (default `/dev/shm/metabridge-<uid>`) | [`home`] |
-//! | `METABRIDGE_TRANSPORT` | a client's transport: `shm`, `tcp` (default: shm, TCP if it cannot) | [`client_transport`] |
+//! | `METABRIDGE_TRANSPORT` | a client's transport: `shm`, `tcp`, `auto` (default: what the code chose, else shm, TCP if it cannot); it overrides the code's choice; another value is an error | [`client_transport`] |
 //! | `METABRIDGE_TOKEN` | the token of services and clients | [`token`] |
 //! | `METABRIDGE_MAX_MESSAGE` (or `METABRIDGE_MAX_FRAME`) | the largest message on both transports | [`max_message`] |
 //! | `METABRIDGE_WORKERS` | [`ServiceConfig::workers`] | `ServiceConfig::default` |
@@ -55,13 +55,24 @@ pub(crate) fn home() -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
-/// The transport `$METABRIDGE_TRANSPORT` asks clients for (`Auto` when
-/// unset or unknown).
-pub(crate) fn client_transport() -> TransportKind {
-    match std::env::var(TRANSPORT).as_deref() {
-        Ok("tcp") => TransportKind::Tcp,
-        Ok("shm") => TransportKind::Shm,
-        _ => TransportKind::Auto,
+/// The transport `$METABRIDGE_TRANSPORT` imposes on clients: `None` when
+/// unset or empty; `shm`, `tcp` or `auto` in any case; anything else is
+/// an error. The operator's override: it wins over the transport the
+/// code chose.
+pub(crate) fn client_transport() -> crate::Result<Option<TransportKind>> {
+    let value = match std::env::var(TRANSPORT) {
+        Ok(v) if !v.is_empty() => v,
+        _ => return Ok(None),
+    };
+    match value.to_ascii_lowercase().as_str() {
+        "tcp" => Ok(Some(TransportKind::Tcp)),
+        "shm" => Ok(Some(TransportKind::Shm)),
+        "auto" => Ok(Some(TransportKind::Auto)),
+        _ => Err(crate::Error::InvalidSetting {
+            variable: TRANSPORT,
+            value,
+            accepted: "shm, tcp or auto",
+        }),
     }
 }
 
@@ -134,7 +145,8 @@ pub(crate) fn tcp_server(service: &ServiceConfig) -> ServerConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TransportKind {
     /// Shared memory when the service's segments can be mapped, else TCP
-    /// (the default; `METABRIDGE_TRANSPORT=tcp` forces TCP).
+    /// (the default; `METABRIDGE_TRANSPORT=tcp` forces TCP, whatever the
+    /// code chose).
     Auto,
     /// Shared memory only.
     Shm,

@@ -127,6 +127,17 @@ pub enum Error {
         /// Why not.
         why: &'static str,
     },
+    /// An environment variable (the operator's setting) holds a value
+    /// that means nothing: refused rather than ignored.
+    #[error("{variable}={value:?} is not accepted: use {accepted}")]
+    InvalidSetting {
+        /// The variable, such as `METABRIDGE_TRANSPORT`.
+        variable: &'static str,
+        /// What it holds.
+        value: String,
+        /// What it may hold.
+        accepted: &'static str,
+    },
     /// No room in memory or in the filesystem for what was needed.
     #[error(transparent)]
     NoSpace(NoSpace),
@@ -146,8 +157,22 @@ pub enum TimedOut {
         after: Duration,
     },
     /// A call over TCP had no reply within the client's timeout.
-    #[error("TCP call")]
+    #[error("no reply within the call's timeout over TCP")]
     TcpReply,
+    /// A call had no reply within the client's timeout: which call, on
+    /// which service and transport, after how long (what a client reports
+    /// for [`ShmReply`](Self::ShmReply) and [`TcpReply`](Self::TcpReply)).
+    #[error("{endpoint}() of service {service:?} had no reply within {after:?} over {transport} (raise it with Connect::timeout)")]
+    Call {
+        /// The service.
+        service: String,
+        /// The endpoint called.
+        endpoint: String,
+        /// `shm` or `tcp`.
+        transport: &'static str,
+        /// The client's call timeout.
+        after: Duration,
+    },
     /// A shared-memory channel's send or receive passed its deadline.
     #[error("shared-memory channel")]
     ShmChannel,

@@ -168,6 +168,35 @@ pub fn read_str_bytes(buf: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((bytes, &buf[start + len..]))
 }
 
+/// What the value at the start of `buf` is, in words for an error message
+/// ("a string", "an array of 3 elements", "a map of 2 entries", ...),
+/// from its first marker only.
+pub(crate) fn describe(buf: &[u8]) -> String {
+    let plural = |n: u64, one: &str| format!("{n} {one}{}", if n == 1 { "" } else { "s" });
+    let Some(&m) = buf.first() else {
+        return "nothing".into();
+    };
+    let sized = |len: Result<u64>, what: &str, unit: &str| match len {
+        Ok(n) => format!("{what} of {}", plural(n, unit)).replace("entrys", "entries"),
+        Err(_) => what.to_owned(),
+    };
+    match m {
+        0x00..=0x7f | 0xcc..=0xd3 | 0xe0..=0xff => "an integer".into(),
+        0xc0 => "nil (None)".into(),
+        0xc2 | 0xc3 => "a boolean".into(),
+        0xca | 0xcb => "a float".into(),
+        0xa0..=0xbf => sized(Ok((m & 0x1f) as u64), "a string", "byte"),
+        0xd9..=0xdb => sized(be(buf, 1, 1 << (m - 0xd9)), "a string", "byte"),
+        0xc4..=0xc6 => sized(be(buf, 1, 1 << (m - 0xc4)), "bytes", "byte"),
+        0x90..=0x9f => sized(Ok((m & 0x0f) as u64), "an array", "element"),
+        0xdc | 0xdd => sized(be(buf, 1, 2 << (m - 0xdc)), "an array", "element"),
+        0x80..=0x8f => sized(Ok((m & 0x0f) as u64), "a map", "entry"),
+        0xde | 0xdf => sized(be(buf, 1, 2 << (m - 0xde)), "a map", "entry"),
+        0xc7..=0xc9 | 0xd4..=0xd8 => "an ext value".into(),
+        0xc1 => "an invalid byte (0xc1)".into(),
+    }
+}
+
 /// If `buf` starts with a string: (the string, what follows).
 #[inline]
 pub fn read_str(buf: &[u8]) -> Option<(&str, &[u8])> {

@@ -73,6 +73,14 @@ fn call_prints_the_result_as_one_line_of_json() {
     code(&o, 0);
     assert_eq!(stdout(&o), "42\n");
 
+    // An `Option` parameter left out is None.
+    let o = mb(
+        &env,
+        &[&["call", "cli-call", "describe", "[5]"], &ctor[..]].concat(),
+    );
+    code(&o, 0);
+    assert_eq!(stdout(&o), "\"side 5, max None\"\n");
+
     // Bytes: base64 in JSON, or raw.
     let o = mb(
         &env,

@@ -71,3 +71,44 @@ fn every_step_of_a_call_obeys_its_timeout() {
         Err(_) => panic!("channel set-up hung past its timeout"),
     }
 }
+
+/// A call with no reply in time says which endpoint, of which service,
+/// over which transport, after how long: on both transports.
+#[test]
+fn a_call_timeout_names_the_endpoint_the_service_and_the_limit() {
+    let mut env = TestEnv::new("timeout-text");
+    env.start_service("svc", &[]);
+    for (kind, transport) in [(TransportKind::Shm, "shm"), (TransportKind::Tcp, "tcp")] {
+        let client = metabridge::connect("svc")
+            .home(&env.home)
+            .timeout(Duration::from_millis(300))
+            .transport(kind)
+            .arg("a")
+            .arg(1)
+            .open()
+            .unwrap();
+        match client.call::<u64>("sleep_ms", (5_000,)) {
+            Err(Error::Timeout(metabridge::TimedOut::Call {
+                service,
+                endpoint,
+                transport: t,
+                after,
+            })) => {
+                assert_eq!(
+                    (service.as_str(), endpoint.as_str(), t),
+                    ("svc", "sleep_ms", transport)
+                );
+                assert_eq!(after, Duration::from_millis(300));
+            }
+            other => panic!("expected a call timeout over {transport}, got {other:?}"),
+        }
+        let text = client
+            .call::<u64>("sleep_ms", (5_000,))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            text,
+            format!("timed out: sleep_ms() of service \"svc\" had no reply within 300ms over {transport} (raise it with Connect::timeout)")
+        );
+    }
+}

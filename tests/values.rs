@@ -28,6 +28,42 @@ fn start_values(env: &mut TestEnv, name: &str, envs: &[(&str, &str)]) -> u32 {
     pid
 }
 
+/// An `Option<T>` parameter is `None` when the caller leaves it out, by
+/// position or by keyword; a required one is still required.
+#[test]
+fn an_option_parameter_may_be_left_out() {
+    let mut env = TestEnv::new("optional");
+    env.start_service("svc", &[]);
+    let c = env.connect("svc").arg("p").arg(1).open().unwrap();
+    let describe = |args: CallArgs| c.call_with::<String>("describe", &args);
+    let none = "side 5, max None";
+    assert_eq!(c.call::<String>("describe", (5,)).unwrap(), none);
+    assert_eq!(c.call::<String>("describe", (5, ())).unwrap(), none, "nil");
+    assert_eq!(
+        c.call::<String>("describe", (5, 9)).unwrap(),
+        "side 5, max Some(9)"
+    );
+    let kw = |args: &[(&str, u32)]| {
+        args.iter()
+            .fold(CallArgs::new(), |a, (k, v)| a.kwarg(k, v).unwrap())
+    };
+    assert_eq!(describe(kw(&[("side", 5)])).unwrap(), none);
+    assert_eq!(
+        describe(kw(&[("max_side", 9), ("side", 5)])).unwrap(),
+        "side 5, max Some(9)"
+    );
+    let (kind, msg) = remote(c.call::<String>("describe", ()));
+    assert_eq!(kind, "TypeError");
+    assert_eq!(msg, "describe() missing required argument 'side'");
+    let (_, msg) = remote(describe(kw(&[("max_side", 9)])));
+    assert_eq!(msg, "describe() missing required argument 'side'");
+    let (_, msg) = remote(c.call::<String>("describe", (5, 9, 1)));
+    assert_eq!(
+        msg,
+        "describe() takes 2 positional arguments but 3 were given"
+    );
+}
+
 #[test]
 fn one_instance_per_constructor_value_whether_sent_by_keyword_or_position() {
     // The existing fixture: `new(prefix: String, scale: i64)`.
@@ -241,7 +277,7 @@ fn errors_name_the_unknown_keyword_and_the_types_as_written() {
     // Type names as the user writes them.
     let (kind, msg) = remote(c.call::<usize>("count", ("not a list",)));
     assert_eq!(kind, "TypeError");
-    assert!(msg.contains("is not a valid Vec<String>"), "{msg}");
+    assert!(msg.contains("must be a Vec<String>, got a string"), "{msg}");
     assert!(!msg.contains("alloc::"), "{msg}");
 }
 

@@ -64,7 +64,8 @@ impl Locals {
 }
 
 /// `let p: T = <T as Param>::next(__args, "p")?;` for each parameter
-/// (`__args.next_bytes::<T>("p")`, for bytes), then `__args.finish(&[..])?;`. An error
+/// (`__args.next_bytes::<T>("p")`, for bytes; `__args.next_optional::<T>("p")` for an
+/// `Option<T>`, `None` when left out), then `__args.finish(&[..])?;`. An error
 /// goes through `__args.explain(e, &[..])`, which names a misspelt keyword argument: on
 /// the error path only.
 ///
@@ -76,6 +77,9 @@ fn read_args(params: &[Param], args: &Ident) -> TokenStream {
         let (id, ty, name) = (&p.ident, &p.ty, p.wire_name());
         let next = if parse::is_bytes(ty) {
             quote_spanned!(ty.span()=> #args.next_bytes::<#ty>(#name))
+        } else if let Some(inner) = parse::option_inner(ty) {
+            // Left out by the caller: None.
+            quote_spanned!(ty.span()=> #args.next_optional::<#inner>(#name))
         } else {
             quote_spanned!(ty.span()=> <#ty as ::metabridge::__private::Param>::next(#args, #name))
         };

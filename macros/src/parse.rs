@@ -123,6 +123,21 @@ pub fn is_blob(ty: &Type) -> bool {
         && p.path.segments.last().is_some_and(|s| s.ident == "Blob" && s.arguments.is_none()))
 }
 
+/// The `T` of an `Option<T>` parameter (which a caller may leave out).
+pub fn option_inner(ty: &Type) -> Option<&Type> {
+    let Type::Path(p) = peel(ty) else {
+        return None;
+    };
+    let last = p.path.segments.last()?;
+    match (&last.arguments, p.qself.is_none() && last.ident == "Option") {
+        (PathArguments::AngleBracketed(a), true) if a.args.len() == 1 => match &a.args[0] {
+            GenericArgument::Type(t) => Some(t),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// Whether a parameter or result of type `ty` travels as MessagePack bin:
 /// `Vec<u8>`, `Box<[u8]>`, `Bytes` (e.g. `bytes::Bytes`), `&[u8]`, `&Vec<u8>`.
 pub fn is_bytes(ty: &Type) -> bool {

@@ -46,10 +46,12 @@ fn connect_defaults_without_any_environment() {
 }
 
 #[test]
-fn metabridge_transport_and_token_set_the_defaults() {
+fn metabridge_transport_overrides_the_code_and_token_sets_the_default() {
+    const NAME: &str =
+        "client::tests::metabridge_transport_overrides_the_code_and_token_sets_the_default";
     if !is_child() {
         in_child(
-            "client::tests::metabridge_transport_and_token_set_the_defaults",
+            NAME,
             &[
                 ("METABRIDGE_TRANSPORT", "tcp"),
                 ("METABRIDGE_TOKEN", "t0k"),
@@ -58,35 +60,51 @@ fn metabridge_transport_and_token_set_the_defaults() {
             ],
         );
         in_child(
-            "client::tests::metabridge_transport_and_token_set_the_defaults",
-            &[("METABRIDGE_TRANSPORT", "shm"), ("MB_UNIT_EXPECT", "shm")],
+            NAME,
+            &[("METABRIDGE_TRANSPORT", "SHM"), ("MB_UNIT_EXPECT", "shm")],
         );
         in_child(
-            "client::tests::metabridge_transport_and_token_set_the_defaults",
+            NAME,
+            &[
+                ("METABRIDGE_TRANSPORT", ""),
+                ("METABRIDGE_TOKEN", ""),
+                ("MB_UNIT_EXPECT", "unset"),
+            ],
+        );
+        in_child(
+            NAME,
             &[
                 ("METABRIDGE_TRANSPORT", "carrier-pigeon"),
-                ("METABRIDGE_TOKEN", ""),
-                ("MB_UNIT_EXPECT", "auto"),
+                ("MB_UNIT_EXPECT", "bad"),
             ],
         );
         return;
     }
-    let c = connect("svc");
+    // The code's explicit choice, which the environment overrides.
+    let c = connect("svc").transport(TransportKind::Auto);
+    let chosen = c.effective_transport();
     match std::env::var("MB_UNIT_EXPECT").unwrap().as_str() {
         "tcp" => {
-            assert_eq!(c.transport, TransportKind::Tcp);
+            assert_eq!(chosen.unwrap(), TransportKind::Tcp);
             assert_eq!(c.token.as_deref(), Some("t0k"));
             assert!(!c.token_given, "from the environment, not given");
             assert_eq!(c.max_message, 4096);
         }
-        "shm" => assert_eq!(c.transport, TransportKind::Shm),
-        _ => {
-            assert_eq!(
-                c.transport,
-                TransportKind::Auto,
-                "an unknown name is no choice"
-            );
+        "shm" => assert_eq!(chosen.unwrap(), TransportKind::Shm, "in any case"),
+        "unset" => {
+            assert_eq!(chosen.unwrap(), TransportKind::Auto, "empty is unset");
             assert_eq!(c.token, None, "an empty token is no token");
+        }
+        _ => {
+            let e = chosen.unwrap_err().to_string();
+            assert!(
+                e.contains("METABRIDGE_TRANSPORT=\"carrier-pigeon\"")
+                    && e.contains("shm, tcp or auto"),
+                "{e}"
+            );
+            // And it is what opening the client says, before any lookup.
+            let e = connect("svc").open().err().expect("refused").to_string();
+            assert!(e.contains("carrier-pigeon"), "{e}");
         }
     }
 }
