@@ -226,6 +226,10 @@ def test_python_client_calls_a_rust_service(home, monkeypatch):
             assert c.echo("olá") == "py:olá"
             assert c.echo(text="kw") == "py:kw"
             assert c.scaled(4) == 12
+            # An `Option` parameter of a Rust endpoint may be left out.
+            assert c.describe(5) == "side 5, max None"
+            assert c.describe(side=5) == "side 5, max None"
+            assert c.describe(5, max_side=9) == "side 5, max Some(9)"
             assert c.later(1) == "py:after 1 ms"
             assert c.blob(b"\x00" * 1000) == 1000
             with pytest.raises(meta.RemoteExecutionError) as e:
