@@ -81,13 +81,54 @@ fn call_prints_the_result_as_one_line_of_json() {
     code(&o, 0);
     assert_eq!(stdout(&o), "\"side 5, max None\"\n");
 
-    // Bytes: base64 in JSON, or raw.
+    // Bytes: {"$bytes": base64} in JSON, or raw; read back the same way,
+    // so a printed result can be sent as it is.
     let o = mb(
         &env,
         &[&["call", "cli-call", "bytes", "[3]"], &ctor[..]].concat(),
     );
     code(&o, 0);
-    assert_eq!(stdout(&o), "\"AAEC\"\n");
+    assert_eq!(stdout(&o), "{\"$bytes\":\"AAEC\"}\n");
+    for transport in ["shm", "tcp"] {
+        let o = mb(
+            &env,
+            &[
+                &["call", "cli-call", "echo_bytes", r#"[{"$bytes": "aGk="}]"#],
+                &ctor[..],
+                &["--transport", transport],
+            ]
+            .concat(),
+        );
+        code(&o, 0);
+        assert_eq!(stdout(&o), "{\"$bytes\":\"aGk=\"}\n", "over {transport}");
+    }
+    let o = mb(
+        &env,
+        &[
+            &["call", "cli-call", "echo_bytes", r#"[{"$bytes": "a"}]"#],
+            &ctor[..],
+        ]
+        .concat(),
+    );
+    code(&o, 2);
+    assert!(stderr(&o).contains("not standard base64"), "{}", stderr(&o));
+    let o = mb(
+        &env,
+        &[
+            &[
+                "call",
+                "cli-call",
+                "echo",
+                r#"["x"]"#,
+                "--transport",
+                "pigeon",
+            ],
+            &ctor[..],
+        ]
+        .concat(),
+    );
+    code(&o, 2);
+    assert!(stderr(&o).contains("pigeon"), "{}", stderr(&o));
     let o = mb(
         &env,
         &[&["call", "cli-call", "bytes", "[3]", "--raw"], &ctor[..]].concat(),

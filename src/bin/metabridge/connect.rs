@@ -60,11 +60,11 @@ pub fn call_args(
     Ok((call, ctor))
 }
 
-/// A client of `service` over `transport` (`auto`, `shm` or `tcp`), with
-/// the target's address, token, timeout and constructor arguments.
-pub fn open_client(service: &str, target: &Target, transport: &str) -> Result<Client, Fail> {
+/// A client of `service` over the target's transport (`auto`, `shm` or
+/// `tcp`), with its address, token, timeout and constructor arguments.
+pub fn open_client(service: &str, target: &Target) -> Result<Client, Fail> {
     let mut c = metabridge::connect(service).timeout(target.timeout);
-    match transport {
+    match target.transport.as_str() {
         "auto" => {}
         "shm" => c = c.transport(metabridge::TransportKind::Shm),
         "tcp" => c = c.transport(metabridge::TransportKind::Tcp),

@@ -33,6 +33,10 @@ pub struct Target {
     /// The token (default: the one the service published in the registry).
     #[arg(long, value_name = "T")]
     pub token: Option<String>,
+    /// Transport: auto (shared memory if it can, else TCP), shm or tcp.
+    /// `METABRIDGE_TRANSPORT`, the operator's override, wins over it.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "shm", "tcp"])]
+    pub transport: String,
     /// Timeout of each call (e.g. 500ms, 5s).
     #[arg(long, default_value = "10s", value_parser = positive_duration)]
     pub timeout: Duration,

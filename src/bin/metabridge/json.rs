@@ -1,24 +1,40 @@
 //! JSON on the command line ↔ MessagePack on the wire (`rmpv::Value`).
 //!
 //! JSON → MessagePack: numbers become integers when they are integers,
-//! floats otherwise. MessagePack → JSON: bytes become base64 strings,
-//! non-string map keys their JSON text, extension values
-//! `{"ext": type, "data": base64}`.
+//! floats otherwise; an object of the one key `$bytes` holding a base64
+//! string is bytes (MessagePack bin). MessagePack → JSON: bytes become
+//! that same object, `{"$bytes": "<base64>"}`, so that a result printed
+//! can be sent back as it is; non-string map keys become their JSON
+//! text, extension values `{"ext": type, "data": base64}`.
 
 use crate::fail::{usage, Fail};
 use rmpv::Value;
+
+/// The key of the JSON object that stands for bytes.
+pub const BYTES_KEY: &str = "$bytes";
 
 /// Parses `text` (the value of `what` on the command line) as JSON.
 pub fn parse(text: &str, what: &str) -> Result<Value, Fail> {
     let v: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| usage(format!("{what} is not valid JSON ({e}): {text}")))?;
-    Ok(from_json(v))
+    from_json(v).map_err(|e| usage(format!("{what}: {e}")))
 }
 
-/// A JSON value as MessagePack.
-pub fn from_json(v: serde_json::Value) -> Value {
+/// A JSON value as MessagePack; an error for a `{"$bytes": ..}` object
+/// that does not hold base64.
+pub fn from_json(v: serde_json::Value) -> Result<Value, String> {
     use serde_json::Value as J;
-    match v {
+    Ok(match v {
+        J::Object(m) if m.len() == 1 && m.contains_key(BYTES_KEY) => match &m[BYTES_KEY] {
+            J::String(s) => Value::Binary(unbase64(s).ok_or_else(|| {
+                format!("{{\"{BYTES_KEY}\": ..}} holds {s:?}, which is not standard base64")
+            })?),
+            other => {
+                return Err(format!(
+                    "{{\"{BYTES_KEY}\": ..}} must hold a base64 string, not {other}"
+                ))
+            }
+        },
         J::Null => Value::Nil,
         J::Bool(b) => Value::Boolean(b),
         J::Number(n) => {
@@ -31,13 +47,13 @@ pub fn from_json(v: serde_json::Value) -> Value {
             }
         }
         J::String(s) => Value::from(s),
-        J::Array(a) => Value::Array(a.into_iter().map(from_json).collect()),
+        J::Array(a) => Value::Array(a.into_iter().map(from_json).collect::<Result<_, _>>()?),
         J::Object(m) => Value::Map(
             m.into_iter()
-                .map(|(k, v)| (Value::from(k), from_json(v)))
-                .collect(),
+                .map(|(k, v)| Ok((Value::from(k), from_json(v)?)))
+                .collect::<Result<_, String>>()?,
         ),
-    }
+    })
 }
 
 /// A MessagePack value as JSON.
@@ -59,7 +75,7 @@ pub fn to_json(v: &Value) -> serde_json::Value {
             Some(s) => J::String(s.to_owned()),
             None => J::String(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         },
-        Value::Binary(b) => J::String(base64(b)),
+        Value::Binary(b) => serde_json::json!({ BYTES_KEY: base64(b) }),
         Value::Array(a) => J::Array(a.iter().map(to_json).collect()),
         Value::Map(m) => J::Object(
             m.iter()
@@ -101,6 +117,39 @@ pub fn base64(bytes: &[u8]) -> String {
     out
 }
 
+/// Decodes standard base64 (padding optional); `None` if it is not.
+pub fn unbase64(text: &str) -> Option<Vec<u8>> {
+    let sextet = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let text = text.trim_end_matches('=').as_bytes();
+    if text.len() % 4 == 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    for chunk in text.chunks(4) {
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= sextet(c)? << (18 - 6 * i);
+        }
+        out.push((n >> 16) as u8);
+        if chunk.len() > 2 {
+            out.push((n >> 8) as u8);
+        }
+        if chunk.len() > 3 {
+            out.push(n as u8);
+        }
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +166,25 @@ mod tests {
     fn json_round_trips_through_messagepack() {
         let j: serde_json::Value =
             serde_json::from_str(r#"{"a":[1,-2,1.5,"x",null,true],"b":{}}"#).unwrap();
-        assert_eq!(to_json(&from_json(j.clone())), j);
+        assert_eq!(to_json(&from_json(j.clone()).unwrap()), j);
+    }
+
+    #[test]
+    fn bytes_print_as_they_are_read() {
+        for bytes in [&b""[..], b"f", b"fo", b"foo", b"hi", &[0, 255, 7, 128, 1]] {
+            let printed = to_json(&Value::Binary(bytes.to_vec()));
+            assert_eq!(printed, serde_json::json!({ "$bytes": base64(bytes) }));
+            assert_eq!(from_json(printed).unwrap(), Value::Binary(bytes.to_vec()));
+        }
+        // A string stays a string, even one that looks like base64.
+        let s = serde_json::json!("aGk=");
+        assert_eq!(from_json(s).unwrap(), Value::from("aGk="));
+        // A $bytes key beside others is a plain map; a bad payload an error.
+        let two = serde_json::json!({"$bytes": "aGk=", "x": 1});
+        assert!(matches!(from_json(two).unwrap(), Value::Map(_)));
+        let bad = from_json(serde_json::json!({"$bytes": "a"})).unwrap_err();
+        assert!(bad.contains("not standard base64"), "{bad}");
+        let bad = from_json(serde_json::json!({"$bytes": 3})).unwrap_err();
+        assert!(bad.contains("must hold a base64 string"), "{bad}");
     }
 }

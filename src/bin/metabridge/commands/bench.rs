@@ -28,9 +28,6 @@ pub struct Args {
     /// How long to measure (after a short warm-up).
     #[arg(long, short, default_value = "3s", value_parser = positive_duration)]
     duration: Duration,
-    /// Transport: auto (shared memory if it can), shm or tcp.
-    #[arg(long, default_value = "auto")]
-    transport: String,
     /// JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -47,11 +44,7 @@ pub fn run(plan: Args) -> Result<(), Fail> {
     // first, so that a wrong call fails at once with its error.
     let mut clients = Vec::new();
     for _ in 0..plan.clients {
-        clients.push(open_client(
-            &plan.call.service,
-            &plan.call.target,
-            &plan.transport,
-        )?);
+        clients.push(open_client(&plan.call.service, &plan.call.target)?);
     }
     let _: rmpv::Value = clients[0].call_with(&plan.call.endpoint, &args)?;
     let transport = clients[0].transport_name();

@@ -11,7 +11,8 @@ use std::io::Write;
 pub struct Args {
     #[command(flatten)]
     call: CallSpec,
-    /// Write a bytes result as raw bytes instead of base64 JSON.
+    /// Write a bytes result as raw bytes instead of JSON
+    /// (`{"$bytes": "<base64>"}`).
     #[arg(long)]
     raw: bool,
 }
@@ -19,7 +20,7 @@ pub struct Args {
 /// Makes the call and prints its result.
 pub fn run(Args { call: spec, raw }: Args) -> Result<(), Fail> {
     let (call, _) = call_args(spec.args.as_deref(), &spec.target)?;
-    let client = open_client(&spec.service, &spec.target, "auto")?;
+    let client = open_client(&spec.service, &spec.target)?;
     let result: rmpv::Value = client.call_with(&spec.endpoint, &call)?;
     client.close();
     let mut out = std::io::stdout().lock();
