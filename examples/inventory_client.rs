@@ -9,7 +9,7 @@
 #[allow(dead_code)]
 mod inventory;
 
-use inventory::{Inventory, InventoryClient, Item};
+use inventory::{Inventory, InventoryClient, Item, OutOfStock};
 
 fn main() -> metabridge::Result<()> {
     let own_daemon = match metabridge::lookup("inventory") {
@@ -28,8 +28,11 @@ fn main() -> metabridge::Result<()> {
     };
     println!("added: {:?}", lisbon.add(bolt)?);
     println!("took: {:?}", lisbon.take("B-8", 120)?);
+    // The endpoint's own error comes back as its type: match its variants.
     match lisbon.take("B-8", 10_000) {
-        Err(metabridge::Error::Remote { kind, message }) => println!("refused: {kind}: {message}"),
+        Err(metabridge::Failure::Endpoint(OutOfStock::Short { has, wanted, .. })) => {
+            println!("refused: {has} in stock, {wanted} wanted")
+        }
         other => println!("unexpected: {other:?}"),
     }
     let label = vec![0x89, b'P', b'N', b'G', 0, 1, 2, 3];

@@ -522,6 +522,16 @@ pub(crate) fn encode_value<T: Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) 
         })
 }
 
+/// Arguments already encoded as one MessagePack array.
+pub(crate) struct RawArgs(pub(crate) Vec<u8>);
+
+impl IntoArgs for RawArgs {
+    fn encode_args(&self, buf: &mut Vec<u8>) -> Result<()> {
+        buf.extend_from_slice(&self.0);
+        Ok(())
+    }
+}
+
 impl IntoArgs for () {
     fn encode_args(&self, buf: &mut Vec<u8>) -> Result<()> {
         buf.push(0x90);

@@ -18,7 +18,7 @@
 use crate::args::{CallArgs, IntoArgs};
 use crate::config::TransportKind;
 use crate::envelope;
-use crate::error::{Error, PeerGone, Result, TimedOut};
+use crate::error::{Error, Failure, PeerGone, Result, TimedOut};
 use crate::registry::{self, Entry, Registry};
 use crate::resolve::{FixedAddress, LocalRegistry, Resolver};
 use crate::transport::{Limits, Transport};
@@ -504,6 +504,83 @@ impl Client {
             },
             envelope::decode_result::<R>,
         )
+    }
+
+    /// Calls an endpoint that returns `Result<R, E>` and gets its error
+    /// back as an `E` ([`Failure::Endpoint`]), decoded from the data the
+    /// service sent with it (an `E` that is `Serialize` there); any other
+    /// failure is [`Failure::Call`]. The typed client of
+    /// `#[metabridge::service]` calls this for every endpoint whose
+    /// return type names its error type.
+    pub fn call_fallible<R: DeserializeOwned, E: DeserializeOwned>(
+        &self,
+        endpoint: &str,
+        args: impl IntoArgs,
+    ) -> std::result::Result<R, Failure<E>> {
+        self.call_fallible_with(endpoint, args, |data| rmp_serde::from_slice(data).ok())
+    }
+
+    /// As [`call_fallible`](Self::call_fallible), with the decoder of the
+    /// error's data given (for the generated client: one that never
+    /// decodes, for an `E` that is not `Deserialize`).
+    #[doc(hidden)]
+    pub fn call_fallible_with<R: DeserializeOwned, E>(
+        &self,
+        endpoint: &str,
+        args: impl IntoArgs,
+        decode_error: fn(&[u8]) -> Option<E>,
+    ) -> std::result::Result<R, Failure<E>> {
+        let inner = &*self.inner;
+        let carried = inner.round_trip(
+            endpoint,
+            |buf, token| {
+                envelope::encode_call_with(
+                    buf,
+                    endpoint,
+                    |b| args.encode_args(b),
+                    envelope::EMPTY_MAP,
+                    &inner.ctor_tail,
+                    token,
+                )
+            },
+            |buf| envelope::decode_fallible::<R, E>(buf, decode_error),
+        );
+        match carried {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(Failure::Endpoint(e)),
+            Err(e) => Err(Failure::Call(e)),
+        }
+    }
+
+    /// [`call_fallible_with`](Self::call_fallible_with) from async code,
+    /// as [`call_async`](Self::call_async) runs a call.
+    #[doc(hidden)]
+    pub fn call_fallible_async<R, E, A>(
+        &self,
+        endpoint: &str,
+        args: A,
+        decode_error: fn(&[u8]) -> Option<E>,
+    ) -> impl std::future::Future<Output = std::result::Result<R, Failure<E>>> + Send + 'static
+    where
+        R: DeserializeOwned + Send + 'static,
+        E: Send + 'static,
+        A: IntoArgs + Send + 'static,
+    {
+        let client = self.clone();
+        let endpoint = endpoint.to_owned();
+        async move {
+            let mut raw = Vec::new();
+            args.encode_args(&mut raw)?;
+            tokio::task::spawn_blocking(move || {
+                client.call_fallible_with::<R, E>(
+                    &endpoint,
+                    crate::args::RawArgs(raw),
+                    decode_error,
+                )
+            })
+            .await
+            .map_err(|e| Failure::Call(Error::Io(std::io::Error::other(e.to_string()))))?
+        }
     }
 
     /// Calls `endpoint` with positional and keyword arguments.

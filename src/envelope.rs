@@ -253,15 +253,29 @@ pub fn encode_ok<T: Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) -> Result<
 
 /// Encodes `{"status": "error", "error": {"type": kind, "message": message}}`.
 pub fn encode_error(buf: &mut Vec<u8>, kind: &str, message: &str) {
+    encode_error_with(buf, kind, message, None)
+}
+
+/// Encodes an endpoint's error: as [`encode_error`], with the error's
+/// value under `data` when it carries one (docs/PROTOCOL.md).
+pub fn encode_call_error(buf: &mut Vec<u8>, e: &crate::CallError) {
+    encode_error_with(buf, &e.kind, &e.message, e.data())
+}
+
+fn encode_error_with(buf: &mut Vec<u8>, kind: &str, message: &str, data: Option<&[u8]>) {
     let _ = rmp::encode::write_map_len(buf, 2);
     write_str(buf, "status");
     write_str(buf, "error");
     write_str(buf, "error");
-    let _ = rmp::encode::write_map_len(buf, 2);
+    let _ = rmp::encode::write_map_len(buf, 2 + data.is_some() as u32);
     write_str(buf, "type");
     write_str(buf, kind);
     write_str(buf, "message");
     write_str(buf, message);
+    if let Some(data) = data {
+        write_str(buf, "data");
+        buf.extend_from_slice(data);
+    }
 }
 
 /// A decoded response: the raw result, or the remote error.
@@ -275,6 +289,8 @@ pub enum Response<'a> {
         kind: String,
         /// Its message.
         message: String,
+        /// The error's value (MessagePack), when the endpoint sent one.
+        data: Option<&'a [u8]>,
     },
 }
 
@@ -313,9 +329,49 @@ pub fn decode_response(buf: &[u8]) -> Result<Response<'_>> {
             Ok(Response::Err {
                 kind: w.kind,
                 message: w.message,
+                data: error.and_then(error_data),
             })
         }
         _ => Err(bad("no status")),
+    }
+}
+
+/// The raw value under `data` of an error map, if any.
+fn error_data(error: &[u8]) -> Option<&[u8]> {
+    let (n, mut rest) = map_header(error)?;
+    for _ in 0..n {
+        let (key, after_key) = read_str(rest)?;
+        let (value, after) = split_value(after_key).ok()?;
+        if key == "data" {
+            return Some(value);
+        }
+        rest = after;
+    }
+    None
+}
+
+/// Decodes a response into `Ok(result)` or, for an error whose data
+/// `decode_error` turns into an `E`, `Err(e)`; any other error is an
+/// [`Error::Remote`].
+pub fn decode_fallible<R: DeserializeOwned, E>(
+    buf: &[u8],
+    decode_error: fn(&[u8]) -> Option<E>,
+) -> Result<std::result::Result<R, E>> {
+    if let Some(raw) = buf.strip_prefix(OK_PREFIX) {
+        if let Ok(v) = crate::out_of_line::decode(raw) {
+            return Ok(Ok(v));
+        }
+    }
+    match decode_response(buf)? {
+        Response::Err {
+            data: Some(data),
+            kind,
+            message,
+        } => match decode_error(data) {
+            Some(e) => Ok(Err(e)),
+            None => Err(Error::Remote { kind, message }),
+        },
+        _ => decode_result(buf).map(Ok),
     }
 }
 
@@ -340,7 +396,7 @@ pub fn result_bytes(buf: &[u8]) -> Result<&[u8]> {
     }
     match decode_response(buf)? {
         Response::Ok(raw) => Ok(raw),
-        Response::Err { kind, message } => Err(Error::Remote { kind, message }),
+        Response::Err { kind, message, .. } => Err(Error::Remote { kind, message }),
     }
 }
 
@@ -366,7 +422,7 @@ pub fn decode_result<R: DeserializeOwned>(buf: &[u8]) -> Result<R> {
                 source,
             })
         }),
-        Response::Err { kind, message } => Err(Error::Remote { kind, message }),
+        Response::Err { kind, message, .. } => Err(Error::Remote { kind, message }),
     }
 }
 

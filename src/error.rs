@@ -500,6 +500,10 @@ pub struct CallError {
     pub kind: Cow<'static, str>,
     /// Human-readable message.
     pub message: String,
+    /// The error's own value, MessagePack-encoded, when its type is
+    /// `Serialize` (sent beside `type` and `message` as `data`; a typed
+    /// client decodes it back into that type: see [`Failure`]).
+    data: Option<Vec<u8>>,
 }
 
 impl CallError {
@@ -508,7 +512,21 @@ impl CallError {
         CallError {
             kind: kind.into(),
             message: message.into(),
+            data: None,
         }
+    }
+
+    /// The same error carrying `data`, the MessagePack encoding of the
+    /// error value (what `#[metabridge::service]` attaches for an error
+    /// type that is `Serialize`).
+    pub fn with_data(mut self, data: Vec<u8>) -> CallError {
+        self.data = Some(data);
+        self
+    }
+
+    /// The error value's encoding, if it carries one.
+    pub fn data(&self) -> Option<&[u8]> {
+        self.data.as_deref()
     }
 
     /// A `TypeError`: wrong argument count, names or types.
@@ -530,6 +548,85 @@ impl fmt::Display for CallError {
 }
 
 impl std::error::Error for CallError {}
+
+/// What a typed call to an endpoint returning `Result<T, E>` fails with:
+/// the endpoint's own error `E`, decoded from the error's data (when `E`
+/// is `Serialize` on the service and `Deserialize` on the client), or any
+/// other failure of the call (transport, timeout, a remote error that
+/// carries no `E`).
+///
+/// `?` turns it into a [`metabridge::Error`](Error) (an `Endpoint` error
+/// becomes [`Error::Remote`] with its type name and text).
+///
+/// ```
+/// use metabridge::{Error, Failure};
+/// #[derive(Debug, PartialEq)]
+/// struct TooBig(u32);
+/// impl std::fmt::Display for TooBig {
+///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+///         write!(f, "{} is too big", self.0)
+///     }
+/// }
+/// let f: Failure<TooBig> = Failure::Endpoint(TooBig(7));
+/// assert_eq!(f.to_string(), "7 is too big");
+/// match Error::from(f) {
+///     Error::Remote { kind, message } => assert_eq!((kind.as_str(), message.as_str()), ("TooBig", "7 is too big")),
+///     other => panic!("{other}"),
+/// }
+/// ```
+#[derive(Debug)]
+pub enum Failure<E> {
+    /// The endpoint returned `Err(e)`.
+    Endpoint(E),
+    /// The call failed otherwise.
+    Call(Error),
+}
+
+impl<E> Failure<E> {
+    /// The endpoint's error, if that is what this is.
+    pub fn endpoint(self) -> Option<E> {
+        match self {
+            Failure::Endpoint(e) => Some(e),
+            Failure::Call(_) => None,
+        }
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for Failure<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Endpoint(e) => e.fmt(f),
+            Failure::Call(e) => e.fmt(f),
+        }
+    }
+}
+
+impl<E: fmt::Display + fmt::Debug> std::error::Error for Failure<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Failure::Endpoint(_) => None,
+            Failure::Call(e) => Some(e),
+        }
+    }
+}
+
+impl<E> From<Error> for Failure<E> {
+    fn from(e: Error) -> Self {
+        Failure::Call(e)
+    }
+}
+
+impl<E: fmt::Display> From<Failure<E>> for Error {
+    fn from(f: Failure<E>) -> Self {
+        match f {
+            Failure::Endpoint(e) => Error::Remote {
+                kind: short_type_name::<E>(),
+                message: e.to_string(),
+            },
+            Failure::Call(e) => e,
+        }
+    }
+}
 
 /// `core::num::error::ParseIntError` -> `ParseIntError`;
 /// `my::Error<T>` -> `Error`.

@@ -178,7 +178,7 @@ pub(crate) fn describe_reply(reply: &[u8]) -> String {
             Ok(v) => truncate(v.to_string()),
             Err(_) => "<malformed>".into(),
         },
-        Ok(crate::envelope::Response::Err { kind, message }) => {
+        Ok(crate::envelope::Response::Err { kind, message, .. }) => {
             format!("error {kind}: {}", truncate(message))
         }
         Err(e) => format!("<{e}>"),

@@ -87,7 +87,8 @@ pub use daemon::{
     SHUTDOWN_TIMEOUT_EXIT, STARTUP_TIMEOUT, STOP_TIMEOUT,
 };
 pub use error::{
-    CallError, Error, HandshakeError, NoSpace, PeerGone, ProtocolError, Refusal, Result, TimedOut,
+    CallError, Error, Failure, HandshakeError, NoSpace, PeerGone, ProtocolError, Refusal, Result,
+    TimedOut,
 };
 pub use gc::{gc, GcReport};
 pub use lifecycle::request_stop;

@@ -91,3 +91,120 @@ pub fn construct(client: &crate::Client) -> crate::Result<()> {
         other => other.map(drop),
     }
 }
+
+/// The error type of an endpoint: one that can be sent as text, with a
+/// message that says so when it cannot.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the error type of a `#[metabridge::service]` endpoint: its callers get its text",
+    label = "`{Self}` does not implement `std::fmt::Display`",
+    note = "implement `Display` for `{Self}` (thiserror's `#[error(..)]` does), or map the error into a type that does"
+)]
+pub trait EndpointError: std::fmt::Display {}
+
+impl<T: std::fmt::Display + ?Sized> EndpointError for T {}
+
+/// Checks, at the user's error type, that it can be an endpoint's error.
+pub fn require_endpoint_error<E: EndpointError + ?Sized>() {}
+
+/// An endpoint's error on its way out: its type name, its text, and its
+/// value as data when its type is `Serialize` (see [`ErrorData`]).
+pub fn endpoint_error<E: EndpointError>(e: &E, data: Option<Vec<u8>>) -> CallError {
+    let error = CallError::from_error(e);
+    match data {
+        Some(data) => error.with_data(data),
+        None => error,
+    }
+}
+
+/// Answers with the value of `Ok`, or the error of `Err` with its data
+/// (`data` is `|e| (&ErrorData(e)).data()`, written where `E` is known).
+pub fn answer_result<T: serde::Serialize, E: EndpointError>(
+    out: &mut crate::Reply<'_>,
+    result: Result<T, E>,
+    data: impl FnOnce(&E) -> Option<Vec<u8>>,
+) -> Result<(), CallError> {
+    match result {
+        Ok(v) => out.ok(&v),
+        Err(e) => Err(endpoint_error(&e, data(&e))),
+    }
+}
+
+/// [`answer_result`] for an `async` endpoint: the encoded answer.
+pub fn encode_answer_result<T: serde::Serialize, E: EndpointError>(
+    result: Result<T, E>,
+    data: impl FnOnce(&E) -> Option<Vec<u8>>,
+) -> Result<Vec<u8>, CallError> {
+    match result {
+        Ok(v) => crate::Reply::encode_ok(&v),
+        Err(e) => Err(endpoint_error(&e, data(&e))),
+    }
+}
+
+/// An endpoint's error, for choosing how to send it: `(&ErrorData(&e)).data()`
+/// is its MessagePack encoding when its type is `Serialize`
+/// ([`EncodesErrorData`]), else `None` ([`NoErrorData`]). The choice is made
+/// by method resolution where the type is known (autoref specialization:
+/// the `Serialize` impl is on `ErrorData`, the fallback on `&ErrorData`).
+pub struct ErrorData<'a, E>(pub &'a E);
+
+/// The `Serialize` case of [`ErrorData`].
+pub trait EncodesErrorData {
+    /// The error value, encoded.
+    fn data(&self) -> Option<Vec<u8>>;
+}
+
+impl<E: serde::Serialize> EncodesErrorData for ErrorData<'_, E> {
+    fn data(&self) -> Option<Vec<u8>> {
+        crate::args::to_msgpack(self.0).ok()
+    }
+}
+
+/// The fallback of [`ErrorData`]: no data.
+pub trait NoErrorData {
+    /// `None`.
+    fn data(&self) -> Option<Vec<u8>>;
+}
+
+impl<E> NoErrorData for &ErrorData<'_, E> {
+    fn data(&self) -> Option<Vec<u8>> {
+        None
+    }
+}
+
+/// How a typed client decodes an endpoint's error type `E` from the data
+/// of a remote error: `(&ErrorDecoder::<E>::new()).decoder()` decodes when
+/// `E` is `Deserialize` ([`DecodesError`]), else never ([`NoErrorDecoder`]),
+/// chosen as for [`ErrorData`].
+pub struct ErrorDecoder<E>(std::marker::PhantomData<fn() -> E>);
+
+impl<E> ErrorDecoder<E> {
+    /// The chooser.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        ErrorDecoder(std::marker::PhantomData)
+    }
+}
+
+/// The `Deserialize` case of [`ErrorDecoder`].
+pub trait DecodesError<E> {
+    /// A decoder of the error's data.
+    fn decoder(&self) -> fn(&[u8]) -> Option<E>;
+}
+
+impl<E: serde::de::DeserializeOwned> DecodesError<E> for ErrorDecoder<E> {
+    fn decoder(&self) -> fn(&[u8]) -> Option<E> {
+        |data| rmp_serde::from_slice(data).ok()
+    }
+}
+
+/// The fallback of [`ErrorDecoder`]: the error stays a remote error.
+pub trait NoErrorDecoder<E> {
+    /// A decoder that never decodes.
+    fn decoder(&self) -> fn(&[u8]) -> Option<E>;
+}
+
+impl<E> NoErrorDecoder<E> for &ErrorDecoder<E> {
+    fn decoder(&self) -> fn(&[u8]) -> Option<E> {
+        |_| None
+    }
+}

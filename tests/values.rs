@@ -219,6 +219,63 @@ fn the_typed_client_sends_and_receives_bytes_and_builds_its_instance_at_connect(
     );
 }
 
+/// An endpoint's own error type (`Serialize + Deserialize`) comes back to
+/// the typed client as that type, variants and fields intact, on both
+/// transports and from sync and async endpoints; an error type that is
+/// not data stays a remote error; the wire keeps `type` and `message`.
+#[test]
+fn typed_errors_round_trip_on_both_transports() {
+    let mut env = TestEnv::new("typed-errors");
+    start_values(&mut env, "values", &[]);
+    for transport in ["shm", "tcp"] {
+        let out = env
+            .command(common::VALUES_SERVICE)
+            .arg("typed-errors")
+            .env("METABRIDGE_TRANSPORT", transport)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "ok: Ok(100)\n\
+             too large: 5000 over 4096\n\
+             empty\n\
+             async: TooLarge { side: 5000, max: 4096 }\n\
+             not data: ParseIntError\n\
+             through ?: remote error ThumbError: an empty image\n",
+            "over {transport}"
+        );
+    }
+    // The dynamic client: the same error as data, or as type and message.
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    enum Mirror {
+        TooLarge { side: u32, max: u32 },
+        Empty,
+    }
+    let c = env.connect("values").arg("t").arg(false).open().unwrap();
+    match c.call_fallible::<u32, Mirror>("thumb", (5000,)) {
+        Err(metabridge::Failure::Endpoint(e)) => {
+            assert_eq!(
+                e,
+                Mirror::TooLarge {
+                    side: 5000,
+                    max: 4096
+                }
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    let (kind, msg) = remote(c.call::<u32>("thumb", (0,)));
+    assert_eq!(
+        (kind.as_str(), msg.as_str()),
+        ("ThumbError", "an empty image")
+    );
+}
+
 #[test]
 fn a_panicking_constructor_runs_once_per_arguments_not_once_per_call() {
     let mut env = TestEnv::new("ctorpanic");

@@ -20,14 +20,26 @@ pub struct Item {
     pub unit_price_cents: u64,
 }
 
-/// What `take` refuses with; its type name (`OutOfStock`) is the remote
-/// error's kind.
-#[derive(Debug)]
-pub struct OutOfStock(pub String);
+/// What `take` refuses with. It is `Serialize` and `Deserialize`, so the
+/// typed client gets it back as this type (`Failure::Endpoint`), variants
+/// and fields intact; Python and the original protocol see its type name
+/// (`OutOfStock`) and its text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum OutOfStock {
+    /// Fewer in stock than asked for.
+    Short { sku: String, has: u32, wanted: u32 },
+    /// Not stocked at all.
+    Unknown { sku: String },
+}
 
 impl std::fmt::Display for OutOfStock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)
+        match self {
+            OutOfStock::Short { sku, has, wanted } => {
+                write!(f, "{has} of {sku} in stock, not {wanted}")
+            }
+            OutOfStock::Unknown { sku } => write!(f, "no {sku} in stock"),
+        }
     }
 }
 
@@ -70,11 +82,12 @@ impl Inventory {
                 item.quantity -= quantity;
                 Ok(item.clone())
             }
-            Some(item) => Err(OutOfStock(format!(
-                "{} has {} of {sku}, not {quantity}",
-                self.warehouse, item.quantity
-            ))),
-            None => Err(OutOfStock(format!("{} has no {sku}", self.warehouse))),
+            Some(item) => Err(OutOfStock::Short {
+                has: item.quantity,
+                wanted: quantity,
+                sku,
+            }),
+            None => Err(OutOfStock::Unknown { sku }),
         }
     }
 

@@ -162,25 +162,46 @@ fn methods(ep: &Endpoint, ident: &Ident, service: &LitStr) -> TokenStream {
     let args = quote_spanned!(args_span=> (#(#ids,)*));
     let owned = quote_spanned!(args_span=> (#(#owned,)*));
     let infer = quote_spanned!(args_span=> _);
-    let (call, call_async) = if returns_bytes(&ep.output) {
+    // The wire type of the result, and how to unwrap it.
+    let (wire, unwrap) = if returns_bytes(&ep.output) {
         (
-            quote_spanned!(ret_span=> self.client.call::<::metabridge::Bin<#ret>>(#name, #args).map(|b| b.0)),
-            quote_spanned!(ret_span=> self.client.call_async::<::metabridge::Bin<#ret>, #infer>(#name, #owned).await.map(|b| b.0)),
+            quote_spanned!(ret_span=> ::metabridge::Bin<#ret>),
+            quote!(.map(|b| b.0)),
         )
     } else {
-        (
-            quote_spanned!(ret_span=> self.client.call::<#ret>(#name, #args)),
-            quote_spanned!(ret_span=> self.client.call_async::<#ret, #infer>(#name, #owned).await),
-        )
+        (quote_spanned!(ret_span=> #ret), TokenStream::new())
+    };
+    // An endpoint whose return type names its error type `E` answers
+    // `Result<T, Failure<E>>`: its error decoded as an `E` when `E` is
+    // `Deserialize` (chosen where `E` is known, see `ErrorDecoder`).
+    let (result, call, call_async) = match &ep.output {
+        Output::Result { err: Some(err), .. } => {
+            let err = owned_type(err);
+            let decoder = quote_spanned! {err.span()=> {
+                #[allow(unused_imports)]
+                use ::metabridge::__private::{DecodesError as _, NoErrorDecoder as _};
+                (&::metabridge::__private::ErrorDecoder::<#err>::new()).decoder()
+            }};
+            (
+                quote!(::core::result::Result<#ret, ::metabridge::Failure<#err>>),
+                quote_spanned!(ret_span=> self.client.call_fallible_with::<#wire, #err>(#name, #args, #decoder) #unwrap),
+                quote_spanned!(ret_span=> self.client.call_fallible_async::<#wire, #err, #infer>(#name, #owned, #decoder).await #unwrap),
+            )
+        }
+        _ => (
+            quote!(::metabridge::Result<#ret>),
+            quote_spanned!(ret_span=> self.client.call::<#wire>(#name, #args) #unwrap),
+            quote_spanned!(ret_span=> self.client.call_async::<#wire, #infer>(#name, #owned).await #unwrap),
+        ),
     };
     quote! {
         #sync_doc
-        pub fn #ident(&self #(, #params)*) -> ::metabridge::Result<#ret> {
+        pub fn #ident(&self #(, #params)*) -> #result {
             #call
         }
 
         #async_doc
-        pub async fn #async_ident(&self #(, #params)*) -> ::metabridge::Result<#ret> {
+        pub async fn #async_ident(&self #(, #params)*) -> #result {
             #call_async
         }
     }
@@ -354,7 +375,8 @@ mod tests {
             "pub fn get (& self , outro_argumento : & str) -> :: metabridge :: Result < String > { self . client . call :: < String > (\"get\" , (outro_argumento ,)) }",
             "pub async fn get_async (& self , outro_argumento : & str) -> :: metabridge :: Result < String > { self . client . call_async :: < String , _ > (\"get\" , (:: std :: borrow :: ToOwned :: to_owned (outro_argumento) ,)) . await }",
             "pub fn soma (& self , a : i64 , b : i64) -> :: metabridge :: Result < String > { self . client . call :: < String > (\"soma\" , (a , b ,)) }",
-            "pub fn parse (& self , s : & str) -> :: metabridge :: Result < i64 >",
+            // An endpoint that names its error type: the error comes back as that type.
+            "pub fn parse (& self , s : & str) -> :: core :: result :: Result < i64 , :: metabridge :: Failure < std :: num :: ParseIntError > > { self . client . call_fallible_with :: < i64 , std :: num :: ParseIntError > (\"parse\" , (s ,) ,",
             "pub fn ping (& self) -> :: metabridge :: Result < () >",
             "pub fn name (& self) -> :: metabridge :: Result < :: std :: string :: String >",
             "pub fn dashed (& self) -> :: metabridge :: Result < Vec < u8 > > { self . client . call :: < :: metabridge :: Bin < Vec < u8 > > > (\"with-dash\" , ()) . map (| b | b . 0) }",

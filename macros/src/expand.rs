@@ -98,6 +98,18 @@ fn read_args(params: &[Param], args: &Ident) -> TokenStream {
     }
 }
 
+/// `require_endpoint_error::<E>();` spanned at the user's error type, so that an error
+/// type without `Display` is reported there, with the message of
+/// `metabridge::__private::EndpointError`.
+fn require_error(err: Option<&syn::Type>) -> TokenStream {
+    match err {
+        Some(e) => {
+            quote_spanned!(e.span()=> ::metabridge::__private::require_endpoint_error::<#e>();)
+        }
+        None => TokenStream::new(),
+    }
+}
+
 /// The value an endpoint answers with: `&value`, or `&Bin(&value)` for bytes (and for
 /// a `Result`, the result with its `Ok` wrapped).
 fn answer(ty: &syn::Type, value: &Ident, result: bool, span: Span) -> TokenStream {
@@ -174,11 +186,17 @@ fn endpoint(ep: &Endpoint, ty: &syn::Type, l: &Locals) -> TokenStream {
                         ::metabridge::Reply::ok(#out_at, #answer)
                     }
                 }
-                Output::Result { ok, .. } => {
+                Output::Result { ok, err, .. } => {
                     let answer = answer(ok, &value, true, span);
+                    let check = require_error(err.as_deref());
                     quote_spanned! {span=>
+                        #check
                         let #value = #call;
-                        ::metabridge::Reply::result(#out_at, #answer)
+                        ::metabridge::__private::answer_result(#out_at, #answer, |e| {
+                            #[allow(unused_imports)]
+                            use ::metabridge::__private::{EncodesErrorData as _, NoErrorData as _};
+                            (&::metabridge::__private::ErrorData(e)).data()
+                        })
                     }
                 }
             };
@@ -201,11 +219,17 @@ fn endpoint(ep: &Endpoint, ty: &syn::Type, l: &Locals) -> TokenStream {
                         ::metabridge::Reply::encode_ok(#answer)
                     }
                 }
-                Output::Result { ok, .. } => {
+                Output::Result { ok, err, .. } => {
                     let answer = answer(ok, &value, true, span);
+                    let check = require_error(err.as_deref());
                     quote_spanned! {span=>
+                        #check
                         let #value = #call.await;
-                        ::metabridge::Reply::encode_result(#answer)
+                        ::metabridge::__private::encode_answer_result(#answer, |e| {
+                            #[allow(unused_imports)]
+                            use ::metabridge::__private::{EncodesErrorData as _, NoErrorData as _};
+                            (&::metabridge::__private::ErrorData(e)).data()
+                        })
                     }
                 }
             };
@@ -328,7 +352,7 @@ mod tests {
             "let __metabridge_value=__s.get(outro_argumento);::metabridge::Reply::ok(__out,&__metabridge_value)",
             ".endpoint_async(\"soma\",|__s:::std::sync::Arc<DemoService>,",
             "::core::result::Result::Ok(::std::boxed::Box::pin(async move{let __metabridge_value=__s.soma(a,b).await;::metabridge::Reply::encode_ok(&__metabridge_value)})as::metabridge::EndpointFuture)",
-            "let __metabridge_value=__s.parse(s);::metabridge::Reply::result(__out,__metabridge_value)",
+            "::metabridge::__private::require_endpoint_error::<std::num::ParseIntError>();let __metabridge_value=__s.parse(s);::metabridge::__private::answer_result(__out,__metabridge_value,|e|",
             "__s.ping();::metabridge::Reply::ok(__out,&())",
             "pubfnrun()->::metabridge::Result<::metabridge::DaemonHandle>{::metabridge::run(Self::service())}",
             "pubfnserve()->::metabridge::Result<()>{::metabridge::serve(Self::service())}",
@@ -352,7 +376,7 @@ mod tests {
             "{out}"
         );
         assert!(
-            out.contains("let__metabridge_value=__s.a().await;::metabridge::Reply::encode_result(__metabridge_value)"),
+            out.contains("let__metabridge_value=__s.a().await;::metabridge::__private::encode_answer_result(__metabridge_value,|e|"),
             "{out}"
         );
     }
@@ -377,13 +401,14 @@ mod tests {
             "return::core::result::Result::Err(__args.explain(e,&[\"data\",\"b\"]));",
             "let__metabridge_value=__s.get();::metabridge::Reply::ok(__out,&::metabridge::Bin(&__metabridge_value))",
             "let__metabridge_value=__s.view();::metabridge::Reply::ok(__out,&::metabridge::Bin(&__metabridge_value))",
-            "::metabridge::Reply::encode_result(__metabridge_value.map(::metabridge::Bin))",
+            "::metabridge::__private::encode_answer_result(__metabridge_value.map(::metabridge::Bin),|e|",
             "letv:Vec<u16>=match<Vec<u16>as::metabridge::__private::Param>::next(__args,\"v\"){",
             "let__metabridge_value=__s.list(v);::metabridge::Reply::ok(__out,&__metabridge_value)",
             "self.client.call::<usize>(\"put\",(::metabridge::Bin(data),::metabridge::Bin(b),))",
             "self.client.call::<::metabridge::Bin<Vec<u8>>>(\"get\",()).map(|b|b.0)",
             "self.client.call::<::metabridge::Bin<::std::vec::Vec<u8>>>(\"view\",()).map(|b|b.0)",
-            "self.client.call::<::metabridge::Bin<Box<[u8]>>>(\"fetch\",()).map(|b|b.0)",
+            "self.client.call_fallible_with::<::metabridge::Bin<Box<[u8]>>,E>(\"fetch\",(),",
+            ".decoder()}).map(|b|b.0)",
         ] {
             assert!(out.contains(&squash(want)), "missing {want}\nin {out}");
         }

@@ -192,10 +192,13 @@ pub enum Output {
     /// A plain value.
     Value(Type),
     /// A `Result`-like type (last path segment `Result`): `Err` becomes a remote error.
-    /// `ok` is its first type argument.
+    /// `ok` is its first type argument, `err` its second if written (`io::Result<T>`
+    /// names none).
     Result {
         /// The success type.
         ok: Type,
+        /// The error type, when the return type names it.
+        err: Option<Box<Type>>,
         /// The span of the whole declared return type.
         span: Span,
     },
@@ -494,8 +497,13 @@ pub fn parse_output(ret: &ReturnType) -> syn::Result<Output> {
             if let Some(seg) = last.filter(|s| s.ident == "Result") {
                 if let PathArguments::AngleBracketed(args) = &seg.arguments {
                     if let Some(GenericArgument::Type(ok)) = args.args.first() {
+                        let err = match args.args.iter().nth(1) {
+                            Some(GenericArgument::Type(e)) => Some(Box::new(e.clone())),
+                            _ => None,
+                        };
                         return Ok(Output::Result {
                             ok: ok.clone(),
+                            err,
                             span: ty.span(),
                         });
                     }

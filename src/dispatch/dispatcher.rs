@@ -56,7 +56,7 @@ pub(crate) fn finish_async(
     out.clear();
     match result {
         Ok(Ok(bytes)) => *out = bytes,
-        Ok(Err(e)) => envelope::encode_error(out, &e.kind, &e.message),
+        Ok(Err(e)) => envelope::encode_call_error(out, &e),
         Err(join) if join.is_panic() => {
             let msg = panic_message(&*join.into_panic());
             envelope::encode_error(out, "Panic", &msg)
@@ -241,7 +241,7 @@ impl<S: Send + Sync + 'static> Dispatch for Dispatcher<S> {
             Ok(o) => o,
             Err(e) => {
                 out.clear();
-                envelope::encode_error(out, &e.kind, &e.message);
+                envelope::encode_call_error(out, &e);
                 Outcome::Done
             }
         }
