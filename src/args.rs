@@ -509,6 +509,44 @@ pub mod bytes {
 pub trait IntoArgs {
     /// Appends the arguments to `buf` as one MessagePack array.
     fn encode_args(&self, buf: &mut Vec<u8>) -> Result<()>;
+
+    /// How many bytes [`encode_args`](Self::encode_args) writes, counted
+    /// without copying any and at most up to [`LARGE_ARGS`] (0 when
+    /// unknown): an async call encodes arguments this large off the
+    /// runtime's worker threads.
+    fn encoded_len_hint(&self) -> usize {
+        0
+    }
+}
+
+/// Arguments of at least this many encoded bytes are large: an async call
+/// encodes them off the runtime's worker threads.
+pub const LARGE_ARGS: usize = 256 << 10;
+
+/// A writer that only counts what it is given, up to [`LARGE_ARGS`]
+/// (then it refuses, ending the walk: the count is "large").
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        if self.0 >= LARGE_ARGS {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The MessagePack length of `value`, up to [`LARGE_ARGS`]: a walk of the
+/// value that copies no bytes and stops once it is large.
+fn encoded_len<T: Serialize + ?Sized>(value: &T) -> usize {
+    let mut count = ByteCount(0);
+    let _ = value.serialize(&mut rmp_serde::Serializer::new(&mut count).with_struct_map());
+    count.0.min(LARGE_ARGS)
 }
 
 pub(crate) fn encode_value<T: Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) -> Result<()> {
@@ -520,16 +558,6 @@ pub(crate) fn encode_value<T: Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) 
                 source,
             })
         })
-}
-
-/// Arguments already encoded as one MessagePack array.
-pub(crate) struct RawArgs(pub(crate) Vec<u8>);
-
-impl IntoArgs for RawArgs {
-    fn encode_args(&self, buf: &mut Vec<u8>) -> Result<()> {
-        buf.extend_from_slice(&self.0);
-        Ok(())
-    }
 }
 
 impl IntoArgs for () {
@@ -557,6 +585,10 @@ macro_rules! tuple_args {
                 let _ = rmp::encode::write_array_len(buf, $n);
                 $(encode_value(buf, &self.$idx)?;)+
                 Ok(())
+            }
+
+            fn encoded_len_hint(&self) -> usize {
+                0 $(+ encoded_len(&self.$idx))+
             }
         }
     };

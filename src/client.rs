@@ -339,10 +339,52 @@ impl Inner {
             conn = self.connection();
         }
         let token = conn.token.as_deref();
-        match conn
+        let carried = conn
             .transport
-            .round_trip(|buf| encode(buf, token), decode, interrupt)
-        {
+            .round_trip(|buf| encode(buf, token), decode, interrupt);
+        self.outcome(conn, endpoint, carried)
+    }
+
+    /// The async twin of [`round_trip`](Self::round_trip), for a
+    /// shared-memory connection, which carries async calls natively (see
+    /// `transport::shm`); `args` back when the connection is another
+    /// transport (the caller then runs the blocking path off the runtime).
+    async fn round_trip_async<R, A: IntoArgs, D: FnOnce(&[u8]) -> Result<R>>(
+        &self,
+        endpoint: &str,
+        args: A,
+        decode: D,
+    ) -> std::result::Result<Result<R>, (A, D)> {
+        let mut conn = self.connection();
+        if conn.gone.load(Ordering::Relaxed) || !conn.ours() {
+            if let Err(e) = self.replace(conn) {
+                return Ok(Err(e));
+            }
+            conn = self.connection();
+        }
+        let Some(pool) = conn.transport.shm() else {
+            return Err((args, decode));
+        };
+        let large = args.encoded_len_hint() >= crate::args::LARGE_ARGS;
+        let token = conn.token.as_deref();
+        let encode = move |buf: &mut Vec<u8>| {
+            envelope::encode_call_with(
+                buf,
+                endpoint,
+                |b| args.encode_args(b),
+                envelope::EMPTY_MAP,
+                &self.ctor_tail,
+                token,
+            )
+        };
+        let carried = pool.round_trip_async(encode, decode, large).await;
+        Ok(self.outcome(conn, endpoint, carried))
+    }
+
+    /// A call's result as the client reports it: a service gone under the
+    /// call marks the connection for replacement; a timeout names the call.
+    fn outcome<R>(&self, conn: &Connection, endpoint: &str, carried: Result<R>) -> Result<R> {
+        match carried {
             Err(e) if is_gone(&e) => {
                 conn.gone.store(true, Ordering::Relaxed);
                 Err(self.target.gone(e))
@@ -566,20 +608,15 @@ impl Client {
         E: Send + 'static,
         A: IntoArgs + Send + 'static,
     {
-        let client = self.clone();
-        let endpoint = endpoint.to_owned();
+        let call = self.call_async_with(endpoint, args, move |buf| {
+            envelope::decode_fallible::<R, E>(buf, decode_error)
+        });
         async move {
-            let mut raw = Vec::new();
-            args.encode_args(&mut raw)?;
-            tokio::task::spawn_blocking(move || {
-                client.call_fallible_with::<R, E>(
-                    &endpoint,
-                    crate::args::RawArgs(raw),
-                    decode_error,
-                )
-            })
-            .await
-            .map_err(|e| Failure::Call(Error::Io(std::io::Error::other(e.to_string()))))?
+            match call.await {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => Err(Failure::Endpoint(e)),
+                Err(e) => Err(Failure::Call(e)),
+            }
         }
     }
 
@@ -672,8 +709,21 @@ impl Client {
         )
     }
 
-    /// Calls from async code: the arguments are encoded now, the call runs
-    /// on tokio's blocking pool so it never stalls the async workers.
+    /// Calls from async code (a tokio runtime). Over shared memory a call
+    /// in flight costs a future, not a thread: it waits for a channel as a
+    /// task, sends on the runtime's thread (large arguments off its worker
+    /// threads, with `block_in_place` on a multi-threaded runtime), spins
+    /// a few microseconds for a quick reply, and otherwise yields while the
+    /// client's one reply-waiter thread watches every pending channel.
+    /// Over TCP the call runs on tokio's blocking pool.
+    ///
+    /// **Cancellation.** Dropping the future (a `tokio::time::timeout`, a
+    /// `select!` that lost) cancels the call at most once: a request not
+    /// yet sent is never sent; one sent may still run on the service (a
+    /// sync endpoint runs to its end), its reply discarded, never
+    /// delivered to another call, and its channel no longer counts against
+    /// the client's channels, so the next call does not wait for it. Over
+    /// TCP the blocking call runs to its end and its reply is discarded.
     pub fn call_async<R, A>(
         &self,
         endpoint: &str,
@@ -683,13 +733,32 @@ impl Client {
         R: DeserializeOwned + Send + 'static,
         A: IntoArgs + Send + 'static,
     {
+        self.call_async_with(endpoint, args, envelope::decode_result::<R>)
+    }
+
+    /// [`call_async`](Self::call_async) with the response decoded by `decode`.
+    fn call_async_with<R, A>(
+        &self,
+        endpoint: &str,
+        args: A,
+        decode: impl FnOnce(&[u8]) -> Result<R> + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<R>> + Send + 'static
+    where
+        R: Send + 'static,
+        A: IntoArgs + Send + 'static,
+    {
         let client = self.clone();
         let endpoint = endpoint.to_owned();
         async move {
+            let (args, decode) = match client.inner.round_trip_async(&endpoint, args, decode).await
+            {
+                Ok(result) => return result,
+                Err(back) => back,
+            };
             let mut raw = Vec::new();
             args.encode_args(&mut raw)?;
             tokio::task::spawn_blocking(move || {
-                client.call_raw::<R>(&endpoint, &raw, envelope::EMPTY_MAP)
+                client.call_raw_with(&endpoint, &raw, envelope::EMPTY_MAP, decode, None)
             })
             .await
             .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?

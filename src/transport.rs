@@ -106,6 +106,16 @@ macro_rules! transports {
                 }
             }
 
+            /// The shared-memory pool, if this is one (for async calls,
+            /// which it carries natively).
+            pub(crate) fn shm(&self) -> Option<&shm::ShmPool> {
+                #[allow(irrefutable_let_patterns, unreachable_patterns)]
+                match self {
+                    Transport::Shm(pool) => Some(pool),
+                    _ => None,
+                }
+            }
+
             pub(crate) fn name(&self) -> &'static str {
                 match self {
                     $(Transport::$variant(_) => $name,)+

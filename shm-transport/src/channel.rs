@@ -800,6 +800,32 @@ impl Receiver {
         self.shared.check_alive()
     }
 
+    /// Whether a frame is there to take (a message, or the next frame of
+    /// one), without taking it; `Err(Closed)` once the producer closed
+    /// with nothing left.
+    pub fn ready(&mut self) -> Result<bool> {
+        Ok(matches!(self.ring.try_peek()?, Peek::Frame(_)))
+    }
+
+    /// Arms the ring so that the producer's next send wakes a sleeper on
+    /// the returned word (with [`wait_any`](crate::wait_any), beside other
+    /// rings' words): for a thread that waits for many receivers at once.
+    /// `None` if a frame is already there (or came while arming): look
+    /// again instead of sleeping. `Err(Closed)` if the producer closed.
+    pub fn arm_wakeup(&mut self) -> Result<Option<crate::WakeWord<'_>>> {
+        let observed = match self.ring.try_peek()? {
+            Peek::Frame(_) => return Ok(None),
+            Peek::Empty { observed } => observed,
+        };
+        if !self.ring.announce_sleep(observed, WAITING) {
+            return Ok(None); // the word moved: a frame or a close came
+        }
+        // The consumer's ring is the peer's (see `from_segment`).
+        let seg = &self.shared.segment;
+        let word = &seg.control(1 - seg.side).tail;
+        Ok(Some(crate::WakeWord::new(word, observed | WAITING)))
+    }
+
     /// Rings `doorbell` when we free room in the ring (or close) while the
     /// producer sleeps on it: the peer is a worker serving many channels,
     /// waiting to send the rest of a reply (see [`Sender::try_send_from`]).

@@ -49,9 +49,10 @@ pub(crate) fn wait(word: &AtomicU64, expected: u64, timeout: Option<Duration>) {
     }
 }
 
-/// Wakes every sleeper on `word` (in practice at most one).
+/// Wakes every sleeper on `word` (in practice at most one); public as
+/// `wake_all`, for a word of the caller's own slept on with [`wait_any`].
 #[cfg(not(loom))]
-pub(crate) fn wake(word: &AtomicU64) {
+pub fn wake(word: &AtomicU64) {
     // SAFETY: as in `wait`, the pointer is the valid, aligned low half of a
     // live AtomicU64. FUTEX_WAKE touches no user memory at all; it only
     // looks up sleepers keyed by this address.
@@ -63,6 +64,111 @@ pub(crate) fn wake(word: &AtomicU64) {
             i32::MAX,
         );
     }
+}
+
+/// A word to sleep on with [`wait_any`], and the value it must still hold
+/// (its low 32 bits) for the sleep to begin.
+#[derive(Clone, Copy)]
+pub struct WakeWord<'a> {
+    pub(crate) word: &'a AtomicU64,
+    pub(crate) expected: u64,
+}
+
+impl<'a> WakeWord<'a> {
+    /// `word`, to be slept on while it holds `expected`.
+    pub fn new(word: &'a AtomicU64, expected: u64) -> WakeWord<'a> {
+        WakeWord { word, expected }
+    }
+}
+
+/// Most words one [`wait_any`] sleeps on (the kernel's limit).
+pub const WAIT_ANY_MAX: usize = 128;
+
+/// Sleeps until one of `words` no longer holds its expected value (or is
+/// woken), or until `deadline`: `futex_waitv` (Linux 5.16), one system
+/// call for all of them. Returns on a wake, a timeout, a signal, or at once
+/// if a word already differs; the caller re-checks in every case. Only the
+/// first [`WAIT_ANY_MAX`] words are watched. Where the kernel lacks
+/// `futex_waitv`, it sleeps on the first word for at most 1 ms (the caller
+/// then polls the others that often).
+#[cfg(not(loom))]
+pub fn wait_any(words: &[WakeWord<'_>], deadline: Option<std::time::Instant>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static MISSING: AtomicBool = AtomicBool::new(false);
+    #[repr(C)]
+    struct FutexWaitv {
+        val: u64,
+        uaddr: u64,
+        flags: u32,
+        reserved: u32,
+    }
+    /// `FUTEX2_SIZE_U32`: a 32-bit word, shared between processes.
+    const SIZE_U32: u32 = 0x02;
+    let words = &words[..words.len().min(WAIT_ANY_MAX)];
+    if words.is_empty() {
+        if let Some(d) = deadline {
+            std::thread::sleep(d.saturating_duration_since(std::time::Instant::now()));
+        }
+        return;
+    }
+    let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+    // Relaxed: a cache of what the kernel answered; a race only repeats the probe.
+    if !MISSING.load(Ordering::Relaxed) {
+        let waiters: Vec<FutexWaitv> = words
+            .iter()
+            .map(|w| FutexWaitv {
+                val: w.expected as u32 as u64,
+                uaddr: w.word as *const AtomicU64 as u64,
+                flags: SIZE_U32,
+                reserved: 0,
+            })
+            .collect();
+        // The timeout is absolute, on CLOCK_MONOTONIC.
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec, which we own.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+        let at = left.map(|d| {
+            let nanos = now.tv_nsec as u64 + d.subsec_nanos() as u64;
+            libc::timespec {
+                tv_sec: now
+                    .tv_sec
+                    .saturating_add(d.as_secs().min(i64::MAX as u64 / 2) as libc::time_t)
+                    + (nanos / 1_000_000_000) as libc::time_t,
+                tv_nsec: (nanos % 1_000_000_000) as libc::c_long,
+            }
+        });
+        let at_ptr = at
+            .as_ref()
+            .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        // SAFETY: `waiters` is an array of `words.len()` (at most 128)
+        // futex_waitv entries, each the address of the aligned low half of
+        // a live AtomicU64 (little-endian), which FUTEX_WAIT semantics only
+        // read; the timespec outlives the call. The kernel writes no memory
+        // of ours.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_futex_waitv,
+                waiters.as_ptr(),
+                waiters.len() as libc::c_uint,
+                0 as libc::c_uint,
+                at_ptr,
+                libc::CLOCK_MONOTONIC,
+            )
+        };
+        if r >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS) {
+            return;
+        }
+        MISSING.store(true, Ordering::Relaxed);
+    }
+    let slice = Duration::from_millis(1);
+    wait(
+        words[0].word,
+        words[0].expected,
+        Some(left.map_or(slice, |l| l.min(slice))),
+    );
 }
 
 #[cfg(loom)]

@@ -107,6 +107,8 @@ mod write_guard;
 mod loom_tests;
 
 pub use error::{Error, Result};
+#[cfg(not(loom))]
+pub use futex::{wait_any, wake as wake_all, WakeWord, WAIT_ANY_MAX};
 pub use ring::{frame_len, max_frame_payload, FRAME_HEADER};
 pub use wait::{current_cpu, WaitPolicy};
 

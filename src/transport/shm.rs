@@ -1,6 +1,10 @@
 //! The shared-memory transport's client side: channels (a sealed memfd
 //! segment each, handed to the service over its control socket) opened
 //! as calls overlap, and reused without a lock by one caller at a time.
+//! Async calls ([`ShmPool::round_trip_async`]) wait for their channel as
+//! tasks, and for their reply through the pool's reply waiter (`replies`).
+
+mod replies;
 
 use super::{interrupted_wait, CallTransport, Limits, INTERRUPT_SLICE};
 use crate::error::{Error, PeerGone, Result, TimedOut};
@@ -8,10 +12,12 @@ use crate::out_of_line::{with_inbound, with_outbound};
 use crate::resolve::ServiceAddress;
 use crossbeam_utils::atomic::AtomicCell;
 use metabridge_shm::{Channel, ChannelConfig, DoorbellSet, PoolReader, PoolWriter, ReusedBuffer};
+use std::collections::VecDeque;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 /// One shared-memory channel with its request buffer (kept between calls
@@ -41,15 +47,20 @@ pub(crate) struct ShmPool {
     max: usize,
     timeout: Duration,
     closed: AtomicBool,
+    /// The waiter of async calls' replies, started by the first one.
+    replies: OnceLock<Arc<replies::ReplyWaiter>>,
 }
 
-/// The idle channels, and how many callers wait for one.
+/// The idle channels, and who waits for one: threads (counted; they wait
+/// on `returned`) and async calls (their wakers, in order of arrival).
 struct Idle {
     // Boxed on purpose: a channel moves between this list and the
     // lock-free `hot` slot (one pointer wide) without reallocating.
     #[allow(clippy::vec_box)]
     conns: Vec<Box<ShmConn>>,
     waiters: usize,
+    tasks: VecDeque<(u64, Waker)>,
+    next_task: u64,
 }
 
 impl CallTransport for ShmPool {
@@ -71,12 +82,15 @@ impl CallTransport for ShmPool {
             idle: Mutex::new(Idle {
                 conns: Vec::with_capacity(max),
                 waiters: 0,
+                tasks: VecDeque::new(),
+                next_task: 0,
             }),
             returned: Condvar::new(),
             open: AtomicUsize::new(0),
             max,
             timeout,
             closed: AtomicBool::new(false),
+            replies: OnceLock::new(),
         };
         let first = pool.open_channel(Instant::now() + timeout)?;
         pool.open.store(1, Ordering::Release);
@@ -188,6 +202,11 @@ impl CallTransport for ShmPool {
         drained.extend(self.hot.take());
         self.open.fetch_sub(drained.len(), Ordering::AcqRel);
         drop(drained);
+        if let Some(replies) = self.replies.get() {
+            replies.stop();
+        }
+        let tasks = std::mem::take(&mut self.idle.lock().unwrap_or_else(|p| p.into_inner()).tasks);
+        tasks.into_iter().for_each(|(_, w)| w.wake());
         self.returned.notify_all();
     }
 }
@@ -258,13 +277,164 @@ impl ShmPool {
         self.wake_waiter(idle);
     }
 
-    /// Wakes one waiting caller, if any. (A condition variable's notify is
-    /// a system call even with nobody waiting: skip it on the hot path.)
-    fn wake_waiter(&self, idle: std::sync::MutexGuard<'_, Idle>) {
+    /// Wakes one waiting caller, if any: a thread and the first waiting
+    /// async call (whichever takes the channel first has it; the other
+    /// waits again). (A condition variable's notify is a system call even
+    /// with nobody waiting: skip it on the hot path.)
+    fn wake_waiter(&self, mut idle: std::sync::MutexGuard<'_, Idle>) {
         let waiting = idle.waiters > 0;
+        let task = idle.tasks.pop_front();
+        if task.is_some() {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
         drop(idle);
         if waiting {
             self.returned.notify_one();
+        }
+        if let Some((_, waker)) = task {
+            waker.wake();
+        }
+    }
+
+    /// A channel for an async call, without blocking: one idle (or
+    /// drained by the reply waiter), or leave to open one, or `Busy` with
+    /// `task` (its id and waker) queued to be woken by a release. A call
+    /// already queued as `queued` is updated in place.
+    fn try_acquire(&self, waker: &Waker, queued: &mut Option<u64>) -> Result<Acquired> {
+        if let Some(conn) = self.hot.take() {
+            return Ok(Acquired::Conn(conn));
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::PeerGone(PeerGone::ClientClosed));
+        }
+        if let Some(conn) = idle.conns.pop().or_else(|| self.hot.take()) {
+            return Ok(Acquired::Conn(conn));
+        }
+        let open = self.open.load(Ordering::Acquire);
+        if open < self.max {
+            self.open.store(open + 1, Ordering::Release);
+            drop(idle);
+            if let Some(conn) = self.replies.get().and_then(|r| r.take_drained()) {
+                return Ok(Acquired::Conn(conn));
+            }
+            return Ok(Acquired::Open);
+        }
+        match queued.and_then(|id| idle.tasks.iter_mut().find(|(i, _)| *i == id)) {
+            Some((_, w)) => w.clone_from(waker),
+            None => {
+                let id = idle.next_task;
+                idle.next_task += 1;
+                idle.tasks.push_back((id, waker.clone()));
+                // SeqCst: as for a waiting thread in `acquire`, so that a
+                // release goes through the lock and wakes us.
+                self.waiting.fetch_add(1, Ordering::SeqCst);
+                *queued = Some(id);
+            }
+        }
+        // A release between our look and the registration put its channel
+        // in `hot`: take it now.
+        if let Some(conn) = self.hot.take() {
+            Self::dequeue(&mut idle, queued, &self.waiting);
+            return Ok(Acquired::Conn(conn));
+        }
+        Ok(Acquired::Busy)
+    }
+
+    /// Removes a queued async call (it got a channel, or was dropped).
+    /// Returns whether it was still queued (not yet woken).
+    fn dequeue(idle: &mut Idle, queued: &mut Option<u64>, waiting: &AtomicUsize) -> bool {
+        let Some(id) = queued.take() else {
+            return false;
+        };
+        match idle.tasks.iter().position(|(i, _)| *i == id) {
+            Some(at) => {
+                idle.tasks.remove(at);
+                waiting.fetch_sub(1, Ordering::SeqCst);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Waits, as a task, for a channel until `deadline`.
+    async fn acquire_async(&self, deadline: Instant) -> Result<Box<ShmConn>> {
+        let mut wait = AcquireWait {
+            pool: self,
+            queued: None,
+        };
+        let acquired = tokio::time::timeout_at(
+            deadline.into(),
+            std::future::poll_fn(|cx| match self.try_acquire(cx.waker(), &mut wait.queued) {
+                Ok(Acquired::Busy) => Poll::Pending,
+                other => Poll::Ready(other),
+            }),
+        )
+        .await;
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        Self::dequeue(&mut idle, &mut wait.queued, &self.waiting);
+        drop(idle);
+        match acquired {
+            Err(_) => Err(Error::Timeout(TimedOut::FreeChannel)),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(Acquired::Conn(conn))) => Ok(conn),
+            Ok(Ok(_)) => off_worker(true, || self.open_channel(deadline)).inspect_err(|_| {
+                self.open.fetch_sub(1, Ordering::AcqRel);
+            }),
+        }
+    }
+
+    /// The reply waiter, started on first use.
+    fn replies(&self) -> Result<&Arc<replies::ReplyWaiter>> {
+        if let Some(r) = self.replies.get() {
+            return Ok(r);
+        }
+        let started = replies::ReplyWaiter::start()?;
+        Ok(self.replies.get_or_init(|| started))
+    }
+
+    /// Gives up a channel whose state is unknown (a failed or abandoned
+    /// call): it is no longer counted, so another can be opened.
+    fn retire(&self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        self.wake_waiter(self.idle.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// Carries one request and its reply from async code, within the
+    /// call's timeout: the channel is waited for as a task; the request is
+    /// encoded and sent on this thread (off the runtime's workers when
+    /// `large`: see [`off_worker`]); a quick reply is spun for here, a slow
+    /// one waited for by the pool's reply waiter while the task yields.
+    /// Dropping the future cancels the call: its channel leaves the pool's
+    /// count at once, and its late reply is drained by the waiter, never
+    /// read by another call.
+    pub(crate) async fn round_trip_async<R>(
+        &self,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<()>,
+        decode: impl FnOnce(&[u8]) -> Result<R>,
+        large: bool,
+    ) -> Result<R> {
+        let deadline = Instant::now() + self.timeout;
+        let conn = self.acquire_async(deadline).await?;
+        let mut held = Held {
+            pool: self,
+            conn: Some(conn),
+        };
+        off_worker(large, || held.send(encode, deadline))?;
+        let mut decode = Some(decode);
+        loop {
+            if let Some(result) = held.spin_for_reply(&mut decode)? {
+                held.finish();
+                return result;
+            }
+            let conn = held.conn.take().expect("a held channel");
+            let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
+            let slot = self.replies()?.wait(conn, waker, deadline, self.timeout);
+            let mut wait = ReplyWait {
+                pool: self,
+                slot: Some(slot),
+            };
+            held.conn = Some(std::future::poll_fn(|cx| wait.poll(cx.waker())).await?);
         }
     }
 
@@ -294,5 +464,227 @@ impl ShmPool {
             channel,
             buf: ReusedBuffer::new(),
         }))
+    }
+}
+
+impl Drop for ShmPool {
+    fn drop(&mut self) {
+        if let Some(replies) = self.replies.get() {
+            replies.stop();
+        }
+    }
+}
+
+/// What [`ShmPool::try_acquire`] found.
+enum Acquired {
+    Conn(Box<ShmConn>),
+    /// Room to open a channel (counted already).
+    Open,
+    Busy,
+}
+
+/// An async call queued for a channel: leaves the queue when dropped (and
+/// passes on a wake it got but will not use).
+struct AcquireWait<'p> {
+    pool: &'p ShmPool,
+    queued: Option<u64>,
+}
+
+impl Drop for AcquireWait<'_> {
+    fn drop(&mut self) {
+        if self.queued.is_none() {
+            return;
+        }
+        let mut idle = self.pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if !ShmPool::dequeue(&mut idle, &mut self.queued, &self.pool.waiting) {
+            // Woken for a channel we will not take: wake the next one.
+            self.pool.wake_waiter(idle);
+        }
+    }
+}
+
+/// The channel of an async call in progress. Dropped with the channel
+/// still in it (an error, or the call abandoned) the channel is retired;
+/// [`finish`](Held::finish) puts it back in the pool.
+struct Held<'p> {
+    pool: &'p ShmPool,
+    conn: Option<Box<ShmConn>>,
+}
+
+impl Held<'_> {
+    /// Encodes the request into the channel's buffer and sends it.
+    fn send(
+        &mut self,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<()>,
+        deadline: Instant,
+    ) -> Result<()> {
+        let conn = self.conn.as_mut().expect("a held channel");
+        let ShmConn {
+            channel,
+            buf,
+            writer,
+            ..
+        } = &mut **conn;
+        buf.clear();
+        let (encoded, placed) = with_outbound(writer, || encode(buf));
+        if let Err(e) = encoded {
+            let conn = self.conn.take().expect("a held channel");
+            self.pool.release(conn);
+            return Err(e);
+        }
+        let (tx, _) = channel.halves();
+        if placed {
+            tx.refer_to_pool();
+        }
+        // From here an error retires the channel (the request may be out).
+        let buf = &**buf;
+        let sent = match tx.try_send(buf) {
+            Err(metabridge_shm::Error::Full) => tx.send_until(buf, deadline),
+            other => other,
+        };
+        sent.map_err(|e| match e {
+            metabridge_shm::Error::Timeout => Error::Timeout(TimedOut::ShmReply {
+                after: self.pool.timeout,
+            }),
+            other => other.into(),
+        })
+    }
+
+    /// Looks for the reply for a few microseconds (most replies come that
+    /// fast); `Some` with the decoded result once it is whole.
+    fn spin_for_reply<R>(
+        &mut self,
+        decode: &mut Option<impl FnOnce(&[u8]) -> Result<R>>,
+    ) -> Result<Option<Result<R>>> {
+        let start = Instant::now();
+        let mut polls = 0u32;
+        loop {
+            if let Some(r) = self.take_reply(decode)? {
+                return Ok(Some(r));
+            }
+            polls += 1;
+            if polls % 64 == 0 && start.elapsed() >= ASYNC_SPIN {
+                return Ok(None);
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// The reply, decoded, if it is whole now.
+    fn take_reply<R>(
+        &mut self,
+        decode: &mut Option<impl FnOnce(&[u8]) -> Result<R>>,
+    ) -> Result<Option<Result<R>>> {
+        let conn = self.conn.as_mut().expect("a held channel");
+        let reader = conn.reader.as_ref();
+        let rx = conn.channel.halves().1;
+        match rx.try_recv()? {
+            Some(reply) => {
+                let decode = decode.take().expect("decoded once");
+                let pooled = reply.refers_to_pool();
+                Ok(Some(with_inbound(reader.filter(|_| pooled), || {
+                    decode(&reply)
+                })))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The call is done: its channel goes back to the pool.
+    fn finish(&mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            conn.buf.settle(self.pool.config.keep_buffer);
+            self.pool.release(conn);
+        }
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            drop(conn);
+            self.pool.retire();
+        }
+    }
+}
+
+/// A call waiting for the reply waiter to hand its channel back. Dropped
+/// before that, it cancels the call (see `replies`).
+struct ReplyWait<'p> {
+    pool: &'p ShmPool,
+    slot: Option<replies::SharedSlot>,
+}
+
+impl ReplyWait<'_> {
+    fn poll(&mut self, waker: &Waker) -> Poll<Result<Box<ShmConn>>> {
+        let Some(slot) = &self.slot else {
+            return Poll::Ready(Err(Error::PeerGone(PeerGone::ClientClosed)));
+        };
+        let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
+        match std::mem::replace(&mut *s, replies::Slot::Cancelled) {
+            replies::Slot::Ready(conn) => {
+                drop(s);
+                self.slot = None;
+                Poll::Ready(Ok(conn))
+            }
+            replies::Slot::Failed(e) => {
+                drop(s);
+                self.slot = None;
+                self.pool.retire();
+                Poll::Ready(Err(e))
+            }
+            replies::Slot::Waiting(mut w) => {
+                w.clone_from(waker);
+                *s = replies::Slot::Waiting(w);
+                Poll::Pending
+            }
+            replies::Slot::Cancelled => unreachable!("only this call cancels its slot"),
+        }
+    }
+}
+
+impl Drop for ReplyWait<'_> {
+    fn drop(&mut self) {
+        let Some(slot) = self.slot.take() else {
+            return;
+        };
+        let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
+        match std::mem::replace(&mut *s, replies::Slot::Cancelled) {
+            // With the waiter: it drains the channel; the pool stops
+            // counting it now, so a new call opens another.
+            replies::Slot::Waiting(_) => {
+                drop(s);
+                self.pool.retire();
+            }
+            // Handed back, never taken: its reply is there but unread.
+            replies::Slot::Ready(conn) => {
+                drop(s);
+                drop(conn);
+                self.pool.retire();
+            }
+            replies::Slot::Failed(_) => {
+                drop(s);
+                self.pool.retire();
+            }
+            replies::Slot::Cancelled => {}
+        }
+    }
+}
+
+/// How long an async call spins on its own thread for the reply before
+/// it hands the channel to the reply waiter and yields.
+const ASYNC_SPIN: Duration = Duration::from_micros(20);
+
+/// Runs `f` off the async runtime's worker threads when `large` and the
+/// runtime can spare the thread (`block_in_place`, multi-threaded tokio
+/// runtimes only), else here.
+fn off_worker<T>(large: bool, f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let multi =
+        Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+    if large && multi {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
     }
 }
