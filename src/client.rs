@@ -345,42 +345,6 @@ impl Inner {
         self.outcome(conn, endpoint, carried)
     }
 
-    /// The async twin of [`round_trip`](Self::round_trip), for a
-    /// shared-memory connection, which carries async calls natively (see
-    /// `transport::shm`); `args` back when the connection is another
-    /// transport (the caller then runs the blocking path off the runtime).
-    async fn round_trip_async<R, A: IntoArgs, D: FnOnce(&[u8]) -> Result<R>>(
-        &self,
-        endpoint: &str,
-        args: A,
-        decode: D,
-    ) -> std::result::Result<Result<R>, (A, D)> {
-        let mut conn = self.connection();
-        if conn.gone.load(Ordering::Relaxed) || !conn.ours() {
-            if let Err(e) = self.replace(conn) {
-                return Ok(Err(e));
-            }
-            conn = self.connection();
-        }
-        let Some(pool) = conn.transport.shm() else {
-            return Err((args, decode));
-        };
-        let large = args.encoded_len_hint() >= crate::args::LARGE_ARGS;
-        let token = conn.token.as_deref();
-        let encode = move |buf: &mut Vec<u8>| {
-            envelope::encode_call_with(
-                buf,
-                endpoint,
-                |b| args.encode_args(b),
-                envelope::EMPTY_MAP,
-                &self.ctor_tail,
-                token,
-            )
-        };
-        let carried = pool.round_trip_async(encode, decode, large).await;
-        Ok(self.outcome(conn, endpoint, carried))
-    }
-
     /// A call's result as the client reports it: a service gone under the
     /// call marks the connection for replacement; a timeout names the call.
     fn outcome<R>(&self, conn: &Connection, endpoint: &str, carried: Result<R>) -> Result<R> {
@@ -736,6 +700,49 @@ impl Client {
         self.call_async_with(endpoint, args, envelope::decode_result::<R>)
     }
 
+    /// The async twin of `Inner::round_trip`, for a shared-memory
+    /// connection, which carries async calls natively (see
+    /// `transport::shm`); `args` and `decode` back when the connection is
+    /// another transport (the caller then runs the blocking path off the
+    /// runtime).
+    async fn round_trip_async<R, A, D>(
+        &self,
+        endpoint: &str,
+        args: A,
+        decode: D,
+    ) -> std::result::Result<Result<R>, (A, D)>
+    where
+        A: IntoArgs + Send + 'static,
+        D: FnOnce(&[u8]) -> Result<R>,
+    {
+        let inner = &*self.inner;
+        let mut conn = inner.connection();
+        if conn.gone.load(Ordering::Relaxed) || !conn.ours() {
+            if let Err(e) = inner.replace(conn) {
+                return Ok(Err(e));
+            }
+            conn = inner.connection();
+        }
+        let Some(pool) = conn.transport.shm() else {
+            return Err((args, decode));
+        };
+        let large = args.encoded_len_hint() >= crate::args::LARGE_ARGS;
+        // Owned, so that a large request can be encoded on another thread.
+        let (owner, name, token) = (self.clone(), endpoint.to_owned(), conn.token.clone());
+        let encode = move |buf: &mut Vec<u8>| {
+            envelope::encode_call_with(
+                buf,
+                &name,
+                |b| args.encode_args(b),
+                envelope::EMPTY_MAP,
+                &owner.inner.ctor_tail,
+                token.as_deref(),
+            )
+        };
+        let carried = pool.round_trip_async(encode, decode, large).await;
+        Ok(inner.outcome(conn, endpoint, carried))
+    }
+
     /// [`call_async`](Self::call_async) with the response decoded by `decode`.
     fn call_async_with<R, A>(
         &self,
@@ -750,8 +757,7 @@ impl Client {
         let client = self.clone();
         let endpoint = endpoint.to_owned();
         async move {
-            let (args, decode) = match client.inner.round_trip_async(&endpoint, args, decode).await
-            {
+            let (args, decode) = match client.round_trip_async(&endpoint, args, decode).await {
                 Ok(result) => return result,
                 Err(back) => back,
             };

@@ -49,6 +49,9 @@ pub(crate) struct ShmPool {
     closed: AtomicBool,
     /// The waiter of async calls' replies, started by the first one.
     replies: OnceLock<Arc<replies::ReplyWaiter>>,
+    /// An async call is opening a channel (one at a time: each is opened
+    /// off the runtime's workers, and one at a time costs one thread).
+    opening: AtomicBool,
 }
 
 /// The idle channels, and who waits for one: threads (counted; they wait
@@ -91,6 +94,7 @@ impl CallTransport for ShmPool {
             timeout,
             closed: AtomicBool::new(false),
             replies: OnceLock::new(),
+            opening: AtomicBool::new(false),
         };
         let first = pool.open_channel(Instant::now() + timeout)?;
         pool.open.store(1, Ordering::Release);
@@ -313,12 +317,15 @@ impl ShmPool {
         }
         let open = self.open.load(Ordering::Acquire);
         if open < self.max {
-            self.open.store(open + 1, Ordering::Release);
-            drop(idle);
             if let Some(conn) = self.replies.get().and_then(|r| r.take_drained()) {
+                self.open.store(open + 1, Ordering::Release);
                 return Ok(Acquired::Conn(conn));
             }
-            return Ok(Acquired::Open);
+            // Relaxed: read and written under the `idle` lock.
+            if !self.opening.swap(true, Ordering::Relaxed) {
+                self.open.store(open + 1, Ordering::Release);
+                return Ok(Acquired::Open);
+            }
         }
         match queued.and_then(|id| idle.tasks.iter_mut().find(|(i, _)| *i == id)) {
             Some((_, w)) => w.clone_from(waker),
@@ -378,9 +385,26 @@ impl ShmPool {
             Err(_) => Err(Error::Timeout(TimedOut::FreeChannel)),
             Ok(Err(e)) => Err(e),
             Ok(Ok(Acquired::Conn(conn))) => Ok(conn),
-            Ok(Ok(_)) => off_worker(true, || self.open_channel(deadline)).inspect_err(|_| {
-                self.open.fetch_sub(1, Ordering::AcqRel);
-            }),
+            // Creating and mapping a segment takes a millisecond or so:
+            // off the runtime's workers, one channel at a time.
+            Ok(Ok(_)) => {
+                let opened = off_worker(true, || self.open_channel(deadline));
+                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                self.opening.store(false, Ordering::Relaxed);
+                if opened.is_err() {
+                    self.open.fetch_sub(1, Ordering::AcqRel);
+                }
+                // The next queued call may open another.
+                let next = idle.tasks.pop_front();
+                if next.is_some() {
+                    self.waiting.fetch_sub(1, Ordering::SeqCst);
+                }
+                drop(idle);
+                if let Some((_, w)) = next {
+                    w.wake();
+                }
+                opened
+            }
         }
     }
 
@@ -403,14 +427,14 @@ impl ShmPool {
     /// Carries one request and its reply from async code, within the
     /// call's timeout: the channel is waited for as a task; the request is
     /// encoded and sent on this thread (off the runtime's workers when
-    /// `large`: see [`off_worker`]); a quick reply is spun for here, a slow
+    /// `large`: on tokio's blocking pool); a quick reply is spun for here, a slow
     /// one waited for by the pool's reply waiter while the task yields.
     /// Dropping the future cancels the call: its channel leaves the pool's
     /// count at once, and its late reply is drained by the waiter, never
     /// read by another call.
     pub(crate) async fn round_trip_async<R>(
         &self,
-        encode: impl FnOnce(&mut Vec<u8>) -> Result<()>,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<()> + Send + 'static,
         decode: impl FnOnce(&[u8]) -> Result<R>,
         large: bool,
     ) -> Result<R> {
@@ -419,11 +443,50 @@ impl ShmPool {
         let mut held = Held {
             pool: self,
             conn: Some(conn),
+            away: false,
         };
-        off_worker(large, || held.send(encode, deadline))?;
+        let sent = if large {
+            // Copying megabytes into the pool: on the blocking pool, so the
+            // runtime's workers keep running other tasks.
+            let mut conn = held.conn.take().expect("a held channel");
+            held.away = true;
+            let timeout = self.timeout;
+            let (conn, sent) = tokio::task::spawn_blocking(move || {
+                let sent = send_request(&mut conn, encode, deadline, timeout);
+                (conn, sent)
+            })
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
+            held.away = false;
+            held.conn = Some(conn);
+            sent
+        } else {
+            send_request(
+                held.conn.as_mut().expect("a held channel"),
+                encode,
+                deadline,
+                self.timeout,
+            )
+        };
+        match sent {
+            Ok(()) => {}
+            Err(SendError::Unsent(e)) => {
+                held.finish();
+                return Err(e);
+            }
+            Err(SendError::Sent(e)) => return Err(e),
+        }
         let mut decode = Some(decode);
+        // Spin only for a small call's first look: a large request's reply
+        // takes at least the service's copy, and a channel the waiter hands
+        // back has a frame already.
+        let mut spin = !large;
         loop {
-            if let Some(result) = held.spin_for_reply(&mut decode)? {
+            let reply = match std::mem::take(&mut spin) {
+                true => held.spin_for_reply(&mut decode)?,
+                false => held.take_reply(&mut decode)?,
+            };
+            if let Some(result) = reply {
                 held.finish();
                 return result;
             }
@@ -504,52 +567,61 @@ impl Drop for AcquireWait<'_> {
 }
 
 /// The channel of an async call in progress. Dropped with the channel
-/// still in it (an error, or the call abandoned) the channel is retired;
-/// [`finish`](Held::finish) puts it back in the pool.
+/// still in it, or away on a blocking thread (an error, or the call
+/// abandoned), the channel is retired; [`finish`](Held::finish) puts it
+/// back in the pool.
 struct Held<'p> {
     pool: &'p ShmPool,
     conn: Option<Box<ShmConn>>,
+    /// The channel is on a blocking thread, sending: if the call is
+    /// dropped meanwhile, that thread drops it when done.
+    away: bool,
+}
+
+/// Why a request did not go out whole.
+enum SendError {
+    /// It never left (an argument that does not encode): the channel is
+    /// as it was.
+    Unsent(Error),
+    /// It may be partly out: the channel's state is unknown.
+    Sent(Error),
+}
+
+/// Encodes a request into `conn`'s buffer (large byte strings into its
+/// pool) and sends it, by `deadline`.
+fn send_request(
+    conn: &mut ShmConn,
+    encode: impl FnOnce(&mut Vec<u8>) -> Result<()>,
+    deadline: Instant,
+    timeout: Duration,
+) -> std::result::Result<(), SendError> {
+    let ShmConn {
+        channel,
+        buf,
+        writer,
+        ..
+    } = conn;
+    buf.clear();
+    let (encoded, placed) = with_outbound(writer, || encode(buf));
+    encoded.map_err(SendError::Unsent)?;
+    let (tx, _) = channel.halves();
+    if placed {
+        tx.refer_to_pool();
+    }
+    let buf = &**buf;
+    let sent = match tx.try_send(buf) {
+        Err(metabridge_shm::Error::Full) => tx.send_until(buf, deadline),
+        other => other,
+    };
+    sent.map_err(|e| {
+        SendError::Sent(match e {
+            metabridge_shm::Error::Timeout => Error::Timeout(TimedOut::ShmReply { after: timeout }),
+            other => other.into(),
+        })
+    })
 }
 
 impl Held<'_> {
-    /// Encodes the request into the channel's buffer and sends it.
-    fn send(
-        &mut self,
-        encode: impl FnOnce(&mut Vec<u8>) -> Result<()>,
-        deadline: Instant,
-    ) -> Result<()> {
-        let conn = self.conn.as_mut().expect("a held channel");
-        let ShmConn {
-            channel,
-            buf,
-            writer,
-            ..
-        } = &mut **conn;
-        buf.clear();
-        let (encoded, placed) = with_outbound(writer, || encode(buf));
-        if let Err(e) = encoded {
-            let conn = self.conn.take().expect("a held channel");
-            self.pool.release(conn);
-            return Err(e);
-        }
-        let (tx, _) = channel.halves();
-        if placed {
-            tx.refer_to_pool();
-        }
-        // From here an error retires the channel (the request may be out).
-        let buf = &**buf;
-        let sent = match tx.try_send(buf) {
-            Err(metabridge_shm::Error::Full) => tx.send_until(buf, deadline),
-            other => other,
-        };
-        sent.map_err(|e| match e {
-            metabridge_shm::Error::Timeout => Error::Timeout(TimedOut::ShmReply {
-                after: self.pool.timeout,
-            }),
-            other => other.into(),
-        })
-    }
-
     /// Looks for the reply for a few microseconds (most replies come that
     /// fast); `Some` with the decoded result once it is whole.
     fn spin_for_reply<R>(
@@ -603,6 +675,8 @@ impl Drop for Held<'_> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
             drop(conn);
+            self.pool.retire();
+        } else if self.away {
             self.pool.retire();
         }
     }
