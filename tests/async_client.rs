@@ -127,6 +127,36 @@ fn a_dropped_async_call_frees_its_channel_and_its_late_reply_reaches_no_one() {
     });
 }
 
+/// The service is told: an `async` endpoint's future is dropped when its
+/// caller's future is (the channel closes), so nothing keeps running there.
+#[test]
+fn a_dropped_async_call_drops_the_async_endpoint_on_the_service() {
+    let mut env = TestEnv::new("async-cancel-service");
+    env.start_service("svc", &[]);
+    let client = env.client("svc", TransportKind::Shm, "p:");
+    runtime().block_on(async {
+        for _ in 0..3 {
+            let call = client.call_async::<bool, _>("forever_counted", ());
+            assert!(tokio::time::timeout(Duration::from_millis(200), call)
+                .await
+                .is_err());
+        }
+        // The deadline only bounds how long a failure takes to show.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let live: u64 = client.call_async("forever_live", ()).await.unwrap();
+            if live == 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{live} endpoint futures still live"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+}
+
 /// A thousand calls pending at once (sixteen on channels, held by the
 /// service; the rest queued for a channel) are a thousand futures on a
 /// few threads, not a thousand threads.

@@ -300,8 +300,8 @@ impl ShmPool {
         }
     }
 
-    /// A channel for an async call, without blocking: one idle (or
-    /// drained by the reply waiter), or leave to open one, or `Busy` with
+    /// A channel for an async call, without blocking: one idle, or leave
+    /// to open one, or `Busy` with
     /// `task` (its id and waker) queued to be woken by a release. A call
     /// already queued as `queued` is updated in place.
     fn try_acquire(&self, waker: &Waker, queued: &mut Option<u64>) -> Result<Acquired> {
@@ -317,10 +317,6 @@ impl ShmPool {
         }
         let open = self.open.load(Ordering::Acquire);
         if open < self.max {
-            if let Some(conn) = self.replies.get().and_then(|r| r.take_drained()) {
-                self.open.store(open + 1, Ordering::Release);
-                return Ok(Acquired::Conn(conn));
-            }
             // Relaxed: read and written under the `idle` lock.
             if !self.opening.swap(true, Ordering::Relaxed) {
                 self.open.store(open + 1, Ordering::Release);
@@ -430,8 +426,7 @@ impl ShmPool {
     /// `large`: on tokio's blocking pool); a quick reply is spun for here, a slow
     /// one waited for by the pool's reply waiter while the task yields.
     /// Dropping the future cancels the call: its channel leaves the pool's
-    /// count at once, and its late reply is drained by the waiter, never
-    /// read by another call.
+    /// count at once and is closed (its late reply read by no one).
     pub(crate) async fn round_trip_async<R>(
         &self,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<()> + Send + 'static,
@@ -724,11 +719,15 @@ impl Drop for ReplyWait<'_> {
         };
         let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
         match std::mem::replace(&mut *s, replies::Slot::Cancelled) {
-            // With the waiter: it drains the channel; the pool stops
-            // counting it now, so a new call opens another.
+            // With the waiter: it closes the channel (the service then
+            // drops an `async` endpoint's future); the pool stops counting
+            // it now, so a new call opens another.
             replies::Slot::Waiting(_) => {
                 drop(s);
                 self.pool.retire();
+                if let Some(replies) = self.pool.replies.get() {
+                    replies.ring();
+                }
             }
             // Handed back, never taken: its reply is there but unread.
             replies::Slot::Ready(conn) => {

@@ -16,10 +16,12 @@
 //! - **A channel is owned by one side at a time**: the call's future, the
 //!   waiter's list, or the slot between them; never two.
 //! - **A late reply never reaches another call.** A call dropped while its
-//!   channel waits here is marked [`Slot::Cancelled`]: the waiter takes its
-//!   reply in and discards it, then offers the drained channel back to the
-//!   pool ([`ReplyWaiter::take_drained`]); until then the pool counts it as
-//!   closed, so a new call opens another channel instead of waiting for it.
+//!   channel waits here is marked [`Slot::Cancelled`] and rings the bell:
+//!   the waiter closes the channel (dropping it), which is also how the
+//!   service learns the caller is gone (it drops an `async` endpoint's
+//!   future; a sync endpoint's reply finds the channel closed). The pool
+//!   stopped counting the channel when the call was dropped, so a new call
+//!   opens another instead of waiting for it.
 //! - **Every wait has an end**: the call's deadline (a timeout), the peer's
 //!   death (checked each liveness interval), or the pool closing.
 
@@ -44,7 +46,7 @@ pub(crate) enum Slot {
     /// The wait failed (timeout, the service died, the pool closed); the
     /// channel was dropped (its state is unknown).
     Failed(Error),
-    /// The call was dropped: the waiter drains the channel.
+    /// The call was dropped: the waiter closes the channel.
     Cancelled,
 }
 
@@ -66,10 +68,6 @@ pub(crate) struct ReplyWaiter {
     /// Rung (incremented, then woken) for each arrival and on stop.
     bell: AtomicU64,
     stopped: AtomicBool,
-    /// Channels of cancelled calls, drained, for the pool to reuse.
-    // Boxed on purpose: channels move between the pool and here as boxes.
-    #[allow(clippy::vec_box)]
-    drained: Mutex<Vec<Box<ShmConn>>>,
 }
 
 impl ReplyWaiter {
@@ -79,7 +77,6 @@ impl ReplyWaiter {
             inbox: Mutex::new(Vec::new()),
             bell: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
-            drained: Mutex::new(Vec::new()),
         });
         let w = waiter.clone();
         std::thread::Builder::new()
@@ -109,18 +106,14 @@ impl ReplyWaiter {
         slot
     }
 
-    /// A drained channel of a cancelled call, if any, for a new call.
-    pub(crate) fn take_drained(&self) -> Option<Box<ShmConn>> {
-        lock(&self.drained).pop()
-    }
-
     /// Ends the thread: pending calls fail with `ClientClosed`.
     pub(crate) fn stop(&self) {
         self.stopped.store(true, Ordering::Release);
         self.ring();
     }
 
-    fn ring(&self) {
+    /// Wakes the thread to look at its channels (a call was cancelled).
+    pub(crate) fn ring(&self) {
         // Release: pairs with the Acquire load in `run`, so that the
         // waiter sees what was pushed before the bell moved.
         self.bell.fetch_add(1, Ordering::Release);
@@ -184,18 +177,10 @@ impl ReplyWaiter {
 
     /// What becomes of one pending channel now.
     fn judge(&self, p: &mut Pending, now: Instant, check_peer: bool) -> Verdict {
-        let cancelled = matches!(*lock(&p.slot), Slot::Cancelled);
-        let rx = p.conn.channel.halves().1;
-        if cancelled {
-            // Take the late reply in and discard it; a message of several
-            // frames is taken in as its frames come.
-            return match rx.try_recv() {
-                Ok(Some(_late)) => Verdict::Drained,
-                Ok(None) if now < p.deadline => Verdict::Keep,
-                // Never answered in time, or broken: close the channel.
-                _ => Verdict::Close,
-            };
+        if matches!(*lock(&p.slot), Slot::Cancelled) {
+            return Verdict::Close;
         }
+        let rx = p.conn.channel.halves().1;
         match rx.ready() {
             Ok(true) => Verdict::Deliver,
             Ok(false) if now >= p.deadline => {
@@ -214,13 +199,9 @@ impl ReplyWaiter {
     /// Carries out `verdict` for `p`, which has left the list; returns it
     /// if it must go back (its call was dropped meanwhile, its reply not
     /// yet whole).
-    fn apply(&self, mut p: Pending, verdict: Verdict) -> Option<Pending> {
+    fn apply(&self, p: Pending, verdict: Verdict) -> Option<Pending> {
         match verdict {
             Verdict::Keep => Some(p),
-            Verdict::Drained => {
-                lock(&self.drained).push(p.conn);
-                None
-            }
             Verdict::Close => None,
             Verdict::Deliver | Verdict::Fail(_) => {
                 let mut slot = lock(&p.slot);
@@ -234,26 +215,8 @@ impl ReplyWaiter {
                         waker.wake();
                         None
                     }
-                    // Dropped since `judge`: drain it from the next round.
-                    _ => {
-                        drop(slot);
-                        match verdict {
-                            Verdict::Deliver => {
-                                let whole = match p.conn.channel.halves().1.try_recv() {
-                                    Ok(Some(_late)) => Some(true),
-                                    Ok(None) => Some(false),
-                                    Err(_) => None,
-                                };
-                                match whole {
-                                    Some(true) => lock(&self.drained).push(p.conn),
-                                    Some(false) => return Some(p),
-                                    None => {}
-                                }
-                                None
-                            }
-                            _ => None,
-                        }
-                    }
+                    // Dropped since `judge`: close the channel.
+                    _ => None,
                 }
             }
         }
@@ -268,10 +231,7 @@ enum Verdict {
     Deliver,
     /// The wait failed: tell the call, drop the channel.
     Fail(Error),
-    /// A cancelled call's late reply is taken in: the channel may serve
-    /// again.
-    Drained,
-    /// A cancelled call's channel that cannot serve again.
+    /// The call was dropped: close the channel.
     Close,
 }
 
