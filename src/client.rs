@@ -822,5 +822,8 @@ pub fn lookup(name: &str) -> Result<Entry> {
     Registry::open(&registry::home_dir())?.lookup(name)
 }
 
+mod builder;
+pub use builder::TypedConnect;
+
 #[cfg(test)]
 mod tests;

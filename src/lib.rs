@@ -80,7 +80,7 @@ mod worker;
 
 pub use args::{bytes, to_msgpack, Args, Bin, CallArgs, IntoArgs};
 pub use blob::Blob;
-pub use client::{connect, lookup, Client, Connect};
+pub use client::{connect, lookup, Client, Connect, TypedConnect};
 pub use config::{ServiceConfig, TransportKind};
 pub use daemon::{
     run, serve, serve_forked_child, wait_forked_child, DaemonHandle, DAEMON_ENV,

@@ -276,6 +276,25 @@ fn typed_errors_round_trip_on_both_transports() {
     );
 }
 
+/// The typed client's builder takes the connection's options, then
+/// connects as `connect` does.
+#[test]
+fn the_typed_client_builder_applies_its_options() {
+    let mut env = TestEnv::new("typed-builder");
+    start_values(&mut env, "values", &[]);
+    let out = env
+        .command(common::VALUES_SERVICE)
+        .arg("builder")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "b over tcp\n");
+}
+
 #[test]
 fn a_panicking_constructor_runs_once_per_arguments_not_once_per_call() {
     let mut env = TestEnv::new("ctorpanic");
