@@ -321,6 +321,30 @@ impl Inner {
         self.round_trip_interruptible(endpoint, encode, decode, None)
     }
 
+    /// A call of `endpoint` with positional `args`, its response decoded
+    /// by `decode`.
+    fn call_positional<T>(
+        &self,
+        endpoint: &str,
+        args: &impl IntoArgs,
+        decode: impl FnOnce(&[u8]) -> Result<T>,
+    ) -> Result<T> {
+        self.round_trip(
+            endpoint,
+            |buf, token| {
+                envelope::encode_call_with(
+                    buf,
+                    endpoint,
+                    |b| args.encode_args(b),
+                    envelope::EMPTY_MAP,
+                    &self.ctor_tail,
+                    token,
+                )
+            },
+            decode,
+        )
+    }
+
     /// As [`round_trip`](Self::round_trip), asking `interrupt` while it
     /// waits (see `Client::call_encoded`). `endpoint` names the call in
     /// a timeout.
@@ -495,21 +519,8 @@ impl Client {
     /// # Ok::<(), metabridge::Error>(())
     /// ```
     pub fn call<R: DeserializeOwned>(&self, endpoint: &str, args: impl IntoArgs) -> Result<R> {
-        let inner = &*self.inner;
-        inner.round_trip(
-            endpoint,
-            |buf, token| {
-                envelope::encode_call_with(
-                    buf,
-                    endpoint,
-                    |b| args.encode_args(b),
-                    envelope::EMPTY_MAP,
-                    &inner.ctor_tail,
-                    token,
-                )
-            },
-            envelope::decode_result::<R>,
-        )
+        self.inner
+            .call_positional(endpoint, &args, envelope::decode_result::<R>)
     }
 
     /// Calls an endpoint that returns `Result<R, E>` and gets its error
@@ -536,21 +547,9 @@ impl Client {
         args: impl IntoArgs,
         decode_error: fn(&[u8]) -> Option<E>,
     ) -> std::result::Result<R, Failure<E>> {
-        let inner = &*self.inner;
-        let carried = inner.round_trip(
-            endpoint,
-            |buf, token| {
-                envelope::encode_call_with(
-                    buf,
-                    endpoint,
-                    |b| args.encode_args(b),
-                    envelope::EMPTY_MAP,
-                    &inner.ctor_tail,
-                    token,
-                )
-            },
-            |buf| envelope::decode_fallible::<R, E>(buf, decode_error),
-        );
+        let carried = self.inner.call_positional(endpoint, &args, |buf| {
+            envelope::decode_fallible::<R, E>(buf, decode_error)
+        });
         match carried {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(Failure::Endpoint(e)),

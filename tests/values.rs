@@ -28,6 +28,23 @@ fn start_values(env: &mut TestEnv, name: &str, envs: &[(&str, &str)]) -> u32 {
     pid
 }
 
+/// Runs `values_service <args>` (a client mode of the fixture) with `envs`,
+/// and returns what it printed; it must succeed.
+fn run_values_client(env: &TestEnv, args: &[&str], envs: &[(&str, &str)]) -> String {
+    let mut cmd = env.command(common::VALUES_SERVICE);
+    cmd.args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// An `Option<T>` parameter is `None` when the caller leaves it out, by
 /// position or by keyword; a required one is still required.
 #[test]
@@ -192,19 +209,7 @@ fn fifty_megabytes_round_trip_over_shared_memory() {
 fn the_typed_client_sends_and_receives_bytes_and_builds_its_instance_at_connect() {
     let mut env = TestEnv::new("typed");
     start_values(&mut env, "values", &[]);
-    let run = |fail: &str| {
-        let out = env
-            .command(common::VALUES_SERVICE)
-            .args(["connect", "t", fail])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let run = |fail: &str| run_values_client(&env, &["connect", "t", fail], &[]);
     assert_eq!(run("false"), "connected: bump 1\nbytes: [3, 2, 1] sum 6\n");
     // A constructor that panics fails `connect`, clearly.
     let out = run("true");
@@ -228,19 +233,13 @@ fn typed_errors_round_trip_on_both_transports() {
     let mut env = TestEnv::new("typed-errors");
     start_values(&mut env, "values", &[]);
     for transport in ["shm", "tcp"] {
-        let out = env
-            .command(common::VALUES_SERVICE)
-            .arg("typed-errors")
-            .env("METABRIDGE_TRANSPORT", transport)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = run_values_client(
+            &env,
+            &["typed-errors"],
+            &[("METABRIDGE_TRANSPORT", transport)],
         );
         assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
+            out,
             "ok: Ok(100)\n\
              too large: 5000 over 4096\n\
              empty\n\
@@ -282,17 +281,8 @@ fn typed_errors_round_trip_on_both_transports() {
 fn the_typed_client_builder_applies_its_options() {
     let mut env = TestEnv::new("typed-builder");
     start_values(&mut env, "values", &[]);
-    let out = env
-        .command(common::VALUES_SERVICE)
-        .arg("builder")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "b over tcp\n");
+    let out = run_values_client(&env, &["builder"], &[]);
+    assert_eq!(out, "b over tcp\n");
 }
 
 #[test]
