@@ -5,7 +5,7 @@
 #
 #   bash scripts/test-python.sh [pytest args...]
 #
-# PYTHON picks the interpreter (default python3); the venv is .venv-python
+# PYTHON picks the interpreter (default python3); the venv is .venv
 # unless VENV says otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
