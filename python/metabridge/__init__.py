@@ -63,6 +63,7 @@ __all__ = [
     "RemoteExecutionError",
     "CallTimeout",
     "ServiceGone",
+    "UnsafeFork",
 ]
 
 
@@ -105,6 +106,12 @@ class CallTimeout(MetaBridgeError, TimeoutError):
 
 class ServiceGone(MetaBridgeError, ConnectionError):
     """The service's process died or closed the connection mid-call."""
+
+
+class UnsafeFork(MetaBridgeError, RuntimeError):
+    """:func:`run` was called while other threads run in this process: its
+    daemon is a ``fork``, which copies every lock those threads hold, so
+    the daemon could hang on one. Call ``run`` before starting threads."""
 
 
 _native._register_errors(
@@ -419,6 +426,15 @@ def _probe(cls, ready_w):
         os._exit(1)
 
 
+def _other_threads():
+    """How many Python threads run besides the calling one: those are what
+    hold Python-level locks (logging's, a queue's, the import lock) that a
+    fork would copy held. Native pools that do not run Python (OpenBLAS,
+    which numpy starts on import, and registers fork handlers for) are
+    not counted: refusing them would refuse ``import numpy``."""
+    return threading.active_count() - 1
+
+
 def run(name=None, *, wait=False, poll_interval=0.05, startup_timeout=5.0):
     """Starts a defined service (``name``, or the one defined last) in a
     daemon process and returns its :class:`DaemonHandle` once the service
@@ -429,7 +445,9 @@ def run(name=None, *, wait=False, poll_interval=0.05, startup_timeout=5.0):
     exception in ``__init__`` of a class whose constructor takes no
     required argument: it is instantiated at startup).
     The daemon is a ``fork`` of this process: call ``run`` before starting
-    threads. ``startup_timeout`` (seconds) bounds the wait for readiness:
+    threads; with other threads running it raises :class:`UnsafeFork`
+    (a fork would copy the locks they hold) instead of forking.
+    ``startup_timeout`` (seconds) bounds the wait for readiness:
     past it the daemon is killed and the error raised. ``wait=True`` then
     blocks until the daemon ends (as :meth:`DaemonHandle.join`), checking
     it every ``poll_interval`` seconds (so Ctrl+C stops the wait).
@@ -439,6 +457,16 @@ def run(name=None, *, wait=False, poll_interval=0.05, startup_timeout=5.0):
     if d is None:
         raise ServiceNotFound(
             f"no service {name!r} was defined" if name else "no service was defined"
+        )
+    others = _other_threads()
+    if others:
+        raise UnsafeFork(
+            f"meta.run() starts the daemon of {d.name!r} by forking this process, and "
+            f"{others} other thread(s) run in it: a fork copies any lock they hold, and the "
+            "daemon could hang on it. Call meta.run() before starting threads (at the top "
+            "of the program, before thread pools, meta.connect from threads, or libraries "
+            "that start threads), or serve the service from a process of its own "
+            "(python -c 'import yourmodule, metabridge; metabridge.run(wait=True)')"
         )
     read_fd, write_fd = os.pipe()
     for stream in (sys.stdout, sys.stderr):
@@ -478,6 +506,8 @@ class ServiceClient:
 
     def __init__(self, native):
         self.__dict__["_native"] = native
+        # As the original's client: the list is fetched once, at connect.
+        self.__dict__["_endpoint_names"] = list(native.endpoints())
 
     def __getattr__(self, name):
         if name.startswith("__"):
@@ -490,8 +520,15 @@ class ServiceClient:
         """Calls an endpoint by name."""
         return self._native.call(endpoint, args, kwargs or None)
 
+    def endpoints(self):
+        """The service's endpoint names (aliases included), sorted, as
+        fetched when the client connected: the original's
+        ``ServiceClient.endpoints()``. (An endpoint named ``endpoints`` is
+        still reachable as ``client._call("endpoints")``.)"""
+        return list(self._endpoint_names)
+
     def _endpoints(self):
-        """The service's endpoint names, sorted."""
+        """The service's endpoint names, sorted, asked now."""
         return self._native.endpoints()
 
     @property
@@ -530,6 +567,9 @@ def connect(name, *ctor_args, timeout=5.0, buffers=False, **ctor_kwargs):
 
 
 def gc():
-    """Removes what killed services left in the registry; returns a
-    description of what was removed."""
-    return _native.gc()
+    """Removes what killed services left behind (stale registry entries,
+    control sockets, segment files); returns a dict: ``"removed"``, a list
+    of what was removed, and ``"kept"``, what was left because its process
+    lives, one line of text each."""
+    removed, kept = _native.gc()
+    return {"removed": removed, "kept": kept}

@@ -83,11 +83,12 @@ fn _register_errors(py: Python<'_>, errors: Bound<'_, PyDict>) -> PyResult<()> {
 }
 
 /// Removes what killed services left in the registry (stale entries,
-/// sockets); returns a description.
+/// sockets, segments); returns what it removed and what it kept, one line
+/// each: `(removed, kept)`.
 #[pyfunction]
-fn gc(py: Python<'_>) -> PyResult<String> {
+fn gc(py: Python<'_>) -> PyResult<(Vec<String>, Vec<String>)> {
     py.detach(metabridge::gc)
-        .map(|r| format!("{r:?}"))
+        .map(|r| (r.removed, r.kept))
         .map_err(|e| to_pyerr(py, e))
 }
 

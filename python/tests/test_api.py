@@ -223,3 +223,51 @@ def test_create_refuses_names_that_are_invalid_or_look_like_another(bad):
     if not bad.isascii():
         assert "U+" in str(e.value), e.value
     meta.create("serviço de teste")  # visible, inner spaces: fine
+
+
+def test_endpoints_returns_the_list_fetched_at_connect_as_the_original(forms):
+    with meta.connect("forms") as c:
+        names = c.endpoints()
+        # The original: sorted names, aliases included, a fresh list each time.
+        assert names == sorted(names)
+        assert {"plain", "bare", "named", "by_position", "kw_named", "dynamic_name", "dyn"} <= set(names)
+        assert names == c._endpoints()
+        names.append("mutated")
+        assert "mutated" not in c.endpoints()
+
+
+def test_gc_returns_what_it_removed_and_kept(forms):
+    report = meta.gc()
+    assert set(report) == {"removed", "kept"}
+    assert all(isinstance(line, str) for line in report["removed"] + report["kept"])
+    # The live service is kept, never removed.
+    assert any("forms" in line for line in report["kept"]), report
+    assert not any("forms" in line for line in report["removed"]), report
+
+
+def test_run_with_other_threads_running_is_a_clear_error_not_a_hang(home):
+    # Another thread holds a lock: a forked daemon would inherit it held.
+    held = threading.Lock()
+    started, done = threading.Event(), threading.Event()
+
+    def holder():
+        with held:
+            started.set()
+            done.wait(30)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    started.wait(10)
+    try:
+        with pytest.raises(meta.UnsafeFork) as e:
+            meta.run("forms")
+        assert "call meta.run() before starting threads" in str(e.value).lower()
+        # No daemon was forked: nothing serves the name.
+        with pytest.raises(meta.ServiceNotFound):
+            meta.connect("forms")
+    finally:
+        done.set()
+        t.join(10)
+    # Without the other thread, run works again.
+    handle = meta.run("forms")
+    handle.stop()
