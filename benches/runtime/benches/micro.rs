@@ -3,12 +3,12 @@
 //! send + receive through one shared-memory ring.
 //!
 //! ```text
-//! cargo bench -p metabridge --bench micro            # about 40 s
-//! cargo bench -p metabridge --bench micro -- --quick # a few seconds
-//! cargo bench -p metabridge --bench micro -- ring    # only the ring benchmarks
+//! cargo bench -p metabridge-bench --bench micro            # about 40 s
+//! cargo bench -p metabridge-bench --bench micro -- --quick # a few seconds
+//! cargo bench -p metabridge-bench --bench micro -- ring    # only the ring benchmarks
 //! ```
 
-#[path = "../examples/service_daemon.rs"]
+#[path = "../../../examples/service_daemon.rs"]
 #[allow(dead_code)]
 mod service_daemon;
 
