@@ -109,9 +109,10 @@ class ServiceGone(MetaBridgeError, ConnectionError):
 
 
 class UnsafeFork(MetaBridgeError, RuntimeError):
-    """:func:`run` was called while other threads run in this process: its
-    daemon is a ``fork``, which copies every lock those threads hold, so
-    the daemon could hang on one. Call ``run`` before starting threads."""
+    """:func:`run` was called while other threads run Python code in this
+    process: its daemon is a ``fork``, which copies every lock those
+    threads hold, so the daemon could hang on one. Nothing was forked.
+    Call ``run`` before starting threads."""
 
 
 _native._register_errors(
@@ -426,13 +427,48 @@ def _probe(cls, ready_w):
         os._exit(1)
 
 
-def _other_threads():
-    """How many Python threads run besides the calling one: those are what
-    hold Python-level locks (logging's, a queue's, the import lock) that a
-    fork would copy held. Native pools that do not run Python (OpenBLAS,
-    which numpy starts on import, and registers fork handlers for) are
-    not counted: refusing them would refuse ``import numpy``."""
-    return threading.active_count() - 1
+def _task_ids():
+    """The kernel's ids of this process's threads (``/proc/self/task``), or
+    None where there is no ``/proc``."""
+    try:
+        return {int(t) for t in os.listdir("/proc/self/task")}
+    except (OSError, ValueError):
+        return None
+
+
+def _python_threads_besides_this_one():
+    """Names of the threads, besides the calling one, that run Python code:
+    what a fork would copy in the middle of holding a Python-level lock
+    (a lock of the program's, logging's, a queue's, the import lock).
+
+    Those started by :mod:`threading` are in ``threading.enumerate()``;
+    those started with ``_thread.start_new_thread`` or by a C extension
+    are not, but every thread running Python has a frame in
+    ``sys._current_frames()``. Threads that run no Python are not counted:
+    native pools such as the OpenBLAS threads ``import numpy`` starts
+    (OpenBLAS registers its own fork handlers; refusing them would refuse
+    ``import numpy`` before ``run``), and the runtime's own helper threads
+    in a client process (``metabridge-*``, e.g. a TCP call's waiter): the
+    client state they serve belongs to one fork generation, and a forked
+    child leaves it alone."""
+    tasks = _task_ids()
+    if tasks is not None and len(tasks) <= 1:
+        return []  # the usual case: this process has one thread
+    me = threading.get_ident()
+    found = {}
+    for t in threading.enumerate():
+        if t.ident == me:
+            continue
+        # Python 3.11 keeps the entry of a foreign thread that once called
+        # threading.current_thread() after that thread has ended.
+        if tasks is not None and t.native_id is not None and t.native_id not in tasks:
+            continue
+        found[t.ident] = t.name
+    frames = getattr(sys, "_current_frames", dict)()
+    for ident in frames:
+        if ident != me and ident not in found:
+            found[ident] = f"a thread not started by threading (ident {ident})"
+    return list(found.values())
 
 
 def run(name=None, *, wait=False, poll_interval=0.05, startup_timeout=5.0):
@@ -445,8 +481,11 @@ def run(name=None, *, wait=False, poll_interval=0.05, startup_timeout=5.0):
     exception in ``__init__`` of a class whose constructor takes no
     required argument: it is instantiated at startup).
     The daemon is a ``fork`` of this process: call ``run`` before starting
-    threads; with other threads running it raises :class:`UnsafeFork`
-    (a fork would copy the locks they hold) instead of forking.
+    threads; while other threads run Python code (started by
+    :mod:`threading` or not: ``_thread``, a C extension's thread with a
+    Python frame) it raises :class:`UnsafeFork` (a fork would copy the
+    locks they hold) instead of forking. Native threads that run no
+    Python (numpy's OpenBLAS pool) do not count.
     ``startup_timeout`` (seconds) bounds the wait for readiness:
     past it the daemon is killed and the error raised. ``wait=True`` then
     blocks until the daemon ends (as :meth:`DaemonHandle.join`), checking
@@ -458,15 +497,19 @@ def run(name=None, *, wait=False, poll_interval=0.05, startup_timeout=5.0):
         raise ServiceNotFound(
             f"no service {name!r} was defined" if name else "no service was defined"
         )
-    others = _other_threads()
+    others = _python_threads_besides_this_one()
     if others:
+        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        module = d.cls.__module__
+        if module == "__main__":
+            module = "<the module defining it>"  # a script's class: no name to import
         raise UnsafeFork(
             f"meta.run() starts the daemon of {d.name!r} by forking this process, and "
-            f"{others} other thread(s) run in it: a fork copies any lock they hold, and the "
-            "daemon could hang on it. Call meta.run() before starting threads (at the top "
-            "of the program, before thread pools, meta.connect from threads, or libraries "
-            "that start threads), or serve the service from a process of its own "
-            "(python -c 'import yourmodule, metabridge; metabridge.run(wait=True)')"
+            f"{len(others)} other thread(s) run Python in it ({shown}): a fork copies any "
+            "lock they hold, and the daemon could hang on one. Call meta.run() before "
+            "starting threads (at the top of the program, before thread pools or libraries "
+            "that start threads), or serve the service from a process of its own: "
+            f'python -c "import {module}, metabridge; metabridge.run({d.name!r}, wait=True)"'
         )
     read_fd, write_fd = os.pipe()
     for stream in (sys.stdout, sys.stderr):

@@ -1,7 +1,7 @@
 """Type stubs of metabridge's public API (the original's names)."""
 
 from types import TracebackType
-from typing import Any, Callable, Dict, List, Optional, Type, TypeVar, Union, overload
+from typing import Any, Callable, List, Optional, Type, TypedDict, TypeVar, Union, overload
 
 __version__: str
 
@@ -21,7 +21,8 @@ class RemoteExecutionError(MetaBridgeError):
 
 class CallTimeout(MetaBridgeError, TimeoutError): ...
 class ServiceGone(MetaBridgeError, ConnectionError): ...
-class UnsafeFork(MetaBridgeError, RuntimeError): ...
+class UnsafeFork(MetaBridgeError, RuntimeError):
+    """``run()`` refused to fork: other threads run Python code here."""
 
 @overload
 def function(func: _F) -> _F: ...
@@ -71,7 +72,8 @@ def run(
 class ServiceClient:
     def __getattr__(self, endpoint: str) -> Callable[..., Any]: ...
     def _call(self, endpoint: str, *args: Any, **kwargs: Any) -> Any: ...
-    def endpoints(self) -> List[str]: ...
+    def endpoints(self) -> List[str]:
+        """The endpoint names (aliases included), sorted, fetched at connect."""
     def _endpoints(self) -> List[str]: ...
     @property
     def _transport(self) -> str: ...
@@ -97,4 +99,11 @@ class Buffer:
 def connect(
     name: str, *ctor_args: Any, timeout: float = ..., buffers: bool = ..., **ctor_kwargs: Any
 ) -> ServiceClient: ...
-def gc() -> Dict[str, List[str]]: ...
+class _GcReport(TypedDict):
+    removed: List[str]  # one line per thing removed (registry entry, socket, segments)
+    kept: List[str]  # one line per thing kept because its process lives
+
+def gc() -> _GcReport:
+    """Removes what killed services left behind (stale registry entries,
+    control sockets, segment files): ``{"removed": [...], "kept": [...]}``,
+    one line of text per item, as the runtime's ``GcReport``."""

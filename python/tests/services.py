@@ -189,3 +189,16 @@ class Fixture:
         if value < 0:
             raise Refused(f"refused: {value} is negative")
         return value
+
+
+@meta.create("shadowed").daemon()
+class Shadowed:
+    """An endpoint named like the client's method ``endpoints()``."""
+
+    @meta.function
+    def endpoints(self):
+        return "the remote endpoints()"
+
+    @meta.endpoint("alias_of_other")
+    def other(self):
+        return "other"

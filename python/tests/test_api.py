@@ -1,6 +1,10 @@
 """The original's API on the Rust runtime: decorators, methods, arguments,
 errors, values, threads."""
 
+import os
+import signal
+import socket
+import struct
 import threading
 
 import msgpack
@@ -236,38 +240,84 @@ def test_endpoints_returns_the_list_fetched_at_connect_as_the_original(forms):
         assert "mutated" not in c.endpoints()
 
 
+def _original_list_endpoints(address):
+    """What the original's ``ServiceClient`` does at connect
+    (``_fetch_endpoints``): ``{"type": "list_endpoints"}`` in its TCP
+    protocol, then ``list(response["result"])``."""
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        body = msgpack.packb({"type": "list_endpoints"}, use_bin_type=True)
+        s.sendall(struct.pack("!I", len(body)) + body)
+
+        def recv(n):
+            data = b""
+            while len(data) < n:
+                chunk = s.recv(n - len(data))
+                assert chunk, "the service closed the connection"
+                data += chunk
+            return data
+
+        (n,) = struct.unpack("!I", recv(4))
+        response = msgpack.unpackb(recv(n), raw=False)
+    assert response["status"] == "ok", response
+    return list(response["result"])
+
+
+@pytest.mark.parametrize("transport", ["shm", "tcp"])
+def test_endpoints_is_what_the_originals_client_fetched_at_connect(home, monkeypatch, transport):
+    h = meta.run("interop-fixture")
+    try:
+        expected = _original_list_endpoints(h.tcp_address)
+        monkeypatch.setenv("METABRIDGE_TRANSPORT", transport)
+        c = meta.connect("interop-fixture", "p:", 1)
+        assert c._transport == transport
+        names = c.endpoints()
+        # The original's type and order: a list of str, as the service
+        # listed them (sorted), an alias beside its method's name.
+        assert type(names) is list and all(type(n) is str for n in names)
+        assert names == expected
+        assert names == sorted(names) and {"renamed", "original", "echo"} <= set(names)
+        names.append("mutated")  # a fresh list each time, as the original's
+        assert c.endpoints() == expected
+        # Fetched at connect, as the original's: no call is made now.
+        h.stop()
+        assert c.endpoints() == expected
+        with pytest.raises(meta.MetaBridgeError):
+            c._endpoints()  # asks the (stopped) service
+        c.close()
+    finally:
+        h.stop()
+
+
+def test_the_endpoints_method_wins_over_an_endpoint_named_endpoints(home):
+    h = meta.run("shadowed")
+    try:
+        with meta.connect("shadowed") as c:
+            assert c.endpoints() == ["alias_of_other", "endpoints", "other"]
+            assert c._call("endpoints") == "the remote endpoints()"
+            assert c.alias_of_other() == c.other() == "other"
+    finally:
+        h.stop()
+
+
 def test_gc_returns_what_it_removed_and_kept(forms):
     report = meta.gc()
     assert set(report) == {"removed", "kept"}
     assert all(isinstance(line, str) for line in report["removed"] + report["kept"])
     # The live service is kept, never removed.
-    assert any("forms" in line for line in report["kept"]), report
-    assert not any("forms" in line for line in report["removed"]), report
+    assert any(f"pid {forms.pid}" in line and "forms" in line for line in report["kept"]), report
+    assert not any(str(forms.pid) in line for line in report["removed"]), report
 
 
-def test_run_with_other_threads_running_is_a_clear_error_not_a_hang(home):
-    # Another thread holds a lock: a forked daemon would inherit it held.
-    held = threading.Lock()
-    started, done = threading.Event(), threading.Event()
-
-    def holder():
-        with held:
-            started.set()
-            done.wait(30)
-
-    t = threading.Thread(target=holder)
-    t.start()
-    started.wait(10)
-    try:
-        with pytest.raises(meta.UnsafeFork) as e:
-            meta.run("forms")
-        assert "call meta.run() before starting threads" in str(e.value).lower()
-        # No daemon was forked: nothing serves the name.
-        with pytest.raises(meta.ServiceNotFound):
-            meta.connect("forms")
-    finally:
-        done.set()
-        t.join(10)
-    # Without the other thread, run works again.
-    handle = meta.run("forms")
-    handle.stop()
+def test_gc_removes_what_a_killed_daemon_left(home):
+    h = meta.run("forms")
+    os.kill(h.pid, signal.SIGKILL)  # no cleanup: its entry and socket stay
+    h.join(10)  # reaps it: a zombie would still count as alive
+    assert not h.is_running()
+    report = meta.gc()
+    gone = [line for line in report["removed"] if f"dead process {h.pid}" in line]
+    # Its registry entry and its control socket.
+    assert any("registry entry" in line and "forms" in line for line in gone), report
+    assert any(line.endswith(".sock of dead process %d" % h.pid) for line in gone), report
+    assert not any(str(h.pid) in line for line in report["kept"]), report
+    assert meta.gc() == {"removed": [], "kept": []}
