@@ -756,6 +756,13 @@ impl io::Write for FrameWriter<'_> {
     }
 }
 
+/// The word a receiver sleeps on: the tail of the ring it reads (the
+/// consumer's ring is the peer's, see `from_segment`).
+fn sleep_word(shared: &Shared) -> &crate::sync::AtomicU64 {
+    let seg = &shared.segment;
+    &seg.control(1 - seg.side).tail
+}
+
 impl Receiver {
     /// Waits for the next message.
     pub fn recv(&mut self) -> Result<Message<'_>> {
@@ -820,10 +827,10 @@ impl Receiver {
         if !self.ring.announce_sleep(observed, WAITING) {
             return Ok(None); // the word moved: a frame or a close came
         }
-        // The consumer's ring is the peer's (see `from_segment`).
-        let seg = &self.shared.segment;
-        let word = &seg.control(1 - seg.side).tail;
-        Ok(Some(crate::WakeWord::new(word, observed | WAITING)))
+        Ok(Some(crate::WakeWord::new(
+            sleep_word(&self.shared),
+            observed | WAITING,
+        )))
     }
 
     /// Rings `doorbell` when we free room in the ring (or close) while the
@@ -881,9 +888,7 @@ impl Receiver {
         if let Peek::Frame(f) = self.ring.try_peek()? {
             return Ok(f);
         }
-        // The consumer's ring is the peer's (see `from_segment`).
-        let seg = &self.shared.segment;
-        let word: &crate::sync::AtomicU64 = &seg.control(1 - seg.side).tail;
+        let word = sleep_word(&self.shared);
         let ring = &mut self.ring;
         wait::block(
             &self.shared.settings,

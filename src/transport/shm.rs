@@ -210,6 +210,7 @@ impl CallTransport for ShmPool {
             replies.stop();
         }
         let tasks = std::mem::take(&mut self.idle.lock().unwrap_or_else(|p| p.into_inner()).tasks);
+        self.waiting.fetch_sub(tasks.len(), Ordering::SeqCst);
         tasks.into_iter().for_each(|(_, w)| w.wake());
         self.returned.notify_all();
     }
@@ -384,28 +385,26 @@ impl ShmPool {
             // Creating and mapping a segment takes a millisecond or so:
             // off the runtime's workers, one channel at a time.
             Ok(Ok(_)) => {
-                let opened = off_worker(true, || self.open_channel(deadline));
-                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                let opened = off_worker(|| self.open_channel(deadline));
+                let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
                 self.opening.store(false, Ordering::Relaxed);
                 if opened.is_err() {
                     self.open.fetch_sub(1, Ordering::AcqRel);
                 }
                 // The next queued call may open another.
-                let next = idle.tasks.pop_front();
-                if next.is_some() {
-                    self.waiting.fetch_sub(1, Ordering::SeqCst);
-                }
-                drop(idle);
-                if let Some((_, w)) = next {
-                    w.wake();
-                }
+                self.wake_waiter(idle);
                 opened
             }
         }
     }
 
-    /// The reply waiter, started on first use.
+    /// The reply waiter, started on first use (under the `idle` lock, so
+    /// that calls racing to be first start one thread, not several).
     fn replies(&self) -> Result<&Arc<replies::ReplyWaiter>> {
+        if let Some(r) = self.replies.get() {
+            return Ok(r);
+        }
+        let _one = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(r) = self.replies.get() {
             return Ok(r);
         }
@@ -748,14 +747,14 @@ impl Drop for ReplyWait<'_> {
 /// it hands the channel to the reply waiter and yields.
 const ASYNC_SPIN: Duration = Duration::from_micros(20);
 
-/// Runs `f` off the async runtime's worker threads when `large` and the
-/// runtime can spare the thread (`block_in_place`, multi-threaded tokio
-/// runtimes only), else here.
-fn off_worker<T>(large: bool, f: impl FnOnce() -> T) -> T {
+/// Runs `f` off the async runtime's worker threads when the runtime can
+/// spare the thread (`block_in_place`, multi-threaded tokio runtimes
+/// only), else here.
+fn off_worker<T>(f: impl FnOnce() -> T) -> T {
     use tokio::runtime::{Handle, RuntimeFlavor};
     let multi =
         Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
-    if large && multi {
+    if multi {
         tokio::task::block_in_place(f)
     } else {
         f()
