@@ -109,8 +109,12 @@ async fn pending_threads(client: &metabridge::Client, path: Path, n: usize) -> (
 }
 
 /// The worst and median lateness of a 10 ms heartbeat while `n` calls
-/// with a 4 MiB argument run at once.
-async fn heartbeat_late(client: &metabridge::Client, path: Path, n: usize) -> (Duration, Duration) {
+/// with a 4 MiB argument run at once, and how long the `n` calls took.
+async fn heartbeat_late(
+    client: &metabridge::Client,
+    path: Path,
+    n: usize,
+) -> (Duration, Duration, Duration) {
     let done = Arc::new(AtomicBool::new(false));
     let beat = {
         let done = done.clone();
@@ -125,6 +129,7 @@ async fn heartbeat_late(client: &metabridge::Client, path: Path, n: usize) -> (D
         })
     };
     let data: Arc<[u8]> = vec![7u8; 4 << 20].into();
+    let start = Instant::now();
     let calls: Vec<_> = (0..n)
         .map(|_| {
             let (c, data) = (client.clone(), data.clone());
@@ -137,11 +142,12 @@ async fn heartbeat_late(client: &metabridge::Client, path: Path, n: usize) -> (D
     for c in calls {
         c.await.expect("join");
     }
+    let took = start.elapsed();
     done.store(true, Ordering::Relaxed);
     let mut late = beat.await.expect("join");
     late.sort();
     let worst = late.last().copied().unwrap_or_default();
-    (worst, late[late.len() / 2])
+    (worst, late[late.len() / 2], took)
 }
 
 /// p50 and p99 of `n` sequential small calls, in ns.
@@ -202,8 +208,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         let mut row = Vec::new();
         for path in [Path::Async, Path::Blocking] {
-            let (worst, median) = heartbeat_late(&client, path, 200).await;
-            row.push(format!("{worst:.1?} worst, {median:.1?} median"));
+            let (worst, median, took) = heartbeat_late(&client, path, 200).await;
+            row.push(format!(
+                "{worst:.1?} worst, {median:.1?} median (the calls: {took:.0?})"
+            ));
             eprintln!("  .. heartbeat under {}: {worst:?}", path.name());
         }
         println!(

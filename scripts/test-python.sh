@@ -6,21 +6,19 @@
 #   bash scripts/test-python.sh [pytest args...]
 #
 # PYTHON picks the interpreter (default python3); the venv is .venv
-# unless VENV says otherwise.
+# unless VENV says otherwise (scripts/python-env.sh makes it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-PYTHON=${PYTHON:-python3}
-VENV=${VENV:-$ROOT/.venv}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+# shellcheck source=python-env.sh
+source scripts/python-env.sh
 
-if [ ! -x "$VENV/bin/python" ]; then
-    "$PYTHON" -m venv "$VENV"
-fi
-"$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-"$VENV/bin/python" -m pip install -q maturin pytest msgpack numpy
-# The package itself, as a user installs it (release build of the crate).
-"$VENV/bin/python" -m pip install -q --force-reinstall --no-deps ./python
+# The package itself, as a user installs it, but a debug build (it shares
+# what `cargo test` built; a user's `pip install` is a release build):
+# maturin from the venv (no isolated build env to download again).
+MATURIN_PEP517_ARGS="--profile dev" \
+    "$VENV/bin/python" -m pip install -q --force-reinstall --no-deps --no-build-isolation ./python
 # The Rust fixture service of the interop tests (tests/fixtures/; a debug
 # build: the one `cargo test` already made, when this runs after it).
 cargo build -q --features test-fixtures --bin mb-fixture-test-service

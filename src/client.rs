@@ -186,6 +186,7 @@ impl Connect {
         crate::platform::watch_forks();
         let first = target.connect()?;
         Ok(Client {
+            timeout: self.timeout,
             inner: Arc::new(Inner {
                 name: self.name,
                 ctor_tail: envelope::ctor_tail(&ctor),
@@ -317,8 +318,9 @@ impl Inner {
         endpoint: &str,
         encode: impl FnOnce(&mut Vec<u8>, Option<&str>) -> Result<()>,
         decode: impl FnOnce(&[u8]) -> Result<R>,
+        timeout: Duration,
     ) -> Result<R> {
-        self.round_trip_interruptible(endpoint, encode, decode, None)
+        self.round_trip_interruptible(endpoint, encode, decode, timeout, None)
     }
 
     /// A call of `endpoint` with positional `args`, its response decoded
@@ -328,6 +330,7 @@ impl Inner {
         endpoint: &str,
         args: &impl IntoArgs,
         decode: impl FnOnce(&[u8]) -> Result<T>,
+        timeout: Duration,
     ) -> Result<T> {
         self.round_trip(
             endpoint,
@@ -342,6 +345,7 @@ impl Inner {
                 )
             },
             decode,
+            timeout,
         )
     }
 
@@ -353,6 +357,7 @@ impl Inner {
         endpoint: &str,
         encode: impl FnOnce(&mut Vec<u8>, Option<&str>) -> Result<()>,
         decode: impl FnOnce(&[u8]) -> Result<R>,
+        timeout: Duration,
         interrupt: Option<&dyn Fn() -> bool>,
     ) -> Result<R> {
         let mut conn = self.connection();
@@ -363,15 +368,21 @@ impl Inner {
             conn = self.connection();
         }
         let token = conn.token.as_deref();
-        let carried = conn
-            .transport
-            .round_trip(|buf| encode(buf, token), decode, interrupt);
-        self.outcome(conn, endpoint, carried)
+        let carried =
+            conn.transport
+                .round_trip(|buf| encode(buf, token), decode, timeout, interrupt);
+        self.outcome(conn, endpoint, timeout, carried)
     }
 
     /// A call's result as the client reports it: a service gone under the
     /// call marks the connection for replacement; a timeout names the call.
-    fn outcome<R>(&self, conn: &Connection, endpoint: &str, carried: Result<R>) -> Result<R> {
+    fn outcome<R>(
+        &self,
+        conn: &Connection,
+        endpoint: &str,
+        timeout: Duration,
+        carried: Result<R>,
+    ) -> Result<R> {
         match carried {
             Err(e) if is_gone(&e) => {
                 conn.gone.store(true, Ordering::Relaxed);
@@ -382,7 +393,7 @@ impl Inner {
                     service: self.name.clone(),
                     endpoint: endpoint.to_owned(),
                     transport: conn.transport.name(),
-                    after: self.target.limits.timeout,
+                    after: timeout,
                 }))
             }
             other => other,
@@ -492,6 +503,9 @@ fn is_gone(e: &Error) -> bool {
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    /// What each call of this handle allows itself (see
+    /// [`with_timeout`](Client::with_timeout)).
+    timeout: Duration,
 }
 
 impl Client {
@@ -520,7 +534,7 @@ impl Client {
     /// ```
     pub fn call<R: DeserializeOwned>(&self, endpoint: &str, args: impl IntoArgs) -> Result<R> {
         self.inner
-            .call_positional(endpoint, &args, envelope::decode_result::<R>)
+            .call_positional(endpoint, &args, envelope::decode_result::<R>, self.timeout)
     }
 
     /// Calls an endpoint that returns `Result<R, E>` and gets its error
@@ -547,9 +561,12 @@ impl Client {
         args: impl IntoArgs,
         decode_error: fn(&[u8]) -> Option<E>,
     ) -> std::result::Result<R, Failure<E>> {
-        let carried = self.inner.call_positional(endpoint, &args, |buf| {
-            envelope::decode_fallible::<R, E>(buf, decode_error)
-        });
+        let carried = self.inner.call_positional(
+            endpoint,
+            &args,
+            |buf| envelope::decode_fallible::<R, E>(buf, decode_error),
+            self.timeout,
+        );
         match carried {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(Failure::Endpoint(e)),
@@ -644,6 +661,7 @@ impl Client {
                 )
             },
             decode,
+            self.timeout,
             interrupt,
         )
     }
@@ -738,8 +756,10 @@ impl Client {
                 token.as_deref(),
             )
         };
-        let carried = pool.round_trip_async(encode, decode, large).await;
-        Ok(inner.outcome(conn, endpoint, carried))
+        let carried = pool
+            .round_trip_async(encode, decode, large, self.timeout)
+            .await;
+        Ok(inner.outcome(conn, endpoint, self.timeout, carried))
     }
 
     /// [`call_async`](Self::call_async) with the response decoded by `decode`.
@@ -780,7 +800,51 @@ impl Client {
                 Ok(())
             },
             envelope::decode_result::<Vec<String>>,
+            self.timeout,
         )
+    }
+
+    /// The same connection, its calls each allowed `timeout` (waiting for
+    /// a channel or socket, sending, and waiting for the reply) in place of
+    /// the client's: for one call that may take longer, or must not.
+    /// Cheap: the handle shares the client's channels, and its calls end
+    /// as any timed-out call does (`Error::Timeout` naming the call and
+    /// the limit; the call is never replayed, its channel never reused).
+    ///
+    /// ```
+    /// # let home = format!("/dev/shm/mb-doc-with-timeout-{}", std::process::id());
+    /// # std::env::set_var("METABRIDGE_HOME", &home);
+    /// use metabridge::{Args, Reply, Service};
+    /// use std::time::Duration;
+    /// let sleeper = Service::<()>::new("doc-with-timeout")
+    ///     .constructor(|a: &mut Args<'_>| a.finish(&[]))
+    ///     .endpoint("nap", |_: &(), a: &mut Args<'_>, out: &mut Reply<'_>| {
+    ///         let ms: u64 = a.next("ms")?;
+    ///         a.finish(&["ms"])?;
+    ///         std::thread::sleep(Duration::from_millis(ms));
+    ///         out.ok(&ms)
+    ///     });
+    /// let daemon = metabridge::run(sleeper)?;
+    /// let client = metabridge::connect("doc-with-timeout").open()?;
+    /// let hasty = client.with_timeout(Duration::from_millis(100));
+    /// assert!(matches!(hasty.call::<u64>("nap", (2_000u64,)), Err(metabridge::Error::Timeout(_))));
+    /// assert_eq!(client.call::<u64>("nap", (1u64,))?, 1); // the client's own 30 s
+    /// client.close();
+    /// daemon.stop()?;
+    /// # std::fs::remove_dir_all(&home).ok();
+    /// # Ok::<(), metabridge::Error>(())
+    /// ```
+    pub fn with_timeout(&self, timeout: Duration) -> Client {
+        Client {
+            inner: Arc::clone(&self.inner),
+            timeout,
+        }
+    }
+
+    /// What each call of this handle allows itself: the client's
+    /// [`timeout`](Connect::timeout), or [`with_timeout`](Self::with_timeout)'s.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// The service's name.

@@ -162,7 +162,7 @@ pub enum TimedOut {
     /// A call had no reply within the client's timeout: which call, on
     /// which service and transport, after how long (what a client reports
     /// for [`ShmReply`](Self::ShmReply) and [`TcpReply`](Self::TcpReply)).
-    #[error("{endpoint}() of service {service:?} had no reply within {after:?} over {transport} (raise it with Connect::timeout)")]
+    #[error("{endpoint}() of service {service:?} had no reply within {after:?} over {transport} (raise it with Connect::timeout, or for one call Client::with_timeout)")]
     Call {
         /// The service.
         service: String,

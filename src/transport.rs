@@ -25,7 +25,9 @@ pub(crate) trait CallTransport: Sized {
     fn open(address: &ServiceAddress, limits: &Limits, token: Option<&str>) -> Result<Self>;
 
     /// Encodes a request with `encode`, carries it, and decodes the
-    /// response bytes with `decode` (in place, for shared memory).
+    /// response bytes with `decode` (in place, for shared memory), all
+    /// within `timeout` (the client's, or the one a call was given):
+    /// waiting for a connection, sending, and waiting for the reply.
     /// `interrupt`, if given, is asked every [`INTERRUPT_SLICE`] while a
     /// shared-memory call waits for its reply; when it answers true the
     /// wait ends with `io::ErrorKind::Interrupted` and the channel is
@@ -38,6 +40,7 @@ pub(crate) trait CallTransport: Sized {
         &self,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<()>,
         decode: impl FnOnce(&[u8]) -> Result<R>,
+        timeout: Duration,
         interrupt: Option<&dyn Fn() -> bool>,
     ) -> Result<R>;
 
@@ -99,10 +102,11 @@ macro_rules! transports {
                 &self,
                 encode: impl FnOnce(&mut Vec<u8>) -> Result<()>,
                 decode: impl FnOnce(&[u8]) -> Result<R>,
+                timeout: Duration,
                 interrupt: Option<&dyn Fn() -> bool>,
             ) -> Result<R> {
                 match self {
-                    $(Transport::$variant(t) => t.round_trip(encode, decode, interrupt),)+
+                    $(Transport::$variant(t) => t.round_trip(encode, decode, timeout, interrupt),)+
                 }
             }
 

@@ -1,7 +1,8 @@
 //! Wire compatibility with the original Python MetaBridge, both ways, over
 //! real TCP; and the TCP transport's defences (oversized frames, malformed
-//! bodies, tokens). Needs `python3` with PyPI's `msgpack` (`.ci/run`
-//! installs it); a missing one fails the test with that message.
+//! bodies, tokens). Needs `python3` with PyPI's `msgpack` (`scripts/test-all.sh` puts
+//! its virtualenv, which has it, first on PATH); a missing one fails the
+//! test with that message.
 
 mod common;
 
@@ -28,7 +29,7 @@ fn require_python_msgpack() {
         .unwrap_or(false);
     assert!(
         ok,
-        "these tests need python3 with the msgpack package: python3 -m pip install msgpack"
+        "these tests need python3 with the msgpack package (scripts/test-all.sh runs them with its virtualenv first on PATH; or: source scripts/python-env.sh)"
     );
 }
 

@@ -108,7 +108,83 @@ fn a_call_timeout_names_the_endpoint_the_service_and_the_limit() {
             .to_string();
         assert_eq!(
             text,
-            format!("timed out: sleep_ms() of service \"svc\" had no reply within 300ms over {transport} (raise it with Connect::timeout)")
+            format!("timed out: sleep_ms() of service \"svc\" had no reply within 300ms over {transport} (raise it with Connect::timeout, or for one call Client::with_timeout)")
         );
+    }
+}
+
+/// A handle from `with_timeout` gives each of its calls its own limit, on
+/// both transports, shorter or longer than the client's, and leaves the
+/// client's own calls at the client's limit.
+#[test]
+fn a_call_can_have_its_own_timeout() {
+    let mut env = TestEnv::new("per-call-timeout");
+    env.start_service("svc", &[]);
+    for (kind, transport) in [(TransportKind::Shm, "shm"), (TransportKind::Tcp, "tcp")] {
+        let client = metabridge::connect("svc")
+            .home(&env.home)
+            .timeout(Duration::from_millis(400))
+            .transport(kind)
+            .arg("a")
+            .arg(1)
+            .open()
+            .unwrap();
+        // Shorter than the client's: this call ends at its own limit.
+        let hasty = client.with_timeout(Duration::from_millis(100));
+        assert_eq!(hasty.timeout(), Duration::from_millis(100));
+        match hasty.call::<u64>("sleep_ms", (5_000,)) {
+            Err(Error::Timeout(metabridge::TimedOut::Call { after, .. })) => {
+                assert_eq!(after, Duration::from_millis(100), "over {transport}")
+            }
+            other => panic!("expected the call's own timeout over {transport}, got {other:?}"),
+        }
+        // Longer than the client's: a call the client's 400 ms would cut
+        // off completes.
+        let patient = client.with_timeout(Duration::from_secs(30));
+        assert_eq!(
+            patient.call::<u64>("sleep_ms", (900,)).unwrap(),
+            900,
+            "over {transport}"
+        );
+        // The client itself keeps its own limit.
+        assert_eq!(client.timeout(), Duration::from_millis(400));
+        match client.call::<u64>("sleep_ms", (5_000,)) {
+            Err(Error::Timeout(metabridge::TimedOut::Call { after, .. })) => {
+                assert_eq!(after, Duration::from_millis(400), "over {transport}")
+            }
+            other => panic!("expected the client's timeout over {transport}, got {other:?}"),
+        }
+        client.close();
+    }
+}
+
+/// The async calls of a `with_timeout` handle obey its limit too.
+#[test]
+fn an_async_call_can_have_its_own_timeout() {
+    let mut env = TestEnv::new("per-call-timeout-async");
+    env.start_service("svc", &[]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for kind in [TransportKind::Shm, TransportKind::Tcp] {
+        let client = metabridge::connect("svc")
+            .home(&env.home)
+            .timeout(Duration::from_secs(30))
+            .transport(kind)
+            .arg("a")
+            .arg(1)
+            .open()
+            .unwrap();
+        let hasty = client.with_timeout(Duration::from_millis(100));
+        let r = rt.block_on(hasty.call_async::<u64, _>("sleep_ms", (5_000u64,)));
+        match r {
+            Err(Error::Timeout(metabridge::TimedOut::Call { after, .. })) => {
+                assert_eq!(after, Duration::from_millis(100), "over {kind:?}")
+            }
+            other => panic!("expected the call's own timeout over {kind:?}, got {other:?}"),
+        }
+        client.close();
     }
 }

@@ -395,7 +395,7 @@ fn python_clients_share_instances_and_get_bytes() {
         .is_ok_and(|s| s.success());
     assert!(
         python_has_msgpack,
-        "this test needs python3 with the msgpack package: python3 -m pip install msgpack"
+        "this test needs python3 with the msgpack package (scripts/test-all.sh runs it with its virtualenv first on PATH; or: source scripts/python-env.sh)"
     );
     const SCRIPT: &str = r#"
 import socket, struct, sys, msgpack

@@ -13,7 +13,14 @@ use crate::parse::{
 };
 
 /// Methods every generated client has; endpoints cannot take these names.
-const RESERVED: [&str; 5] = ["connect", "builder", "from_client", "client", "close"];
+const RESERVED: [&str; 6] = [
+    "connect",
+    "builder",
+    "from_client",
+    "client",
+    "close",
+    "with_timeout",
+];
 
 /// `true` for `String` (any path ending in a bare `String` segment).
 fn is_string(ty: &Type) -> bool {
@@ -323,6 +330,12 @@ fn client_inner(def: &ServiceDef) -> syn::Result<TokenStream> {
             /// The untyped connection, e.g. for `call` with a name chosen at run time.
             pub fn client(&self) -> &::metabridge::Client {
                 &self.#field
+            }
+
+            /// The same connection, each call of the handle returned allowed
+            /// `timeout` in place of the client's (see `metabridge::Client::with_timeout`).
+            pub fn with_timeout(&self, timeout: ::std::time::Duration) -> Self {
+                Self { #field: self.#field.with_timeout(timeout) }
             }
 
             /// Closes the connection.

@@ -45,7 +45,6 @@ pub(crate) struct ShmPool {
     returned: Condvar,
     pub(super) open: AtomicUsize,
     max: usize,
-    timeout: Duration,
     closed: AtomicBool,
     /// The waiter of async calls' replies, started by the first one.
     replies: OnceLock<Arc<replies::ReplyWaiter>>,
@@ -91,7 +90,6 @@ impl CallTransport for ShmPool {
             returned: Condvar::new(),
             open: AtomicUsize::new(0),
             max,
-            timeout,
             closed: AtomicBool::new(false),
             replies: OnceLock::new(),
             opening: AtomicBool::new(false),
@@ -108,9 +106,10 @@ impl CallTransport for ShmPool {
         &self,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<()>,
         decode: impl FnOnce(&[u8]) -> Result<R>,
+        timeout: Duration,
         interrupt: Option<&dyn Fn() -> bool>,
     ) -> Result<R> {
-        let mut conn = self.acquire()?;
+        let mut conn = self.acquire(timeout)?;
         let ShmConn {
             channel,
             buf,
@@ -141,21 +140,21 @@ impl CallTransport for ShmPool {
             match tx.try_send(buf) {
                 Ok(()) => Ok(None),
                 Err(metabridge_shm::Error::Full) => {
-                    let deadline = Instant::now() + self.timeout;
+                    let deadline = Instant::now() + timeout;
                     tx.send_until(buf, deadline).map(|()| Some(deadline))
                 }
                 Err(e) => Err(e),
             }
         } else {
-            let deadline = Instant::now() + self.timeout;
+            let deadline = Instant::now() + timeout;
             tx.send_until(buf, deadline).map(|()| Some(deadline))
         };
         let mut interrupted = false;
         let carried = match (sent, interrupt) {
-            (Ok(None), None) => rx.recv_timeout(self.timeout).map(decode),
+            (Ok(None), None) => rx.recv_timeout(timeout).map(decode),
             (Ok(Some(deadline)), None) => rx.recv_until(deadline).map(decode),
             (Ok(deadline), Some(interrupt)) => {
-                let deadline = deadline.unwrap_or_else(|| Instant::now() + self.timeout);
+                let deadline = deadline.unwrap_or_else(|| Instant::now() + timeout);
                 loop {
                     let slice = deadline.min(Instant::now() + INTERRUPT_SLICE);
                     match rx.recv_until(slice) {
@@ -186,9 +185,9 @@ impl CallTransport for ShmPool {
                 self.wake_waiter(self.idle.lock().unwrap_or_else(|p| p.into_inner()));
                 Err(match e {
                     _ if interrupted => interrupted_wait(),
-                    metabridge_shm::Error::Timeout => Error::Timeout(TimedOut::ShmReply {
-                        after: self.timeout,
-                    }),
+                    metabridge_shm::Error::Timeout => {
+                        Error::Timeout(TimedOut::ShmReply { after: timeout })
+                    }
                     other => other.into(),
                 })
             }
@@ -217,12 +216,13 @@ impl CallTransport for ShmPool {
 }
 
 impl ShmPool {
-    pub(super) fn acquire(&self) -> Result<Box<ShmConn>> {
+    /// A channel for a blocking call, waited for within `timeout`.
+    pub(super) fn acquire(&self, timeout: Duration) -> Result<Box<ShmConn>> {
         if let Some(conn) = self.hot.take() {
             return Ok(conn); // the common case: no lock, no clock read
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Instant::now() + timeout;
         loop {
             if self.closed.load(Ordering::Acquire) {
                 return Err(Error::PeerGone(PeerGone::ClientClosed));
@@ -431,8 +431,9 @@ impl ShmPool {
         encode: impl FnOnce(&mut Vec<u8>) -> Result<()> + Send + 'static,
         decode: impl FnOnce(&[u8]) -> Result<R>,
         large: bool,
+        timeout: Duration,
     ) -> Result<R> {
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Instant::now() + timeout;
         let conn = self.acquire_async(deadline).await?;
         let mut held = Held {
             pool: self,
@@ -441,10 +442,14 @@ impl ShmPool {
         };
         let sent = if large {
             // Copying megabytes into the pool: on the blocking pool, so the
-            // runtime's workers keep running other tasks.
+            // runtime's workers keep running other tasks; and only a few at
+            // once (see `large_sends`).
+            let _turn = large_sends()
+                .acquire()
+                .await
+                .map_err(|_| Error::PeerGone(PeerGone::ClientClosed))?;
             let mut conn = held.conn.take().expect("a held channel");
             held.away = true;
-            let timeout = self.timeout;
             let (conn, sent) = tokio::task::spawn_blocking(move || {
                 let sent = send_request(&mut conn, encode, deadline, timeout);
                 (conn, sent)
@@ -459,7 +464,7 @@ impl ShmPool {
                 held.conn.as_mut().expect("a held channel"),
                 encode,
                 deadline,
-                self.timeout,
+                timeout,
             )
         };
         match sent {
@@ -486,7 +491,7 @@ impl ShmPool {
             }
             let conn = held.conn.take().expect("a held channel");
             let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
-            let slot = self.replies()?.wait(conn, waker, deadline, self.timeout);
+            let slot = self.replies()?.wait(conn, waker, deadline, timeout);
             let mut wait = ReplyWait {
                 pool: self,
                 slot: Some(slot),
@@ -741,6 +746,20 @@ impl Drop for ReplyWait<'_> {
             replies::Slot::Cancelled => {}
         }
     }
+}
+
+/// The turns of large async requests to be copied into their pools: as
+/// many at once as there are CPUs. A copy is bound by memory bandwidth,
+/// which that many copiers fill; each one more only adds a runnable
+/// thread, and with dozens of them the scheduler makes the runtime's own
+/// workers wait tens of milliseconds for a CPU (a timer due now fires
+/// late). One set for the process: its clients share the CPUs.
+fn large_sends() -> &'static tokio::sync::Semaphore {
+    static TURNS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    TURNS.get_or_init(|| {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        tokio::sync::Semaphore::new(cpus)
+    })
 }
 
 /// How long an async call spins on its own thread for the reply before

@@ -62,6 +62,7 @@ impl CallTransport for TcpPool {
         &self,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<()>,
         decode: impl FnOnce(&[u8]) -> Result<R>,
+        timeout: Duration,
         interrupt: Option<&dyn Fn() -> bool>,
     ) -> Result<R> {
         let mut request = Vec::with_capacity(128);
@@ -76,10 +77,10 @@ impl CallTransport for TcpPool {
         match interrupt {
             None => self
                 .pool
-                .call(&request, &mut response)
+                .call_within(&request, &mut response, Some(timeout))
                 .map_err(pool_error)?,
             Some(interrupt) => {
-                response = tcp_call_interruptibly(&self.pool, request, interrupt)?;
+                response = tcp_call_interruptibly(&self.pool, request, timeout, interrupt)?;
             }
         }
         decode(&response)
@@ -130,6 +131,7 @@ pub(super) fn pool_error(e: PoolError) -> Error {
 fn tcp_call_interruptibly(
     pool: &Arc<Pool>,
     request: Vec<u8>,
+    timeout: Duration,
     interrupt: &dyn Fn() -> bool,
 ) -> Result<Vec<u8>> {
     let (tx, rx) = std::sync::mpsc::channel();
@@ -138,7 +140,9 @@ fn tcp_call_interruptibly(
         .name("metabridge-tcp-call".into())
         .spawn(move || {
             let mut response = Vec::with_capacity(128);
-            let r = pool.call(&request, &mut response).map(|()| response);
+            let r = pool
+                .call_within(&request, &mut response, Some(timeout))
+                .map(|()| response);
             let _ = tx.send(r);
         })?;
     loop {

@@ -138,12 +138,17 @@ fn limits(channels: usize, timeout: Duration) -> Limits {
 }
 
 fn echo(transport: &Transport, bytes: &[u8]) -> Result<Vec<u8>> {
+    echo_within(transport, bytes, Duration::from_secs(20))
+}
+
+fn echo_within(transport: &Transport, bytes: &[u8], timeout: Duration) -> Result<Vec<u8>> {
     transport.round_trip(
         |buf| {
             buf.extend_from_slice(bytes);
             Ok(())
         },
         |reply| Ok(reply.to_vec()),
+        timeout,
         None,
     )
 }
@@ -184,9 +189,9 @@ fn a_shared_memory_round_trip_carries_the_request_and_its_reply() {
 fn a_pool_of_one_channel_makes_a_second_caller_wait_until_its_timeout() {
     let service = EchoService::start("cap", true);
     let pool = shm_pool(&service.entry(), &limits(1, Duration::from_millis(200))).unwrap();
-    let held = pool.acquire().unwrap();
+    let held = pool.acquire(Duration::from_millis(200)).unwrap();
     let start = Instant::now();
-    match pool.acquire() {
+    match pool.acquire(Duration::from_millis(200)) {
         Err(Error::Timeout(what)) => assert!(what.to_string().contains("free channel"), "{what}"),
         Err(e) => panic!("expected a timeout, got {e}"),
         Ok(_) => panic!("a second channel past the pool's limit of one"),
@@ -201,7 +206,7 @@ fn a_pool_of_one_channel_makes_a_second_caller_wait_until_its_timeout() {
     );
     // Released, the same channel serves the next caller at once.
     pool.release(held);
-    let again = pool.acquire().unwrap();
+    let again = pool.acquire(Duration::from_millis(200)).unwrap();
     assert_eq!(pool.open.load(Ordering::SeqCst), 1);
     pool.release(again);
 }
@@ -210,10 +215,14 @@ fn a_pool_of_one_channel_makes_a_second_caller_wait_until_its_timeout() {
 fn a_waiting_caller_gets_the_channel_another_releases() {
     let service = EchoService::start("handoff", true);
     let pool = Arc::new(shm_pool(&service.entry(), &limits(1, Duration::from_secs(10))).unwrap());
-    let held = pool.acquire().unwrap();
+    let held = pool.acquire(Duration::from_secs(10)).unwrap();
     let waiter = {
         let pool = pool.clone();
-        std::thread::spawn(move || pool.acquire().map(|_c| ()).map_err(|e| e.to_string()))
+        std::thread::spawn(move || {
+            pool.acquire(Duration::from_secs(10))
+                .map(|_c| ())
+                .map_err(|e| e.to_string())
+        })
     };
     // The waiter registers before the release or finds the channel in
     // `hot` after it: either way it gets the one channel.
@@ -229,9 +238,9 @@ fn a_waiting_caller_gets_the_channel_another_releases() {
 fn overlapping_calls_open_channels_up_to_the_limit_only() {
     let service = EchoService::start("grow", true);
     let pool = shm_pool(&service.entry(), &limits(3, Duration::from_secs(10))).unwrap();
-    let a = pool.acquire().unwrap();
-    let b = pool.acquire().unwrap();
-    let c = pool.acquire().unwrap();
+    let a = pool.acquire(Duration::from_secs(10)).unwrap();
+    let b = pool.acquire(Duration::from_secs(10)).unwrap();
+    let c = pool.acquire(Duration::from_secs(10)).unwrap();
     assert_eq!(pool.open.load(Ordering::SeqCst), 3);
     for conn in [a, b, c] {
         pool.release(conn);
@@ -264,7 +273,7 @@ fn an_unanswered_call_times_out_and_its_channel_is_retired() {
     let service = EchoService::start("silent", false);
     let pool = shm_pool(&service.entry(), &limits(2, Duration::from_millis(200))).unwrap();
     let transport = Transport::Shm(pool);
-    match echo(&transport, b"never answered") {
+    match echo_within(&transport, b"never answered", Duration::from_millis(200)) {
         Err(Error::Timeout(what)) => assert!(what.to_string().contains("no reply"), "{what}"),
         other => panic!("expected a timeout, got {other:?}"),
     }
@@ -289,6 +298,7 @@ fn an_interrupted_wait_ends_the_call_without_replaying_it() {
             Ok(())
         },
         |reply| Ok(reply.to_vec()),
+        Duration::from_secs(20),
         Some(&interrupt),
     );
     match result {

@@ -257,10 +257,28 @@ impl Pool {
     ///
     /// See [`Pool`] for an example.
     pub fn call(&self, request: &[u8], response: &mut Vec<u8>) -> Result<(), PoolError> {
-        let deadline = self
-            .config
-            .call_timeout
-            .and_then(|t| Instant::now().checked_add(t));
+        self.call_within(request, response, self.config.call_timeout)
+    }
+
+    /// [`call`](Self::call) with its own limit in place of
+    /// [`PoolConfig::call_timeout`] (`None`: no limit), for the waits for a
+    /// connection, the send and the response alike.
+    ///
+    /// ```no_run
+    /// # use metabridge_tcp::{Pool, PoolConfig};
+    /// # use std::time::Duration;
+    /// # let pool = Pool::connect("127.0.0.1:7000".parse().unwrap(), PoolConfig::default()).unwrap();
+    /// let mut response = Vec::new();
+    /// pool.call_within(b"ping", &mut response, Some(Duration::from_millis(50)))?;
+    /// # Ok::<(), metabridge_tcp::PoolError>(())
+    /// ```
+    pub fn call_within(
+        &self,
+        request: &[u8],
+        response: &mut Vec<u8>,
+        timeout: Option<Duration>,
+    ) -> Result<(), PoolError> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut lease = self.checkout(deadline)?;
         let conn = lease
             .conn
