@@ -20,9 +20,11 @@ source scripts/python-env.sh
 MATURIN_PEP517_ARGS="--profile dev" \
     "$VENV/bin/python" -m pip install -q --force-reinstall --no-deps --no-build-isolation ./python
 # The Rust fixture service of the interop tests (tests/fixtures/; a debug
-# build: the one `cargo test` already made, when this runs after it).
-cargo build -q --features test-fixtures --bin mb-fixture-test-service
+# build: the one `cargo test` made, when this runs after it, else built).
 export METABRIDGE_TEST_SERVICE=$CARGO_TARGET_DIR/debug/mb-fixture-test-service
+if [ ! -x "$METABRIDGE_TEST_SERVICE" ]; then
+    cargo build -q --features test-fixtures --bin mb-fixture-test-service
+fi
 
 # Tests import the installed package, not the source tree.
 cd "$ROOT/python/tests"

@@ -53,6 +53,8 @@ pub struct Connect {
     max_message: usize,
     error: Option<Arc<Error>>,
     home: Option<std::path::PathBuf>,
+    #[cfg(feature = "tls")]
+    tls: Option<metabridge_tcp::tls::ClientTls>,
 }
 
 /// Starts connecting to the service `name`; finish with
@@ -70,6 +72,8 @@ pub fn connect(name: &str) -> Connect {
         max_message: crate::config::max_message(),
         error: None,
         home: None,
+        #[cfg(feature = "tls")]
+        tls: None,
     }
 }
 
@@ -157,6 +161,17 @@ impl Connect {
         Ok(crate::config::client_transport()?.unwrap_or(self.transport))
     }
 
+    /// Speaks TLS over TCP, verifying the service as `tls` says (a CA
+    /// bundle with the host name checked, or a pinned fingerprint; the
+    /// `tls` feature). Without it, the client verifies a TLS service by
+    /// `$METABRIDGE_TLS_CA` or `$METABRIDGE_TLS_PIN`, and a service of this
+    /// machine's registry by the fingerprint it published there.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: metabridge_tcp::tls::ClientTls) -> Connect {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Finds the service and returns a client. No channel is opened until
     /// the first call needs one.
     pub fn open(self) -> Result<Client> {
@@ -164,6 +179,13 @@ impl Connect {
             return Err(crate::ProtocolError::ConstructorArgument(e).into());
         }
         let kind = self.effective_transport()?;
+        #[cfg(feature = "tls")]
+        let tls = match self.tls {
+            Some(tls) => Some(tls),
+            None => crate::config::client_tls()?,
+        };
+        #[cfg(not(feature = "tls"))]
+        crate::config::refuse_client_tls_env()?;
         let ctor = envelope::encode_ctor(&self.ctor.encoded_args(), &self.ctor.encoded_kwargs());
         let resolver: Box<dyn Resolver> = match self.address {
             Some(tcp) => Box::new(FixedAddress { tcp }),
@@ -181,6 +203,8 @@ impl Connect {
                 channels: self.max_channels,
                 timeout: self.timeout,
                 message: self.max_message,
+                #[cfg(feature = "tls")]
+                tls,
             },
         };
         crate::platform::watch_forks();

@@ -14,6 +14,8 @@
 //! | `RUST_LOG` | the daemon's log filter (turns the log on) | [`log_filter`] |
 //! | `METABRIDGE_STATS=0` | no live counters (to measure what they cost) | [`stats_enabled`] |
 //! | `METABRIDGE_TCP_MAX_*`, `METABRIDGE_TCP_SHUTDOWN_GRACE_MS` | the TCP server's quotas | [`tcp_server`] |
+//! | `METABRIDGE_TLS_CERT`, `METABRIDGE_TLS_KEY` (and `METABRIDGE_TLS_CLIENT_CA` for mutual TLS) | a service's TLS: [`ServiceConfig::tls`] (both or neither) | `ServiceConfig::default` |
+//! | `METABRIDGE_TLS_CA` or `METABRIDGE_TLS_PIN`, (and `METABRIDGE_TLS_CLIENT_CERT`, `METABRIDGE_TLS_CLIENT_KEY`) | how a TCP client verifies a TLS service (and its own certificate) | [`client_tls`] |
 //!
 //! The shared-memory crate reads its own `METABRIDGE_SHM_DIR` (the
 //! directory of named segments, which the runtime does not use). The
@@ -246,6 +248,156 @@ pub struct ServiceConfig {
     /// that lies in a directory another user controls, stops the daemon
     /// with [`Error::InsecurePath`](crate::Error::InsecurePath) naming its path, owner and mode.
     pub log_file: Option<std::path::PathBuf>,
+    /// Serve TCP with TLS (the `tls` feature; default: from
+    /// `$METABRIDGE_TLS_CERT` and `$METABRIDGE_TLS_KEY`, else none). The
+    /// port then speaks TLS only: a plaintext client (the original Python
+    /// library's among them) is told so and closed. A build without the
+    /// feature refuses to start with TLS asked for, never serving
+    /// plaintext in its place.
+    pub tls: Option<TlsFiles>,
+}
+
+/// Where a service's certificate chain and private key are (PEM files:
+/// regular files of this user, not symlinks, the key readable by this
+/// user alone), and the CA its clients' certificates must chain to, for
+/// mutual TLS. Read at start, and again on SIGHUP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, the service's own first.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// Clients must present a certificate signed by a CA of this file.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// The service's TLS files from the environment: both
+/// `METABRIDGE_TLS_CERT` and `METABRIDGE_TLS_KEY`, or neither (one alone
+/// is reported when the service starts).
+fn tls_files_from_env() -> Option<TlsFiles> {
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    match (var(TLS_CERT), var(TLS_KEY)) {
+        (None, None) => None,
+        (cert, key) => Some(TlsFiles {
+            cert: cert.unwrap_or_default(),
+            key: key.unwrap_or_default(),
+            client_ca: var(TLS_CLIENT_CA),
+        }),
+    }
+}
+
+const TLS_CERT: &str = "METABRIDGE_TLS_CERT";
+const TLS_KEY: &str = "METABRIDGE_TLS_KEY";
+const TLS_CLIENT_CA: &str = "METABRIDGE_TLS_CLIENT_CA";
+const TLS_CA: &str = "METABRIDGE_TLS_CA";
+const TLS_PIN: &str = "METABRIDGE_TLS_PIN";
+#[cfg(feature = "tls")]
+const TLS_CLIENT_CERT: &str = "METABRIDGE_TLS_CLIENT_CERT";
+#[cfg(feature = "tls")]
+const TLS_CLIENT_KEY: &str = "METABRIDGE_TLS_CLIENT_KEY";
+
+/// The service's TLS, ready to serve: `None` without TLS files; an error
+/// naming the file or setting when they are incomplete or unusable, or
+/// when this build has no TLS.
+#[cfg(feature = "tls")]
+pub(crate) fn server_tls(
+    files: Option<&TlsFiles>,
+) -> crate::Result<Option<metabridge_tcp::tls::ServerTls>> {
+    let Some(files) = files else { return Ok(None) };
+    check_pair(files)?;
+    let tls = metabridge_tcp::tls::ServerTls::from_files(&files.cert, &files.key)?;
+    let tls = match &files.client_ca {
+        Some(ca) => tls.require_client_certs(ca)?,
+        None => tls,
+    };
+    Ok(Some(tls))
+}
+
+/// See the `tls` build's `server_tls`: without the feature, TLS asked for
+/// is an error (never plaintext in its place).
+#[cfg(not(feature = "tls"))]
+pub(crate) fn server_tls(
+    files: Option<&TlsFiles>,
+) -> crate::Result<Option<std::convert::Infallible>> {
+    match files {
+        None => Ok(None),
+        Some(_) => Err(no_tls_in_this_build(TLS_CERT)),
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+fn no_tls_in_this_build(variable: &'static str) -> crate::Error {
+    crate::Error::InvalidSetting {
+        variable,
+        value: "TLS asked for".into(),
+        accepted: "nothing: this build has no TLS (build metabridge with its `tls` feature)",
+    }
+}
+
+#[cfg(feature = "tls")]
+fn check_pair(files: &TlsFiles) -> crate::Result<()> {
+    let missing = |variable: &'static str| crate::Error::InvalidSetting {
+        variable,
+        value: String::new(),
+        accepted:
+            "a PEM file's path: a TLS service needs both METABRIDGE_TLS_CERT and METABRIDGE_TLS_KEY",
+    };
+    if files.cert.as_os_str().is_empty() {
+        return Err(missing(TLS_CERT));
+    }
+    if files.key.as_os_str().is_empty() {
+        return Err(missing(TLS_KEY));
+    }
+    Ok(())
+}
+
+/// How a client verifies a TLS service when its code gave nothing: from
+/// `$METABRIDGE_TLS_CA` (a CA bundle) or `$METABRIDGE_TLS_PIN` (a
+/// certificate fingerprint), with `$METABRIDGE_TLS_CLIENT_CERT` and
+/// `$METABRIDGE_TLS_CLIENT_KEY` for mutual TLS; `None` when none is set.
+#[cfg(feature = "tls")]
+pub(crate) fn client_tls() -> crate::Result<Option<metabridge_tcp::tls::ClientTls>> {
+    use metabridge_tcp::tls::ClientTls;
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let tls =
+        match (var(TLS_CA), var(TLS_PIN)) {
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => return Err(crate::Error::InvalidSetting {
+                variable: TLS_PIN,
+                value: "set together with METABRIDGE_TLS_CA".into(),
+                accepted:
+                    "one of METABRIDGE_TLS_CA (a CA bundle) and METABRIDGE_TLS_PIN (a fingerprint)",
+            }),
+            (Some(ca), None) => ClientTls::ca_file(ca)?,
+            (None, Some(pin)) => ClientTls::pinned(&pin)?,
+        };
+    Ok(Some(match (var(TLS_CLIENT_CERT), var(TLS_CLIENT_KEY)) {
+        (Some(cert), Some(key)) => tls.client_cert_files(cert, key)?,
+        (None, None) => tls,
+        _ => {
+            return Err(crate::Error::InvalidSetting {
+                variable: TLS_CLIENT_CERT,
+                value: "one of METABRIDGE_TLS_CLIENT_CERT and METABRIDGE_TLS_CLIENT_KEY".into(),
+                accepted: "both (a client certificate and its key) or neither",
+            })
+        }
+    }))
+}
+
+/// Without the `tls` feature a client asked for TLS by the environment
+/// fails to open rather than speaking plaintext.
+#[cfg(not(feature = "tls"))]
+pub(crate) fn refuse_client_tls_env() -> crate::Result<()> {
+    for variable in [TLS_CA, TLS_PIN] {
+        if std::env::var_os(variable).is_some_and(|v| !v.is_empty()) {
+            return Err(no_tls_in_this_build(variable));
+        }
+    }
+    Ok(())
 }
 
 impl ServiceConfig {
@@ -286,6 +438,7 @@ impl Default for ServiceConfig {
             log_file: std::env::var_os(LOG_FILE)
                 .filter(|f| !f.is_empty())
                 .map(Into::into),
+            tls: tls_files_from_env(),
         }
     }
 }

@@ -50,6 +50,12 @@ pub enum Error {
         /// Its message.
         message: String,
     },
+    /// TLS failed: a certificate refused (which check, in the cause), a
+    /// peer that does not speak TLS, a handshake that stalled, or TLS
+    /// files that are unusable (feature `tls`).
+    #[cfg(feature = "tls")]
+    #[error("TLS: {0}")]
+    Tls(#[from] metabridge_tcp::tls::TlsError),
     /// The operation did not finish in time: which one, in the cause.
     #[error("timed out: {0}")]
     Timeout(#[source] TimedOut),

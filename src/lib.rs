@@ -81,7 +81,13 @@ mod worker;
 pub use args::{bytes, to_msgpack, Args, Bin, CallArgs, IntoArgs};
 pub use blob::Blob;
 pub use client::{connect, lookup, Client, Connect, TypedConnect};
-pub use config::{ServiceConfig, TransportKind};
+pub use config::{ServiceConfig, TlsFiles, TransportKind};
+/// TLS over TCP (feature `tls`): what a client trusts ([`tls::ClientTls`]),
+/// what a service serves ([`tls::ServerTls`]), and why either failed.
+#[cfg(feature = "tls")]
+pub mod tls {
+    pub use metabridge_tcp::tls::{fingerprint, ClientTls, ServerTls, TlsConnector, TlsError};
+}
 pub use daemon::{
     run, serve, serve_forked_child, wait_forked_child, DaemonHandle, DAEMON_ENV,
     SHUTDOWN_TIMEOUT_EXIT, STARTUP_TIMEOUT, STOP_TIMEOUT,

@@ -1,5 +1,5 @@
 //! A serving process's lifecycle: whether it should stop (SIGTERM, SIGINT,
-//! [`request_stop`]), whether it was detached from the program that
+//! [`request_stop`]), whether to reload its files (SIGHUP), whether it was detached from the program that
 //! started it (SIGUSR1, sent by `DaemonHandle::detach`), and whether that
 //! program is gone. The daemon's parent watch (daemon.rs) reports the
 //! last; the service's accept loop (server.rs) asks [`Watch::should_stop`].
@@ -38,7 +38,22 @@ pub(crate) fn install_signal_handlers() -> Result<()> {
         crate::platform::on_signal(sig, on_stop_signal)?;
     }
     crate::platform::on_signal(Signal::SIGUSR1, on_detach_signal)?;
+    crate::platform::on_signal(Signal::SIGHUP, on_reload_signal)?;
     Ok(())
+}
+
+/// Set by SIGHUP: read renewed files (a TLS certificate) again.
+static RELOAD: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_reload_signal(_: std::ffi::c_int) {
+    // Only an atomic store: async-signal-safe.
+    RELOAD.store(true, Ordering::SeqCst);
+}
+
+/// Whether SIGHUP came since the last look (the serving loop's, which
+/// reloads within its wait).
+pub(crate) fn take_reload() -> bool {
+    RELOAD.swap(false, Ordering::SeqCst)
 }
 
 /// Set by SIGUSR1, which `DaemonHandle::detach` sends: outlive the parent.

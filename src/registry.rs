@@ -64,6 +64,11 @@ pub struct Entry {
     /// its operator and not published, and for one that needs none.)
     #[serde(default)]
     pub token: Option<String>,
+    /// The SHA-256 fingerprint of the TLS certificate its TCP port serves
+    /// (`sha256:...`), if it serves TLS: this user's own clients pin it
+    /// when their code gave no other trust (the registry is theirs alone).
+    #[serde(default)]
+    pub tls_fingerprint: Option<String>,
 }
 
 impl Entry {
@@ -510,6 +515,7 @@ mod tests {
             endpoints: vec!["get".into()],
             token_required: false,
             token: None,
+            tls_fingerprint: None,
         }
     }
 

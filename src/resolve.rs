@@ -23,6 +23,9 @@ pub(crate) struct ServiceAddress {
     pub(crate) tcp: Option<String>,
     /// The token the service published to this user, if any.
     pub(crate) token: Option<String>,
+    /// The fingerprint of the TLS certificate it published to this user,
+    /// if its TCP port serves TLS.
+    pub(crate) tls_pin: Option<String>,
 }
 
 impl ServiceAddress {
@@ -66,6 +69,7 @@ impl Resolver for LocalRegistry {
             name: name.to_string(),
             tcp: Some(entry.tcp.clone()),
             token: entry.token.clone(),
+            tls_pin: entry.tls_fingerprint.clone(),
             local: Some(entry),
         })
     }
@@ -84,6 +88,7 @@ impl Resolver for FixedAddress {
             local: None,
             tcp: Some(self.tcp.clone()),
             token: None,
+            tls_pin: None,
         })
     }
 }

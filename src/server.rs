@@ -51,6 +51,9 @@ pub(crate) struct Serving<'a> {
 pub(crate) trait Listening: Send {
     /// Writes where clients reach it into the registry entry.
     fn publish(&self, entry: &mut Entry);
+    /// Reads again what it serves from files (on SIGHUP: a renewed TLS
+    /// certificate); by default nothing.
+    fn reload(&self) {}
     /// Stops taking new connections and calls; returns at once.
     fn begin_stop(&self);
     /// Waits until `deadline` for the calls in flight; describes what it
@@ -119,7 +122,7 @@ pub(crate) fn serve_with<S: Send + Sync + 'static>(
     let sides = start_transports(&serving)?;
     let entry = registry_entry(&name, &me, &sides, &dispatch, published_token);
     let workers = shm_side::worker_count(&config);
-    let registered = register_and_serve(&registry, &entry, workers, ready);
+    let registered = register_and_serve(&registry, &entry, &sides, workers, ready);
     let abandoned = stop_gracefully(&config, sides);
     runtime.shutdown_timeout(Duration::from_millis(100));
     registered?;
@@ -242,6 +245,7 @@ fn registry_entry(
         endpoints: dispatch.endpoint_names().to_vec(),
         token_required: dispatch.requires_token(),
         token: published_token,
+        tls_fingerprint: None,
     };
     for side in sides {
         side.publish(&mut entry);
@@ -255,6 +259,7 @@ fn registry_entry(
 fn register_and_serve(
     registry: &Registry,
     entry: &Entry,
+    sides: &[Box<dyn Listening>],
     workers: usize,
     ready: impl FnOnce(&Entry),
 ) -> Result<()> {
@@ -276,6 +281,9 @@ fn register_and_serve(
             if checked.elapsed() >= REGISTRATION_CHECK {
                 checked = Instant::now();
                 keep_registered(registry, entry);
+            }
+            if crate::lifecycle::take_reload() {
+                sides.iter().for_each(|side| side.reload());
             }
             let wait = match lifecycle.orphaned() {
                 true => ORPHANED_WAIT,

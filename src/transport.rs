@@ -147,12 +147,17 @@ transports! {
     Tcp(tcp::TcpPool) = TransportKind::Tcp, "tcp";
 }
 
-/// What a client allows itself: channels, time, message size.
+/// What a client allows itself (channels, time, message size), and whom
+/// it trusts over TLS.
 #[derive(Clone, Debug)]
 pub(crate) struct Limits {
     pub(crate) channels: usize,
     pub(crate) timeout: Duration,
     pub(crate) message: usize,
+    /// How a TLS service is verified, when the code or the environment
+    /// said (else a registry's published fingerprint, if any).
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<metabridge_tcp::tls::ClientTls>,
 }
 
 /// How often a shared-memory call with an interrupt check asks it.

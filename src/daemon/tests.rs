@@ -18,6 +18,7 @@ fn entry(pid: u32) -> Entry {
         endpoints: vec!["echo".into()],
         token_required: true,
         token: Some("abc".into()),
+        tls_fingerprint: None,
     }
 }
 

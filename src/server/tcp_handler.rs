@@ -99,6 +99,17 @@ impl Handler for TcpHandler {
         })
     }
 
+    fn not_tls(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        envelope::encode_error(
+            &mut out,
+            "ProtocolError",
+            "this port speaks TLS only: connect with TLS (metabridge: Connect::tls, or METABRIDGE_TLS_CA / \
+             METABRIDGE_TLS_PIN), or to the service's plaintext port if it has one",
+        );
+        out
+    }
+
     fn frame_too_large(&self, declared: u64, max: usize) -> Vec<u8> {
         let mut out = Vec::new();
         envelope::encode_error(
@@ -143,8 +154,14 @@ pub(super) async fn bind(
     dispatch: Arc<dyn Dispatch>,
     service: &crate::config::ServiceConfig,
     counters: Option<Arc<crate::stats::Counters>>,
+    #[cfg(feature = "tls")] tls: Option<metabridge_tcp::tls::ServerTls>,
 ) -> std::io::Result<Server> {
-    let config = crate::config::tcp_server(service);
+    #[allow(unused_mut)]
+    let mut config = crate::config::tcp_server(service);
+    #[cfg(feature = "tls")]
+    {
+        config.tls = tls;
+    }
     let handler = TcpHandler {
         dispatch,
         max_message: service.max_message,

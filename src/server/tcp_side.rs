@@ -12,6 +12,9 @@ pub(super) struct TcpSide {
     stop: metabridge_tcp::ShutdownHandle,
     task: tokio::task::JoinHandle<std::io::Result<metabridge_tcp::Stopped>>,
     runtime: tokio::runtime::Handle,
+    /// The certificate it serves, reloaded on SIGHUP.
+    #[cfg(feature = "tls")]
+    tls: Option<metabridge_tcp::tls::ServerTls>,
 }
 
 /// Binds the TCP listener and starts serving on it; warns when it is
@@ -26,13 +29,25 @@ pub(super) fn start(ctx: &Serving<'_>) -> Result<Box<dyn Listening>> {
         ..
     } = *ctx;
     let addr = format!("{}:{}", config.host, config.port);
+    // TLS asked for and unusable (or not built) stops the start: never
+    // plaintext in its place.
+    let tls = crate::config::server_tls(config.tls.as_ref())?;
     let tcp = runtime.block_on(super::tcp_handler::bind(
         &addr,
         dispatch.clone(),
         config,
         counters.clone(),
+        #[cfg(feature = "tls")]
+        tls.clone(),
     ))?;
     let tcp_addr = tcp.local_addr();
+    if tls.is_none() && !tcp_addr.ip().is_loopback() {
+        eprintln!(
+            "metabridge: WARNING: service {name:?} is exposed on {tcp_addr} in plaintext: its token and every \
+             argument can be read and changed on the way. Set METABRIDGE_TLS_CERT and METABRIDGE_TLS_KEY \
+             (ServiceConfig::tls) unless its clients are the original library's, which cannot speak TLS."
+        );
+    }
     if !tcp_addr.ip().is_loopback() && config.token.is_none() {
         eprintln!(
             "metabridge: WARNING: service {name:?} is exposed on {tcp_addr} without a token; anyone who can reach \
@@ -46,12 +61,35 @@ pub(super) fn start(ctx: &Serving<'_>) -> Result<Box<dyn Listening>> {
         stop,
         task,
         runtime: runtime.handle().clone(),
+        #[cfg(feature = "tls")]
+        tls,
     }))
 }
 
 impl Listening for TcpSide {
     fn publish(&self, entry: &mut Entry) {
         entry.tcp = self.addr.to_string();
+        #[cfg(feature = "tls")]
+        {
+            entry.tls_fingerprint = self.tls.as_ref().map(|t| t.fingerprint());
+        }
+    }
+
+    #[cfg(feature = "tls")]
+    fn reload(&self) {
+        if let Some(tls) = &self.tls {
+            match tls.reload() {
+                Ok(()) => tracing::info!(
+                    target: "metabridge::service",
+                    "TLS certificate reloaded: now {}",
+                    tls.fingerprint()
+                ),
+                Err(e) => tracing::warn!(
+                    target: "metabridge::service",
+                    "TLS certificate not reloaded (the current one stays): {e}"
+                ),
+            }
+        }
     }
 
     fn begin_stop(&self) {

@@ -50,7 +50,17 @@ impl CallTransport for TcpPool {
             call_timeout: Some(limits.timeout),
             spin,
             greeting,
+            #[cfg(feature = "tls")]
+            tls: tls_connector(address, addr, limits)?,
         };
+        #[cfg(not(feature = "tls"))]
+        if address.tls_pin.is_some() {
+            return Err(Error::Unreachable {
+                name: address.name.clone(),
+                transport: "tcp",
+                why: "its TCP port serves TLS only, and this build has no TLS (build metabridge with its `tls` feature)",
+            });
+        }
         let pool = Pool::connect(sock, config).map_err(pool_error)?;
         Ok(TcpPool {
             pool: Arc::new(pool),
@@ -95,6 +105,25 @@ impl CallTransport for TcpPool {
     }
 }
 
+/// How the pool speaks TLS to the service at `addr` (`host:port`): as the
+/// client was told, else pinned to the fingerprint the service published
+/// in this user's registry; `None`: plaintext.
+#[cfg(feature = "tls")]
+fn tls_connector(
+    address: &ServiceAddress,
+    addr: &str,
+    limits: &Limits,
+) -> Result<Option<metabridge_tcp::tls::TlsConnector>> {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let tls = match (&limits.tls, &address.tls_pin) {
+        (Some(tls), _) => tls.clone(),
+        (None, Some(pin)) => metabridge_tcp::tls::ClientTls::pinned(pin)?,
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(tls.connector(host)?))
+}
+
 /// A TCP pool's error as the client's. A connection that ends or is reset
 /// under a call (the service stopped or died) is `PeerGone`, as over
 /// shared memory; a refused connect stays `Io` (the service is not there:
@@ -123,6 +152,8 @@ pub(super) fn pool_error(e: PoolError) -> Error {
             }
         }
         PoolError::Frame(f) => Error::Protocol(ProtocolError::Frame(f)),
+        #[cfg(feature = "tls")]
+        PoolError::Tls(tls) => Error::Tls(tls),
     }
 }
 

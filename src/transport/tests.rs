@@ -25,6 +25,7 @@ fn shm_pool(entry: &Entry, limits: &Limits) -> Result<ShmPool> {
         local: Some(entry.clone()),
         tcp: None,
         token: None,
+        tls_pin: None,
     };
     ShmPool::open(&address, limits, None)
 }
@@ -36,6 +37,7 @@ fn tcp_transport(addr: &str, limits: &Limits, token: Option<&str>) -> Result<Tra
         local: None,
         tcp: Some(addr.to_string()),
         token: None,
+        tls_pin: None,
     };
     Transport::open(TransportKind::Tcp, &address, limits, token)
 }
@@ -115,6 +117,7 @@ impl EchoService {
             endpoints: Vec::new(),
             token_required: false,
             token: None,
+            tls_fingerprint: None,
         }
     }
 }
@@ -134,6 +137,8 @@ fn limits(channels: usize, timeout: Duration) -> Limits {
         channels,
         timeout,
         message: 1 << 20,
+        #[cfg(feature = "tls")]
+        tls: None,
     }
 }
 
@@ -324,6 +329,8 @@ fn a_request_over_the_limit_is_refused_before_it_goes_out_over_tcp() {
             channels: 1,
             timeout: Duration::from_secs(5),
             message: 64,
+            #[cfg(feature = "tls")]
+            tls: None,
         },
         None,
     )

@@ -65,6 +65,8 @@ mod peers;
 mod poll;
 pub mod pool;
 pub mod server;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use frame::{
     read_frame, read_frame_blocking, write_frame, write_frame_blocking, FrameError,

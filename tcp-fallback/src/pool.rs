@@ -67,6 +67,13 @@ pub struct PoolConfig {
     /// first call be of any size. Bounded by
     /// [`connect_timeout`](Self::connect_timeout) (and the call's timeout).
     pub greeting: Option<Arc<[u8]>>,
+    /// Speak TLS (feature `tls`; default `None`: plaintext): each new
+    /// connection runs its handshake when it opens, bounded by
+    /// [`connect_timeout`](Self::connect_timeout) and the call's deadline,
+    /// and is pooled with it done (a pooled connection pays it once; the
+    /// connector's session cache lets the next ones resume).
+    #[cfg(feature = "tls")]
+    pub tls: Option<crate::tls::TlsConnector>,
 }
 
 impl Default for PoolConfig {
@@ -80,6 +87,8 @@ impl Default for PoolConfig {
             call_timeout: None,
             spin: Duration::ZERO,
             greeting: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -120,12 +129,26 @@ pub enum PoolError {
     /// [`Pool::close`] was called.
     #[error("connection pool is closed")]
     Closed,
+    /// TLS failed: the service's certificate was refused, the peer does
+    /// not speak TLS, the handshake stalled (see the cause).
+    #[cfg(feature = "tls")]
+    #[error("{0}")]
+    Tls(#[source] crate::tls::TlsError),
 }
 
 impl From<io::Error> for PoolError {
     /// Timeout-like errors (`TimedOut`, and `WouldBlock` which a socket read
     /// timeout produces on Unix) become [`PoolError::Timeout`].
     fn from(e: io::Error) -> Self {
+        // A TLS stream's failures (a certificate the service refused after
+        // the handshake, in TLS 1.3) arrive inside an `io::Error`.
+        #[cfg(feature = "tls")]
+        if let Some(tls) = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return PoolError::Tls(crate::tls::TlsError::from_rustls(tls, ""));
+        }
         match e.kind() {
             io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => PoolError::Timeout,
             _ => PoolError::Io(e),
@@ -392,6 +415,21 @@ impl Pool {
         let stream = TcpStream::connect_timeout(&self.addr, limit)?;
         stream.set_nodelay(true)?;
         SockRef::from(&stream).set_tcp_keepalive(&TcpKeepalive::new().with_time(KEEPALIVE_TIME))?;
+        #[cfg(feature = "tls")]
+        let stream = match &self.config.tls {
+            None => Wire::Plain(stream),
+            Some(connector) => {
+                let mut by = Instant::now() + limit;
+                if let Some(deadline) = deadline {
+                    by = by.min(deadline);
+                }
+                Wire::Tls(Box::new(crate::tls::client_handshake(
+                    connector, stream, by,
+                )?))
+            }
+        };
+        #[cfg(not(feature = "tls"))]
+        let stream = Wire::Plain(stream);
         debug!(addr = %self.addr, "opened a pooled connection");
         let mut conn = Conn {
             reader: BufReader::new(Timed {
@@ -503,7 +541,7 @@ impl Conn {
     /// stream) is there, `Ok(false)` if nothing is yet.
     fn peek_ready(&self) -> io::Result<bool> {
         let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
-        match SockRef::from(&self.reader.get_ref().stream)
+        match SockRef::from(self.reader.get_ref().stream.tcp())
             .recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT)
         {
             Ok(_) => Ok(true),
@@ -543,13 +581,59 @@ impl Conn {
     }
 }
 
-/// A `TcpStream` whose reads and writes stop at a per-call deadline.
+/// What a pooled connection's bytes travel on: the socket, or TLS over it.
+enum Wire {
+    Plain(TcpStream),
+    #[cfg(feature = "tls")]
+    Tls(Box<crate::tls::ClientStream>),
+}
+
+impl Wire {
+    /// The socket under it (for its timeouts, and to peek at it).
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Wire::Plain(s) => s,
+            #[cfg(feature = "tls")]
+            Wire::Tls(t) => &t.sock,
+        }
+    }
+}
+
+impl Read for Wire {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Wire::Plain(s) => s.read(buf),
+            #[cfg(feature = "tls")]
+            Wire::Tls(t) => t.read(buf),
+        }
+    }
+}
+
+impl Write for Wire {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Wire::Plain(s) => s.write(buf),
+            #[cfg(feature = "tls")]
+            Wire::Tls(t) => t.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Wire::Plain(s) => s.flush(),
+            #[cfg(feature = "tls")]
+            Wire::Tls(t) => t.flush(),
+        }
+    }
+}
+
+/// A connection whose reads and writes stop at a per-call deadline.
 ///
 /// The deadline is enforced with `SO_RCVTIMEO`/`SO_SNDTIMEO`, which are only
 /// changed when the time left falls below seven eighths of the value
 /// currently set (or rises above it), so a typical call adds no syscalls.
 struct Timed {
-    stream: TcpStream,
+    stream: Wire,
     deadline: Option<Instant>,
     /// The socket's current read timeout, as last set by us.
     read_timeout: Option<Duration>,
@@ -586,7 +670,7 @@ impl Read for Timed {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if let Some(left) = self.time_left()? {
             if should_reset(self.read_timeout, left) {
-                self.stream.set_read_timeout(Some(left))?;
+                self.stream.tcp().set_read_timeout(Some(left))?;
                 self.read_timeout = Some(left);
             }
         }
@@ -598,7 +682,7 @@ impl Write for Timed {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if let Some(left) = self.time_left()? {
             if should_reset(self.write_timeout, left) {
-                self.stream.set_write_timeout(Some(left))?;
+                self.stream.tcp().set_write_timeout(Some(left))?;
                 self.write_timeout = Some(left);
             }
         }

@@ -130,6 +130,13 @@ pub trait Handler: Send + Sync + 'static {
     /// the maximum; the server sends it, then closes that connection.
     fn frame_too_large(&self, declared: u64, max: usize) -> Vec<u8>;
 
+    /// The response body sent to a plaintext client on a TLS port (see
+    /// `ServerConfig::tls`) before its connection is closed; empty (the
+    /// default): closed without one.
+    fn not_tls(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
     /// Whether a connection must authenticate before it may send frames
     /// larger than [`ServerConfig::max_unauthenticated_frame`] (default:
     /// false, every connection is trusted from the start). Asked once per
@@ -299,7 +306,16 @@ pub struct ServerConfig {
     /// 20 µs on a VM) per call on loopback; it holds a runtime thread while
     /// it polls, so it happens only while a loopback connection is the
     /// server's only one (with several, the runtime serves them better).
+    /// Never on a TLS connection.
     pub spin: Duration,
+    /// Serve TLS (feature `tls`; default `None`: plaintext). Every
+    /// connection must then open with a TLS handshake, within
+    /// [`auth_timeout`](Self::auth_timeout) (a stalled handshake is an
+    /// unauthenticated connection, shed first); a plaintext client is sent
+    /// [`Handler::not_tls`]'s response and closed. The same port never
+    /// serves both.
+    #[cfg(feature = "tls")]
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 impl Default for ServerConfig {
@@ -318,6 +334,8 @@ impl Default for ServerConfig {
             max_unauthenticated: 256,
             max_unauthenticated_per_ip: 64,
             auth_timeout: AUTH_TIMEOUT,
+            #[cfg(feature = "tls")]
+            tls: None,
             max_unauthenticated_frame: DEFAULT_MAX_UNAUTHENTICATED_FRAME,
             shutdown_grace: SHUTDOWN_GRACE,
             spin: Duration::ZERO,
@@ -637,22 +655,16 @@ impl Server {
                     // Info: a connect is one of the events a service's
                     // log (`logger`) shows.
                     info!(%peer, "client connected (TCP)");
-                    let moved = Arc::new(AtomicU64::new(0));
-                    let conn = Connection {
-                        stream: BufReader::new(Metered {
-                            stream,
-                            moved: Arc::clone(&moved),
-                        }),
-                        moved,
+                    let accepted = Accepted {
+                        stream,
                         peer,
-                        polls: !config.spin.is_zero() && peer.ip().is_loopback(),
                         config: Arc::clone(&config),
                         handler: Arc::clone(&handler),
                         stop: shutdown.subscribe(),
                         peers: Arc::clone(&peers),
                         member,
                     };
-                    tasks.spawn(conn.serve());
+                    tasks.spawn(accepted.serve());
                 }
             }
         }
@@ -706,10 +718,210 @@ fn configure(stream: &TcpStream) -> io::Result<()> {
     SockRef::from(stream).set_tcp_keepalive(&TcpKeepalive::new().with_time(KEEPALIVE_TIME))
 }
 
-/// An accepted socket that counts the bytes it moves, so that a deadline
-/// can follow progress (see [`progressing`]).
-struct Metered {
+/// A connection accepted, before its TLS handshake (if the server serves
+/// TLS): its task makes it a [`Connection`].
+struct Accepted {
     stream: TcpStream,
+    peer: SocketAddr,
+    config: Arc<ServerConfig>,
+    handler: Arc<dyn Handler>,
+    stop: watch::Receiver<bool>,
+    peers: Arc<Peers>,
+    member: Member,
+}
+
+impl Accepted {
+    async fn serve(self) {
+        let Accepted {
+            stream,
+            peer,
+            config,
+            handler,
+            stop,
+            peers,
+            member,
+        } = self;
+        #[cfg(feature = "tls")]
+        let (link, member) = {
+            let mut member = member;
+            let link = match &config.tls {
+                None => Link::Plain(stream),
+                Some(tls) => {
+                    member.start();
+                    match tls_accept(stream, tls, &config, handler.as_ref(), &member).await {
+                        Ok(tls) => Link::Tls(Box::new(tls)),
+                        Err(why) => {
+                            info!(%peer, reason = %why, "client disconnected (TCP): no TLS session");
+                            return;
+                        }
+                    }
+                }
+            };
+            (link, member)
+        };
+        #[cfg(not(feature = "tls"))]
+        let link = Link::Plain(stream);
+        let moved = Arc::new(AtomicU64::new(0));
+        let polls = !config.spin.is_zero() && peer.ip().is_loopback() && link.is_plain();
+        Connection {
+            stream: BufReader::new(Metered {
+                stream: link,
+                moved: Arc::clone(&moved),
+            }),
+            moved,
+            peer,
+            polls,
+            config,
+            handler,
+            stop,
+            peers,
+            member,
+        }
+        .serve()
+        .await
+    }
+}
+
+/// The TLS handshake of an accepted connection, bounded by the time a
+/// connection has to authenticate and cut short if the connection is shed
+/// meanwhile. A first byte that cannot open a TLS record is a plaintext
+/// client: it gets the handler's `not_tls` response.
+#[cfg(feature = "tls")]
+async fn tls_accept(
+    stream: TcpStream,
+    tls: &crate::tls::ServerTls,
+    config: &ServerConfig,
+    handler: &dyn Handler,
+    member: &Member,
+) -> Result<tokio_rustls::server::TlsStream<TcpStream>, String> {
+    let guard = member.guard(Instant::now() + config.auth_timeout);
+    let handshake = async {
+        let mut first = [0u8; 1];
+        match stream.peek(&mut first).await {
+            Ok(0) => return Err("closed before its handshake".to_string()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("i/o error before its handshake: {e}")),
+        }
+        if !crate::tls::looks_like_tls(first[0]) {
+            let mut stream = stream;
+            let response = handler.not_tls();
+            if !response.is_empty() {
+                // Each of its first few requests (a client's greeting, then
+                // its call) gets the answer, within the linger; then the
+                // connection closes.
+                let limit = config.max_unauthenticated_frame.min(config.max_frame);
+                let _ = timeout(config.stall_timeout.min(LINGER), async {
+                    let mut request = Vec::new();
+                    for _ in 0..PLAINTEXT_ANSWERS {
+                        if read_frame(&mut stream, limit, &mut request).await.is_err()
+                            || write_frame(&mut stream, &response).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                    let _ = stream.shutdown().await;
+                })
+                .await;
+            }
+            return Err("a plaintext client on the TLS port".to_string());
+        }
+        tokio_rustls::TlsAcceptor::from(tls.config())
+            .accept(stream)
+            .await
+            .map_err(|e| format!("TLS handshake failed: {e}"))
+    };
+    // The guard sheds an unauthenticated connection; the handshake's own
+    // limit holds for every connection (one of a handler that requires no
+    // authentication too).
+    let late = format!("TLS handshake not done within {:?}", config.auth_timeout);
+    tokio::select! {
+        biased;
+        done = handshake => done,
+        cut = guard => Err(match cut {
+            Cut::Shed => "shed during its TLS handshake".to_string(),
+            Cut::Deadline => late,
+        }),
+        () = tokio::time::sleep(config.auth_timeout) => Err(late),
+    }
+}
+
+/// How many requests of a plaintext client on a TLS port are answered
+/// with [`Handler::not_tls`] before its connection closes.
+#[cfg(feature = "tls")]
+const PLAINTEXT_ANSWERS: usize = 4;
+
+/// What a connection's bytes travel on: the socket itself, or TLS over it.
+enum Link {
+    Plain(TcpStream),
+    #[cfg(feature = "tls")]
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Link {
+    /// The socket under it (to watch for the peer going away).
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Link::Plain(s) => s,
+            #[cfg(feature = "tls")]
+            Link::Tls(t) => t.get_ref().0,
+        }
+    }
+
+    /// Whether bytes on the socket are the protocol's own (which polling
+    /// the socket directly needs).
+    fn is_plain(&self) -> bool {
+        matches!(self, Link::Plain(_))
+    }
+}
+
+impl AsyncRead for Link {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Link::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            #[cfg(feature = "tls")]
+            Link::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Link {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Link::Plain(s) => Pin::new(s).poll_write(cx, data),
+            #[cfg(feature = "tls")]
+            Link::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Link::Plain(s) => Pin::new(s).poll_flush(cx),
+            #[cfg(feature = "tls")]
+            Link::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Link::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            #[cfg(feature = "tls")]
+            Link::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// An accepted connection's stream that counts the bytes it moves, so that
+/// a deadline can follow progress (see [`progressing`]).
+struct Metered {
+    stream: Link,
     moved: Arc<AtomicU64>,
 }
 
@@ -1092,7 +1304,7 @@ impl Connection {
         tokio::select! {
             biased;
             response = call.as_mut() => Ok(response),
-            () = peer_gone(&self.stream.get_ref().stream), if watch => Err(Close::PeerGoneMidCall),
+            () = peer_gone(self.stream.get_ref().stream.tcp()), if watch => Err(Close::PeerGoneMidCall),
         }
     }
 
@@ -1111,7 +1323,7 @@ impl Connection {
     /// most `spin` (see [`ServerConfig::spin`]). Reads the socket directly,
     /// so it must only run when the reader's buffer is empty.
     fn poll_request(&self, spin: Duration, buf: &mut Vec<u8>) -> Polled {
-        let sock = SockRef::from(&self.stream.get_ref().stream);
+        let sock = SockRef::from(self.stream.get_ref().stream.tcp());
         let start = std::time::Instant::now();
         let mut head = [0u8; 4];
         let mut got_head = 0;
