@@ -66,12 +66,25 @@ def package_name(manifest_dir):
     return ""
 
 
+def sysroot_lib():
+    """The toolchain's libraries (a proc-macro crate's test binary links
+    libstd dynamically)."""
+    out = subprocess.run(["rustc", "--print", "target-libdir"], stdout=subprocess.PIPE, text=True)
+    return out.stdout.strip()
+
+
+SYSROOT_LIB = None
+
+
 def run_binary(label, exe, manifest_dir, extra):
     env = dict(os.environ)
-    # What `cargo test` sets for a test binary at run time.
+    # What `cargo test` sets for a test binary at run time: the package's
+    # directory and name, cargo itself, and the library path.
     env["CARGO_MANIFEST_DIR"] = manifest_dir
     env["CARGO_PKG_NAME"] = package_name(manifest_dir)
     env.setdefault("CARGO", shutil.which("cargo") or "cargo")
+    paths = [os.path.dirname(exe), SYSROOT_LIB, env.get("LD_LIBRARY_PATH", "")]
+    env["LD_LIBRARY_PATH"] = ":".join(p for p in paths if p)
     start = time.monotonic()
     done = subprocess.run(
         [exe, *extra], cwd=manifest_dir, env=env,
@@ -97,6 +110,8 @@ def rank(label):
 
 
 def main():
+    global SYSROOT_LIB
+    SYSROOT_LIB = sysroot_lib()
     cargo_args = sys.argv[1:]
     binaries = build(cargo_args)
     jobs = int(os.environ.get("JOBS", (os.cpu_count() or 2) + 1))

@@ -198,13 +198,14 @@ def __getattr__(name):
 
 
 class _Definition:
-    __slots__ = ("name", "host", "port", "logger", "cls", "endpoints", "is_daemon")
+    __slots__ = ("name", "host", "port", "logger", "tls", "cls", "endpoints", "is_daemon")
 
-    def __init__(self, name, host, port, logger):
+    def __init__(self, name, host, port, logger, tls=None):
         self.name = name
         self.host = host
         self.port = port
         self.logger = logger
+        self.tls = tls
         self.cls = None
         self.endpoints = []
         self.is_daemon = False
@@ -259,7 +260,40 @@ class ServiceBuilder:
         return cls
 
 
-def create(name, host=None, *, logger=False, port=None):
+def _service_tls(tls):
+    """``create(tls=...)`` as ``(cert, key, client_ca)``: a dict with
+    ``"cert"`` and ``"key"`` (PEM files' paths) and optionally
+    ``"client_ca"`` (mutual TLS), or a ``(cert, key)`` pair."""
+    if tls is None:
+        return None
+    if isinstance(tls, (tuple, list)) and len(tls) == 2:
+        return (os.fspath(tls[0]), os.fspath(tls[1]), None)
+    if isinstance(tls, dict):
+        unknown = set(tls) - {"cert", "key", "client_ca"}
+        if unknown or "cert" not in tls or "key" not in tls:
+            raise TypeError(
+                "tls= takes {'cert': path, 'key': path} and optionally 'client_ca'"
+                + (f"; unknown: {sorted(unknown)}" if unknown else "")
+            )
+        ca = tls.get("client_ca")
+        return (os.fspath(tls["cert"]), os.fspath(tls["key"]), None if ca is None else os.fspath(ca))
+    raise TypeError("tls= takes a dict {'cert': path, 'key': path} or a (cert, key) pair")
+
+
+def _client_tls(tls):
+    """``connect(tls=...)`` as ``(ca, pin, cert, key, server_name)``."""
+    if tls is None:
+        return None
+    if not isinstance(tls, dict):
+        raise TypeError("tls= takes a dict: {'ca': path} or {'pin': 'sha256:...'}")
+    unknown = set(tls) - {"ca", "pin", "cert", "key", "server_name"}
+    if unknown:
+        raise TypeError(f"tls= got unknown keys {sorted(unknown)}")
+    path = lambda k: None if tls.get(k) is None else os.fspath(tls[k])
+    return (path("ca"), tls.get("pin"), path("cert"), path("key"), tls.get("server_name"))
+
+
+def create(name, host=None, *, logger=False, port=None, tls=None):
     """Defines a service called ``name``: ``@meta.create(name).daemon()``
     on its class.
 
@@ -268,7 +302,10 @@ def create(name, host=None, *, logger=False, port=None):
     user's clients know); local clients still use shared memory.
     ``logger=True`` logs the daemon's start and stop, connections and every
     call (endpoint, arguments and result cut short, duration) on standard
-    error, through the runtime's logger.
+    error, through the runtime's logger. ``tls={"cert": path, "key": path}``
+    (and ``"client_ca"`` to require client certificates) serves TLS on its
+    TCP port (a key file readable by this user only; the original
+    library's clients, which cannot speak TLS, are refused there).
 
     An invalid ``name`` raises ``ValueError`` here: 1 to 64 bytes of UTF-8
     without control characters, invisible or direction-changing
@@ -283,7 +320,7 @@ def create(name, host=None, *, logger=False, port=None):
     problem = _native.service_name_problem(name)
     if problem is not None:
         raise ValueError(f"invalid service name {name!r}: {problem}")
-    return ServiceBuilder(_Definition(name, host, port, logger))
+    return ServiceBuilder(_Definition(name, host, port, logger, _service_tls(tls)))
 
 
 # -------------------------------------------------------------- daemons
@@ -406,6 +443,7 @@ def _child_main(d, ready_w, parent):
         d.port,
         prebuilt,
         d.logger,
+        d.tls,
     )
 
 
@@ -593,7 +631,7 @@ class ServiceClient:
         return f"<ServiceClient {self._native.name!r} over {self._native.transport}>"
 
 
-def connect(name, *ctor_args, timeout=5.0, buffers=False, **ctor_kwargs):
+def connect(name, *ctor_args, timeout=5.0, buffers=False, address=None, tls=None, **ctor_kwargs):
     """Connects to the live service ``name``; ``ctor_args`` and
     ``ctor_kwargs`` are its constructor's arguments (the service keeps one
     instance per distinct set, in an LRU). ``timeout`` bounds each call, in
@@ -601,10 +639,19 @@ def connect(name, *ctor_args, timeout=5.0, buffers=False, **ctor_kwargs):
     objects instead of ``bytes``: large ones arriving through shared
     memory are read in place, with no copy (``memoryview(b)``,
     ``numpy.frombuffer(b, dtype)``), and keep their block of the service's
-    memory until released or collected. Raises :class:`ServiceNotFound`
-    if no such service runs."""
+    memory until released or collected. ``address="host:port"`` reaches
+    it over TCP without the registry (another host); ``tls={"ca": path}``
+    or ``tls={"pin": "sha256:..."}`` (with ``"cert"`` and ``"key"`` for
+    mutual TLS, ``"server_name"`` to check another name) verifies a TLS
+    service. Raises :class:`ServiceNotFound` if no such service runs."""
     native = _native.connect(
-        name, ctor_args, ctor_kwargs or None, float(timeout), buffers=bool(buffers)
+        name,
+        ctor_args,
+        ctor_kwargs or None,
+        float(timeout),
+        address=address,
+        buffers=bool(buffers),
+        tls=_client_tls(tls),
     )
     return ServiceClient(native)
 

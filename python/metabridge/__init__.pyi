@@ -1,7 +1,7 @@
 """Type stubs of metabridge's public API (the original's names)."""
 
 from types import TracebackType
-from typing import Any, Callable, List, Optional, Type, TypedDict, TypeVar, Union, overload
+from typing import Any, Callable, Dict, List, Optional, Type, TypedDict, TypeVar, Union, overload
 
 __version__: str
 
@@ -41,7 +41,12 @@ class ServiceBuilder:
     def __call__(self, cls: _C) -> _C: ...
 
 def create(
-    name: str, host: Optional[str] = ..., *, logger: bool = ..., port: Optional[int] = ...
+    name: str,
+    host: Optional[str] = ...,
+    *,
+    logger: bool = ...,
+    port: Optional[int] = ...,
+    tls: Optional[Dict[str, str]] = ...,
 ) -> ServiceBuilder: ...
 
 class DaemonHandle:
@@ -97,7 +102,13 @@ class Buffer:
     def __buffer__(self, flags: int) -> memoryview: ...
 
 def connect(
-    name: str, *ctor_args: Any, timeout: float = ..., buffers: bool = ..., **ctor_kwargs: Any
+    name: str,
+    *ctor_args: Any,
+    timeout: float = ...,
+    buffers: bool = ...,
+    address: Optional[str] = ...,
+    tls: Optional[Dict[str, str]] = ...,
+    **ctor_kwargs: Any,
 ) -> ServiceClient: ...
 class _GcReport(TypedDict):
     removed: List[str]  # one line per thing removed (registry entry, socket, segments)

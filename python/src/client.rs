@@ -29,7 +29,7 @@ fn to_rmpv(obj: &Bound<'_, PyAny>) -> PyResult<rmpv::Value> {
 /// None (shared memory, else TCP), "shm" or "tcp"; `address` ("host:port")
 /// connects by TCP without the registry.
 #[pyfunction]
-#[pyo3(signature = (name, ctor_args, ctor_kwargs, timeout, transport=None, address=None, token=None, buffers=false))]
+#[pyo3(signature = (name, ctor_args, ctor_kwargs, timeout, transport=None, address=None, token=None, buffers=false, tls=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn connect(
     py: Python<'_>,
@@ -41,6 +41,7 @@ pub fn connect(
     address: Option<&str>,
     token: Option<&str>,
     buffers: bool,
+    tls: Option<TlsArgs>,
 ) -> PyResult<NativeClient> {
     let mut c = metabridge::connect(name);
     for a in ctor_args.iter() {
@@ -66,11 +67,64 @@ pub fn connect(
     if let Some(t) = token {
         c = c.token(t);
     }
+    // `tls=(ca, pin, cert, key, server_name)`, from the Python layer's dict.
+    if let Some((ca, pin, cert, key, server_name)) = tls {
+        let tls = client_tls(ca, pin, cert, key, server_name)
+            .map_err(|e| to_pyerr(py, metabridge::Error::Tls(e)))?;
+        c = c.tls(tls);
+    }
     let client = py.detach(|| c.open()).map_err(|e| to_pyerr(py, e))?;
     Ok(NativeClient {
         inner: client,
         buffers,
     })
+}
+
+/// `connect(tls={...})` as the Python layer passes it: `(ca, pin, cert,
+/// key, server_name)`.
+type TlsArgs = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// What a client trusts, from `connect(tls={...})`: a CA bundle or a pin
+/// (one of them), its own certificate and key for mutual TLS, the name to
+/// check in place of the host's.
+fn client_tls(
+    ca: Option<String>,
+    pin: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+    server_name: Option<String>,
+) -> Result<metabridge::tls::ClientTls, metabridge::tls::TlsError> {
+    use metabridge::tls::{ClientTls, TlsError};
+    let mut tls = match (ca, pin) {
+        (Some(ca), None) => ClientTls::ca_file(ca)?,
+        (None, Some(pin)) => ClientTls::pinned(&pin)?,
+        _ => {
+            return Err(TlsError::Config(
+                "tls= needs exactly one of \"ca\" (a CA bundle's path) and \"pin\" (a sha256 fingerprint)"
+                    .into(),
+            ))
+        }
+    };
+    match (cert, key) {
+        (Some(cert), Some(key)) => tls = tls.client_cert_files(cert, key)?,
+        (None, None) => {}
+        _ => {
+            return Err(TlsError::Config(
+                "tls= takes \"cert\" and \"key\" together (a client certificate and its key)"
+                    .into(),
+            ))
+        }
+    }
+    if let Some(name) = server_name {
+        tls = tls.server_name(&name);
+    }
+    Ok(tls)
 }
 
 /// A connection to one service for one set of constructor arguments;

@@ -212,7 +212,7 @@ fn build(
 /// exits the process (never returns). The readiness report (or the
 /// startup error) goes to `ready_fd`; the daemon follows `parent`.
 #[pyfunction]
-#[pyo3(signature = (name, cls, endpoints, submit, ready_fd, parent=None, host=None, port=None, prebuilt=None, logger=false))]
+#[pyo3(signature = (name, cls, endpoints, submit, ready_fd, parent=None, host=None, port=None, prebuilt=None, logger=false, tls=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn serve_forked(
     py: Python<'_>,
@@ -226,10 +226,22 @@ pub fn serve_forked(
     port: Option<u16>,
     prebuilt: Option<Py<PyAny>>,
     logger: bool,
+    tls: Option<(String, String, Option<String>)>,
 ) -> PyResult<()> {
     // `logger=True`: the runtime logs start, stop, connects and every call
     // (endpoint, arguments, result, duration) on the daemon's stderr.
-    let service = build(py, name, cls, endpoints, submit, host, port, prebuilt).logger(logger);
+    let mut service = build(py, name, cls, endpoints, submit, host, port, prebuilt).logger(logger);
+    // `tls=(cert, key, client_ca)`: TLS on its TCP port (the files are
+    // checked, and a bad one reported by `run`, when it starts).
+    if let Some((cert, key, client_ca)) = tls {
+        service = service.configure(|c| {
+            c.tls = Some(metabridge::TlsFiles {
+                cert: cert.into(),
+                key: key.into(),
+                client_ca: client_ca.map(Into::into),
+            })
+        });
+    }
     // The write end of a pipe the Python layer created for this and gave up.
     let ready = crate::platform::adopt_handed_over_fd(ready_fd).ok_or_else(|| bad_fd(ready_fd))?;
     py.detach(move || metabridge::serve_forked_child(service, ready, parent))

@@ -83,6 +83,24 @@ pub fn open_client(service: &str, target: &Target) -> Result<Client, Fail> {
     if let Some(t) = &target.token {
         c = c.token(t);
     }
+    #[cfg(feature = "tls")]
+    {
+        use metabridge::tls::ClientTls;
+        let tls = match (&target.tls_ca, &target.tls_pin) {
+            (Some(ca), _) => Some(ClientTls::ca_file(ca)),
+            (None, Some(pin)) => Some(ClientTls::pinned(pin)),
+            (None, None) => None,
+        };
+        if let Some(tls) = tls {
+            let mut tls = tls.map_err(|e| usage(format!("--tls-ca/--tls-pin: {e}")))?;
+            if let (Some(cert), Some(key)) = (&target.tls_cert, &target.tls_key) {
+                tls = tls
+                    .client_cert_files(cert, key)
+                    .map_err(|e| usage(format!("--tls-cert/--tls-key: {e}")))?;
+            }
+            c = c.tls(tls);
+        }
+    }
     let (_, ctor) = call_args(None, target)?;
     if let Some(ctor) = ctor {
         c = c.ctor_args(ctor);

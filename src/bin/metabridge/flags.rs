@@ -40,6 +40,26 @@ pub struct Target {
     /// Timeout of each call (e.g. 500ms, 5s).
     #[arg(long, default_value = "10s", value_parser = positive_duration)]
     pub timeout: Duration,
+    /// Over TLS, trusting the CA certificates of this PEM file (the host
+    /// name is checked). Default: `METABRIDGE_TLS_CA`, or for a service in
+    /// this user's registry the fingerprint it published.
+    #[cfg(feature = "tls")]
+    #[arg(long, value_name = "FILE", conflicts_with = "tls_pin")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Over TLS, trusting only the certificate of this SHA-256 fingerprint
+    /// (`sha256:` and 64 hex digits).
+    #[cfg(feature = "tls")]
+    #[arg(long, value_name = "FINGERPRINT")]
+    pub tls_pin: Option<String>,
+    /// This client's certificate, for a service that requires one (with
+    /// `--tls-key`).
+    #[cfg(feature = "tls")]
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The key of `--tls-cert`.
+    #[cfg(feature = "tls")]
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 /// The longest duration a flag takes: a deadline this far ahead is still
