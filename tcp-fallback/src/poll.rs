@@ -18,6 +18,17 @@ use std::io;
 /// the end of the stream. It reads the socket directly, not through
 /// tokio's readiness tracking, so data that arrived while we poll is seen at
 /// once.
+/// Whether bytes (or the end of the stream) wait on the socket, by one
+/// non-blocking peek that consumes nothing: for a TLS connection, whose
+/// bytes must be read through rustls.
+pub(crate) fn readable(sock: &SockRef<'_>) -> bool {
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
+    match sock.recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+        Ok(_) => true,
+        Err(e) => e.kind() != io::ErrorKind::WouldBlock && e.kind() != io::ErrorKind::Interrupted,
+    }
+}
+
 pub(crate) fn try_read(sock: &SockRef<'_>, buf: &mut [u8]) -> io::Result<Option<usize>> {
     use std::io::Read;
     loop {

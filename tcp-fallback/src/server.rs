@@ -306,7 +306,8 @@ pub struct ServerConfig {
     /// 20 µs on a VM) per call on loopback; it holds a runtime thread while
     /// it polls, so it happens only while a loopback connection is the
     /// server's only one (with several, the runtime serves them better).
-    /// Never on a TLS connection.
+    /// On a TLS connection it polls for the bytes to arrive, then reads
+    /// them through rustls.
     pub spin: Duration,
     /// Serve TLS (feature `tls`; default `None`: plaintext). Every
     /// connection must then open with a TLS handshake, within
@@ -762,7 +763,7 @@ impl Accepted {
         #[cfg(not(feature = "tls"))]
         let link = Link::Plain(stream);
         let moved = Arc::new(AtomicU64::new(0));
-        let polls = !config.spin.is_zero() && peer.ip().is_loopback() && link.is_plain();
+        let polls = !config.spin.is_zero() && peer.ip().is_loopback();
         Connection {
             stream: BufReader::new(Metered {
                 stream: link,
@@ -1171,7 +1172,16 @@ impl Connection {
         let alone = self.peers.connections() <= 1;
         let polled = if self.polls && alone && self.stream.buffer().is_empty() {
             match metabridge_spin::SpinLicence::take() {
-                Some(_licence) => self.poll_request(spin, buf),
+                Some(_licence) if self.stream.get_ref().stream.is_plain() => {
+                    self.poll_request(spin, buf)
+                }
+                // TLS: its bytes go through rustls, so the poll only
+                // waits for them to arrive; the read below then finds
+                // them without this thread having slept.
+                Some(_licence) => {
+                    self.poll_readable(spin);
+                    Polled::Nothing
+                }
                 None => Polled::Nothing,
             }
         } else {
@@ -1316,6 +1326,17 @@ impl Connection {
             self.config
                 .max_unauthenticated_frame
                 .min(self.config.max_frame)
+        }
+    }
+
+    /// Polls the socket, without the runtime, for at most `spin` until
+    /// bytes of the next request are there (a TLS connection's: read
+    /// through rustls afterwards).
+    fn poll_readable(&self, spin: Duration) {
+        let sock = SockRef::from(self.stream.get_ref().stream.tcp());
+        let start = std::time::Instant::now();
+        while !crate::poll::readable(&sock) && start.elapsed() < spin {
+            std::thread::yield_now();
         }
     }
 
