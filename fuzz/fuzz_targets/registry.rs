@@ -31,6 +31,7 @@ fn me() -> Entry {
         endpoints: vec!["a".into(), "b".into()],
         token_required: false,
         token: None,
+        tls_fingerprint: Some(format!("sha256:{}", "ab".repeat(32))),
     }
 }
 
