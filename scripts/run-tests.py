@@ -30,7 +30,7 @@ SLOW_FIRST = ["trybuild", "instance_cache", "payloads", "doc tests", "interop", 
 
 
 def build(cargo_args):
-    """Builds the test binaries; returns (name, executable, manifest dir, package)."""
+    """Builds the test binaries; returns (name, executable, manifest dir)."""
     cmd = ["cargo", "test", *cargo_args, "--no-run", "--message-format=json-render-diagnostics"]
     out = subprocess.run(cmd, stdout=subprocess.PIPE, check=True, text=True).stdout
     found = []
@@ -44,12 +44,11 @@ def build(cargo_args):
         if not msg.get("profile", {}).get("test"):
             continue
         target = msg["target"]
-        package = msg["package_id"]
         manifest = os.path.dirname(msg["manifest_path"])
         label = target["name"]
         if "lib" in target["kind"] or "bin" in target["kind"]:
             label = f"{label} (unit)"
-        found.append((label, msg["executable"], manifest, package))
+        found.append((label, msg["executable"], manifest))
     return found
 
 
@@ -115,12 +114,12 @@ def main():
     cargo_args = sys.argv[1:]
     binaries = build(cargo_args)
     jobs = int(os.environ.get("JOBS", (os.cpu_count() or 2) + 1))
-    work = [("doc tests", None, None, None)] + binaries
+    work = [("doc tests", None, None)] + binaries
     work.sort(key=lambda w: rank(w[0]))
     failed = []
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = []
-        for label, exe, manifest, _ in work:
+        for label, exe, manifest in work:
             if exe is None:
                 futures.append(pool.submit(run_doc_tests, cargo_args))
             else:

@@ -5,9 +5,8 @@
 //! with a certificate of its own (mutual TLS).
 
 use super::files::{read_checked, Holds};
-use super::{fingerprint, provider, TlsError};
+use super::{fingerprint, provider, root_store, TlsError};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use std::net::TcpStream;
@@ -65,18 +64,7 @@ impl ClientTls {
 
     /// As [`ca_file`](Self::ca_file), from PEM bytes.
     pub fn ca_pem(pem: &[u8]) -> Result<ClientTls, TlsError> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(pem) {
-            let cert = cert.map_err(|e| TlsError::Config(format!("a CA certificate: {e}")))?;
-            roots
-                .add(cert)
-                .map_err(|e| TlsError::Config(format!("a CA certificate: {e}")))?;
-        }
-        if roots.is_empty() {
-            return Err(TlsError::Config(
-                "no CA certificate in the PEM given".into(),
-            ));
-        }
+        let roots = root_store(pem, "the CA certificates")?;
         Ok(ClientTls {
             trust: Trust::Roots(Arc::new(roots)),
             identity: None,

@@ -40,6 +40,26 @@ pub fn fingerprint(der: &[u8]) -> String {
     out
 }
 
+/// The CA certificates of a PEM bundle (`what` names them in errors): the
+/// trust of a client, or a service's of its clients' certificates. An
+/// empty bundle is an error (it would trust nothing, silently).
+fn root_store(pem: &[u8], what: &str) -> Result<rustls::RootCertStore, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| TlsError::Config(format!("{what}: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| TlsError::Config(format!("{what}: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::Config(format!(
+            "no certificate in the PEM of {what}"
+        )));
+    }
+    Ok(roots)
+}
+
 /// The crypto provider of every configuration made here: `ring` (a small
 /// C and assembly build, unlike `aws-lc-rs`).
 fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {

@@ -6,7 +6,7 @@
 //! open keep theirs.
 
 use super::files::{read_checked, Holds};
-use super::{fingerprint, provider, TlsError};
+use super::{fingerprint, provider, root_store, TlsError};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
@@ -101,10 +101,10 @@ impl ServerTls {
             &read_checked(&key, Holds::PrivateKey)?,
         )?;
         Self::with_identity(
-            Identity {
+            Arc::new(Identity {
                 files: Some((cert, key)),
                 current: RwLock::new(certified),
-            },
+            }),
             None,
         )
     }
@@ -112,10 +112,10 @@ impl ServerTls {
     /// The certificate chain and key as PEM bytes (not reloadable).
     pub fn from_pem(cert: &[u8], key: &[u8]) -> Result<ServerTls, TlsError> {
         Self::with_identity(
-            Identity {
+            Arc::new(Identity {
                 files: None,
                 current: RwLock::new(certified(cert, key)?),
-            },
+            }),
             None,
         )
     }
@@ -124,34 +124,18 @@ impl ServerTls {
     /// of the PEM file `ca` (mutual TLS).
     pub fn require_client_certs(self, ca: impl AsRef<Path>) -> Result<ServerTls, TlsError> {
         let pem = read_checked(ca.as_ref(), Holds::Certificates)?;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(&pem) {
-            let cert = cert.map_err(|e| TlsError::Config(format!("a client CA: {e}")))?;
-            roots
-                .add(cert)
-                .map_err(|e| TlsError::Config(format!("a client CA: {e}")))?;
-        }
+        let roots = root_store(&pem, "the client CA")?;
         let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
             .build()
             .map_err(|e| TlsError::Config(format!("the client CA: {e}")))?;
-        let identity = Arc::try_unwrap(self.identity).unwrap_or_else(|shared| Identity {
-            files: shared.files.clone(),
-            current: RwLock::new(
-                shared
-                    .current
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone(),
-            ),
-        });
-        Self::with_identity(identity, Some(verifier))
+        // The same identity: a reload serves both configurations.
+        Self::with_identity(self.identity, Some(verifier))
     }
 
     fn with_identity(
-        identity: Identity,
+        identity: Arc<Identity>,
         clients: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
     ) -> Result<ServerTls, TlsError> {
-        let identity = Arc::new(identity);
         let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Config(e.to_string()))?;
