@@ -9,6 +9,7 @@
 //! | `METABRIDGE_TOKEN` | the token of services and clients | [`token`] |
 //! | `METABRIDGE_MAX_MESSAGE` (or `METABRIDGE_MAX_FRAME`) | the largest message on both transports | [`max_message`] |
 //! | `METABRIDGE_WORKERS` | [`ServiceConfig::workers`] | `ServiceConfig::default` |
+//! | `METABRIDGE_TCP_CALL_THREADS` | [`ServiceConfig::tcp_call_threads`] | `ServiceConfig::default` |
 //! | `METABRIDGE_TCP_AUTH_TIMEOUT_MS`, `METABRIDGE_TCP_STALL_TIMEOUT_MS` | [`ServiceConfig::tcp_auth_timeout`], [`ServiceConfig::tcp_stall_timeout`] | `ServiceConfig::default` |
 //! | `METABRIDGE_LOG_FILE` | [`ServiceConfig::log_file`] | `ServiceConfig::default` |
 //! | `RUST_LOG` | the daemon's log filter (turns the log on) | [`log_filter`] |
@@ -31,6 +32,7 @@ const TRANSPORT: &str = "METABRIDGE_TRANSPORT";
 const TOKEN: &str = "METABRIDGE_TOKEN";
 const MAX_MESSAGE: [&str; 2] = ["METABRIDGE_MAX_MESSAGE", "METABRIDGE_MAX_FRAME"];
 const WORKERS: &str = "METABRIDGE_WORKERS";
+const TCP_CALL_THREADS: &str = "METABRIDGE_TCP_CALL_THREADS";
 const TCP_AUTH_TIMEOUT_MS: &str = "METABRIDGE_TCP_AUTH_TIMEOUT_MS";
 const TCP_STALL_TIMEOUT_MS: &str = "METABRIDGE_TCP_STALL_TIMEOUT_MS";
 const LOG_FILE: &str = "METABRIDGE_LOG_FILE";
@@ -227,6 +229,13 @@ pub struct ServiceConfig {
     /// worker (its other channels move to a new worker; see ARCHITECTURE,
     /// "Workers"). Default 16. Past it, channels wait behind slow calls.
     pub max_extra_workers: usize,
+    /// Most calls over TCP that run at once (default 256, or
+    /// `$METABRIDGE_TCP_CALL_THREADS`): each begins on a thread of the
+    /// service's pool for TCP calls, started when needed and ended after
+    /// 10 s idle, so that a slow sync endpoint holds one of those and never
+    /// a runtime thread. Past it, calls wait their turn (without a thread);
+    /// `async` endpoints' awaits run on the runtime and do not count.
+    pub tcp_call_threads: usize,
     /// After SIGTERM (or `request_stop`), how long calls in progress may
     /// take to finish (default 5 s). Past it the service stops anyway,
     /// reporting the calls it abandoned (`Error::ShutdownTimeout`); a
@@ -428,6 +437,9 @@ impl Default for ServiceConfig {
             allow_uids: Vec::new(),
             max_channels: 1024,
             max_extra_workers: 16,
+            tcp_call_threads: parsed::<usize>(TCP_CALL_THREADS)
+                .filter(|&n| n > 0)
+                .unwrap_or(256),
             max_message: max_message(),
             tcp_auth_timeout: millis(TCP_AUTH_TIMEOUT_MS)
                 .unwrap_or(metabridge_tcp::server::AUTH_TIMEOUT),

@@ -13,6 +13,7 @@
 //! others, are in `worker.rs`; the control-socket handshake in
 //! `control.rs`; stop requests and the parent watch in `lifecycle.rs`.
 
+mod call_threads;
 mod shm_side;
 mod tcp_handler;
 mod tcp_side;

@@ -154,6 +154,57 @@ fn slow_sync_endpoints_do_not_stop_other_tcp_calls() {
     }
 }
 
+/// Issue 19: the pool of TCP call threads is bounded by
+/// `METABRIDGE_TCP_CALL_THREADS`: with one thread held by a call that never
+/// returns, the next sync call waits its turn (and times out, for it cannot
+/// run), while `async` endpoints of built instances are still served.
+#[test]
+fn tcp_call_threads_are_bounded_and_async_calls_go_on() {
+    let mut env = TestEnv::new("tcp-bound");
+    let pid = env.start_service("bound", &[("METABRIDGE_TCP_CALL_THREADS", "1")]);
+    let held = env
+        .connect("bound")
+        .arg("h:")
+        .arg(1)
+        .transport(metabridge::TransportKind::Tcp)
+        .open()
+        .unwrap();
+    // Ends when the service is killed at the end of the test.
+    std::thread::spawn(move || held.call::<u64>("sleep_ms", (1u64 << 40,)));
+    wait_for("the held call to start", || sleeping_threads(pid) == 1);
+
+    // A new instance: its constructor is sync code, so even an async
+    // endpoint of it waits for the thread, and times out.
+    let fresh = env
+        .connect("bound")
+        .arg("f:")
+        .arg(1)
+        .transport(metabridge::TransportKind::Tcp)
+        .timeout(Duration::from_millis(500))
+        .open()
+        .unwrap();
+    match fresh.call::<String>("later", (1,)) {
+        Err(metabridge::Error::Timeout(_)) => {}
+        other => panic!("a constructor ran beside the held call: {other:?}"),
+    }
+    // The held call's instance (`h:`, 1) is built: a sync endpoint of it
+    // waits for the thread too, while `later`, async, needs none.
+    let built = env
+        .connect("bound")
+        .arg("h:")
+        .arg(1)
+        .transport(metabridge::TransportKind::Tcp)
+        .timeout(Duration::from_millis(500))
+        .open()
+        .unwrap();
+    match built.call::<String>("echo", ("x",)) {
+        Err(metabridge::Error::Timeout(_)) => {}
+        other => panic!("a second sync call ran beside the held one: {other:?}"),
+    }
+    assert_eq!(built.call::<String>("later", (1,)).unwrap(), "h:after 1 ms");
+    assert_eq!(sleeping_threads(pid), 1, "a second call thread started");
+}
+
 /// Issue 8: shutdown waited forever for a sync call that never returns.
 #[test]
 fn sigterm_stops_the_service_even_while_a_call_never_returns() {

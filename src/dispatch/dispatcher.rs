@@ -37,10 +37,20 @@ pub(crate) trait Dispatch: Send + Sync + 'static {
     }
     /// Handles one request of a connection whose [`CallCache`] is `cache`.
     fn begin_cached(&self, request: &[u8], out: &mut Vec<u8>, cache: &mut CallCache) -> Outcome;
+    /// Begins the call if that runs no sync code of the service's, so
+    /// that it may begin on a runtime thread: an `async` endpoint of an
+    /// instance already built (its future is returned, not run), the
+    /// typed client's construct call for one, the list of endpoints (a
+    /// new connection's greeting). `None` when it might block
+    /// (a sync endpoint, a constructor to run), or when the request is
+    /// anything else (`begin` then answers it).
+    fn begin_nonblocking(&self, request: &[u8], out: &mut Vec<u8>) -> Option<Outcome>;
     /// The sorted endpoint names.
     fn endpoint_names(&self) -> &[String];
     /// Whether a token is required.
     fn requires_token(&self) -> bool;
+    /// Whether any endpoint is `async`.
+    fn has_async_endpoints(&self) -> bool;
     /// Whether `request` carries the token (true if none is required).
     /// Decodes the request, so it is for a TCP connection's first requests,
     /// not for every call.
@@ -79,6 +89,7 @@ pub(crate) struct Dispatcher<S> {
     service_name: String,
     instances: InstanceCache<S>,
     token: Option<String>,
+    has_async: bool,
 }
 
 impl<S: Send + Sync + 'static> Dispatcher<S> {
@@ -91,6 +102,10 @@ impl<S: Send + Sync + 'static> Dispatcher<S> {
                 service.config.cache_key_bytes,
             ),
             token: service.config.token.clone(),
+            has_async: service
+                .endpoints
+                .values()
+                .any(|e| matches!(e, Endpoint::Async(_))),
             ctor: service.ctor,
             ctor_params: service.ctor_params,
             service_name: service.name,
@@ -247,8 +262,47 @@ impl<S: Send + Sync + 'static> Dispatch for Dispatcher<S> {
         }
     }
 
+    fn begin_nonblocking(&self, request: &[u8], out: &mut Vec<u8>) -> Option<Outcome> {
+        let req = envelope::decode_request(request).ok()?;
+        if let Some(token) = &self.token {
+            if !token::presents(req.auth, token) {
+                return None;
+            }
+        }
+        if req.kind == RequestKind::ListEndpoints {
+            out.clear();
+            envelope::encode_ok(out, &self.names).ok()?;
+            return Some(Outcome::Done);
+        }
+        let endpoint = match self.endpoints.get(req.endpoint) {
+            Some(e @ Endpoint::Async(_)) => Some(e),
+            None if req.endpoint == CONSTRUCT_ENDPOINT => None,
+            _ => return None,
+        };
+        let key = ctor_key(request, req.ctor_args, req.ctor_kwargs);
+        let instance = self
+            .instances
+            .get(&key, || {
+                canonical_ctor_key(self.ctor_params.as_deref(), req.ctor_args, req.ctor_kwargs)
+            })?
+            .ok()?;
+        out.clear();
+        let Some(endpoint) = endpoint else {
+            envelope::encode_ok(out, &()).ok()?;
+            return Some(Outcome::Done);
+        };
+        let mut args = Args::new(req.endpoint, req.args, req.kwargs).ok()?;
+        // The endpoint's own code runs only when the future is polled; an
+        // error before that is left for `begin` to answer.
+        run_endpoint(endpoint, instance.arc(), &mut args, out).ok()
+    }
+
     fn endpoint_names(&self) -> &[String] {
         &self.names
+    }
+
+    fn has_async_endpoints(&self) -> bool {
+        self.has_async
     }
 
     fn requires_token(&self) -> bool {

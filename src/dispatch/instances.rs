@@ -257,6 +257,27 @@ impl<S> InstanceCache<S> {
         }
     }
 
+    /// The instance already built for the constructor arguments whose raw
+    /// bytes are `raw` (as [`get_or_create`](Self::get_or_create) finds
+    /// it), or `None` when building it would run the constructor.
+    pub(super) fn get(
+        &self,
+        raw: &[u8],
+        canonical: impl FnOnce() -> Vec<u8>,
+    ) -> Option<Result<Instance<S>, CallError>> {
+        if let Some(e) = self.alias(raw) {
+            return Some(e.value());
+        }
+        let key = canonical();
+        let found = lock(Self::shard(&self.values, &key))
+            .map
+            .get(key.as_slice())
+            .cloned()?;
+        self.mark_used(&found);
+        self.add_alias(raw, &found);
+        Some(found.value())
+    }
+
     /// The instance for the constructor arguments whose raw bytes are
     /// `raw`: an alias hit, else the entry of `canonical()` (a key of
     /// the bound arguments), else one built by `create`. No lock is held

@@ -1,18 +1,20 @@
 //! The TCP side of a service: frames from `metabridge-tcp`, answered by the
 //! same dispatcher as the shared-memory workers.
 //!
-//! Sync endpoints block, so they run under `block_in_place`: the runtime
-//! thread's other work (accepting, every other connection) moves to another
-//! thread while the call keeps the thread it is on, which costs no thread
-//! wakeup on the way to the endpoint (a `spawn_blocking` handoff would cost
-//! two, each more than a small call itself). The handoff wakes a
-//! blocking-pool thread per call, which costs throughput under load, but
-//! running a call inline even while another runtime thread is free is not
-//! safe: that thread may be asleep on a condition variable rather than on
-//! the I/O driver, and then no one polls the sockets until the call ends.
-//! At most
-//! [`MAX_BLOCKING_CALLS`] run at once; further calls wait without holding
-//! a thread.
+//! Sync endpoints block, so every call begins on the service's own pool
+//! of call threads (`call_threads.rs`), never on a runtime thread: a slow
+//! endpoint holds one of those, while the runtime goes on accepting and
+//! serving every other connection. At most
+//! [`ServiceConfig::tcp_call_threads`](crate::config::ServiceConfig::tcp_call_threads)
+//! calls run at once; further calls wait in the pool's queue without
+//! holding a thread. An `async` endpoint of an instance already built
+//! begins on the runtime (`Dispatch::begin_nonblocking`), and so does a typed client's
+//! construct call for one: it runs no sync code
+//! of the service's, so it needs no call thread and waits for none. A fast call costs a queue push to a pool thread that
+//! is polling for it, and, when it is the only call in progress, its
+//! connection polls for the result the same way rather than paying a
+//! runtime thread's wakeup; under load the runtime thread serves other
+//! connections meanwhile.
 //!
 //! The server drops a call whose client closed its connection (see
 //! `metabridge_tcp::server`): an `async` endpoint runs as a task of its
@@ -25,50 +27,82 @@ use crate::envelope;
 use metabridge_tcp::{Handler, Server};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
-use tokio::runtime::{Handle, RuntimeFlavor};
-use tokio::sync::Semaphore;
+use std::time::Instant;
+use tokio::sync::oneshot::error::TryRecvError;
 
-/// Most sync endpoint calls running at once over TCP. Each holds a thread
-/// of the runtime's blocking pool (512 by default), which also supplies the
-/// threads that take over the runtime's work meanwhile; staying well below
-/// its size keeps the runtime itself serving when many calls are slow.
-pub(super) const MAX_BLOCKING_CALLS: usize = 256;
+use super::call_threads::{CallThreads, POLL};
 
 struct TcpHandler {
     dispatch: Arc<dyn Dispatch>,
     /// The service's message limit, for results.
     max_message: usize,
-    /// Permits for sync calls in progress (see [`MAX_BLOCKING_CALLS`]).
-    blocking: Semaphore,
+    /// Whether the service has `async` endpoints, which may begin on the
+    /// runtime (else nothing is decoded for it: every call is sync).
+    nonblocking: bool,
+    /// Where calls begin (see the module docs).
+    calls: CallThreads,
+    /// Calls begun and not yet answered by the pool; counts no data, so
+    /// `Relaxed`.
+    in_flight: AtomicUsize,
     /// The live counters (they count error replies here).
     counters: Option<Arc<crate::stats::Counters>>,
 }
 
 impl TcpHandler {
-    /// Begins the call off the runtime's threads (see the module docs).
+    /// Begins the call on a pool thread (see the module docs).
     async fn begin(&self, request: Vec<u8>) -> (Outcome, Vec<u8>) {
-        // Never closed, so `acquire` only fails if it were; then run anyway.
-        let _permit = self.blocking.acquire().await.ok();
-        let mut out = Vec::with_capacity(256);
-        if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
-            let outcome = tokio::task::block_in_place(|| self.dispatch.begin(&request, &mut out));
-            return (outcome, out);
+        if self.nonblocking {
+            let mut out = Vec::new();
+            if let Some(begun) = self.dispatch.begin_nonblocking(&request, &mut out) {
+                return (begun, out);
+            }
         }
-        // A current-thread runtime has no other thread to hand its work
-        // to: the call moves to the blocking pool instead.
         let dispatch = Arc::clone(&self.dispatch);
-        let joined = tokio::task::spawn_blocking(move || {
+        let mut begun = self.calls.run(move || {
+            let mut out = Vec::with_capacity(256);
             let outcome = dispatch.begin(&request, &mut out);
             (outcome, out)
-        })
-        .await;
-        joined.unwrap_or_else(|e| {
-            // `begin` catches endpoint panics; this is a cancelled pool.
-            let mut out = Vec::new();
-            envelope::encode_error(&mut out, "Cancelled", &e.to_string());
-            (Outcome::Done, out)
-        })
+        });
+        let alone = self.in_flight.fetch_add(1, Relaxed) == 0;
+        let _counted = InFlight(&self.in_flight);
+        if alone {
+            // Nothing else for this server to do meanwhile: poll, yielding
+            // the CPU, for at most as long as a pool thread polls.
+            let start = Instant::now();
+            loop {
+                match begun.try_recv() {
+                    Ok(begun) => return begun,
+                    Err(TryRecvError::Closed) => return lost_call(),
+                    Err(TryRecvError::Empty) if start.elapsed() < POLL => std::thread::yield_now(),
+                    Err(TryRecvError::Empty) => break,
+                }
+            }
+        }
+        begun.await.unwrap_or_else(|_| lost_call())
+    }
+}
+
+/// The reply when the pool lost a call: its job panicked outside the
+/// dispatcher (which catches endpoint panics), or no thread could start.
+fn lost_call() -> (Outcome, Vec<u8>) {
+    let mut out = Vec::new();
+    envelope::encode_error(
+        &mut out,
+        "Cancelled",
+        "the service could not run this call: no thread for sync calls (see its log)",
+    );
+    (Outcome::Done, out)
+}
+
+/// Counts a call in [`TcpHandler::in_flight`] until dropped (also when
+/// the call is, with its client).
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
     }
 }
 
@@ -163,9 +197,11 @@ pub(super) async fn bind(
         config.tls = tls;
     }
     let handler = TcpHandler {
+        nonblocking: dispatch.has_async_endpoints(),
         dispatch,
         max_message: service.max_message,
-        blocking: Semaphore::new(MAX_BLOCKING_CALLS),
+        calls: CallThreads::new(service.tcp_call_threads, "metabridge-call"),
+        in_flight: AtomicUsize::new(0),
         counters,
     };
     Server::bind(addr, config, Arc::new(handler)).await
