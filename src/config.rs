@@ -16,6 +16,7 @@
 //! | `METABRIDGE_STATS=0` | no live counters (to measure what they cost) | [`stats_enabled`] |
 //! | `METABRIDGE_TCP_MAX_*`, `METABRIDGE_TCP_SHUTDOWN_GRACE_MS` | the TCP server's quotas | [`tcp_server`] |
 //! | `METABRIDGE_TLS_CERT`, `METABRIDGE_TLS_KEY` (and `METABRIDGE_TLS_CLIENT_CA` for mutual TLS) | a service's TLS: [`ServiceConfig::tls`] (both or neither) | `ServiceConfig::default` |
+//! | `METABRIDGE_TLS_CLIENT_ALLOW` | the clients a mutual-TLS service admits: [`ServiceConfig::tls_client_allow`] | `ServiceConfig::default` |
 //! | `METABRIDGE_TLS_CA` or `METABRIDGE_TLS_PIN`, (and `METABRIDGE_TLS_CLIENT_CERT`, `METABRIDGE_TLS_CLIENT_KEY`) | how a TCP client verifies a TLS service (and its own certificate) | [`client_tls`] |
 //!
 //! The shared-memory crate reads its own `METABRIDGE_SHM_DIR` (the
@@ -264,6 +265,40 @@ pub struct ServiceConfig {
     /// feature refuses to start with TLS asked for, never serving
     /// plaintext in its place.
     pub tls: Option<TlsFiles>,
+    /// Serve TCP with TLS from PEM bytes given in code (the `tls` feature;
+    /// default none): the same as [`tls`](Self::tls), without files (so
+    /// not reloaded on SIGHUP). Setting both is an error at start.
+    pub tls_pem: Option<TlsPem>,
+    /// With a client CA (mutual TLS), the clients admitted: certificate
+    /// fingerprints (`sha256:...`) or DNS names their certificate is valid
+    /// for (default: every client the CA signed, or
+    /// `$METABRIDGE_TLS_CLIENT_ALLOW`, comma-separated). Without a client
+    /// CA, a list is an error at start.
+    pub tls_client_allow: Vec<String>,
+}
+
+/// A service's certificate chain and private key as PEM bytes, and the CA
+/// its clients' certificates must chain to, for mutual TLS (see
+/// [`ServiceConfig::tls_pem`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsPem {
+    /// The certificate chain, the service's own first.
+    pub cert: Vec<u8>,
+    /// Its private key.
+    pub key: Vec<u8>,
+    /// Clients must present a certificate signed by a CA of these.
+    pub client_ca: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsPem {
+    /// Never the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsPem")
+            .field("cert", &format_args!("{} bytes", self.cert.len()))
+            .field("key", &"..")
+            .field("client_ca", &self.client_ca.as_ref().map(Vec::len))
+            .finish()
+    }
 }
 
 /// Where a service's certificate chain and private key are (PEM files:
@@ -302,6 +337,7 @@ fn tls_files_from_env() -> Option<TlsFiles> {
 const TLS_CERT: &str = "METABRIDGE_TLS_CERT";
 const TLS_KEY: &str = "METABRIDGE_TLS_KEY";
 const TLS_CLIENT_CA: &str = "METABRIDGE_TLS_CLIENT_CA";
+const TLS_CLIENT_ALLOW: &str = "METABRIDGE_TLS_CLIENT_ALLOW";
 const TLS_CA: &str = "METABRIDGE_TLS_CA";
 const TLS_PIN: &str = "METABRIDGE_TLS_PIN";
 #[cfg(feature = "tls")]
@@ -309,33 +345,66 @@ const TLS_CLIENT_CERT: &str = "METABRIDGE_TLS_CLIENT_CERT";
 #[cfg(feature = "tls")]
 const TLS_CLIENT_KEY: &str = "METABRIDGE_TLS_CLIENT_KEY";
 
-/// The service's TLS, ready to serve: `None` without TLS files; an error
-/// naming the file or setting when they are incomplete or unusable, or
-/// when this build has no TLS.
+/// The service's TLS, ready to serve: `None` without TLS files or PEM;
+/// an error naming the file or setting when they are incomplete or
+/// unusable, or when this build has no TLS.
 #[cfg(feature = "tls")]
 pub(crate) fn server_tls(
-    files: Option<&TlsFiles>,
+    config: &ServiceConfig,
 ) -> crate::Result<Option<metabridge_tcp::tls::ServerTls>> {
-    let Some(files) = files else { return Ok(None) };
-    check_pair(files)?;
-    let tls = metabridge_tcp::tls::ServerTls::from_files(&files.cert, &files.key)?;
-    let tls = match &files.client_ca {
-        Some(ca) => tls.require_client_certs(ca)?,
-        None => tls,
+    use metabridge_tcp::tls::ServerTls;
+    let (tls, client_ca) = match (&config.tls, &config.tls_pem) {
+        (None, None) if config.tls_client_allow.is_empty() => return Ok(None),
+        (None, None) => return Err(allow_without_ca()),
+        (Some(_), Some(_)) => {
+            return Err(crate::Error::InvalidSetting {
+                variable: TLS_CERT,
+                value: "TLS files and TLS PEM both given".into(),
+                accepted: "one of ServiceConfig::tls (files) and ServiceConfig::tls_pem (bytes)",
+            })
+        }
+        (Some(files), None) => {
+            check_pair(files)?;
+            let ca = match &files.client_ca {
+                Some(ca) => Some(metabridge_tcp::tls::read_certificates(ca)?),
+                None => None,
+            };
+            (ServerTls::from_files(&files.cert, &files.key)?, ca)
+        }
+        (None, Some(pem)) => (
+            ServerTls::from_pem(&pem.cert, &pem.key)?,
+            pem.client_ca.clone(),
+        ),
     };
-    Ok(Some(tls))
+    match client_ca {
+        Some(ca) => Ok(Some(
+            tls.require_client_certs_pem(&ca, &config.tls_client_allow)?,
+        )),
+        None if config.tls_client_allow.is_empty() => Ok(Some(tls)),
+        None => Err(allow_without_ca()),
+    }
+}
+
+#[cfg(feature = "tls")]
+fn allow_without_ca() -> crate::Error {
+    crate::Error::InvalidSetting {
+        variable: TLS_CLIENT_ALLOW,
+        value: "a list of allowed clients without a client CA".into(),
+        accepted:
+            "a list with METABRIDGE_TLS_CLIENT_CA (TlsFiles::client_ca, TlsPem::client_ca), or none",
+    }
 }
 
 /// See the `tls` build's `server_tls`: without the feature, TLS asked for
 /// is an error (never plaintext in its place).
 #[cfg(not(feature = "tls"))]
 pub(crate) fn server_tls(
-    files: Option<&TlsFiles>,
+    config: &ServiceConfig,
 ) -> crate::Result<Option<std::convert::Infallible>> {
-    match files {
-        None => Ok(None),
-        Some(_) => Err(no_tls_in_this_build(TLS_CERT)),
+    if config.tls.is_none() && config.tls_pem.is_none() && config.tls_client_allow.is_empty() {
+        return Ok(None);
     }
+    Err(no_tls_in_this_build(TLS_CERT))
 }
 
 #[cfg(not(feature = "tls"))]
@@ -451,6 +520,16 @@ impl Default for ServiceConfig {
                 .filter(|f| !f.is_empty())
                 .map(Into::into),
             tls: tls_files_from_env(),
+            tls_pem: None,
+            tls_client_allow: std::env::var(TLS_CLIENT_ALLOW)
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|e| !e.is_empty())
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 }

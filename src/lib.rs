@@ -81,7 +81,7 @@ mod worker;
 pub use args::{bytes, to_msgpack, Args, Bin, CallArgs, IntoArgs};
 pub use blob::Blob;
 pub use client::{connect, lookup, Client, Connect, TypedConnect};
-pub use config::{ServiceConfig, TlsFiles, TransportKind};
+pub use config::{ServiceConfig, TlsFiles, TlsPem, TransportKind};
 /// TLS over TCP (feature `tls`): what a client trusts ([`tls::ClientTls`]),
 /// what a service serves ([`tls::ServerTls`]), and why either failed.
 #[cfg(feature = "tls")]

@@ -4,7 +4,7 @@
 //! hand gives the same service.
 
 use crate::args::Args;
-use crate::config::ServiceConfig;
+use crate::config::{ServiceConfig, TlsFiles, TlsPem};
 use crate::envelope;
 use crate::error::{CallError, Error, Result};
 use serde::Serialize;
@@ -192,6 +192,35 @@ impl<S: Send + Sync + 'static> Service<S> {
     pub fn port(mut self, port: u16) -> Self {
         self.config.port = port;
         self.config.tcp_exposed = true;
+        self
+    }
+
+    /// Serves TCP with TLS from PEM files (the `tls` feature; see
+    /// [`ServiceConfig::tls`]); `#[service(tls(cert = "..", key = ".."))]`
+    /// calls it.
+    ///
+    /// ```
+    /// # struct Api;
+    /// let service = metabridge::Service::<Api>::new("api").host("0.0.0.0").tls(metabridge::TlsFiles {
+    ///     cert: "/etc/api/cert.pem".into(),
+    ///     key: "/etc/api/key.pem".into(),
+    ///     client_ca: None,
+    /// });
+    /// let _ = service.configure(|c| assert!(c.tls.is_some()));
+    /// ```
+    pub fn tls(mut self, files: TlsFiles) -> Self {
+        self.config.tls = Some(files);
+        self
+    }
+
+    /// Serves TCP with TLS from a certificate chain and key given as PEM
+    /// bytes (the `tls` feature; see [`ServiceConfig::tls_pem`]).
+    pub fn tls_pem(mut self, cert: &[u8], key: &[u8]) -> Self {
+        self.config.tls_pem = Some(TlsPem {
+            cert: cert.to_vec(),
+            key: key.to_vec(),
+            client_ca: None,
+        });
         self
     }
 

@@ -260,6 +260,18 @@ fn server(def: &ServiceDef, imp: &ItemImpl) -> TokenStream {
     let host = def.args.host.as_ref().map(|h| quote!(.host(#h)));
     let port = def.args.port.as_ref().map(|p| quote!(.port(#p)));
     let logger = def.args.logger.as_ref().map(|b| quote!(.logger(#b)));
+    let tls = def.args.tls.as_ref().map(|t| {
+        let (cert, key) = (&t.cert, &t.key);
+        let client_ca = match &t.client_ca {
+            Some(ca) => quote!(::core::option::Option::Some(::std::path::PathBuf::from(#ca))),
+            None => quote!(::core::option::Option::None),
+        };
+        quote!(.tls(::metabridge::TlsFiles {
+            cert: ::std::path::PathBuf::from(#cert),
+            key: ::std::path::PathBuf::from(#key),
+            client_ca: #client_ca,
+        }))
+    });
     let ctor = constructor(def, ty, &l);
     let endpoints = def.endpoints.iter().map(|ep| endpoint(ep, ty, &l));
     let service_doc = format!(
@@ -275,6 +287,7 @@ fn server(def: &ServiceDef, imp: &ItemImpl) -> TokenStream {
                     #host
                     #port
                     #logger
+                    #tls
                     #ctor
                     #(#endpoints)*
             }

@@ -16,7 +16,8 @@ pub const MAX_ENDPOINT_PARAMS: usize = 12;
 /// Associated functions that `#[service]` generates on the service type.
 const GENERATED_FNS: [&str; 3] = ["service", "run", "serve"];
 
-/// The arguments of `#[metabridge::service(name = "..", host = "..", port = N)]`.
+/// The arguments of `#[metabridge::service(name = "..", host = "..", port = N, logger = B,
+/// tls(cert = "..", key = ".."))]`.
 pub struct ServiceArgs {
     /// The service name, used by the server and by `connect`.
     pub name: LitStr,
@@ -26,6 +27,67 @@ pub struct ServiceArgs {
     pub port: Option<LitInt>,
     /// `logger = true|false`, if given.
     pub logger: Option<syn::LitBool>,
+    /// `tls(cert = "..", key = "..", client_ca = "..")`, if given.
+    pub tls: Option<TlsArgs>,
+}
+
+/// The PEM files of `tls(cert = "..", key = "..", client_ca = "..")`
+/// (`client_ca` optional).
+pub struct TlsArgs {
+    pub cert: LitStr,
+    pub key: LitStr,
+    pub client_ca: Option<LitStr>,
+}
+
+impl TlsArgs {
+    fn parse(meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<TlsArgs> {
+        let (mut cert, mut key, mut client_ca) = (None, None, None);
+        meta.parse_nested_meta(|inner| {
+            let key_name = inner.path.get_ident().map(|i| i.unraw().to_string());
+            let slot = match key_name.as_deref() {
+                Some("cert") => &mut cert,
+                Some("key") => &mut key,
+                Some("client_ca") => &mut client_ca,
+                _ => {
+                    return Err(inner.error(format!(
+                        "unknown `tls` key `{}`; expected `cert`, `key` or `client_ca`",
+                        path_to_string(&inner.path)
+                    )))
+                }
+            };
+            let name = key_name.unwrap_or_default();
+            if slot.is_some() {
+                return Err(inner.error(format!("duplicate `tls` key `{name}`")));
+            }
+            let lit: LitStr = inner.value()?.parse().map_err(|e| {
+                syn::Error::new(
+                    e.span(),
+                    format!(
+                        "expected a PEM file's path: `{name} = \"/etc/my-service/{name}.pem\"`"
+                    ),
+                )
+            })?;
+            if lit.value().is_empty() {
+                return Err(syn::Error::new_spanned(
+                    &lit,
+                    format!("`{name}` must not be empty"),
+                ));
+            }
+            *slot = Some(lit);
+            Ok(())
+        })?;
+        let missing = |what: &str| {
+            meta.error(format!(
+                "`tls` needs `cert` and `key`: write `tls(cert = \"cert.pem\", key = \"key.pem\")` \
+                 (`{what}` is missing)"
+            ))
+        };
+        Ok(TlsArgs {
+            cert: cert.ok_or_else(|| missing("cert"))?,
+            key: key.ok_or_else(|| missing("key"))?,
+            client_ca,
+        })
+    }
 }
 
 impl ServiceArgs {
@@ -35,6 +97,7 @@ impl ServiceArgs {
         let mut host: Option<LitStr> = None;
         let mut port: Option<LitInt> = None;
         let mut logger: Option<syn::LitBool> = None;
+        let mut tls: Option<TlsArgs> = None;
         let parser = syn::meta::parser(|meta| {
             let key = meta.path.get_ident().map(|i| i.unraw().to_string());
             match key.as_deref() {
@@ -90,8 +153,15 @@ impl ServiceArgs {
                     logger = Some(lit);
                     Ok(())
                 }
+                Some("tls") => {
+                    if tls.is_some() {
+                        return Err(meta.error("duplicate key `tls`"));
+                    }
+                    tls = Some(TlsArgs::parse(&meta)?);
+                    Ok(())
+                }
                 _ => Err(meta.error(format!(
-                    "unknown attribute key `{}`; expected `name`, `host`, `port` or `logger`",
+                    "unknown attribute key `{}`; expected `name`, `host`, `port`, `logger` or `tls`",
                     path_to_string(&meta.path)
                 ))),
             }
@@ -108,6 +178,7 @@ impl ServiceArgs {
             host,
             port,
             logger,
+            tls,
         })
     }
 }

@@ -4,7 +4,9 @@
 //! certificate, a wrong pin, a plaintext client on a TLS port, a TLS
 //! client on a plaintext port, a handshake that stalls either way); the
 //! checks on key files; a certificate renewed without a restart (SIGHUP);
-//! mutual TLS; and a local client that trusts what its own registry says.
+//! mutual TLS, with an allow-list of clients in place of a token; a
+//! certificate given in code; and a local client that trusts what its own
+//! registry says.
 
 mod support;
 
@@ -398,6 +400,114 @@ fn mutual_tls_refuses_a_client_without_a_certificate_of_its_ca() {
         Err(Error::Tls(TlsError::ClientCertRefused(_))) => {}
         other => panic!("expected the stranger's certificate refused, got {other:?}"),
     }
+}
+
+/// Mutual TLS as the alternative to a token: the service (exposed, no
+/// token) admits the clients of its allow-list, by a name their
+/// certificate is valid for or by fingerprint; another client of the same
+/// CA is refused in the handshake, a typed error.
+#[test]
+fn mutual_tls_admits_only_the_clients_of_its_allow_list() {
+    let mut env = TestEnv::new("tls-allow");
+    let ca = TestCa::new("net-test CA");
+    let clients_ca = TestCa::new("clients CA");
+    let issued = ca.issue(&["127.0.0.1"], false);
+    let cert = env.file("cert.pem", &issued.cert, 0o644);
+    let key = env.file("key.pem", &issued.key, 0o600);
+    let client_ca = env.file("clients-ca.pem", &clients_ca.pem(), 0o644);
+    let by_name = clients_ca.issue(&["reports.example"], false);
+    let by_print = clients_ca.issue(&["other.example"], false);
+    let intruder = clients_ca.issue(&["intruder.example"], false);
+    let allow = format!("reports.example, {}", by_print.fingerprint);
+    env.start_service(
+        "svc",
+        &[
+            ("METABRIDGE_TLS_CERT", &cert),
+            ("METABRIDGE_TLS_KEY", &key),
+            ("METABRIDGE_TLS_CLIENT_CA", &client_ca),
+            ("METABRIDGE_TLS_CLIENT_ALLOW", std::path::Path::new(&allow)),
+        ],
+    );
+    let addr = env.tcp_addr("svc");
+    let mut n = 0;
+    let mut as_client = |who: &support::Issued| {
+        n += 1;
+        let c = env.file(&format!("c{n}-cert.pem"), &who.cert, 0o644);
+        let k = env.file(&format!("c{n}-key.pem"), &who.key, 0o600);
+        let tls = ClientTls::ca_pem(ca.pem().as_bytes())
+            .unwrap()
+            .client_cert_files(&c, &k)
+            .unwrap();
+        env.at("svc", &addr)
+            .tls(tls)
+            .open()
+            .and_then(|client| echo(&client, "hello"))
+    };
+    assert_eq!(as_client(&by_name).unwrap(), "hello");
+    assert_eq!(as_client(&by_print).unwrap(), "hello");
+    match as_client(&intruder) {
+        Err(Error::Tls(TlsError::ClientCertRefused(_))) => {}
+        other => panic!("expected the intruder's certificate refused, got {other:?}"),
+    }
+}
+
+/// An allow-list without a client CA, or with an entry that is neither a
+/// fingerprint nor a name, stops the service at start with an error
+/// naming it.
+#[test]
+fn a_bad_allow_list_stops_the_service_at_start() {
+    let mut env = TestEnv::new("tls-allow-bad");
+    let ca = TestCa::new("net-test CA");
+    let issued = ca.issue(&["127.0.0.1"], false);
+    let cert = env.file("cert.pem", &issued.cert, 0o644);
+    let key = env.file("key.pem", &issued.key, 0o600);
+    let client_ca = env.file("clients-ca.pem", &ca.pem(), 0o644);
+    let (code, err) = env.failed_start(
+        "no-ca",
+        &[
+            ("METABRIDGE_TLS_CERT", &cert),
+            ("METABRIDGE_TLS_KEY", &key),
+            (
+                "METABRIDGE_TLS_CLIENT_ALLOW",
+                std::path::Path::new("reports.example"),
+            ),
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("METABRIDGE_TLS_CLIENT_ALLOW"), "{err}");
+    let (code, err) = env.failed_start(
+        "bad-entry",
+        &[
+            ("METABRIDGE_TLS_CERT", &cert),
+            ("METABRIDGE_TLS_KEY", &key),
+            ("METABRIDGE_TLS_CLIENT_CA", &client_ca),
+            (
+                "METABRIDGE_TLS_CLIENT_ALLOW",
+                std::path::Path::new("sha256:abc"),
+            ),
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("sha256:abc"), "{err}");
+}
+
+/// A certificate and key given in code as PEM bytes (`Service::tls_pem`)
+/// serve like files.
+#[test]
+fn a_certificate_given_in_code_serves_tls() {
+    let mut env = TestEnv::new("tls-pem");
+    let ca = TestCa::new("net-test CA");
+    let issued = ca.issue(&["127.0.0.1"], false);
+    let cert = env.file("cert.pem", &issued.cert, 0o644);
+    let key = env.file("key.pem", &issued.key, 0o600);
+    env.start_service("svc", &[("MB_PEM_CERT", &cert), ("MB_PEM_KEY", &key)]);
+    let addr = env.tcp_addr("svc");
+    let client = env
+        .at("svc", &addr)
+        .tls(ClientTls::pinned(&issued.fingerprint).unwrap())
+        .open()
+        .unwrap();
+    assert_eq!(echo(&client, "from bytes").unwrap(), "from bytes");
 }
 
 #[test]

@@ -261,22 +261,27 @@ class ServiceBuilder:
 
 
 def _service_tls(tls):
-    """``create(tls=...)`` as ``(cert, key, client_ca)``: a dict with
-    ``"cert"`` and ``"key"`` (PEM files' paths) and optionally
-    ``"client_ca"`` (mutual TLS), or a ``(cert, key)`` pair."""
+    """``create(tls=...)`` as ``(cert, key, client_ca, allow)``: a dict
+    with ``"cert"`` and ``"key"`` (PEM files' paths) and optionally
+    ``"client_ca"`` (mutual TLS) and ``"allow"`` (the clients admitted:
+    certificate fingerprints ``"sha256:..."`` or DNS names), or a
+    ``(cert, key)`` pair."""
     if tls is None:
         return None
     if isinstance(tls, (tuple, list)) and len(tls) == 2:
-        return (os.fspath(tls[0]), os.fspath(tls[1]), None)
+        return (os.fspath(tls[0]), os.fspath(tls[1]), None, [])
     if isinstance(tls, dict):
-        unknown = set(tls) - {"cert", "key", "client_ca"}
+        unknown = set(tls) - {"cert", "key", "client_ca", "allow"}
         if unknown or "cert" not in tls or "key" not in tls:
             raise TypeError(
-                "tls= takes {'cert': path, 'key': path} and optionally 'client_ca'"
+                "tls= takes {'cert': path, 'key': path} and optionally 'client_ca' and 'allow'"
                 + (f"; unknown: {sorted(unknown)}" if unknown else "")
             )
         ca = tls.get("client_ca")
-        return (os.fspath(tls["cert"]), os.fspath(tls["key"]), None if ca is None else os.fspath(ca))
+        allow = tls.get("allow") or []
+        if isinstance(allow, str) or not all(isinstance(a, str) for a in allow):
+            raise TypeError("tls['allow'] takes a list of strings: 'sha256:...' fingerprints or DNS names")
+        return (os.fspath(tls["cert"]), os.fspath(tls["key"]), None if ca is None else os.fspath(ca), list(allow))
     raise TypeError("tls= takes a dict {'cert': path, 'key': path} or a (cert, key) pair")
 
 

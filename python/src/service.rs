@@ -226,20 +226,21 @@ pub fn serve_forked(
     port: Option<u16>,
     prebuilt: Option<Py<PyAny>>,
     logger: bool,
-    tls: Option<(String, String, Option<String>)>,
+    tls: Option<(String, String, Option<String>, Vec<String>)>,
 ) -> PyResult<()> {
     // `logger=True`: the runtime logs start, stop, connects and every call
     // (endpoint, arguments, result, duration) on the daemon's stderr.
     let mut service = build(py, name, cls, endpoints, submit, host, port, prebuilt).logger(logger);
-    // `tls=(cert, key, client_ca)`: TLS on its TCP port (the files are
-    // checked, and a bad one reported by `run`, when it starts).
-    if let Some((cert, key, client_ca)) = tls {
+    // `tls=(cert, key, client_ca, allow)`: TLS on its TCP port (the files
+    // are checked, and a bad one reported by `run`, when it starts).
+    if let Some((cert, key, client_ca, allow)) = tls {
         service = service.configure(|c| {
             c.tls = Some(metabridge::TlsFiles {
                 cert: cert.into(),
                 key: key.into(),
                 client_ca: client_ca.map(Into::into),
-            })
+            });
+            c.tls_client_allow = allow;
         });
     }
     // The write end of a pipe the Python layer created for this and gave up.

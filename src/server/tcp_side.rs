@@ -31,7 +31,7 @@ pub(super) fn start(ctx: &Serving<'_>) -> Result<Box<dyn Listening>> {
     let addr = format!("{}:{}", config.host, config.port);
     // TLS asked for and unusable (or not built) stops the start: never
     // plaintext in its place.
-    let tls = crate::config::server_tls(config.tls.as_ref())?;
+    let tls = crate::config::server_tls(config)?;
     let tcp = runtime.block_on(super::tcp_handler::bind(
         &addr,
         dispatch.clone(),
@@ -48,10 +48,17 @@ pub(super) fn start(ctx: &Serving<'_>) -> Result<Box<dyn Listening>> {
              (ServiceConfig::tls) unless its clients are the original library's, which cannot speak TLS."
         );
     }
-    if !tcp_addr.ip().is_loopback() && config.token.is_none() {
+    // Mutual TLS authenticates every client instead of a token.
+    let client_certs = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some())
+        || config
+            .tls_pem
+            .as_ref()
+            .is_some_and(|t| t.client_ca.is_some());
+    if !tcp_addr.ip().is_loopback() && config.token.is_none() && !client_certs {
         eprintln!(
             "metabridge: WARNING: service {name:?} is exposed on {tcp_addr} without a token; anyone who can reach \
-             this address can call it. Set METABRIDGE_TOKEN or ServiceConfig::token."
+             this address can call it. Set METABRIDGE_TOKEN or ServiceConfig::token, or require client \
+             certificates (METABRIDGE_TLS_CLIENT_CA)."
         );
     }
     let stop = tcp.shutdown_handle();

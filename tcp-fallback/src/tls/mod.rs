@@ -4,6 +4,8 @@
 //! * `files`: reading certificate and key files with the checks the log
 //!   file gets (ours, no symlink, a key nobody else may read);
 //! * `server`: a service's certificate, reloadable without a restart;
+//! * `allow`: the clients a mutual-TLS service admits (fingerprints or
+//!   names), beyond their CA;
 //! * `client`: how a client verifies the service (a CA bundle with the
 //!   host name checked, or a pinned certificate fingerprint);
 //! * `error`: rustls' and the socket's failures as one typed [`TlsError`]
@@ -15,6 +17,7 @@
 //! pooled client runs it when it opens a connection, within the call's
 //! deadline, so a pooled connection pays it once.
 
+mod allow;
 mod client;
 mod error;
 mod files;
@@ -26,6 +29,13 @@ pub use server::ServerTls;
 
 pub(crate) use client::{handshake as client_handshake, ClientStream};
 pub(crate) use server::looks_like_tls;
+
+/// The bytes of a PEM file of certificates (a CA bundle), read with the
+/// checks of `files` (a regular file of this user's, not a symlink, at
+/// most 4 MiB).
+pub fn read_certificates(path: impl AsRef<std::path::Path>) -> Result<Vec<u8>, TlsError> {
+    files::read_checked(path.as_ref(), files::Holds::Certificates)
+}
 
 /// The SHA-256 fingerprint of a DER certificate, as `sha256:` and 64
 /// lowercase hex digits: what [`ClientTls::pinned`] takes and

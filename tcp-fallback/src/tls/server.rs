@@ -5,6 +5,7 @@
 //! SIGHUP): connections made after it get the new certificate, the ones
 //! open keep theirs.
 
+use super::allow::{AllowList, AllowListed};
 use super::files::{read_checked, Holds};
 use super::{fingerprint, provider, root_store, TlsError};
 use rustls::pki_types::pem::PemObject;
@@ -124,10 +125,39 @@ impl ServerTls {
     /// of the PEM file `ca` (mutual TLS).
     pub fn require_client_certs(self, ca: impl AsRef<Path>) -> Result<ServerTls, TlsError> {
         let pem = read_checked(ca.as_ref(), Holds::Certificates)?;
-        let roots = root_store(&pem, "the client CA")?;
+        self.require_client_certs_pem(&pem, &[])
+    }
+
+    /// Requires every client to present a certificate that chains to a CA
+    /// of the PEM bytes `ca` (mutual TLS) and, unless `allowed` is empty,
+    /// is on that list: certificate fingerprints (`sha256:...`) or DNS
+    /// names the certificate is valid for. A client refused gets a TLS
+    /// alert in the handshake.
+    ///
+    /// ```no_run
+    /// use metabridge_tcp::tls::ServerTls;
+    /// let ca = std::fs::read("/etc/metabridge/clients-ca.pem")?;
+    /// let tls = ServerTls::from_files("/etc/metabridge/cert.pem", "/etc/metabridge/key.pem")?
+    ///     .require_client_certs_pem(&ca, &["reporting.internal".to_string()])?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn require_client_certs_pem(
+        self,
+        ca: &[u8],
+        allowed: &[String],
+    ) -> Result<ServerTls, TlsError> {
+        let roots = root_store(ca, "the client CA")?;
         let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
             .build()
             .map_err(|e| TlsError::Config(format!("the client CA: {e}")))?;
+        let verifier: Arc<dyn rustls::server::danger::ClientCertVerifier> = if allowed.is_empty() {
+            verifier
+        } else {
+            Arc::new(AllowListed {
+                inner: verifier,
+                allowed: AllowList::parse(allowed)?,
+            })
+        };
         // The same identity: a reload serves both configurations.
         Self::with_identity(self.identity, Some(verifier))
     }
