@@ -15,7 +15,8 @@
 //!
 //! Invariants, all under `state`'s lock:
 //! - `polling + sleeping + running ≤ threads ≤ max`, where `running` is the
-//!   threads inside a job (not counted);
+//!   threads inside a job (not counted), and `threads` also counts the
+//!   callers of [`CallThreads::run_here`] while they run;
 //! - a job is pushed only with the lock held, and a poller stops polling
 //!   (`polling -= 1`) and looks at the queue in one hold of the lock, so a
 //!   submitter that saw `jobs.len() ≤ polling` and woke no one cannot leave
@@ -102,46 +103,39 @@ impl CallThreads {
         rx
     }
 
-    fn push(&self, job: Job) {
-        let shared = &self.shared;
-        let mut state = shared.lock();
-        state.jobs.push_back(job);
-        // Release: pairs with the pollers' Acquire load; the job itself
-        // is handed over by the lock.
-        shared.queued.store(state.jobs.len(), Ordering::Release);
-        if state.jobs.len() <= state.polling {
-            return; // a poller takes it (see the invariants)
-        }
-        if state.sleeping > 0 {
-            shared.wake.notify_one();
-            return;
-        }
-        if state.threads < shared.max {
+    /// Runs `f` on the calling thread as if it were a pool thread: it
+    /// counts against the bound while it runs (so `f` must not hold a
+    /// runtime thread: the caller wraps it in `block_in_place`). Gives `f`
+    /// back when the pool is at its bound.
+    pub(super) fn run_here<T, F: FnOnce() -> T>(&self, f: F) -> Result<T, F> {
+        {
+            let mut state = self.shared.lock();
+            if state.threads >= self.shared.max {
+                return Err(f);
+            }
             state.threads += 1;
-            drop(state);
-            let worker = Arc::clone(shared);
-            let started = std::thread::Builder::new()
-                .name(shared.name.clone())
-                .spawn(move || worker.serve());
-            if let Err(e) = started {
-                tracing::warn!(
-                    target: "metabridge::service",
-                    "could not start a thread for sync calls ({e}); the call waits for a running one"
-                );
-                let mut state = shared.lock();
+        }
+        /// Gives the slot back, even if `f` unwinds.
+        struct Slot<'a>(&'a Arc<Shared>);
+        impl Drop for Slot<'_> {
+            fn drop(&mut self) {
+                let mut state = self.0.lock();
                 state.threads -= 1;
-                if state.threads == 0 {
-                    // No thread will ever take them: fail the calls now
-                    // (dropping a job drops its sender; the caller sees an
-                    // error) rather than leave them waiting.
-                    let jobs = std::mem::take(&mut state.jobs);
-                    shared.queued.store(0, Ordering::Release);
-                    drop(state);
-                    drop(jobs);
+                if !state.jobs.is_empty() {
+                    // Jobs queued while this slot was taken may have no
+                    // thread to take them.
+                    self.0.find_taker(state);
                 }
             }
         }
-        // Else every thread is busy: the job waits for the first to finish.
+        let _slot = Slot(&self.shared);
+        Ok(f())
+    }
+
+    fn push(&self, job: Job) {
+        let mut state = self.shared.lock();
+        state.jobs.push_back(job);
+        self.shared.find_taker(state);
     }
 }
 
@@ -153,6 +147,48 @@ impl Drop for CallThreads {
 }
 
 impl Shared {
+    /// After a job was queued: leaves it to a poller, wakes a sleeper, or
+    /// starts a thread, within the bound; else it waits for the first
+    /// thread to finish.
+    fn find_taker(self: &Arc<Self>, mut state: MutexGuard<'_, State>) {
+        // Release: pairs with the pollers' Acquire load; the job itself
+        // is handed over by the lock.
+        self.queued.store(state.jobs.len(), Ordering::Release);
+        if state.jobs.len() <= state.polling {
+            return; // a poller takes it (see the invariants)
+        }
+        if state.sleeping > 0 {
+            self.wake.notify_one();
+            return;
+        }
+        if state.threads >= self.max {
+            return;
+        }
+        state.threads += 1;
+        drop(state);
+        let worker = Arc::clone(self);
+        let started = std::thread::Builder::new()
+            .name(self.name.clone())
+            .spawn(move || worker.serve());
+        if let Err(e) = started {
+            tracing::warn!(
+                target: "metabridge::service",
+                "could not start a thread for sync calls ({e}); the call waits for a running one"
+            );
+            let mut state = self.lock();
+            state.threads -= 1;
+            if state.threads == 0 {
+                // No thread will ever take them: fail the calls now
+                // (dropping a job drops its sender; the caller sees an
+                // error) rather than leave them waiting.
+                let jobs = std::mem::take(&mut state.jobs);
+                self.queued.store(0, Ordering::Release);
+                drop(state);
+                drop(jobs);
+            }
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A job runs outside the lock and under `catch_unwind`, so nothing
         // panics while holding it; a poisoned lock still holds a valid
@@ -301,6 +337,26 @@ mod tests {
         let failed = pool.run(|| -> u8 { panic!("on purpose") });
         assert!(rt.block_on(failed).is_err());
         assert_eq!(rt.block_on(pool.run(|| 7u8)).unwrap(), 7);
+    }
+
+    /// A caller running a job in place takes a slot of the bound: a job
+    /// queued meanwhile waits (no thread starts past the bound), then runs
+    /// once the slot is given back; at the bound, `run_here` declines.
+    #[test]
+    fn running_in_place_counts_against_the_bound() {
+        let pool = CallThreads::new(1, "test-calls");
+        let rt = runtime();
+        let queued = pool
+            .run_here(|| {
+                let rx = pool.run(|| 5u8);
+                let state = pool.shared.lock();
+                assert_eq!((state.threads, state.jobs.len()), (1, 1));
+                drop(state);
+                assert!(pool.run_here(|| ()).is_err(), "a second slot past the bound");
+                rx
+            })
+            .unwrap_or_else(|_| panic!("the pool had a free slot"));
+        assert_eq!(rt.block_on(queued).unwrap(), 5);
     }
 
     /// Dropping the pool lets its idle threads exit.

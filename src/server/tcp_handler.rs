@@ -7,14 +7,15 @@
 //! serving every other connection. At most
 //! [`ServiceConfig::tcp_call_threads`](crate::config::ServiceConfig::tcp_call_threads)
 //! calls run at once; further calls wait in the pool's queue without
-//! holding a thread. An `async` endpoint of an instance already built
+//! holding a thread. A call that is the only one in progress runs on its
+//! runtime thread instead, in a slot of the pool, under `block_in_place`
+//! (the runtime's other work moves to another thread): a lone client pays
+//! no handoff. An `async` endpoint of an instance already built
 //! begins on the runtime (`Dispatch::begin_nonblocking`), and so does a typed client's
 //! construct call for one: it runs no sync code
-//! of the service's, so it needs no call thread and waits for none. A fast call costs a queue push to a pool thread that
-//! is polling for it, and, when it is the only call in progress, its
-//! connection polls for the result the same way rather than paying a
-//! runtime thread's wakeup; under load the runtime thread serves other
-//! connections meanwhile.
+//! of the service's, so it needs no call thread and waits for none. Under load, a fast
+//! call costs a queue push to a pool thread that is polling for it; the
+//! runtime thread serves other connections meanwhile.
 //!
 //! The server drops a call whose client closed its connection (see
 //! `metabridge_tcp::server`): an `async` endpoint runs as a task of its
@@ -29,10 +30,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Instant;
-use tokio::sync::oneshot::error::TryRecvError;
+use tokio::runtime::{Handle, RuntimeFlavor};
 
-use super::call_threads::{CallThreads, POLL};
+use super::call_threads::CallThreads;
 
 struct TcpHandler {
     dispatch: Arc<dyn Dispatch>,
@@ -59,27 +59,30 @@ impl TcpHandler {
                 return (begun, out);
             }
         }
+        let alone = self.in_flight.fetch_add(1, Relaxed) == 0;
+        let _counted = InFlight(&self.in_flight);
+        if alone && Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
+            // Nothing else for this server to do meanwhile: the call runs
+            // here, in a slot of the pool, the runtime's other work moved
+            // to another thread (`block_in_place`), so that a lone client
+            // pays no handoff to a pool thread and back.
+            let here = self.calls.run_here(|| {
+                tokio::task::block_in_place(|| {
+                    let mut out = Vec::with_capacity(256);
+                    let outcome = self.dispatch.begin(&request, &mut out);
+                    (outcome, out)
+                })
+            });
+            if let Ok(begun) = here {
+                return begun;
+            }
+        }
         let dispatch = Arc::clone(&self.dispatch);
-        let mut begun = self.calls.run(move || {
+        let begun = self.calls.run(move || {
             let mut out = Vec::with_capacity(256);
             let outcome = dispatch.begin(&request, &mut out);
             (outcome, out)
         });
-        let alone = self.in_flight.fetch_add(1, Relaxed) == 0;
-        let _counted = InFlight(&self.in_flight);
-        if alone {
-            // Nothing else for this server to do meanwhile: poll, yielding
-            // the CPU, for at most as long as a pool thread polls.
-            let start = Instant::now();
-            loop {
-                match begun.try_recv() {
-                    Ok(begun) => return begun,
-                    Err(TryRecvError::Closed) => return lost_call(),
-                    Err(TryRecvError::Empty) if start.elapsed() < POLL => std::thread::yield_now(),
-                    Err(TryRecvError::Empty) => break,
-                }
-            }
-        }
         begun.await.unwrap_or_else(|_| lost_call())
     }
 }
