@@ -352,7 +352,10 @@ mod tests {
                 let state = pool.shared.lock();
                 assert_eq!((state.threads, state.jobs.len()), (1, 1));
                 drop(state);
-                assert!(pool.run_here(|| ()).is_err(), "a second slot past the bound");
+                assert!(
+                    pool.run_here(|| ()).is_err(),
+                    "a second slot past the bound"
+                );
                 rx
             })
             .unwrap_or_else(|_| panic!("the pool had a free slot"));
