@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: unit, integration (real processes,
 # shared memory, sockets, TLS), doc tests, the Python interop tests, the
-# Python package's tests, and the loom model checks of the lock-free ring
+# Python package's tests, the mesh crate's (zenoh), and the loom model checks of the lock-free ring
 # and hold table (a separate build with --cfg loom). Each step says how
 # long it took.
 #
@@ -29,7 +29,7 @@ cargo test "${TESTS[@]}" --no-run
 
 LOGS=target/test-logs
 mkdir -p "$LOGS"
-step "run: Rust test binaries, the Python package, loom (side by side)"
+step "run: Rust test binaries, the Python package, loom, the mesh (side by side)"
 # The Python package (python/): built into the virtualenv, then its pytest
 # suite (seed example, API, interop both ways).
 (bash scripts/test-python.sh >"$LOGS/python.log" 2>&1; echo $? >"$LOGS/python.rc") &
@@ -41,12 +41,17 @@ PYTHON_JOB=$!
     echo $? >"$LOGS/loom.rc") &
 LOOM_JOB=$!
 
+# The mesh (mesh/): a workspace of its own, zenoh its dependency, tested
+# in debug (a release build of zenoh costs minutes of CPU).
+(cd mesh && cargo test >"../$LOGS/mesh.log" 2>&1; echo $? >"../$LOGS/mesh.rc") &
+MESH_JOB=$!
+
 rust=0
 python3 scripts/run-tests.py "${TESTS[@]}" || rust=$?
-wait "$PYTHON_JOB" "$LOOM_JOB" || true
+wait "$PYTHON_JOB" "$LOOM_JOB" "$MESH_JOB" || true
 
 failed=0
-for part in python loom; do
+for part in python loom mesh; do
     rc=$(cat "$LOGS/$part.rc" 2>/dev/null || echo 1)
     echo "---- $part: $([ "$rc" = 0 ] && echo ok || echo FAILED)"
     if [ "$rc" = 0 ]; then

@@ -1,0 +1,79 @@
+//! A service's side of the mesh: its liveliness token and the advert it
+//! answers with.
+
+use crate::keys::{advert_key, service_key};
+use crate::{MeshConfig, MeshError};
+use serde::{Deserialize, Serialize};
+
+/// What a client needs to reach one replica: hints, never trusted as such
+/// (a client verifies the replica with its own CA or pins), and never the
+/// token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Advert {
+    /// `host:port` addresses of its exposed TCP port.
+    pub addresses: Vec<String>,
+    /// The SHA-256 fingerprint of the certificate it serves (`sha256:...`).
+    pub tls_fingerprint: Option<String>,
+    /// The host it runs on, for operators (`metabridge list --mesh`).
+    pub host: String,
+}
+
+/// A replica's membership: the token and the advert's queryable live as
+/// long as this does (dropping it, or the process ending, leaves the mesh).
+pub struct Member {
+    session: zenoh::Session,
+    instance: String,
+    _token: zenoh::liveliness::LivelinessToken,
+    _advert: zenoh::query::Queryable<()>,
+}
+
+impl Member {
+    /// Joins the mesh as a replica of `service`, advertising `advert`,
+    /// under a fresh instance id.
+    pub async fn join(
+        config: &MeshConfig,
+        service: &str,
+        advert: Advert,
+    ) -> Result<Member, MeshError> {
+        let key = service_key(service)?;
+        let session = zenoh::open(config.zenoh()?)
+            .await
+            .map_err(MeshError::zenoh)?;
+        let instance = format!("{}-{}", std::process::id(), session.zid());
+        let body = serde_json::to_vec(&advert).map_err(MeshError::zenoh)?;
+        let reply_key = advert_key(&key, &instance);
+        let answer_key = reply_key.clone();
+        let advert_queryable = session
+            .declare_queryable(&reply_key)
+            .callback(move |query| {
+                let (key, body) = (answer_key.clone(), body.clone());
+                // The reply is sent from zenoh's runtime; a failed one only
+                // leaves that client without this replica.
+                zenoh::Wait::wait(query.reply(key, body)).ok();
+            })
+            .await
+            .map_err(MeshError::zenoh)?;
+        // The token last: a client that sees it can already ask the advert.
+        let token = session
+            .liveliness()
+            .declare_token(format!("{key}/{instance}"))
+            .await
+            .map_err(MeshError::zenoh)?;
+        Ok(Member {
+            session,
+            instance,
+            _token: token,
+            _advert: advert_queryable,
+        })
+    }
+
+    /// This replica's instance id.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Leaves the mesh: the token is withdrawn at once.
+    pub async fn leave(self) -> Result<(), MeshError> {
+        self.session.close().await.map_err(MeshError::zenoh)
+    }
+}
