@@ -4,13 +4,9 @@
 
 use metabridge_mesh::{service_key, Advert, Member, MeshConfig, MeshError, Replicas};
 use std::time::Duration;
+use support::free_endpoint;
 
-/// A free loopback TCP port for a zenoh listener (zenoh takes a concrete
-/// endpoint; the port is released just before zenoh binds it).
-fn free_endpoint() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    format!("tcp/127.0.0.1:{}", listener.local_addr().unwrap().port())
-}
+mod support;
 
 fn advert(port: u16) -> Advert {
     Advert {

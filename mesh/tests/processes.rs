@@ -6,13 +6,11 @@ use metabridge_mesh::{MeshConfig, Replicas};
 use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use support::free_endpoint;
+
+mod support;
 
 const DEADLINE: Duration = Duration::from_secs(20);
-
-fn free_endpoint() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    format!("tcp/127.0.0.1:{}", listener.local_addr().unwrap().port())
-}
 
 /// A member process, killed when dropped (even if the test fails).
 struct MemberProcess {

@@ -20,8 +20,7 @@ use support::{TestCa, TestEnv};
 /// signed by `ca`; returns its address.
 fn tls_service(env: &mut TestEnv, name: &str, ca: &TestCa) -> (String, support::Issued) {
     let issued = ca.issue(&["127.0.0.1", "localhost"], false);
-    let cert = env.file(&format!("{name}-cert.pem"), &issued.cert, 0o644);
-    let key = env.file(&format!("{name}-key.pem"), &issued.key, 0o600);
+    let (cert, key) = env.identity(name, &issued);
     env.start_service(
         name,
         &[("METABRIDGE_TLS_CERT", &cert), ("METABRIDGE_TLS_KEY", &key)],
@@ -127,8 +126,7 @@ fn an_expired_certificate_is_refused_as_expired() {
     let mut env = TestEnv::new("tls-expired");
     let ca = TestCa::new("net-test CA");
     let issued = ca.issue(&["127.0.0.1"], true);
-    let cert = env.file("cert.pem", &issued.cert, 0o644);
-    let key = env.file("key.pem", &issued.key, 0o600);
+    let (cert, key) = env.identity("service", &issued);
     env.start_service(
         "svc",
         &[("METABRIDGE_TLS_CERT", &cert), ("METABRIDGE_TLS_KEY", &key)],
@@ -213,8 +211,7 @@ fn a_stalled_handshake_ends_within_the_deadline_on_both_sides() {
     // after the time it has to authenticate.
     let mut env = TestEnv::new("tls-stall-server");
     let issued = ca.issue(&["127.0.0.1"], false);
-    let cert = env.file("cert.pem", &issued.cert, 0o644);
-    let key = env.file("key.pem", &issued.key, 0o600);
+    let (cert, key) = env.identity("service", &issued);
     env.start_service(
         "svc",
         &[
@@ -292,8 +289,7 @@ fn a_renewed_certificate_is_served_after_sighup_without_a_restart() {
     let mut env = TestEnv::new("tls-reload");
     let ca = TestCa::new("net-test CA");
     let first = ca.issue(&["127.0.0.1"], false);
-    let cert = env.file("cert.pem", &first.cert, 0o644);
-    let key = env.file("key.pem", &first.key, 0o600);
+    let (cert, key) = env.identity("service", &first);
     let pid = env.start_service(
         "svc",
         &[("METABRIDGE_TLS_CERT", &cert), ("METABRIDGE_TLS_KEY", &key)],
@@ -306,8 +302,8 @@ fn a_renewed_certificate_is_served_after_sighup_without_a_restart() {
         .unwrap();
     assert_eq!(echo(&old, "before").unwrap(), "before");
     let renewed = ca.issue(&["127.0.0.1"], false);
-    env.file("cert.pem", &renewed.cert, 0o644);
-    env.file("key.pem", &renewed.key, 0o600);
+    // The same paths: the service reads them again.
+    assert_eq!(env.identity("service", &renewed), (cert, key));
     env.signal(pid, nix::sys::signal::Signal::SIGHUP);
     // New connections get the renewed certificate once the service has
     // read it (its serving loop looks for SIGHUP every 200 ms).
@@ -353,8 +349,7 @@ fn mutual_tls_refuses_a_client_without_a_certificate_of_its_ca() {
     let ca = TestCa::new("net-test CA");
     let clients_ca = TestCa::new("clients CA");
     let issued = ca.issue(&["127.0.0.1"], false);
-    let cert = env.file("cert.pem", &issued.cert, 0o644);
-    let key = env.file("key.pem", &issued.key, 0o600);
+    let (cert, key) = env.identity("service", &issued);
     let client_ca = env.file("clients-ca.pem", &clients_ca.pem(), 0o644);
     env.start_service(
         "svc",
@@ -379,8 +374,7 @@ fn mutual_tls_refuses_a_client_without_a_certificate_of_its_ca() {
     }
     // A certificate of the clients' CA: served.
     let mine = clients_ca.issue(&["client.example"], false);
-    let my_cert = env.file("client-cert.pem", &mine.cert, 0o644);
-    let my_key = env.file("client-key.pem", &mine.key, 0o600);
+    let (my_cert, my_key) = env.identity("client", &mine);
     let client = env
         .at("svc", &addr)
         .tls(trust().client_cert_files(&my_cert, &my_key).unwrap())
@@ -389,8 +383,7 @@ fn mutual_tls_refuses_a_client_without_a_certificate_of_its_ca() {
     assert_eq!(echo(&client, "mutual").unwrap(), "mutual");
     // One of another CA: refused.
     let stranger = TestCa::new("stranger").issue(&["client.example"], false);
-    let s_cert = env.file("s-cert.pem", &stranger.cert, 0o644);
-    let s_key = env.file("s-key.pem", &stranger.key, 0o600);
+    let (s_cert, s_key) = env.identity("s", &stranger);
     let refused = env
         .at("svc", &addr)
         .tls(trust().client_cert_files(&s_cert, &s_key).unwrap())
@@ -412,8 +405,7 @@ fn mutual_tls_admits_only_the_clients_of_its_allow_list() {
     let ca = TestCa::new("net-test CA");
     let clients_ca = TestCa::new("clients CA");
     let issued = ca.issue(&["127.0.0.1"], false);
-    let cert = env.file("cert.pem", &issued.cert, 0o644);
-    let key = env.file("key.pem", &issued.key, 0o600);
+    let (cert, key) = env.identity("service", &issued);
     let client_ca = env.file("clients-ca.pem", &clients_ca.pem(), 0o644);
     let by_name = clients_ca.issue(&["reports.example"], false);
     let by_print = clients_ca.issue(&["other.example"], false);
@@ -432,8 +424,7 @@ fn mutual_tls_admits_only_the_clients_of_its_allow_list() {
     let mut n = 0;
     let mut as_client = |who: &support::Issued| {
         n += 1;
-        let c = env.file(&format!("c{n}-cert.pem"), &who.cert, 0o644);
-        let k = env.file(&format!("c{n}-key.pem"), &who.key, 0o600);
+        let (c, k) = env.identity(&format!("client{n}"), who);
         let tls = ClientTls::ca_pem(ca.pem().as_bytes())
             .unwrap()
             .client_cert_files(&c, &k)
@@ -459,8 +450,7 @@ fn a_bad_allow_list_stops_the_service_at_start() {
     let mut env = TestEnv::new("tls-allow-bad");
     let ca = TestCa::new("net-test CA");
     let issued = ca.issue(&["127.0.0.1"], false);
-    let cert = env.file("cert.pem", &issued.cert, 0o644);
-    let key = env.file("key.pem", &issued.key, 0o600);
+    let (cert, key) = env.identity("service", &issued);
     let client_ca = env.file("clients-ca.pem", &ca.pem(), 0o644);
     let (code, err) = env.failed_start(
         "no-ca",
@@ -498,8 +488,7 @@ fn a_certificate_given_in_code_serves_tls() {
     let mut env = TestEnv::new("tls-pem");
     let ca = TestCa::new("net-test CA");
     let issued = ca.issue(&["127.0.0.1"], false);
-    let cert = env.file("cert.pem", &issued.cert, 0o644);
-    let key = env.file("key.pem", &issued.key, 0o600);
+    let (cert, key) = env.identity("service", &issued);
     env.start_service("svc", &[("MB_PEM_CERT", &cert), ("MB_PEM_KEY", &key)]);
     let addr = env.tcp_addr("svc");
     let client = env

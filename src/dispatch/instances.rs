@@ -265,17 +265,32 @@ impl<S> InstanceCache<S> {
         raw: &[u8],
         canonical: impl FnOnce() -> Vec<u8>,
     ) -> Option<Result<Instance<S>, CallError>> {
+        match self.lookup(raw, canonical) {
+            Lookup::Found(e) => Some(e.value()),
+            Lookup::Missing(_) => None,
+        }
+    }
+
+    /// The entry for `raw`, through its alias or else through the key of
+    /// `canonical()` (which then gets the alias), marked used; else that
+    /// key, to build the entry under.
+    fn lookup(&self, raw: &[u8], canonical: impl FnOnce() -> Vec<u8>) -> Lookup<S> {
         if let Some(e) = self.alias(raw) {
-            return Some(e.value());
+            return Lookup::Found(e);
         }
         let key = canonical();
         let found = lock(Self::shard(&self.values, &key))
             .map
             .get(key.as_slice())
-            .cloned()?;
-        self.mark_used(&found);
-        self.add_alias(raw, &found);
-        Some(found.value())
+            .cloned();
+        match found {
+            Some(e) => {
+                self.mark_used(&e);
+                self.add_alias(raw, &e);
+                Lookup::Found(e)
+            }
+            None => Lookup::Missing(key),
+        }
     }
 
     /// The instance for the constructor arguments whose raw bytes are
@@ -288,17 +303,11 @@ impl<S> InstanceCache<S> {
         canonical: impl FnOnce() -> Vec<u8>,
         create: impl FnOnce() -> Result<S, CtorFailure>,
     ) -> Result<Instance<S>, CallError> {
-        if let Some(e) = self.alias(raw) {
-            return e.value();
-        }
-        let key = canonical();
+        let key = match self.lookup(raw, canonical) {
+            Lookup::Found(e) => return e.value(),
+            Lookup::Missing(key) => key,
+        };
         let shard = Self::shard(&self.values, &key);
-        let found = lock(shard).map.get(key.as_slice()).cloned();
-        if let Some(e) = found {
-            self.mark_used(&e);
-            self.add_alias(raw, &e);
-            return e.value();
-        }
         let made = match create() {
             Ok(s) => Arc::new(CachedInstance::new(Ok(Instance::new(s)))),
             Err(CtorFailure::Error(e)) => return Err(e),
@@ -360,6 +369,13 @@ impl<S> InstanceCache<S> {
     pub(super) fn touch(&self, raw: &[u8]) {
         let _ = self.alias(raw);
     }
+}
+
+/// What [`InstanceCache::lookup`] found.
+enum Lookup<S> {
+    Found(Arc<CachedInstance<S>>),
+    /// No entry; its canonical key.
+    Missing(Vec<u8>),
 }
 
 /// A poisoned shard only means a panic elsewhere; the LRU is still whole.

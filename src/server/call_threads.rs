@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 /// How long a thread that finished a call looks for the next before it
 /// sleeps. As long as the TCP server polls a loopback socket for the next
 /// request, so that a client calling in a loop finds both awake.
-pub(super) const POLL: Duration = Duration::from_micros(50);
+const POLL: Duration = Duration::from_micros(50);
 
 /// How long an idle thread sleeps before it exits.
 const KEEP_ALIVE: Duration = Duration::from_secs(10);

@@ -7,15 +7,17 @@
 //! serving every other connection. At most
 //! [`ServiceConfig::tcp_call_threads`](crate::config::ServiceConfig::tcp_call_threads)
 //! calls run at once; further calls wait in the pool's queue without
-//! holding a thread. A call that is the only one in progress runs on its
+//! holding a thread. Under load, a fast call costs a queue push to a pool
+//! thread that is polling for it, while the runtime thread serves other
+//! connections. A call that is the only one in progress runs on its
 //! runtime thread instead, in a slot of the pool, under `block_in_place`
 //! (the runtime's other work moves to another thread): a lone client pays
-//! no handoff. An `async` endpoint of an instance already built
-//! begins on the runtime (`Dispatch::begin_nonblocking`), and so does a typed client's
-//! construct call for one: it runs no sync code
-//! of the service's, so it needs no call thread and waits for none. Under load, a fast
-//! call costs a queue push to a pool thread that is polling for it; the
-//! runtime thread serves other connections meanwhile.
+//! no handoff.
+//!
+//! What runs no sync code of the service's begins on the runtime and needs
+//! no call thread (`Dispatch::begin_nonblocking`): an `async` endpoint of
+//! an instance already built, a typed client's construct call for one, and
+//! a new connection's greeting.
 //!
 //! The server drops a call whose client closed its connection (see
 //! `metabridge_tcp::server`): an `async` endpoint runs as a task of its

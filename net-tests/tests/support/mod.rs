@@ -43,6 +43,15 @@ impl TestEnv {
         path
     }
 
+    /// Writes `issued` as `<stem>-cert.pem` (0644) and `<stem>-key.pem`
+    /// (0600) in the home; returns their paths.
+    pub fn identity(&self, stem: &str, issued: &Issued) -> (PathBuf, PathBuf) {
+        (
+            self.file(&format!("{stem}-cert.pem"), &issued.cert, 0o644),
+            self.file(&format!("{stem}-key.pem"), &issued.key, 0o600),
+        )
+    }
+
     /// Starts `mb-tls-service name` with `envs` (and no TLS, token or
     /// transport inherited); returns its pid once it is registered.
     pub fn start_service(&mut self, name: &str, envs: &[(&str, &Path)]) -> u32 {
