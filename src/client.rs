@@ -172,6 +172,16 @@ impl Connect {
         self
     }
 
+    /// The name of the service this connects to.
+    pub fn service_name(&self) -> &str {
+        &self.name
+    }
+
+    /// How long a call may take (see [`timeout`](Self::timeout)).
+    pub fn call_timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Finds the service and returns a client. No channel is opened until
     /// the first call needs one.
     pub fn open(self) -> Result<Client> {

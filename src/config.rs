@@ -438,7 +438,7 @@ fn check_pair(files: &TlsFiles) -> crate::Result<()> {
 /// certificate fingerprint), with `$METABRIDGE_TLS_CLIENT_CERT` and
 /// `$METABRIDGE_TLS_CLIENT_KEY` for mutual TLS; `None` when none is set.
 #[cfg(feature = "tls")]
-pub(crate) fn client_tls() -> crate::Result<Option<metabridge_tcp::tls::ClientTls>> {
+pub fn client_tls() -> crate::Result<Option<metabridge_tcp::tls::ClientTls>> {
     use metabridge_tcp::tls::ClientTls;
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let tls =

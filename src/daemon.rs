@@ -152,6 +152,9 @@ pub fn serve<S: Send + Sync + 'static>(service: Service<S>) -> Result<()> {
 /// ```
 pub fn run<S: Send + Sync + 'static>(service: Service<S>) -> Result<DaemonHandle> {
     service.validate_name()?;
+    // Before the fork: a service that cannot join its mesh is refused
+    // here, with its typed error.
+    crate::announce::announcers_of(&service.name, &service.announcers, &service.config)?;
     if let Ok(target) = std::env::var(DAEMON_ENV) {
         if target == service.name {
             serve_as_reexecuted_child(service);

@@ -144,6 +144,16 @@ pub enum Error {
         /// What it may hold.
         accepted: &'static str,
     },
+    /// A service that cannot be announced beyond this machine as it is
+    /// configured (a mesh wants TLS, and a token or mutual TLS), or whose
+    /// announcer cannot be made.
+    #[error("service {service:?} cannot join the mesh: {why}")]
+    Announce {
+        /// The service.
+        service: String,
+        /// What is missing or wrong.
+        why: String,
+    },
     /// No room in memory or in the filesystem for what was needed.
     #[error(transparent)]
     NoSpace(NoSpace),
@@ -273,6 +283,18 @@ pub enum PeerGone {
     /// The other side closed the control socket mid-handshake.
     #[error("the other side closed the control socket")]
     ControlClosed,
+    /// The replica a call was in flight to left the mesh (its process
+    /// died or stopped answering past the lease). The call may have run:
+    /// it is never replayed.
+    #[error("replica {replica} of {service:?} left the mesh during the call ({why})")]
+    Replica {
+        /// The service.
+        service: String,
+        /// The replica's instance id.
+        replica: String,
+        /// How it was found gone.
+        why: String,
+    },
     /// A named service's peer is gone, for one of the reasons above.
     #[error("service {name:?}: {cause}")]
     Service {

@@ -42,6 +42,7 @@
 #![deny(unsafe_code)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+mod announce;
 mod args;
 mod blob;
 // Exempt: the client's `AtomicPtr` connection swap (one load per call,
@@ -78,6 +79,7 @@ mod transport;
 mod trust;
 mod worker;
 
+pub use announce::{set_env_announcer, Announcement, Announcer, EnvAnnouncerFactory};
 pub use args::{bytes, to_msgpack, Args, Bin, CallArgs, IntoArgs};
 pub use blob::Blob;
 pub use client::{connect, lookup, Client, Connect, TypedConnect};
@@ -86,6 +88,7 @@ pub use config::{ServiceConfig, TlsFiles, TlsPem, TransportKind};
 /// what a service serves ([`tls::ServerTls`]), and why either failed.
 #[cfg(feature = "tls")]
 pub mod tls {
+    pub use crate::config::client_tls as client_from_env;
     pub use metabridge_tcp::tls::{fingerprint, ClientTls, ServerTls, TlsConnector, TlsError};
 }
 pub use daemon::{

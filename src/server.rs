@@ -105,6 +105,8 @@ pub(crate) fn serve_with<S: Send + Sync + 'static>(
     let home = registry::home_dir();
     let me = ProcessIdentity::current();
     let registry = open_registry_and_collect(&home, &name, &me)?;
+    let announcers = crate::announce::announcers_of(&name, &service.announcers, &service.config)?;
+    let idempotent = service.idempotent_endpoints();
     let published_token = guard_default_tcp(&mut service.config)?;
     let config = service.config.clone();
     let counters = instrument(&mut service, &config);
@@ -123,7 +125,22 @@ pub(crate) fn serve_with<S: Send + Sync + 'static>(
     let sides = start_transports(&serving)?;
     let entry = registry_entry(&name, &me, &sides, &dispatch, published_token);
     let workers = shm_side::worker_count(&config);
-    let registered = register_and_serve(&registry, &entry, &sides, workers, ready);
+    let announce = |entry: &Entry| {
+        let announcement = crate::Announcement {
+            service: entry.name.clone(),
+            tcp: entry.tcp.clone(),
+            tls_fingerprint: entry.tls_fingerprint.clone(),
+            endpoints: entry.endpoints.clone(),
+            idempotent: idempotent.clone(),
+            started: SystemTime::now(),
+            counters: counters.clone(),
+        };
+        announcers
+            .iter()
+            .map(|a| a.announce(announcement.clone()))
+            .collect::<Vec<_>>()
+    };
+    let registered = register_and_serve(&registry, &entry, &sides, workers, announce, ready);
     let abandoned = stop_gracefully(&config, sides);
     runtime.shutdown_timeout(Duration::from_millis(100));
     registered?;
@@ -254,14 +271,16 @@ fn registry_entry(
     entry
 }
 
-/// Registers the service; once registered, tells `ready`, serves until
-/// the lifecycle says stop (keeping the entry registered), and
+/// Registers the service; once registered, announces it beyond this
+/// machine (if asked) and tells `ready`, serves until the lifecycle says
+/// stop (keeping the entry registered), withdraws the announcements and
 /// unregisters. Returns how registering went.
 fn register_and_serve(
     registry: &Registry,
     entry: &Entry,
     sides: &[Box<dyn Listening>],
     workers: usize,
+    announce: impl FnOnce(&Entry) -> Vec<Box<dyn Send>>,
     ready: impl FnOnce(&Entry),
 ) -> Result<()> {
     let registered = registry.register(entry);
@@ -275,6 +294,7 @@ fn register_and_serve(
             entry.control_socket,
             entry.endpoints
         );
+        let announced = announce(entry);
         ready(entry);
         let mut lifecycle = crate::lifecycle::Watch::from_this_thread();
         let mut checked = Instant::now();
@@ -292,6 +312,7 @@ fn register_and_serve(
             };
             lifecycle.wait(wait);
         }
+        drop(announced);
         let _ = registry.unregister(&entry.name, entry.pid);
         tracing::info!(target: "metabridge::service", service = %entry.name, "stopping");
     }

@@ -134,6 +134,10 @@ pub struct Service<S> {
     pub(crate) endpoints: HashMap<String, Endpoint<S>>,
     /// Parameter names of endpoints, where declared ([`Service::params`]).
     pub(crate) params: HashMap<String, Vec<String>>,
+    /// Endpoints a client may retry on another replica ([`Service::idempotent`]).
+    pub(crate) idempotent: std::collections::BTreeSet<String>,
+    /// Who makes it known beyond this machine ([`Service::announce`]).
+    pub(crate) announcers: Vec<Arc<dyn crate::Announcer>>,
 }
 
 impl<S: Send + Sync + 'static> Service<S> {
@@ -148,6 +152,8 @@ impl<S: Send + Sync + 'static> Service<S> {
             ctor_params: None,
             endpoints: HashMap::new(),
             params: HashMap::new(),
+            idempotent: Default::default(),
+            announcers: Vec::new(),
         }
     }
 
@@ -221,6 +227,36 @@ impl<S: Send + Sync + 'static> Service<S> {
             key: key.to_vec(),
             client_ca: None,
         });
+        self
+    }
+
+    /// Marks `endpoint` idempotent: running it twice does what running it
+    /// once does, so a client of several replicas may retry it on another
+    /// when a call's outcome is unknown (the replica died under it). Other
+    /// endpoints are never retried. `#[metabridge::function(idempotent)]`
+    /// calls it.
+    ///
+    /// ```
+    /// # struct Api;
+    /// let service = metabridge::Service::<Api>::new("api").idempotent("get");
+    /// assert_eq!(service.idempotent_endpoints(), vec!["get".to_string()]);
+    /// ```
+    pub fn idempotent(mut self, endpoint: &str) -> Self {
+        self.idempotent.insert(endpoint.to_owned());
+        self
+    }
+
+    /// The endpoints marked idempotent, in order.
+    pub fn idempotent_endpoints(&self) -> Vec<String> {
+        self.idempotent.iter().cloned().collect()
+    }
+
+    /// Makes the service known beyond this machine once it serves (a mesh:
+    /// `metabridge_mesh::ServiceMesh::mesh` calls it). The announcer checks
+    /// the configuration first: a service it cannot announce does not
+    /// start.
+    pub fn announce(mut self, announcer: impl crate::Announcer) -> Self {
+        self.announcers.push(Arc::new(announcer));
         self
     }
 

@@ -29,6 +29,9 @@ pub struct ServiceArgs {
     pub logger: Option<syn::LitBool>,
     /// `tls(cert = "..", key = "..", client_ca = "..")`, if given.
     pub tls: Option<TlsArgs>,
+    /// `mesh = ".."`: seed endpoints or a mesh configuration file (needs
+    /// the metabridge-mesh crate).
+    pub mesh: Option<LitStr>,
 }
 
 /// The PEM files of `tls(cert = "..", key = "..", client_ca = "..")`
@@ -98,6 +101,7 @@ impl ServiceArgs {
         let mut port: Option<LitInt> = None;
         let mut logger: Option<syn::LitBool> = None;
         let mut tls: Option<TlsArgs> = None;
+        let mut mesh: Option<LitStr> = None;
         let parser = syn::meta::parser(|meta| {
             let key = meta.path.get_ident().map(|i| i.unraw().to_string());
             match key.as_deref() {
@@ -153,6 +157,23 @@ impl ServiceArgs {
                     logger = Some(lit);
                     Ok(())
                 }
+                Some("mesh") => {
+                    if mesh.is_some() {
+                        return Err(meta.error("duplicate key `mesh`"));
+                    }
+                    let lit: LitStr = meta.value()?.parse().map_err(|e| {
+                        syn::Error::new(
+                            e.span(),
+                            "expected a string literal: `mesh = \"tcp/10.0.0.1:7447\"` (seed \
+                             endpoints) or `mesh = \"/etc/metabridge/mesh.json5\"` (a file)",
+                        )
+                    })?;
+                    if lit.value().trim().is_empty() {
+                        return Err(syn::Error::new_spanned(&lit, "`mesh` must not be empty"));
+                    }
+                    mesh = Some(lit);
+                    Ok(())
+                }
                 Some("tls") => {
                     if tls.is_some() {
                         return Err(meta.error("duplicate key `tls`"));
@@ -161,7 +182,7 @@ impl ServiceArgs {
                     Ok(())
                 }
                 _ => Err(meta.error(format!(
-                    "unknown attribute key `{}`; expected `name`, `host`, `port`, `logger` or `tls`",
+                    "unknown attribute key `{}`; expected `name`, `host`, `port`, `logger`, `tls` or `mesh`",
                     path_to_string(&meta.path)
                 ))),
             }
@@ -179,6 +200,7 @@ impl ServiceArgs {
             port,
             logger,
             tls,
+            mesh,
         })
     }
 }
@@ -283,6 +305,8 @@ pub struct Endpoint {
     pub name: LitStr,
     /// The method's own name when `#[endpoint("..")]` chose another primary name.
     pub alias: Option<LitStr>,
+    /// Marked `idempotent`: clients of several replicas may retry it.
+    pub idempotent: bool,
     /// Its parameters, after `&self`.
     pub params: Vec<Param>,
     /// Its return type.
@@ -342,10 +366,10 @@ impl Errors {
 
 /// Which marker attribute a method carries.
 enum Marker {
-    /// `#[function]`: exposed under its own name.
-    Function,
-    /// `#[endpoint("name")]`.
-    Endpoint(LitStr),
+    /// `#[function]` (or `#[function(idempotent)]`): exposed under its own name.
+    Function { idempotent: bool },
+    /// `#[endpoint("name")]` (or `#[endpoint("name", idempotent)]`).
+    Endpoint { name: LitStr, idempotent: bool },
 }
 
 /// Whether `attr` is one of ours: `function` / `endpoint`, bare or as `metabridge::..`.
@@ -398,18 +422,21 @@ fn parse_markers(markers: &[Attribute], errors: &mut Errors) -> Option<Marker> {
     for attr in markers {
         let marker = match marker_kind(attr) {
             Some("function") => match &attr.meta {
-                Meta::Path(_) => Marker::Function,
+                Meta::Path(_) => Marker::Function { idempotent: false },
+                Meta::List(list) if is_idempotent(&list.tokens) => {
+                    Marker::Function { idempotent: true }
+                }
                 _ => {
                     errors.push(syn::Error::new_spanned(
                         attr,
-                        "`#[metabridge::function]` takes no arguments; to choose the endpoint's \
-                         name write `#[metabridge::endpoint(\"name\")]`",
+                        "`#[metabridge::function]` takes no arguments but `idempotent`; to choose \
+                         the endpoint's name write `#[metabridge::endpoint(\"name\")]`",
                     ));
                     continue;
                 }
             },
             _ => match parse_endpoint_name(attr) {
-                Ok(name) => Marker::Endpoint(name),
+                Ok((name, idempotent)) => Marker::Endpoint { name, idempotent },
                 Err(e) => {
                     errors.push(e);
                     continue;
@@ -428,8 +455,15 @@ fn parse_markers(markers: &[Attribute], errors: &mut Errors) -> Option<Marker> {
     found
 }
 
-/// Parses `#[endpoint("name")]`.
-pub fn parse_endpoint_name(attr: &Attribute) -> syn::Result<LitStr> {
+/// Whether `tokens` are exactly `idempotent`.
+fn is_idempotent(tokens: &TokenStream) -> bool {
+    let mut it = tokens.clone().into_iter();
+    matches!((it.next(), it.next()), (Some(TokenTree::Ident(i)), None) if i == "idempotent")
+}
+
+/// Parses `#[endpoint("name")]` or `#[endpoint("name", idempotent)]`:
+/// the name, and whether it is marked idempotent.
+pub fn parse_endpoint_name(attr: &Attribute) -> syn::Result<(LitStr, bool)> {
     const USAGE: &str = "expected the endpoint's name as a string literal: \
                          `#[metabridge::endpoint(\"name\")]`";
     let list = match &attr.meta {
@@ -441,10 +475,28 @@ pub fn parse_endpoint_name(attr: &Attribute) -> syn::Result<LitStr> {
             return Err(input.error(USAGE));
         }
         let lit: LitStr = input.parse()?;
+        let mut idempotent = false;
+        if input.peek(syn::Token![,]) {
+            input.parse::<syn::Token![,]>()?;
+            let word: Ident = input.parse().map_err(|e| {
+                syn::Error::new(
+                    e.span(),
+                    "after the endpoint's name only `idempotent` may follow",
+                )
+            })?;
+            if word != "idempotent" {
+                return Err(syn::Error::new(
+                    word.span(),
+                    "after the endpoint's name only `idempotent` may follow: \
+                     `#[metabridge::endpoint(\"name\", idempotent)]`",
+                ));
+            }
+            idempotent = true;
+        }
         if !input.is_empty() {
             return Err(input.error("unexpected tokens after the endpoint's name"));
         }
-        Ok(lit)
+        Ok((lit, idempotent))
     })
     .parse2(list.tokens.clone())
     .map_err(|e| {
@@ -455,9 +507,9 @@ pub fn parse_endpoint_name(attr: &Attribute) -> syn::Result<LitStr> {
             e
         }
     })?;
-    if lit.value().is_empty() {
+    if lit.0.value().is_empty() {
         return Err(syn::Error::new_spanned(
-            &lit,
+            &lit.0,
             "the endpoint's name must not be empty",
         ));
     }
@@ -667,15 +719,18 @@ fn parse_endpoint(f: &ImplItemFn, marker: Marker, errors: &mut Errors) -> Option
         return None;
     }
     let own = LitStr::new(&sig.ident.unraw().to_string(), sig.ident.span());
-    let (name, alias) = match marker {
-        Marker::Function => (own, None),
-        Marker::Endpoint(name) if name.value() == own.value() => (name, None),
-        Marker::Endpoint(name) => (name, Some(own)),
+    let (name, alias, idempotent) = match marker {
+        Marker::Function { idempotent } => (own, None, idempotent),
+        Marker::Endpoint { name, idempotent } if name.value() == own.value() => {
+            (name, None, idempotent)
+        }
+        Marker::Endpoint { name, idempotent } => (name, Some(own), idempotent),
     };
     Some(Endpoint {
         method: sig.ident.clone(),
         name,
         alias,
+        idempotent,
         params,
         output: output?,
         asyncness: sig.asyncness.map(|a| a.span()),
@@ -939,7 +994,11 @@ mod tests {
     #[test]
     fn endpoint_names() {
         let a: Attribute = parse_quote!(#[endpoint("teste")]);
-        assert_eq!(parse_endpoint_name(&a).unwrap().value(), "teste");
+        assert_eq!(parse_endpoint_name(&a).unwrap().0.value(), "teste");
+        let a: Attribute = syn::parse_quote!(#[endpoint("teste", idempotent)]);
+        assert_eq!(parse_endpoint_name(&a).unwrap().1, true);
+        let a: Attribute = syn::parse_quote!(#[endpoint("teste", cached)]);
+        assert!(parse_endpoint_name(&a).is_err());
         for a in [
             parse_quote!(#[endpoint]),
             parse_quote!(#[endpoint()]),

@@ -21,14 +21,18 @@
 //! * `view`: a client's view of the replicas;
 //! * `error`: [`MeshError`].
 
+mod announce;
+mod client;
 mod error;
 mod keys;
 mod member;
 mod settings;
 mod view;
 
+pub use announce::{install, MeshAnnouncer, ServiceMesh};
+pub use client::{ConnectMesh, MeshClient, MeshConnect};
 pub use error::MeshError;
 pub use keys::service_key;
 pub use member::{Advert, Member};
-pub use settings::MeshConfig;
+pub use settings::{MeshAuth, MeshConfig, MESH_ENV};
 pub use view::{Replica, Replicas};

@@ -16,6 +16,16 @@ pub struct Advert {
     pub tls_fingerprint: Option<String>,
     /// The host it runs on, for operators (`metabridge list --mesh`).
     pub host: String,
+    /// Its endpoints marked idempotent: only these may be retried on
+    /// another replica.
+    #[serde(default)]
+    pub idempotent: Vec<String>,
+    /// When it started serving (seconds since the epoch; 0 if unknown).
+    #[serde(default)]
+    pub started: u64,
+    /// Calls it answered so far, from its live counters when asked.
+    #[serde(default)]
+    pub calls: Option<u64>,
 }
 
 /// A replica's membership: the token and the advert's queryable live as
@@ -35,21 +45,32 @@ impl Member {
         service: &str,
         advert: Advert,
     ) -> Result<Member, MeshError> {
+        Member::join_with(config, service, move || advert.clone()).await
+    }
+
+    /// As [`join`](Self::join), the advert made afresh for each query (its
+    /// live call count, say).
+    pub async fn join_with(
+        config: &MeshConfig,
+        service: &str,
+        advert: impl Fn() -> Advert + Send + Sync + 'static,
+    ) -> Result<Member, MeshError> {
         let key = service_key(service)?;
         let session = zenoh::open(config.zenoh()?)
             .await
             .map_err(MeshError::zenoh)?;
         let instance = format!("{}-{}", std::process::id(), session.zid());
-        let body = serde_json::to_vec(&advert).map_err(MeshError::zenoh)?;
         let reply_key = advert_key(&key, &instance);
         let answer_key = reply_key.clone();
         let advert_queryable = session
             .declare_queryable(&reply_key)
             .callback(move |query| {
-                let (key, body) = (answer_key.clone(), body.clone());
+                let Ok(body) = serde_json::to_vec(&advert()) else {
+                    return;
+                };
                 // The reply is sent from zenoh's runtime; a failed one only
                 // leaves that client without this replica.
-                zenoh::Wait::wait(query.reply(key, body)).ok();
+                zenoh::Wait::wait(query.reply(answer_key.clone(), body)).ok();
             })
             .await
             .map_err(MeshError::zenoh)?;
@@ -65,6 +86,11 @@ impl Member {
             _token: token,
             _advert: advert_queryable,
         })
+    }
+
+    /// How many other zenoh peers this member is linked to now.
+    pub async fn peers(&self) -> usize {
+        self.session.info().peers_zid().await.count()
     }
 
     /// This replica's instance id.

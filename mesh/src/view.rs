@@ -111,6 +111,11 @@ impl Replicas {
         })
     }
 
+    /// A number that changes whenever the view does.
+    pub fn version(&self) -> u64 {
+        *self.changed.borrow()
+    }
+
     /// The replicas live now, by instance id.
     pub fn replicas(&self) -> Vec<Replica> {
         lock(&self.state).replicas.values().cloned().collect()

@@ -13,6 +13,9 @@ fn advert(port: u16) -> Advert {
         addresses: vec![format!("127.0.0.1:{port}")],
         tls_fingerprint: Some(format!("sha256:{}", "ab".repeat(32))),
         host: "test-host".into(),
+        idempotent: vec!["get".into()],
+        started: 0,
+        calls: None,
     }
 }
 

@@ -16,11 +16,15 @@ async fn main() {
         listen: vec![listen.clone()],
         connect: vec![connect.clone()],
         lease: Duration::from_millis(lease.parse().expect("lease in ms")),
+        ..MeshConfig::default()
     };
     let advert = Advert {
         addresses: vec![format!("127.0.0.1:{}", std::process::id())],
         tls_fingerprint: None,
         host: "member-process".into(),
+        idempotent: Vec::new(),
+        started: 0,
+        calls: None,
     };
     let member = Member::join(&config, service, advert)
         .await

@@ -1,0 +1,118 @@
+//! A client for the mesh tests and benchmarks: `mb-mesh-caller <service>
+//! <mesh-setting> <ca.pem> <token> <prefix> <threads>` calls `record` with
+//! ids `<prefix>-<thread>-<n>` from `<threads>` threads until its stdin
+//! closes, one line per call on stdout: `ok <id> <pid>` or
+//! `err <id> <kind> <message>` (`kind`: `PeerGone`, `Timeout`, `NotFound`,
+//! `Other`). Before the first call it waits to see `MB_WAIT_REPLICAS`
+//! replicas (default 1). With `<threads>` = `bench`, it prints latency
+//! percentiles of `echo` calls instead (see BENCHMARKS.md).
+
+use metabridge_mesh::{ConnectMesh, MeshConfig};
+use std::io::{BufRead, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, service, mesh, ca, token, prefix, threads] = &args[..] else {
+        eprintln!("usage: mb-mesh-caller <service> <mesh-setting> <ca.pem> <token> <prefix> <threads|bench>");
+        std::process::exit(2);
+    };
+    let config = MeshConfig::from_setting(mesh).expect("mesh setting");
+    let ca = std::fs::read(ca).expect("read the CA");
+    let client = metabridge::connect(service)
+        .token(token)
+        .timeout(Duration::from_secs(5))
+        .mesh(config)
+        .tls(metabridge::tls::ClientTls::ca_pem(&ca).expect("CA"))
+        .open()
+        .unwrap_or_else(|e| panic!("mb-mesh-caller: {e}"));
+    let want: usize = std::env::var("MB_WAIT_REPLICAS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    if !client.wait_for_replicas(want, Duration::from_secs(20)) {
+        eprintln!("mb-mesh-caller: fewer than {want} replica(s) seen");
+        std::process::exit(3);
+    }
+    println!("ready");
+    std::io::stdout().flush().ok();
+    if threads == "bench" {
+        bench(&client);
+        return;
+    }
+    let threads: usize = threads.parse().expect("threads");
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let stdin = std::io::stdin();
+            for _ in stdin.lock().lines() {}
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+    let out = Arc::new(std::sync::Mutex::new(std::io::stdout()));
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let (client, stop, out, prefix) =
+                (client.clone(), stop.clone(), out.clone(), prefix.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let id = format!("{prefix}-{t}-{n}");
+                    n += 1;
+                    let line = match client.call::<u32>("record", (id.clone(),)) {
+                        Ok(pid) => format!("ok {id} {pid}"),
+                        Err(e) => {
+                            let kind = match &e {
+                                metabridge::Error::PeerGone(_) => "PeerGone",
+                                metabridge::Error::Timeout(_) => "Timeout",
+                                metabridge::Error::ServiceNotFound { .. } => "NotFound",
+                                _ => "Other",
+                            };
+                            let msg = e.to_string().replace('\n', " ");
+                            std::thread::sleep(Duration::from_millis(5));
+                            format!("err {id} {kind} {msg}")
+                        }
+                    };
+                    let mut o = out.lock().unwrap();
+                    let _ = writeln!(o, "{line}");
+                    let _ = o.flush();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+}
+
+/// Latency of 64-byte `echo` calls: `MB_BENCH_CALLS` (default 20000)
+/// after 2000 to warm up; prints `p50_us p99_us calls_per_s`.
+fn bench(client: &metabridge_mesh::MeshClient) {
+    let calls: usize = std::env::var("MB_BENCH_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let payload = metabridge::Bin(vec![7u8; 64]);
+    for _ in 0..2000 {
+        let _: metabridge::Bin<Vec<u8>> = client.call("echo", (payload.clone(),)).expect("echo");
+    }
+    let mut lat = Vec::with_capacity(calls);
+    let t0 = Instant::now();
+    for _ in 0..calls {
+        let t = Instant::now();
+        let _: metabridge::Bin<Vec<u8>> = client.call("echo", (payload.clone(),)).expect("echo");
+        lat.push(t.elapsed());
+    }
+    let total = t0.elapsed();
+    lat.sort();
+    let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)].as_secs_f64() * 1e6;
+    println!(
+        "{:.1} {:.1} {:.0}",
+        p(0.50),
+        p(0.99),
+        calls as f64 / total.as_secs_f64()
+    );
+}

@@ -1,0 +1,200 @@
+//! The mesh across real network stacks: three network namespaces on a
+//! bridge, each a "host" with its own `METABRIDGE_HOME`; replicas and
+//! callers are processes inside them. Every call carries a unique id that
+//! the replica that runs it writes to its ledger: the tests count
+//! executions, so a duplicated (replayed) call cannot pass unseen.
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::time::Duration;
+use support::lan::{by_pid, executions, summary, Lan, Outcome};
+
+mod support;
+
+const WITHIN: Duration = Duration::from_secs(60);
+
+fn signal(pid: u32, s: Signal) {
+    kill(Pid::from_raw(pid as i32), s).unwrap();
+}
+
+/// Outcomes answered by `pid` after the first `from` outcomes.
+fn answered_by(outcomes: &[Outcome], from: usize, pid: u32) -> usize {
+    by_pid(&outcomes[from.min(outcomes.len())..])
+        .get(&pid)
+        .copied()
+        .unwrap_or(0)
+}
+
+/// No call ran twice; every call answered ran exactly once, on the
+/// replica that answered.
+fn at_most_once(outcomes: &[Outcome], ledgers: &[(u32, &std::path::PathBuf)]) {
+    let all: Vec<&std::path::PathBuf> = ledgers.iter().map(|(_, l)| *l).collect();
+    let runs = executions(&all);
+    for (id, n) in &runs {
+        assert_eq!(*n, 1, "call {id} ran {n} times");
+    }
+    let own: Vec<(u32, std::collections::HashMap<String, usize>)> = ledgers
+        .iter()
+        .map(|(p, l)| (*p, executions(&[l])))
+        .collect();
+    for o in outcomes {
+        if let Outcome::Ok { id, pid } = o {
+            let (_, runs) = own
+                .iter()
+                .find(|(p, _)| p == pid)
+                .expect("answered by a replica of the test");
+            assert_eq!(
+                runs.get(id),
+                Some(&1),
+                "call {id} answered by {pid} is in its ledger once"
+            );
+        }
+    }
+}
+
+#[test]
+fn sigkill_under_load_fails_only_calls_in_flight_and_never_runs_a_call_twice() {
+    let mut lan = Lan::new(3);
+    let seeds = [0, 1];
+    let (a, ledger_a) = lan.replica(0, "ledger", &lan.mesh(0, &seeds, 2000), "a", false);
+    let (b, ledger_b) = lan.replica(1, "ledger", &lan.mesh(1, &seeds, 2000), "b", false);
+    let threads = 4;
+    let mut caller = lan.caller(
+        2,
+        "ledger",
+        &lan.client_mesh(2, &seeds, 2000),
+        threads,
+        2,
+        &[],
+    );
+    // Both replicas serve the load.
+    caller.until(WITHIN, |o| {
+        by_pid(o).get(&a) >= Some(&20) && by_pid(o).get(&b) >= Some(&20)
+    });
+    signal(a, Signal::SIGKILL);
+    let killed_at = caller.seen.len();
+    caller.until(WITHIN, |o| answered_by(o, killed_at, b) >= 300);
+    caller.finish(&mut lan);
+    let o = &caller.seen;
+    let errors: Vec<&Outcome> = o
+        .iter()
+        .filter(|x| matches!(x, Outcome::Err { .. }))
+        .collect();
+    for e in &errors {
+        let Outcome::Err { kind, message, .. } = e else {
+            unreachable!()
+        };
+        assert_eq!(
+            kind, "PeerGone",
+            "only calls in flight to the killed replica fail: {message}"
+        );
+        assert!(message.contains("left the mesh"), "{message}");
+    }
+    assert!(
+        errors.len() <= threads,
+        "at most one call in flight per thread failed: {}",
+        summary(o)
+    );
+    // After the kill, nothing more went to the dead replica.
+    assert!(o[killed_at + threads.min(o.len() - killed_at)..]
+        .iter()
+        .all(|x| !matches!(x, Outcome::Ok { pid, .. } if *pid == a)));
+    at_most_once(o, &[(a, &ledger_a), (b, &ledger_b)]);
+}
+
+#[test]
+fn a_sigstopped_replica_is_failed_over_after_the_lease_and_used_again_when_it_comes_back() {
+    let mut lan = Lan::new(3);
+    let seeds = [0, 1];
+    let lease = 1000;
+    let (a, ledger_a) = lan.replica(0, "ledger", &lan.mesh(0, &seeds, lease), "a", false);
+    let (b, ledger_b) = lan.replica(1, "ledger", &lan.mesh(1, &seeds, lease), "b", false);
+    let threads = 2;
+    let mut caller = lan.caller(
+        2,
+        "ledger",
+        &lan.client_mesh(2, &seeds, lease),
+        threads,
+        2,
+        &[],
+    );
+    caller.until(WITHIN, |o| {
+        by_pid(o).get(&a) >= Some(&20) && by_pid(o).get(&b) >= Some(&20)
+    });
+    signal(a, Signal::SIGSTOP);
+    let stopped_at = caller.seen.len();
+    // The hung replica's callers time out (5 s); then every thread's calls
+    // go to the live one.
+    caller.until(WITHIN, |o| {
+        (0..threads).all(|t| {
+            let prefix = format!("call-{t}-");
+            o[stopped_at..]
+                .iter()
+                .filter(|x| matches!(x, Outcome::Ok { id, pid } if *pid == b && id.starts_with(&prefix)))
+                .count()
+                >= 50
+        })
+    });
+    let failed_over = caller.seen.len();
+    for x in &caller.seen[stopped_at..] {
+        if let Outcome::Err { kind, message, .. } = x {
+            assert!(kind == "Timeout" || kind == "PeerGone", "{kind}: {message}");
+        }
+    }
+    signal(a, Signal::SIGCONT);
+    // Back in the mesh: calls reach it again.
+    caller.until(WITHIN, |o| answered_by(o, failed_over, a) >= 20);
+    caller.finish(&mut lan);
+    at_most_once(&caller.seen, &[(a, &ledger_a), (b, &ledger_b)]);
+}
+
+#[test]
+fn a_client_on_a_replicas_host_calls_it_over_shared_memory() {
+    let mut lan = Lan::new(3);
+    let seeds = [0, 1];
+    let (a, ledger_a) = lan.replica(0, "ledger", &lan.mesh(0, &seeds, 2000), "a", false);
+    let (b, ledger_b) = lan.replica(1, "ledger", &lan.mesh(1, &seeds, 2000), "b", false);
+    // Shared memory forced for this caller: a call over TCP would fail.
+    let mut caller = lan.caller(
+        0,
+        "ledger",
+        &lan.client_mesh(0, &seeds, 2000),
+        2,
+        2,
+        &[("METABRIDGE_TRANSPORT", "shm")],
+    );
+    caller.until(WITHIN, |o| o.len() >= 200);
+    caller.finish(&mut lan);
+    let o = &caller.seen;
+    assert_eq!(
+        by_pid(o).get(&a),
+        Some(&o.len()),
+        "every call on the local replica: {}",
+        summary(o)
+    );
+    at_most_once(o, &[(a, &ledger_a), (b, &ledger_b)]);
+}
+
+#[test]
+fn a_replica_that_fails_verification_is_dropped_and_never_called() {
+    let mut lan = Lan::new(3);
+    let seeds = [0, 1];
+    let (a, ledger_a) = lan.replica(0, "ledger", &lan.mesh(0, &seeds, 2000), "a", false);
+    // A forged replica: its certificate is not of the clients' CA.
+    let (f, ledger_f) = lan.replica(1, "ledger", &lan.mesh(1, &seeds, 2000), "forged", true);
+    let mut caller = lan.caller(2, "ledger", &lan.client_mesh(2, &seeds, 2000), 2, 2, &[]);
+    caller.until(WITHIN, |o| o.len() >= 200);
+    caller.finish(&mut lan);
+    let o = &caller.seen;
+    assert_eq!(
+        by_pid(o).get(&a),
+        Some(&o.len()),
+        "every call answered by the genuine replica: {}",
+        summary(o)
+    );
+    assert!(
+        executions(&[&ledger_f]).is_empty(),
+        "nothing ran on the forged replica"
+    );
+    at_most_once(o, &[(a, &ledger_a), (f, &ledger_f)]);
+}
