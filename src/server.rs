@@ -100,12 +100,13 @@ pub(crate) fn serve_with<S: Send + Sync + 'static>(
     mut service: Service<S>,
     ready: impl FnOnce(&Entry),
 ) -> Result<()> {
-    crate::lifecycle::install_signal_handlers()?;
     let name = service.name.clone();
+    // Before anything starts: a service its mesh refuses never serves.
+    let announcers = crate::announce::announcers_of(&name, &service.announcers, &service.config)?;
+    crate::lifecycle::install_signal_handlers()?;
     let home = registry::home_dir();
     let me = ProcessIdentity::current();
     let registry = open_registry_and_collect(&home, &name, &me)?;
-    let announcers = crate::announce::announcers_of(&name, &service.announcers, &service.config)?;
     let idempotent = service.idempotent_endpoints();
     let published_token = guard_default_tcp(&mut service.config)?;
     let config = service.config.clone();

@@ -232,14 +232,14 @@ impl MeshClient {
         }
         let mut tried: HashSet<String> = HashSet::new();
         let mut last: Option<Error> = None;
+        // Waiting for a replica is for a call that found none yet, or an
+        // idempotent one to retry; one refused everywhere ends at once.
+        let mut may_wait = true;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let Some(remote) = s.choose(&tried) else {
-                if tried.is_empty()
-                    && last.is_none()
-                    && !left.is_zero()
-                    && s.wait_for_replica(&tried, left)
-                {
+                if may_wait && !left.is_zero() && s.wait_for_replica(&tried, left) {
+                    may_wait = false;
                     continue;
                 }
                 return Err(last.unwrap_or_else(|| s.not_found()));
@@ -253,6 +253,7 @@ impl MeshClient {
                 Ok(c) => c.with_timeout(left),
                 Err(e) => {
                     s.drop_replica(&instance, &e);
+                    may_wait = false;
                     last = Some(e);
                     continue;
                 }
@@ -268,6 +269,7 @@ impl MeshClient {
                 Attempt::Final => return Err(e),
                 Attempt::NotSent => {
                     s.drop_replica(&instance, &e);
+                    may_wait = false;
                     last = Some(e);
                 }
                 Attempt::MaybeRan => {
@@ -290,6 +292,7 @@ impl MeshClient {
                         return Err(e);
                     }
                     tracing::warn!(target: "metabridge::mesh", "{endpoint} on replica {instance} of {:?} failed ({e}); idempotent, trying another", s.name);
+                    may_wait = true;
                     last = Some(e);
                 }
             }

@@ -117,12 +117,14 @@ impl MeshConfig {
                     })?;
                     config.lease = Duration::from_millis(ms);
                 }
-                Some((key, _)) => return Err(MeshError::Setting {
-                    key: MESH_ENV,
-                    why: format!(
+                Some((key, _)) => {
+                    return Err(MeshError::Setting {
+                        key: MESH_ENV,
+                        why: format!(
                         "unknown item {key:?}: expected an endpoint, listen=, lease= or advertise="
                     ),
-                }),
+                    })
+                }
                 None => config.connect.push(endpoint(item)?),
             }
         }

@@ -198,3 +198,78 @@ fn a_replica_that_fails_verification_is_dropped_and_never_called() {
     );
     at_most_once(o, &[(a, &ledger_a), (f, &ledger_f)]);
 }
+
+/// A call surely in flight (the replica recorded it and holds it) when its
+/// replica is SIGKILLed: a plain endpoint fails with `PeerGone` and is not
+/// sent again; an idempotent one is retried on the other replica.
+fn in_flight_kill(endpoint: &str) -> (Outcome, usize, usize) {
+    let mut lan = Lan::new(3);
+    let seeds = [0, 1];
+    let (a, ledger_a) = lan.replica_with(
+        0,
+        "ledger",
+        &lan.mesh(0, &seeds, 2000),
+        "a",
+        false,
+        &[("MB_HOLD", "1")],
+    );
+    let mut caller = lan.caller_mode(
+        2,
+        "ledger",
+        &lan.client_mesh(2, &seeds, 2000),
+        "held",
+        &format!("once:{endpoint}"),
+        1,
+        &[],
+    );
+    caller.go();
+    let deadline = std::time::Instant::now() + WITHIN;
+    while executions(&[&ledger_a]).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the call did not reach the replica"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The second replica joins while the call is held on the first.
+    let (_b, ledger_b) = lan.replica(1, "ledger", &lan.mesh(1, &seeds, 2000), "b", false);
+    signal(a, Signal::SIGKILL);
+    caller.until(WITHIN, |o| !o.is_empty());
+    let outcome = caller.seen[0].clone();
+    let runs = (
+        executions(&[&ledger_a]).len(),
+        executions(&[&ledger_b]).len(),
+    );
+    caller.finish(&mut lan);
+    (outcome, runs.0, runs.1)
+}
+
+#[test]
+fn a_call_in_flight_to_a_killed_replica_is_peer_gone_and_never_replayed() {
+    let (outcome, on_a, on_b) = in_flight_kill("hold");
+    match outcome {
+        Outcome::Err { kind, message, .. } => {
+            assert_eq!(kind, "PeerGone", "{message}");
+            assert!(
+                message.contains("left the mesh"),
+                "names the replica: {message}"
+            );
+        }
+        other => panic!("the call must fail: {other:?}"),
+    }
+    assert_eq!((on_a, on_b), (1, 0), "ran once, on the killed replica only");
+}
+
+#[test]
+fn an_idempotent_call_in_flight_to_a_killed_replica_is_retried_on_another() {
+    let (outcome, on_a, on_b) = in_flight_kill("hold_idempotent");
+    assert!(
+        matches!(outcome, Outcome::Ok { .. }),
+        "retried and answered: {outcome:?}"
+    );
+    assert_eq!(
+        (on_a, on_b),
+        (1, 1),
+        "ran on the killed replica, then on the other"
+    );
+}

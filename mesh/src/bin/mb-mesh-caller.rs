@@ -3,7 +3,9 @@
 //! ids `<prefix>-<thread>-<n>` from `<threads>` threads until its stdin
 //! closes, one line per call on stdout: `ok <id> <pid>` or
 //! `err <id> <kind> <message>` (`kind`: `PeerGone`, `Timeout`, `NotFound`,
-//! `Other`). Before the first call it waits to see `MB_WAIT_REPLICAS`
+//! `Other`). With `<threads>` = `once:<endpoint>`, it makes one call of
+//! `<endpoint>(<prefix>)` once a line comes on stdin, and prints its outcome.
+//! Before the first call it waits to see `MB_WAIT_REPLICAS`
 //! replicas (default 1). With `<threads>` = `bench`, it prints latency
 //! percentiles of `echo` calls instead (see BENCHMARKS.md).
 
@@ -42,6 +44,16 @@ fn main() {
         bench(&client);
         return;
     }
+    if let Some(endpoint) = threads.strip_prefix("once:") {
+        // One call; the test decides when it starts (a line on stdin).
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        println!(
+            "{}",
+            outcome(client.call::<u32>(endpoint, (prefix.clone(),)), prefix)
+        );
+        return;
+    }
     let threads: usize = threads.parse().expect("threads");
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -62,20 +74,11 @@ fn main() {
                 while !stop.load(Ordering::Relaxed) {
                     let id = format!("{prefix}-{t}-{n}");
                     n += 1;
-                    let line = match client.call::<u32>("record", (id.clone(),)) {
-                        Ok(pid) => format!("ok {id} {pid}"),
-                        Err(e) => {
-                            let kind = match &e {
-                                metabridge::Error::PeerGone(_) => "PeerGone",
-                                metabridge::Error::Timeout(_) => "Timeout",
-                                metabridge::Error::ServiceNotFound { .. } => "NotFound",
-                                _ => "Other",
-                            };
-                            let msg = e.to_string().replace('\n', " ");
-                            std::thread::sleep(Duration::from_millis(5));
-                            format!("err {id} {kind} {msg}")
-                        }
-                    };
+                    let result = client.call::<u32>("record", (id.clone(),));
+                    if result.is_err() {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    let line = outcome(result, &id);
                     let mut o = out.lock().unwrap();
                     let _ = writeln!(o, "{line}");
                     let _ = o.flush();
@@ -85,6 +88,22 @@ fn main() {
         .collect();
     for w in workers {
         let _ = w.join();
+    }
+}
+
+/// A call's outcome as one line: `ok <id> <pid>` or `err <id> <kind> <message>`.
+fn outcome(result: metabridge::Result<u32>, id: &str) -> String {
+    match result {
+        Ok(pid) => format!("ok {id} {pid}"),
+        Err(e) => {
+            let kind = match &e {
+                metabridge::Error::PeerGone(_) => "PeerGone",
+                metabridge::Error::Timeout(_) => "Timeout",
+                metabridge::Error::ServiceNotFound { .. } => "NotFound",
+                _ => "Other",
+            };
+            format!("err {id} {kind} {}", e.to_string().replace('\n', " "))
+        }
     }
 }
 

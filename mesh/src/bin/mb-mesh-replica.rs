@@ -5,6 +5,8 @@
 //! and the token, joined to the mesh. `record(id)` appends `id` to the
 //! ledger file (each execution one line: the tests count duplicates) and
 //! answers this process's pid; `whoami` (idempotent) answers the pid;
+//! `hold(id)` and `hold_idempotent(id)` record and, with `MB_HOLD` set,
+//! wait a minute;
 //! `echo(bytes)` answers its argument.
 
 use metabridge_mesh::{MeshConfig, ServiceMesh};
@@ -45,10 +47,33 @@ impl Ledger {
         std::process::id()
     }
 
+    /// Records `id`, then, on a replica started with `MB_HOLD` set, waits
+    /// 60 s before answering (a call surely in flight); answers the pid.
+    #[metabridge::function]
+    pub fn hold(&self, id: String) -> u32 {
+        self.held(id)
+    }
+
+    /// As `hold`, marked idempotent.
+    #[metabridge::function(idempotent)]
+    pub fn hold_idempotent(&self, id: String) -> u32 {
+        self.held(id)
+    }
+
     /// Its argument, back.
     #[metabridge::function]
     pub fn echo(&self, data: metabridge::Bin<Vec<u8>>) -> metabridge::Bin<Vec<u8>> {
         data
+    }
+}
+
+impl Ledger {
+    fn held(&self, id: String) -> u32 {
+        let pid = self.record(id);
+        if std::env::var_os("MB_HOLD").is_some() {
+            std::thread::sleep(std::time::Duration::from_secs(60));
+        }
+        pid
     }
 }
 

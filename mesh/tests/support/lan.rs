@@ -164,6 +164,19 @@ impl Lan {
         tag: &str,
         forged: bool,
     ) -> (u32, PathBuf) {
+        self.replica_with(i, service, mesh, tag, forged, &[])
+    }
+
+    /// As [`replica`](Self::replica), with environment variables.
+    pub fn replica_with(
+        &mut self,
+        i: usize,
+        service: &str,
+        mesh: &str,
+        tag: &str,
+        forged: bool,
+        envs: &[(&str, &str)],
+    ) -> (u32, PathBuf) {
         let (cert, key) = self.certificate(i, tag, forged);
         let ledger = self.dir.join(format!("{tag}.ledger"));
         let host = &self.hosts[i];
@@ -176,6 +189,7 @@ impl Lan {
             .env("METABRIDGE_HOME", &host.home)
             .env_remove("METABRIDGE_TOKEN")
             .env_remove("METABRIDGE_MESH")
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .spawn()
             .expect("start a replica");
@@ -210,11 +224,27 @@ impl Lan {
         replicas: usize,
         envs: &[(&str, &str)],
     ) -> Caller {
+        let threads = threads.to_string();
+        self.caller_mode(i, service, mesh, "call", &threads, replicas, envs)
+    }
+
+    /// A caller in another mode (`once:<endpoint>`, its id `prefix`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn caller_mode(
+        &mut self,
+        i: usize,
+        service: &str,
+        mesh: &str,
+        prefix: &str,
+        mode: &str,
+        replicas: usize,
+        envs: &[(&str, &str)],
+    ) -> Caller {
         let host = &self.hosts[i];
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &host.ns, CALLER, service, mesh])
             .arg(&self.ca_pem)
-            .args([TOKEN, "call", &threads.to_string()])
+            .args([TOKEN, prefix, mode])
             .env("METABRIDGE_HOME", &host.home)
             .env("MB_WAIT_REPLICAS", replicas.to_string())
             .env_remove("METABRIDGE_TRANSPORT")
@@ -324,6 +354,13 @@ impl Caller {
                 }
             }
         }
+    }
+
+    /// Writes a line to the caller's stdin (`once` mode: the call starts).
+    pub fn go(&mut self) {
+        let s = self.stdin.as_mut().unwrap();
+        s.write_all(b"go\n").unwrap();
+        s.flush().unwrap();
     }
 
     /// Stops the caller and reads the rest of what it printed.
