@@ -178,9 +178,12 @@ fn membership(config: MeshConfig, serving: Announcement, stop: mpsc::Receiver<()
             .unwrap_or(0),
         calls: serving.calls(),
     };
-    let stopped = |wait: Duration| match stop.recv_timeout(wait) {
-        Err(mpsc::RecvTimeoutError::Timeout) => false,
-        _ => true,
+    // Told to stop, or the runtime that told us is gone.
+    let stopped = |wait: Duration| {
+        !matches!(
+            stop.recv_timeout(wait),
+            Err(mpsc::RecvTimeoutError::Timeout)
+        )
     };
     let member = loop {
         match runtime.block_on(Member::join_with(&config, &service, advert.clone())) {

@@ -35,4 +35,4 @@ pub use error::MeshError;
 pub use keys::service_key;
 pub use member::{Advert, Member};
 pub use settings::{MeshAuth, MeshConfig, MESH_ENV};
-pub use view::{Replica, Replicas};
+pub use view::{survey, Replica, Replicas};

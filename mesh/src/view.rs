@@ -176,3 +176,53 @@ async fn ask_advert(
 fn lock(state: &Mutex<ViewState>) -> std::sync::MutexGuard<'_, ViewState> {
     state.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// Every replica of every service in the mesh now, with its service's
+/// name: the live tokens (asked once, waiting up to `wait` for answers)
+/// and their adverts. For operators (`metabridge list --mesh`).
+pub async fn survey(
+    config: &MeshConfig,
+    wait: Duration,
+) -> Result<Vec<(String, Replica)>, MeshError> {
+    let session = zenoh::open(config.zenoh()?)
+        .await
+        .map_err(MeshError::zenoh)?;
+    // The links come up in the background, to the seeds and then to the
+    // peers gossip names: wait until the count of peers holds still.
+    let deadline = tokio::time::Instant::now() + wait;
+    let (mut peers, mut still) = (0, 0);
+    while tokio::time::Instant::now() < deadline && (peers == 0 || still < 10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = session.info().peers_zid().await.count();
+        still = if now == peers { still + 1 } else { 0 };
+        peers = now;
+    }
+    let tokens = session
+        .liveliness()
+        .get("metabridge/*/*")
+        .timeout(wait)
+        .await
+        .map_err(MeshError::zenoh)?;
+    let mut found = Vec::new();
+    while let Ok(reply) = tokens.recv_async().await {
+        let Ok(sample) = reply.result() else { continue };
+        let mut parts = sample.key_expr().as_str().splitn(3, '/');
+        let (Some("metabridge"), Some(service), Some(instance)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        found.push((service.to_string(), instance.to_string()));
+    }
+    let mut all = Vec::new();
+    for (service, instance) in found {
+        let key = format!("metabridge/{service}");
+        match ask_advert(&session, &key, &instance).await {
+            Ok(advert) => all.push((service, Replica { instance, advert })),
+            Err(e) => tracing::warn!(target: "metabridge::mesh", "{e}"),
+        }
+    }
+    session.close().await.map_err(MeshError::zenoh)?;
+    all.sort_by(|a, b| (&a.0, &a.1.instance).cmp(&(&b.0, &b.1.instance)));
+    Ok(all)
+}

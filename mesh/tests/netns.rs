@@ -273,3 +273,54 @@ fn an_idempotent_call_in_flight_to_a_killed_replica_is_retried_on_another() {
         "ran on the killed replica, then on the other"
     );
 }
+
+#[test]
+fn metabridge_mesh_list_shows_every_replica_with_its_address_and_live_calls() {
+    let mut lan = Lan::new(3);
+    let seeds = [0, 1];
+    let (a, _) = lan.replica(0, "ledger", &lan.mesh(0, &seeds, 2000), "a", false);
+    let (b, _) = lan.replica(1, "ledger", &lan.mesh(1, &seeds, 2000), "b", false);
+    let mut caller = lan.caller(2, "ledger", &lan.client_mesh(2, &seeds, 2000), 2, 2, &[]);
+    caller.until(WITHIN, |o| {
+        by_pid(o).get(&a) >= Some(&10) && by_pid(o).get(&b) >= Some(&10)
+    });
+    caller.finish(&mut lan);
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lan.hosts[2].ns,
+            env!("CARGO_BIN_EXE_metabridge-mesh"),
+            "list",
+            "--json",
+        ])
+        .arg(format!(
+            "listen=tcp/{}:7449,tcp/{}:7447",
+            lan.hosts[2].ip, lan.hosts[0].ip
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    for (pid, host) in [(a, &lan.hosts[0]), (b, &lan.hosts[1])] {
+        let r = listed
+            .iter()
+            .find(|r| {
+                r["instance"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("{pid}-"))
+            })
+            .unwrap_or_else(|| panic!("replica {pid} listed: {listed:?}"));
+        assert_eq!(r["service"], "ledger");
+        assert!(
+            r["addresses"][0].as_str().unwrap().starts_with(&host.ip),
+            "{r}"
+        );
+        assert!(r["calls"].as_u64().unwrap() >= 10, "its live calls: {r}");
+    }
+}

@@ -41,7 +41,19 @@ fn main() {
     println!("ready");
     std::io::stdout().flush().ok();
     if threads == "bench" {
-        bench(&client);
+        match std::env::var("MB_DIRECT") {
+            // The same calls straight to one address, over TLS, for comparison.
+            Ok(address) => {
+                let direct = metabridge::connect(service)
+                    .at(&address)
+                    .token(token)
+                    .tls(metabridge::tls::ClientTls::ca_pem(&ca).expect("CA"))
+                    .open()
+                    .expect("direct");
+                bench(|p| direct.call("echo", (p,)));
+            }
+            Err(_) => bench(|p| client.call("echo", (p,))),
+        }
         return;
     }
     if let Some(endpoint) = threads.strip_prefix("once:") {
@@ -109,20 +121,20 @@ fn outcome(result: metabridge::Result<u32>, id: &str) -> String {
 
 /// Latency of 64-byte `echo` calls: `MB_BENCH_CALLS` (default 20000)
 /// after 2000 to warm up; prints `p50_us p99_us calls_per_s`.
-fn bench(client: &metabridge_mesh::MeshClient) {
+fn bench(call: impl Fn(metabridge::Bin<Vec<u8>>) -> metabridge::Result<metabridge::Bin<Vec<u8>>>) {
     let calls: usize = std::env::var("MB_BENCH_CALLS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
     let payload = metabridge::Bin(vec![7u8; 64]);
     for _ in 0..2000 {
-        let _: metabridge::Bin<Vec<u8>> = client.call("echo", (payload.clone(),)).expect("echo");
+        call(payload.clone()).expect("echo");
     }
     let mut lat = Vec::with_capacity(calls);
     let t0 = Instant::now();
     for _ in 0..calls {
         let t = Instant::now();
-        let _: metabridge::Bin<Vec<u8>> = client.call("echo", (payload.clone(),)).expect("echo");
+        call(payload.clone()).expect("echo");
         lat.push(t.elapsed());
     }
     let total = t0.elapsed();

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! metabridge list [--json]                     live services, their transports and counters
+//! metabridge list --mesh [SETTING]             every service and replica of a mesh (metabridge-mesh)
 //! metabridge call SERVICE ENDPOINT [ARGS]      one call; the result as JSON
 //! metabridge endpoints SERVICE                 endpoints and their parameters
 //! metabridge stats SERVICE [--watch]           calls, errors, in flight, latency per endpoint

@@ -11,6 +11,40 @@ pub struct Args {
     /// One JSON array instead of a table.
     #[arg(long)]
     json: bool,
+    /// Every service and replica of a mesh instead (seed endpoints, or a
+    /// zenoh configuration file; default `$METABRIDGE_MESH`): runs the
+    /// `metabridge-mesh` tool, which brings zenoh.
+    #[arg(long, value_name = "SETTING", num_args = 0..=1, default_missing_value = "")]
+    mesh: Option<String>,
+}
+
+/// `metabridge list --mesh`: the `metabridge-mesh` tool beside this one,
+/// else on `PATH`.
+fn list_mesh(setting: &str, json: bool) -> Result<(), Fail> {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("metabridge-mesh")))
+        .filter(|p| p.is_file());
+    let tool = beside.unwrap_or_else(|| "metabridge-mesh".into());
+    let mut cmd = std::process::Command::new(&tool);
+    cmd.arg("list");
+    if json {
+        cmd.arg("--json");
+    }
+    if !setting.is_empty() {
+        cmd.arg(setting);
+    }
+    match cmd.status() {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(Fail(1, format!("metabridge-mesh list failed ({s})"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Fail(
+            1,
+            "`metabridge list --mesh` needs the metabridge-mesh tool (it brings zenoh): \
+             `cargo install --path mesh` in MetaBridge's repository"
+                .into(),
+        )),
+        Err(e) => Err(Fail(1, format!("cannot run {}: {e}", tool.display()))),
+    }
 }
 
 fn now_secs() -> u64 {
@@ -30,7 +64,15 @@ fn fmt_uptime(secs: u64) -> String {
 }
 
 /// Lists every entry of the registry, the live ones with their counters.
-pub fn run(Args { json: as_json }: Args) -> Result<(), Fail> {
+pub fn run(
+    Args {
+        json: as_json,
+        mesh,
+    }: Args,
+) -> Result<(), Fail> {
+    if let Some(setting) = mesh {
+        return list_mesh(&setting, as_json);
+    }
     let reg = registry()?;
     let mut rows = Vec::new();
     for (e, alive) in reg.list_all() {
