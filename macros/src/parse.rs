@@ -996,7 +996,7 @@ mod tests {
         let a: Attribute = parse_quote!(#[endpoint("teste")]);
         assert_eq!(parse_endpoint_name(&a).unwrap().0.value(), "teste");
         let a: Attribute = syn::parse_quote!(#[endpoint("teste", idempotent)]);
-        assert_eq!(parse_endpoint_name(&a).unwrap().1, true);
+        assert!(parse_endpoint_name(&a).unwrap().1);
         let a: Attribute = syn::parse_quote!(#[endpoint("teste", cached)]);
         assert!(parse_endpoint_name(&a).is_err());
         for a in [
