@@ -333,9 +333,8 @@ impl Shared {
             return None;
         }
         local.checked = Some(Instant::now());
-        if metabridge::lookup(&self.name).is_err() {
-            return None;
-        }
+        // Opening looks the name up in the client's own registry (its
+        // `.home()`, else `$METABRIDGE_HOME`): not found there, no local replica.
         let client = self
             .base
             .clone()

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 mod support;
 
+/// This test process's home, removed when the last test using it ends
+/// (each refused service stops before it writes anything there).
 fn home() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("mb-mesh-refusals-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -21,8 +23,12 @@ fn seeds() -> MeshConfig {
 }
 
 fn refused(service: Service<()>) -> String {
-    std::env::set_var("METABRIDGE_HOME", home());
-    match metabridge::serve(service) {
+    let home = home();
+    std::env::set_var("METABRIDGE_HOME", &home);
+    let result = metabridge::serve(service);
+    // Refused before the registry is opened: nothing was written.
+    std::fs::remove_dir(&home).ok();
+    match result {
         Err(Error::Announce { why, .. }) => why,
         other => panic!("the service must be refused at start: {other:?}"),
     }
@@ -66,7 +72,9 @@ fn a_name_zenoh_cannot_hold_is_refused_at_start() {
 fn a_client_with_no_replica_gets_service_not_found_naming_the_mesh() {
     let config = seeds();
     let seed = config.connect[0].clone();
+    let own_home = std::env::temp_dir().join(format!("mb-mesh-nobody-{}", std::process::id()));
     let client = metabridge::connect("nobody-serves-this")
+        .home(&own_home)
         .token("t")
         .timeout(Duration::from_secs(5))
         .mesh(config)
@@ -74,7 +82,9 @@ fn a_client_with_no_replica_gets_service_not_found_naming_the_mesh() {
         .discovery(Duration::from_millis(300))
         .open()
         .unwrap();
-    match client.call::<u32>("whoami", ()) {
+    let result = client.call::<u32>("whoami", ());
+    std::fs::remove_dir_all(&own_home).ok();
+    match result {
         Err(Error::ServiceNotFound { name, reason }) => {
             assert_eq!(name, "nobody-serves-this");
             assert!(reason.contains(&seed), "names the mesh: {reason}");
