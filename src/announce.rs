@@ -1,10 +1,11 @@
 //! The announcer seam: making a serving service known beyond this
 //! machine's registry (a mesh of hosts, say).
 //!
-//! The runtime knows no mesh. An [`Announcer`] (metabridge-mesh's) is
-//! given to the service ([`Service::announce`](crate::Service::announce),
-//! or `$METABRIDGE_MESH` through the factory a program installs with
-//! [`set_env_announcer`]); it is asked to [`check`](Announcer::check) the
+//! The runtime knows no mesh. An [`Announcer`] (metabridge-mesh's, or the
+//! [`MeshAgent`](crate::MeshAgent) helper process) is given to the service
+//! ([`Service::announce`](crate::Service::announce), or `$METABRIDGE_MESH`
+//! through the factory a program installs with [`set_env_announcer`], else
+//! through the helper); it is asked to [`check`](Announcer::check) the
 //! service's configuration before anything starts, and told once the
 //! service is registered and serving. What it returns keeps the service
 //! announced: it is dropped when the service begins to stop, before the
@@ -86,8 +87,43 @@ pub fn set_env_announcer(factory: EnvAnnouncerFactory) -> bool {
     ENV_FACTORY.set(factory).is_ok()
 }
 
+/// Refuses a service that cannot be exposed beyond this machine safely:
+/// one that listens on no address other hosts reach, serves no TLS, or
+/// authenticates its callers neither by an operator token nor by client
+/// certificates. What every announcer into a mesh requires.
+pub fn require_secure_exposure(service: &str, config: &ServiceConfig) -> Result<()> {
+    let refuse = |why: &str| Error::Announce {
+        service: service.to_string(),
+        why: why.to_string(),
+    };
+    if !config.tcp_exposed {
+        return Err(refuse(
+            "it listens on no address other hosts can reach: expose it with \
+             .host(\"0.0.0.0\") (or METABRIDGE_HOST)",
+        ));
+    }
+    let client_ca = config
+        .tls
+        .as_ref()
+        .map(|t| t.client_ca.is_some())
+        .or(config.tls_pem.as_ref().map(|t| t.client_ca.is_some()));
+    match client_ca {
+        None => Err(refuse(
+            "a meshed service must serve TLS: give it a certificate (.tls(..), \
+             #[service(tls(..))] or METABRIDGE_TLS_CERT/KEY)",
+        )),
+        Some(false) if config.token.is_none() => Err(refuse(
+            "a meshed service must authenticate its callers: set an operator token \
+             (METABRIDGE_TOKEN or ServiceConfig::token) or require client certificates \
+             (TlsFiles::client_ca)",
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
 /// The announcers of a service: its own, else the one `$METABRIDGE_MESH`
-/// asks for, each checked against its configuration.
+/// asks for (through the installed factory, else the helper process),
+/// each checked against its configuration.
 pub(crate) fn announcers_of(
     service: &str,
     own: &[Arc<dyn Announcer>],
@@ -96,14 +132,10 @@ pub(crate) fn announcers_of(
     let mut all = own.to_vec();
     if all.is_empty() {
         if let Some(value) = std::env::var(MESH_ENV).ok().filter(|v| !v.is_empty()) {
-            let factory = ENV_FACTORY.get().ok_or_else(|| Error::Announce {
-                service: service.to_string(),
-                why: format!(
-                    "{MESH_ENV}={value:?} is set, but this program cannot join a mesh: \
-                     link the metabridge-mesh crate and call metabridge_mesh::install() in main"
-                ),
-            })?;
-            all.push(factory(&value)?);
+            match ENV_FACTORY.get() {
+                Some(factory) => all.push(factory(&value)?),
+                None => all.push(Arc::new(crate::MeshAgent::new(&value))),
+            }
         }
     }
     for announcer in &all {

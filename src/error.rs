@@ -154,6 +154,16 @@ pub enum Error {
         /// What is missing or wrong.
         why: String,
     },
+    /// The mesh helper that relays calls ([`MeshRelay`](crate::MeshRelay))
+    /// cannot be run, or failed in a way that is not the call's: the call
+    /// was not sent.
+    #[error("service {service:?}: the mesh relay failed: {why}")]
+    Relay {
+        /// The service.
+        service: String,
+        /// What failed.
+        why: String,
+    },
     /// No room in memory or in the filesystem for what was needed.
     #[error(transparent)]
     NoSpace(NoSpace),
@@ -292,6 +302,15 @@ pub enum PeerGone {
         service: String,
         /// The replica's instance id.
         replica: String,
+        /// How it was found gone.
+        why: String,
+    },
+    /// The mesh helper relaying the call ([`MeshRelay`](crate::MeshRelay))
+    /// ended with it in flight. The call may have run: it is never replayed.
+    #[error("the mesh relay for {service:?} ended during the call ({why})")]
+    Relay {
+        /// The service.
+        service: String,
         /// How it was found gone.
         why: String,
     },

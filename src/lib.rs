@@ -63,6 +63,8 @@ mod logger;
 #[cfg(feature = "cli")]
 #[doc(hidden)]
 pub mod measure;
+mod mesh_agent;
+mod mesh_relay;
 mod msgpack;
 mod out_of_line;
 // The platform layer: the one module whose purpose is `unsafe` OS calls.
@@ -79,11 +81,18 @@ mod transport;
 mod trust;
 mod worker;
 
-pub use announce::{set_env_announcer, Announcement, Announcer, EnvAnnouncerFactory};
+pub use announce::{
+    require_secure_exposure, set_env_announcer, Announcement, Announcer, EnvAnnouncerFactory,
+};
 pub use args::{bytes, to_msgpack, Args, Bin, CallArgs, IntoArgs};
 pub use blob::Blob;
 pub use client::{connect, lookup, Client, Connect, TypedConnect};
 pub use config::{ServiceConfig, TlsFiles, TlsPem, TransportKind};
+pub use mesh_agent::{mesh_tool, AgentReport, MeshAgent, HEARTBEAT, MAX_REPORT, MESH_TOOL_ENV};
+pub use mesh_relay::{
+    read_frame as read_relay_frame, write_frame as write_relay_frame, MeshRelay, RelayAnswer,
+    RelayCall, RelayError, RelaySetup, MAX_RELAY_FRAME,
+};
 /// TLS over TCP (feature `tls`): what a client trusts ([`tls::ClientTls`]),
 /// what a service serves ([`tls::ServerTls`]), and why either failed.
 #[cfg(feature = "tls")]

@@ -76,32 +76,7 @@ impl Announcer for MeshAnnouncer {
         };
         self.config.as_ref().map_err(|e| refuse(e.clone()))?;
         crate::service_key(service).map_err(|e| refuse(e.to_string()))?;
-        if !config.tcp_exposed {
-            return Err(refuse(
-                "it listens on no address other hosts can reach: expose it with \
-                 .host(\"0.0.0.0\") (or METABRIDGE_HOST)"
-                    .into(),
-            ));
-        }
-        let client_ca = config
-            .tls
-            .as_ref()
-            .map(|t| t.client_ca.is_some())
-            .or(config.tls_pem.as_ref().map(|t| t.client_ca.is_some()));
-        match client_ca {
-            None => Err(refuse(
-                "a meshed service must serve TLS: give it a certificate (.tls(..), \
-                 #[service(tls(..))] or METABRIDGE_TLS_CERT/KEY)"
-                    .into(),
-            )),
-            Some(false) if config.token.is_none() => Err(refuse(
-                "a meshed service must authenticate its callers: set an operator token \
-                 (METABRIDGE_TOKEN or ServiceConfig::token) or require client certificates \
-                 (TlsFiles::client_ca)"
-                    .into(),
-            )),
-            Some(_) => Ok(()),
-        }
+        metabridge::require_secure_exposure(service, config)
     }
 
     fn announce(&self, serving: Announcement) -> Box<dyn Send> {
@@ -114,7 +89,13 @@ impl Announcer for MeshAnnouncer {
         let thread = std::thread::Builder::new()
             .name("metabridge-mesh".into())
             .spawn(move || {
-                let run = std::panic::AssertUnwindSafe(|| membership(config, serving, stopped));
+                let serving = Serving::of(serving);
+                let run = std::panic::AssertUnwindSafe(|| {
+                    membership(config, serving, |wait| match stopped.recv_timeout(wait) {
+                        Err(mpsc::RecvTimeoutError::Timeout) => Tick::Alive,
+                        _ => Tick::Stop,
+                    })
+                });
                 if std::panic::catch_unwind(run).is_err() {
                     tracing::error!(target: "metabridge::mesh", "the mesh membership of {service:?} panicked: it is no longer announced");
                 }
@@ -147,9 +128,56 @@ impl Drop for Joined {
     }
 }
 
-/// The membership thread: joins (again, until it works), logs how the
-/// links to peers go, and leaves when told.
-fn membership(config: MeshConfig, serving: Announcement, stop: mpsc::Receiver<()>) {
+/// What a member says about the service it announces.
+pub(crate) struct Serving {
+    pub service: String,
+    /// The serving process.
+    pub pid: u32,
+    pub tcp: String,
+    pub tls_fingerprint: Option<String>,
+    pub idempotent: Vec<String>,
+    /// Seconds since the epoch.
+    pub started: u64,
+    /// Its live call count.
+    pub calls: Box<dyn Fn() -> Option<u64> + Send + Sync>,
+}
+
+impl Serving {
+    fn of(a: Announcement) -> Serving {
+        Serving {
+            service: a.service.clone(),
+            pid: std::process::id(),
+            tcp: a.tcp.clone(),
+            tls_fingerprint: a.tls_fingerprint.clone(),
+            idempotent: a.idempotent.clone(),
+            started: a
+                .started
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            calls: Box::new(move || a.calls()),
+        }
+    }
+}
+
+/// What the membership loop is told each time it waits.
+pub(crate) enum Tick {
+    /// Serving: stay (or become again) announced.
+    Alive,
+    /// The service gives no sign of life: withdraw its token until it does.
+    Silent,
+    /// Leave the mesh.
+    Stop,
+}
+
+/// The membership loop: joins (again, until it works), logs how the links
+/// to peers go, withdraws the token while `tick` says the service is
+/// silent, and leaves when it says stop. `tick(wait)` waits at most `wait`.
+pub(crate) fn membership(
+    config: MeshConfig,
+    serving: Serving,
+    mut tick: impl FnMut(Duration) -> Tick,
+) {
     // Zenoh refuses tokio's current-thread scheduler.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -163,35 +191,37 @@ fn membership(config: MeshConfig, serving: Announcement, stop: mpsc::Receiver<()
             return;
         }
     };
-    let service = serving.service.clone();
-    let addresses = advertised(&config, &serving.tcp);
+    let Serving {
+        service,
+        pid,
+        tcp,
+        tls_fingerprint,
+        idempotent,
+        started,
+        calls,
+    } = serving;
+    let addresses = advertised(&config, &tcp);
     let host = hostname();
+    let calls = std::sync::Arc::new(calls);
     let advert = move || Advert {
         addresses: addresses.clone(),
-        tls_fingerprint: serving.tls_fingerprint.clone(),
+        tls_fingerprint: tls_fingerprint.clone(),
         host: host.clone(),
-        idempotent: serving.idempotent.clone(),
-        started: serving
-            .started
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-        calls: serving.calls(),
+        idempotent: idempotent.clone(),
+        started,
+        calls: calls(),
     };
-    // Told to stop, or the runtime that told us is gone.
-    let stopped = |wait: Duration| {
-        !matches!(
-            stop.recv_timeout(wait),
-            Err(mpsc::RecvTimeoutError::Timeout)
-        )
-    };
-    let member = loop {
-        match runtime.block_on(Member::join_with(&config, &service, advert.clone())) {
+    let mut member = loop {
+        match runtime.block_on(Member::join_for(&config, &service, pid, advert.clone())) {
             Ok(m) => break m,
             Err(e) => {
                 tracing::warn!(target: "metabridge::mesh", "service {service:?} serves locally; joining {} failed ({e}), trying again", config.describe());
-                if stopped(REJOIN) {
-                    return;
+                let mut waited = Duration::ZERO;
+                while waited < REJOIN {
+                    if matches!(tick(PEER_CHECK), Tick::Stop) {
+                        return;
+                    }
+                    waited += PEER_CHECK;
                 }
             }
         }
@@ -212,8 +242,21 @@ fn membership(config: MeshConfig, serving: Announcement, stop: mpsc::Receiver<()
             }
             _ => {}
         }
-        if stopped(PEER_CHECK) {
-            break;
+        match tick(PEER_CHECK) {
+            Tick::Stop => break,
+            Tick::Silent if member.announced() => {
+                tracing::warn!(target: "metabridge::mesh", "service {service:?} gives no sign of life: withdrawn from the mesh until it does");
+                if let Err(e) = runtime.block_on(member.withdraw()) {
+                    tracing::warn!(target: "metabridge::mesh", "cannot withdraw {service:?}: {e}");
+                }
+            }
+            Tick::Alive if !member.announced() => {
+                tracing::info!(target: "metabridge::mesh", "service {service:?} is alive again: announced");
+                if let Err(e) = runtime.block_on(member.reassert()) {
+                    tracing::warn!(target: "metabridge::mesh", "cannot announce {service:?} again: {e}");
+                }
+            }
+            _ => {}
         }
     }
     if let Err(e) = runtime.block_on(member.leave()) {

@@ -19,13 +19,20 @@
 //!   are refused);
 //! * `member`: a service's side;
 //! * `view`: a client's view of the replicas;
+//! * `announce`: the runtime's announcer, and the membership loop;
+//! * `client`: [`MeshClient`], calls by name;
+//! * `agent`, `relay`: the `metabridge-mesh agent` and `relay` helpers,
+//!   which keep the membership or the client for a program that does not
+//!   link zenoh (the runtime's `MeshAgent` and `MeshRelay`);
 //! * `error`: [`MeshError`].
 
+pub mod agent;
 mod announce;
 mod client;
 mod error;
 mod keys;
 mod member;
+pub mod relay;
 mod settings;
 mod view;
 

@@ -33,7 +33,10 @@ pub struct Advert {
 pub struct Member {
     session: zenoh::Session,
     instance: String,
-    _token: zenoh::liveliness::LivelinessToken,
+    /// `metabridge/<service>/<instance>`.
+    token_key: String,
+    /// `None` while withdrawn ([`withdraw`](Member::withdraw)).
+    token: Option<zenoh::liveliness::LivelinessToken>,
     _advert: zenoh::query::Queryable<()>,
 }
 
@@ -55,11 +58,23 @@ impl Member {
         service: &str,
         advert: impl Fn() -> Advert + Send + Sync + 'static,
     ) -> Result<Member, MeshError> {
+        Member::join_for(config, service, std::process::id(), advert).await
+    }
+
+    /// As [`join_with`](Self::join_with), for the serving process `pid`
+    /// (a helper joins for the service it serves: the instance id names
+    /// the service's process, not the helper's).
+    pub async fn join_for(
+        config: &MeshConfig,
+        service: &str,
+        pid: u32,
+        advert: impl Fn() -> Advert + Send + Sync + 'static,
+    ) -> Result<Member, MeshError> {
         let key = service_key(service)?;
         let session = zenoh::open(config.zenoh()?)
             .await
             .map_err(MeshError::zenoh)?;
-        let instance = format!("{}-{}", std::process::id(), session.zid());
+        let instance = format!("{pid}-{}", session.zid());
         let reply_key = advert_key(&key, &instance);
         let answer_key = reply_key.clone();
         let advert_queryable = session
@@ -75,17 +90,48 @@ impl Member {
             .await
             .map_err(MeshError::zenoh)?;
         // The token last: a client that sees it can already ask the advert.
+        let token_key = format!("{key}/{instance}");
         let token = session
             .liveliness()
-            .declare_token(format!("{key}/{instance}"))
+            .declare_token(&token_key)
             .await
             .map_err(MeshError::zenoh)?;
         Ok(Member {
             session,
             instance,
-            _token: token,
+            token_key,
+            token: Some(token),
             _advert: advert_queryable,
         })
+    }
+
+    /// Withdraws the liveliness token (clients drop this replica from their
+    /// view) while staying in the session; [`reassert`](Self::reassert)
+    /// declares it again.
+    pub async fn withdraw(&mut self) -> Result<(), MeshError> {
+        match self.token.take() {
+            Some(t) => t.undeclare().await.map_err(MeshError::zenoh),
+            None => Ok(()),
+        }
+    }
+
+    /// Declares the token again after [`withdraw`](Self::withdraw).
+    pub async fn reassert(&mut self) -> Result<(), MeshError> {
+        if self.token.is_none() {
+            let token = self
+                .session
+                .liveliness()
+                .declare_token(&self.token_key)
+                .await
+                .map_err(MeshError::zenoh)?;
+            self.token = Some(token);
+        }
+        Ok(())
+    }
+
+    /// Whether the token is declared now.
+    pub fn announced(&self) -> bool {
+        self.token.is_some()
     }
 
     /// How many other zenoh peers this member is linked to now.

@@ -175,6 +175,41 @@ fn a_client_on_a_replicas_host_calls_it_over_shared_memory() {
     at_most_once(o, &[(a, &ledger_a), (b, &ledger_b)]);
 }
 
+/// The local replica is looked for in the client's own registry: with
+/// `.home()` naming host 0's registry and `$METABRIDGE_HOME` naming one
+/// with no replica, every call still goes over shared memory.
+#[test]
+fn a_client_finds_its_local_replica_in_the_home_it_was_given() {
+    let mut lan = Lan::new(3);
+    let seeds = [0, 1];
+    let (a, ledger_a) = lan.replica(0, "ledger", &lan.mesh(0, &seeds, 2000), "a", false);
+    let (b, ledger_b) = lan.replica(1, "ledger", &lan.mesh(1, &seeds, 2000), "b", false);
+    let home0 = lan.hosts[0].home.to_str().unwrap().to_owned();
+    let elsewhere = lan.hosts[2].home.to_str().unwrap().to_owned();
+    let mut caller = lan.caller(
+        0,
+        "ledger",
+        &lan.client_mesh(0, &seeds, 2000),
+        2,
+        2,
+        &[
+            ("METABRIDGE_TRANSPORT", "shm"),
+            ("METABRIDGE_HOME", &elsewhere),
+            ("MB_CLIENT_HOME", &home0),
+        ],
+    );
+    caller.until(WITHIN, |o| o.len() >= 200);
+    caller.finish(&mut lan);
+    let o = &caller.seen;
+    assert_eq!(
+        by_pid(o).get(&a),
+        Some(&o.len()),
+        "every call on the replica in the client's .home(): {}",
+        summary(o)
+    );
+    at_most_once(o, &[(a, &ledger_a), (b, &ledger_b)]);
+}
+
 #[test]
 fn a_replica_that_fails_verification_is_dropped_and_never_called() {
     let mut lan = Lan::new(3);

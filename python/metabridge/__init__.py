@@ -131,21 +131,25 @@ _native._register_errors(
 
 _MARK = "__metabridge_endpoints__"
 _BUFFERS = "__metabridge_buffers__"
+_IDEMPOTENT = "__metabridge_idempotent__"
 
 
 def _target(obj):
     return obj.__func__ if isinstance(obj, (staticmethod, classmethod)) else obj
 
 
-def _mark(obj, name=None, buffers=False):
+def _mark(obj, name=None, buffers=False, idempotent=False):
     """Marks a method (function, staticmethod or classmethod) as an
     endpoint, reachable as ``name`` (if given) and under its own name;
-    ``buffers``: its bytes arguments arrive as :class:`Buffer`."""
+    ``buffers``: its bytes arguments arrive as :class:`Buffer`;
+    ``idempotent``: a mesh client may retry it on another replica."""
     target = _target(obj)
     if not callable(target):
         raise TypeError(f"metabridge: cannot expose {obj!r} as an endpoint")
     if buffers:
         setattr(target, _BUFFERS, True)
+    if idempotent:
+        setattr(target, _IDEMPOTENT, True)
     names = target.__dict__.get(_MARK)
     if names is None:
         names = []
@@ -155,8 +159,13 @@ def _mark(obj, name=None, buffers=False):
     return obj
 
 
-def function(func=None, *, buffers=False):
+def function(func=None, *, buffers=False, idempotent=False):
     """Exposes a method under its own name: ``@meta.function``.
+
+    ``@meta.function(idempotent=True)``: running it twice does no harm, so
+    a mesh client whose call to one replica had an unknown outcome (the
+    replica died during it) may call it again on another. Any other
+    endpoint's call is never sent twice.
 
     ``@meta.function(buffers=True)``: the endpoint's bytes arguments arrive
     as read-only :class:`Buffer` objects read in place from shared memory
@@ -166,22 +175,23 @@ def function(func=None, *, buffers=False):
     as copies. Over TCP they are always copies, in a Buffer all the same.
     """
     if func is None:
-        return lambda f: _mark(f, buffers=buffers)
-    return _mark(func, buffers=buffers)
+        return lambda f: _mark(f, buffers=buffers, idempotent=idempotent)
+    return _mark(func, buffers=buffers, idempotent=idempotent)
 
 
-def endpoint(name=None, *, alias=None, buffers=False):
+def endpoint(name=None, *, alias=None, buffers=False, idempotent=False):
     """Exposes a method under an endpoint name and under its own name.
 
     ``@meta.endpoint`` (its own name only), ``@meta.endpoint("x")`` or
-    ``@meta.endpoint(name="x")``; ``buffers=True`` as for :func:`function`.
+    ``@meta.endpoint(name="x")``; ``buffers=True`` and ``idempotent=True``
+    as for :func:`function`.
     """
     if name is not None and not isinstance(name, str):
         return _mark(name)  # used bare: @meta.endpoint
     name = name or alias
 
     def decorate(func):
-        return _mark(func, name, buffers)
+        return _mark(func, name, buffers, idempotent)
 
     return decorate
 
@@ -198,14 +208,17 @@ def __getattr__(name):
 
 
 class _Definition:
-    __slots__ = ("name", "host", "port", "logger", "tls", "cls", "endpoints", "is_daemon")
+    __slots__ = ("name", "host", "port", "logger", "tls", "mesh", "cls", "endpoints", "idempotent",
+                 "is_daemon")
 
-    def __init__(self, name, host, port, logger, tls=None):
+    def __init__(self, name, host, port, logger, tls=None, mesh=None):
         self.name = name
         self.host = host
         self.port = port
         self.logger = logger
         self.tls = tls
+        self.mesh = mesh
+        self.idempotent = []
         self.cls = None
         self.endpoints = []
         self.is_daemon = False
@@ -233,6 +246,15 @@ def _collect_endpoints(cls):
     return list(found.values())
 
 
+def _collect_idempotent(cls, endpoints):
+    """Every name of the endpoints marked ``idempotent=True``."""
+    names = []
+    for all_names, attr, _, _ in endpoints:
+        if _target(inspect.getattr_static(cls, attr)).__dict__.get(_IDEMPOTENT, False):
+            names.extend(all_names)
+    return names
+
+
 class ServiceBuilder:
     """What :func:`create` returns: ``.daemon()`` and then a class
     decorator (it also decorates directly)."""
@@ -253,6 +275,7 @@ class ServiceBuilder:
         d = self._definition
         d.cls = cls
         d.endpoints = _collect_endpoints(cls)
+        d.idempotent = _collect_idempotent(cls, d.endpoints)
         with _lock:
             _services[d.name] = d
             _last = d
@@ -298,7 +321,7 @@ def _client_tls(tls):
     return (path("ca"), tls.get("pin"), path("cert"), path("key"), tls.get("server_name"))
 
 
-def create(name, host=None, *, logger=False, port=None, tls=None):
+def create(name, host=None, *, logger=False, port=None, tls=None, mesh=None):
     """Defines a service called ``name``: ``@meta.create(name).daemon()``
     on its class.
 
@@ -311,6 +334,13 @@ def create(name, host=None, *, logger=False, port=None, tls=None):
     (and ``"client_ca"`` to require client certificates) serves TLS on its
     TCP port (a key file readable by this user only; the original
     library's clients, which cannot speak TLS, are refused there).
+    ``mesh="tcp/10.0.0.2:7447,tcp/10.0.0.3:7447"`` (seed endpoints and
+    options, or a zenoh configuration file) joins that mesh once the
+    service serves, so that clients on other hosts find it by name; it
+    needs ``host`` set to an address they reach, ``tls``, and a token
+    (``METABRIDGE_TOKEN``) or ``client_ca``, else :func:`run` raises. The
+    membership is kept by the ``metabridge-mesh agent`` helper (found as
+    ``METABRIDGE_MESH_TOOL``, beside the interpreter, or on ``PATH``).
 
     An invalid ``name`` raises ``ValueError`` here: 1 to 64 bytes of UTF-8
     without control characters, invisible or direction-changing
@@ -325,7 +355,10 @@ def create(name, host=None, *, logger=False, port=None, tls=None):
     problem = _native.service_name_problem(name)
     if problem is not None:
         raise ValueError(f"invalid service name {name!r}: {problem}")
-    return ServiceBuilder(_Definition(name, host, port, logger, _service_tls(tls)))
+    if mesh is not None and not isinstance(mesh, (str, os.PathLike)):
+        raise TypeError("mesh= takes a setting: seed endpoints (\"tcp/host:port,...\") or a zenoh config file")
+    mesh = None if mesh is None else os.fspath(mesh)
+    return ServiceBuilder(_Definition(name, host, port, logger, _service_tls(tls), mesh))
 
 
 # -------------------------------------------------------------- daemons
@@ -449,6 +482,8 @@ def _child_main(d, ready_w, parent):
         prebuilt,
         d.logger,
         d.tls,
+        d.mesh,
+        d.idempotent,
     )
 
 
@@ -636,7 +671,46 @@ class ServiceClient:
         return f"<ServiceClient {self._native.name!r} over {self._native.transport}>"
 
 
-def connect(name, *ctor_args, timeout=5.0, buffers=False, address=None, tls=None, **ctor_kwargs):
+class MeshServiceClient:
+    """A proxy of a service found by name across a mesh (what
+    ``connect(name, mesh=...)`` returns): its attributes are the endpoints.
+    Each call goes to one replica: this host's if it has one, else the
+    remote one with the fewest calls outstanding. A call whose replica
+    died during it raises :class:`ServiceGone` and is never sent again,
+    unless its endpoint is ``idempotent``; no replica at all raises
+    :class:`ServiceNotFound`. Usable by many threads at once."""
+
+    def __init__(self, native):
+        self.__dict__["_native"] = native
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        native = self._native
+
+        def call(*args, **kwargs):
+            return native.call(name, args, kwargs or None)
+
+        call.__name__ = name
+        self.__dict__[name] = call
+        return call
+
+    def _call(self, endpoint, *args, **kwargs):
+        """Calls an endpoint by name."""
+        return self._native.call(endpoint, args, kwargs or None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def __repr__(self):
+        return f"<MeshServiceClient {self._native.name!r}>"
+
+
+def connect(name, *ctor_args, timeout=5.0, buffers=False, address=None, tls=None, mesh=None,
+            **ctor_kwargs):
     """Connects to the live service ``name``; ``ctor_args`` and
     ``ctor_kwargs`` are its constructor's arguments (the service keeps one
     instance per distinct set, in an LRU). ``timeout`` bounds each call, in
@@ -648,7 +722,19 @@ def connect(name, *ctor_args, timeout=5.0, buffers=False, address=None, tls=None
     it over TCP without the registry (another host); ``tls={"ca": path}``
     or ``tls={"pin": "sha256:..."}`` (with ``"cert"`` and ``"key"`` for
     mutual TLS, ``"server_name"`` to check another name) verifies a TLS
-    service. Raises :class:`ServiceNotFound` if no such service runs."""
+    service. Raises :class:`ServiceNotFound` if no such service runs.
+
+    ``mesh="tcp/10.0.0.2:7447,..."`` finds the service by name across that
+    mesh (a :class:`MeshServiceClient`; ``tls`` is required, or
+    ``METABRIDGE_TLS_CA``/``PIN``; the token is ``METABRIDGE_TOKEN``). Its
+    calls go through the ``metabridge-mesh relay`` helper; constructor
+    arguments, ``address`` and ``buffers`` are not taken with it."""
+    if mesh is not None:
+        if ctor_args or ctor_kwargs or address is not None or buffers:
+            raise TypeError("connect(mesh=...) takes no constructor arguments, address or buffers")
+        return MeshServiceClient(
+            _native.connect_mesh(name, os.fspath(mesh), float(timeout), tls=_client_tls(tls))
+        )
     native = _native.connect(
         name,
         ctor_args,

@@ -27,12 +27,18 @@ class UnsafeFork(MetaBridgeError, RuntimeError):
 @overload
 def function(func: _F) -> _F: ...
 @overload
-def function(func: None = ..., *, buffers: bool = ...) -> Callable[[_F], _F]: ...
+def function(
+    func: None = ..., *, buffers: bool = ..., idempotent: bool = ...
+) -> Callable[[_F], _F]: ...
 @overload
 def endpoint(name: _F) -> _F: ...
 @overload
 def endpoint(
-    name: Optional[str] = ..., *, alias: Optional[str] = ..., buffers: bool = ...
+    name: Optional[str] = ...,
+    *,
+    alias: Optional[str] = ...,
+    buffers: bool = ...,
+    idempotent: bool = ...,
 ) -> Callable[[_F], _F]: ...
 def __getattr__(name: str) -> Callable[[_F], _F]: ...
 
@@ -47,6 +53,7 @@ def create(
     logger: bool = ...,
     port: Optional[int] = ...,
     tls: Optional[Dict[str, str]] = ...,
+    mesh: Optional[str] = ...,
 ) -> ServiceBuilder: ...
 
 class DaemonHandle:
@@ -101,6 +108,26 @@ class Buffer:
     def __bytes__(self) -> bytes: ...
     def __buffer__(self, flags: int) -> memoryview: ...
 
+class MeshServiceClient:
+    def __getattr__(self, endpoint: str) -> Callable[..., Any]: ...
+    def _call(self, endpoint: str, *args: Any, **kwargs: Any) -> Any: ...
+    def __enter__(self) -> "MeshServiceClient": ...
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None: ...
+
+@overload
+def connect(
+    name: str,
+    *,
+    timeout: float = ...,
+    tls: Optional[Dict[str, str]] = ...,
+    mesh: str,
+) -> MeshServiceClient: ...
+@overload
 def connect(
     name: str,
     *ctor_args: Any,
@@ -108,6 +135,7 @@ def connect(
     buffers: bool = ...,
     address: Optional[str] = ...,
     tls: Optional[Dict[str, str]] = ...,
+    mesh: None = ...,
     **ctor_kwargs: Any,
 ) -> ServiceClient: ...
 class _GcReport(TypedDict):

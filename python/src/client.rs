@@ -82,7 +82,7 @@ pub fn connect(
 
 /// `connect(tls={...})` as the Python layer passes it: `(ca, pin, cert,
 /// key, server_name)`.
-type TlsArgs = (
+pub(crate) type TlsArgs = (
     Option<String>,
     Option<String>,
     Option<String>,

@@ -21,6 +21,7 @@ use pyo3::types::PyDict;
 #[allow(unsafe_code)]
 mod buffer;
 mod client;
+mod mesh;
 // The only module allowed raw unsafe calls: raw OS and interpreter calls, each
 // behind a safe function with its `// SAFETY:` reasoning.
 #[allow(unsafe_code)]
@@ -127,6 +128,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(client::connect, m)?)?;
     m.add_function(wrap_pyfunction!(service::serve_forked, m)?)?;
     m.add_function(wrap_pyfunction!(service::wait_forked, m)?)?;
+    m.add_function(wrap_pyfunction!(mesh::connect_mesh, m)?)?;
+    m.add_class::<mesh::NativeMeshClient>()?;
     m.add_class::<client::NativeClient>()?;
     m.add_class::<buffer::Buffer>()?;
     m.add_class::<client::Endpoint>()?;

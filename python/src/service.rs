@@ -212,7 +212,7 @@ fn build(
 /// exits the process (never returns). The readiness report (or the
 /// startup error) goes to `ready_fd`; the daemon follows `parent`.
 #[pyfunction]
-#[pyo3(signature = (name, cls, endpoints, submit, ready_fd, parent=None, host=None, port=None, prebuilt=None, logger=false, tls=None))]
+#[pyo3(signature = (name, cls, endpoints, submit, ready_fd, parent=None, host=None, port=None, prebuilt=None, logger=false, tls=None, mesh=None, idempotent=Vec::new()))]
 #[allow(clippy::too_many_arguments)]
 pub fn serve_forked(
     py: Python<'_>,
@@ -227,6 +227,8 @@ pub fn serve_forked(
     prebuilt: Option<Py<PyAny>>,
     logger: bool,
     tls: Option<(String, String, Option<String>, Vec<String>)>,
+    mesh: Option<String>,
+    idempotent: Vec<String>,
 ) -> PyResult<()> {
     // `logger=True`: the runtime logs start, stop, connects and every call
     // (endpoint, arguments, result, duration) on the daemon's stderr.
@@ -242,6 +244,15 @@ pub fn serve_forked(
             });
             c.tls_client_allow = allow;
         });
+    }
+    // `idempotent=`: the endpoints a mesh client may retry on another
+    // replica; `mesh=`: joins that mesh through the helper process (this
+    // extension links no zenoh), checked when the service starts.
+    for endpoint in &idempotent {
+        service = service.idempotent(endpoint);
+    }
+    if let Some(setting) = mesh {
+        service = service.announce(metabridge::MeshAgent::new(&setting));
     }
     // The write end of a pipe the Python layer created for this and gave up.
     let ready = crate::platform::adopt_handed_over_fd(ready_fd).ok_or_else(|| bad_fd(ready_fd))?;

@@ -6,7 +6,10 @@
 //! `Other`). With `<threads>` = `once:<endpoint>`, it makes one call of
 //! `<endpoint>(<prefix>)` once a line comes on stdin, and prints its outcome.
 //! Before the first call it waits to see `MB_WAIT_REPLICAS`
-//! replicas (default 1). With `<threads>` = `bench`, it prints latency
+//! replicas (default 1). `MB_CLIENT_HOME` names the registry the client
+//! looks in for a local replica (`.home()`), instead of `$METABRIDGE_HOME`.
+//! `MB_STAMP=1` starts each line with the Unix time its call ended.
+//! With `<threads>` = `bench`, it prints latency
 //! percentiles of `echo` calls instead (see BENCHMARKS.md).
 
 use metabridge_mesh::{ConnectMesh, MeshConfig};
@@ -23,9 +26,13 @@ fn main() {
     };
     let config = MeshConfig::from_setting(mesh).expect("mesh setting");
     let ca = std::fs::read(ca).expect("read the CA");
-    let client = metabridge::connect(service)
+    let mut connect = metabridge::connect(service)
         .token(token)
-        .timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(5));
+    if let Ok(home) = std::env::var("MB_CLIENT_HOME") {
+        connect = connect.home(home);
+    }
+    let client = connect
         .mesh(config)
         .tls(metabridge::tls::ClientTls::ca_pem(&ca).expect("CA"))
         .open()
@@ -77,6 +84,7 @@ fn main() {
         });
     }
     let out = Arc::new(std::sync::Mutex::new(std::io::stdout()));
+    let stamp = std::env::var_os("MB_STAMP").is_some();
     let workers: Vec<_> = (0..threads)
         .map(|t| {
             let (client, stop, out, prefix) =
@@ -90,7 +98,13 @@ fn main() {
                     if result.is_err() {
                         std::thread::sleep(Duration::from_millis(5));
                     }
-                    let line = outcome(result, &id);
+                    let mut line = outcome(result, &id);
+                    if stamp {
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap_or_default();
+                        line = format!("{}.{:09} {line}", now.as_secs(), now.subsec_nanos());
+                    }
                     let mut o = out.lock().unwrap();
                     let _ = writeln!(o, "{line}");
                     let _ = o.flush();

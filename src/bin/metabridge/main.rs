@@ -4,7 +4,7 @@
 //! ```text
 //! metabridge list [--json]                     live services, their transports and counters
 //! metabridge list --mesh [SETTING]             every service and replica of a mesh (metabridge-mesh)
-//! metabridge call SERVICE ENDPOINT [ARGS]      one call; the result as JSON
+//! metabridge call SERVICE ENDPOINT [ARGS]      one call; the result as JSON (--mesh: by name across a mesh)
 //! metabridge endpoints SERVICE                 endpoints and their parameters
 //! metabridge stats SERVICE [--watch]           calls, errors, in flight, latency per endpoint
 //! metabridge gc                                remove what dead services left

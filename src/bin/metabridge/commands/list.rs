@@ -18,14 +18,10 @@ pub struct Args {
     mesh: Option<String>,
 }
 
-/// `metabridge list --mesh`: the `metabridge-mesh` tool beside this one,
-/// else on `PATH`.
+/// `metabridge list --mesh`: the `metabridge-mesh` tool
+/// ([`metabridge::mesh_tool`]).
 fn list_mesh(setting: &str, json: bool) -> Result<(), Fail> {
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join("metabridge-mesh")))
-        .filter(|p| p.is_file());
-    let tool = beside.unwrap_or_else(|| "metabridge-mesh".into());
+    let tool = metabridge::mesh_tool();
     let mut cmd = std::process::Command::new(&tool);
     cmd.arg("list");
     if json {
