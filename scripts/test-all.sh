@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: unit, integration (real processes,
 # shared memory, sockets, TLS), doc tests, the Python interop tests, the
-# Python package's tests, the mesh crate's (zenoh), and the loom model checks of the lock-free ring
+# Python package's tests, the mesh crate's (zenoh; then the mesh with
+# Python and the CLI), and the loom model checks of the lock-free ring
 # and hold table (a separate build with --cfg loom). Each step says how
 # long it took.
 #
@@ -61,6 +62,11 @@ for part in python loom mesh; do
         failed=1
     fi
 done
+# The mesh with Python and the `metabridge` tool: needs the package the
+# Python step installed and the binaries both builds made, so it runs
+# last (ignored in the mesh crate's plain run for that reason).
+step "run: the mesh with Python services and clients, and metabridge call --mesh"
+(cd mesh && cargo test --test netns -- --ignored) || failed=1
 if [ "$rust" != 0 ] || [ "$failed" != 0 ]; then
     step "FAILED"
     exit 1

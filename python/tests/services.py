@@ -202,3 +202,30 @@ class Shadowed:
     @meta.endpoint("alias_of_other")
     def other(self):
         return "other"
+
+
+@meta.create("mesh-local-only", mesh="tcp/127.0.0.1:9").daemon()
+class MeshLocalOnly:
+    """Meshed, but listening on loopback with no TLS: refused at start."""
+
+    @meta.function(idempotent=True)
+    def whoami(self):
+        return os.getpid()
+
+    @meta.endpoint("put", idempotent=False)
+    def store(self, x):
+        return x
+
+
+@meta.create(
+    "mesh-secure",
+    host="0.0.0.0",
+    tls={"cert": "/nonexistent/cert.pem", "key": "/nonexistent/key.pem"},
+    mesh="tcp/127.0.0.1:9",
+).daemon()
+class MeshSecure:
+    """Meshed and exposed with TLS: what the mesh asks (with a token)."""
+
+    @meta.endpoint("get", idempotent=True)
+    def fetch(self):
+        return 1

@@ -8,11 +8,14 @@
 //! Before the first call it waits to see `MB_WAIT_REPLICAS`
 //! replicas (default 1). `MB_CLIENT_HOME` names the registry the client
 //! looks in for a local replica (`.home()`), instead of `$METABRIDGE_HOME`.
+//! With `MB_VIA_RELAY` set, calls go through the `metabridge-mesh relay`
+//! helper (`metabridge::MeshRelay`) and the wait for replicas is one for
+//! answers of `whoami` from that many processes.
 //! `MB_STAMP=1` starts each line with the Unix time its call ended.
 //! With `<threads>` = `bench`, it prints latency
 //! percentiles of `echo` calls instead (see BENCHMARKS.md).
 
-use metabridge_mesh::{ConnectMesh, MeshConfig};
+use metabridge_mesh::{ConnectMesh, MeshClient, MeshConfig};
 use std::io::{BufRead, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,22 +28,37 @@ fn main() {
         std::process::exit(2);
     };
     let config = MeshConfig::from_setting(mesh).expect("mesh setting");
+    let ca_path = ca.clone();
     let ca = std::fs::read(ca).expect("read the CA");
-    let mut connect = metabridge::connect(service)
-        .token(token)
-        .timeout(Duration::from_secs(5));
-    if let Ok(home) = std::env::var("MB_CLIENT_HOME") {
-        connect = connect.home(home);
-    }
-    let client = connect
-        .mesh(config)
-        .tls(metabridge::tls::ClientTls::ca_pem(&ca).expect("CA"))
-        .open()
-        .unwrap_or_else(|e| panic!("mb-mesh-caller: {e}"));
     let want: usize = std::env::var("MB_WAIT_REPLICAS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
+    let client = if std::env::var_os("MB_VIA_RELAY").is_some() {
+        Calls::Relay(Arc::new(metabridge::MeshRelay::new(
+            metabridge::RelaySetup {
+                service: service.clone(),
+                setting: mesh.clone(),
+                timeout_ms: 5000,
+                token: Some(token.clone()),
+                tls_ca: Some(ca_path),
+                ..Default::default()
+            },
+        )))
+    } else {
+        let mut connect = metabridge::connect(service)
+            .token(token)
+            .timeout(Duration::from_secs(5));
+        if let Ok(home) = std::env::var("MB_CLIENT_HOME") {
+            connect = connect.home(home);
+        }
+        let client = connect
+            .mesh(config)
+            .tls(metabridge::tls::ClientTls::ca_pem(&ca).expect("CA"))
+            .open()
+            .unwrap_or_else(|e| panic!("mb-mesh-caller: {e}"));
+        Calls::Mesh(client)
+    };
     if !client.wait_for_replicas(want, Duration::from_secs(20)) {
         eprintln!("mb-mesh-caller: fewer than {want} replica(s) seen");
         std::process::exit(3);
@@ -114,6 +132,53 @@ fn main() {
         .collect();
     for w in workers {
         let _ = w.join();
+    }
+}
+
+/// The mesh client, in process or through the relay helper.
+#[derive(Clone)]
+enum Calls {
+    Mesh(MeshClient),
+    Relay(Arc<metabridge::MeshRelay>),
+}
+
+impl Calls {
+    fn call<R: serde::de::DeserializeOwned>(
+        &self,
+        endpoint: &str,
+        args: impl metabridge::IntoArgs,
+    ) -> metabridge::Result<R> {
+        match self {
+            Calls::Mesh(c) => c.call(endpoint, args),
+            Calls::Relay(r) => r.call(endpoint, args),
+        }
+    }
+
+    fn wait_for_replicas(&self, n: usize, timeout: Duration) -> bool {
+        match self {
+            Calls::Mesh(c) => c.wait_for_replicas(n, timeout),
+            Calls::Relay(r) => {
+                let deadline = Instant::now() + timeout;
+                let mut seen = std::collections::HashSet::new();
+                let mut last = None;
+                while Instant::now() < deadline {
+                    match r.call::<u32>("whoami", ()) {
+                        Ok(pid) => {
+                            seen.insert(pid);
+                            if seen.len() >= n {
+                                return true;
+                            }
+                        }
+                        Err(e) => {
+                            last = Some(e);
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                    }
+                }
+                eprintln!("mb-mesh-caller: replicas {seen:?}; the last error: {last:?}");
+                false
+            }
+        }
     }
 }
 

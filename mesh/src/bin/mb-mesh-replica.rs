@@ -7,7 +7,9 @@
 //! answers this process's pid; `whoami` (idempotent) answers the pid;
 //! `hold(id)` and `hold_idempotent(id)` record and, with `MB_HOLD` set,
 //! wait a minute;
-//! `echo(bytes)` answers its argument.
+//! `echo(bytes)` answers its argument. With `MB_VIA_AGENT` set it joins
+//! through the `metabridge-mesh agent` helper (`metabridge::MeshAgent`)
+//! instead of in process.
 
 use metabridge_mesh::{MeshConfig, ServiceMesh};
 use std::io::Write;
@@ -84,6 +86,7 @@ fn main() {
         std::process::exit(2);
     };
     std::env::set_var("MB_LEDGER", ledger);
+    let setting = mesh.clone();
     let mesh = MeshConfig::from_setting(mesh).unwrap_or_else(|e| {
         eprintln!("mb-mesh-replica: {e}");
         std::process::exit(2)
@@ -97,8 +100,12 @@ fn main() {
             key: key.into(),
             client_ca: None,
         })
-        .configure(|c| c.token = Some(token))
-        .mesh(mesh);
+        .configure(|c| c.token = Some(token));
+    let service = if std::env::var_os("MB_VIA_AGENT").is_some() {
+        service.announce(metabridge::MeshAgent::new(&setting))
+    } else {
+        service.mesh(mesh)
+    };
     if let Err(e) = metabridge::serve(service) {
         eprintln!("mb-mesh-replica: {e}");
         std::process::exit(1);

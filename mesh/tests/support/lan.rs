@@ -16,6 +16,7 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 pub const TOKEN: &str = "mesh-test-token";
 const REPLICA: &str = env!("CARGO_BIN_EXE_mb-mesh-replica");
 const CALLER: &str = env!("CARGO_BIN_EXE_mb-mesh-caller");
+const LIST_TOOL: &str = env!("CARGO_BIN_EXE_metabridge-mesh");
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip");
@@ -39,6 +40,8 @@ pub struct Lan {
     pub hosts: Vec<Host>,
     bridge: String,
     children: Vec<Child>,
+    /// Daemons the children forked (killed too at the end).
+    daemons: Vec<u32>,
     dir: PathBuf,
     pub ca_pem: PathBuf,
     ca: (rcgen::Certificate, rcgen::KeyPair),
@@ -65,6 +68,7 @@ impl Lan {
             hosts: Vec::new(),
             bridge: bridge.clone(),
             children: Vec::new(),
+            daemons: Vec::new(),
             dir: dir.clone(),
             ca_pem,
             ca: (cert, key),
@@ -119,7 +123,8 @@ impl Lan {
         self.mesh_on(i, 7448, seeds, lease_ms)
     }
 
-    fn mesh_on(&self, i: usize, port: u16, seeds: &[usize], lease_ms: u64) -> String {
+    /// The mesh setting of a member on host `i` listening on `port`.
+    pub fn mesh_on(&self, i: usize, port: u16, seeds: &[usize], lease_ms: u64) -> String {
         let mut items = vec![format!("listen=tcp/{}:{port}", self.hosts[i].ip)];
         items.extend(
             seeds
@@ -133,7 +138,7 @@ impl Lan {
 
     /// A certificate of this CA (or of a CA of its own when `forged`) for
     /// host `i`'s address: (cert, key) files.
-    fn certificate(&self, i: usize, tag: &str, forged: bool) -> (PathBuf, PathBuf) {
+    pub fn certificate(&self, i: usize, tag: &str, forged: bool) -> (PathBuf, PathBuf) {
         let host = &self.hosts[i];
         let key = rcgen::KeyPair::generate().unwrap();
         let params = rcgen::CertificateParams::new(vec![host.ip.clone()]).unwrap();
@@ -281,6 +286,133 @@ impl Lan {
         }
     }
 
+    /// Starts the Python ledger service (`tests/python/ledger_service.py`,
+    /// `create(..., mesh=...)`) on host `i`; returns its daemon's pid and
+    /// its ledger once it is registered on its host. It serves until the
+    /// test ends (its standard input closes).
+    pub fn python_replica(
+        &mut self,
+        i: usize,
+        service: &str,
+        mesh: &str,
+        tag: &str,
+    ) -> (u32, PathBuf) {
+        let (cert, key) = self.certificate(i, tag, false);
+        let ledger = self.dir.join(format!("{tag}.ledger"));
+        let host = &self.hosts[i];
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/ledger_service.py"
+        );
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &host.ns, "python3", script])
+            .env("METABRIDGE_HOME", &host.home)
+            .env("METABRIDGE_TOKEN", TOKEN)
+            .env("METABRIDGE_MESH_TOOL", LIST_TOOL)
+            .env_remove("METABRIDGE_MESH")
+            .env("MB_SERVICE", service)
+            .env("MB_HOST", &host.ip)
+            .env("MB_MESH", mesh)
+            .env("MB_CERT", &cert)
+            .env("MB_KEY", &key)
+            .env("MB_LEDGER", &ledger)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start python3 (the tests' virtualenv first on PATH)");
+        let stdout = child.stdout.take().unwrap();
+        self.children.push(child);
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap();
+        let pid: u32 = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("the Python service did not start: {line:?}"));
+        self.daemons.push(pid);
+        let registry = metabridge::registry::Registry::open(&host.home).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !registry.lookup(service).is_ok_and(|e| e.pid == pid) {
+            assert!(
+                Instant::now() < deadline,
+                "the Python service did not register"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (pid, ledger)
+    }
+
+    /// Runs `program args` on host `i` with `envs` (and the test token);
+    /// its output.
+    pub fn run_on(
+        &self,
+        i: usize,
+        program: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> std::process::Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.hosts[i].ns, program])
+            .args(args)
+            .env("METABRIDGE_HOME", &self.hosts[i].home)
+            .env("METABRIDGE_TOKEN", TOKEN)
+            .env("METABRIDGE_MESH_TOOL", LIST_TOOL)
+            .envs(envs.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run {program}: {e}"))
+    }
+
+    /// `metabridge-mesh list --json` run on host `i` with host `seed` as
+    /// its seed: every replica of the mesh.
+    pub fn list(&self, i: usize, seed: usize) -> Vec<serde_json::Value> {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.hosts[i].ns,
+                LIST_TOOL,
+                "list",
+                "--json",
+            ])
+            .arg(format!(
+                "listen=tcp/{}:7449,tcp/{}:7447",
+                self.hosts[i].ip, self.hosts[seed].ip
+            ))
+            .output()
+            .expect("run metabridge-mesh list");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("the list's JSON")
+    }
+
+    /// Lists the mesh (see [`list`](Self::list)) until the pids of the
+    /// replicas listed satisfy `done`, or panics after `within`.
+    pub fn until_listed(
+        &self,
+        i: usize,
+        seed: usize,
+        within: Duration,
+        mut done: impl FnMut(&[u32]) -> bool,
+    ) {
+        let deadline = Instant::now() + within;
+        loop {
+            let pids: Vec<u32> = self
+                .list(i, seed)
+                .iter()
+                .filter_map(|r| r["instance"].as_str()?.split('-').next()?.parse().ok())
+                .collect();
+            if done(&pids) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the mesh lists {pids:?}");
+        }
+    }
+
     /// Waits for process `pid` (started here) to exit.
     pub fn wait(&mut self, pid: u32) {
         if let Some(c) = self.children.iter_mut().find(|c| c.id() == pid) {
@@ -291,6 +423,12 @@ impl Lan {
 
 impl Drop for Lan {
     fn drop(&mut self) {
+        for pid in &self.daemons {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         for c in &mut self.children {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(c.id() as i32),

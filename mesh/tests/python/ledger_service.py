@@ -1,0 +1,40 @@
+"""The ledger service of the mesh tests, in Python: joins the mesh with
+``create(..., mesh=...)`` (through the ``metabridge-mesh agent`` helper).
+``record(id)`` appends ``id`` to the ledger file (one line per execution)
+and answers the daemon's pid; ``whoami`` (idempotent) answers the pid.
+Prints the daemon's pid, serves until its standard input closes.
+
+Environment: MB_SERVICE, MB_HOST, MB_MESH, MB_CERT, MB_KEY, MB_LEDGER
+(and METABRIDGE_TOKEN, METABRIDGE_MESH_TOOL, METABRIDGE_HOME)."""
+
+import os
+import sys
+
+import metabridge as meta
+
+env = os.environ
+ledger = open(env["MB_LEDGER"], "a", buffering=1)
+
+
+@meta.create(
+    env["MB_SERVICE"],
+    host=env["MB_HOST"],
+    tls={"cert": env["MB_CERT"], "key": env["MB_KEY"]},
+    mesh=env["MB_MESH"],
+).daemon()
+class Ledger:
+    @meta.function
+    def record(self, id):
+        # One write of one line: the ledger shows every execution.
+        ledger.write(id + "\n")
+        return os.getpid()
+
+    @meta.function(idempotent=True)
+    def whoami(self):
+        return os.getpid()
+
+
+handle = meta.run()
+print(handle.pid, flush=True)
+sys.stdin.read()
+handle.stop()
