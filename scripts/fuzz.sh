@@ -29,7 +29,7 @@ set -euo pipefail
 secs=${1:-30}
 shift || true
 root=$(cd "$(dirname "$0")/.." && pwd)
-all_targets=(envelope tcp_frame segment ring registry pool_location)
+all_targets=(envelope tcp_frame segment ring registry pool_location mesh_helpers)
 if [ $# -gt 0 ]; then targets=("$@"); else targets=("${all_targets[@]}"); fi
 tc=${FUZZ_TOOLCHAIN:-nightly}
 nice_level=${FUZZ_NICE:-0}

@@ -98,8 +98,7 @@ impl AgentReport {
                 format!("a report of {len} bytes (at most {MAX_REPORT})"),
             ));
         }
-        let mut body = vec![0u8; len];
-        r.read_exact(&mut body)?;
+        let body = crate::mesh_relay::read_body(r, len)?;
         rmp_serde::from_slice(&body)
             .map(Some)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))

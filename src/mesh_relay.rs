@@ -180,11 +180,25 @@ pub fn read_frame<T: DeserializeOwned>(r: &mut impl Read) -> std::io::Result<Opt
             format!("a frame of {len} bytes (at most {MAX_RELAY_FRAME})"),
         ));
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body)?;
+    let body = crate::mesh_relay::read_body(r, len)?;
     rmp_serde::from_slice(&body)
         .map(Some)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// Reads the `len` bytes of a frame's body: the buffer grows with the
+/// bytes that arrive, so a length the peer announces but never sends
+/// costs no allocation of that size.
+pub(crate) fn read_body(r: &mut impl Read, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut body = Vec::with_capacity(len.min(64 * 1024));
+    r.take(len as u64).read_to_end(&mut body)?;
+    if body.len() != len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("a frame cut short: {} of {len} bytes", body.len()),
+        ));
+    }
+    Ok(body)
 }
 
 /// A mesh client through the relay (see the module docs).
