@@ -902,6 +902,22 @@ impl Client {
         }
     }
 
+    /// Ends this client's calls in flight over TCP now: each fails with
+    /// [`Error::PeerGone`] (it may have run); later calls open new
+    /// connections. For a service known to be gone or hung, whose calls
+    /// would otherwise wait for their timeout (a mesh client calls it when
+    /// a replica leaves the mesh). Calls over shared memory are not ended
+    /// (a dead local service is seen by the channel itself). How many
+    /// calls it ended.
+    pub fn abort_calls(&self) -> usize {
+        let conn = self.inner.connection();
+        if conn.ours() {
+            conn.transport.abort_calls()
+        } else {
+            0
+        }
+    }
+
     /// Closes every idle channel now; later calls fail. Calls in flight
     /// finish first. In a forked child the channels inherited from the
     /// parent stay open (they are the parent's).

@@ -49,6 +49,11 @@ pub(crate) trait CallTransport: Sized {
 
     /// Closes every idle connection; calls in flight finish first.
     fn close(&self);
+
+    /// Ends the calls in flight now, each with an error (they may have
+    /// run); how many. A transport that cannot end a call it waits on
+    /// returns 0 and its calls end as they would have.
+    fn abort_calls(&self) -> usize;
 }
 
 /// Declares [`Transport`], one variant per transport, in the order
@@ -135,6 +140,12 @@ macro_rules! transports {
             pub(crate) fn close(&self) {
                 match self {
                     $(Transport::$variant(t) => t.close(),)+
+                }
+            }
+
+            pub(crate) fn abort_calls(&self) -> usize {
+                match self {
+                    $(Transport::$variant(t) => t.abort_calls(),)+
                 }
             }
         }

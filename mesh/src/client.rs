@@ -103,25 +103,37 @@ impl MeshConnect {
             .block_on(Replicas::watch(&self.config, &name))
             .map_err(setting)?;
         let lease = self.config.lease;
-        Ok(MeshClient {
-            shared: Arc::new(Shared {
-                timeout: self.base.call_timeout(),
-                base: self.base.tls(tls),
-                name,
-                mesh,
-                discovery: self.discovery,
-                rest: lease * 2,
-                prefer_local: self.local,
-                local: Mutex::new(Local {
-                    client: None,
-                    checked: None,
-                }),
-                remotes: Mutex::new(RemoteSet::default()),
-                turn: AtomicUsize::new(0),
-                view,
-                runtime,
+        let shared = Arc::new(Shared {
+            timeout: self.base.call_timeout(),
+            base: self.base.tls(tls),
+            name,
+            mesh,
+            discovery: self.discovery,
+            rest: lease * 2,
+            prefer_local: self.local,
+            local: Mutex::new(Local {
+                client: None,
+                checked: None,
             }),
-        })
+            remotes: Mutex::new(RemoteSet::default()),
+            turn: AtomicUsize::new(0),
+            view,
+            runtime,
+        });
+        // A replica that leaves the view (dead, or silent past its lease)
+        // takes the calls in flight to it along: they end now, as
+        // `PeerGone`, instead of at their timeout.
+        let mut changes = shared.view.changes();
+        let watched = Arc::downgrade(&shared);
+        shared.runtime.spawn(async move {
+            while changes.changed().await.is_ok() {
+                match watched.upgrade() {
+                    Some(s) => s.end_calls_to_departed(),
+                    None => return,
+                }
+            }
+        });
+        Ok(MeshClient { shared })
     }
 }
 
@@ -349,6 +361,29 @@ impl Shared {
         let mut local = lock(&self.local);
         local.client = None;
         local.checked = Some(Instant::now());
+    }
+
+    /// Ends the calls in flight to replicas that left the view (see
+    /// `MeshConnect::open`).
+    fn end_calls_to_departed(&self) {
+        let present: HashSet<String> = self
+            .view
+            .replicas()
+            .into_iter()
+            .map(|r| r.instance)
+            .collect();
+        let set = lock(&self.remotes);
+        for r in &set.live {
+            if present.contains(&r.replica.instance) || r.outstanding.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            if let Some(client) = lock(&r.client).as_ref() {
+                let ended = client.abort_calls();
+                if ended > 0 {
+                    tracing::warn!(target: "metabridge::mesh", "replica {} of {:?} left the mesh: {ended} call(s) in flight to it ended", r.replica.instance, self.name);
+                }
+            }
+        }
     }
 
     /// The replica to call next: live, not refused, not resting, not tried

@@ -116,6 +116,11 @@ impl Replicas {
         *self.changed.borrow()
     }
 
+    /// A receiver told of every change of the view.
+    pub(crate) fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.clone()
+    }
+
     /// The replicas live now, by instance id.
     pub fn replicas(&self) -> Vec<Replica> {
         lock(&self.state).replicas.values().cloned().collect()

@@ -103,6 +103,12 @@ impl CallTransport for TcpPool {
     fn close(&self) {
         self.pool.close()
     }
+
+    fn abort_calls(&self) -> usize {
+        // Each call's socket is shut down under it: it fails as a lost
+        // connection (`PeerGone`).
+        self.pool.abort()
+    }
 }
 
 /// How the pool speaks TLS to the service at `addr` (`host:port`): as the

@@ -218,6 +218,11 @@ pub struct Pool {
 
 struct State {
     idle: Vec<Conn>,
+    /// A second handle on the socket of each connection lent to a call, so
+    /// that [`Pool::abort`] can shut it down under the call. An entry is
+    /// removed (under this lock) before its connection is closed, so a
+    /// socket shut down here is always still the call's.
+    busy: Vec<Arc<TcpStream>>,
     /// Connections open or being opened, busy or idle.
     open: usize,
     closed: bool,
@@ -247,6 +252,7 @@ impl Pool {
             config,
             state: Mutex::new(State {
                 idle: Vec::new(),
+                busy: Vec::new(),
                 open: 0,
                 closed: false,
             }),
@@ -335,6 +341,29 @@ impl Pool {
         drop(idle);
     }
 
+    /// Ends the calls in flight now: shuts down the socket of every
+    /// connection lent to a call, so that each fails at once (with
+    /// [`PoolError::Closed`] or an I/O error: the server may or may not
+    /// have run it). For a server known to be gone or hung, whose calls
+    /// would otherwise wait for their timeout. The pool stays usable: later
+    /// calls open new connections.
+    ///
+    /// ```no_run
+    /// # use metabridge_tcp::{Pool, PoolConfig};
+    /// # let pool = Pool::connect("127.0.0.1:7000".parse().unwrap(), PoolConfig::default()).unwrap();
+    /// // Another thread's `pool.call(..)` returns an error now.
+    /// let ended = pool.abort();
+    /// # let _ = ended;
+    /// ```
+    pub fn abort(&self) -> usize {
+        let st = self.lock();
+        for socket in &st.busy {
+            // Under the lock: the socket is still the call's (see `busy`).
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+        st.busy.len()
+    }
+
     /// The number of connections currently open (busy or idle, including
     /// ones being established).
     ///
@@ -363,6 +392,7 @@ impl Pool {
                         return Err(PoolError::Closed);
                     }
                     if let Some(conn) = st.idle.pop() {
+                        st.busy.push(conn.socket.clone());
                         break Some(conn);
                     }
                     if st.open < self.max_connections() {
@@ -399,7 +429,9 @@ impl Pool {
                     debug!(addr = %self.addr, "discarding a pooled connection the server closed");
                 }
                 None => {
-                    lease.conn = Some(self.open(deadline)?);
+                    let conn = self.open(deadline)?;
+                    self.lock().busy.push(conn.socket.clone());
+                    lease.conn = Some(conn);
                     return Ok(lease);
                 }
             }
@@ -431,7 +463,9 @@ impl Pool {
         #[cfg(not(feature = "tls"))]
         let stream = Wire::Plain(stream);
         debug!(addr = %self.addr, "opened a pooled connection");
+        let socket = Arc::new(stream.tcp().try_clone()?);
         let mut conn = Conn {
+            socket,
             reader: BufReader::new(Timed {
                 stream,
                 deadline: None,
@@ -461,6 +495,7 @@ impl Pool {
     fn checkin(&self, mut conn: Conn) {
         conn.reader.get_mut().deadline = None;
         let mut st = self.lock();
+        st.unlend(&conn.socket);
         let discard = if st.closed {
             st.open -= 1;
             Some(conn)
@@ -473,10 +508,26 @@ impl Pool {
         drop(discard);
     }
 
-    /// Gives back the slot of a connection that was closed (or never opened).
-    fn forget(&self) {
-        self.lock().open -= 1;
+    /// Gives back the slot of a connection about to be closed (`socket`:
+    /// its handle, if it was lent), or never opened.
+    fn forget(&self, socket: Option<&Arc<TcpStream>>) {
+        let mut st = self.lock();
+        if let Some(socket) = socket {
+            st.unlend(socket);
+        }
+        st.open -= 1;
+        drop(st);
         self.available.notify_one();
+    }
+}
+
+impl State {
+    /// Takes a connection's socket off the busy list (it is back, or about
+    /// to be closed).
+    fn unlend(&mut self, socket: &Arc<TcpStream>) {
+        if let Some(i) = self.busy.iter().position(|s| Arc::ptr_eq(s, socket)) {
+            self.busy.swap_remove(i);
+        }
     }
 }
 
@@ -504,16 +555,19 @@ impl Drop for Lease<'_> {
             Some(conn) if self.reusable && conn.reader.buffer().is_empty() => {
                 self.pool.checkin(conn)
             }
-            conn => {
+            Some(conn) => {
+                self.pool.forget(Some(&conn.socket));
                 drop(conn);
-                self.pool.forget();
             }
+            None => self.pool.forget(None),
         }
     }
 }
 
 /// One pooled connection.
 struct Conn {
+    /// A second handle on its socket, for [`Pool::abort`].
+    socket: Arc<TcpStream>,
     /// Buffered so that a small response is read with one syscall. Between
     /// calls the buffer is empty (the protocol is strictly request/response).
     reader: BufReader<Timed>,

@@ -259,3 +259,41 @@ fn oversized_request_gets_the_handlers_error_body() {
     pool.call(&[0; 1000], &mut response).unwrap();
     assert_eq!(response, [0; 1000]);
 }
+
+#[test]
+fn abort_ends_a_call_in_flight_and_leaves_the_pool_open() {
+    // The hung server never answers: without the abort the call would wait
+    // for its timeout (a minute here).
+    let addr = hung_server();
+    let pool = Arc::new(Pool::new(
+        addr,
+        PoolConfig {
+            call_timeout: Some(Duration::from_secs(60)),
+            ..PoolConfig::default()
+        },
+    ));
+    assert_eq!(pool.abort(), 0, "nothing in flight yet");
+    let call = {
+        let pool = Arc::clone(&pool);
+        thread::spawn(move || pool.call(b"never answered", &mut Vec::new()))
+    };
+    // The call holds its connection from checkout until it returns: abort
+    // until it was the call's (a count of 1), however the threads run.
+    while pool.abort() == 0 {
+        assert!(!call.is_finished(), "the call ended before it was aborted");
+        thread::sleep(Duration::from_millis(1));
+    }
+    let result = call.join().unwrap();
+    assert!(
+        matches!(
+            result,
+            Err(PoolError::Io(_)) | Err(PoolError::Frame(FrameError::Closed))
+        ),
+        "the aborted call failed as a lost connection, not a timeout: {result:?}"
+    );
+    assert_eq!(pool.open_connections(), 0, "its connection was dropped");
+    // Not closed: the next call opens a connection and waits for its
+    // answer (which this server never gives) until its own timeout.
+    let later = pool.call_within(b"later", &mut Vec::new(), Some(Duration::from_millis(50)));
+    assert!(matches!(later, Err(PoolError::Timeout)), "{later:?}");
+}

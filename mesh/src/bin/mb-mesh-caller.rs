@@ -11,6 +11,7 @@
 //! With `MB_VIA_RELAY` set, calls go through the `metabridge-mesh relay`
 //! helper (`metabridge::MeshRelay`) and the wait for replicas is one for
 //! answers of `whoami` from that many processes.
+//! `MB_CALL_TIMEOUT` is each call's timeout in milliseconds (default 5000).
 //! `MB_STAMP=1` starts each line with the Unix time its call ended.
 //! With `<threads>` = `bench`, it prints latency
 //! percentiles of `echo` calls instead (see BENCHMARKS.md).
@@ -30,6 +31,12 @@ fn main() {
     let config = MeshConfig::from_setting(mesh).expect("mesh setting");
     let ca_path = ca.clone();
     let ca = std::fs::read(ca).expect("read the CA");
+    let timeout = Duration::from_millis(
+        std::env::var("MB_CALL_TIMEOUT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(5000),
+    );
     let want: usize = std::env::var("MB_WAIT_REPLICAS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -39,16 +46,14 @@ fn main() {
             metabridge::RelaySetup {
                 service: service.clone(),
                 setting: mesh.clone(),
-                timeout_ms: 5000,
+                timeout_ms: timeout.as_millis() as u64,
                 token: Some(token.clone()),
                 tls_ca: Some(ca_path),
                 ..Default::default()
             },
         )))
     } else {
-        let mut connect = metabridge::connect(service)
-            .token(token)
-            .timeout(Duration::from_secs(5));
+        let mut connect = metabridge::connect(service).token(token).timeout(timeout);
         if let Ok(home) = std::env::var("MB_CLIENT_HOME") {
             connect = connect.home(home);
         }
