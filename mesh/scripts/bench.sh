@@ -3,8 +3,9 @@
 # `cd mesh && cargo build --release --bins` first). Three network
 # namespaces on a bridge: replicas on hosts 0 and 1, the client on host 2.
 # Prints, 64-byte payloads, one call at a time (p50 µs, p99 µs, calls/s):
-#   mesh call (connect(name).mesh), direct TLS call (.at(addr)), zenoh
-#   query/reply; then the time a caller's calls stop reaching the service
+#   mesh call (connect(name).mesh), direct TLS call (.at(addr)), the two
+#   again from 4 threads (throughput), zenoh query/reply, the mesh call
+#   with one replica live; then the time a caller's calls stop reaching the service
 #   after SIGKILL and after SIGSTOP of the replica it was using.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,6 +66,11 @@ echo "64-byte echo, one at a time        p50_us p99_us calls/s"
 for run in 1 2 3; do
   echo "mesh call (TLS, chosen by name)    $(caller bench | tail -1)"
   echo "direct TLS call (.at $addr0)  $(caller bench MB_DIRECT=$addr0 | tail -1)"
+done
+echo "the same, 4 calling threads (throughput)"
+for run in 1 2 3; do
+  echo "mesh call, 4 threads               $(caller bench MB_BENCH_THREADS=4 | tail -1)"
+  echo "direct TLS call, 4 threads         $(caller bench MB_BENCH_THREADS=4 MB_DIRECT=$addr0 | tail -1)"
 done
 ip netns exec "$tag-0" "$bin/mb-mesh-zbench" serve "tcp/$net.2:7450" > /dev/null 2>&1 &
 zserver=$!

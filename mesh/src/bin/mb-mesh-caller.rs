@@ -6,7 +6,8 @@
 //! `Other`). With `<threads>` = `once:<endpoint>`, it makes one call of
 //! `<endpoint>(<prefix>)` once a line comes on stdin, and prints its outcome.
 //! Before the first call it waits to see `MB_WAIT_REPLICAS`
-//! replicas (default 1). `MB_CLIENT_HOME` names the registry the client
+//! replicas (default 1). In `bench`, `MB_BENCH_THREADS` threads share
+//! `MB_BENCH_CALLS` calls (default 1 and 20000). `MB_CLIENT_HOME` names the registry the client
 //! looks in for a local replica (`.home()`), instead of `$METABRIDGE_HOME`.
 //! With `MB_VIA_RELAY` set, calls go through the `metabridge-mesh relay`
 //! helper (`metabridge::MeshRelay`) and the wait for replicas is one for
@@ -205,22 +206,42 @@ fn outcome(result: metabridge::Result<u32>, id: &str) -> String {
 
 /// Latency of 64-byte `echo` calls: `MB_BENCH_CALLS` (default 20000)
 /// after 2000 to warm up; prints `p50_us p99_us calls_per_s`.
-fn bench(call: impl Fn(metabridge::Bin<Vec<u8>>) -> metabridge::Result<metabridge::Bin<Vec<u8>>>) {
-    let calls: usize = std::env::var("MB_BENCH_CALLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
+fn bench(
+    call: impl Fn(metabridge::Bin<Vec<u8>>) -> metabridge::Result<metabridge::Bin<Vec<u8>>> + Sync,
+) {
+    let var = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let calls = var("MB_BENCH_CALLS", 20_000);
+    let threads = var("MB_BENCH_THREADS", 1).max(1);
     let payload = metabridge::Bin(vec![7u8; 64]);
     for _ in 0..2000 {
         call(payload.clone()).expect("echo");
     }
-    let mut lat = Vec::with_capacity(calls);
     let t0 = Instant::now();
-    for _ in 0..calls {
-        let t = Instant::now();
-        call(payload.clone()).expect("echo");
-        lat.push(t.elapsed());
-    }
+    let mut lat: Vec<Duration> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                let (call, payload) = (&call, payload.clone());
+                scope.spawn(move || {
+                    let mut lat = Vec::with_capacity(calls / threads);
+                    for _ in 0..calls / threads {
+                        let t = Instant::now();
+                        call(payload.clone()).expect("echo");
+                        lat.push(t.elapsed());
+                    }
+                    lat
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("a bench thread"))
+            .collect()
+    });
     let total = t0.elapsed();
     lat.sort();
     let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)].as_secs_f64() * 1e6;
@@ -228,6 +249,6 @@ fn bench(call: impl Fn(metabridge::Bin<Vec<u8>>) -> metabridge::Result<metabridg
         "{:.1} {:.1} {:.0}",
         p(0.50),
         p(0.99),
-        calls as f64 / total.as_secs_f64()
+        lat.len() as f64 / total.as_secs_f64()
     );
 }
