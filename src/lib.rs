@@ -56,6 +56,7 @@ mod dispatch;
 pub mod envelope;
 mod error;
 mod gc;
+mod helper_frame;
 mod instrument;
 mod lifecycle;
 mod logger;

@@ -12,8 +12,7 @@
 //! ends (even by SIGKILL) the helper reads end-of-file and leaves at once.
 //! A helper that dies is started again.
 //!
-//! Frames are a `u32` little-endian length then a MessagePack map, at most
-//! [`MAX_REPORT`] bytes; the reader checks the length before it allocates.
+//! Frames (`helper_frame`) are at most [`MAX_REPORT`] bytes.
 
 use crate::announce::{require_secure_exposure, Announcement, Announcer};
 use crate::config::ServiceConfig;
@@ -57,7 +56,8 @@ pub struct AgentReport {
 }
 
 impl AgentReport {
-    fn of(a: &Announcement) -> AgentReport {
+    /// What `a` says, from this (the serving) process.
+    pub fn of(a: &Announcement) -> AgentReport {
         AgentReport {
             service: a.service.clone(),
             pid: std::process::id(),
@@ -75,33 +75,13 @@ impl AgentReport {
 
     /// Writes one frame.
     pub fn write_to(&self, w: &mut impl Write) -> std::io::Result<()> {
-        let body = rmp_serde::to_vec_named(self).map_err(std::io::Error::other)?;
-        let len = u32::try_from(body.len()).map_err(std::io::Error::other)?;
-        w.write_all(&len.to_le_bytes())?;
-        w.write_all(&body)?;
-        w.flush()
+        crate::helper_frame::write(w, self, MAX_REPORT)
     }
 
     /// Reads one frame; `None` at end-of-file between frames. A frame
     /// longer than [`MAX_REPORT`] or that does not decode is an error.
     pub fn read_from(r: &mut impl Read) -> std::io::Result<Option<AgentReport>> {
-        let mut len = [0u8; 4];
-        match r.read_exact(&mut len) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-            Err(e) => return Err(e),
-        }
-        let len = u32::from_le_bytes(len) as usize;
-        if len > MAX_REPORT {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("a report of {len} bytes (at most {MAX_REPORT})"),
-            ));
-        }
-        let body = crate::mesh_relay::read_body(r, len)?;
-        rmp_serde::from_slice(&body)
-            .map(Some)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        crate::helper_frame::read(r, MAX_REPORT)
     }
 }
 
@@ -123,8 +103,8 @@ pub fn mesh_tool() -> PathBuf {
 ///
 /// ```
 /// use metabridge::MeshAgent;
-/// struct Echo;
-/// let service = metabridge::Service::new("echo-agent", Echo)
+/// let service = metabridge::Service::<()>::new("echo-agent")
+///     .host("0.0.0.0")
 ///     .announce(MeshAgent::new("tcp/10.0.0.2:7447,tcp/10.0.0.3:7447"));
 /// # let _ = service;
 /// ```
@@ -167,7 +147,8 @@ impl Announcer for MeshAgent {
             .map_err(|e| {
                 refuse(format!(
                     "cannot run the mesh helper {} ({e}): install it (`cargo install --path mesh` \
-                     in MetaBridge's repository) or name it in {MESH_TOOL_ENV}",
+                     in MetaBridge's repository) or name it in {MESH_TOOL_ENV}; or link the \
+                     metabridge-mesh crate and call metabridge_mesh::install() in main",
                     self.tool.display()
                 ))
             })?;

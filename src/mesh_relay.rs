@@ -11,9 +11,7 @@
 //! in flight fails them with [`PeerGone::Relay`] (they may have run) and
 //! is started again for the next call.
 //!
-//! Frames are a `u32` little-endian length then a MessagePack value, at
-//! most [`MAX_RELAY_FRAME`] bytes; the reader checks the length before it
-//! allocates. The first frame is a [`RelaySetup`]; then [`RelayCall`]s go
+//! Frames (`helper_frame`) are at most [`MAX_RELAY_FRAME`] bytes. The first frame is a [`RelaySetup`]; then [`RelayCall`]s go
 //! one way and [`RelayAnswer`]s (matched by id, in any order) the other.
 
 use crate::error::{Error, PeerGone, Result, TimedOut};
@@ -41,6 +39,13 @@ pub struct RelaySetup {
     pub setting: String,
     /// Each call's timeout, in milliseconds.
     pub timeout_ms: u64,
+    /// The constructor's positional arguments, a MessagePack array (empty:
+    /// none); the service keeps an instance per set of them.
+    #[serde(default, with = "serde_bytes")]
+    pub ctor_args: Vec<u8>,
+    /// The constructor's keyword arguments, a MessagePack map (empty: none).
+    #[serde(default, with = "serde_bytes")]
+    pub ctor_kwargs: Vec<u8>,
     /// The token to present (default `$METABRIDGE_TOKEN`). This and the
     /// TLS fields reach the relay in its environment, never in a frame or
     /// on its command line.
@@ -150,55 +155,12 @@ impl RelayError {
 
 /// Writes one frame of `value`.
 pub fn write_frame(w: &mut impl Write, value: &impl Serialize) -> std::io::Result<()> {
-    let body = rmp_serde::to_vec_named(value).map_err(std::io::Error::other)?;
-    if body.len() > MAX_RELAY_FRAME {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!(
-                "a frame of {} bytes (at most {MAX_RELAY_FRAME})",
-                body.len()
-            ),
-        ));
-    }
-    w.write_all(&(body.len() as u32).to_le_bytes())?;
-    w.write_all(&body)?;
-    w.flush()
+    crate::helper_frame::write(w, value, MAX_RELAY_FRAME)
 }
 
 /// Reads one frame; `None` at end-of-file between frames.
 pub fn read_frame<T: DeserializeOwned>(r: &mut impl Read) -> std::io::Result<Option<T>> {
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_RELAY_FRAME {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("a frame of {len} bytes (at most {MAX_RELAY_FRAME})"),
-        ));
-    }
-    let body = crate::mesh_relay::read_body(r, len)?;
-    rmp_serde::from_slice(&body)
-        .map(Some)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-}
-
-/// Reads the `len` bytes of a frame's body: the buffer grows with the
-/// bytes that arrive, so a length the peer announces but never sends
-/// costs no allocation of that size.
-pub(crate) fn read_body(r: &mut impl Read, len: usize) -> std::io::Result<Vec<u8>> {
-    let mut body = Vec::with_capacity(len.min(64 * 1024));
-    r.take(len as u64).read_to_end(&mut body)?;
-    if body.len() != len {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            format!("a frame cut short: {} of {len} bytes", body.len()),
-        ));
-    }
-    Ok(body)
+    crate::helper_frame::read(r, MAX_RELAY_FRAME)
 }
 
 /// A mesh client through the relay (see the module docs).
@@ -223,6 +185,9 @@ pub struct MeshRelay {
 
 /// A started relay process.
 struct Running {
+    /// The process that started it: a forked child must not write into
+    /// its parent's relay (their frames would interleave) nor end it.
+    owner: u32,
     child: Child,
     input: ChildStdin,
     pending: Arc<Mutex<Pending>>,
@@ -291,9 +256,14 @@ impl MeshRelay {
         let (tx, rx) = mpsc::sync_channel(1);
         let pending = {
             let mut running = lock(&self.running);
-            if running.as_ref().map_or(true, Running::ended) {
-                if let Some(old) = running.take() {
-                    old.end();
+            if running.as_ref().map_or(true, |r| r.ended() || !r.ours()) {
+                match running.take() {
+                    Some(old) if old.ours() => old.end(),
+                    // Inherited by fork: the parent's to end. Its pipes
+                    // stay open in this process (closing them here would
+                    // not end it, and its child is not ours to reap).
+                    Some(inherited) => std::mem::forget(inherited),
+                    None => {}
                 }
                 *running = Some(self.start()?);
             }
@@ -412,6 +382,7 @@ impl MeshRelay {
             })
             .map_err(Error::Io)?;
         Ok(Running {
+            owner: std::process::id(),
             child,
             input,
             pending,
@@ -420,6 +391,10 @@ impl MeshRelay {
 }
 
 impl Running {
+    fn ours(&self) -> bool {
+        self.owner == std::process::id()
+    }
+
     fn ended(&self) -> bool {
         lock(&self.pending).is_none()
     }
@@ -434,8 +409,10 @@ impl Running {
 
 impl Drop for MeshRelay {
     fn drop(&mut self) {
-        if let Some(r) = lock(&self.running).take() {
-            r.end();
+        match lock(&self.running).take() {
+            Some(r) if r.ours() => r.end(),
+            Some(inherited) => std::mem::forget(inherited),
+            None => {}
         }
     }
 }

@@ -74,16 +74,9 @@ pub fn run(setting: &str, mut input: impl Read + Send + 'static) -> Result<(), S
     }
     let silence = config.lease;
     let parent = first.pid;
-    let serving = Serving {
-        service: first.service,
-        pid: first.pid,
-        tcp: first.tcp,
-        tls_fingerprint: first.tls_fingerprint,
-        idempotent: first.idempotent,
-        started: first.started,
-        // Acquire pairs with the reader's Release store.
-        calls: Box::new(move || Some(calls.load(Ordering::Acquire)).filter(|c| *c != u64::MAX)),
-    };
+    // Acquire pairs with the reader's Release store.
+    let live = move || Some(calls.load(Ordering::Acquire)).filter(|c| *c != u64::MAX);
+    let serving = Serving::from_report(first, Box::new(live));
     let mut last = Instant::now();
     let mut silent = false;
     membership(config, serving, move |wait| {

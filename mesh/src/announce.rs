@@ -13,7 +13,7 @@ use crate::{Advert, Member, MeshConfig};
 use metabridge::{Announcement, Announcer, Service, ServiceConfig};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::mpsc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 /// How often a member that is not linked to any peer looks again (to log
 /// when it is).
@@ -143,20 +143,25 @@ pub(crate) struct Serving {
 }
 
 impl Serving {
-    fn of(a: Announcement) -> Serving {
+    /// What `report` says, the call count read live by `calls`.
+    pub(crate) fn from_report(
+        report: metabridge::AgentReport,
+        calls: Box<dyn Fn() -> Option<u64> + Send + Sync>,
+    ) -> Serving {
         Serving {
-            service: a.service.clone(),
-            pid: std::process::id(),
-            tcp: a.tcp.clone(),
-            tls_fingerprint: a.tls_fingerprint.clone(),
-            idempotent: a.idempotent.clone(),
-            started: a
-                .started
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-            calls: Box::new(move || a.calls()),
+            service: report.service,
+            pid: report.pid,
+            tcp: report.tcp,
+            tls_fingerprint: report.tls_fingerprint,
+            idempotent: report.idempotent,
+            started: report.started,
+            calls,
         }
+    }
+
+    fn of(a: Announcement) -> Serving {
+        let report = metabridge::AgentReport::of(&a);
+        Serving::from_report(report, Box::new(move || a.calls()))
     }
 }
 

@@ -9,6 +9,7 @@
 //! with that error. End-of-file on its input ends it.
 
 use crate::{ConnectMesh, MeshClient, MeshConfig};
+use metabridge::rmpv::Value;
 use metabridge::{
     read_relay_frame, write_relay_frame, RelayAnswer, RelayCall, RelayError, RelaySetup,
 };
@@ -58,10 +59,43 @@ fn open(setup: &RelaySetup) -> metabridge::Result<MeshClient> {
             service: setup.service.clone(),
             why: e.to_string(),
         })?;
-    metabridge::connect(&setup.service)
-        .timeout(Duration::from_millis(setup.timeout_ms.max(1)))
-        .mesh(config)
-        .open()
+    let mut connect =
+        metabridge::connect(&setup.service).timeout(Duration::from_millis(setup.timeout_ms.max(1)));
+    let bad = |what: &str| metabridge::Error::Relay {
+        service: setup.service.clone(),
+        why: format!(
+            "the constructor's {what} are not a MessagePack {}",
+            if what == "arguments" {
+                "array"
+            } else {
+                "map with string keys"
+            }
+        ),
+    };
+    if !setup.ctor_args.is_empty() {
+        match metabridge::rmpv::decode::read_value(&mut &setup.ctor_args[..]) {
+            Ok(Value::Array(items)) => {
+                for v in items {
+                    connect = connect.arg(v);
+                }
+            }
+            _ => return Err(bad("arguments")),
+        }
+    }
+    if !setup.ctor_kwargs.is_empty() {
+        match metabridge::rmpv::decode::read_value(&mut &setup.ctor_kwargs[..]) {
+            Ok(Value::Map(pairs)) => {
+                for (k, v) in pairs {
+                    let Some(k) = k.as_str() else {
+                        return Err(bad("keyword arguments"));
+                    };
+                    connect = connect.kwarg(k, v);
+                }
+            }
+            _ => return Err(bad("keyword arguments")),
+        }
+    }
+    connect.mesh(config).open()
 }
 
 fn call_one(client: &MeshClient, call: &RelayCall) -> Result<serde_bytes::ByteBuf, RelayError> {

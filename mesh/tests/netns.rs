@@ -437,8 +437,9 @@ fn through_the_agent_and_the_relay_a_stopped_or_killed_service_is_failed_over() 
 /// Python in the mesh, with no zenoh in its extension: a service made by
 /// `create(..., mesh=...)` (its `whoami` marked `idempotent=True`) beside
 /// a Rust replica; a Rust client calls both; a Python client
-/// (`connect(name, mesh=...)`) and `metabridge call --mesh` find both by
-/// name; a name no replica serves is `ServiceNotFound`.
+/// (`connect(name, mesh=...)`, also from a child it forks) and `metabridge
+/// call --mesh` find both by name; a name no replica serves is
+/// `ServiceNotFound`.
 ///
 /// Ignored in the plain run: it needs the Python package installed in the
 /// tests' virtualenv, which `scripts/test-all.sh` builds beside the mesh
@@ -503,6 +504,18 @@ fn python_services_and_clients_and_the_cli_call_by_name_across_the_mesh() {
     let recorded = report["recorded"].as_u64().unwrap() as u32;
     assert!(recorded == a || recorded == b, "{report}");
     assert_eq!(report["missing"], "ServiceNotFound", "{report}");
+    assert_eq!(
+        report["forked"], true,
+        "a forked child calls through its own relay: {report}"
+    );
+    assert_eq!(
+        report["after_fork"], true,
+        "the parent's relay outlives the child: {report}"
+    );
+    assert_eq!(
+        report["greeted"], "hello mesh",
+        "constructor arguments across the mesh: {report}"
+    );
 
     let cli = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/metabridge");
     let out = lan.run_on(
@@ -527,6 +540,29 @@ fn python_services_and_clients_and_the_cli_call_by_name_across_the_mesh() {
     );
     let answered: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     assert!(answered == a || answered == b, "{answered}");
+    let out = lan.run_on(
+        2,
+        cli,
+        &[
+            "call",
+            "--mesh",
+            &client_mesh,
+            "--tls-ca",
+            &ca,
+            "--ctor",
+            "[\"hey \"]",
+            "greeter",
+            "greet",
+            "[\"cli\"]",
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "\"hey cli\"");
 
     // Every call ran once, on the replica that answered.
     let runs = executions(&[&ledger_a, &ledger_b]);

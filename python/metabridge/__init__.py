@@ -727,13 +727,14 @@ def connect(name, *ctor_args, timeout=5.0, buffers=False, address=None, tls=None
     ``mesh="tcp/10.0.0.2:7447,..."`` finds the service by name across that
     mesh (a :class:`MeshServiceClient`; ``tls`` is required, or
     ``METABRIDGE_TLS_CA``/``PIN``; the token is ``METABRIDGE_TOKEN``). Its
-    calls go through the ``metabridge-mesh relay`` helper; constructor
-    arguments, ``address`` and ``buffers`` are not taken with it."""
+    calls go through the ``metabridge-mesh relay`` helper; ``address`` and
+    ``buffers`` are not taken with it."""
     if mesh is not None:
-        if ctor_args or ctor_kwargs or address is not None or buffers:
-            raise TypeError("connect(mesh=...) takes no constructor arguments, address or buffers")
+        if address is not None or buffers:
+            raise TypeError("connect(mesh=...) takes neither address nor buffers")
         return MeshServiceClient(
-            _native.connect_mesh(name, os.fspath(mesh), float(timeout), tls=_client_tls(tls))
+            _native.connect_mesh(name, os.fspath(mesh), float(timeout), ctor_args,
+                                 ctor_kwargs or None, tls=_client_tls(tls))
         )
     native = _native.connect(
         name,

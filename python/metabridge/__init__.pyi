@@ -122,10 +122,11 @@ class MeshServiceClient:
 @overload
 def connect(
     name: str,
-    *,
+    *ctor_args: Any,
     timeout: float = ...,
     tls: Optional[Dict[str, str]] = ...,
     mesh: str,
+    **ctor_kwargs: Any,
 ) -> MeshServiceClient: ...
 @overload
 def connect(

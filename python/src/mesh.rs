@@ -15,17 +15,27 @@ pub struct NativeMeshClient {
     relay: metabridge::MeshRelay,
 }
 
-/// A mesh client of `name` in `setting`'s mesh; `tls` as `connect`'s
+/// A mesh client of `name` in `setting`'s mesh, for the constructor
+/// arguments `ctor_args` and `ctor_kwargs`; `tls` as `connect`'s
 /// (`(ca, pin, cert, key, server_name)`), `token` the one to present.
 #[pyfunction]
-#[pyo3(signature = (name, setting, timeout, tls=None, token=None))]
+#[pyo3(signature = (name, setting, timeout, ctor_args, ctor_kwargs=None, tls=None, token=None))]
 pub fn connect_mesh(
     name: &str,
     setting: &str,
     timeout: f64,
+    ctor_args: &Bound<'_, PyTuple>,
+    ctor_kwargs: Option<&Bound<'_, PyDict>>,
     tls: Option<crate::client::TlsArgs>,
     token: Option<String>,
 ) -> PyResult<NativeMeshClient> {
+    let (mut args, mut kwargs) = (Vec::new(), Vec::new());
+    if !ctor_args.is_empty() {
+        values::encode_args(ctor_args, &mut args)?;
+    }
+    if ctor_kwargs.is_some_and(|k| !k.is_empty()) {
+        values::encode_kwargs(ctor_kwargs, &mut kwargs)?;
+    }
     let timeout_ms = if timeout.is_finite() && timeout > 0.0 {
         (timeout * 1000.0).ceil() as u64
     } else {
@@ -35,6 +45,8 @@ pub fn connect_mesh(
         service: name.into(),
         setting: setting.into(),
         timeout_ms,
+        ctor_args: args,
+        ctor_kwargs: kwargs,
         token,
         ..Default::default()
     };

@@ -45,7 +45,7 @@ def test_create_takes_a_setting_for_mesh():
 
 def test_connect_with_mesh_refuses_what_it_cannot_honour():
     with pytest.raises(TypeError):
-        meta.connect("x", 1, mesh="tcp/127.0.0.1:9")
+        meta.connect("x", mesh="tcp/127.0.0.1:9", buffers=True)
     with pytest.raises(TypeError):
         meta.connect("x", mesh="tcp/127.0.0.1:9", address="127.0.0.1:1")
     with pytest.raises(TypeError):

@@ -2,9 +2,13 @@
 ``create(..., mesh=...)`` (through the ``metabridge-mesh agent`` helper).
 ``record(id)`` appends ``id`` to the ledger file (one line per execution)
 and answers the daemon's pid; ``whoami`` (idempotent) answers the pid.
-Prints the daemon's pid, serves until its standard input closes.
+A second service, ``greeter``, takes a constructor argument: ``greet(name)``
+answers ``prefix + name``. Prints the ledger daemon's pid once both serve,
+serves until its standard input closes.
 
-Environment: MB_SERVICE, MB_HOST, MB_MESH, MB_CERT, MB_KEY, MB_LEDGER
+Environment: MB_SERVICE, MB_HOST, MB_MESH, MB_MESH_GREETER (its own
+listener: two members cannot listen on one endpoint), MB_CERT, MB_KEY,
+MB_LEDGER
 (and METABRIDGE_TOKEN, METABRIDGE_MESH_TOOL, METABRIDGE_HOME)."""
 
 import os
@@ -34,7 +38,24 @@ class Ledger:
         return os.getpid()
 
 
-handle = meta.run()
+@meta.create(
+    "greeter",
+    host=env["MB_HOST"],
+    tls={"cert": env["MB_CERT"], "key": env["MB_KEY"]},
+    mesh=env["MB_MESH_GREETER"],
+).daemon()
+class Greeter:
+    def __init__(self, prefix):
+        self.prefix = prefix
+
+    @meta.function
+    def greet(self, name):
+        return self.prefix + name
+
+
+handle = meta.run(env["MB_SERVICE"])
+greeter = meta.run("greeter")
 print(handle.pid, flush=True)
 sys.stdin.read()
+greeter.stop()
 handle.stop()

@@ -33,10 +33,15 @@ pub fn run(
     let (call, ctor) = call_args(spec.args.as_deref(), &spec.target)?;
     let result: rmpv::Value = match mesh {
         Some(setting) => {
-            if ctor.is_some() || spec.target.at.is_some() {
-                return Err(Fail(2, "--mesh takes neither --ctor nor --at".into()));
+            if spec.target.at.is_some() {
+                return Err(Fail(2, "--mesh and --at exclude each other".into()));
             }
-            let relay = metabridge::MeshRelay::new(relay_setup(&spec, setting)?);
+            let mut setup = relay_setup(&spec, setting)?;
+            if let Some(ctor) = ctor {
+                setup.ctor_args = ctor.encoded_args();
+                setup.ctor_kwargs = ctor.encoded_kwargs();
+            }
+            let relay = metabridge::MeshRelay::new(setup);
             relay.call_with(&spec.endpoint, &call)?
         }
         None => {
