@@ -71,9 +71,7 @@ impl Member {
         advert: impl Fn() -> Advert + Send + Sync + 'static,
     ) -> Result<Member, MeshError> {
         let key = service_key(service)?;
-        let session = zenoh::open(config.zenoh()?)
-            .await
-            .map_err(MeshError::zenoh)?;
+        let session = config.open_session().await?;
         let instance = format!("{pid}-{}", session.zid());
         let reply_key = advert_key(&key, &instance);
         let answer_key = reply_key.clone();

@@ -148,6 +148,32 @@ impl MeshConfig {
         }
     }
 
+    /// Opens a zenoh session with this configuration. A listen endpoint
+    /// that another member on this host already holds (two services given
+    /// one setting) is not fatal: the session listens on ports zenoh picks
+    /// at the same addresses instead, and gossip tells the others where.
+    pub(crate) async fn open_session(&self) -> Result<zenoh::Session, MeshError> {
+        match zenoh::open(self.zenoh()?).await {
+            Ok(session) => Ok(session),
+            Err(e)
+                if !self.listen.is_empty() && e.to_string().contains("Address already in use") =>
+            {
+                let picked = MeshConfig {
+                    listen: self.listen.iter().map(|e| any_port(e)).collect(),
+                    ..self.clone()
+                };
+                tracing::warn!(
+                    target: "metabridge::mesh",
+                    "{} is taken on this host (another member listens there): listening on {} instead",
+                    self.listen.join(","),
+                    picked.listen.join(",")
+                );
+                zenoh::open(picked.zenoh()?).await.map_err(MeshError::zenoh)
+            }
+            Err(e) => Err(MeshError::zenoh(e)),
+        }
+    }
+
     /// The zenoh configuration: peer mode, gossip on, multicast scouting
     /// off, the endpoints, the lease and the authentication, over the
     /// operator's file if one was given.
@@ -214,5 +240,33 @@ fn endpoint(e: &str) -> Result<String, MeshError> {
             key: "endpoint",
             why: format!("{e:?} is not a zenoh endpoint: write tcp/<host>:<port>"),
         }),
+    }
+}
+
+/// A listen endpoint `proto/host:port` with the port left to zenoh (one
+/// with zenoh's `#` or `?` options is kept as it is).
+fn any_port(endpoint: &str) -> String {
+    if endpoint.contains(['#', '?']) {
+        return endpoint.to_string();
+    }
+    match endpoint.rsplit_once(':') {
+        Some((host, port)) if port.parse::<u16>().is_ok() => format!("{host}:0"),
+        _ => endpoint.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::any_port;
+
+    #[test]
+    fn a_taken_listen_endpoint_keeps_its_address_and_lets_zenoh_pick_the_port() {
+        assert_eq!(any_port("tcp/10.0.0.1:7447"), "tcp/10.0.0.1:0");
+        assert_eq!(any_port("tcp/[fe80::1]:7447"), "tcp/[fe80::1]:0");
+        assert_eq!(
+            any_port("tcp/10.0.0.1:7447#iface=eth0"),
+            "tcp/10.0.0.1:7447#iface=eth0"
+        );
+        assert_eq!(any_port("tcp/host"), "tcp/host");
     }
 }

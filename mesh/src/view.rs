@@ -46,9 +46,7 @@ impl Replicas {
     /// Starts following `service`'s replicas (inside a tokio runtime).
     pub async fn watch(config: &MeshConfig, service: &str) -> Result<Replicas, MeshError> {
         let key = service_key(service)?;
-        let session = zenoh::open(config.zenoh()?)
-            .await
-            .map_err(MeshError::zenoh)?;
+        let session = config.open_session().await?;
         let subscriber = session
             .liveliness()
             .declare_subscriber(format!("{key}/*"))
@@ -189,9 +187,7 @@ pub async fn survey(
     config: &MeshConfig,
     wait: Duration,
 ) -> Result<Vec<(String, Replica)>, MeshError> {
-    let session = zenoh::open(config.zenoh()?)
-        .await
-        .map_err(MeshError::zenoh)?;
+    let session = config.open_session().await?;
     // The links come up in the background, to the seeds and then to the
     // peers gossip names: wait until the count of peers holds still.
     let deadline = tokio::time::Instant::now() + wait;

@@ -6,9 +6,10 @@ A second service, ``greeter``, takes a constructor argument: ``greet(name)``
 answers ``prefix + name``. Prints the ledger daemon's pid once both serve,
 serves until its standard input closes.
 
-Environment: MB_SERVICE, MB_HOST, MB_MESH, MB_MESH_GREETER (its own
-listener: two members cannot listen on one endpoint), MB_CERT, MB_KEY,
-MB_LEDGER
+Both services are given the same mesh setting, listen endpoint included:
+the second to join takes a port zenoh picks.
+
+Environment: MB_SERVICE, MB_HOST, MB_MESH, MB_CERT, MB_KEY, MB_LEDGER
 (and METABRIDGE_TOKEN, METABRIDGE_MESH_TOOL, METABRIDGE_HOME)."""
 
 import os
@@ -42,7 +43,7 @@ class Ledger:
     "greeter",
     host=env["MB_HOST"],
     tls={"cert": env["MB_CERT"], "key": env["MB_KEY"]},
-    mesh=env["MB_MESH_GREETER"],
+    mesh=env["MB_MESH"],
 ).daemon()
 class Greeter:
     def __init__(self, prefix):

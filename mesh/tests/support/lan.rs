@@ -313,7 +313,6 @@ impl Lan {
             .env("MB_SERVICE", service)
             .env("MB_HOST", &host.ip)
             .env("MB_MESH", mesh)
-            .env("MB_MESH_GREETER", self.mesh_on(i, 7452, &[0, 1], 2000))
             .env("MB_CERT", &cert)
             .env("MB_KEY", &key)
             .env("MB_LEDGER", &ledger)
