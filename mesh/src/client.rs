@@ -311,6 +311,44 @@ impl MeshClient {
         }
     }
 
+    /// Calls from async code (a tokio runtime): the call of
+    /// [`call`](Self::call), replica choice and failover included, run on
+    /// tokio's blocking pool (as a TCP call of `Client::call_async` is), so
+    /// that it never blocks a worker thread.
+    ///
+    /// **Cancellation.** Dropping the future does not stop a call already
+    /// handed to the pool: it runs to its end (at most once, as any call)
+    /// and its answer is discarded.
+    ///
+    /// ```no_run
+    /// # async fn f(client: metabridge_mesh::MeshClient) -> metabridge::Result<()> {
+    /// let n: u32 = client.call_async("record", ("id-1",)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn call_async<R, A>(
+        &self,
+        endpoint: &str,
+        args: A,
+    ) -> impl std::future::Future<Output = metabridge::Result<R>> + Send + 'static
+    where
+        R: DeserializeOwned + Send + 'static,
+        A: IntoArgs + Send + 'static,
+    {
+        let client = self.clone();
+        let endpoint = endpoint.to_owned();
+        async move {
+            let mut encoded = Vec::new();
+            args.encode_args(&mut encoded)?;
+            tokio::task::spawn_blocking(move || client.call_raw::<R>(&endpoint, &encoded, &[0x80]))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(Error::Io(std::io::Error::other(format!(
+                        "the call's task on the blocking pool failed: {e}"
+                    ))))
+                })
+        }
+    }
+
     /// The live replicas this client sees (instance, advert).
     pub fn replicas(&self) -> Vec<Replica> {
         self.shared.view.replicas()

@@ -54,6 +54,20 @@ fn at_most_once(outcomes: &[Outcome], ledgers: &[(u32, &std::path::PathBuf)]) {
 
 #[test]
 fn sigkill_under_load_fails_only_calls_in_flight_and_never_runs_a_call_twice() {
+    sigkill_under_load(&[]);
+}
+
+/// The same from async code: each calling thread awaits
+/// `MeshClient::call_async`.
+#[test]
+fn sigkill_under_load_from_async_callers_fails_only_calls_in_flight() {
+    sigkill_under_load(&[("MB_ASYNC", "1")]);
+}
+
+/// Four threads call; one replica is SIGKILLed: errors only for calls in
+/// flight to it (`PeerGone`, at most one per thread), nothing more goes
+/// to it, and no call ran twice.
+fn sigkill_under_load(envs: &[(&str, &str)]) {
     let mut lan = Lan::new(3);
     let seeds = [0, 1];
     let (a, ledger_a) = lan.replica(0, "ledger", &lan.mesh(0, &seeds, 2000), "a", false);
@@ -65,7 +79,7 @@ fn sigkill_under_load_fails_only_calls_in_flight_and_never_runs_a_call_twice() {
         &lan.client_mesh(2, &seeds, 2000),
         threads,
         2,
-        &[],
+        envs,
     );
     // Both replicas serve the load.
     caller.until(WITHIN, |o| {

@@ -12,6 +12,8 @@
 //! With `MB_VIA_RELAY` set, calls go through the `metabridge-mesh relay`
 //! helper (`metabridge::MeshRelay`) and the wait for replicas is one for
 //! answers of `whoami` from that many processes.
+//! With `MB_ASYNC` set, the calling threads are tasks of a tokio runtime
+//! calling `MeshClient::call_async`.
 //! `MB_CALL_TIMEOUT` is each call's timeout in milliseconds (default 5000).
 //! `MB_STAMP=1` starts each line with the Unix time its call ended.
 //! With `<threads>` = `bench`, it prints latency
@@ -141,6 +143,17 @@ fn main() {
     }
 }
 
+thread_local! {
+    /// With `MB_ASYNC`: this calling thread's own current-thread tokio
+    /// runtime, which awaits `call_async` (one task per thread).
+    static ASYNC: Option<tokio::runtime::Runtime> = std::env::var_os("MB_ASYNC").map(|_| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime")
+    });
+}
+
 /// The mesh client, in process or through the relay helper.
 #[derive(Clone)]
 enum Calls {
@@ -149,12 +162,17 @@ enum Calls {
 }
 
 impl Calls {
-    fn call<R: serde::de::DeserializeOwned>(
+    fn call<R: serde::de::DeserializeOwned + Send + 'static>(
         &self,
         endpoint: &str,
-        args: impl metabridge::IntoArgs,
+        args: impl metabridge::IntoArgs + Send + 'static,
     ) -> metabridge::Result<R> {
         match self {
+            Calls::Mesh(c) if ASYNC.with(|a| a.is_some()) => ASYNC.with(|a| {
+                a.as_ref()
+                    .expect("checked")
+                    .block_on(c.call_async(endpoint, args))
+            }),
             Calls::Mesh(c) => c.call(endpoint, args),
             Calls::Relay(r) => r.call(endpoint, args),
         }
