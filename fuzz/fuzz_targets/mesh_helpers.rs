@@ -21,9 +21,11 @@ use serde::{de::DeserializeOwned, Serialize};
 #[global_allocator]
 static ALLOC: PeakAlloc = PeakAlloc;
 
-/// What reading may allocate beyond the stream's own length (the first
-/// chunk of a body, the decoder's own small allocations).
-const SLACK: usize = 128 * 1024;
+/// What reading may allocate beyond the stream's own length, whatever
+/// length a frame or a sequence inside it declares: the body's first chunk
+/// (64 KiB) and serde's cautious preallocation of a sequence (at most
+/// 1 MiB), with room for the decoder's own small allocations.
+const SLACK: usize = 2 * 1024 * 1024;
 
 /// Reads frames of `T` from `stream` until it fails or ends; each read
 /// frame round-trips.
