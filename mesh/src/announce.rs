@@ -128,17 +128,11 @@ impl Drop for Joined {
     }
 }
 
-/// What a member says about the service it announces.
+/// What a member says about the service it announces: the service's
+/// report (the serving process, its address, fingerprint, idempotent
+/// endpoints, start), and its live call count.
 pub(crate) struct Serving {
-    pub service: String,
-    /// The serving process.
-    pub pid: u32,
-    pub tcp: String,
-    pub tls_fingerprint: Option<String>,
-    pub idempotent: Vec<String>,
-    /// Seconds since the epoch.
-    pub started: u64,
-    /// Its live call count.
+    pub report: metabridge::AgentReport,
     pub calls: Box<dyn Fn() -> Option<u64> + Send + Sync>,
 }
 
@@ -148,15 +142,7 @@ impl Serving {
         report: metabridge::AgentReport,
         calls: Box<dyn Fn() -> Option<u64> + Send + Sync>,
     ) -> Serving {
-        Serving {
-            service: report.service,
-            pid: report.pid,
-            tcp: report.tcp,
-            tls_fingerprint: report.tls_fingerprint,
-            idempotent: report.idempotent,
-            started: report.started,
-            calls,
-        }
+        Serving { report, calls }
     }
 
     fn of(a: Announcement) -> Serving {
@@ -196,15 +182,16 @@ pub(crate) fn membership(
             return;
         }
     };
-    let Serving {
+    let Serving { report, calls } = serving;
+    let metabridge::AgentReport {
         service,
         pid,
         tcp,
         tls_fingerprint,
         idempotent,
         started,
-        calls,
-    } = serving;
+        ..
+    } = report;
     let addresses = advertised(&config, &tcp);
     let host = hostname();
     let calls = std::sync::Arc::new(calls);

@@ -6,8 +6,9 @@
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use std::path::PathBuf;
 use std::time::Duration;
-use support::lan::{by_pid, executions, summary, Lan, Outcome};
+use support::lan::{by_pid, executions, summary, Caller, Lan, Outcome};
 
 mod support;
 
@@ -23,6 +24,23 @@ fn answered_by(outcomes: &[Outcome], from: usize, pid: u32) -> usize {
         .get(&pid)
         .copied()
         .unwrap_or(0)
+}
+
+/// Replicas `a` (host 0) and `b` (host 1) of `ledger`, both hosts the
+/// seeds, with a lease of `lease_ms`: their pids and ledgers.
+fn two_replicas(lan: &mut Lan, lease_ms: u64) -> ((u32, PathBuf), (u32, PathBuf)) {
+    let seeds = [0, 1];
+    let a = lan.replica(0, "ledger", &lan.mesh(0, &seeds, lease_ms), "a", false);
+    let b = lan.replica(1, "ledger", &lan.mesh(1, &seeds, lease_ms), "b", false);
+    (a, b)
+}
+
+/// Reads the caller's outcomes until replicas `a` and `b` answered at
+/// least `n` calls each.
+fn until_both_answered(caller: &mut Caller, a: u32, b: u32, n: usize) {
+    caller.until(WITHIN, |o| {
+        by_pid(o).get(&a) >= Some(&n) && by_pid(o).get(&b) >= Some(&n)
+    });
 }
 
 /// No call ran twice; every call answered ran exactly once, on the
@@ -70,8 +88,7 @@ fn sigkill_under_load_from_async_callers_fails_only_calls_in_flight() {
 fn sigkill_under_load(envs: &[(&str, &str)]) {
     let mut lan = Lan::new(3);
     let seeds = [0, 1];
-    let (a, ledger_a) = lan.replica(0, "ledger", &lan.mesh(0, &seeds, 2000), "a", false);
-    let (b, ledger_b) = lan.replica(1, "ledger", &lan.mesh(1, &seeds, 2000), "b", false);
+    let ((a, ledger_a), (b, ledger_b)) = two_replicas(&mut lan, 2000);
     let threads = 4;
     let mut caller = lan.caller(
         2,
@@ -82,9 +99,7 @@ fn sigkill_under_load(envs: &[(&str, &str)]) {
         envs,
     );
     // Both replicas serve the load.
-    caller.until(WITHIN, |o| {
-        by_pid(o).get(&a) >= Some(&20) && by_pid(o).get(&b) >= Some(&20)
-    });
+    until_both_answered(&mut caller, a, b, 20);
     signal(a, Signal::SIGKILL);
     let killed_at = caller.seen.len();
     caller.until(WITHIN, |o| answered_by(o, killed_at, b) >= 300);
@@ -121,8 +136,7 @@ fn a_sigstopped_replica_is_failed_over_after_the_lease_and_used_again_when_it_co
     let mut lan = Lan::new(3);
     let seeds = [0, 1];
     let lease = 1000;
-    let (a, ledger_a) = lan.replica(0, "ledger", &lan.mesh(0, &seeds, lease), "a", false);
-    let (b, ledger_b) = lan.replica(1, "ledger", &lan.mesh(1, &seeds, lease), "b", false);
+    let ((a, ledger_a), (b, ledger_b)) = two_replicas(&mut lan, lease);
     let threads = 2;
     let mut caller = lan.caller(
         2,
@@ -132,9 +146,7 @@ fn a_sigstopped_replica_is_failed_over_after_the_lease_and_used_again_when_it_co
         2,
         &[("MB_CALL_TIMEOUT", "120000")],
     );
-    caller.until(WITHIN, |o| {
-        by_pid(o).get(&a) >= Some(&20) && by_pid(o).get(&b) >= Some(&20)
-    });
+    until_both_answered(&mut caller, a, b, 20);
     signal(a, Signal::SIGSTOP);
     let stopped_at = caller.seen.len();
     // The calls in flight to the hung replica end when it leaves the view
@@ -168,8 +180,7 @@ fn a_sigstopped_replica_is_failed_over_after_the_lease_and_used_again_when_it_co
 fn a_client_on_a_replicas_host_calls_it_over_shared_memory() {
     let mut lan = Lan::new(3);
     let seeds = [0, 1];
-    let (a, ledger_a) = lan.replica(0, "ledger", &lan.mesh(0, &seeds, 2000), "a", false);
-    let (b, ledger_b) = lan.replica(1, "ledger", &lan.mesh(1, &seeds, 2000), "b", false);
+    let ((a, ledger_a), (b, ledger_b)) = two_replicas(&mut lan, 2000);
     // Shared memory forced for this caller: a call over TCP would fail.
     let mut caller = lan.caller(
         0,
@@ -198,8 +209,7 @@ fn a_client_on_a_replicas_host_calls_it_over_shared_memory() {
 fn a_client_finds_its_local_replica_in_the_home_it_was_given() {
     let mut lan = Lan::new(3);
     let seeds = [0, 1];
-    let (a, ledger_a) = lan.replica(0, "ledger", &lan.mesh(0, &seeds, 2000), "a", false);
-    let (b, ledger_b) = lan.replica(1, "ledger", &lan.mesh(1, &seeds, 2000), "b", false);
+    let ((a, ledger_a), (b, ledger_b)) = two_replicas(&mut lan, 2000);
     let home0 = lan.hosts[0].home.to_str().unwrap().to_owned();
     let elsewhere = lan.hosts[2].home.to_str().unwrap().to_owned();
     let mut caller = lan.caller(
@@ -329,12 +339,9 @@ fn an_idempotent_call_in_flight_to_a_killed_replica_is_retried_on_another() {
 fn metabridge_mesh_list_shows_every_replica_with_its_address_and_live_calls() {
     let mut lan = Lan::new(3);
     let seeds = [0, 1];
-    let (a, _) = lan.replica(0, "ledger", &lan.mesh(0, &seeds, 2000), "a", false);
-    let (b, _) = lan.replica(1, "ledger", &lan.mesh(1, &seeds, 2000), "b", false);
+    let ((a, _), (b, _)) = two_replicas(&mut lan, 2000);
     let mut caller = lan.caller(2, "ledger", &lan.client_mesh(2, &seeds, 2000), 2, 2, &[]);
-    caller.until(WITHIN, |o| {
-        by_pid(o).get(&a) >= Some(&10) && by_pid(o).get(&b) >= Some(&10)
-    });
+    until_both_answered(&mut caller, a, b, 10);
     caller.finish(&mut lan);
     let listed = lan.list(2, 0);
     for (pid, host) in [(a, &lan.hosts[0]), (b, &lan.hosts[1])] {
@@ -390,9 +397,7 @@ fn through_the_agent_and_the_relay_a_stopped_or_killed_service_is_failed_over() 
             ("MB_CALL_TIMEOUT", "120000"),
         ],
     );
-    caller.until(WITHIN, |o| {
-        by_pid(o).get(&a) >= Some(&20) && by_pid(o).get(&b) >= Some(&20)
-    });
+    until_both_answered(&mut caller, a, b, 20);
     signal(a, Signal::SIGSTOP);
     let stopped_at = caller.seen.len();
     // Silent past the lease: its agent withdraws it from the mesh.
@@ -466,9 +471,7 @@ fn python_services_and_clients_and_the_cli_call_by_name_across_the_mesh() {
     let (a, ledger_a) = lan.python_replica(0, "ledger", &lan.mesh(0, &seeds, 2000), "a");
     let (b, ledger_b) = lan.replica(1, "ledger", &lan.mesh(1, &seeds, 2000), "b", false);
     let mut caller = lan.caller(2, "ledger", &lan.client_mesh(2, &seeds, 2000), 2, 2, &[]);
-    caller.until(WITHIN, |o| {
-        by_pid(o).get(&a) >= Some(&20) && by_pid(o).get(&b) >= Some(&20)
-    });
+    until_both_answered(&mut caller, a, b, 20);
     caller.finish(&mut lan);
     // The Python replica's advert carries its idempotent endpoint.
     let listed = lan.list(2, 0);
