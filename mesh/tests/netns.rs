@@ -178,28 +178,7 @@ fn a_sigstopped_replica_is_failed_over_after_the_lease_and_used_again_when_it_co
 
 #[test]
 fn a_client_on_a_replicas_host_calls_it_over_shared_memory() {
-    let mut lan = Lan::new(3);
-    let seeds = [0, 1];
-    let ((a, ledger_a), (b, ledger_b)) = two_replicas(&mut lan, 2000);
-    // Shared memory forced for this caller: a call over TCP would fail.
-    let mut caller = lan.caller(
-        0,
-        "ledger",
-        &lan.client_mesh(0, &seeds, 2000),
-        2,
-        2,
-        &[("METABRIDGE_TRANSPORT", "shm")],
-    );
-    caller.until(WITHIN, |o| o.len() >= 200);
-    caller.finish(&mut lan);
-    let o = &caller.seen;
-    assert_eq!(
-        by_pid(o).get(&a),
-        Some(&o.len()),
-        "every call on the local replica: {}",
-        summary(o)
-    );
-    at_most_once(o, &[(a, &ledger_a), (b, &ledger_b)]);
+    every_call_on_the_local_replica(|_| Vec::new());
 }
 
 /// The local replica is looked for in the client's own registry: with
@@ -207,30 +186,29 @@ fn a_client_on_a_replicas_host_calls_it_over_shared_memory() {
 /// with no replica, every call still goes over shared memory.
 #[test]
 fn a_client_finds_its_local_replica_in_the_home_it_was_given() {
+    every_call_on_the_local_replica(|lan| {
+        let home = |i: usize| lan.hosts[i].home.to_str().unwrap().to_owned();
+        vec![("METABRIDGE_HOME", home(2)), ("MB_CLIENT_HOME", home(0))]
+    });
+}
+
+/// A caller on host 0 (a replica's host), with shared memory forced (a
+/// call over TCP would fail) and the environment `envs(lan)` gives it:
+/// every call is answered by the replica of host 0.
+fn every_call_on_the_local_replica(envs: impl Fn(&Lan) -> Vec<(&'static str, String)>) {
     let mut lan = Lan::new(3);
-    let seeds = [0, 1];
     let ((a, ledger_a), (b, ledger_b)) = two_replicas(&mut lan, 2000);
-    let home0 = lan.hosts[0].home.to_str().unwrap().to_owned();
-    let elsewhere = lan.hosts[2].home.to_str().unwrap().to_owned();
-    let mut caller = lan.caller(
-        0,
-        "ledger",
-        &lan.client_mesh(0, &seeds, 2000),
-        2,
-        2,
-        &[
-            ("METABRIDGE_TRANSPORT", "shm"),
-            ("METABRIDGE_HOME", &elsewhere),
-            ("MB_CLIENT_HOME", &home0),
-        ],
-    );
+    let mut env = vec![("METABRIDGE_TRANSPORT", "shm".to_string())];
+    env.extend(envs(&lan));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut caller = lan.caller(0, "ledger", &lan.client_mesh(0, &[0, 1], 2000), 2, 2, &env);
     caller.until(WITHIN, |o| o.len() >= 200);
     caller.finish(&mut lan);
     let o = &caller.seen;
     assert_eq!(
         by_pid(o).get(&a),
         Some(&o.len()),
-        "every call on the replica in the client's .home(): {}",
+        "every call on the local replica: {}",
         summary(o)
     );
     at_most_once(o, &[(a, &ledger_a), (b, &ledger_b)]);
