@@ -11,8 +11,9 @@
 //! in flight fails them with [`PeerGone::Relay`] (they may have run) and
 //! is started again for the next call.
 //!
-//! Frames (`helper_frame`) are at most [`MAX_RELAY_FRAME`] bytes. The first frame is a [`RelaySetup`]; then [`RelayCall`]s go
-//! one way and [`RelayAnswer`]s (matched by id, in any order) the other.
+//! Frames (`helper_frame`) are at most [`MAX_RELAY_FRAME`] bytes. The
+//! first is a [`RelaySetup`]; then [`RelayCall`]s go one way and
+//! [`RelayAnswer`]s (matched by id, in any order) the other.
 
 use crate::error::{Error, PeerGone, Result, TimedOut};
 use serde::de::DeserializeOwned;

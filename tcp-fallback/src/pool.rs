@@ -218,10 +218,11 @@ pub struct Pool {
 
 struct State {
     idle: Vec<Conn>,
-    /// A second handle on the socket of each connection lent to a call, so
-    /// that [`Pool::abort`] can shut it down under the call. An entry is
-    /// removed (under this lock) before its connection is closed, so a
-    /// socket shut down here is always still the call's.
+    /// A second handle (a duplicated descriptor) on the socket of each
+    /// connection lent to a call, so that [`Pool::abort`] can shut it down
+    /// under the call. An entry is removed (under this lock) when the call
+    /// gives its connection back or drops it, so only sockets of calls in
+    /// flight are shut down.
     busy: Vec<Arc<TcpStream>>,
     /// Connections open or being opened, busy or idle.
     open: usize,
@@ -342,9 +343,9 @@ impl Pool {
     }
 
     /// Ends the calls in flight now: shuts down the socket of every
-    /// connection lent to a call, so that each fails at once (with
-    /// [`PoolError::Closed`] or an I/O error: the server may or may not
-    /// have run it). For a server known to be gone or hung, whose calls
+    /// connection lent to a call, so that each fails at once as a lost
+    /// connection (`PoolError::Frame(FrameError::Closed)` or an I/O error:
+    /// the server may or may not have run it). For a server known to be gone or hung, whose calls
     /// would otherwise wait for their timeout. The pool stays usable: later
     /// calls open new connections.
     ///
